@@ -1,0 +1,1 @@
+"""jaxexit: dynamic compute for JAX (early exits, halting, pruning)."""

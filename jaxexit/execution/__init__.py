@@ -1,0 +1,13 @@
+"""Execution modes for any stack of layers with exit heads."""
+
+from jaxexit.execution.compacted import (CompactedRunner, bucket_sizes,
+                                         compacted)
+from jaxexit.execution.early_stop import early_stop
+from jaxexit.execution.modes import MODES, make_runner, run
+from jaxexit.execution.simulate import simulate
+from jaxexit.execution.stack import ExitResult, ExitStack
+
+__all__ = [
+    "MODES", "CompactedRunner", "ExitResult", "ExitStack", "bucket_sizes",
+    "compacted", "early_stop", "make_runner", "run", "simulate",
+]

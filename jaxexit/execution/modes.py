@@ -1,0 +1,60 @@
+"""One entry point for the three execution modes.
+
+  simulate    all layers, exits by masks (training; paper metrics)
+  early_stop  `lax.while_loop` that stops when the whole batch has exited
+  compacted   exited examples leave the batch between segments
+
+All three return the same `ExitResult.exit_layer` and exit outputs for the
+same stack, rule and inputs (tested), so a method is evaluated in
+`simulate` and timed in the mode that really skips work.
+"""
+
+import functools
+from collections.abc import Callable
+
+import jax
+
+from jaxexit import checks
+from jaxexit.execution.compacted import CompactedRunner, compacted
+from jaxexit.execution.early_stop import early_stop
+from jaxexit.execution.simulate import simulate
+from jaxexit.execution.stack import ExitResult, ExitStack
+from jaxexit.exits.rules import ExitRule
+from jaxexit.typing import PyTree
+
+MODES = ("simulate", "early_stop", "compacted")
+
+
+def make_runner(mode: str, stack: ExitStack, rule: ExitRule, **options
+                ) -> Callable[..., ExitResult]:
+  """A compiled `runner(params, carry, *, rule_inputs=None) -> ExitResult`.
+
+  Args:
+    mode: one of `MODES`.
+    stack: the model's layers and exit heads.
+    rule: the exit rule.
+    **options: mode options (`unroll` for simulate; `segment_layers`,
+      `buckets` for compacted).
+  """
+  checks.one_of("mode", mode, MODES)
+  if mode == "compacted":
+    return CompactedRunner(stack, rule, **options)
+  fn = simulate if mode == "simulate" else early_stop
+  jitted = jax.jit(functools.partial(fn, stack, rule, **options))
+  return lambda params, carry, *, rule_inputs=None: jitted(
+      params, carry, rule_inputs=rule_inputs)
+
+
+def run(mode: str, stack: ExitStack, rule: ExitRule, params: PyTree,
+        carry: PyTree, *, rule_inputs: PyTree = None, **options
+        ) -> ExitResult:
+  """Runs one batch in `mode` (un-jitted for simulate/early_stop).
+
+  For repeated calls build a runner once with `make_runner`.
+  """
+  checks.one_of("mode", mode, MODES)
+  if mode == "compacted":
+    return compacted(stack, rule, params, carry, rule_inputs=rule_inputs,
+                     **options)
+  fn = simulate if mode == "simulate" else early_stop
+  return fn(stack, rule, params, carry, rule_inputs=rule_inputs, **options)

@@ -1,0 +1,1 @@
+"""Pallas kernels for jaxexit; depends on jax only, never imports jaxexit."""
