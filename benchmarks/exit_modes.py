@@ -27,17 +27,21 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from benchmarks import markdown
-from jaxexit import execution, timing
+from jaxexit import execution, report, timing
 from jaxexit.exits import rules
 from jaxexit.nn.encoder import EncoderConfig, ExitEncoder
 
-RESULTS = pathlib.Path(__file__).resolve().parent / "results" / "exit_modes.json"
+HERE = pathlib.Path(__file__).resolve().parent
+RESULTS = HERE / "results" / "exit_modes.json"
+BENCHMARKS_MD = HERE.parent / "BENCHMARKS.md"
 CFG = EncoderConfig(num_layers=12, d_model=256, num_heads=4, d_ff=1024,
                     vocab_size=1024, max_len=128, num_classes=2)
 # Uniform depth ranges with the widest spread that keeps the target mean.
 DEPTH_RANGES = {3: (1, 5), 6: (1, 11), 9: (6, 12)}
-MODES = ("simulate", "early_stop", "compacted")
+# "compacted" uses the library's default buckets (pow2_half); the other two
+# bucket policies are timed beside it.
+MODES = ("simulate", "early_stop", "compacted", "compacted[pow2]",
+         "compacted[exact]")
 
 
 def spread_depths(avg_depth: int, n: int, seed: int) -> np.ndarray:
@@ -63,8 +67,12 @@ def build(batch: int):
         0, CFG.num_layers, lambda i, c: stack.layer_fn(params, i, c), carry)
     return stack.head_fn(params, CFG.num_layers - 1, carry).logits
 
-  runners = {mode: execution.make_runner(mode, stack, rules.preset_depth())
-             for mode in MODES}
+  rule = rules.preset_depth()
+  runners = {mode: execution.make_runner(mode, stack, rule)
+             for mode in ("simulate", "early_stop", "compacted")}
+  for policy in ("pow2", "exact"):
+    runners[f"compacted[{policy}]"] = execution.CompactedRunner(
+        stack, rule, buckets=policy)
   return params, carry, full, runners
 
 
@@ -83,14 +91,14 @@ def candidates(batch: int, depths: np.ndarray):
   for mode, runner in runners.items():
     fns[mode] = over_calls(
         lambda d, runner=runner: runner(params, carry, rule_inputs=d).exit_layer)
-  return {name: (fn, ()) for name, fn in fns.items()}, runners["compacted"]
+  return {name: (fn, ()) for name, fn in fns.items()}, runners
 
 
 def measure(batch: int, avg_depth: int, warmup: int, repeats: int,
             batch1_calls: int) -> list[dict]:
   n = batch1_calls if batch == 1 else batch
   depths = spread_depths(avg_depth, n, seed=avg_depth)
-  fns, compacted_runner = candidates(batch, depths)
+  fns, runners = candidates(batch, depths)
   timings = timing.time_side_by_side(fns, warmup=warmup, repeats=repeats)
   theoretical = CFG.num_layers / float(depths.mean())
   records = []
@@ -103,13 +111,13 @@ def measure(batch: int, avg_depth: int, warmup: int, repeats: int,
         "ratio": round(realised / theoretical, 4),
         "full_seconds": timings["full"].median,
         "mode_seconds": timings[mode].median,
-        "compiled_programs": (compacted_runner.num_compiled_programs()
-                              if mode == "compacted" else 1),
+        "compiled_programs": (runners[mode].num_compiled_programs()
+                              if mode.startswith("compacted") else 1),
     })
   return records
 
 
-def report(records: list[dict], args) -> str:
+def render(records: list[dict], args) -> str:
   rows = [[r["mode"], r["batch"], f'{r["avg_depth"]:.2f}',
            f'{r["theoretical_speedup"]:.2f}x', f'{r["realised_speedup"]:.2f}x',
            f'{r["ratio"]:.2f}', f'{r["full_seconds"] * 1e3:.1f}',
@@ -124,7 +132,7 @@ def report(records: list[dict], args) -> str:
       f"round-robin repeats after {args.warmup} warm-up; batch 1 = "
       f"{args.batch1_calls} single-example calls. Command: "
       f"`python benchmarks/exit_modes.py{' --quick' if args.quick else ''}`."
-      "\n\n" + markdown.table(header, rows))
+      "\n\n" + report.markdown_table(header, rows))
 
 
 def main():
@@ -140,13 +148,12 @@ def main():
     for avg_depth in DEPTH_RANGES:
       records += measure(batch, avg_depth, args.warmup, args.repeats,
                          args.batch1_calls)
-      print(json.dumps(records[-3:]), flush=True)
-  text = report(records, args)
+      print(json.dumps(records[-len(MODES):]), flush=True)
+  text = render(records, args)
   print(text)
-  args.out.parent.mkdir(parents=True, exist_ok=True)
-  args.out.write_text(json.dumps(records, indent=1) + "\n")
+  report.write_json(args.out, records)
   if not args.quick:
-    markdown.write_section("exit_modes", text)
+    report.write_section(BENCHMARKS_MD, "exit_modes", text)
 
 
 if __name__ == "__main__":

@@ -3,12 +3,13 @@
 A batch of 32 with mixed exit depths does real work only for its
 survivors: after each segment of `segment_layers` layers the host reads the
 number of survivors n (one scalar), and the survivors are packed (a static
-`jnp.nonzero(size=bucket)` gather) into the smallest bucket size ≥ n, so the
-next segment runs at that batch size. Every program has static shapes; the
-compiled programs are one per (segment, bucket size) reached plus one per
-(bucket in, bucket out) compaction, bounded by
-`num_segments * len(buckets) + len(buckets)**2 / 2` and usually far fewer
-(`CompactedRunner.num_compiled_programs`).
+`jnp.nonzero(size=bucket)` gather) into the smallest bucket size ≥ n (`bucket_sizes`), so the
+next segment runs at that batch size. Every program has static shapes. A
+segment's first layer index is a traced argument, so the compiled programs
+are one per bucket size reached (two if the last segment is shorter) plus
+one per (bucket in, bucket out) compaction: at most
+`2 * len(buckets) + len(buckets)**2 / 2` whatever the depth, usually about
+`2 * len(buckets)` (`CompactedRunner.num_compiled_programs`).
 
 Padding slots of a bucket (n < bucket) hold copies of a survivor, are marked
 invalid, and never write results (their scatter index is out of range and
@@ -32,20 +33,29 @@ from jaxexit.execution.stack import (ExitResult, ExitStack, batch_size_of,
 from jaxexit.exits.rules import ExitRule
 from jaxexit.typing import PyTree
 
-BUCKET_POLICIES = ("pow2", "pow2_half")
+BUCKET_POLICIES = ("pow2_half", "pow2", "exact")
+DEFAULT_BUCKETS = "pow2_half"
 
 
-def bucket_sizes(batch: int, policy: str | tuple[int, ...] = "pow2"
+def bucket_sizes(batch: int, policy: str | tuple[int, ...] = DEFAULT_BUCKETS
                  ) -> tuple[int, ...]:
   """Sorted batch sizes a compacted batch may take, always including `batch`.
 
+  Padding a bucket wastes compute; more sizes cost more compiled programs.
+  Measured on a 12-layer encoder at batch 32 with uniformly spread exit
+  depths (BENCHMARKS.md), realised/theoretical speed-up was about 0.7-0.8
+  with "pow2", 0.8-0.9 with "pow2_half" and 0.95-1.0 with "exact".
+
   Args:
     batch: the full batch size B.
-    policy: "pow2" (1, 2, 4, ...), "pow2_half" (1, 2, 3, 4, 6, 8, 12, ...:
-      at most ~33% padding instead of ~50%, twice the programs), or an
-      explicit tuple of sizes.
+    policy: "pow2_half" (default: 1, 2, 3, 4, 6, 8, 12, 16, 24, ...: powers
+      of two and their 1.5x midpoints, at most 1/3 padding), "pow2" (1, 2,
+      4, 8, ...: at most 1/2 padding, fewest programs), "exact" (every size
+      1..B: no padding, up to B segment programs), or an explicit tuple.
   """
   checks.positive_int("batch", batch)
+  if policy == "exact":
+    return tuple(range(1, batch + 1))
   if isinstance(policy, str):
     checks.one_of("buckets", policy, BUCKET_POLICIES)
     sizes, p = set(), 1
@@ -70,7 +80,7 @@ class CompactedRunner:
 
   def __init__(self, stack: ExitStack, rule: ExitRule, *,
                segment_layers: int = 1,
-               buckets: str | tuple[int, ...] = "pow2"):
+               buckets: str | tuple[int, ...] = DEFAULT_BUCKETS):
     check_stack(stack)
     checks.positive_int("segment_layers", segment_layers)
     if not isinstance(buckets, str):
@@ -80,12 +90,16 @@ class CompactedRunner:
     self.stack, self.rule = stack, rule
     self.segment_layers, self.buckets = segment_layers, buckets
     self._segment = jax.jit(self._segment_impl,
-                            static_argnames=("start", "stop"),
+                            static_argnames=("length",),
                             donate_argnames=("exit_layer", "outputs"))
     self._compact = jax.jit(self._compact_impl, static_argnames=("size",))
+    self._start = jax.jit(self._start_impl)
 
   def num_compiled_programs(self) -> int:
-    """How many distinct programs (segment and compaction) were compiled."""
+    """How many distinct segment and compaction programs were compiled.
+
+    The one set-up program per batch size (`_start`) is not counted.
+    """
     return self._segment._cache_size() + self._compact._cache_size()
 
   def __call__(self, params: PyTree, carry: PyTree, *,
@@ -93,17 +107,14 @@ class CompactedRunner:
     batch = batch_size_of(carry)
     sizes = bucket_sizes(batch, self.buckets)
     num_layers = self.stack.num_layers
-    rule_state = self.rule.init(batch, rule_inputs)
-    idx = jnp.arange(batch, dtype=jnp.int32)
-    valid = jnp.ones((batch,), bool)
-    exit_layer = jnp.full((batch,), num_layers - 1, jnp.int32)
-    outputs = head_output_zeros(self.stack, params, carry)
+    rule_state, idx, valid, exit_layer, outputs = self._start(
+        params, carry, rule_inputs)
     size = batch
     for start in range(0, num_layers, self.segment_layers):
       stop = min(start + self.segment_layers, num_layers)
       carry, rule_state, valid, exit_layer, outputs, num_alive = self._segment(
           params, carry, rule_state, idx, valid, exit_layer, outputs,
-          start=start, stop=stop)
+          jnp.int32(start), length=stop - start)
       if stop == num_layers:
         break
       num_alive = int(num_alive)  # the one host sync per segment
@@ -116,14 +127,27 @@ class CompactedRunner:
         size = new_size
     return ExitResult(exit_layer=exit_layer, outputs=outputs)
 
+  def _start_impl(self, params, carry, rule_inputs):
+    """Initial rule state, slot bookkeeping and exit buffers, on device."""
+    batch = batch_size_of(carry)
+    return (self.rule.init(batch, rule_inputs),
+            jnp.arange(batch, dtype=jnp.int32), jnp.ones((batch,), bool),
+            jnp.full((batch,), self.stack.num_layers - 1, jnp.int32),
+            head_output_zeros(self.stack, params, carry))
+
   def _segment_impl(self, params, carry, rule_state, idx, valid, exit_layer,
-                    outputs, *, start, stop):
-    """Layers [start, stop) at the current bucket size; scatters exits."""
+                    outputs, start, *, length):
+    """Layers [start, start + length) at the current bucket size.
+
+    `start` is traced, so one program serves every segment of a bucket size:
+    the programs scale with the number of bucket sizes, not with depth.
+    """
     last = self.stack.num_layers - 1
     local_out = head_output_zeros(self.stack, params, carry)
     local_layer = jnp.zeros(valid.shape, jnp.int32)
     done = ~valid  # padding slots count as done: they never record.
-    for layer in range(start, stop):
+    for offset in range(length):
+      layer = start + offset
       carry = self.stack.layer_fn(params, layer, carry)
       out = self.stack.head_fn(params, layer, carry)
       rule_state, exit_now = self.rule.update(rule_state, out, layer)
@@ -158,7 +182,8 @@ def _cached_runner(stack, rule, segment_layers, buckets) -> CompactedRunner:
 
 def compacted(stack: ExitStack, rule: ExitRule, params: PyTree, carry: PyTree,
               *, rule_inputs: PyTree = None, segment_layers: int = 1,
-              buckets: str | tuple[int, ...] = "pow2") -> ExitResult:
+              buckets: str | tuple[int, ...] = DEFAULT_BUCKETS
+              ) -> ExitResult:
   """Runs `stack` with exited examples removed between segments.
 
   Args:

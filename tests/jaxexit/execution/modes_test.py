@@ -73,7 +73,7 @@ def test_modes_agree(rule_name, batch):
 
 
 @pytest.mark.parametrize("segment_layers", [1, 2, 4])
-@pytest.mark.parametrize("buckets", ["pow2", "pow2_half", (3, 7)])
+@pytest.mark.parametrize("buckets", ["pow2", "pow2_half", "exact", (3, 7)])
 def test_compacted_options_agree(segment_layers, buckets):
   results, _ = _run_all("preset", 13, seed=3, segment_layers=segment_layers,
                         buckets=buckets)
@@ -137,13 +137,15 @@ def test_compacted_program_count_is_bounded():
     depths = jax.random.randint(jax.random.key(10 + seed), (32,), 1, L + 1)
     runner(params, carry, rule_inputs=depths)
   num_buckets = len(execution.bucket_sizes(32))
-  bound = L * num_buckets + num_buckets * (num_buckets - 1) // 2
+  bound = 2 * num_buckets + num_buckets * (num_buckets - 1) // 2
   assert 0 < runner.num_compiled_programs() <= bound
 
 
 def test_bucket_sizes():
-  assert execution.bucket_sizes(32) == (1, 2, 4, 8, 16, 32)
-  assert execution.bucket_sizes(24) == (1, 2, 4, 8, 16, 24)
+  assert execution.bucket_sizes(32, "pow2") == (1, 2, 4, 8, 16, 32)
+  assert execution.bucket_sizes(24, "pow2") == (1, 2, 4, 8, 16, 24)
+  assert execution.bucket_sizes(5, "exact") == (1, 2, 3, 4, 5)
+  assert execution.bucket_sizes(32) == execution.bucket_sizes(32, "pow2_half")
   assert execution.bucket_sizes(32, "pow2_half") == (1, 2, 3, 4, 6, 8, 12, 16,
                                                      24, 32)
   assert execution.bucket_sizes(10, (4, 64)) == (4, 10)
