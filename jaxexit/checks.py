@@ -17,7 +17,7 @@ def _is_concrete(x) -> bool:
   return not isinstance(x, jax.core.Tracer)
 
 
-def in_range(name: str, value, low: float, high: float, *,
+def in_range(name: str, value, low: float | int, high: float | int, *,
              low_open: bool = False, high_open: bool = False) -> None:
   """Raises unless `low <(=) value <(=) high` (Python scalars or arrays)."""
   if not _is_concrete(value):

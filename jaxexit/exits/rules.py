@@ -17,8 +17,10 @@ Contract:
     the last layer and keeps the first exit of each example; a rule never
     needs to remember that an example already left.
 
-Each paper rule here has a vectorised twin over all layers at once in
-`halting.py` / `confidence.py` / `gates.py`; tests check they agree.
+This file holds the protocol and the generic rules. Each paper's rule
+factory lives beside its vectorised twin over all layers at once
+(`halting.q_exit_rule` beside `halting.q_exit`, `confidence.patience_rule`
+beside `confidence.patience_exit`, ...); tests check that they agree.
 """
 
 from collections.abc import Callable
@@ -26,6 +28,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxexit import checks
 from jaxexit.exits.outputs import ExitHeadOutput
@@ -87,10 +90,11 @@ def preset_depth() -> ExitRule:
   """
 
   def init(batch_size, rule_inputs):
-    if rule_inputs is None or jnp.shape(rule_inputs) != (batch_size,):
+    shape = None if rule_inputs is None else np.shape(rule_inputs)
+    if shape != (batch_size,):
       raise ValueError(
-          "preset_depth needs rule_inputs of shape [B]=({batch_size},); got "
-          f"rule_inputs with shape {jnp.shape(rule_inputs)}")
+          f"preset_depth needs rule_inputs of shape [B]=({batch_size},); got "
+          f"rule_inputs with shape {shape}")
     return jnp.asarray(rule_inputs, jnp.int32)
 
   def update(depth, head_out, layer):
