@@ -58,14 +58,7 @@ def build(batch: int):
                               CFG.vocab_size)
   carry = jax.jit(model.embed_tokens)(tokens)
 
-  @jax.jit
-  def full(params, carry):
-    # The fastest full model we found: a rolled layer loop. A Python-unrolled
-    # stack of the same layers was 1.4x (batch 32) to 2.2x (batch 1) slower
-    # on the 2-core CPU, which would flatter every mode.
-    carry = jax.lax.fori_loop(
-        0, CFG.num_layers, lambda i, c: stack.layer_fn(params, i, c), carry)
-    return stack.head_fn(params, CFG.num_layers - 1, carry).logits
+  full = execution.make_full_model(stack)
 
   rule = rules.preset_depth()
   runners = {mode: execution.make_runner(mode, stack, rule)

@@ -3,11 +3,14 @@
 from jaxexit.execution.compacted import (CompactedRunner, bucket_sizes,
                                          compacted)
 from jaxexit.execution.early_stop import early_stop
+from jaxexit.execution.full import make_full_model
 from jaxexit.execution.modes import MODES, make_runner, run
 from jaxexit.execution.simulate import simulate
+from jaxexit.execution.speed import SpeedReport, measure_speedup
 from jaxexit.execution.stack import ExitResult, ExitStack
 
 __all__ = [
-    "MODES", "CompactedRunner", "ExitResult", "ExitStack", "bucket_sizes",
-    "compacted", "early_stop", "make_runner", "run", "simulate",
+    "MODES", "CompactedRunner", "ExitResult", "ExitStack", "SpeedReport",
+    "bucket_sizes", "compacted", "early_stop", "make_full_model",
+    "make_runner", "measure_speedup", "run", "simulate",
 ]
