@@ -1,0 +1,43 @@
+"""Training utilities: functional NNX step, optimizers, checkpoints, loop."""
+
+from jaxexit.train.checkpoint import Checkpointer, Restored, abstract_like
+from jaxexit.train.loop import train
+from jaxexit.train.metrics import MetricsWriter, read_metrics
+from jaxexit.train.optim import (
+    OptimConfig,
+    ParamGroup,
+    build_optimizer,
+    build_schedule,
+    label_params,
+    path_contains,
+)
+from jaxexit.train.progress import ProgressBar
+from jaxexit.train.seed import base_key, step_key
+from jaxexit.train.step import (
+    make_eval_step,
+    make_train_step,
+    merge_train_state,
+    split_train_state,
+)
+
+__all__ = [
+    "Checkpointer",
+    "MetricsWriter",
+    "OptimConfig",
+    "ParamGroup",
+    "ProgressBar",
+    "Restored",
+    "abstract_like",
+    "base_key",
+    "build_optimizer",
+    "build_schedule",
+    "label_params",
+    "make_eval_step",
+    "make_train_step",
+    "merge_train_state",
+    "path_contains",
+    "read_metrics",
+    "split_train_state",
+    "step_key",
+    "train",
+]

@@ -1,0 +1,123 @@
+"""Tests of data-parallel sharding (8 fake CPU devices in a subprocess).
+
+`XLA_FLAGS=--xla_force_host_platform_device_count=8` must be set before jax
+is imported, so the multi-device checks run this file as a script in a
+child process (`_child_main`) and the test asserts on its exit status.
+"""
+
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+from jax.sharding import PartitionSpec as P
+
+if __name__ == "__main__":  # The 8-device child checks shapes like conftest.
+  from jaxtyping import install_import_hook
+  install_import_hook(["jaxexit"], "beartype.beartype")
+
+from jaxexit import sharding  # noqa: E402
+
+REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "../.."))
+
+
+def test_config_defaults_to_replicated_and_data_parallel_factory():
+  cfg = sharding.ShardingConfig()
+  assert all(getattr(cfg, f.name) is None
+             for f in cfg.__dataclass_fields__.values())
+  dp = sharding.ShardingConfig.data_parallel()
+  assert dp.batch_b == P("data") and dp.act_btd == P("data")
+  assert dp.w_df is None
+  x = jnp.ones((2, 3))
+  assert sharding.constrain(x, cfg.act_bd) is x
+
+
+def test_single_device_mesh_and_errors():
+  mesh = sharding.data_parallel_mesh(1)
+  assert mesh.axis_names == ("data",) and mesh.shape["data"] == 1
+  batch = sharding.shard_batch({"x": np.ones((3, 2))}, mesh)
+  assert batch["x"].sharding.spec == P("data")
+  with pytest.raises(ValueError, match="num_devices=0"):
+    sharding.data_parallel_mesh(0)
+  with pytest.raises(ValueError, match="num_devices=999"):
+    sharding.data_parallel_mesh(999)
+  with pytest.raises(ValueError, match="batch size None"):
+    sharding.shard_batch({"x": np.float32(1.0)}, mesh)
+
+
+class Mlp(nnx.Module):
+
+  def __init__(self, rngs: nnx.Rngs):
+    self.hidden = nnx.Linear(6, 32, rngs=rngs)
+    self.dropout = nnx.Dropout(0.25)
+    self.out = nnx.Linear(32, 2, rngs=rngs)
+
+  def __call__(self, x, rng):
+    return self.out(self.dropout(jax.nn.relu(self.hidden(x)), rngs=rng))
+
+
+def _loss_fn(model, batch, rng):
+  pred = model(batch["x"], rng)
+  return jnp.mean((pred - batch["y"]) ** 2), {}
+
+
+def _child_main() -> None:
+  """Runs in the 8-device child: sharded step == single-device step."""
+  from jaxexit.train import make_train_step, split_train_state  # noqa: PLC0415
+  assert jax.device_count() == 8, jax.devices()
+  mesh = sharding.data_parallel_mesh()
+  x = jax.random.normal(jax.random.key(1), (32, 6))
+  batches = [{"x": x + i, "y": x[:, :2] * (i + 1)} for i in range(3)]
+  step = make_train_step(_loss_fn)
+  results = []
+  for sharded in (False, True):
+    graphdef, state = split_train_state(Mlp(nnx.Rngs(0)), optax.adam(1e-2))
+    if sharded:
+      state = sharding.replicate(state, mesh)
+    losses = []
+    with jax.set_mesh(mesh):
+      for i, batch in enumerate(batches):
+        if sharded:
+          batch = sharding.shard_batch(batch, mesh)
+          assert batch["x"].sharding.spec == P("data")
+          assert len(batch["x"].sharding.device_set) == 8
+          shapes = {s.data.shape for s in batch["x"].addressable_shards}
+          assert shapes == {(4, 6)}, shapes
+        state, metrics = step(graphdef, state, batch, jax.random.key(i))
+        losses.append(np.asarray(metrics["loss"]))
+    if sharded:
+      for leaf in jax.tree.leaves(state):
+        assert leaf.sharding.is_fully_replicated, leaf.sharding
+        assert len(leaf.sharding.device_set) == 8
+    results.append((np.array(losses), jax.tree.leaves(jax.device_get(state))))
+  (loss_1, leaves_1), (loss_8, leaves_8) = results
+  np.testing.assert_allclose(loss_8, loss_1, rtol=1e-6, atol=1e-7)
+  for a, b in zip(leaves_8, leaves_1):
+    if jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key):
+      a, b = jax.random.key_data(a), jax.random.key_data(b)
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+  try:
+    sharding.shard_batch({"x": np.ones((12, 6))}, mesh)
+  except ValueError as e:
+    assert "batch size 12" in str(e) and "device count 8" in str(e), e
+  else:
+    raise AssertionError("indivisible batch did not raise")
+  print("CHILD OK", loss_1.tolist())
+
+
+def test_sharded_step_matches_single_device_in_8_device_child():
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO,
+             XLA_FLAGS="--xla_force_host_platform_device_count=8")
+  proc = subprocess.run([sys.executable, __file__, "--child"], env=env,
+                        capture_output=True, text=True, timeout=180)
+  assert proc.returncode == 0 and "CHILD OK" in proc.stdout, proc.stderr
+
+
+if __name__ == "__main__" and "--child" in sys.argv:
+  jax.config.update("jax_numpy_rank_promotion", "raise")
+  _child_main()
