@@ -72,7 +72,7 @@ def batches_of(carry, size):
 def evaluate(model, cfg, dev_tokens, dev_labels):
   stack, params = model.exit_stack()
   carry = jax.jit(model.embed_tokens)(jnp.asarray(dev_tokens))
-  b32 = batches_of(carry, cfg.batch_size)
+  b32 = batches_of(carry, cfg.batch_size)[:cfg.timing_batches]
   b1 = batches_of(jax.tree.map(lambda x: x[:cfg.batch1_examples], carry), 1)
   records = []
   for method, param, rule in rule_grid(cfg):

@@ -24,6 +24,7 @@ class DemoConfig:
   batch_size: int = 32
   learning_rate: float = 1e-3
   batch1_examples: int = 32         # examples timed one at a time
+  timing_batches: int | None = None  # batches of 32 timed (None: all dev)
   checkpoint_every: int = 50
   seed: int = 0
   static_depths: tuple[int, ...] = (1, 2, 3, 4, 5)
@@ -39,7 +40,8 @@ def get_config(preset: str = "smoke") -> DemoConfig:
     return DemoConfig(
         model=EncoderConfig(num_layers=6, d_model=64, num_heads=4, d_ff=128,
                             vocab_size=8192, max_len=48, num_classes=2),
-        train_steps=200, batch1_examples=16, static_depths=(2, 4),
+        train_steps=150, batch1_examples=16, timing_batches=8,
+        static_depths=(2, 4),
         max_softmax_thresholds=(0.6, 0.8, 0.95),
         entropy_thresholds=(0.3, 0.5, 0.6), patiences=(1, 2, 3),
         timing_repeats=3)

@@ -1,10 +1,9 @@
 """Execution modes for any stack of layers with exit heads."""
 
-from jaxexit.execution.compacted import (CompactedRunner, bucket_sizes,
-                                         compacted)
+from jaxexit.execution.compacted import CompactedRunner, bucket_sizes
 from jaxexit.execution.early_stop import early_stop
 from jaxexit.execution.full import make_full_model
-from jaxexit.execution.modes import MODES, make_runner, run
+from jaxexit.execution.modes import MODES, compacted, make_runner, run
 from jaxexit.execution.simulate import simulate
 from jaxexit.execution.speed import SpeedReport, measure_speedup
 from jaxexit.execution.stack import ExitResult, ExitStack

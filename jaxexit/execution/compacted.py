@@ -21,8 +21,6 @@ it is negligible. At batch 1 prefer `early_stop`, which never leaves the
 device.
 """
 
-import functools
-
 import jax
 import jax.numpy as jnp
 
@@ -172,32 +170,3 @@ class CompactedRunner:
     slot_valid = jnp.arange(size) < num_alive
     idx = jnp.where(slot_valid, idx[pos], valid.shape[0]).astype(jnp.int32)
     return carry, rule_state, idx, slot_valid
-
-
-@functools.lru_cache(maxsize=64)
-def _cached_runner(stack, rule, segment_layers, buckets) -> CompactedRunner:
-  return CompactedRunner(stack, rule, segment_layers=segment_layers,
-                         buckets=buckets)
-
-
-def compacted(stack: ExitStack, rule: ExitRule, params: PyTree, carry: PyTree,
-              *, rule_inputs: PyTree = None, segment_layers: int = 1,
-              buckets: str | tuple[int, ...] = DEFAULT_BUCKETS
-              ) -> ExitResult:
-  """Runs `stack` with exited examples removed between segments.
-
-  Args:
-    stack: the model's layers and exit heads.
-    rule: the exit rule.
-    params: parameter pytree for `stack`.
-    carry: input pytree, every leaf `[B, ...]`.
-    rule_inputs: per-batch data for `rule.init`.
-    segment_layers: layers run between two compactions.
-    buckets: bucket policy or explicit sizes (see `bucket_sizes`).
-
-  Returns:
-    `ExitResult` (no `per_layer`). Programs are cached per
-    (stack, rule, segment_layers, buckets): build the stack and rule once.
-  """
-  runner = _cached_runner(stack, rule, segment_layers, buckets)
-  return runner(params, carry, rule_inputs=rule_inputs)

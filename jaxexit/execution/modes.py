@@ -15,7 +15,7 @@ from collections.abc import Callable
 import jax
 
 from jaxexit import checks
-from jaxexit.execution.compacted import CompactedRunner, compacted
+from jaxexit.execution.compacted import CompactedRunner
 from jaxexit.execution.early_stop import early_stop
 from jaxexit.execution.simulate import simulate
 from jaxexit.execution.stack import ExitResult, ExitStack
@@ -29,6 +29,10 @@ def make_runner(mode: str, stack: ExitStack, rule: ExitRule, **options
                 ) -> Callable[..., ExitResult]:
   """A compiled `runner(params, carry, *, rule_inputs=None) -> ExitResult`.
 
+  Runners are cached per (mode, stack, rule, options), so asking again for
+  the same ones reuses the compiled programs: build the stack and the rule
+  once and keep them.
+
   Args:
     mode: one of `MODES`.
     stack: the model's layers and exit heads.
@@ -37,12 +41,30 @@ def make_runner(mode: str, stack: ExitStack, rule: ExitRule, **options
       `buckets` for compacted).
   """
   checks.one_of("mode", mode, MODES)
+  return _cached_runner(mode, stack, rule, tuple(sorted(options.items())))
+
+
+@functools.lru_cache(maxsize=128)
+def _cached_runner(mode, stack, rule, options):
+  options = dict(options)
   if mode == "compacted":
     return CompactedRunner(stack, rule, **options)
   fn = simulate if mode == "simulate" else early_stop
   jitted = jax.jit(functools.partial(fn, stack, rule, **options))
   return lambda params, carry, *, rule_inputs=None: jitted(
       params, carry, rule_inputs=rule_inputs)
+
+
+def compacted(stack: ExitStack, rule: ExitRule, params: PyTree, carry: PyTree,
+              *, rule_inputs: PyTree = None, **options) -> ExitResult:
+  """Runs `stack` with exited examples removed between segments.
+
+  The compiled programs are cached per (stack, rule, options) through
+  `make_runner`; `options` are `CompactedRunner`'s (`segment_layers`,
+  `buckets`).
+  """
+  runner = make_runner("compacted", stack, rule, **options)
+  return runner(params, carry, rule_inputs=rule_inputs)
 
 
 def run(mode: str, stack: ExitStack, rule: ExitRule, params: PyTree,
