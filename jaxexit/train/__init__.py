@@ -10,6 +10,7 @@ from jaxexit.train.optim import (
     build_schedule,
     label_params,
     path_contains,
+    train_only,
 )
 from jaxexit.train.progress import ProgressBar
 from jaxexit.train.seed import base_key, step_key
@@ -39,5 +40,6 @@ __all__ = [
     "read_metrics",
     "split_train_state",
     "step_key",
+    "train_only",
     "train",
 ]

@@ -223,3 +223,20 @@ def build_optimizer(cfg: OptimConfig, groups: Sequence[ParamGroup] = ()
   if cfg.grad_clip is None:
     return tx
   return optax.chain(optax.clip_by_global_norm(cfg.grad_clip), tx)
+
+
+def train_only(tx: optax.GradientTransformation,
+               predicate: Callable[[str], bool]
+               ) -> optax.GradientTransformation:
+  """Applies `tx` to parameters whose path matches `predicate`; freezes the rest.
+
+  Frozen parameters get a zero update (not a zero gradient fed to Adam),
+  so neither momentum nor weight decay moves them (DeeBERT's second stage).
+  """
+  def labels(params):
+    return jax.tree_util.tree_map_with_path(
+        lambda kp, _: "train" if predicate(param_path(kp)) else "frozen",
+        params)
+
+  return optax.multi_transform(
+      {"train": tx, "frozen": optax.set_to_zero()}, labels)

