@@ -1,148 +1,123 @@
-"""python -m experiments.palbert_glue — foundation demo on real SST-2.
+"""python -m experiments.palbert_glue — PALBERT and its baselines on GLUE.
 
-Trains a small encoder with an exit after every layer (PABEE-weighted exit
-loss, shared resumable loop), then evaluates exit rules (max-softmax,
-DeeBERT entropy, PABEE patience, static depth, full model) in `simulate`
-for accuracy and average depth, checks `compacted` and `early_stop` make the
-same decisions, and measures realised speed-ups against the full model at
-batch 32 (`compacted`) and batch 1 (`early_stop`). Writes results.json,
-results.md and pareto.png into --out. See configs.py for the presets.
+Trains every requested exit method (PALBERT, PonderNet, PABEE, DeeBERT,
+BERxiT, static, full) on the same pretrained encoder and GLUE task with the
+shared resumable loop, evaluates each method's exit sweep on dev in
+`simulate` (exact paper semantics), and measures the realised speed-up of the
+default operating point against the full model in the same run, at batch 32
+(`compacted`) and batch 1 (`early_stop`). Writes into --out:
+
+  results.json   one record per task and method (default operating point)
+  sweep.json     every point of every method's sweep
+  results.md     the same as tables
+  pareto.png     score vs average layers, one curve per method
+
+Presets and commands: configs.py.
 """
 
 import argparse
+import json
 import pathlib
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
-from experiments.palbert_glue import configs, plots, sst2
-from jaxexit import exits, report, train
-from jaxexit.data import add_data_dir_flag
-from jaxexit.execution import make_runner, measure_speedup, simulate
-from jaxexit.nn.encoder import ExitEncoder
+from experiments.palbert_glue import configs, models, plots, run
+from jaxexit import report
+from jaxexit.data import TASKS, add_data_dir_flag, glue_task, load_glue
+from jaxexit.methods.encoder_exits import METHODS, get_method
 
 
-def exit_loss(model, batch, rng):
-  """PABEE-weighted cross-entropy over every exit (all layers run)."""
-  del rng
-  stack, params = model.exit_stack()
-  res = simulate(stack, exits.never(), params,
-                 model.embed_tokens(batch["tokens"]), unroll=True)
-  ce = exits.cross_entropy_per_exit(res.per_layer.logits, batch["labels"])
-  loss = exits.weighted_exit_loss(ce, exits.pabee_weights(stack.num_layers))
-  acc = jnp.mean(jnp.argmax(res.per_layer.logits[:, -1], -1)
-                 == batch["labels"])
-  return loss, {"loss": loss, "last_exit_acc": acc}
-
-
-def batch_fn_for(tokens, labels, batch_size, seed):
-  """`step -> batch`: a fresh permutation each epoch, a pure function."""
-  per_epoch = len(labels) // batch_size
-
-  def batch_fn(step):
-    epoch, i = divmod(step, per_epoch)
-    perm = np.random.default_rng([seed, epoch]).permutation(len(labels))
-    idx = perm[i * batch_size:(i + 1) * batch_size]
-    return {"tokens": tokens[idx], "labels": labels[idx]}
-
-  return batch_fn
-
-
-def rule_grid(cfg: configs.DemoConfig):
-  """(method, parameter, rule) triples evaluated on dev."""
-  grid = [("full", None, exits.never())]
-  grid += [("static", k, exits.fixed_depth(k)) for k in cfg.static_depths]
-  grid += [("max-softmax", t, exits.max_softmax_rule(t))
-           for t in cfg.max_softmax_thresholds]
-  grid += [("entropy", s, exits.entropy_rule(s))
-           for s in cfg.entropy_thresholds]
-  grid += [("pabee", p, exits.patience_rule(p)) for p in cfg.patiences]
-  return grid
-
-
-def batches_of(carry, size):
-  """Splits a carry into full batches of `size` (the remainder is dropped)."""
-  n = (jax.tree.leaves(carry)[0].shape[0] // size) * size
-  return [jax.tree.map(lambda x: x[i:i + size], carry)
-          for i in range(0, n, size)]
-
-
-def evaluate(model, cfg, dev_tokens, dev_labels):
-  stack, params = model.exit_stack()
-  carry = jax.jit(model.embed_tokens)(jnp.asarray(dev_tokens))
-  b32 = batches_of(carry, cfg.batch_size)[:cfg.timing_batches]
-  b1 = batches_of(jax.tree.map(lambda x: x[:cfg.batch1_examples], carry), 1)
-  records = []
-  for method, param, rule in rule_grid(cfg):
-    res = make_runner("simulate", stack, rule)(params, carry)
-    compacted = make_runner("compacted", stack, rule)(params, carry)
-    if not np.array_equal(res.exit_layer, compacted.exit_layer):
-      raise AssertionError(f"{method}={param}: compacted exits differ")
-    preds = np.asarray(jnp.argmax(res.outputs.logits, -1))
-    fast = measure_speedup(stack, rule, params, b32, mode="compacted",
-                           repeats=cfg.timing_repeats)
-    slow = measure_speedup(stack, rule, params, b1, mode="early_stop",
-                           repeats=cfg.timing_repeats)
-    layers = np.asarray(res.layers_used)
-    records.append({
-        "task": cfg.task, "method": method, "param": param,
-        "metric": "accuracy",
-        "score": round(float(np.mean(preds == dev_labels)), 4),
-        "avg_layers": round(float(layers.mean()), 3),
-        "theoretical_speedup": round(float(stack.num_layers / layers.mean()),
-                                     3),
-        "realised_speedup": round(fast.realised_speedup, 3),
-        "realised_speedup_batch1": round(slow.realised_speedup, 3),
-    })
-    print(records[-1], flush=True)
-  return records
-
-
-def write_results(records, out: pathlib.Path, cfg, preset):
-  report.write_json(out / "results.json", records)
-  header = ["method", "param", "accuracy", "avg layers", "theoretical",
-            "realised b32 (compacted)", "realised b1 (early_stop)"]
-  rows = [[r["method"], r["param"], f'{r["score"]:.3f}', r["avg_layers"],
-           f'{r["theoretical_speedup"]:.2f}x', f'{r["realised_speedup"]:.2f}x',
-           f'{r["realised_speedup_batch1"]:.2f}x'] for r in records]
-  (out / "results.md").write_text(
-      f"# Foundation demo: exits on SST-2 dev (preset `{preset}`)\n\n"
-      f"{cfg.model.num_layers}-layer encoder, d={cfg.model.d_model}, "
-      f"{cfg.train_steps} steps; hashed-word tokens. Not PALBERT yet.\n\n"
-      + report.markdown_table(header, rows) + "\n")
-  plots.pareto(records, out / "pareto.png",
-               title=f"SST-2 dev, {cfg.model.num_layers}-layer demo encoder")
-
-
-def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--preset", default="smoke", choices=["smoke", "cpu"])
-  parser.add_argument("--task", default="sst2", choices=["sst2"])
+def parse_args(argv=None):
+  parser = argparse.ArgumentParser(
+      prog="python -m experiments.palbert_glue",
+      description=__doc__.splitlines()[0].split(" — ")[1])
+  parser.add_argument("--task", default="rte",
+                      help=f"GLUE task, or a comma list: {', '.join(TASKS)}")
+  parser.add_argument("--method", default="all",
+                      help=f"'all' or a comma list of {', '.join(METHODS)}")
+  parser.add_argument("--model", default=None,
+                      help="minilm-l6 (offline, default), albert-base-v2, "
+                      "roberta-base, or a local Hugging Face folder")
+  parser.add_argument("--preset", default="cpu",
+                      choices=sorted(configs.PRESETS))
   parser.add_argument("--out", type=pathlib.Path,
-                      default=pathlib.Path("runs/palbert_glue_demo"))
+                      default=pathlib.Path("runs/palbert_glue"))
   parser.add_argument("--no-progress", action="store_true")
   add_data_dir_flag(parser)
   args = parser.parse_args(argv)
+  args.tasks = [glue_task(t).name for t in args.task.split(",")]
+  names = list(METHODS) if args.method == "all" else args.method.split(",")
+  args.methods = [get_method(n) for n in names]
+  return args
+
+
+def tokenise(tokenizer, task: str, split: str, cfg, data_dir):
+  """A `run.Split` of `task`/`split`, reporting truncated examples."""
+  raw = load_glue(task, split, data_dir=data_dir)
+  enc = tokenizer.encode_batch(raw.texts_a, raw.texts_b, max_len=cfg.max_len)
+  limit = (cfg.max_train_examples if split == "train"
+           else cfg.max_eval_examples)
+  n = len(raw) if limit is None else min(limit, len(raw))
+  idx = (np.random.default_rng(cfg.seed).permutation(len(raw))[:n]
+         if split == "train" else np.arange(n))
+  if enc.num_truncated:
+    print(f"{task}/{split}: {enc.num_truncated} of {len(raw)} examples "
+          f"truncated to {cfg.max_len} tokens")
+  return run.Split(enc.input_ids[idx], enc.token_type_ids[idx],
+                   enc.attention_mask[idx], raw.labels[idx])
+
+
+def write(out: pathlib.Path, records, sweep, args, cfg):
+  report.write_json(out / "results.json", records)
+  report.write_json(out / "sweep.json", sweep)
+  header = ["task", "method", "param", "metric", "score", "avg layers",
+            "theoretical", "realised b32", "realised b1"]
+  rows = [[r["task"], r["method"], r["param"], r["metric"],
+           f'{100 * r["score"]:.1f}', r["avg_layers"],
+           f'{r["theoretical_speedup"]:.2f}x',
+           f'{r["realised_speedup"]:.2f}x',
+           f'{r["realised_speedup_batch1"]:.2f}x'] for r in records]
+  sweep_rows = [[r["task"], r["method"], r["param"],
+                 f'{100 * r["score"]:.1f}', r["avg_layers"],
+                 f'{r["theoretical_speedup"]:.2f}x'] for r in sweep]
+  (out / "results.md").write_text(
+      f"# PALBERT and baselines on GLUE dev (preset `{args.preset}`, "
+      f"model `{cfg.model}`)\n\nDefault operating points; realised speed-ups "
+      "measured against the full model in the same run (batch 32: "
+      "`compacted`, batch 1: `early_stop`).\n\n"
+      + report.markdown_table(header, rows)
+      + "\n\n## Sweeps\n\n"
+      + report.markdown_table(["task", "method", "param", "score",
+                               "avg layers", "theoretical"], sweep_rows)
+      + "\n")
+  plots.pareto(sweep, out / "pareto.png",
+               title=f"GLUE dev ({', '.join(args.tasks)}), {cfg.model}")
+
+
+def main(argv=None):
+  args = parse_args(argv)
   cfg = configs.get_config(args.preset)
-  m = cfg.model
-  tokens, labels = sst2.load("train", m.vocab_size, m.max_len, args.data_dir)
-  dev_tokens, dev_labels = sst2.load("dev", m.vocab_size, m.max_len,
-                                     args.data_dir)
-  model = ExitEncoder(m, rngs=nnx.Rngs(cfg.seed))
-  tx = train.build_optimizer(train.OptimConfig(
-      name="adamw", learning_rate=cfg.learning_rate, weight_decay=0.01))
-  model, metrics = train.train(
-      model, tx, exit_loss,
-      batch_fn_for(tokens, labels, cfg.batch_size, cfg.seed),
-      num_steps=cfg.train_steps, workdir=args.out / "train", seed=cfg.seed,
-      checkpoint_every=cfg.checkpoint_every, log_every=25,
-      progress=False if args.no_progress else None)
-  print(f"trained: {metrics}")
-  records = evaluate(model, cfg, dev_tokens, dev_labels)
-  write_results(records, args.out, cfg, args.preset)
-  print(f"wrote {args.out}/results.json, results.md, pareto.png")
+  if args.model:
+    cfg = configs.get_config(args.preset, model=args.model)
+  encoder, tokenizer = models.load(cfg.model)
+  records, sweep = [], []
+  for task in args.tasks:
+    spec = glue_task(task)
+    train_split = tokenise(tokenizer, task, "train", cfg, args.data_dir)
+    dev_name = "dev_matched" if task == "mnli" else "dev"
+    dev = tokenise(tokenizer, task, dev_name, cfg, args.data_dir)
+    for method in args.methods:
+      print(f"== {task} / {method.name}", flush=True)
+      model, metrics = run.train_method(
+          encoder, method, train_split, spec.num_labels, cfg,
+          args.out / "train" / task / method.name,
+          False if args.no_progress else None)
+      record, points = run.evaluate_method(model, method, task, dev, cfg)
+      print(json.dumps(record), flush=True)
+      records.append(record)
+      sweep += points
+      write(args.out, records, sweep, args, cfg)
+  print(f"wrote {args.out}/results.json, sweep.json, results.md, pareto.png")
 
 
 if __name__ == "__main__":

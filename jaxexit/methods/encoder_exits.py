@@ -36,6 +36,7 @@ from jaxexit.typing import Array
 PALBERT_BETA = 0.5
 PALBERT_LAMBDA_P = 0.1
 PALBERT_EPS = 0.05
+PABEE_REGRESSION_TOL = 0.2  # PALBERT's PABEE copy for STS-B (§4)
 DEEBERT_ENTROPIES = (0.0, 0.001, 0.005, 0.01, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4,
                      0.5, 0.6, 0.7)
 
@@ -49,7 +50,10 @@ class Method:
     heads: `num_classes -> ExitHeadsConfig`.
     loss: `(per_layer, labels, step) -> (loss, metrics)`, `per_layer` the
       `ExitHeadOutput` of every layer with leaves `[B, L, ...]`.
-    rule: `param -> ExitRule` for one point of the sweep.
+    rule: `(param, regression) -> ExitRule` for one point of the sweep.
+    exit_layer: `(per_layer, param, key) -> [B]`, the vectorised twin of
+      `rule` over every layer's outputs at once (sweeps evaluate one
+      `simulate` pass against many parameters without recompiling).
     sweep: `num_layers -> params` evaluated for the score/depth curve.
     default: `num_layers -> param`, the paper's operating point.
     stages: training stages (DeeBERT: 2).
@@ -60,7 +64,8 @@ class Method:
   name: str
   heads: Callable[[int], ExitHeadsConfig]
   loss: Callable[..., tuple[Array, dict]]
-  rule: Callable[[Any], ExitRule]
+  rule: Callable[[Any, bool], ExitRule]
+  exit_layer: Callable[..., Array]
   sweep: Callable[[int], tuple]
   default: Callable[[int], Any]
   stages: int = 1
@@ -130,6 +135,11 @@ def _berxit_loss(per_layer, labels, step):
   return task + lte, {"lte_loss": lte}
 
 
+def _regression_or_logits(logits: Array) -> Array:
+  """[B, L] regression outputs when C = 1, else the [B, L, C] logits."""
+  return logits[..., 0] if logits.shape[-1] == 1 else logits
+
+
 def _half(num_layers: int) -> int:
   return max(1, num_layers // 2)
 
@@ -138,38 +148,57 @@ def _heads(**kw):
   return lambda num_classes: ExitHeadsConfig(num_classes=num_classes, **kw)
 
 
+def _last(per_layer: ExitHeadOutput) -> int:
+  return per_layer.logits.shape[1] - 1
+
+
 METHODS: dict[str, Method] = {m.name: m for m in [
     Method(name="palbert",
            heads=_heads(classifier="shared", halting="linear_cat",
                         halting_layers=3),
-           loss=_ponder_loss, rule=exits.q_exit_rule,
+           loss=_ponder_loss, rule=lambda q, _: exits.q_exit_rule(q),
+           exit_layer=lambda o, q, key: exits.q_exit(
+               exits.halting_distribution(o.halt), q),
            sweep=lambda n: (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8),
            default=lambda n: 0.5),
     Method(name="pondernet",
            heads=_heads(classifier="shared", halting="linear",
                         halting_layers=1),
-           loss=_ponder_loss, rule=lambda _: exits.sampled_exit_rule(),
+           loss=_ponder_loss, rule=lambda *_: exits.sampled_exit_rule(),
+           exit_layer=lambda o, _, key: exits.sampled_exit(key, o.halt),
            sweep=lambda n: (0,), default=lambda n: 0, rule_needs_key=True),
     Method(name="pabee", heads=_heads(classifier="per_layer"),
            loss=_weighted_loss(exits.pabee_weights),
-           rule=exits.patience_rule,
+           rule=lambda t, regression: exits.patience_rule(
+               t, regression_tol=PABEE_REGRESSION_TOL if regression else None),
+           exit_layer=lambda o, t, key: exits.patience_exit(
+               _regression_or_logits(o.logits), t,
+               regression_tol=PABEE_REGRESSION_TOL if o.logits.shape[-1] == 1
+               else None),
            sweep=lambda n: tuple(range(1, n)), default=_half),
     Method(name="deebert", heads=_heads(classifier="offramp"),
-           loss=_deebert_loss, rule=exits.entropy_rule,
+           loss=_deebert_loss, rule=lambda s, _: exits.entropy_rule(s),
+           exit_layer=lambda o, s, key: exits.entropy_exit(o.logits, s),
            sweep=lambda n: DEEBERT_ENTROPIES, default=lambda n: 0.3,
            stages=2,
            trainable=lambda stage: (None if stage == 0 else
                                     (lambda path: path.startswith("heads/")))),
     Method(name="berxit",
            heads=_heads(classifier="offramp", learned_exit=True),
-           loss=_berxit_loss, rule=exits.learned_exit_rule,
+           loss=_berxit_loss, rule=lambda tau, _: exits.learned_exit_rule(tau),
+           exit_layer=lambda o, tau, key: exits.learned_exit(o.score, tau),
            sweep=lambda n: (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9),
            default=lambda n: 0.5),
     Method(name="static", heads=_heads(classifier="per_layer"),
-           loss=_one_exit(lambda n: _half(n) - 1), rule=exits.fixed_depth,
+           loss=_one_exit(lambda n: _half(n) - 1),
+           rule=lambda k, _: exits.fixed_depth(k),
+           exit_layer=lambda o, k, key: jnp.full(o.logits.shape[:1], k - 1,
+                                                 jnp.int32),
            sweep=lambda n: (_half(n),), default=_half),
     Method(name="full", heads=_heads(classifier="per_layer"),
-           loss=_one_exit(lambda n: n - 1), rule=lambda _: exits.never(),
+           loss=_one_exit(lambda n: n - 1), rule=lambda *_: exits.never(),
+           exit_layer=lambda o, _, key: jnp.full(o.logits.shape[:1], _last(o),
+                                                 jnp.int32),
            sweep=lambda n: (None,), default=lambda n: None),
 ]}
 

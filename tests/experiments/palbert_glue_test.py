@@ -4,44 +4,47 @@ import pathlib
 
 import pytest
 
-from experiments.palbert_glue import __main__ as demo
-from experiments.palbert_glue import configs, sst2
+from experiments.palbert_glue import __main__ as experiment
+from experiments.palbert_glue import configs
 
 DATA = pathlib.Path(__file__).resolve().parents[2].parent / "shared" / "data"
 DATA_DIR = os.environ.get("JAXEXIT_DATA") or (str(DATA) if DATA.exists() else None)
 
 
-@pytest.mark.parametrize("preset", ["smoke", "cpu"])
-def test_configs_build(preset):
+@pytest.mark.parametrize("preset", sorted(configs.PRESETS))
+def test_presets_build(preset):
   cfg = configs.get_config(preset)
-  assert cfg.model.num_layers >= 2 and cfg.train_steps > 0
+  assert cfg.batch_size > 0 and cfg.max_len > 0
 
 
-def test_unknown_preset():
+def test_bad_arguments():
   with pytest.raises(ValueError, match="preset='huge'"):
     configs.get_config("huge")
+  with pytest.raises(ValueError, match="method='ee'"):
+    experiment.parse_args(["--method", "palbert,ee"])
+  with pytest.raises(ValueError, match="glue"):
+    experiment.parse_args(["--task", "imagenet"])
 
 
-def test_malformed_tsv_names_file_and_line(tmp_path):
-  path = tmp_path / "dev.tsv"
-  path.write_text("sentence\tlabel\ngood\t1\nbad line without label\n")
-  with pytest.raises(ValueError, match=r"dev.tsv:3: malformed"):
-    sst2.read_tsv(path)
-
-
-def test_hash_tokens_truncates_and_pads():
-  toks = sst2.hash_tokens(["a b c d e", "x"], vocab_size=50, max_len=4)
-  assert toks.shape == (2, 4) and (toks[:, 0] == 1).all()
-  assert (toks[0, 1:] > 1).all() and (toks[1, 2:] == 0).all()
+def test_unknown_model():
+  from experiments.palbert_glue import models
+  with pytest.raises(ValueError, match="model='not-a-model'"):
+    models.load("not-a-model")
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(DATA_DIR is None, reason="no data dir with SST-2")
-def test_smoke_preset_writes_results(tmp_path):
-  demo.main(["--preset", "smoke", "--out", str(tmp_path), "--no-progress",
-             "--data-dir", DATA_DIR])
+@pytest.mark.skipif(DATA_DIR is None, reason="no data dir with GLUE RTE")
+def test_smoke_preset_all_methods_writes_results(tmp_path):
+  experiment.main(["--preset", "smoke", "--task", "rte", "--method", "all",
+                   "--out", str(tmp_path), "--no-progress",
+                   "--data-dir", DATA_DIR])
   records = json.loads((tmp_path / "results.json").read_text())
-  assert {r["method"] for r in records} >= {"full", "pabee", "max-softmax"}
+  assert [r["method"] for r in records] == [
+      "palbert", "pondernet", "pabee", "deebert", "berxit", "static", "full"]
+  for r in records:
+    assert set(r) >= {"task", "method", "metric", "score", "avg_layers",
+                      "theoretical_speedup", "realised_speedup"}
   full = next(r for r in records if r["method"] == "full")
-  assert full["avg_layers"] == configs.get_config("smoke").model.num_layers
-  assert (tmp_path / "results.md").exists() and (tmp_path / "pareto.png").exists()
+  assert full["avg_layers"] == 6.0  # MiniLM-L6 runs every layer
+  assert (tmp_path / "results.md").exists()
+  assert (tmp_path / "pareto.png").exists()

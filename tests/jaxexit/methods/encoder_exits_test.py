@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxexit import execution
+from jaxexit import execution, exits
 from jaxexit.methods import encoder_exits
 from jaxexit.models import AlbertConfig, AlbertEncoder, BertConfig, BertEncoder
 from jaxexit.models.exit_classifier import ExitClassifier, ExitHeadsConfig
@@ -41,7 +41,7 @@ def test_loss_is_finite_with_finite_grads(name):
 
   def loss_fn(model, stage):
     stack, params = model.exit_stack(dropout_key=jax.random.key(3))
-    res = execution.simulate(stack, encoder_exits.METHODS["full"].rule(None),
+    res = execution.simulate(stack, exits.never(),
                              params, model.embed(ids, None, mask))
     loss, _ = encoder_exits.method_loss(method, stage)(res.per_layer, labels,
                                                        jnp.int32(1))
@@ -62,7 +62,7 @@ def test_modes_agree_for_each_method(kind, name):
   ids, mask, _ = _batch()
   stack, params = model.exit_stack()
   carry = model.embed(ids, None, mask)
-  rule = method.rule(method.default(L))
+  rule = method.rule(method.default(L), False)
   key = jax.random.key(5) if method.rule_needs_key else None
   results = [execution.run(mode, stack, rule, params, carry, rule_inputs=key)
              for mode in execution.MODES]
@@ -91,7 +91,7 @@ def test_regression_losses():
     model = ExitClassifier(_encoder("bert"), method.heads(1), rngs=nnx.Rngs(1))
     ids, mask, labels = _batch(num_classes=1)
     stack, params = model.exit_stack()
-    res = execution.simulate(stack, method.rule(method.default(L)), params,
+    res = execution.simulate(stack, method.rule(method.default(L), True), params,
                              model.embed(ids, None, mask))
     loss, _ = method.loss(res.per_layer, labels, jnp.int32(0))
     assert np.isfinite(loss)
@@ -104,3 +104,20 @@ def test_bad_input():
     ExitHeadsConfig(num_classes=2, classifier="both")
   with pytest.raises(ValueError, match="dropout"):
     ExitHeadsConfig(num_classes=2, dropout=1.0)
+
+
+@pytest.mark.parametrize("name", list(encoder_exits.METHODS))
+def test_vectorised_exit_equals_rule(name):
+  method = encoder_exits.get_method(name)
+  model = ExitClassifier(_encoder("bert"), method.heads(2), rngs=nnx.Rngs(1))
+  ids, mask, _ = _batch()
+  stack, params = model.exit_stack()
+  carry = model.embed(ids, None, mask)
+  per_layer = execution.simulate(stack, exits.never(), params, carry).per_layer
+  key = jax.random.key(7)
+  for param in method.sweep(L):
+    rule_inputs = key if method.rule_needs_key else None
+    ref = execution.simulate(stack, method.rule(param, False), params, carry,
+                             rule_inputs=rule_inputs)
+    np.testing.assert_array_equal(method.exit_layer(per_layer, param, key),
+                                  ref.exit_layer, err_msg=f"{name}={param}")

@@ -1,0 +1,43 @@
+"""Encoders and tokenisers by name, offline first."""
+
+import os
+import pathlib
+
+from jaxexit.data.tokenize import WordPieceTokenizer, minilm_tokenizer
+from jaxexit.models import from_pretrained, load_minilm
+
+HUB_MODELS = ("albert-base-v2", "roberta-base", "bert-base-uncased")
+
+
+def _hub_folder(name: str) -> pathlib.Path:
+  """A local snapshot of a Hugging Face hub model (downloads when online)."""
+  try:
+    from huggingface_hub import snapshot_download
+  except ImportError as e:
+    raise ValueError(
+        f"model={name!r} is not a local folder and huggingface_hub is not "
+        "installed to fetch it; pass a folder with config.json and weights"
+    ) from e
+  try:
+    return pathlib.Path(snapshot_download(
+        name, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model"]))
+  except Exception as e:  # offline, unknown repo, ...
+    raise ValueError(
+        f"model={name!r}: not a local folder and could not be fetched from "
+        f"the Hugging Face hub ({type(e).__name__}: {e}). Download it where "
+        "you are online and pass its folder.") from e
+
+
+def load(name: str):
+  """(encoder, tokenizer) for `minilm-l6`, a hub id or a local HF folder."""
+  if name == "minilm-l6":
+    return load_minilm(), minilm_tokenizer()
+  folder = pathlib.Path(name)
+  if not folder.is_dir():
+    if "/" not in name and name not in HUB_MODELS:
+      raise ValueError(f"unknown model={name!r}; expected 'minilm-l6', one "
+                       f"of {list(HUB_MODELS)}, a hub id or a local folder")
+    folder = _hub_folder(name)
+  lowercase = "uncased" in name or "albert" in name
+  tok = WordPieceTokenizer.from_file(os.fspath(folder), lowercase=lowercase)
+  return from_pretrained(folder), tok
