@@ -1,0 +1,119 @@
+"""Colab notebooks: jupytext-paired, saved without outputs, and runnable.
+
+Every `colab/*.ipynb` must have a `.md` twin (the source of truth) that
+jupytext converts to the same cells, must carry no outputs, and must execute
+top to bottom at the `smoke` preset (CI sets `JAXEXIT_NOTEBOOK_PRESET=smoke`).
+The checks need the `notebooks` extra (jupytext, nbformat, nbclient,
+ipykernel) and skip without it.
+"""
+
+import json
+import os
+import pathlib
+import sys
+import time
+
+import pytest
+
+COLAB_DIR = pathlib.Path(__file__).resolve().parents[2] / "colab"
+NOTEBOOKS = sorted(COLAB_DIR.glob("*.ipynb"))
+NOTEBOOK_TIMEOUT_S = 600
+EXTRA = "the `notebooks` extra: pip install -e '.[notebooks]'"
+
+by_notebook = pytest.mark.parametrize("path", NOTEBOOKS,
+                                      ids=[p.stem for p in NOTEBOOKS])
+
+
+def need(module: str):
+  """Imports `module`, or skips the test naming the extra that provides it."""
+  return pytest.importorskip(module, reason=f"{module} is missing; install "
+                             f"{EXTRA}")
+
+
+def cells_of(nb) -> list[tuple[str, str]]:
+  return [(cell.cell_type, cell.source) for cell in nb.cells]
+
+
+def test_colab_folder_has_notebooks():
+  assert NOTEBOOKS, f"no notebooks found in {COLAB_DIR}"
+
+
+@by_notebook
+def test_paired_with_markdown(path):
+  jupytext = need("jupytext")
+  nbformat = need("nbformat")
+  md = path.with_suffix(".md")
+  assert md.is_file(), f"{path.name} has no jupytext twin {md.name}"
+  from_md = jupytext.read(md)
+  saved = nbformat.read(path, as_version=4)
+  assert cells_of(from_md) == cells_of(saved), (
+      f"{path.name} is out of sync with {md.name}; edit the .md and run "
+      f"`jupytext --sync colab/{md.name}`")
+  formats = saved.metadata.get("jupytext", {}).get("formats", "")
+  assert set(formats.split(",")) >= {"ipynb", "md"}, (
+      f"{path.name}: jupytext formats metadata is {formats!r}, want 'ipynb,md'")
+
+
+@by_notebook
+def test_saved_without_outputs(path):
+  nbformat = need("nbformat")
+  nb = nbformat.read(path, as_version=4)
+  for i, cell in enumerate(nb.cells):
+    if cell.cell_type != "code":
+      continue
+    assert not cell.get("outputs"), f"{path.name}: cell {i} has outputs"
+    assert cell.get("execution_count") is None, (
+        f"{path.name}: cell {i} has an execution count")
+
+
+def kernel_manager(kernel_dir: pathlib.Path):
+  """A manager for kernel `python3` that runs this interpreter.
+
+  The kernelspec lives in `kernel_dir` only, so neither a user-level
+  `python3` kernel nor a bare `python` on PATH can swap in another
+  environment, and nothing outside the test's tmp dir is written.
+  """
+  from jupyter_client.kernelspec import KernelSpecManager
+  from jupyter_client.manager import AsyncKernelManager
+
+  spec_dir = kernel_dir / "python3"
+  spec_dir.mkdir(parents=True)
+  (spec_dir / "kernel.json").write_text(json.dumps({
+      "argv": [sys.executable, "-m", "ipykernel_launcher", "-f",
+               "{connection_file}"],
+      "display_name": "Python 3 (test interpreter)",
+      "language": "python",
+  }))
+  specs = KernelSpecManager(kernel_dirs=[str(kernel_dir)],
+                            ensure_native_kernel=False)
+  return AsyncKernelManager(kernel_name="python3", kernel_spec_manager=specs)
+
+
+@pytest.mark.slow
+@by_notebook
+def test_executes_at_smoke_preset(path, tmp_path):
+  nbformat = need("nbformat")
+  nbclient = need("nbclient")
+  need("ipykernel")
+  data_dir = os.environ.get("JAXEXIT_DATA")
+  if not data_dir:
+    pytest.skip("JAXEXIT_DATA is unset; point it at the data dir to run "
+                "the notebooks")
+  if not pathlib.Path(data_dir).is_dir():
+    pytest.skip(f"JAXEXIT_DATA={data_dir} does not exist")
+  workdir = tmp_path / "work"
+  workdir.mkdir()
+  nb = nbformat.read(path, as_version=4)
+  deadline = time.monotonic() + NOTEBOOK_TIMEOUT_S
+  client = nbclient.NotebookClient(
+      nb, km=kernel_manager(tmp_path / "kernels"),
+      timeout=NOTEBOOK_TIMEOUT_S,
+      # One budget for the whole notebook: each cell gets what is left.
+      timeout_func=lambda cell: max(1, int(deadline - time.monotonic())),
+      resources={"metadata": {"path": str(workdir)}})
+  env = {**os.environ, "JAXEXIT_NOTEBOOK_PRESET": "smoke",
+         "JAXEXIT_DATA": data_dir}
+  client.execute(env=env)  # Raises CellExecutionError on a failing cell.
+  errors = [out for cell in nb.cells for out in cell.get("outputs", [])
+            if out.get("output_type") == "error"]
+  assert not errors, errors
