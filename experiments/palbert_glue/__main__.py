@@ -40,6 +40,10 @@ def parse_args(argv=None):
                       "roberta-base, or a local Hugging Face folder")
   parser.add_argument("--preset", default="cpu",
                       choices=sorted(configs.PRESETS))
+  parser.add_argument("--max-len", type=int, default=None,
+                      help="override the preset's max sequence length")
+  parser.add_argument("--epochs", type=float, default=None,
+                      help="override the preset's training epochs")
   parser.add_argument("--out", type=pathlib.Path,
                       default=pathlib.Path("runs/palbert_glue"))
   parser.add_argument("--no-progress", action="store_true")
@@ -96,10 +100,16 @@ def write(out: pathlib.Path, records, sweep, args, cfg):
 
 def main(argv=None):
   args = parse_args(argv)
-  cfg = configs.get_config(args.preset)
-  if args.model:
-    cfg = configs.get_config(args.preset, model=args.model)
+  overrides = {k: v for k, v in [("model", args.model),
+                                  ("max_len", args.max_len),
+                                  ("epochs", args.epochs)] if v is not None}
+  cfg = configs.get_config(args.preset, **overrides)
   encoder, tokenizer = models.load(cfg.model)
+  positions = encoder.cfg.max_position_embeddings
+  if cfg.max_len > positions:
+    print(f"max_len={cfg.max_len} exceeds the model's {positions} positions; "
+          f"inputs are truncated to {positions} tokens")
+    cfg = configs.get_config(args.preset, **{**overrides, "max_len": positions})
   records, sweep = [], []
   for task in args.tasks:
     spec = glue_task(task)
