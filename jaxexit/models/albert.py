@@ -20,12 +20,11 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.typing import DTypeLike
 
-from jaxexit.models.bert import (LayerFn, TransformerLayer,
+from jaxexit.models.bert import (Encoder, LayerFn, TransformerLayer,
                                  attention_mask_or_ones, check_positions,
                                  check_transformer_sizes, functional_layer,
-                                 make_embed, make_layer_norm, make_linear,
-                                 run_layers)
-from jaxexit.typing import Array, Bool, Float, Int
+                                 make_embed, make_layer_norm, make_linear)
+from jaxexit.typing import Array, Bool, Int
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -104,7 +103,7 @@ class AlbertConfig:
     return cls(**kw)
 
 
-class AlbertEncoder(nnx.Module):
+class AlbertEncoder(Encoder):
   """ALBERT: E-wide embeddings, E → D projection, one shared layer, pooler.
 
   Args:
@@ -160,22 +159,3 @@ class AlbertEncoder(nnx.Module):
     layer_def, params = nnx.split(self.layer)
     return (functional_layer(layer_def, stacked=False), params,
             self.cfg.num_layers)
-
-  def pool(self, h: Float[Array, "B T D"]) -> Float[Array, "B D"]:
-    """HF pooler: tanh(W · h[:, 0] + b), shared by every step in PALBERT."""
-    return jnp.tanh(self.pooler(h[:, 0]))
-
-  def __call__(self, input_ids: Int[Array, "B T"],
-               token_type_ids: Int[Array, "B T"] | None = None,
-               attention_mask: Int[Array, "B T"] | Bool[Array, "B T"]
-               | None = None
-               ) -> tuple[Float[Array, "L1 B T D"], Float[Array, "B D"]]:
-    """Full forward pass, HF `output_hidden_states=True` semantics.
-
-    Returns:
-      (hidden_states [L + 1, B, T, D], the projected embeddings first,
-       pooled [B, D] from the last step).
-    """
-    carry = self.embed(input_ids, token_type_ids, attention_mask)
-    hs = run_layers(*self.backbone(), carry)
-    return hs, self.pool(hs[-1])

@@ -262,7 +262,34 @@ def attention_mask_or_ones(input_ids: Array, attention_mask) -> Array:
   return attention_mask.astype(bool)
 
 
-class BertEncoder(nnx.Module):
+class Encoder(nnx.Module):
+  """What BERT, RoBERTa and ALBERT share: the pooler and the full forward.
+
+  Subclasses define `embed` (the initial carry), `backbone` (the functional
+  layer view) and the `pooler` Linear.
+  """
+
+  def pool(self, h: Float[Array, "B T D"]) -> Float[Array, "B D"]:
+    """HF pooler: tanh(W · h[:, 0] + b) (shared by every step in PALBERT)."""
+    return jnp.tanh(self.pooler(h[:, 0]))
+
+  def __call__(self, input_ids: Int[Array, "B T"],
+               token_type_ids: Int[Array, "B T"] | None = None,
+               attention_mask: Int[Array, "B T"] | Bool[Array, "B T"]
+               | None = None
+               ) -> tuple[Float[Array, "L1 B T D"], Float[Array, "B D"]]:
+    """Full forward pass, HF `output_hidden_states=True` semantics.
+
+    Returns:
+      (hidden_states [L + 1, B, T, D] with the embedding output (after
+       ALBERT's E → D projection) first, pooled [B, D] from the last layer).
+    """
+    carry = self.embed(input_ids, token_type_ids, attention_mask)
+    hs = run_layers(*self.backbone(), carry)
+    return hs, self.pool(hs[-1])
+
+
+class BertEncoder(Encoder):
   """BERT/RoBERTa encoder: embeddings, L stacked layers, a tanh pooler.
 
   Layer parameters are stacked on a leading L axis (`nnx.vmap`) so the
@@ -333,25 +360,6 @@ class BertEncoder(nnx.Module):
     layer_def, params = nnx.split(self.layers)
     return (functional_layer(layer_def, stacked=True), params,
             self.cfg.num_layers)
-
-  def pool(self, h: Float[Array, "B T D"]) -> Float[Array, "B D"]:
-    """HF pooler: tanh(W · h[:, 0] + b)."""
-    return jnp.tanh(self.pooler(h[:, 0]))
-
-  def __call__(self, input_ids: Int[Array, "B T"],
-               token_type_ids: Int[Array, "B T"] | None = None,
-               attention_mask: Int[Array, "B T"] | Bool[Array, "B T"]
-               | None = None
-               ) -> tuple[Float[Array, "L1 B T D"], Float[Array, "B D"]]:
-    """Full forward pass, HF `output_hidden_states=True` semantics.
-
-    Returns:
-      (hidden_states [L + 1, B, T, D] with the embedding output first,
-       pooled [B, D] from the last layer).
-    """
-    carry = self.embed(input_ids, token_type_ids, attention_mask)
-    hs = run_layers(*self.backbone(), carry)
-    return hs, self.pool(hs[-1])
 
 
 def mean_pool(h: Float[Array, "B T D"], mask: Bool[Array, "B T"], *,
