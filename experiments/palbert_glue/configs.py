@@ -4,9 +4,11 @@
   python -m experiments.palbert_glue --preset cpu --task sst2 --method all --out runs/sst2_cpu
   python -m experiments.palbert_glue --preset paper --model albert-base-v2 --task rte --method palbert
 
-`smoke` proves the pipeline end to end in about a minute per task on 2 cores
-(real MiniLM weights, real data, a few dozen steps). `cpu` is the small real
-reproduction on 2 cores (MiniLM-L6, a training subset, short sequences).
+`smoke` proves the pipeline end to end in about two minutes per task on 2
+cores (real MiniLM weights, real data, a few dozen steps). `cpu` is the small
+real reproduction on 2 cores (MiniLM-L6, a 4000-example training subset, one
+epoch, 64 tokens); with so few steps the freshly initialised exit heads get
+a larger learning rate (1e-3) than the pretrained encoder (5e-5).
 `paper` holds PALBERT's hyper-parameters (encoder_exits.md §3.4): ALBERT-base,
 Adam lr 1e-5 without decay or schedule, batch 32, max length 128, up to 25
 epochs, β = 0.5, λ_p = 0.1, q = 0.5; it needs a GPU/TPU and the weights.
@@ -25,8 +27,9 @@ class Config:
   epochs: float = 1.0
   max_train_examples: int | None = None   # None: the whole train split
   max_eval_examples: int | None = None    # None: the whole dev split
-  learning_rate: float = 5e-5
-  halting_learning_rate: float = 1e-4     # PALBERT's separate "lambda lr"
+  learning_rate: float = 5e-5             # the pretrained encoder
+  heads_learning_rate: float = 1e-3       # the fresh exit heads
+  halting_learning_rate: float = 1e-3     # PALBERT's separate "lambda lr"
   weight_decay: float = 0.0
   checkpoint_every: int = 100
   timing_batches: int = 8                 # batches of `batch_size` timed
@@ -45,7 +48,7 @@ PRESETS = {
                   checkpoint_every=25, timing_batches=8, batch1_examples=32),
     "paper": Config(model="albert-base-v2", max_len=128, batch_size=32,
                     epochs=25.0, learning_rate=1e-5,
-                    halting_learning_rate=1e-5, checkpoint_every=500,
+                    heads_learning_rate=1e-5, halting_learning_rate=1e-5, checkpoint_every=500,
                     timing_batches=27, batch1_examples=277,
                     timing_repeats=5),
 }

@@ -65,11 +65,17 @@ def _optimizer(cfg, method, stage):
   base = train.OptimConfig(name="adamw" if cfg.weight_decay else "adam",
                            learning_rate=cfg.learning_rate,
                            weight_decay=cfg.weight_decay)
-  halting = train.ParamGroup(
-      name="halting", predicate=train.path_contains("halting"),
-      config=dataclasses.replace(base,
-                                 learning_rate=cfg.halting_learning_rate))
-  tx = train.build_optimizer(base, [halting])
+  groups = [
+      train.ParamGroup(
+          name="halting", predicate=train.path_contains("halting"),
+          config=dataclasses.replace(
+              base, learning_rate=cfg.halting_learning_rate)),
+      train.ParamGroup(
+          name="heads", predicate=lambda path: path.startswith("heads/"),
+          config=dataclasses.replace(
+              base, learning_rate=cfg.heads_learning_rate)),
+  ]
+  tx = train.build_optimizer(base, groups)
   only = method.trainable(stage)
   return tx if only is None else train.train_only(tx, only)
 
