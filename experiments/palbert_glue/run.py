@@ -6,6 +6,7 @@ import math
 import pathlib
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -32,6 +33,13 @@ class Split:
             "token_type_ids": self.token_type_ids[idx],
             "attention_mask": self.attention_mask[idx],
             "labels": self.labels[idx]}
+
+
+def _carry(model, batch: dict) -> dict:
+  """The model's initial carry for a numpy batch."""
+  return model.embed(jnp.asarray(batch["input_ids"]),
+                     jnp.asarray(batch["token_type_ids"]),
+                     jnp.asarray(batch["attention_mask"]))
 
 
 def _loss_fn(method, stage):
@@ -110,19 +118,18 @@ def _per_layer_outputs(model, data: Split, batch_size: int):
   for i in range(0, len(data), batch_size):
     idx = np.arange(i, i + batch_size) % len(data)  # pad the last batch
     b = data.take(idx)
-    carry = model.embed(b["input_ids"], b["token_type_ids"],
-                        b["attention_mask"])
+    carry = _carry(model, b)
     keep = min(batch_size, len(data) - i)
     per_layer = runner(params, carry).per_layer
     chunks.append(jax.tree.map(lambda x: np.asarray(x)[:keep], per_layer))
-  return jax.tree.map(lambda *xs: np.concatenate(xs), *chunks)
+  return jax.tree.map(lambda *xs: jnp.asarray(np.concatenate(xs)), *chunks)
 
 
 def _predict(method, per_layer, param, key):
   """(preds [N], exit_layer [N]) from the vectorised twin of the rule."""
   exit_layer = np.asarray(method.exit_layer(per_layer, param, key))
   logits = np.take_along_axis(
-      per_layer.logits, exit_layer[:, None, None], axis=1)[:, 0]
+      np.asarray(per_layer.logits), exit_layer[:, None, None], axis=1)[:, 0]
   preds = logits[:, 0] if logits.shape[-1] == 1 else logits.argmax(-1)
   return preds, exit_layer
 
@@ -133,8 +140,7 @@ def _speed(model, method, param, data, cfg, key):
   rule = method.rule(param, model.heads.cfg.num_classes == 1)
 
   def carries(batches):
-    return [model.embed(b["input_ids"], b["token_type_ids"],
-                        b["attention_mask"]) for b in batches]
+    return [_carry(model, b) for b in batches]
 
   def keys(n):
     return ([jax.random.fold_in(key, i) for i in range(n)]

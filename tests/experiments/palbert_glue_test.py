@@ -22,7 +22,7 @@ def test_bad_arguments():
     configs.get_config("huge")
   with pytest.raises(ValueError, match="method='ee'"):
     experiment.parse_args(["--method", "palbert,ee"])
-  with pytest.raises(ValueError, match="glue"):
+  with pytest.raises(ValueError, match="imagenet"):
     experiment.parse_args(["--task", "imagenet"])
 
 
