@@ -2,6 +2,7 @@
 
 from jaxexit.execution.compacted import CompactedRunner, bucket_sizes
 from jaxexit.execution.early_stop import early_stop
+from jaxexit.execution.flops import ExitFlops, exit_flops, xla_flops
 from jaxexit.execution.full import make_full_model
 from jaxexit.execution.modes import MODES, compacted, make_runner, run
 from jaxexit.execution.simulate import simulate
@@ -9,7 +10,8 @@ from jaxexit.execution.speed import SpeedReport, measure_speedup
 from jaxexit.execution.stack import ExitResult, ExitStack
 
 __all__ = [
-    "MODES", "CompactedRunner", "ExitResult", "ExitStack", "SpeedReport",
-    "bucket_sizes", "compacted", "early_stop", "make_full_model",
-    "make_runner", "measure_speedup", "run", "simulate",
+    "MODES", "CompactedRunner", "ExitFlops", "ExitResult", "ExitStack",
+    "SpeedReport", "bucket_sizes", "compacted", "early_stop", "exit_flops",
+    "make_full_model", "make_runner", "measure_speedup", "run", "simulate",
+    "xla_flops",
 ]
