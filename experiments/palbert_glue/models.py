@@ -3,7 +3,7 @@
 import os
 import pathlib
 
-from jaxexit.data.tokenize import WordPieceTokenizer, minilm_tokenizer
+from jaxexit.data.tokenize import TextTokenizer, minilm_tokenizer
 from jaxexit.models import from_pretrained, load_minilm
 
 HUB_MODELS = ("albert-base-v2", "roberta-base", "bert-base-uncased")
@@ -38,6 +38,8 @@ def load(name: str):
       raise ValueError(f"unknown model={name!r}; expected 'minilm-l6', one "
                        f"of {list(HUB_MODELS)}, a hub id or a local folder")
     folder = _hub_folder(name)
-  lowercase = "uncased" in name or "albert" in name
-  tok = WordPieceTokenizer.from_file(os.fspath(folder), lowercase=lowercase)
+  # tokenizer.json carries its own normaliser; a bare BERT vocab.txt does not.
+  lowercase = None if (folder / "tokenizer.json").is_file() else (
+      "uncased" in name)
+  tok = TextTokenizer.from_file(os.fspath(folder), lowercase=lowercase)
   return from_pretrained(folder), tok

