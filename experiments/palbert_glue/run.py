@@ -12,6 +12,7 @@ from flax import nnx
 
 from jaxexit import execution, exits, glue_metrics, train
 from jaxexit.data import glue_task
+from jaxexit.data.batching import shuffled_batch_indices
 from jaxexit.methods import encoder_exits
 from jaxexit.models.exit_classifier import ExitClassifier
 
@@ -57,12 +58,8 @@ def _loss_fn(method, stage):
 
 
 def _batch_fn(data: Split, batch_size: int, seed: int):
-  per_epoch = len(data) // batch_size
-
   def batch_fn(step):
-    epoch, i = divmod(step, per_epoch)
-    perm = np.random.default_rng([seed, epoch]).permutation(len(data))
-    batch = data.take(perm[i * batch_size:(i + 1) * batch_size])
+    batch = data.take(shuffled_batch_indices(step, len(data), batch_size, seed))
     batch["step"] = np.int32(step)
     return batch
 

@@ -1,9 +1,16 @@
-"""Datasets: where they live on disk (`location`) and their loaders.
+"""Datasets: where they live on disk (`location`), their loaders, image
+augmentation (`augment`) and batch indices (`batching`).
 
 `jaxexit.data.tokenize` needs the `models` extra (`tokenizers`) and is not
 imported here.
 """
 
+from jaxexit.data.augment import (CIFAR10_MEAN, CIFAR10_STD, normalize,
+                                  random_crop_flip, resize)
+from jaxexit.data.batching import (EvalBatch, eval_batches,
+                                   shuffled_batch_indices)
+from jaxexit.data.cifar import (CorruptDataError, ImageSplit, load_cifar,
+                                train_val_split)
 from jaxexit.data.glue import (TASKS, GlueSplit, GlueTask,
                                TfdsUnavailableError, glue_task, load_glue)
 from jaxexit.data.location import (DATASETS, ENV_VAR, FLAG, DataNotFoundError,
@@ -13,9 +20,12 @@ from jaxexit.data.location import (DATASETS, ENV_VAR, FLAG, DataNotFoundError,
                                    resolve_data_dir)
 
 __all__ = [
-    "DATASETS", "ENV_VAR", "FLAG", "TASKS", "DataNotFoundError",
-    "DatasetSpec", "GlueSplit", "GlueTask", "TfdsUnavailableError",
-    "add_data_dir_flag", "dataset_spec", "default_data_dir", "glue_task",
-    "how_to_obtain", "load_glue", "require", "require_file",
-    "resolve_data_dir",
+    "CIFAR10_MEAN", "CIFAR10_STD", "DATASETS", "ENV_VAR", "FLAG",
+    "TASKS", "CorruptDataError", "DataNotFoundError", "DatasetSpec",
+    "EvalBatch", "GlueSplit", "GlueTask", "ImageSplit",
+    "TfdsUnavailableError", "add_data_dir_flag", "dataset_spec",
+    "default_data_dir", "eval_batches", "glue_task", "how_to_obtain",
+    "load_cifar", "load_glue", "normalize", "random_crop_flip", "require",
+    "require_file", "resize", "resolve_data_dir", "shuffled_batch_indices",
+    "train_val_split",
 ]
