@@ -1,7 +1,7 @@
 """Hugging Face checkpoints → `BertEncoder` / `AlbertEncoder` parameters.
 
-Reads `model.safetensors` with `safetensors.numpy` (no torch needed) and
-`pytorch_model.bin` state dicts with torch when it is installed, including
+Reads `model.safetensors` with `safetensors.numpy` and `pytorch_model.bin`
+state dicts with `torch_pickle` (neither needs torch), including
 sharded checkpoints (`*.index.json`), then maps the `BertModel`,
 `RobertaModel` and `AlbertModel` tensor names onto the NNX modules. Task
 checkpoints (`BertForSequenceClassification`, ...) load too: their
@@ -22,6 +22,7 @@ from flax import nnx
 
 from jaxexit.models.albert import AlbertConfig, AlbertEncoder
 from jaxexit.models.bert import BertConfig, BertEncoder
+from jaxexit.models.torch_pickle import load_torch_state_dict
 
 StateDict = Mapping[str, np.ndarray]
 
@@ -74,24 +75,6 @@ _ALBERT_LAYER_SPECS = (
 )
 
 
-def _read_torch(path: str) -> dict[str, np.ndarray]:
-  try:
-    import torch  # pylint: disable=import-outside-toplevel
-  except ImportError as e:
-    raise ImportError(
-        f"reading {path} (a PyTorch state dict) needs torch: "
-        "`pip install torch`, or convert the checkpoint to model.safetensors"
-    ) from e
-  state = torch.load(path, map_location="cpu", weights_only=True)
-  state = state.get("state_dict", state) if isinstance(state, dict) else state
-
-  def to_numpy(t):
-    t = t.detach()
-    return (t.float() if t.dtype == torch.bfloat16 else t).numpy()
-
-  return {k: to_numpy(v) for k, v in state.items() if torch.is_tensor(v)}
-
-
 def _read_file(path: str) -> dict[str, np.ndarray]:
   if path.endswith(".index.json"):
     with open(path) as f:
@@ -104,7 +87,7 @@ def _read_file(path: str) -> dict[str, np.ndarray]:
   if path.endswith(".safetensors"):
     from safetensors.numpy import load_file  # optional `models` extra
     return dict(load_file(path))
-  return _read_torch(path)
+  return load_torch_state_dict(path)
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
@@ -117,7 +100,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
 
   Raises:
     ValueError: if the path or a checkpoint file inside it does not exist.
-    ImportError: for a PyTorch checkpoint when torch is not installed.
+    CorruptCheckpointError: a truncated or malformed PyTorch checkpoint.
   """
   path = os.fspath(path)
   if os.path.isdir(path):

@@ -104,17 +104,25 @@ def test_bad_paths(tmp_path):
     read_state_dict(tmp_path / "nope.safetensors")
 
 
-def test_bin_without_torch_says_so(tmp_path, monkeypatch):
-  (tmp_path / "pytorch_model.bin").write_bytes(b"")
+def test_bin_reads_without_torch(tmp_path, monkeypatch):
+  torch = pytest.importorskip("torch")
+  weight = torch.arange(6, dtype=torch.float32).reshape(2, 3)
+  torch.save({"encoder.weight": weight}, tmp_path / "pytorch_model.bin")
   real_import = builtins.__import__
 
   def no_torch(name, *args, **kwargs):
-    if name == "torch":
+    if name == "torch" or name.startswith("torch."):
       raise ImportError("No module named 'torch'")
     return real_import(name, *args, **kwargs)
 
   monkeypatch.setattr(builtins, "__import__", no_torch)
-  with pytest.raises(ImportError, match="needs torch"):
+  state = read_state_dict(tmp_path)
+  np.testing.assert_array_equal(state["encoder.weight"], weight.numpy())
+
+
+def test_truncated_bin_is_named(tmp_path):
+  (tmp_path / "pytorch_model.bin").write_bytes(b"")
+  with pytest.raises(ValueError, match="pytorch_model.bin"):
     read_state_dict(tmp_path)
 
 
