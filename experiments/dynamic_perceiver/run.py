@@ -1,0 +1,229 @@
+"""Train Dynamic Perceiver and the multi-exit CNN, then score their exits.
+
+Both models share one feature branch architecture (and initial weights).
+Each is trained with the shared resumable loop, its four exits' logits are
+computed on the held-out validation split and the test split in `simulate`,
+thresholds are fitted on validation with the MSDNet budgeted protocol and
+applied to test (`vision_common.curves`), and every record's operating
+point is timed against the full model of the same `ExitStack`.
+"""
+
+import dataclasses
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from experiments.dynamic_perceiver.configs import FEATURE_BRANCHES, NUM_CLASSES
+from experiments.vision_common import curves
+from jaxexit import checks, execution, exits, train
+from jaxexit.data import (ImageSplit, eval_batches, load_cifar, normalize,
+                          random_crop_flip, resize, shuffled_batch_indices,
+                          train_val_split)
+from jaxexit.exits.budgeted import DYN_PERCEIVER_RESCALE
+from jaxexit.exits.confidence import max_softmax
+from jaxexit.models.cnn_stages import NUM_STAGES, MultiExitCNN, StagedCNN
+from jaxexit.models.dyn_perceiver import (EXIT_WEIGHTS, DynPerceiver,
+                                          dyn_perceiver_loss)
+
+METHODS = ("dyn_perceiver", "multi_exit_cnn")
+
+
+@dataclasses.dataclass(frozen=True)
+class Splits:
+  train: ImageSplit
+  val: ImageSplit
+  test: ImageSplit
+
+
+def _subset(split: ImageSplit, limit: int | None, seed: int) -> ImageSplit:
+  if limit is None or limit >= len(split):
+    return split
+  idx = np.sort(np.random.default_rng(seed).permutation(len(split))[:limit])
+  return split.take(idx)
+
+
+def load_splits(cfg, data_dir) -> Splits:
+  """CIFAR-10 train minus a stratified held-out split, and test."""
+  full = load_cifar("cifar10", "train", data_dir=data_dir)
+  train_split, val = train_val_split(full, cfg.num_val, seed=cfg.seed)
+  test = load_cifar("cifar10", "test", data_dir=data_dir)
+  return Splits(_subset(train_split, cfg.max_train, cfg.seed), val,
+                _subset(test, cfg.max_test, cfg.seed + 1))
+
+
+def _rngs(seed: int) -> nnx.Rngs:
+  # RBG keys: random init compiles one program per kernel shape, and those
+  # of threefry keys take several times longer to compile on CPU.
+  return nnx.Rngs(jax.random.key(seed, impl="rbg"))
+
+
+def feature_branch(cfg) -> nnx.Module:
+  """A fresh feature branch: `StagedCNN` or pretrained EfficientNet-Lite0."""
+  checks.one_of("feature_branch", cfg.feature_branch, FEATURE_BRANCHES)
+  if cfg.feature_branch == "cnn":
+    return StagedCNN(cfg.cnn_config(), rngs=_rngs(cfg.seed))
+  # pylint: disable-next=import-outside-toplevel
+  from jaxexit.models.efficientnet_lite import load_efficientnet_lite0
+  branch = load_efficientnet_lite0(num_classes=NUM_CLASSES,
+                                   rngs=_rngs(cfg.seed))
+  branch.train()
+  return branch
+
+
+def build_model(method: str, cfg) -> nnx.Module:
+  """Dynamic Perceiver or the multi-exit CNN over a fresh feature branch."""
+  checks.one_of("method", method, METHODS)
+  if method == "dyn_perceiver":
+    return DynPerceiver(cfg.perceiver_config(), feature_branch(cfg),
+                        rngs=_rngs(cfg.seed + 1))
+  return MultiExitCNN(feature_branch(cfg), NUM_CLASSES, cfg.image_size,
+                      rngs=_rngs(cfg.seed + 1))
+
+
+def model_inputs(images, cfg) -> jax.Array:
+  """uint8 [B, 32, 32, 3] -> the branch's float input at cfg.image_size."""
+  images = jnp.asarray(images)
+  if cfg.image_size != images.shape[1]:
+    images = resize(images, cfg.image_size)
+  if cfg.feature_branch == "efficientnet_lite0":
+    # pylint: disable-next=import-outside-toplevel
+    from jaxexit.models.efficientnet_lite import preprocess
+    return preprocess(images)
+  return normalize(images)
+
+
+def loss_weights(method: str, cfg) -> tuple[tuple[float, ...], float]:
+  """(CE weights per exit, α_kd): §9.2 for DP; a plain sum for the CNN."""
+  if method == "dyn_perceiver":
+    return EXIT_WEIGHTS, cfg.kd_weight
+  return (1.0,) * NUM_STAGES, cfg.kd_weight if cfg.baseline_kd else 0.0
+
+
+def train_model(method: str, cfg, data: ImageSplit, workdir: pathlib.Path,
+                progress: bool | None) -> nnx.Module:
+  """Trains one model (resumable from `workdir`)."""
+  model = build_model(method, cfg)
+  weights, kd_weight = loss_weights(method, cfg)
+
+  def loss_fn(m, batch, rng):
+    images = random_crop_flip(rng, batch["images"], padding=cfg.crop_padding)
+    logits = m(model_inputs(images, cfg))
+    return dyn_perceiver_loss(
+        logits, batch["labels"], weights=weights, kd_weight=kd_weight,
+        temperature=cfg.temperature, label_smoothing=cfg.label_smoothing)
+
+  def batch_fn(step):
+    idx = shuffled_batch_indices(step, len(data), cfg.batch_size, cfg.seed)
+    return {"images": data.images[idx], "labels": data.labels[idx]}
+
+  tx = train.build_optimizer(train.OptimConfig(
+      name="adamw", learning_rate=cfg.learning_rate,
+      weight_decay=cfg.weight_decay, schedule="warmup_cosine",
+      warmup_steps=cfg.warmup_steps, total_steps=cfg.steps,
+      end_lr=cfg.end_lr))
+  model, _ = train.train(model, tx, loss_fn, batch_fn, num_steps=cfg.steps,
+                         workdir=workdir, seed=cfg.seed,
+                         checkpoint_every=cfg.checkpoint_every, log_every=10,
+                         progress=progress)
+  return model
+
+
+def per_exit_logits(model, runner, params, split: ImageSplit,
+                    cfg) -> np.ndarray:
+  """[N, 4, C] float32 logits of every exit (a `simulate` runner's pass)."""
+  chunks = []
+  for idx, num_valid in eval_batches(len(split), cfg.eval_batch_size):
+    carry = model.init_carry(model_inputs(split.images[idx], cfg))
+    logits = runner(params, carry).per_layer.logits
+    chunks.append(np.asarray(logits)[:num_valid])
+  return np.concatenate(chunks)
+
+
+def thresholds_input_rule() -> exits.ExitRule:
+  """Max-softmax ≥ T[layer] with T given per batch as `rule_inputs` [L].
+
+  The same decisions as `budgeted.thresholds_rule(T)` (tested), but T is an
+  argument of the compiled programs instead of a constant baked into them,
+  so timing 40 operating points compiles each mode's programs once. T = +inf
+  never exits, −inf always does (fixed exits, the full model). The state is
+  T broadcast to [B, L] so compaction can gather it.
+  """
+
+  def init(batch_size, thresholds):
+    t = jnp.asarray(thresholds, jnp.float32)
+    return jnp.broadcast_to(t[None], (batch_size,) + t.shape)
+
+  def update(state, out, layer):
+    t = jax.lax.dynamic_index_in_dim(state, layer, axis=1, keepdims=False)
+    return state, max_softmax(out.logits) >= t
+
+  return exits.ExitRule(init, update)
+
+
+def operating_thresholds(record: dict) -> np.ndarray:
+  """[L] thresholds that reproduce a record's exit rule."""
+  key = record["budget_or_threshold"]
+  if "thresholds" in record:
+    return np.asarray(record["thresholds"], np.float32)
+  k = NUM_STAGES - 1 if record["method"] == "full" else int(key[4:])
+  t = np.full((NUM_STAGES,), np.inf, np.float32)
+  t[k] = -np.inf
+  return t
+
+
+def time_records(records: list[dict], model, stack, params,
+                 test: ImageSplit, cfg) -> None:
+  """Adds realised speed-ups vs the full model of the same stack, in place.
+
+  "realised_speedup": `compacted` at `cfg.eval_batch_size`;
+  "realised_speedup_batch1": `early_stop` at batch 1.
+  """
+  rule = thresholds_input_rule()
+  big = [model.init_carry(model_inputs(test.images[idx], cfg))
+         for idx, _ in eval_batches(len(test),
+                                    cfg.eval_batch_size)[:cfg.timing_batches]]
+  one = [model.init_carry(model_inputs(test.images[i:i + 1], cfg))
+         for i in range(min(cfg.batch1_examples, len(test)))]
+  buckets = tuple(b for b in cfg.buckets if b < cfg.eval_batch_size)
+  for rec in records:
+    t = jnp.asarray(operating_thresholds(rec))
+    fast = execution.measure_speedup(
+        stack, rule, params, big, mode="compacted", rule_inputs=[t] * len(big),
+        repeats=cfg.timing_repeats, buckets=buckets)
+    single = execution.measure_speedup(
+        stack, rule, params, one, mode="early_stop",
+        rule_inputs=[t] * len(one), repeats=cfg.timing_repeats)
+    rec.update(realised_speedup=round(fast.realised_speedup, 3),
+               realised_speedup_batch1=round(single.realised_speedup, 3),
+               timing_theoretical_speedup=round(fast.theoretical_speedup, 3))
+
+
+def evaluate(method: str, model, splits: Splits, cfg) -> tuple[list, dict]:
+  """(records, per-exit summary) of one trained model."""
+  stack, params = model.exit_stack()
+  runner = execution.make_runner("simulate", stack, exits.never())
+  val = per_exit_logits(model, runner, params, splits.val, cfg)
+  test = per_exit_logits(model, runner, params, splits.test, cfg)
+  probe = model.init_carry(model_inputs(splits.test.images[:8], cfg))
+  flops = execution.exit_flops(stack, params, probe)
+  costs, full = flops.cumulative, flops.full
+  rescale = DYN_PERCEIVER_RESCALE if method == "dyn_perceiver" else None
+  records = curves.budget_curve(
+      method, val, splits.val.labels, test, splits.test.labels, costs, full,
+      cfg.r_values, rescale=rescale)
+  fixed = curves.fixed_exit_records(method, test, splits.test.labels, costs,
+                                    full)
+  # The full model runs every stage but evaluates only its last head.
+  whole = dict(fixed[-1], method="full", budget_or_threshold=method,
+               avg_flops=full, flops_fraction=1.0)
+  records += fixed + [whole]
+  for rec in records:
+    rec["model"] = method
+  time_records(records, model, stack, params, splits.test, cfg)
+  summary = {"model": method, "exit_flops": costs.tolist(),
+             "full_flops": full,
+             "exit_accuracy": [r["accuracy"] for r in fixed]}
+  return records, summary
