@@ -23,7 +23,6 @@ from jaxexit.data import (ImageSplit, eval_batches, load_cifar, normalize,
                           random_crop_flip, resize, shuffled_batch_indices,
                           train_val_split)
 from jaxexit.exits.budgeted import DYN_PERCEIVER_RESCALE
-from jaxexit.exits.confidence import max_softmax
 from jaxexit.models.cnn_stages import NUM_STAGES, MultiExitCNN, StagedCNN
 from jaxexit.models.dyn_perceiver import (EXIT_WEIGHTS, DynPerceiver,
                                           dyn_perceiver_loss)
@@ -142,27 +141,6 @@ def per_exit_logits(model, runner, params, split: ImageSplit,
   return np.concatenate(chunks)
 
 
-def thresholds_input_rule() -> exits.ExitRule:
-  """Max-softmax ≥ T[layer] with T given per batch as `rule_inputs` [L].
-
-  The same decisions as `budgeted.thresholds_rule(T)` (tested), but T is an
-  argument of the compiled programs instead of a constant baked into them,
-  so timing 40 operating points compiles each mode's programs once. T = +inf
-  never exits, −inf always does (fixed exits, the full model). The state is
-  T broadcast to [B, L] so compaction can gather it.
-  """
-
-  def init(batch_size, thresholds):
-    t = jnp.asarray(thresholds, jnp.float32)
-    return jnp.broadcast_to(t[None], (batch_size,) + t.shape)
-
-  def update(state, out, layer):
-    t = jax.lax.dynamic_index_in_dim(state, layer, axis=1, keepdims=False)
-    return state, max_softmax(out.logits) >= t
-
-  return exits.ExitRule(init, update)
-
-
 def operating_thresholds(record: dict) -> np.ndarray:
   """[L] thresholds that reproduce a record's exit rule."""
   key = record["budget_or_threshold"]
@@ -181,7 +159,7 @@ def time_records(records: list[dict], model, stack, params,
   "realised_speedup": `compacted` at `cfg.eval_batch_size`;
   "realised_speedup_batch1": `early_stop` at batch 1.
   """
-  rule = thresholds_input_rule()
+  rule = exits.thresholds_input_rule()
   big = [model.init_carry(model_inputs(test.images[idx], cfg))
          for idx, _ in eval_batches(len(test),
                                     cfg.eval_batch_size)[:cfg.timing_batches]]

@@ -26,25 +26,7 @@ from jaxexit import execution
 from jaxexit.calibration import reliability_bins
 from jaxexit.conformal import per_exit_conformal
 from jaxexit.exits import budgeted, confidence, gates, rules
-from jaxexit.exits.rules import ExitRule
 from jaxexit.methods import jei_dnn
-
-
-def thresholds_input_rule() -> ExitRule:
-  """`budgeted.thresholds_rule` with the thresholds as `rule_inputs` [L].
-
-  The same decisions (max-softmax ≥ T_layer, last exit forced), but one
-  rule object serves every r, so the compiled programs are shared.
-  """
-
-  def init(batch_size, thresholds):
-    t = jnp.asarray(thresholds, jnp.float32).at[-1].set(-jnp.inf)
-    return jnp.broadcast_to(t[None], (batch_size, t.shape[0]))
-
-  def update(t, out, layer):
-    return t, confidence.max_softmax(out.logits) >= t[:, layer]
-
-  return ExitRule(init, update)
 
 
 def _probs(logits: np.ndarray) -> np.ndarray:
@@ -83,7 +65,7 @@ class Timer:
   def flops(self) -> execution.ExitFlops:
     return execution.exit_flops(self.stack, self.params, self.one[0])
 
-  def speedups(self, heads, rule: ExitRule, inputs=None) -> dict:
+  def speedups(self, heads, rule: rules.ExitRule, inputs=None) -> dict:
     """realised_speedup (compacted) and realised_speedup_batch1."""
     params = {**self.params, "exits": nnx.state(heads)}
     out = {}
@@ -132,7 +114,7 @@ def _max_softmax(cfg, flops, warm_test, warm_val, labels, timer, warm):
   val_conf = np.asarray(confidence.max_softmax(jnp.asarray(warm_val.logits)))
   test_conf = np.asarray(confidence.max_softmax(
       jnp.asarray(warm_test.logits)))
-  rule, exits = thresholds_input_rule(), {}
+  rule, exits = budgeted.thresholds_input_rule(), {}
   for rec in records:
     t = np.asarray(rec["thresholds"])
     val_exit = budgeted.budgeted_exit(val_conf, t)

@@ -9,7 +9,7 @@ from jaxexit.exits.budgeted import (DYN_PERCEIVER_R_VALUES,
                                     DYN_PERCEIVER_RESCALE, budgeted_exit,
                                     distribution_for_budget, fit_thresholds,
                                     geometric_exit_distribution,
-                                    thresholds_rule)
+                                    thresholds_input_rule, thresholds_rule)
 from jaxexit.exits.confidence import (entropy, entropy_exit, entropy_rule,
                                       margin, max_softmax, max_softmax_exit,
                                       max_softmax_rule, patience_exit,

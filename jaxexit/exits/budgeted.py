@@ -17,6 +17,7 @@ fallback (T_{L-1} = −∞). Fitting runs on the host in float64 numpy;
 
 from collections.abc import Sequence
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import ArrayLike, Float, Int, Real
@@ -258,3 +259,28 @@ def thresholds_rule(thresholds: Vector) -> ExitRule:
     return max_softmax(out.logits) >= t[layer]
 
   return memoryless(condition)
+
+
+def thresholds_input_rule() -> ExitRule:
+  """`thresholds_rule` with T passed per batch as `rule_inputs` [L].
+
+  The same decisions as `thresholds_rule(T)` (the execution modes force the
+  last exit), but T is an argument of the compiled programs instead of a
+  constant baked into them, so timing many operating points (every r of a
+  budget curve) compiles each mode's programs once. T = +inf never exits,
+  −inf always does. The state is T broadcast to [B, L] so compaction can
+  gather it with the batch.
+  """
+
+  def init(batch_size, thresholds):
+    t = jnp.asarray(thresholds, jnp.float32)
+    if t.ndim != 1:
+      raise ValueError(f"rule_inputs must be [L] thresholds; got shape "
+                       f"{t.shape}")
+    return jnp.broadcast_to(t[None], (batch_size,) + t.shape)
+
+  def update(state, out, layer):
+    t = jax.lax.dynamic_index_in_dim(state, layer, axis=1, keepdims=False)
+    return state, max_softmax(out.logits) >= t
+
+  return ExitRule(init, update)

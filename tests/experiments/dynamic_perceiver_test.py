@@ -10,6 +10,7 @@ import pytest
 from experiments.dynamic_perceiver import __main__ as experiment
 from experiments.dynamic_perceiver import configs, run
 from experiments.vision_common.results import RESULT_FIELDS
+from jaxexit.exits import budgeted
 from jaxexit.exits.budgeted import thresholds_rule
 from jaxexit.exits.outputs import ExitHeadOutput
 
@@ -57,7 +58,7 @@ def test_default_out_and_feature_branch_override():
 def test_input_thresholds_rule_matches_thresholds_rule():
   logits = 3 * jax.random.normal(jax.random.key(0), (64, 4, 10))
   t = np.array([0.6, 0.4, 0.5, 0.9], np.float32)
-  rule, want = run.thresholds_input_rule(), thresholds_rule(t)
+  rule, want = budgeted.thresholds_input_rule(), thresholds_rule(t)
   state = rule.init(64, jnp.asarray(t))
   for layer in range(3):   # the last exit is forced by every mode anyway
     out = ExitHeadOutput(logits=logits[:, layer])

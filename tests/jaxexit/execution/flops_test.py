@@ -20,3 +20,7 @@ def test_exit_flops_per_example_and_cumulative():
   np.testing.assert_allclose(one.cumulative, np.cumsum(one.layer + one.head))
   assert one.full == pytest.approx(one.layer.sum() + one.head[-1])
   assert one.fraction[-1] > 1.0             # heads on the way cost extra
+
+
+def test_xla_flops_is_zero_without_float_work():
+  assert xla_flops(lambda x: x, np.ones((3,), np.int32)) == 0.0
