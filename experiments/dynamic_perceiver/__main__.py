@@ -20,6 +20,7 @@ import numpy as np
 
 from experiments.dynamic_perceiver import configs, run
 from experiments.vision_common.results import write_results
+from experiments.vision_common.splits import load_splits
 from jaxexit.data import add_data_dir_flag
 
 PAPER_NOTE = """\
@@ -142,7 +143,7 @@ def main(argv=None):
                else {"feature_branch": args.feature_branch})
   cfg = configs.get_config(args.preset, **overrides)
   start = time.time()
-  splits = run.load_splits(cfg, args.data_dir)
+  splits = load_splits(cfg, args.data_dir)
   print(f"train {len(splits.train)}, val {len(splits.val)}, test "
         f"{len(splits.test)} images", flush=True)
   records, summaries = [], []

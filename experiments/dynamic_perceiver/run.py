@@ -8,7 +8,6 @@ applied to test (`vision_common.curves`), and every record's operating
 point is timed against the full model of the same `ExitStack`.
 """
 
-import dataclasses
 import pathlib
 
 import jax
@@ -18,39 +17,16 @@ from flax import nnx
 
 from experiments.dynamic_perceiver.configs import FEATURE_BRANCHES, NUM_CLASSES
 from experiments.vision_common import curves
+from experiments.vision_common.splits import Splits
 from jaxexit import checks, execution, exits, train
-from jaxexit.data import (ImageSplit, eval_batches, load_cifar, normalize,
-                          random_crop_flip, resize, shuffled_batch_indices,
-                          train_val_split)
+from jaxexit.data import (ImageSplit, eval_batches, normalize,
+                          random_crop_flip, resize, shuffled_batch_indices)
 from jaxexit.exits.budgeted import DYN_PERCEIVER_RESCALE
 from jaxexit.models.cnn_stages import NUM_STAGES, MultiExitCNN, StagedCNN
 from jaxexit.models.dyn_perceiver import (EXIT_WEIGHTS, DynPerceiver,
                                           dyn_perceiver_loss)
 
 METHODS = ("dyn_perceiver", "multi_exit_cnn")
-
-
-@dataclasses.dataclass(frozen=True)
-class Splits:
-  train: ImageSplit
-  val: ImageSplit
-  test: ImageSplit
-
-
-def _subset(split: ImageSplit, limit: int | None, seed: int) -> ImageSplit:
-  if limit is None or limit >= len(split):
-    return split
-  idx = np.sort(np.random.default_rng(seed).permutation(len(split))[:limit])
-  return split.take(idx)
-
-
-def load_splits(cfg, data_dir) -> Splits:
-  """CIFAR-10 train minus a stratified held-out split, and test."""
-  full = load_cifar("cifar10", "train", data_dir=data_dir)
-  train_split, val = train_val_split(full, cfg.num_val, seed=cfg.seed)
-  test = load_cifar("cifar10", "test", data_dir=data_dir)
-  return Splits(_subset(train_split, cfg.max_train, cfg.seed), val,
-                _subset(test, cfg.max_test, cfg.seed + 1))
 
 
 def _rngs(seed: int) -> nnx.Rngs:

@@ -23,6 +23,7 @@ import numpy as np
 
 from experiments.jei_dnn import configs, evaluate, notes, run
 from experiments.vision_common import write_results
+from experiments.vision_common.splits import load_splits
 from jaxexit import checks
 from jaxexit.data import add_data_dir_flag
 from jaxexit.methods import jei_dnn
@@ -73,7 +74,7 @@ def main(argv=None):
   progress = False if args.no_progress else None
   out = args.out
   t0 = t = time.perf_counter()
-  splits = run.load_splits(cfg, args.data_dir)
+  splits = load_splits(cfg, args.data_dir)
   t = _stage(f"data ({len(splits.train)} train, {len(splits.val)} val, "
              f"{len(splits.test)} test)", t)
   model = run.train_backbone(cfg, splits.train, out / "backbone", progress)

@@ -23,35 +23,11 @@ from flax import nnx
 from jaxexit import train as train_lib
 from jaxexit.data.augment import normalize, random_crop_flip, resize
 from jaxexit.data.batching import eval_batches, shuffled_batch_indices
-from jaxexit.data.cifar import ImageSplit, load_cifar, train_val_split
+from jaxexit.data.cifar import ImageSplit
 from jaxexit.methods import jei_dnn, jei_dnn_train
 from jaxexit.models.vit import VIT_CONFIGS, ViT
 
 CIFAR_SIZE = 32
-
-
-@dataclasses.dataclass(frozen=True)
-class Splits:
-  """CIFAR-10 train (minus validation), validation and test images."""
-
-  train: ImageSplit
-  val: ImageSplit
-  test: ImageSplit
-
-
-def _subset(split: ImageSplit, limit: int | None, seed: int) -> ImageSplit:
-  """A seeded random subset (the archives are sorted by class)."""
-  perm = np.random.default_rng(seed).permutation(len(split))
-  return split.take(perm[:limit])
-
-
-def load_splits(cfg, data_dir) -> Splits:
-  """Train/validation (`train_val_split`, stratified) and test splits."""
-  full = load_cifar("cifar10", "train", data_dir=data_dir)
-  train, val = train_val_split(full, cfg.num_val, seed=cfg.seed)
-  test = load_cifar("cifar10", "test", data_dir=data_dir)
-  return Splits(_subset(train, cfg.max_train, cfg.seed), val,
-                _subset(test, cfg.max_test, cfg.seed))
 
 
 def model_inputs(images: jax.Array, size: int) -> jax.Array:

@@ -37,6 +37,7 @@ from jaxexit.exits.gates import jei_exit, jei_oracle_exit
 from jaxexit.exits.losses import cross_entropy_per_exit, weighted_exit_loss
 from jaxexit.exits.outputs import ExitHeadOutput
 from jaxexit.exits.select import take_at_exit
+from jaxexit.models.exit_classifier import stacked_linear
 from jaxexit.typing import Array, Float, Int
 
 ScalarLike = Real[ArrayLike, ""]
@@ -44,15 +45,6 @@ MAX_POS_WEIGHT = 5.0   # w_l = min((n − n_l) / n_l, 5)
 MIN_EXIT_COUNT = 0.1   # n_l floor
 _TINY = float(jnp.finfo(jnp.float32).tiny)
 _EVAL_CHUNK = 4096
-
-
-def _stacked_linear(num: int, d_in: int, d_out: int, rngs: nnx.Rngs):
-  @nnx.split_rngs(splits=num)
-  @nnx.vmap(in_axes=(0,), out_axes=0)
-  def make(rngs):
-    return nnx.Linear(d_in, d_out, rngs=rngs)
-
-  return make(rngs)
 
 
 def _apply_stacked(linear: nnx.Linear, x: Array) -> Array:
@@ -81,8 +73,8 @@ class JeiHeads(nnx.Module):
     checks.positive_int("width", width)
     checks.positive_int("num_classes", num_classes, minimum=2)
     checks.positive_int("num_gates", num_gates)
-    self.ims = _stacked_linear(num_gates, width, num_classes, rngs)
-    self.gates = _stacked_linear(num_gates, 4, 1, rngs)
+    self.ims = stacked_linear(num_gates, width, num_classes, rngs)
+    self.gates = stacked_linear(num_gates, 4, 1, rngs)
     self.num_gates = num_gates
 
   def im_logits(self, features: Float[Array, "*b G D"]

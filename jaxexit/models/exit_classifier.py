@@ -82,7 +82,8 @@ class LambdaLayer(nnx.Module):
     return jax.nn.sigmoid(self.out(u)[:, 0].astype(jnp.float32))
 
 
-def _stacked_linear(num: int, d_in: int, d_out: int, rngs: nnx.Rngs):
+def stacked_linear(num: int, d_in: int, d_out: int, rngs: nnx.Rngs):
+  """`num` independent `Linear(d_in → d_out)` with params stacked on axis 0."""
   @nnx.split_rngs(splits=num)
   @nnx.vmap(in_axes=(0,), out_axes=0)
   def make(rngs):
@@ -101,10 +102,10 @@ class ExitHeads(nnx.Module):
     if cfg.classifier == "shared":
       self.classifier = nnx.Linear(hidden, c, rngs=rngs)
     else:
-      self.classifier = _stacked_linear(num_layers, hidden, c, rngs)
+      self.classifier = stacked_linear(num_layers, hidden, c, rngs)
     if cfg.classifier == "offramp":
       # DeeBERT initialises every off-ramp pooler from the final pooler.
-      self.poolers = _stacked_linear(num_layers, hidden, hidden, rngs)
+      self.poolers = stacked_linear(num_layers, hidden, hidden, rngs)
       tile = lambda w: jnp.broadcast_to(w[...], (num_layers,) + w.shape)
       self.poolers.kernel[...] = tile(pooler.kernel)
       self.poolers.bias[...] = tile(pooler.bias)
