@@ -13,6 +13,7 @@ from jaxexit.exits import budgeted, confidence, gates
 from jaxexit.exits.losses import cross_entropy_per_exit
 from jaxexit.methods import jei_dnn
 from jaxexit.models.vit import VIT_CONFIGS, ViT
+from tests.jaxexit.models import modes_check
 
 CFG = VIT_CONFIGS["tiny"]
 G = CFG.depth - 1
@@ -39,26 +40,9 @@ def vit_stack():
   return model, heads, images, stack, params, carry
 
 
-def _modes_agree(stack, rule, params, carry):
-  results = {mode: execution.run(mode, stack, rule, params, carry)
-             for mode in execution.MODES}
-  ref = results["simulate"]
-  assert len(set(np.asarray(ref.exit_layer).tolist())) > 1, ref.exit_layer
-  for mode, res in results.items():
-    np.testing.assert_array_equal(res.exit_layer, ref.exit_layer,
-                                  err_msg=mode)
-    np.testing.assert_array_equal(res.outputs.logits.argmax(-1),
-                                  ref.outputs.logits.argmax(-1), err_msg=mode)
-    np.testing.assert_allclose(res.outputs.logits, ref.outputs.logits,
-                               rtol=1e-5, atol=1e-5, err_msg=mode)
-    np.testing.assert_allclose(res.outputs.score, ref.outputs.score,
-                               rtol=1e-5, atol=1e-6, err_msg=mode)
-  return ref
-
-
 def test_modes_agree_with_the_jei_gate_rule(vit_stack):
   model, heads, images, stack, params, carry = vit_stack
-  ref = _modes_agree(stack, gates.jei_gate_rule(), params, carry)
+  ref = modes_check.assert_stack_modes_agree(stack, gates.jei_gate_rule(), params, carry)
   # The vectorised exit on simulate's per-layer gates is the rule's exit.
   np.testing.assert_array_equal(gates.jei_exit(ref.per_layer.score),
                                 ref.exit_layer)
@@ -81,7 +65,7 @@ def test_modes_agree_with_a_thresholds_rule(vit_stack):
   # threshold would exit or not by float rounding, which differs between
   # batch sizes (compacted runs smaller batches).
   thresholds = budgeted.fit_thresholds(np.asarray(conf), q) - 1e-4
-  ref = _modes_agree(stack, budgeted.thresholds_rule(thresholds), params,
+  ref = modes_check.assert_stack_modes_agree(stack, budgeted.thresholds_rule(thresholds), params,
                      carry)
   np.testing.assert_array_equal(
       budgeted.budgeted_exit(np.asarray(conf), thresholds), ref.exit_layer)

@@ -10,6 +10,7 @@ from jaxexit import execution
 from jaxexit.exits.budgeted import thresholds_rule
 from jaxexit.models.cnn_stages import (MultiExitCNN, StagedCNN,
                                        StagedCNNConfig, feature_shapes)
+from tests.jaxexit.models import modes_check
 
 CFG = StagedCNNConfig(num_classes=5, stem_channels=8, channels=(8, 16, 16, 32),
                       depths=(1, 1, 1, 1), strides=(1, 2, 2, 2))
@@ -62,18 +63,8 @@ def assert_modes_agree(model, images, buckets="pow2"):
   np.testing.assert_allclose(probe.per_layer.logits, ref, rtol=1e-5,
                              atol=1e-5)
   rule = thresholds_rule(spread_thresholds(ref))
-  results = {mode: execution.run(mode, stack, rule, params, carry,
-                                 **({"buckets": buckets}
-                                    if mode == "compacted" else {}))
-             for mode in execution.MODES}
-  sim = results["simulate"]
-  assert len(set(np.asarray(sim.exit_layer).tolist())) > 1, sim.exit_layer
-  for mode, res in results.items():
-    np.testing.assert_array_equal(res.exit_layer, sim.exit_layer,
-                                  err_msg=mode)
-    np.testing.assert_allclose(res.outputs.logits, sim.outputs.logits,
-                               rtol=1e-5, atol=1e-5, err_msg=mode)
-  return sim
+  return modes_check.assert_stack_modes_agree(stack, rule, params, carry,
+                                              buckets=buckets)
 
 
 @pytest.mark.parametrize("block", ["basic", "inverted_residual"])

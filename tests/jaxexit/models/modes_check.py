@@ -43,13 +43,28 @@ def assert_modes_agree(encoder, ids, mask):
   threshold = float(jnp.median(conf))
   rule = rules.memoryless(
       lambda out, layer: jax.nn.softmax(out.logits, -1).max(-1) > threshold)
-  results = {mode: execution.run(mode, stack, rule, params, carry)
+  return assert_stack_modes_agree(stack, rule, params, carry)
+
+
+def assert_stack_modes_agree(stack, rule, params, carry,
+                             **compacted_options):
+  """Every execution mode gives simulate's exits and exit outputs.
+
+  Checks that the exits spread over more than one layer (else the test
+  proves nothing), then compares each mode's exit layers exactly and every
+  leaf of its exit outputs (logits, scores, ...) to 1e-5. Returns the
+  `simulate` result.
+  """
+  results = {mode: execution.run(
+      mode, stack, rule, params, carry,
+      **(compacted_options if mode == "compacted" else {}))
              for mode in execution.MODES}
   ref = results["simulate"]
   assert len(set(np.asarray(ref.exit_layer).tolist())) > 1, ref.exit_layer
   for mode, res in results.items():
     np.testing.assert_array_equal(res.exit_layer, ref.exit_layer,
                                   err_msg=mode)
-    np.testing.assert_allclose(res.outputs.logits, ref.outputs.logits,
-                               rtol=1e-5, atol=1e-5, err_msg=mode)
+    jax.tree.map(lambda got, want, mode=mode: np.testing.assert_allclose(
+        got, want, rtol=1e-5, atol=1e-5, err_msg=mode),
+                 res.outputs, ref.outputs)
   return ref
