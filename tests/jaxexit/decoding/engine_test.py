@@ -1,0 +1,174 @@
+import jax
+import numpy as np
+import pytest
+
+from jaxexit.decoding import config as config_lib
+from jaxexit.decoding.config import DecodeConfig
+from jaxexit.decoding.engine import generate
+from jaxexit.decoding.exit_heads import LMHeadExits
+from jaxexit.decoding.full import generate_full
+from jaxexit.decoding.simulate import simulate_exits
+from tests.jaxexit.decoding.toy_decoder import ToyAttention, ToyRecurrent
+
+N = 10
+BACKBONES = {"attention": ToyAttention, "recurrent": ToyRecurrent}
+
+
+def _prompts():
+  prompts = np.array([[3, 7, 1, 9, 4, 2], [5, 8, 2, 0, 0, 0]], np.int32)
+  return prompts, np.array([6, 3], np.int32)
+
+
+def _model(kind):
+  return BACKBONES[kind](vocab=32, d=16, layers=6, seed=0)
+
+
+@pytest.mark.parametrize("kind", BACKBONES)
+@pytest.mark.parametrize("mode", config_lib.STATE_MODES)
+def test_exits_disabled_equals_full_model(kind, mode):
+  model = _model(kind)
+  prompts, lengths = _prompts()
+  full = generate_full(model, prompts, lengths, max_new_tokens=N)
+  cfg = DecodeConfig(exit_layers=(2, 4), state_mode=mode, exits_enabled=False,
+                     max_new_tokens=N, pending=3)
+  out = generate(model, LMHeadExits(), prompts, lengths, 0.0, cfg)
+  np.testing.assert_array_equal(out.tokens, full)
+  assert (np.asarray(out.exit_layer) == 6).all()
+
+
+@pytest.mark.parametrize("kind", BACKBONES)
+def test_exits_disabled_sampling_equals_full_model(kind):
+  model = _model(kind)
+  prompts, lengths = _prompts()
+  key = jax.random.key(3)
+  full = generate_full(model, prompts, lengths, max_new_tokens=N,
+                       temperature=0.7, key=key)
+  cfg = DecodeConfig(exit_layers=(3,), exits_enabled=False, max_new_tokens=N,
+                     temperature=0.7)
+  out = generate(model, LMHeadExits(), prompts, lengths, 0.5, cfg, key=key)
+  np.testing.assert_array_equal(out.tokens, full)
+
+
+def _sequence(prompts, lengths, generated):
+  rows = [np.concatenate([p[:n], g]) for p, n, g in
+          zip(prompts, lengths, np.asarray(generated))]
+  return np.stack(rows)
+
+
+@pytest.mark.parametrize("kind", BACKBONES)
+@pytest.mark.parametrize("rule", ["max_softmax", "margin", "cosine"])
+def test_oracle_equals_simulated_evaluation(kind, rule):
+  model = _model(kind)
+  prompts, lengths = _prompts()
+  prompts, lengths = prompts[:1], lengths[:1]  # batch 1: per-token exits
+  cfg = DecodeConfig(exit_layers=(1, 2, 4), rule=rule, state_mode="oracle",
+                     max_new_tokens=N)
+  for threshold in np.linspace(0.05, 0.95, 19):  # one that mixes exits
+    out = generate(model, LMHeadExits(), prompts, lengths, threshold, cfg)
+    if len(set(np.asarray(out.exit_layer[0, 1:]).tolist())) > 1:
+      break
+  seq = _sequence(prompts, lengths, out.tokens)
+  sim = simulate_exits(model, LMHeadExits(), seq, np.array([seq.shape[1]]), threshold,
+                       cfg)
+  start = lengths[0]
+  # Token n+1 is predicted at position start + n; token 0 by the prefill.
+  np.testing.assert_array_equal(
+      out.tokens[0, 1:], sim.prediction[0, start:start + N - 1])
+  np.testing.assert_array_equal(
+      out.exit_layer[0, 1:], sim.exit_layer[0, start:start + N - 1])
+  exits = np.asarray(out.exit_layer[0, 1:])
+  assert len(set(exits.tolist())) > 1, f"no threshold mixes exits: {exits}"
+
+
+@pytest.mark.parametrize("kind", BACKBONES)
+def test_recompute_is_exact_like_oracle(kind):
+  # Catch-up gives deep blocks the exact states, so every decision matches
+  # the oracle cache when the buffer never overflows.
+  model = _model(kind)
+  prompts, lengths = _prompts()
+  prompts, lengths = prompts[:1], lengths[:1]
+  outs = {}
+  for mode in ("oracle", "recompute"):
+    cfg = DecodeConfig(exit_layers=(1, 2, 4), state_mode=mode,
+                       max_new_tokens=N, pending=N)
+    outs[mode] = generate(model, LMHeadExits(), prompts, lengths, 0.3, cfg)
+  np.testing.assert_array_equal(outs["recompute"].tokens, outs["oracle"].tokens)
+  np.testing.assert_array_equal(outs["recompute"].exit_layer,
+                                outs["oracle"].exit_layer)
+  # Recompute did real skipping: fewer block applications than 6 per token
+  # for early tokens, with the catch-up charged to later deep tokens.
+  assert outs["recompute"].layers_computed[0, 1:].sum() < 6 * (N - 1) * 2
+
+
+@pytest.mark.parametrize("kind", BACKBONES)
+def test_recompute_buffer_overflow_forces_full_pass(kind):
+  model = _model(kind)
+  prompts, lengths = _prompts()
+  cfg = DecodeConfig(exit_layers=(1,), state_mode="recompute",
+                     max_new_tokens=N, pending=2)
+  out = generate(model, LMHeadExits(), prompts[:1], lengths[:1], 0.0, cfg)
+  layers = np.asarray(out.exit_layer[0, 1:])
+  # λ = 0: every token would exit at block 1; every third one is forced deep.
+  assert layers.tolist() == [1, 1, 6] * 3
+
+
+@pytest.mark.parametrize("mode", ["propagate", "freeze"])
+def test_threshold_zero_exits_at_first_exit(mode):
+  model = _model("attention")
+  prompts, lengths = _prompts()
+  cfg = DecodeConfig(exit_layers=(2, 4), state_mode=mode, max_new_tokens=N)
+  out = generate(model, LMHeadExits(), prompts, lengths, 0.0, cfg)
+  assert (np.asarray(out.exit_layer[:, 1:]) == 2).all()
+  assert (np.asarray(out.layers_computed[:, 1:]) == 2).all()
+  expected = 4 if mode == "propagate" else 0
+  assert (np.asarray(out.layers_propagated[:, 1:]) == expected).all()
+
+
+def test_batch_synchronous_rule_exits_together():
+  model = _model("attention")
+  prompts, lengths = _prompts()
+  cfg = DecodeConfig(exit_layers=(1, 2, 4), max_new_tokens=N)
+  out = generate(model, LMHeadExits(), prompts, lengths, 0.3, cfg)
+  layers = np.asarray(out.exit_layer)
+  np.testing.assert_array_equal(layers[0], layers[1])
+
+
+def test_eos_stops_rows():
+  model = _model("attention")
+  prompts, lengths = _prompts()
+  full = np.asarray(generate_full(model, prompts, lengths, max_new_tokens=N))
+  eos = int(full[0, 2])
+  cfg = DecodeConfig(exit_layers=(3,), exits_enabled=False, max_new_tokens=N,
+                     eos_id=eos)
+  out = generate(model, LMHeadExits(), prompts, lengths, 1.0, cfg)
+  first = list(full[0]).index(eos)
+  assert (np.asarray(out.tokens[0, first:]) == eos).all()
+  assert not np.asarray(out.valid[0, first + 1:]).any()
+  np.testing.assert_array_equal(
+      out.tokens, generate_full(model, prompts, lengths, max_new_tokens=N,
+                                eos_id=eos))
+
+
+def test_bad_input_errors():
+  model = _model("attention")
+  prompts, lengths = _prompts()
+  cfg = DecodeConfig(exit_layers=(2,), max_new_tokens=N)
+  with pytest.raises(ValueError, match="threshold"):
+    generate(model, LMHeadExits(), prompts, lengths, 1.5, cfg)
+  with pytest.raises(ValueError, match="max_len=8"):
+    generate(model, LMHeadExits(), prompts, lengths, 0.5, cfg, max_len=8)
+  with pytest.raises(ValueError, match="exit_layers"):
+    generate(model, LMHeadExits(), prompts, lengths, 0.5,
+             DecodeConfig(exit_layers=(6,), max_new_tokens=N))
+  with pytest.raises(ValueError, match="state_mode"):
+    DecodeConfig(exit_layers=(2,), state_mode="skip")
+  with pytest.raises(ValueError, match="exit_layers"):
+    DecodeConfig(exit_layers=(3, 2))
+
+  class NoFreeze(ToyAttention):
+    state_modes = ("oracle", "propagate")
+
+  with pytest.raises(ValueError, match="'freeze' is not supported by NoFreeze"):
+    generate(NoFreeze(vocab=32, d=16, layers=6, seed=0), LMHeadExits(),
+             prompts, lengths, 0.5,
+             DecodeConfig(exit_layers=(2,), state_mode="freeze"))
