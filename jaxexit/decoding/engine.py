@@ -65,6 +65,10 @@ class DecodeOutput:
       row, catch-up positions of `recompute` included (one block on one
       position counts 1).
     layers_propagated: [B, N] int32 skipped blocks filled by `propagate`.
+    segments_run: [B, N] int32 segments the step ran (the last one ends in
+      the final norm + LM head).
+    exits_evaluated: [B, N] int32 exit heads whose logits the step computed
+      (0 with exits disabled: their states still advance).
   """
 
   tokens: Int[Array, "B N"]
@@ -73,6 +77,8 @@ class DecodeOutput:
   confidence: Float[Array, "B N"]
   layers_computed: Int[Array, "B N"]
   layers_propagated: Int[Array, "B N"]
+  segments_run: Int[Array, "B N"]
+  exits_evaluated: Int[Array, "B N"]
 
 
 def _split_layers(backbone, caches, h, positions, valid, start, end):
@@ -87,7 +93,7 @@ def _last(x):
 
 
 def _exit_logits(backbone, heads, s, num_segments, h, hstates, positions,
-                 active, rule):
+                 active, rule, exits_enabled):
   """Logits [B, V], score and new head states after segment `s`.
 
   The window's earlier positions only advance the head state; logits are
@@ -99,6 +105,11 @@ def _exit_logits(backbone, heads, s, num_segments, h, hstates, positions,
     return logits, score, hstates
   hstates = list(hstates)
   state = hstates[s]
+  if not exits_enabled:  # No decision to make: only keep the state exact.
+    hstates[s] = heads.advance(backbone, s, h, state, positions, active)
+    logits = jnp.zeros((h.shape[0], backbone.vocab_size), jnp.float32)
+    score = jnp.zeros(h.shape[:1], jnp.float32) if rule == "learned" else None
+    return logits, score, tuple(hstates)
   if h.shape[1] > 1:
     state = heads.advance(backbone, s, h[:, :-1], state, positions[:, :-1],
                           active[:, :-1])
@@ -121,7 +132,7 @@ def _segment(backbone, heads, config, bounds, s, carry, positions, row_valid):
       active, axis=1, dtype=jnp.int32)
   logits, score, hstates = _exit_logits(
       backbone, heads, s, len(bounds) - 1, h_out, hstates, positions, active,
-      config.rule)
+      config.rule, config.exits_enabled)
   conf = token_confidence(config.rule, logits, _last(h), _last(h_out), score)
   return (h_out, depth, caches, hstates, computed), logits, conf
 
@@ -213,8 +224,9 @@ def _decode_step(backbone, heads, config, bounds, threshold, token, pos,
     pend_h = h[:, 1:]
     pend_depth = jnp.concatenate([depth[:, 1:], new_depth[:, None]], axis=1)
   exit_layer = zeros + jnp.asarray(bounds)[stop_used + 1]
-  return (logits, conf, exit_layer, computed, propagated, caches, hstates,
-          pend_h, pend_depth)
+  evaluated = jnp.minimum(stop + 1, num_segments - 1) * config.exits_enabled
+  return (logits, conf, exit_layer, stop + 1 + zeros, evaluated + zeros,
+          computed, propagated, caches, hstates, pend_h, pend_depth)
 
 
 def prefill(backbone: DecoderBackbone, heads: ExitHeads, bounds,
@@ -268,28 +280,33 @@ def _generate(graphdefs, params, prompts, lengths, threshold, key, *,
   pend_h = jnp.zeros((batch, width, backbone.d_model), dtype)
   pend_depth = jnp.full((batch, width), num_segments, jnp.int32)
 
-  def record(out, n, token, row_valid, exit_layer, conf, computed, propagated):
+  def record(out, n, token, row_valid, exit_layer, conf, segments, evaluated,
+             computed, propagated):
     put = lambda a, v: a.at[:, n].set(jnp.where(row_valid, v, a[:, n]))
     return DecodeOutput(
         tokens=put(out.tokens, token), valid=put(out.valid, True),
         exit_layer=put(out.exit_layer, exit_layer),
         confidence=put(out.confidence, conf),
         layers_computed=put(out.layers_computed, computed),
-        layers_propagated=put(out.layers_propagated, propagated))
+        layers_propagated=put(out.layers_propagated, propagated),
+        segments_run=put(out.segments_run, segments),
+        exits_evaluated=put(out.exits_evaluated, evaluated))
 
   fill = 0 if config.eos_id is None else config.eos_id
   zeros = jnp.zeros((batch, n_new), jnp.int32)
   out = DecodeOutput(
       tokens=zeros + fill, valid=jnp.zeros((batch, n_new), bool),
       exit_layer=zeros, confidence=jnp.zeros((batch, n_new), jnp.float32),
-      layers_computed=zeros, layers_propagated=zeros)
+      layers_computed=zeros, layers_propagated=zeros, segments_run=zeros,
+      exits_evaluated=zeros)
   all_rows = jnp.ones((batch,), bool)
   full_conf = token_confidence(
       "max_softmax" if config.rule in ("cosine", "learned") else config.rule,
       logits, logits, logits, None)
   full_layers = jnp.full((batch,), bounds[-1], jnp.int32)
   out = record(out, 0, first, all_rows, full_layers, full_conf,
-               full_layers * lengths, jnp.zeros((batch,), jnp.int32))
+               jnp.full((batch,), num_segments, jnp.int32),
+               jnp.zeros((batch,), jnp.int32), full_layers * lengths, jnp.zeros((batch,), jnp.int32))
   done = first == eos
 
   def cond(state):
@@ -300,14 +317,14 @@ def _generate(graphdefs, params, prompts, lengths, threshold, key, *,
     n, token, done, caches, hstates, pend_h, pend_depth, out = state
     row_valid = ~done
     pos = lengths + n - 1
-    (logits, conf, exit_layer, computed, propagated, caches, hstates, pend_h,
-     pend_depth) = _decode_step(backbone, heads, config, bounds, threshold,
+    (logits, conf, exit_layer, segments, evaluated, computed, propagated,
+     caches, hstates, pend_h, pend_depth) = _decode_step(backbone, heads, config, bounds, threshold,
                                 token, pos, row_valid, caches, hstates, pend_h,
                                 pend_depth)
     new = sample(logits, config.temperature, jax.random.fold_in(key, n))
     new = jnp.where(row_valid, new, token)
-    out = record(out, n, new, row_valid, exit_layer, conf, computed,
-                 propagated)
+    out = record(out, n, new, row_valid, exit_layer, conf, segments, evaluated,
+                 computed, propagated)
     done = done | (new == eos)
     return n + 1, new, done, caches, hstates, pend_h, pend_depth, out
 

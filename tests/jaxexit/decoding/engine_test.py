@@ -4,7 +4,8 @@ import pytest
 
 from jaxexit.decoding import config as config_lib
 from jaxexit.decoding.config import DecodeConfig
-from jaxexit.decoding.engine import generate
+from jaxexit.decoding.cost import decode_costs, flops_fraction
+from jaxexit.decoding.engine import cache_length, generate
 from jaxexit.decoding.exit_heads import LMHeadExits
 from jaxexit.decoding.full import generate_full
 from jaxexit.decoding.simulate import simulate_exits
@@ -172,3 +173,20 @@ def test_bad_input_errors():
     generate(NoFreeze(vocab=32, d=16, layers=6, seed=0), LMHeadExits(),
              prompts, lengths, 0.5,
              DecodeConfig(exit_layers=(2,), state_mode="freeze"))
+
+
+def test_flops_fraction_counts_heads_and_skipping():
+  model = _model("attention")
+  prompts, lengths = _prompts()
+  heads = LMHeadExits()
+  full_cfg = DecodeConfig(exit_layers=(2, 4), exits_enabled=False,
+                          max_new_tokens=N)
+  costs = decode_costs(model, heads, full_cfg.boundaries(6),
+                       cache_length(prompts.shape[1], N))
+  assert costs.block.min() > 0 and costs.head.min() > 0
+  full = generate(model, heads, prompts, lengths, 0.0, full_cfg)
+  assert flops_fraction(full, costs) == pytest.approx(1.0)
+  cfg = DecodeConfig(exit_layers=(2, 4), state_mode="freeze", max_new_tokens=N)
+  early = generate(model, heads, prompts, lengths, 0.0, cfg)
+  expected = (2 * costs.block.mean() + costs.head[0]) / costs.full
+  assert flops_fraction(early, costs) == pytest.approx(expected)
