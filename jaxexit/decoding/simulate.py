@@ -32,12 +32,14 @@ class SimulatedExits:
     prediction: [B, T] int32 greedy next-token id at that exit.
     confidence: [B, T] float32 confidence at that exit.
     full_prediction: [B, T] int32 the final layer's greedy prediction.
+    exit_confidence: [B, T, E+1] every exit's confidence (the final last).
   """
 
   exit_layer: Int[Array, "B T"]
   prediction: Int[Array, "B T"]
   confidence: Float[Array, "B T"]
   full_prediction: Int[Array, "B T"]
+  exit_confidence: Float[Array, "B T E"]
 
 
 @functools.partial(jax.jit, static_argnames=("graphdefs", "config"))
@@ -79,7 +81,7 @@ def _simulate(graphdefs, params, tokens, lengths, threshold, *, config):
   return SimulatedExits(
       exit_layer=jnp.asarray(bounds[1:], jnp.int32)[chosen],
       prediction=pick(preds), confidence=pick(confs),
-      full_prediction=preds[..., -1])
+      full_prediction=preds[..., -1], exit_confidence=confs)
 
 
 def simulate_exits(backbone, heads, tokens: Int[ArrayLike, "B T"],

@@ -9,10 +9,23 @@ from jaxexit.decoding.engine import cache_length, generate
 from jaxexit.decoding.exit_heads import LMHeadExits
 from jaxexit.decoding.full import generate_full
 from jaxexit.decoding.simulate import simulate_exits
+from flax import nnx
+
+from jaxexit.models.llama import LlamaConfig, LlamaLM
 from tests.jaxexit.decoding.toy_decoder import ToyAttention, ToyRecurrent
 
 N = 10
-BACKBONES = {"attention": ToyAttention, "recurrent": ToyRecurrent}
+
+
+def _llama(seed):
+  cfg = LlamaConfig(vocab_size=32, d_model=16, num_layers=6, num_heads=4,
+                    num_kv_heads=2, mlp_hidden=32, max_position=64)
+  return LlamaLM(cfg, rngs=nnx.Rngs(seed))
+
+
+BACKBONES = {"llama": _llama,
+             "recurrent": lambda seed: ToyRecurrent(vocab=32, d=16, layers=6,
+                                                    seed=seed)}
 
 
 def _prompts():
@@ -21,7 +34,7 @@ def _prompts():
 
 
 def _model(kind):
-  return BACKBONES[kind](vocab=32, d=16, layers=6, seed=0)
+  return BACKBONES[kind](0)
 
 
 @pytest.mark.parametrize("kind", BACKBONES)
@@ -64,10 +77,10 @@ def test_oracle_equals_simulated_evaluation(kind, rule):
   prompts, lengths = prompts[:1], lengths[:1]  # batch 1: per-token exits
   cfg = DecodeConfig(exit_layers=(1, 2, 4), rule=rule, state_mode="oracle",
                      max_new_tokens=N)
-  for threshold in np.linspace(0.05, 0.95, 19):  # one that mixes exits
-    out = generate(model, LMHeadExits(), prompts, lengths, threshold, cfg)
-    if len(set(np.asarray(out.exit_layer[0, 1:]).tolist())) > 1:
-      break
+  # A threshold inside the first exit's confidence range mixes the exits.
+  probe = simulate_exits(model, LMHeadExits(), prompts, lengths, 1.0, cfg)
+  threshold = float(np.median(probe.exit_confidence[0, :lengths[0], 0]))
+  out = generate(model, LMHeadExits(), prompts, lengths, threshold, cfg)
   seq = _sequence(prompts, lengths, out.tokens)
   sim = simulate_exits(model, LMHeadExits(), seq, np.array([seq.shape[1]]), threshold,
                        cfg)
@@ -115,7 +128,7 @@ def test_recompute_buffer_overflow_forces_full_pass(kind):
 
 @pytest.mark.parametrize("mode", ["propagate", "freeze"])
 def test_threshold_zero_exits_at_first_exit(mode):
-  model = _model("attention")
+  model = _model("llama")
   prompts, lengths = _prompts()
   cfg = DecodeConfig(exit_layers=(2, 4), state_mode=mode, max_new_tokens=N)
   out = generate(model, LMHeadExits(), prompts, lengths, 0.0, cfg)
@@ -126,7 +139,7 @@ def test_threshold_zero_exits_at_first_exit(mode):
 
 
 def test_batch_synchronous_rule_exits_together():
-  model = _model("attention")
+  model = _model("llama")
   prompts, lengths = _prompts()
   cfg = DecodeConfig(exit_layers=(1, 2, 4), max_new_tokens=N)
   out = generate(model, LMHeadExits(), prompts, lengths, 0.3, cfg)
@@ -135,7 +148,7 @@ def test_batch_synchronous_rule_exits_together():
 
 
 def test_eos_stops_rows():
-  model = _model("attention")
+  model = _model("llama")
   prompts, lengths = _prompts()
   full = np.asarray(generate_full(model, prompts, lengths, max_new_tokens=N))
   eos = int(full[0, 2])
@@ -151,7 +164,7 @@ def test_eos_stops_rows():
 
 
 def test_bad_input_errors():
-  model = _model("attention")
+  model = _model("llama")
   prompts, lengths = _prompts()
   cfg = DecodeConfig(exit_layers=(2,), max_new_tokens=N)
   with pytest.raises(ValueError, match="threshold"):
@@ -176,7 +189,7 @@ def test_bad_input_errors():
 
 
 def test_flops_fraction_counts_heads_and_skipping():
-  model = _model("attention")
+  model = _model("llama")
   prompts, lengths = _prompts()
   heads = LMHeadExits()
   full_cfg = DecodeConfig(exit_layers=(2, 4), exits_enabled=False,

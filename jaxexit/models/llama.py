@@ -1,0 +1,517 @@
+"""Llama / Mistral decoder LM as a `DecoderBackbone` with explicit KV caches.
+
+Touvron et al. 2023 (Llama 2), Jiang et al. 2023 (Mistral 7B), SmolLM2: a
+pre-norm decoder with RMSNorm, rotary position embeddings (Su et al. 2021,
+in Hugging Face's `rotate_half` layout: the two halves of a head, not
+interleaved pairs), grouped-query attention (Ainslie et al. 2023), a SwiGLU
+MLP (Shazeer 2020), optional sliding-window attention (Mistral) and optional
+tied input/output embeddings (SmolLM2). In float32 the logits and every
+hidden state match HF `LlamaForCausalLM` / `MistralForCausalLM` within 1e-5
+(tests).
+
+The model implements `jaxexit.decoding.backbone.DecoderBackbone`: each block
+is a separate module called by a static index, with one `KVCache` of S slots
+per block. Slot s holds the key/value of absolute position s; a query at
+position p attends to the slots s ≤ p whose `valid` flag is set (and
+p - s < sliding_window for Mistral), so positions need not be contiguous and
+`freeze` hides a position by clearing its flag.
+
+Axes: B batch, T tokens, S cache slots (`max_len`), D width (HF
+`hidden_size`), H query heads, Hkv key/value heads, G = H / Hkv query heads
+per KV head, K head dim, F MLP width (HF `intermediate_size`), V vocabulary,
+L layers.
+"""
+
+import dataclasses
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.typing import DTypeLike
+
+from jaxexit import checks
+from jaxexit.typing import Array, Bool, Float, Int, PyTree
+
+NEG_INF = jnp.finfo(jnp.float32).min
+
+MODEL_TYPES = ("llama", "mistral")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Llama3RopeScaling:
+  """Llama 3.1 RoPE frequency scaling (HF `rope_type="llama3"`).
+
+  Wavelengths shorter than `original_max_position / high_freq_factor` keep
+  their frequency, longer than `original_max_position / low_freq_factor` are
+  slowed down by `factor`, and the band between is interpolated smoothly.
+  """
+
+  factor: float
+  low_freq_factor: float
+  high_freq_factor: float
+  original_max_position: int
+
+  def __post_init__(self):
+    checks.in_range("Llama3RopeScaling.factor", self.factor, 0, math.inf,
+                    low_open=True, high_open=True)
+    checks.in_range("Llama3RopeScaling.low_freq_factor", self.low_freq_factor,
+                    0, math.inf, low_open=True, high_open=True)
+    if not self.high_freq_factor > self.low_freq_factor:
+      raise ValueError(
+          "Llama3RopeScaling.high_freq_factor must be > low_freq_factor="
+          f"{self.low_freq_factor}; got {self.high_freq_factor!r}")
+    checks.positive_int("Llama3RopeScaling.original_max_position",
+                        self.original_max_position)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LlamaConfig:
+  """Sizes of `LlamaLM` (HF `LlamaConfig`/`MistralConfig` names in
+  parentheses where they differ).
+
+  `num_kv_heads` and `head_dim` are filled in at construction, so a
+  `dataclasses.replace` that changes `num_heads` or `d_model` must pass
+  them again (or None).
+
+  Attributes:
+    vocab_size: V.
+    d_model: D (`hidden_size`).
+    num_layers: L (`num_hidden_layers`).
+    num_heads: H (`num_attention_heads`).
+    num_kv_heads: Hkv (`num_key_value_heads`); None means H (no GQA).
+    head_dim: K; None means D // H.
+    mlp_hidden: F (`intermediate_size`).
+    rms_norm_eps: RMSNorm epsilon.
+    rope_theta: RoPE base wavelength.
+    rope_scaling: Llama 3.1 frequency scaling, or None (plain RoPE).
+    tie_embeddings: the LM head reuses the embedding table
+      (`tie_word_embeddings`).
+    sliding_window: Mistral's attention window W (a query at p sees keys at
+      p - W < s ≤ p), or None for full causal attention.
+    max_position: longest sequence (`max_position_embeddings`); RoPE itself
+      has no table, `__call__` refuses longer inputs.
+    dtype: compute dtype; softmax and logits are always float32.
+    param_dtype: parameter dtype.
+  """
+
+  vocab_size: int = 32000
+  d_model: int = 4096
+  num_layers: int = 32
+  num_heads: int = 32
+  num_kv_heads: int | None = None
+  head_dim: int | None = None
+  mlp_hidden: int = 11008
+  rms_norm_eps: float = 1e-5
+  rope_theta: float = 10000.0
+  rope_scaling: Llama3RopeScaling | None = None
+  tie_embeddings: bool = False
+  sliding_window: int | None = None
+  max_position: int = 4096
+  dtype: DTypeLike = jnp.float32
+  param_dtype: DTypeLike = jnp.float32
+
+  def __post_init__(self):
+    for name in ("vocab_size", "d_model", "num_layers", "num_heads",
+                 "mlp_hidden", "max_position"):
+      checks.positive_int(f"LlamaConfig.{name}", getattr(self, name))
+    if self.num_kv_heads is None:
+      object.__setattr__(self, "num_kv_heads", self.num_heads)
+    checks.positive_int("LlamaConfig.num_kv_heads", self.num_kv_heads)
+    if self.num_heads % self.num_kv_heads:
+      raise ValueError(
+          f"LlamaConfig.num_heads={self.num_heads} must be divisible by "
+          f"num_kv_heads={self.num_kv_heads}")
+    if self.head_dim is None:
+      if self.d_model % self.num_heads:
+        raise ValueError(
+            f"LlamaConfig.d_model={self.d_model} must be divisible by "
+            f"num_heads={self.num_heads} when head_dim is None")
+      object.__setattr__(self, "head_dim", self.d_model // self.num_heads)
+    checks.positive_int("LlamaConfig.head_dim", self.head_dim)
+    if self.head_dim % 2:
+      raise ValueError("LlamaConfig.head_dim must be even (RoPE rotates "
+                       f"half-dimensions); got head_dim={self.head_dim}")
+    if self.sliding_window is not None:
+      checks.positive_int("LlamaConfig.sliding_window", self.sliding_window)
+    for name in ("rms_norm_eps", "rope_theta"):
+      checks.in_range(f"LlamaConfig.{name}", getattr(self, name), 0,
+                      math.inf, low_open=True, high_open=True)
+    if not isinstance(self.rope_scaling, (Llama3RopeScaling, type(None))):
+      raise ValueError("LlamaConfig.rope_scaling must be a Llama3RopeScaling "
+                       f"or None; got {self.rope_scaling!r}")
+
+  @classmethod
+  def from_hf(cls, hf: dict, **overrides) -> "LlamaConfig":
+    """Reads a Hugging Face `config.json` dict of a Llama or Mistral model.
+
+    Accepts both the transformers 5 `rope_parameters` dict and the older
+    top-level `rope_theta` + `rope_scaling`.
+
+    Args:
+      hf: the parsed `config.json`.
+      **overrides: fields to set instead (`dtype`, ...).
+
+    Raises:
+      ValueError: for another model_type, activation, biases, partial
+        rotary embeddings or a RoPE type other than default / llama3.
+    """
+    model_type = hf.get("model_type")
+    if model_type not in MODEL_TYPES:
+      raise ValueError(f"config.json model_type={model_type!r} is not one of "
+                       f"{list(MODEL_TYPES)}")
+    if hf.get("hidden_act", "silu") != "silu":
+      raise ValueError(f"hidden_act={hf['hidden_act']!r} unsupported; "
+                       "only 'silu' (SwiGLU)")
+    for key in ("attention_bias", "mlp_bias"):
+      if hf.get(key):
+        raise ValueError(f"{key}={hf[key]!r} unsupported; only bias-free "
+                         "projections")
+    rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
+    if rope.get("partial_rotary_factor", 1.0) != 1.0:
+      raise ValueError("partial_rotary_factor="
+                       f"{rope['partial_rotary_factor']!r} unsupported")
+    kw = dict(
+        vocab_size=hf["vocab_size"], d_model=hf["hidden_size"],
+        num_layers=hf["num_hidden_layers"],
+        num_heads=hf["num_attention_heads"],
+        num_kv_heads=hf.get("num_key_value_heads"),
+        head_dim=hf.get("head_dim"), mlp_hidden=hf["intermediate_size"],
+        rms_norm_eps=hf.get("rms_norm_eps", 1e-6),
+        rope_theta=float(rope.get("rope_theta", hf.get("rope_theta", 1e4))),
+        rope_scaling=_rope_scaling_from_hf(rope),
+        tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+        sliding_window=hf.get("sliding_window"),
+        max_position=hf.get("max_position_embeddings", 2048))
+    kw.update(overrides)
+    return cls(**kw)
+
+
+def _rope_scaling_from_hf(rope: dict) -> Llama3RopeScaling | None:
+  rope_type = rope.get("rope_type", rope.get("type", "default"))
+  if rope_type == "default":
+    return None
+  if rope_type != "llama3":
+    raise ValueError(f"rope_type={rope_type!r} unsupported; expected "
+                     "'default' or 'llama3'")
+  return Llama3RopeScaling(
+      factor=float(rope["factor"]),
+      low_freq_factor=float(rope["low_freq_factor"]),
+      high_freq_factor=float(rope["high_freq_factor"]),
+      original_max_position=rope["original_max_position_embeddings"])
+
+
+def rope_inv_freq(cfg: LlamaConfig) -> np.ndarray:
+  """RoPE inverse frequencies `[K / 2]` float32, as HF computes them.
+
+  A trace-time constant (numpy), so jitted code folds it.
+  """
+  k = cfg.head_dim
+  exponent = np.arange(0, k, 2).astype(np.float32) / np.float32(k)
+  inv_freq = np.float32(1.0) / np.float32(cfg.rope_theta) ** exponent
+  s = cfg.rope_scaling
+  if s is None:
+    return inv_freq
+  # `_compute_llama3_parameters` in transformers' `modeling_rope_utils`.
+  wavelen = np.float32(2 * math.pi) / inv_freq
+  low_wavelen = s.original_max_position / s.low_freq_factor
+  high_wavelen = s.original_max_position / s.high_freq_factor
+  scaled = np.where(wavelen > low_wavelen, inv_freq / np.float32(s.factor),
+                    inv_freq)
+  smooth = ((s.original_max_position / wavelen - s.low_freq_factor)
+            / (s.high_freq_factor - s.low_freq_factor)).astype(np.float32)
+  smoothed = (1 - smooth) * scaled / np.float32(s.factor) + smooth * scaled
+  medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+  return np.where(medium, smoothed, scaled).astype(np.float32)
+
+
+def apply_rope(x: Float[Array, "B T _ K"], positions: Int[Array, "B T"],
+               inv_freq: np.ndarray) -> Float[Array, "B T _ K"]:
+  """Rotates each head of `x` (H or Hkv heads) by its token's position.
+
+  HF layout: dims j and j + K/2 form a pair rotated by positions · f_j.
+  """
+  freqs = (positions.astype(jnp.float32)[:, :, None]
+           * jnp.asarray(inv_freq)[None, None, :])  # [B, T, K/2]
+  angles = jnp.concatenate([freqs, freqs], axis=-1)[:, :, None, :]
+  cos = jnp.cos(angles).astype(x.dtype)  # [B, T, 1, K]
+  sin = jnp.sin(angles).astype(x.dtype)
+  x1, x2 = jnp.split(x, 2, axis=-1)
+  return x * cos + jnp.concatenate([-x2, x1], axis=-1) * sin
+
+
+class KVCache(NamedTuple):
+  """One block's key/value cache (a pytree).
+
+  Attributes:
+    k: [B, S, Hkv, K] keys after RoPE, slot s = absolute position s.
+    v: [B, S, Hkv, K] values.
+    valid: [B, S] bool, True where a written, unfrozen key lives.
+  """
+
+  k: Array
+  v: Array
+  valid: Array
+
+
+def _write_rows(positions: Int[Array, "B T"], valid: Bool[Array, "B T"],
+                num_slots: int) -> tuple[Array, Array]:
+  """Scatter indices `(batch [B, T], slot [B, T])`; invalid rows point past
+  the last slot so `mode="drop"` discards them. (Masking the value with
+  `where` instead would race with a valid row writing the same slot.)"""
+  b, t = positions.shape
+  rows = jnp.broadcast_to(jnp.arange(b, dtype=jnp.int32)[:, None], (b, t))
+  return rows, jnp.where(valid, positions, num_slots)
+
+
+def write_kv(cache: KVCache, k: Float[Array, "B T Hkv K"],
+             v: Float[Array, "B T Hkv K"], positions: Int[Array, "B T"],
+             valid: Bool[Array, "B T"]) -> KVCache:
+  """Writes k/v at `positions` for valid rows and sets their flags."""
+  rows, slots = _write_rows(positions, valid, cache.valid.shape[1])
+  return KVCache(
+      k=cache.k.at[rows, slots].set(k.astype(cache.k.dtype), mode="drop"),
+      v=cache.v.at[rows, slots].set(v.astype(cache.v.dtype), mode="drop"),
+      valid=cache.valid.at[rows, slots].set(True, mode="drop"))
+
+
+def attention_mask(positions: Int[Array, "B T"], kv_valid: Bool[Array, "B S"],
+                   sliding_window: int | None) -> Bool[Array, "B T S"]:
+  """True where the query at `positions` may attend to cache slot s."""
+  slots = jnp.arange(kv_valid.shape[1], dtype=jnp.int32)[None, None, :]
+  p = positions[:, :, None]
+  mask = (slots <= p) & kv_valid[:, None, :]
+  if sliding_window is not None:
+    mask &= (p - slots) < sliding_window
+  return mask
+
+
+def attend(q: Float[Array, "B T H K"], cache: KVCache,
+           mask: Bool[Array, "B T S"]) -> Float[Array, "B T H K"]:
+  """Grouped-query softmax attention of `q` over every cache slot.
+
+  Query head j reads KV head j // G (HF `repeat_kv`). The scores and the
+  softmax are float32; a fully masked row gets uniform weights instead of
+  NaN (its output is garbage the caller ignores).
+  """
+  b, t, h, k_dim = q.shape
+  hkv = cache.k.shape[2]
+  q = q.reshape(b, t, hkv, h // hkv, k_dim)  # [B, T, Hkv, G, K]
+  # Einsum letters: H is Hkv here, G the query heads sharing it.
+  logits = jnp.einsum("BTHGK,BSHK->BHGTS", q, cache.k,
+                      preferred_element_type=jnp.float32)
+  logits = jnp.where(mask[:, None, None], logits * k_dim**-0.5, NEG_INF)
+  probs = jax.nn.softmax(logits, axis=-1).astype(cache.v.dtype)
+  out = jnp.einsum("BHGTS,BSHK->BTHGK", probs, cache.v)
+  return out.reshape(b, t, h, k_dim)  # [B, T, H, K]
+
+
+def _linear(cfg: LlamaConfig, d_in: int, d_out: int,
+            rngs: nnx.Rngs) -> nnx.Linear:
+  return nnx.Linear(d_in, d_out, use_bias=False, dtype=cfg.dtype,
+                    param_dtype=cfg.param_dtype,
+                    kernel_init=nnx.initializers.normal(0.02), rngs=rngs)
+
+
+def _rms_norm(cfg: LlamaConfig, rngs: nnx.Rngs) -> nnx.RMSNorm:
+  return nnx.RMSNorm(cfg.d_model, epsilon=cfg.rms_norm_eps, dtype=cfg.dtype,
+                     param_dtype=cfg.param_dtype, rngs=rngs)
+
+
+class LlamaAttention(nnx.Module):
+  """Bias-free q/k/v/o projections of one block (HF `LlamaAttention`)."""
+
+  def __init__(self, cfg: LlamaConfig, *, rngs: nnx.Rngs):
+    d, k = cfg.d_model, cfg.head_dim
+    self.q_proj = _linear(cfg, d, cfg.num_heads * k, rngs)
+    self.k_proj = _linear(cfg, d, cfg.num_kv_heads * k, rngs)
+    self.v_proj = _linear(cfg, d, cfg.num_kv_heads * k, rngs)
+    self.o_proj = _linear(cfg, cfg.num_heads * k, d, rngs)
+    self.head_dim = k
+
+  def kv(self, x: Float[Array, "B T D"], positions: Int[Array, "B T"],
+         inv_freq: np.ndarray
+         ) -> tuple[Float[Array, "B T Hkv K"], Float[Array, "B T Hkv K"]]:
+    """Keys (after RoPE) and values of the normed input `x`."""
+    b, t, _ = x.shape
+    k = self.k_proj(x).reshape(b, t, -1, self.head_dim)  # [B, T, Hkv, K]
+    v = self.v_proj(x).reshape(b, t, -1, self.head_dim)  # [B, T, Hkv, K]
+    return apply_rope(k, positions, inv_freq), v
+
+  def query(self, x: Float[Array, "B T D"], positions: Int[Array, "B T"],
+            inv_freq: np.ndarray) -> Float[Array, "B T H K"]:
+    b, t, _ = x.shape
+    q = self.q_proj(x).reshape(b, t, -1, self.head_dim)  # [B, T, H, K]
+    return apply_rope(q, positions, inv_freq)
+
+
+class LlamaMLP(nnx.Module):
+  """SwiGLU: down(silu(gate(x)) · up(x))."""
+
+  def __init__(self, cfg: LlamaConfig, *, rngs: nnx.Rngs):
+    self.gate_proj = _linear(cfg, cfg.d_model, cfg.mlp_hidden, rngs)
+    self.up_proj = _linear(cfg, cfg.d_model, cfg.mlp_hidden, rngs)
+    self.down_proj = _linear(cfg, cfg.mlp_hidden, cfg.d_model, rngs)
+
+  def __call__(self, x: Float[Array, "B T D"]) -> Float[Array, "B T D"]:
+    return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class LlamaBlock(nnx.Module):
+  """Pre-norm block: h += attn(norm(h)); h += mlp(norm(h)).
+
+  Attribute names follow HF's `model.layers.{i}.*` tensor names.
+  """
+
+  def __init__(self, cfg: LlamaConfig, *, rngs: nnx.Rngs):
+    self.input_layernorm = _rms_norm(cfg, rngs)
+    self.self_attn = LlamaAttention(cfg, rngs=rngs)
+    self.post_attention_layernorm = _rms_norm(cfg, rngs)
+    self.mlp = LlamaMLP(cfg, rngs=rngs)
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class LlamaOutput:
+  """`LlamaLM.__call__` output.
+
+  Attributes:
+    logits: [B, T, V] float32.
+    hidden_states: L + 1 arrays [B, T, D], HF `output_hidden_states`
+      convention (transformers 5 `capture_outputs` ties the last entry to
+      `last_hidden_state`): the embeddings, the outputs of blocks
+      0 .. L - 2, and last the output of block L - 1 AFTER the final norm.
+  """
+
+  logits: PyTree
+  hidden_states: PyTree
+
+
+class LlamaLM(nnx.Module):
+  """Llama / Mistral causal LM implementing `DecoderBackbone`.
+
+  Every method is pure: caches go in and come out, NNX state is never
+  mutated, so the decoding engine may call `layer(i, ...)` (static `i`)
+  inside `lax.switch` / `lax.while_loop`.
+
+  Args:
+    cfg: sizes.
+    rngs: parameter initialisation (weights are usually loaded with
+      `jaxexit.models.llama_weights`).
+  """
+
+  def __init__(self, cfg: LlamaConfig, *, rngs: nnx.Rngs):
+    self.cfg = cfg
+    self.num_layers = cfg.num_layers
+    self.d_model = cfg.d_model
+    self.vocab_size = cfg.vocab_size
+    self.embed_tokens = nnx.Embed(
+        cfg.vocab_size, cfg.d_model, dtype=cfg.dtype,
+        param_dtype=cfg.param_dtype,
+        embedding_init=nnx.initializers.normal(0.02), rngs=rngs)
+    self.layers = nnx.List([LlamaBlock(cfg, rngs=rngs)
+                            for _ in range(cfg.num_layers)])
+    self.norm = _rms_norm(cfg, rngs)
+    # Tied: `lm_head` reads `embed_tokens.embedding` (no shared module).
+    self.unembed = (None if cfg.tie_embeddings
+                    else _linear(cfg, cfg.d_model, cfg.vocab_size, rngs))
+
+  def embed(self, tokens: Int[Array, "B T"]) -> Float[Array, "B T D"]:
+    """Token embeddings (the residual stream entering block 0)."""
+    return self.embed_tokens(tokens)
+
+  def init_cache(self, batch: int, max_len: int) -> tuple[KVCache, ...]:
+    """L empty caches of `max_len` slots (zeros, every flag False)."""
+    checks.positive_int("batch", batch)
+    checks.positive_int("max_len", max_len)
+    shape = (batch, max_len, self.cfg.num_kv_heads, self.cfg.head_dim)
+    empty = KVCache(k=jnp.zeros(shape, self.cfg.dtype),
+                    v=jnp.zeros(shape, self.cfg.dtype),
+                    valid=jnp.zeros((batch, max_len), bool))
+    return (empty,) * self.num_layers
+
+  def layer(self, i: int, h: Float[Array, "B T D"], cache: KVCache,
+            positions: Int[Array, "B T"], valid: Bool[Array, "B T"]
+            ) -> tuple[Float[Array, "B T D"], KVCache]:
+    """Block `i` (static): writes its K/V at valid `positions`, then every
+    query attends over the whole cache (see module docstring).
+
+    Returns:
+      (h_out [B, T, D], updated cache); rows with `valid` False are
+      garbage and leave the cache untouched.
+    """
+    block = self.layers[i]
+    inv_freq = rope_inv_freq(self.cfg)
+    x = block.input_layernorm(h)
+    k, v = block.self_attn.kv(x, positions, inv_freq)
+    cache = write_kv(cache, k, v, positions, valid)
+    q = block.self_attn.query(x, positions, inv_freq)
+    mask = attention_mask(positions, cache.valid, self.cfg.sliding_window)
+    attn = attend(q, cache, mask)
+    b, t, _ = h.shape
+    h = h + block.self_attn.o_proj(attn.reshape(b, t, -1))
+    return h + block.mlp(block.post_attention_layernorm(h)), cache
+
+  def propagate(self, i: int, h: Float[Array, "B T D"], cache: KVCache,
+                positions: Int[Array, "B T"], valid: Bool[Array, "B T"]
+                ) -> KVCache:
+    """Writes block `i`'s K/V computed from `h` (input norm, K/V
+    projections and RoPE only: no attention, no MLP)."""
+    block = self.layers[i]
+    x = block.input_layernorm(h)
+    k, v = block.self_attn.kv(x, positions, rope_inv_freq(self.cfg))
+    return write_kv(cache, k, v, positions, valid)
+
+  def freeze(self, i: int, cache: KVCache, positions: Int[Array, "B T"],
+             valid: Bool[Array, "B T"]) -> KVCache:
+    """Clears the flags at valid `positions` so later queries skip those
+    keys (`i` is unused: the cache is already block `i`'s)."""
+    del i
+    rows, slots = _write_rows(positions, valid, cache.valid.shape[1])
+    return cache._replace(
+        valid=cache.valid.at[rows, slots].set(False, mode="drop"))
+
+  def final_norm(self, h: Float[Array, "B T D"]) -> Float[Array, "B T D"]:
+    """The RMSNorm before the LM head."""
+    return self.norm(h)
+
+  def lm_head(self, h: Float[Array, "B T D"]) -> Float[Array, "B T V"]:
+    """float32 logits from the (tied or untied) output projection."""
+    h = h.astype(self.cfg.dtype)
+    if self.unembed is None:
+      table = self.embed_tokens.embedding[...].astype(self.cfg.dtype)
+      return jnp.einsum("BTD,VD->BTV", h, table,
+                        preferred_element_type=jnp.float32)
+    kernel = self.unembed.kernel[...].astype(self.cfg.dtype)
+    return jnp.einsum("BTD,DV->BTV", h, kernel,
+                      preferred_element_type=jnp.float32)
+
+  def __call__(self, tokens: Int[Array, "B T"],
+               valid: Bool[Array, "B T"] | None = None) -> LlamaOutput:
+    """Prefill of `tokens` at positions 0..T-1 on a fresh cache of T slots.
+
+    Args:
+      tokens: [B, T] token ids.
+      valid: [B, T], False at padding (all True when None); padded rows
+        produce garbage and are invisible to the other rows.
+    """
+    b, t = tokens.shape
+    if valid is not None:
+      checks.same_shape(("tokens", "valid"), tokens, valid)
+    if t > self.cfg.max_position:
+      raise ValueError(f"tokens.shape={tokens.shape} is longer than "
+                       f"LlamaConfig.max_position={self.cfg.max_position}")
+    if valid is None:
+      valid = jnp.ones((b, t), bool)
+    positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+    caches = self.init_cache(b, t)
+    h = self.embed(tokens)
+    hidden = [h]
+    for i in range(self.num_layers):
+      h, _ = self.layer(i, h, caches[i], positions, valid)
+      hidden.append(h)
+    hidden[-1] = self.final_norm(h)
+    return LlamaOutput(logits=self.lm_head(hidden[-1]),
+                       hidden_states=tuple(hidden))

@@ -1,0 +1,165 @@
+"""Hugging Face Llama / Mistral checkpoints ↔ `LlamaLM` parameters.
+
+Maps the `LlamaForCausalLM` / `MistralForCausalLM` tensor names
+(`model.embed_tokens.weight`, `model.layers.{i}.self_attn.q_proj.weight`,
+..., `model.norm.weight`, `lm_head.weight`) onto the NNX modules of
+`jaxexit.models.llama`. Torch `nn.Linear.weight` is `[out, in]` and NNX
+`Linear.kernel` is `[in, out]`, so linear weights are transposed. Files are
+read by `hf_weights.read_state_dict` (safetensors, sharded index files,
+`pytorch_model.bin`, no torch needed).
+
+`LLAMA_CONFIGS` holds the sizes of the checkpoints the experiments use and a
+tiny test config.
+"""
+
+import json
+import os
+from collections.abc import Mapping
+
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jaxexit.models.hf_weights import read_state_dict
+from jaxexit.models.llama import LlamaConfig, LlamaLM
+
+StateDict = Mapping[str, np.ndarray]
+
+LLAMA_CONFIGS = {
+    # Unit tests: GQA (4 query heads on 2 KV heads), untied.
+    "tiny": LlamaConfig(vocab_size=128, d_model=32, num_layers=2,
+                        num_heads=4, num_kv_heads=2, mlp_hidden=64,
+                        max_position=64),
+    "mistral-7b-v0.1": LlamaConfig(
+        vocab_size=32000, d_model=4096, num_layers=32, num_heads=32,
+        num_kv_heads=8, mlp_hidden=14336, rms_norm_eps=1e-5,
+        rope_theta=10000.0, tie_embeddings=False, sliding_window=4096,
+        max_position=32768),
+    "smollm2-135m": LlamaConfig(
+        vocab_size=49152, d_model=576, num_layers=30, num_heads=9,
+        num_kv_heads=3, mlp_hidden=1536, rms_norm_eps=1e-5,
+        rope_theta=100000.0, tie_embeddings=True, max_position=8192),
+}
+
+# Buffers some checkpoints carry; RoPE is recomputed from the config.
+_IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
+
+
+def _layout(cfg: LlamaConfig) -> list[tuple[str, str, bool]]:
+  """(module attribute path, HF name, is a Linear weight to transpose)."""
+  rows = [("embed_tokens.embedding", "model.embed_tokens.weight", False)]
+  for i in range(cfg.num_layers):
+    ours, hf = f"layers.{i}.", f"model.layers.{i}."
+    rows += [(f"{ours}self_attn.{p}_proj.kernel",
+              f"{hf}self_attn.{p}_proj.weight", True) for p in "qkvo"]
+    rows += [(f"{ours}mlp.{p}_proj.kernel", f"{hf}mlp.{p}_proj.weight", True)
+             for p in ("gate", "up", "down")]
+    rows += [(f"{ours}{n}.scale", f"{hf}{n}.weight", False)
+             for n in ("input_layernorm", "post_attention_layernorm")]
+  rows.append(("norm.scale", "model.norm.weight", False))
+  if not cfg.tie_embeddings:
+    rows.append(("unembed.kernel", "lm_head.weight", True))
+  return rows
+
+
+def _variable(model: LlamaLM, path: str) -> nnx.Variable:
+  node = model
+  for part in path.split("."):
+    node = node[int(part)] if part.isdigit() else getattr(node, part)
+  return node
+
+
+def _check_tied_head(state: StateDict, problems: list[str]) -> set[str]:
+  """A tied checkpoint may still store `lm_head.weight`; accept it only if
+  it is the embedding table."""
+  if "lm_head.weight" not in state:
+    return set()
+  head = np.asarray(state["lm_head.weight"])
+  embed = np.asarray(state.get("model.embed_tokens.weight"))
+  if head.shape != embed.shape or not np.array_equal(head, embed):
+    problems.append("tensor 'lm_head.weight' differs from "
+                    "'model.embed_tokens.weight' but "
+                    "LlamaConfig.tie_embeddings=True")
+  return {"lm_head.weight"}
+
+
+def load_llama_state_dict(model: LlamaLM, state: StateDict) -> None:
+  """Copies a Hugging Face state dict into `model` in place.
+
+  Every tensor is checked before any is written, so on error the model is
+  unchanged.
+
+  Args:
+    model: a `LlamaLM` (possibly abstract, from `nnx.eval_shape`) whose
+      config matches the checkpoint.
+    state: `{HF name: array}` of a `LlamaForCausalLM`/`MistralForCausalLM`.
+
+  Raises:
+    ValueError: naming each missing tensor, each tensor with its actual and
+      expected shapes, and each unused tensor (`*.rotary_emb.inv_freq`
+      buffers excepted).
+  """
+  problems: list[str] = []
+  used: set[str] = set()
+  arrays = []
+  for attr, name, transpose in _layout(model.cfg):
+    var = _variable(model, attr)
+    expected = tuple(var.shape[::-1] if transpose else var.shape)
+    if name not in state:
+      problems.append(f"missing tensor {name!r}")
+      continue
+    used.add(name)
+    value = np.asarray(state[name])
+    if value.shape != expected:
+      problems.append(f"tensor {name!r} has shape {value.shape}; expected "
+                      f"{expected}")
+      continue
+    arrays.append((var, value.T if transpose else value))
+  if model.cfg.tie_embeddings:
+    used |= _check_tied_head(state, problems)
+  unused = sorted(n for n in set(state) - used
+                  if not n.endswith(_IGNORED_SUFFIXES))
+  if unused:
+    problems.append(f"unused tensors {unused}")
+  if problems:
+    raise ValueError("checkpoint does not match LlamaLM: "
+                     + "; ".join(problems))
+  for var, value in arrays:
+    # `set_value`, not `var[...] =`: the variable may still be abstract.
+    var.set_value(jnp.asarray(value, dtype=var.dtype))
+
+
+def export_llama_state_dict(model: LlamaLM) -> dict[str, np.ndarray]:
+  """The inverse of `load_llama_state_dict`: `{HF name: array}` (no
+  `lm_head.weight` when tied), e.g. for `safetensors.numpy.save_file`."""
+  out = {}
+  for attr, name, transpose in _layout(model.cfg):
+    value = np.asarray(_variable(model, attr)[...])
+    out[name] = np.ascontiguousarray(value.T if transpose else value)
+  return out
+
+
+def llama_from_pretrained(path: str | os.PathLike, **overrides) -> LlamaLM:
+  """Builds a `LlamaLM` from a Hugging Face folder.
+
+  The model is built abstractly (`nnx.eval_shape`) and filled from the
+  checkpoint, so a 7B model never holds a random copy of its weights.
+
+  Args:
+    path: folder with `config.json` and a checkpoint (see
+      `hf_weights.read_state_dict`).
+    **overrides: `LlamaConfig` fields to override (`dtype`, ...).
+
+  Raises:
+    ValueError: no `config.json`, an unsupported config, or tensors that do
+      not match (see `load_llama_state_dict`).
+  """
+  path = os.fspath(path)
+  config_path = os.path.join(path, "config.json")
+  if not os.path.exists(config_path):
+    raise ValueError(f"no config.json in {path!r}")
+  with open(config_path) as f:
+    cfg = LlamaConfig.from_hf(json.load(f), **overrides)
+  model = nnx.eval_shape(lambda: LlamaLM(cfg, rngs=nnx.Rngs(0)))
+  load_llama_state_dict(model, read_state_dict(path))
+  return model
