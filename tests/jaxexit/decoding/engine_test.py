@@ -12,20 +12,23 @@ from jaxexit.decoding.simulate import simulate_exits
 from flax import nnx
 
 from jaxexit.models.llama import LlamaConfig, LlamaLM
-from tests.jaxexit.decoding.toy_decoder import ToyAttention, ToyRecurrent
+from jaxexit.models.mamba import MambaConfig, MambaLM
+from jaxexit.models.mamba2 import Mamba2Config, Mamba2LM
 
 N = 10
-
-
-def _llama(seed):
-  cfg = LlamaConfig(vocab_size=32, d_model=16, num_layers=6, num_heads=4,
-                    num_kv_heads=2, mlp_hidden=32, max_position=64)
-  return LlamaLM(cfg, rngs=nnx.Rngs(seed))
-
-
-BACKBONES = {"llama": _llama,
-             "recurrent": lambda seed: ToyRecurrent(vocab=32, d=16, layers=6,
-                                                    seed=seed)}
+BACKBONES = {
+    "llama": lambda: LlamaLM(
+        LlamaConfig(vocab_size=32, d_model=16, num_layers=6, num_heads=4,
+                    num_kv_heads=2, mlp_hidden=32, max_position=64),
+        rngs=nnx.Rngs(0)),
+    "mamba": lambda: MambaLM(
+        MambaConfig(vocab_size=32, d_model=16, num_layers=6, d_state=4),
+        rngs=nnx.Rngs(0)),
+    "mamba2": lambda: Mamba2LM(
+        Mamba2Config(vocab_size=32, d_model=16, num_layers=6, d_state=4,
+                     num_heads=4, head_dim=8, n_groups=2, chunk_size=4),
+        rngs=nnx.Rngs(0)),
+}
 
 
 def _prompts():
@@ -34,7 +37,7 @@ def _prompts():
 
 
 def _model(kind):
-  return BACKBONES[kind](0)
+  return BACKBONES[kind]()
 
 
 @pytest.mark.parametrize("kind", BACKBONES)
@@ -69,8 +72,9 @@ def _sequence(prompts, lengths, generated):
   return np.stack(rows)
 
 
-@pytest.mark.parametrize("kind", BACKBONES)
-@pytest.mark.parametrize("rule", ["max_softmax", "margin", "cosine"])
+@pytest.mark.parametrize("kind, rule", [
+    ("llama", "max_softmax"), ("llama", "margin"), ("llama", "cosine"),
+    ("mamba", "max_softmax"), ("mamba2", "margin")])
 def test_oracle_equals_simulated_evaluation(kind, rule):
   model = _model(kind)
   prompts, lengths = _prompts()
@@ -179,11 +183,9 @@ def test_bad_input_errors():
   with pytest.raises(ValueError, match="exit_layers"):
     DecodeConfig(exit_layers=(3, 2))
 
-  class NoFreeze(ToyAttention):
-    state_modes = ("oracle", "propagate")
-
-  with pytest.raises(ValueError, match="'freeze' is not supported by NoFreeze"):
-    generate(NoFreeze(vocab=32, d=16, layers=6, seed=0), LMHeadExits(),
+  model.state_modes = ("oracle", "propagate")  # a backbone that cannot freeze
+  with pytest.raises(ValueError, match="'freeze' is not supported by LlamaLM"):
+    generate(model, LMHeadExits(),
              prompts, lengths, 0.5,
              DecodeConfig(exit_layers=(2,), state_mode="freeze"))
 
