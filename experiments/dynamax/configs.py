@@ -129,7 +129,7 @@ _TINY_MAMBA = MambaConfig(vocab_size=258, d_model=32, num_layers=4,
                           d_state=8)
 # Similar depth to SmolLM2's 30 blocks, small enough to train on 2 cores.
 _CPU_MAMBA = MambaConfig(vocab_size=258, d_model=128, num_layers=24,
-                         d_state=16)
+                         d_state=8)
 
 PRESETS = {
     "smoke": Config(
@@ -144,8 +144,8 @@ PRESETS = {
         max_new_tokens=8, timing_repeats=1, pending=4),
     "cpu": Config(
         transformer=BackboneSpec(source="smollm2"),
-        mamba=BackboneSpec(source="scratch", arch=_CPU_MAMBA, steps=600,
-                           batch_size=16, seq_len=128, learning_rate=2e-3)),
+        mamba=BackboneSpec(source="scratch", arch=_CPU_MAMBA, steps=400,
+                           batch_size=8, seq_len=128, learning_rate=3e-3)),
     "paper": Config(
         transformer=BackboneSpec(source="pretrained"),
         mamba=BackboneSpec(source="pretrained"),

@@ -18,6 +18,7 @@ rule), greedily, for `max_new_tokens` tokens. Per sweep point:
 import functools
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from experiments.dynamax.backbones import Backbone
@@ -46,7 +47,7 @@ def encode_prompts(bb: Backbone, items: list[TruthfulQAItem]
 def _one_by_one(fn, prompts, lengths):
   """Runs `fn` on each prompt alone; stacks the results on the batch axis."""
   outs = [fn(prompts[i:i + 1], lengths[i:i + 1]) for i in range(len(prompts))]
-  return jax.tree.map(lambda *xs: np.concatenate(xs, axis=0), *outs)
+  return jax.tree.map(lambda *xs: jnp.concatenate(xs, axis=0), *outs)
 
 
 def answer_span(tokens: np.ndarray, eos_id: int) -> np.ndarray:
@@ -82,7 +83,7 @@ def sweep(cfg: Config, backbone_name: str, bb: Backbone, heads_by_kind: dict,
   n_new = cfg.max_new_tokens
   max_len = cache_length(prompts.shape[1], n_new)
   full_fn = functools.partial(generate_full, model, max_new_tokens=n_new)
-  full_tokens = _one_by_one(full_fn, prompts, lengths)
+  full_tokens = np.asarray(_one_by_one(full_fn, prompts, lengths))
   span = answer_span(full_tokens, bb.eos_id)
   full_texts = answers(bb, full_tokens)
   timed = prompts[:cfg.timing_prompts], lengths[:cfg.timing_prompts]
@@ -122,13 +123,15 @@ def sweep(cfg: Config, backbone_name: str, bb: Backbone, heads_by_kind: dict,
           rate = timed_tokens / times["exit"].median
           full = timed_tokens / times["full"].median
           fraction = flops_fraction(out, costs)
-          steps = out.valid[:, 1:]
+          steps = np.asarray(out.valid)[:, 1:]
+          tokens = np.asarray(out.tokens)
           records.append({
               "backbone": backbone_name, "classifier": kind,
               "state_mode": mode, "threshold": float(threshold),
-              "avg_layers": float(out.exit_layer[:, 1:][steps].mean()),
+              "avg_layers": float(
+                  np.asarray(out.exit_layer)[:, 1:][steps].mean()),
               "flops_fraction": fraction,
-              "consistency": float((out.tokens == full_tokens)[span].mean()),
+              "consistency": float((tokens == full_tokens)[span].mean()),
               "accuracy": truthful_accuracy(texts, items),
               "tokens_per_s": rate, "full_tokens_per_s": full,
               "realised_speedup": rate / full,
