@@ -1,0 +1,27 @@
+"""Early-exit decoding for decoder LMs (Llama-style and Mamba backbones).
+
+`generate` (real skipping, every state mode), `generate_full` (the plain
+reference), `simulate_exits` (teacher-forced evaluation), `decode_costs` /
+`flops_fraction` (XLA-counted FLOPs per token), `sweep_thresholds` (λ
+sweeps timed against the full model). A backbone is anything that follows
+`DecoderBackbone`; exit classifiers follow `ExitHeads`.
+"""
+
+from jaxexit.decoding.backbone import DecoderBackbone
+from jaxexit.decoding.config import RULES, STATE_MODES, DecodeConfig
+from jaxexit.decoding.cost import (DecodeCosts, decode_costs, flops_fraction,
+                                   token_flops)
+from jaxexit.decoding.engine import (DecodeOutput, cache_length, generate,
+                                     prefill, sample)
+from jaxexit.decoding.exit_heads import ExitHeads, LMHeadExits
+from jaxexit.decoding.full import generate_full
+from jaxexit.decoding.simulate import SimulatedExits, simulate_exits
+from jaxexit.decoding.sweep import decode_metrics, sweep_thresholds
+
+__all__ = [
+    "RULES", "STATE_MODES", "DecodeConfig", "DecodeCosts", "DecodeOutput",
+    "DecoderBackbone", "ExitHeads", "LMHeadExits", "SimulatedExits",
+    "cache_length", "decode_costs", "decode_metrics", "flops_fraction",
+    "generate", "generate_full", "prefill", "sample", "simulate_exits",
+    "sweep_thresholds", "token_flops",
+]

@@ -1,6 +1,9 @@
 """Backbones with an exit point per layer/stage, and their weight loaders.
 
-Text: BERT, RoBERTa, ALBERT (+ Hugging Face weights). Vision: ViT,
+Text: BERT, RoBERTa, ALBERT (+ Hugging Face weights). Decoder LMs:
+Llama/Mistral and Mamba-1/2 (+ Hugging Face weights; SmolLM2 from GGUF in
+`jaxexit.models.gguf_weights`, which needs the `gguf` package), each a
+`jaxexit.decoding.DecoderBackbone`. Vision: ViT,
 StagedCNN / MultiExitCNN, Dynamic Perceiver, EfficientNet-Lite0 (+ its
 PyTorch pickle, read without torch). Every encoder exposes `embed` → carry, `backbone()` → `(layer_fn, params, L)`
 for the execution modes, `pool` (HF tanh pooler) and a parity `__call__`;
@@ -16,6 +19,16 @@ from jaxexit.models.dyn_perceiver import (DynPerceiver, DynPerceiverConfig,
 from jaxexit.models.efficientnet_lite import (EfficientNetLite,
                                               EfficientNetLiteConfig,
                                               load_efficientnet_lite0)
+from jaxexit.models.llama import KVCache, LlamaConfig, LlamaLM
+from jaxexit.models.llama_weights import (LLAMA_CONFIGS,
+                                          export_llama_state_dict,
+                                          llama_from_pretrained,
+                                          load_llama_state_dict)
+from jaxexit.models.mamba import MAMBA_CONFIGS, MambaCache, MambaConfig, MambaLM
+from jaxexit.models.mamba2 import MAMBA2_CONFIGS, Mamba2Config, Mamba2LM
+from jaxexit.models.mamba_weights import (load_mamba2_state_dict,
+                                          load_mamba_state_dict,
+                                          mamba_from_pretrained)
 from jaxexit.models.hf_weights import (config_from_hf, export_hf_state_dict,
                                        from_pretrained, load_hf_weights,
                                        load_minilm, read_state_dict)
@@ -23,6 +36,12 @@ from jaxexit.models.torch_pickle import load_torch_state_dict
 from jaxexit.models.vit import VIT_CONFIGS, ViT, ViTConfig
 
 __all__ = [
+    "LLAMA_CONFIGS", "MAMBA2_CONFIGS", "MAMBA_CONFIGS", "KVCache",
+    "LlamaConfig", "LlamaLM", "Mamba2Config", "Mamba2LM", "MambaCache",
+    "MambaConfig", "MambaLM", "export_llama_state_dict",
+    "llama_from_pretrained", "load_llama_state_dict",
+    "load_mamba2_state_dict", "load_mamba_state_dict",
+    "mamba_from_pretrained",
     "ACTIVATIONS", "VIT_CONFIGS", "AlbertConfig", "AlbertEncoder",
     "BertConfig", "BertEncoder", "DynPerceiver", "DynPerceiverConfig",
     "EfficientNetLite", "EfficientNetLiteConfig", "MultiExitCNN",
