@@ -9,8 +9,9 @@ the spec's reconstruction (§3.2, **unverified** against the PDF):
 * `mlp` (b): a per-exit residual MLP (norm → D→F SiLU → F→D, output
   projection zero-initialised) before the frozen norm + LM head (EE-LLM's
   MLP exits);
-* `mamba` (c): the paper's Mamba-as-exit-classifier: a per-exit
-  down-projection D→D_c, a small stack of Mamba-1 blocks run causally over
+* `mamba` (c): the paper's Mamba-as-exit-classifier: a per-exit RMSNorm and
+  down-projection D→D_c (the residual stream of a pretrained LM is far from
+  unit scale), a small stack of Mamba-1 blocks run causally over
   the exit's hidden states h^(l)_{1:t} (an O(1) recurrent state per decode
   step, carried like a layer cache), an up-projection back to D
   (zero-initialised) added to h^(l), then the frozen norm + LM head.
@@ -107,6 +108,7 @@ class _MambaExit(nnx.Module):
   def __init__(self, cfg: ExitClassifierConfig, rngs: nnx.Rngs):
     mcfg = cfg.mamba
     self.config = mcfg
+    self.norm = nnx.RMSNorm(cfg.d_model, rngs=rngs)
     self.down = nnx.Linear(cfg.d_model, mcfg.d_model, rngs=rngs)
     self.blocks = nnx.List([ResidualBlock(mcfg, MambaMixer(mcfg, rngs=rngs),
                                           rngs=rngs)
@@ -121,7 +123,7 @@ class _MambaExit(nnx.Module):
                  for _ in self.blocks)
 
   def __call__(self, h, state, valid):
-    x = self.down(h)
+    x = self.down(self.norm(h))
     new = []
     for block, cache in zip(self.blocks, state):
       x, cache = block(x, cache, valid)
