@@ -72,11 +72,12 @@ def _train_scratch(kind: str, spec: BackboneSpec, workdir: pathlib.Path,
       total_steps=spec.steps, grad_clip=1.0)
   batch_fn = lambda step: {"tokens": rows[shuffled_batch_indices(
       step, len(rows), spec.batch_size, seed)]}
-  model, metrics = train_lib.train(
+  model, _ = train_lib.train(
       model, train_lib.build_optimizer(optim), causal_lm_loss, batch_fn,
       num_steps=spec.steps, workdir=workdir, seed=seed,
       checkpoint_every=max(spec.steps // 4, 1), progress=progress)
-  loss = metrics.get("loss", float("nan"))
+  # The log, not the return value: a resumed finished run trains no step.
+  loss = train_lib.read_metrics(workdir / "metrics.jsonl")[-1]["loss"]
   return model, (f"{cls.__name__} trained from scratch ({spec.arch.num_layers}"
                  f" blocks, d={spec.arch.d_model}, byte tokens) for "
                  f"{spec.steps} steps of {spec.batch_size}x{spec.seq_len}; "
