@@ -121,18 +121,38 @@ def _exit_logits(backbone, heads, s, num_segments, h, hstates, positions,
 
 
 def _segment(backbone, heads, config, bounds, s, carry, positions, row_valid):
-  """Runs segment `s` on the window; returns the new carry and the exit."""
+  """Runs segment `s` on the window; returns the new carry and the exit.
+
+  In `recompute` mode a `lax.cond` runs the whole window only when some
+  pending position still lacks this segment, and the current token alone
+  otherwise, so the catch-up costs nothing on steps that have none.
+  """
   h, depth, caches, hstates, computed = carry
   active = jnp.concatenate([depth <= s, row_valid[:, None]], axis=1)  # [B, W]
-  h_out, caches = _split_layers(backbone, caches, h, positions, active,
-                                bounds[s], bounds[s + 1])
-  h_out = jnp.where(active[..., None], h_out, h)
+
+  def run(h, caches, hstates, positions, active):
+    h_out, caches = _split_layers(backbone, caches, h, positions, active,
+                                  bounds[s], bounds[s + 1])
+    h_out = jnp.where(active[..., None], h_out, h)
+    logits, score, hstates = _exit_logits(
+        backbone, heads, s, len(bounds) - 1, h_out, hstates, positions,
+        active, config.rule, config.exits_enabled)
+    return h_out, caches, hstates, logits, score
+
+  def current_only(h, caches, hstates):
+    h_cur, caches, hstates, logits, score = run(
+        h[:, -1:], caches, hstates, positions[:, -1:], active[:, -1:])
+    return h.at[:, -1:].set(h_cur), caches, hstates, logits, score
+
+  whole = functools.partial(run, positions=positions, active=active)
+  if h.shape[1] == 1:
+    h_out, caches, hstates, logits, score = whole(h, caches, hstates)
+  else:
+    h_out, caches, hstates, logits, score = jax.lax.cond(
+        jnp.any(active[:, :-1]), whole, current_only, h, caches, hstates)
   depth = jnp.where(depth <= s, s + 1, depth)
   computed = computed + (bounds[s + 1] - bounds[s]) * jnp.sum(
       active, axis=1, dtype=jnp.int32)
-  logits, score, hstates = _exit_logits(
-      backbone, heads, s, len(bounds) - 1, h_out, hstates, positions, active,
-      config.rule, config.exits_enabled)
   conf = token_confidence(config.rule, logits, _last(h), _last(h_out), score)
   return (h_out, depth, caches, hstates, computed), logits, conf
 
