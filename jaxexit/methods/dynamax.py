@@ -35,8 +35,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxexit import checks
-from jaxexit.models.mamba import (MambaCache, MambaConfig, MambaMixer,
-                                  ResidualBlock)
+from jaxexit.models.mamba import MambaConfig, MambaMixer
+from jaxexit.models.ssm_lm import MambaCache, ResidualBlock
 from jaxexit.typing import Array, Bool, Float, Int, PyTree
 
 KINDS = ("lm_head", "mlp", "mamba")

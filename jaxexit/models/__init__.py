@@ -19,16 +19,18 @@ from jaxexit.models.dyn_perceiver import (DynPerceiver, DynPerceiverConfig,
 from jaxexit.models.efficientnet_lite import (EfficientNetLite,
                                               EfficientNetLiteConfig,
                                               load_efficientnet_lite0)
-from jaxexit.models.llama import KVCache, LlamaConfig, LlamaLM
+from jaxexit.models.llama import LlamaConfig, LlamaLM
+from jaxexit.models.llama_attention import KVCache
 from jaxexit.models.llama_weights import (LLAMA_CONFIGS,
                                           export_llama_state_dict,
                                           llama_from_pretrained,
                                           load_llama_state_dict)
-from jaxexit.models.mamba import MAMBA_CONFIGS, MambaCache, MambaConfig, MambaLM
+from jaxexit.models.mamba import MAMBA_CONFIGS, MambaConfig, MambaLM
 from jaxexit.models.mamba2 import MAMBA2_CONFIGS, Mamba2Config, Mamba2LM
 from jaxexit.models.mamba_weights import (load_mamba2_state_dict,
                                           load_mamba_state_dict,
                                           mamba_from_pretrained)
+from jaxexit.models.ssm_lm import MambaCache
 from jaxexit.models.hf_weights import (config_from_hf, export_hf_state_dict,
                                        from_pretrained, load_hf_weights,
                                        load_minilm, read_state_dict)

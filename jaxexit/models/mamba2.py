@@ -11,9 +11,9 @@ clamps in its chunked (prefill) path only, so with non-default limits its
 own decode drifts from its prefill; here both paths clamp, matching HF's
 prefill (and HF everywhere for the default limits (0, inf)).
 
-Masking is Mamba-1's (`jaxexit.models.mamba`): Δ := 0 at invalid steps
-gives decay exp(0) = 1 and input 0, so a masked step adds 0 to the
-log-decay cumsum, and the conv over the xBC channels only sees valid inputs.
+Masking follows `jaxexit.models.ssm_lm`: Δ := 0 at invalid steps gives
+decay exp(0) = 1 and input 0, so a masked step adds 0 to the log-decay
+cumsum, and the conv over the xBC channels only sees valid inputs.
 T == 1 runs the recurrent step; T > 1 runs the chunked SSD form with chunk
 Q = min(chunk_size, T) (zero-padded to whole chunks: padding is a masked
 step), which carries the cached state in and the final state out. Chunked
@@ -34,9 +34,9 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.typing import DTypeLike
 
-from jaxexit.models.mamba import (CausalConv, MambaCache, MambaLMBase,
-                                  ResidualBlock, check_hf_common, check_sizes,
-                                  make_linear)
+from jaxexit.models.ssm_lm import (CausalConv, MambaCache, MambaLMBase,
+                                   ResidualBlock, check_hf_common, check_sizes,
+                                   make_linear)
 from jaxexit.typing import Array, Bool, Float
 
 # The SSD contractions are small next to in_proj/out_proj; HIGHEST keeps them

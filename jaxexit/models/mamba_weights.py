@@ -24,8 +24,9 @@ import numpy as np
 from flax import nnx
 
 from jaxexit.models.hf_weights import read_state_dict
-from jaxexit.models.mamba import MambaConfig, MambaLM, MambaLMBase
+from jaxexit.models.mamba import MambaConfig, MambaLM
 from jaxexit.models.mamba2 import Mamba2Config, Mamba2LM
+from jaxexit.models.ssm_lm import MambaLMBase
 
 StateDict = Mapping[str, np.ndarray]
 

@@ -11,8 +11,8 @@ import pytest
 from flax import nnx
 
 from jaxexit.decoding.backbone import DecoderBackbone
-from jaxexit.models.llama import (KVCache, Llama3RopeScaling, LlamaConfig,
-                                  LlamaLM)
+from jaxexit.models.llama import LlamaConfig, LlamaLM
+from jaxexit.models.llama_attention import KVCache, Llama3RopeScaling
 from jaxexit.models.llama_weights import LLAMA_CONFIGS, load_llama_state_dict
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
