@@ -30,7 +30,8 @@ from jaxexit.methods import dynamax_train
 from jaxexit.methods.dynamax import KINDS, ExitClassifierConfig, ExitClassifiers
 
 TABLE = ("classifier", "state_mode", "threshold", "avg_layers",
-         "flops_fraction", "consistency", "accuracy", "tokens_per_s",
+         "flops_fraction", "consistency", "consistency_all", "accuracy",
+         "tokens_per_s",
          "full_tokens_per_s", "realised_speedup", "theoretical_speedup")
 
 

@@ -143,6 +143,7 @@ PRESETS = {
         classifier_batch=4, mamba_width=16, eval_prompts=2,
         max_new_tokens=8, timing_repeats=1, pending=4),
     "cpu": Config(
+        timing_repeats=5,
         transformer=BackboneSpec(source="smollm2"),
         mamba=BackboneSpec(source="scratch", arch=_CPU_MAMBA, steps=400,
                            batch_size=8, seq_len=128, learning_rate=3e-3)),

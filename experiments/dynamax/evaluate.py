@@ -7,7 +7,9 @@ rule), greedily, for `max_new_tokens` tokens. Per sweep point:
   (`jaxexit.decoding.cost`, exit heads and catch-up included);
 * consistency: share of the full model's answer tokens (up to and including
   its end-of-turn token) that the early-exit run reproduces at the same
-  position;
+  position; consistency_all: the same over all generated tokens (decoding
+  does not stop at the end-of-turn token, so this also covers what the model
+  writes next: the informative one when answers are a few tokens long);
 * accuracy: TruthfulQA's automatic "ROUGE acc" of the answer text (closer
   to a correct than to every incorrect reference; `jaxexit.text_metrics`);
 * tokens_per_s vs full_tokens_per_s: the first `timing_prompts` prompts
@@ -95,7 +97,7 @@ def sweep(cfg: Config, backbone_name: str, bb: Backbone, heads_by_kind: dict,
   records = [{
       "backbone": backbone_name, "classifier": "none", "state_mode": "full",
       "threshold": None, "avg_layers": float(model.num_layers),
-      "flops_fraction": 1.0, "consistency": 1.0,
+      "flops_fraction": 1.0, "consistency": 1.0, "consistency_all": 1.0,
       "accuracy": truthful_accuracy(full_texts, items),
       "tokens_per_s": full_rate, "full_tokens_per_s": full_rate,
       "realised_speedup": 1.0, "theoretical_speedup": 1.0}]
@@ -132,6 +134,7 @@ def sweep(cfg: Config, backbone_name: str, bb: Backbone, heads_by_kind: dict,
                   np.asarray(out.exit_layer)[:, 1:][steps].mean()),
               "flops_fraction": fraction,
               "consistency": float((tokens == full_tokens)[span].mean()),
+              "consistency_all": float((tokens == full_tokens).mean()),
               "accuracy": truthful_accuracy(texts, items),
               "tokens_per_s": rate, "full_tokens_per_s": full,
               "realised_speedup": rate / full,

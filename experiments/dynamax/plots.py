@@ -26,7 +26,7 @@ def write_curves(path: pathlib.Path, records: list[dict], title: str) -> None:
   for label, rows in _lines(records):
     x = [r["flops_fraction"] for r in rows]
     kw = dict(marker="o", markersize=4, label=label)
-    axes[0].plot(x, [r["consistency"] for r in rows], **kw)
+    axes[0].plot(x, [r["consistency_all"] for r in rows], **kw)
     axes[1].plot(x, [r["accuracy"] for r in rows], **kw)
     axes[2].plot([r["theoretical_speedup"] for r in rows],
                  [r["realised_speedup"] for r in rows], **kw)
@@ -35,7 +35,8 @@ def write_curves(path: pathlib.Path, records: list[dict], title: str) -> None:
   top = max(r["theoretical_speedup"] for r in records)
   axes[2].plot([0, top], [0, top], color="gray", linestyle=":",
                label="realised = theoretical")
-  labels = [("FLOPs per token / full model", "consistency with full model"),
+  labels = [("FLOPs per token / full model",
+             "token consistency with the full model"),
             ("FLOPs per token / full model", "TruthfulQA ROUGE acc"),
             ("theoretical speed-up (FLOPs)", "realised speed-up (tokens/s)")]
   for ax, (xl, yl) in zip(axes, labels):
