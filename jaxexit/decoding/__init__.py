@@ -2,8 +2,8 @@
 
 `generate` (real skipping, every state mode), `generate_full` (the plain
 reference), `simulate_exits` (teacher-forced evaluation), `decode_costs` /
-`flops_fraction` (XLA-counted FLOPs per token), `sweep_thresholds` (λ
-sweeps timed against the full model). A backbone is anything that follows
+`flops_fraction` (XLA-counted FLOPs per token), `decode_metrics` (exit
+depth, FLOPs and consistency of a run). A backbone is anything that follows
 `DecoderBackbone`; exit classifiers follow `ExitHeads`.
 """
 
@@ -16,12 +16,12 @@ from jaxexit.decoding.engine import (DecodeOutput, cache_length, generate,
 from jaxexit.decoding.exit_heads import ExitHeads, LMHeadExits
 from jaxexit.decoding.full import generate_full
 from jaxexit.decoding.simulate import SimulatedExits, simulate_exits
-from jaxexit.decoding.sweep import decode_metrics, sweep_thresholds
+from jaxexit.decoding.metrics import decode_metrics
 
 __all__ = [
     "RULES", "STATE_MODES", "DecodeConfig", "DecodeCosts", "DecodeOutput",
     "DecoderBackbone", "ExitHeads", "LMHeadExits", "SimulatedExits",
     "cache_length", "decode_costs", "decode_metrics", "flops_fraction",
     "generate", "generate_full", "prefill", "sample", "simulate_exits",
-    "sweep_thresholds", "token_flops",
+    "token_flops",
 ]
