@@ -19,12 +19,17 @@ from jaxexit.models.dyn_perceiver import (DynPerceiver, DynPerceiverConfig,
 from jaxexit.models.efficientnet_lite import (EfficientNetLite,
                                               EfficientNetLiteConfig,
                                               load_efficientnet_lite0)
+from jaxexit.models.clip_vision import ClipVision, ClipVisionConfig
 from jaxexit.models.llama import LlamaConfig, LlamaLM
 from jaxexit.models.llama_attention import KVCache
 from jaxexit.models.llama_weights import (LLAMA_CONFIGS,
                                           export_llama_state_dict,
                                           llama_from_pretrained,
                                           load_llama_state_dict)
+from jaxexit.models.llava import LLAVA_CONFIGS, LlavaConfig, LlavaLM
+from jaxexit.models.llava_weights import (export_llava_state_dict,
+                                          llava_from_pretrained,
+                                          load_llava_state_dict)
 from jaxexit.models.mamba import MAMBA_CONFIGS, MambaConfig, MambaLM
 from jaxexit.models.mamba2 import MAMBA2_CONFIGS, Mamba2Config, Mamba2LM
 from jaxexit.models.mamba_weights import (load_mamba2_state_dict,
@@ -38,6 +43,9 @@ from jaxexit.models.torch_pickle import load_torch_state_dict
 from jaxexit.models.vit import VIT_CONFIGS, ViT, ViTConfig
 
 __all__ = [
+    "ClipVision", "ClipVisionConfig", "LLAVA_CONFIGS", "LlavaConfig",
+    "LlavaLM", "export_llava_state_dict", "llava_from_pretrained",
+    "load_llava_state_dict",
     "LLAMA_CONFIGS", "MAMBA2_CONFIGS", "MAMBA_CONFIGS", "KVCache",
     "LlamaConfig", "LlamaLM", "Mamba2Config", "Mamba2LM", "MambaCache",
     "MambaConfig", "MambaLM", "export_llama_state_dict",

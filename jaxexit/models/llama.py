@@ -368,17 +368,32 @@ class LlamaLM(nnx.Module):
       valid: [B, T], False at padding (all True when None); padded rows
         produce garbage and are invisible to the other rows.
     """
-    b, t = tokens.shape
     if valid is not None:
       checks.same_shape(("tokens", "valid"), tokens, valid)
+    return self.forward_embeddings(self.embed(tokens), valid)
+
+  def forward_embeddings(self, h: Float[Array, "B T D"],
+                         valid: Bool[Array, "B T"] | None = None
+                         ) -> LlamaOutput:
+    """`__call__` from input embeddings instead of token ids (e.g. LLaVA's
+    text embeddings with image embeddings merged in); `hidden_states[0]` is
+    `h`.
+
+    Args:
+      h: [B, T, D] input embeddings (the residual stream entering block 0).
+      valid: [B, T], as in `__call__`.
+    """
+    b, t, _ = h.shape
+    if valid is not None and valid.shape != (b, t):
+      raise ValueError(f"valid.shape={valid.shape} must be h.shape[:2]="
+                       f"{(b, t)}")
     if t > self.cfg.max_position:
-      raise ValueError(f"tokens.shape={tokens.shape} is longer than "
+      raise ValueError(f"input of T={t} tokens is longer than "
                        f"LlamaConfig.max_position={self.cfg.max_position}")
     if valid is None:
       valid = jnp.ones((b, t), bool)
     positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
     caches = self.init_cache(b, t)
-    h = self.embed(tokens)
     hidden = [h]
     for i in range(self.num_layers):
       h, _ = self.layer(i, h, caches[i], positions, valid)

@@ -45,7 +45,7 @@ LLAMA_CONFIGS = {
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 
 
-def _layout(cfg: LlamaConfig) -> list[tuple[str, str, bool]]:
+def hf_layout(cfg: LlamaConfig) -> list[tuple[str, str, bool]]:
   """(module attribute path, HF name, is a Linear weight to transpose)."""
   rows = [("embed_tokens.embedding", "model.embed_tokens.weight", False)]
   for i in range(cfg.num_layers):
@@ -62,7 +62,7 @@ def _layout(cfg: LlamaConfig) -> list[tuple[str, str, bool]]:
   return rows
 
 
-def _variable(model: LlamaLM, path: str) -> nnx.Variable:
+def module_variable(model: LlamaLM, path: str) -> nnx.Variable:
   node = model
   for part in path.split("."):
     node = node[int(part)] if part.isdigit() else getattr(node, part)
@@ -102,8 +102,8 @@ def load_llama_state_dict(model: LlamaLM, state: StateDict) -> None:
   problems: list[str] = []
   used: set[str] = set()
   arrays = []
-  for attr, name, transpose in _layout(model.cfg):
-    var = _variable(model, attr)
+  for attr, name, transpose in hf_layout(model.cfg):
+    var = module_variable(model, attr)
     expected = tuple(var.shape[::-1] if transpose else var.shape)
     if name not in state:
       problems.append(f"missing tensor {name!r}")
@@ -133,8 +133,8 @@ def export_llama_state_dict(model: LlamaLM) -> dict[str, np.ndarray]:
   """The inverse of `load_llama_state_dict`: `{HF name: array}` (no
   `lm_head.weight` when tied), e.g. for `safetensors.numpy.save_file`."""
   out = {}
-  for attr, name, transpose in _layout(model.cfg):
-    value = np.asarray(_variable(model, attr)[...])
+  for attr, name, transpose in hf_layout(model.cfg):
+    value = np.asarray(module_variable(model, attr)[...])
     out[name] = np.ascontiguousarray(value.T if transpose else value)
   return out
 
