@@ -1,0 +1,32 @@
+"""Vision-token pruning inside a decoder: HiDrop, PyramidDrop, FastV.
+
+`VisionSchedule` and its constructors say how many vision tokens each layer
+holds; `pruned_forward` runs a `LlamaLM` over `[text | kept vision]` with
+late injection, static top-k drops and early exit of the vision stream;
+`importance_scores` / `topk_indices` / `soft_topk_mask` are the selection
+maths; `flops_fraction` the analytic prefill cost.
+"""
+
+from jaxexit.pruning.forward import (SELECTIONS, PrunedInputs, PrunedOutput,
+                                     block_trace_count, pruned_forward,
+                                     reset_block_traces)
+from jaxexit.pruning.kernels import IMPLS
+from jaxexit.pruning.schedule import (HIDROP_RELEASED, POSITION_MODES,
+                                      SCHEDULES, SCORE_LAYERS, Stage,
+                                      VisionSchedule, fastv_schedule,
+                                      flops_fraction, full_schedule,
+                                      hidrop_from_stages, hidrop_schedule,
+                                      make_schedule, pyramiddrop_schedule)
+from jaxexit.pruning.selection import (importance_scores, soft_topk_mask,
+                                       straight_through_topk_mask,
+                                       topk_indices)
+
+__all__ = [
+    "HIDROP_RELEASED", "IMPLS", "POSITION_MODES", "SCHEDULES",
+    "SCORE_LAYERS", "SELECTIONS", "PrunedInputs", "PrunedOutput", "Stage",
+    "VisionSchedule", "block_trace_count", "fastv_schedule",
+    "flops_fraction", "full_schedule", "hidrop_from_stages",
+    "hidrop_schedule", "importance_scores", "make_schedule",
+    "pruned_forward", "pyramiddrop_schedule", "reset_block_traces",
+    "soft_topk_mask", "straight_through_topk_mask", "topk_indices",
+]
