@@ -1,0 +1,160 @@
+"""Data, model and training of one method: the pieces `__main__` chains.
+
+A VQA example is the prompt `[<bos> | N image tokens | question words,
+<answer>, padding]`; the model is trained with cross-entropy on the answer
+word at the `<answer>` position, which is also the query row of the
+importance scores (`jaxexit.pruning.prompt`). Every method trains with the
+same steps, data order and initialisation; only the vision schedule (and so
+the pruning active during training) differs.
+"""
+
+import functools
+import os
+import pathlib
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from experiments.hidrop.configs import Config
+from jaxexit import train as train_lib
+from jaxexit.data import (VQASet, load_cifar_vqa, make_shapes_vqa, resize,
+                          shuffled_batch_indices)
+from jaxexit.models.llava import LlavaLM
+from jaxexit.pruning import VisionSchedule, pruned_forward
+from jaxexit.pruning.prompt import llava_pruned_inputs, question_suffix
+from jaxexit.typing import Array
+
+Batch = dict[str, np.ndarray]
+
+
+def load_split(cfg: Config, dataset: str, split: str,
+               data_dir: str | os.PathLike | None) -> VQASet:
+  """The train or test `VQASet` of `dataset` ("shapes" or "cifar")."""
+  num = cfg.train_examples if split == "train" else cfg.test_examples
+  if dataset == "shapes":
+    return make_shapes_vqa(cfg.shapes, num, split_seed=int(split != "train"))
+  return load_cifar_vqa(split, seed=cfg.seed, num_examples=num,
+                        data_dir=data_dir)
+
+
+def prompt_batch(vset: VQASet) -> Batch:
+  """Host arrays of a whole set: images, prompt ids, answers, types."""
+  vocab = vset.vocab
+  suffix, lens = question_suffix(vset.question_ids, vset.question_lens,
+                                 cue_id=vocab.sep_id, pad_id=vocab.pad_id)
+  return {"images": vset.images,
+          "prefix": np.full((len(vset), 1), vocab.bos_id, np.int32),
+          "suffix": suffix, "suffix_lens": lens,
+          "answer": vset.answer_ids.astype(np.int32),
+          "qtype": vset.question_types.astype(np.int32)}
+
+
+def take(batch: Batch, idx) -> Batch:
+  return {k: v[idx] for k, v in batch.items()}
+
+
+def pixels(images: Array, size: int) -> Array:
+  """uint8 [B, H, W, 3] -> float32 in [-1, 1] at `size` x `size`."""
+  if images.shape[1] != size:
+    images = resize(images, size)
+  return images.astype(jnp.float32) / 127.5 - 1.0
+
+
+def answer_logits(model: LlavaLM, batch, schedule: VisionSchedule, *,
+                  impl: str) -> Array:
+  """[B, V] float32 logits at the `<answer>` position."""
+  images = pixels(batch["images"], model.cfg.vision.image_size)
+  inputs = llava_pruned_inputs(model, images, batch["prefix"],
+                               batch["suffix"], batch["suffix_lens"])
+  out = pruned_forward(model.lm, inputs, schedule, impl=impl)
+  return jnp.take_along_axis(out.logits, inputs.query_index[..., None],
+                             axis=1)[:, 0]
+
+
+def make_loss(schedule: VisionSchedule, *, impl: str) -> Callable:
+  """`loss_fn(model, batch, rng)` of `jaxexit.train`: CE on the answer."""
+  def loss_fn(model, batch, rng):
+    del rng
+    logits = answer_logits(model, batch, schedule, impl=impl)
+    loss = optax.softmax_cross_entropy_with_integer_labels(
+        logits, batch["answer"]).mean()
+    acc = jnp.mean(jnp.argmax(logits, -1) == batch["answer"])
+    return loss, {"accuracy": acc}
+  return loss_fn
+
+
+def optimizer(cfg: Config) -> optax.GradientTransformation:
+  return train_lib.build_optimizer(train_lib.OptimConfig(
+      learning_rate=cfg.learning_rate, weight_decay=0.01,
+      schedule="warmup_cosine", warmup_steps=max(cfg.warmup_steps, 1),
+      total_steps=cfg.steps, grad_clip=1.0))
+
+
+def init_model(cfg: Config) -> LlavaLM:
+  """The shared initialisation (same seed for every method)."""
+  return LlavaLM(cfg.model, rngs=nnx.Rngs(cfg.seed))
+
+
+def train_method(cfg: Config, model: LlavaLM, schedule: VisionSchedule,
+                 train_set: Batch, workdir: pathlib.Path, *, impl: str,
+                 progress: bool | None) -> tuple[LlavaLM, dict]:
+  """Trains `model` with `schedule` active; resumes from `workdir`.
+
+  Returns:
+    (trained model, last logged metrics).
+  """
+  num = len(train_set["answer"])
+
+  def batch_fn(step: int) -> Batch:
+    idx = shuffled_batch_indices(step, num, cfg.batch_size, cfg.seed)
+    return take(train_set, idx)
+
+  return train_lib.train(
+      model, optimizer(cfg), make_loss(schedule, impl=impl), batch_fn,
+      num_steps=cfg.steps, workdir=workdir, seed=cfg.seed,
+      checkpoint_every=max(cfg.steps // 4, 1), max_to_keep=1,
+      log_every=max(cfg.steps // 20, 1), progress=progress)
+
+
+def timing_fns(cfg: Config, model: LlavaLM, schedule: VisionSchedule,
+               batch: Batch, *, impl: str) -> dict[str, tuple]:
+  """{"train_step": (fn, args), "prefill": (fn, args)} for the timer.
+
+  The train step is the real one (forward, backward, AdamW update) without
+  buffer donation, so it can be called repeatedly on the same state; the
+  prefill is the image tower and the pruned forward up to the answer
+  logits.
+  """
+  graphdef, state = train_lib.split_train_state(model, optimizer(cfg))
+  step = train_lib.make_train_step(make_loss(schedule, impl=impl),
+                                   donate=False)
+  batch = jax.tree.map(jnp.asarray, batch)
+  rng = jax.random.key(cfg.seed)
+  fn, params = make_prefill(model, schedule, impl=impl)
+  return {"train_step": (step, (graphdef, state, batch, rng)),
+          "prefill": (fn, (params, batch))}
+
+
+def make_prefill(model: LlavaLM, schedule: VisionSchedule, *,
+                 impl: str) -> tuple[Callable, nnx.State]:
+  """(`prefill(params, batch) -> [B, V]` answer logits, params).
+
+  The jitted program is cached per (schedule, impl), so evaluation and
+  timing share one compiled program per batch shape.
+  """
+  graphdef, params = nnx.split(model)
+  prefill = functools.partial(_prefill(schedule, impl), graphdef=graphdef)
+  return prefill, params
+
+
+@functools.cache
+def _prefill(schedule: VisionSchedule, impl: str) -> Callable:
+  @functools.partial(jax.jit, static_argnames="graphdef")
+  def prefill(params, batch, *, graphdef):
+    return answer_logits(nnx.merge(graphdef, params), batch, schedule,
+                         impl=impl)
+  return prefill
