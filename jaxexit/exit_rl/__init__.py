@@ -1,7 +1,12 @@
 """ExIt (Jiang, Lupu & Bachrach, 2025): self-improvement task spaces for RL.
 
 Pure, fixed-shape functions (jit- and vmap-safe): learnability scores, step
-rewards, the diversity bonus, the top-N task buffer and episode plumbing.
+rewards, the diversity bonus, the top-N task buffer and episode plumbing;
+the synthetic domains (`domains`), the tiny policy and its sampler
+(`policy`), the supervised warm start, the training loop (`train`) and the
+K-step self-improvement evaluation (`k_step`). Functions named like their
+module (`train.train`, `warm_start.warm_start`, `k_step.k_step`) are imported
+from the module.
 """
 
 from jaxexit.exit_rl.buffer import (BufferConfig, TaskBuffer, buffer_size,
@@ -16,3 +21,10 @@ from jaxexit.exit_rl.episodes import (MODE_BASE, MODE_DIVERGE, MODE_IMPROVE,
 from jaxexit.exit_rl.learnability import (SCORE_NORMS, group_learnability,
                                           normalize_scores)
 from jaxexit.exit_rl.rewards import IMPROVE_REWARDS, improvement_reward
+from jaxexit.exit_rl.domains import Domain, make_domain
+from jaxexit.exit_rl.k_step import KStepResult, k_step_eval
+from jaxexit.exit_rl.policy import (PolicyConfig, make_policy,
+                                    policy_graphdef, response_logprobs,
+                                    sample_responses)
+from jaxexit.exit_rl.train import (METHODS, ExItConfig, seed_keys,
+                                   train_iteration)

@@ -30,13 +30,14 @@ from jaxtyping import ArrayLike, Real
 from jaxexit import checks
 from jaxexit.exit_rl.buffer import (BufferConfig, TaskBuffer, buffer_size,
                                     insert_batch, sample, update_scores)
+# A fresh (or replayed) base task; self-improve / self-divergence prompts on
+# a stored history.
+from jaxexit.exit_rl.domains.base import (MODE_BASE, MODE_DIVERGE,
+                                          MODE_IMPROVE)
 from jaxexit.typing import Array, Bool, Float, Int, PRNGKeyArray, PyTree
 
 ScalarLike = Real[ArrayLike, ""]
 
-MODE_BASE = 0  # a fresh (or replayed) base task: no previous response
-MODE_IMPROVE = 1  # self-improve prompt on a stored history
-MODE_DIVERGE = 2  # self-divergence prompt on a stored history
 
 
 @jax.tree_util.register_dataclass

@@ -1,0 +1,60 @@
+import json
+
+import pytest
+
+from experiments.exit_selfimprove import __main__ as experiment
+from experiments.exit_selfimprove import configs
+
+FIELDS = ("domain", "method", "seed", "k", "quality", "success")
+
+
+@pytest.mark.parametrize("preset", sorted(configs.PRESETS))
+def test_presets_build(preset):
+  cfg = configs.get_config(preset)
+  assert cfg.methods and cfg.seeds >= 1
+
+
+def test_bad_arguments():
+  with pytest.raises(ValueError, match="preset='huge'"):
+    configs.get_config("huge")
+  with pytest.raises(ValueError, match="methods"):
+    configs.get_config("smoke", methods=("ppo",))
+  with pytest.raises(ValueError, match="domain"):
+    configs.get_config("smoke", domain="chess")
+  for argv in (["--method", "grpo,ppo"], ["--domain", "chess"],
+               ["--seeds", "0"], ["--preset", "paper", "--domain", "permsort"],
+               ["--domain", "math"]):
+    with pytest.raises(SystemExit):
+      experiment.parse_args(argv)
+  args = experiment.parse_args(["--method", "all"])
+  assert args.method == ("base", "grpo", "curriculum", "improve", "diverge",
+                         "exit")
+
+
+def test_paper_preset_writes_its_config(tmp_path, capsys):
+  experiment.main(["--preset", "paper", "--domain", "math", "--out",
+                   str(tmp_path)])
+  config = json.loads((tmp_path / "paper_config.json").read_text())
+  assert config["model"] == "meta-llama/Llama-3.2-3B-Instruct"
+  assert "runbook" in capsys.readouterr().out.lower()
+
+
+@pytest.mark.slow
+def test_smoke_preset_writes_results(tmp_path):
+  experiment.main(["--preset", "smoke", "--out", str(tmp_path),
+                   "--no-progress"])
+  for name in ("results.json", "results.md", "k_step.png", "training.png"):
+    assert (tmp_path / name).is_file(), name
+  results = json.loads((tmp_path / "results.json").read_text())
+  cfg = configs.get_config("smoke")
+  records = results["records"]
+  assert len(records) == len(cfg.methods) * cfg.seeds * 2 * (cfg.eval_k + 1)
+  for rec in records:
+    assert set(FIELDS) <= set(rec)
+    assert 0 <= rec["quality"] <= 1 and 0 <= rec["success"] <= 1
+  for method in cfg.methods:
+    if method != "base":
+      log = results["training"][method]
+      assert len(log["sampled_depth"]) == cfg.seeds
+      assert len(log["sampled_depth"][0]) == cfg.iterations
+      assert "score_hist" in results["buffer"][method]
