@@ -41,8 +41,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxexit import checks, report, timing
-from kernels_pallas import (position_attention, position_attention_reference,
-                            selection_scores, selection_scores_reference)
+from kernels_pallas.position_attention import (position_attention,
+                                               position_attention_reference)
+from kernels_pallas.selection_scores import (selection_scores,
+                                             selection_scores_reference)
 
 HERE = pathlib.Path(__file__).resolve().parent
 RESULTS = HERE / "results"
