@@ -1,7 +1,8 @@
 """Wall time of vision-token pruning against the full model, one model size.
 
-The `cpu` model of `experiments.hidrop` (CLIP-style ViT on 64 px, patch 4
--> 256 vision tokens, 8-layer d=128 Llama decoder), untrained weights (the
+`experiments.hidrop.configs.BENCHMARK` (the `cpu` decoder with a
+CLIP-style ViT on 64 px, patch 4 -> 256 vision tokens, 8-layer d=128 Llama
+decoder), untrained weights (the
 time does not depend on them), runs the real training step (forward,
 backward, AdamW) and the prefill (image tower + pruned decoder up to the
 answer logits) of every method: the full model, HiDrop Tok64 scaled to 8
@@ -148,7 +149,8 @@ def render(records: list[dict], cfg: configs.Config, *, quick: bool) -> str:
   device = jax.devices()[0].platform.upper()
   cpu = platform.processor() or platform.machine()
   return (
-      f"LLaVA-style model of `experiments.hidrop` preset `cpu`, untrained: "
+      f"LLaVA-style model of `experiments.hidrop` (`configs.BENCHMARK`), "
+      f"untrained: "
       f"ViT ({m.vision.num_layers} blocks, width {m.vision.width}, "
       f"{m.vision.image_size} px, patch {m.vision.patch_size} -> "
       f"{cfg.num_vision} vision tokens), Llama decoder "
@@ -189,9 +191,9 @@ def parse_args(argv=None):
 
 
 def main(argv=None, *, base: configs.Config | None = None) -> list[dict]:
-  """Runs the benchmark; `base` replaces the `cpu` preset (tests)."""
+  """Runs the benchmark; `base` replaces `configs.BENCHMARK` (tests)."""
   args = parse_args(argv)
-  cfg = dataclasses.replace(base or configs.get_config("cpu"),
+  cfg = dataclasses.replace(base or configs.BENCHMARK,
                             **(QUICK if args.quick else FULL))
   start = time.perf_counter()
   log = lambda msg: print(f"[{time.perf_counter() - start:5.0f} s] {msg}",

@@ -21,10 +21,11 @@ def test_presets_build_and_their_schedules_fit(preset):
       assert schedule.num_vision == cfg.num_vision
 
 
-def test_cpu_hidrop_tok64_scales_to_eight_layers():
-  cfg = configs.get_config("cpu")
+@pytest.mark.parametrize("cfg, num_vision", [
+    (configs.get_config("cpu"), 64), (configs.BENCHMARK, 256)])
+def test_hidrop_tok64_scales_to_eight_layers(cfg, num_vision):
   s = make_schedule("hidrop", "tok64", 8, cfg.num_vision)
-  assert cfg.num_vision == 256
+  assert cfg.num_vision == num_vision
   assert (s.inject_layer, s.exit_layer) == (2, 6)
 
 
