@@ -25,6 +25,7 @@ L layers.
 
 import dataclasses
 import math
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -241,6 +242,33 @@ class LlamaBlock(nnx.Module):
     self.mlp = LlamaMLP(cfg, rngs=rngs)
 
 
+def block_forward(block: LlamaBlock, h: Float[Array, "B T D"],
+                  positions: Int[Array, "B T"], inv_freq: np.ndarray,
+                  attention: Callable[[Array, Array, Array], Array]
+                  ) -> Float[Array, "B T D"]:
+  """One pre-norm block with a pluggable attention.
+
+  Args:
+    block: the block's parameters.
+    h: [B, T, D] residual stream.
+    positions: [B, T] RoPE position ids.
+    inv_freq: RoPE inverse frequencies (`rope_inv_freq`).
+    attention: `(q [B, T, H, K], k [B, T, Hkv, K], v [B, T, Hkv, K]) ->
+      [B, T, H, K]`, keys and queries after RoPE (the KV cache of
+      `LlamaLM.layer`, or the position-id attention of token pruning).
+
+  Returns:
+    [B, T, D] the block's output.
+  """
+  x = block.input_layernorm(h)
+  k, v = block.self_attn.kv(x, positions, inv_freq)
+  q = block.self_attn.query(x, positions, inv_freq)
+  attn = attention(q, k, v)
+  b, t, _ = h.shape
+  h = h + block.self_attn.o_proj(attn.reshape(b, t, -1))
+  return h + block.mlp(block.post_attention_layernorm(h))
+
+
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class LlamaOutput:
@@ -315,17 +343,14 @@ class LlamaLM(nnx.Module):
       (h_out [B, T, D], updated cache); rows with `valid` False are
       garbage and leave the cache untouched.
     """
-    block = self.layers[i]
-    inv_freq = self._inv_freq()
-    x = block.input_layernorm(h)
-    k, v = block.self_attn.kv(x, positions, inv_freq)
-    cache = write_kv(cache, k, v, positions, valid)
-    q = block.self_attn.query(x, positions, inv_freq)
-    mask = attention_mask(positions, cache.valid, self.cfg.sliding_window)
-    attn = attend(q, cache, mask)
-    b, t, _ = h.shape
-    h = h + block.self_attn.o_proj(attn.reshape(b, t, -1))
-    return h + block.mlp(block.post_attention_layernorm(h)), cache
+    def cached(q, k, v):
+      nonlocal cache
+      cache = write_kv(cache, k, v, positions, valid)
+      mask = attention_mask(positions, cache.valid, self.cfg.sliding_window)
+      return attend(q, cache, mask)
+
+    h = block_forward(self.layers[i], h, positions, self._inv_freq(), cached)
+    return h, cache
 
   def propagate(self, i: int, h: Float[Array, "B T D"], cache: KVCache,
                 positions: Int[Array, "B T"], valid: Bool[Array, "B T"]

@@ -35,7 +35,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxexit import checks
-from jaxexit.models.llama import LlamaConfig, LlamaLM
+from jaxexit.models.llama import LlamaConfig, LlamaLM, block_forward
 from jaxexit.models.llama_attention import rope_inv_freq
 from jaxexit.pruning.kernels import IMPLS, attention_fn
 from jaxexit.pruning.schedule import VisionSchedule
@@ -126,15 +126,9 @@ def _block_forward(params: nnx.State, h: Array, pos: Array, valid: Array, *,
   """`LlamaLM.layer` with position-id causal attention and no cache."""
   global _block_traces
   _block_traces += 1  # Runs once per trace, i.e. per distinct shape.
-  block = nnx.merge(graphdef, params)
   inv_freq = rope_inv_freq(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)
-  x = block.input_layernorm(h)
-  k, v = block.self_attn.kv(x, pos, inv_freq)
-  q = block.self_attn.query(x, pos, inv_freq)
-  attn = attention_fn(impl)(q, k, v, pos, pos, valid)  # [B, N, H, K]
-  b, n, _ = h.shape
-  h = h + block.self_attn.o_proj(attn.reshape(b, n, -1))
-  return h + block.mlp(block.post_attention_layernorm(h))
+  attend = lambda q, k, v: attention_fn(impl)(q, k, v, pos, pos, valid)
+  return block_forward(nnx.merge(graphdef, params), h, pos, inv_freq, attend)
 
 
 def _check_inputs(lm: LlamaLM, x: PrunedInputs,
