@@ -5,15 +5,16 @@
   python -m experiments.hidrop --preset cpu --dataset cifar --data-dir DIR
   python -m experiments.hidrop --preset paper --model-dir /path/llava-1.5-7b-hf
 
-`smoke` proves the pipeline end to end in well under a minute on 2 cores: a
+`smoke` proves the pipeline end to end in about a minute and a half on 2
+cores: a
 tiny LLaVA trained a few steps per method on rendered shapes at 32 px.
 `cpu` is the small reproduction: a LLaVA-style model trained from scratch
 per method (pruning active during training, as HiDrop does) on 32 px
 rendered shapes (2 x 2 grid, up to 2 objects), patch 4 -> 64 vision tokens,
 an 8-layer d=128 decoder, so the HiDrop schedules scale to 8 layers (Tok64:
 injection at layer 2, exit at layer 6). The speed targets are measured at
-256 vision tokens by `benchmarks/token_pruning.py` (same decoder, 64 px). `paper` holds
-LLaVA-1.5-7B (CLIP ViT-L/14-336, 576 tokens, Vicuna-7B's 32 layers) with
+256 vision tokens by `benchmarks/token_pruning.py` (same decoder, 64 px).
+`paper` holds LLaVA-1.5-7B (CLIP ViT-L/14-336, 576 tokens, Vicuna-7B's 32 layers) with
 the released Tok64 schedule, initialised from a Hugging Face folder
 (`--model-dir`); it needs an accelerator with room for a 7B fine-tune.
 """
