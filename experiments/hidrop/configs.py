@@ -6,8 +6,8 @@
   python -m experiments.hidrop --preset paper --model-dir /path/llava-1.5-7b-hf
 
 `smoke` proves the pipeline end to end in about a minute and a half on 2
-cores: a
-tiny LLaVA trained a few steps per method on rendered shapes at 32 px.
+cores: a tiny LLaVA trained a few steps per method on rendered shapes at
+32 px.
 `cpu` is the small reproduction: a LLaVA-style model trained from scratch
 per method (pruning active during training, as HiDrop does) on 32 px
 rendered shapes (2 x 2 grid, up to 2 objects), patch 4 -> 64 vision tokens,
