@@ -21,6 +21,7 @@ import time
 import numpy as np
 from flax import nnx
 
+from experiments.cli import comma_choices
 from experiments.dynamax import backbones, configs, evaluate, plots
 from jaxexit import report
 from jaxexit import train as train_lib
@@ -35,20 +36,6 @@ TABLE = ("classifier", "state_mode", "threshold", "avg_layers",
          "full_tokens_per_s", "realised_speedup", "theoretical_speedup")
 
 
-def _choices(flag: str, allowed):
-  def parse(value: str) -> tuple[str, ...]:
-    if value == "all":
-      return tuple(allowed)
-    items = tuple(v.strip() for v in value.split(","))
-    bad = [v for v in items if v not in allowed]
-    if bad:
-      raise argparse.ArgumentTypeError(
-          f"{flag} got {bad}; expected 'all' or a comma list of "
-          f"{list(allowed)}")
-    return items
-  return parse
-
-
 def parse_args(argv=None):
   parser = argparse.ArgumentParser(
       prog="python -m experiments.dynamax",
@@ -57,13 +44,12 @@ def parse_args(argv=None):
                       choices=sorted(configs.PRESETS))
   parser.add_argument("--backbone", default="transformer",
                       choices=configs.BACKBONES)
-  parser.add_argument("--classifier", type=_choices("--classifier", KINDS),
-                      default=None, help="'all' or a comma list "
-                      "(default: the preset's)")
-  parser.add_argument("--state-mode", type=_choices("--state-mode",
-                                                    STATE_MODES),
-                      default=None, help="'all' or a comma list "
-                      "(default: the preset's)")
+  parser.add_argument("--classifier", default=None,
+                      type=comma_choices("--classifier", KINDS),
+                      help="'all' or a comma list (default: the preset's)")
+  parser.add_argument("--state-mode", default=None,
+                      type=comma_choices("--state-mode", STATE_MODES),
+                      help="'all' or a comma list (default: the preset's)")
   parser.add_argument("--model-dir", type=pathlib.Path, default=None,
                       help="Hugging Face folder of the backbone (paper)")
   parser.add_argument("--out", type=pathlib.Path, default=None,

@@ -27,6 +27,7 @@ import time
 import jax
 import numpy as np
 
+from experiments.cli import comma_choices
 from experiments.exit_selfimprove import configs, evaluate, plots
 from jaxexit import report
 from jaxexit.exit_rl.domains import make_domain
@@ -38,18 +39,6 @@ EVAL_KEY = 1_000_003  # held-out tasks: a stream no training key reaches
 SUMMARY_K = (0, 1, 4, 8, 16)
 
 
-def _methods(value: str) -> tuple[str, ...]:
-  if value == "all":
-    return tuple(METHODS)
-  items = tuple(v.strip() for v in value.split(","))
-  bad = [v for v in items if v not in METHODS]
-  if bad:
-    raise argparse.ArgumentTypeError(
-        f"--method got {bad}; expected 'all' or a comma list of "
-        f"{list(METHODS)}")
-  return items
-
-
 def parse_args(argv=None):
   parser = argparse.ArgumentParser(
       prog="python -m experiments.exit_selfimprove",
@@ -59,7 +48,8 @@ def parse_args(argv=None):
   parser.add_argument("--domain", default=None,
                       choices=configs.TOY_DOMAINS + configs.PAPER_DOMAINS,
                       help="toy domain (smoke/cpu) or paper domain (paper)")
-  parser.add_argument("--method", type=_methods, default=None,
+  parser.add_argument("--method", default=None,
+                      type=comma_choices("--method", tuple(METHODS)),
                       help="'all' or a comma list (default: the preset's)")
   parser.add_argument("--seeds", type=int, default=None,
                       help="number of seeds (default: the preset's)")
@@ -117,7 +107,8 @@ def summary_table(records, methods, training, K) -> str:
     row += [_pm(*_mean_std(records, m, "sample", k, "success"), True)
             for k in ks]
     row.append(_pm(*_mean_std(records, m, "greedy", K, "success"), True))
-    row.append(f"{_mean_std(records, m, 'sample', K, 'net_corrections')[0]:.0f}")
+    net = _mean_std(records, m, "sample", K, "net_corrections")[0]
+    row.append(f"{net:.0f}")
     depth = training.get(m, {}).get("sampled_depth")
     row.append("–" if depth is None else f"{np.mean(depth):.2f}")
     rows.append(row)

@@ -21,6 +21,7 @@ import time
 
 import numpy as np
 
+from experiments.cli import comma_choices
 from experiments.hidrop import configs, evaluate, plots, run
 from jaxexit import report
 from jaxexit.data import add_data_dir_flag
@@ -31,20 +32,6 @@ TABLE = ("method", "schedule", "avg_vision_tokens", "accuracy",
          "train_step_ms", "prefill_ms")
 
 
-def _choices(flag: str, allowed):
-  def parse(value: str) -> tuple[str, ...]:
-    if value == "all":
-      return tuple(allowed)
-    items = tuple(v.strip() for v in value.split(","))
-    bad = [v for v in items if v not in allowed]
-    if bad or not items:
-      raise argparse.ArgumentTypeError(
-          f"{flag} got {bad}; expected 'all' or a comma list of "
-          f"{list(allowed)}")
-    return items
-  return parse
-
-
 def parse_args(argv=None):
   parser = argparse.ArgumentParser(
       prog="python -m experiments.hidrop",
@@ -52,11 +39,12 @@ def parse_args(argv=None):
   parser.add_argument("--preset", default="cpu",
                       choices=sorted(configs.PRESETS))
   parser.add_argument("--method", default=configs.METHODS,
-                      type=_choices("--method", configs.METHODS),
+                      type=comma_choices("--method", configs.METHODS),
                       help="'all' (default) or a comma list; the full "
                       "model is always trained as the reference")
   parser.add_argument("--schedule", default=None,
-                      type=_choices("--schedule", configs.HIDROP_SCHEDULES),
+                      type=comma_choices("--schedule",
+                                         configs.HIDROP_SCHEDULES),
                       help="HiDrop schedule(s), scaled to the model: 'all' "
                       "or a comma list (default: the preset's)")
   parser.add_argument("--dataset", default="shapes",

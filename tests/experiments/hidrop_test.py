@@ -35,7 +35,7 @@ def test_bad_arguments():
   with pytest.raises(ValueError, match="hidrop_schedules"):
     configs.get_config("smoke", hidrop_schedules=("tok99",))
   with pytest.raises(ValueError, match="image_size"):
-    configs.get_config("smoke", shapes=configs.get_config("cpu").shapes)
+    configs.get_config("smoke", shapes=configs.BENCHMARK.shapes)
   for flags in (["--method", "hidrop,topk"], ["--schedule", "tok50"],
                 ["--impl", "cuda"], ["--dataset", "mnist"]):
     with pytest.raises(SystemExit):
