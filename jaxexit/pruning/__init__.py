@@ -4,13 +4,17 @@
 holds; `pruned_forward` runs a `LlamaLM` over `[text | kept vision]` with
 late injection, static top-k drops and early exit of the vision stream;
 `importance_scores` / `topk_indices` / `soft_topk_mask` are the selection
-maths; `flops_fraction` the analytic prefill cost.
+maths; `flops_fraction` the analytic prefill cost; `llava_pruned_inputs`
+builds the inputs of a LLaVA prompt with persistent positions.
 """
 
 from jaxexit.pruning.forward import (SELECTIONS, PrunedInputs, PrunedOutput,
                                      block_trace_count, pruned_forward,
                                      reset_block_traces)
 from jaxexit.pruning.kernels import IMPLS
+from jaxexit.pruning.prompt import (llava_pruned_inputs, make_pruned_inputs,
+                                    merged_prompt, prompt_positions,
+                                    question_suffix)
 from jaxexit.pruning.schedule import (HIDROP_RELEASED, POSITION_MODES,
                                       SCHEDULES, SCORE_LAYERS, Stage,
                                       VisionSchedule, fastv_schedule,
@@ -26,7 +30,9 @@ __all__ = [
     "SCORE_LAYERS", "SELECTIONS", "PrunedInputs", "PrunedOutput", "Stage",
     "VisionSchedule", "block_trace_count", "fastv_schedule",
     "flops_fraction", "full_schedule", "hidrop_from_stages",
-    "hidrop_schedule", "importance_scores", "make_schedule",
+    "hidrop_schedule", "importance_scores", "llava_pruned_inputs",
+    "make_pruned_inputs", "make_schedule", "merged_prompt",
+    "prompt_positions", "question_suffix",
     "pruned_forward", "pyramiddrop_schedule", "reset_block_traces",
     "soft_topk_mask", "straight_through_topk_mask", "topk_indices",
 ]
