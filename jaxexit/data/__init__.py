@@ -11,7 +11,7 @@ from jaxexit.data.batching import (EvalBatch, eval_batches,
                                    shuffled_batch_indices)
 from jaxexit.data.cifar import (CorruptDataError, ImageSplit, load_cifar,
                                 train_val_split)
-from jaxexit.data.cifar_vqa import cifar_vqa, load_cifar_vqa
+from jaxexit.data.cifar_vqa import load_cifar_vqa
 from jaxexit.data.glue import (TASKS, GlueSplit, GlueTask,
                                TfdsUnavailableError, glue_task, load_glue)
 from jaxexit.data.location import (DATASETS, ENV_VAR, FLAG, DataNotFoundError,
@@ -27,7 +27,8 @@ from jaxexit.data.vqa_vocab import VQAVocab
 __all__ = [
     "CIFAR10_MEAN", "CIFAR10_STD", "DATASETS", "ENV_VAR", "FLAG",
     "QUESTION_LEN", "ShapesScenes", "ShapesVQAConfig", "VQASet", "VQAVocab",
-    "cifar_vqa", "load_cifar_vqa", "make_shapes_vqa", "TASKS", "CorruptDataError", "DataNotFoundError", "DatasetSpec",
+    "load_cifar_vqa", "make_shapes_vqa", "TASKS", "CorruptDataError",
+    "DataNotFoundError", "DatasetSpec",
     "EvalBatch", "GlueSplit", "GlueTask", "ImageSplit",
     "TfdsUnavailableError", "add_data_dir_flag", "dataset_spec",
     "default_data_dir", "eval_batches", "glue_task", "how_to_obtain",
