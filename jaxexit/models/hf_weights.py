@@ -90,6 +90,19 @@ def _read_file(path: str) -> dict[str, np.ndarray]:
   return load_torch_state_dict(path)
 
 
+def read_hf_config(path: str | os.PathLike) -> dict:
+  """The parsed `config.json` of a Hugging Face model folder.
+
+  Raises:
+    ValueError: the folder has no `config.json`.
+  """
+  config_path = os.path.join(os.fspath(path), "config.json")
+  if not os.path.exists(config_path):
+    raise ValueError(f"no config.json in {os.fspath(path)!r}")
+  with open(config_path) as f:
+    return json.load(f)
+
+
 def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
   """Reads a checkpoint file or folder into `{HF name: numpy array}`.
 
@@ -242,11 +255,7 @@ def from_pretrained(path: str | os.PathLike, *, require_pooler: bool = True,
     **overrides: config fields to override (`dtype`, ...).
   """
   path = os.fspath(path)
-  config_path = os.path.join(path, "config.json")
-  if not os.path.exists(config_path):
-    raise ValueError(f"no config.json in {path!r}")
-  with open(config_path) as f:
-    cfg = config_from_hf(json.load(f), **overrides)
+  cfg = config_from_hf(read_hf_config(path), **overrides)
   cls = AlbertEncoder if isinstance(cfg, AlbertConfig) else BertEncoder
   model = cls(cfg, rngs=nnx.Rngs(0))
   load_hf_weights(model, path, require_pooler=require_pooler)

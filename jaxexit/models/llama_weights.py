@@ -12,7 +12,6 @@ read by `hf_weights.read_state_dict` (safetensors, sharded index files,
 tiny test config.
 """
 
-import json
 import os
 from collections.abc import Mapping
 
@@ -20,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxexit.models.hf_weights import read_state_dict
+from jaxexit.models.hf_weights import read_hf_config, read_state_dict
 from jaxexit.models.llama import LlamaConfig, LlamaLM
 
 StateDict = Mapping[str, np.ndarray]
@@ -155,11 +154,7 @@ def llama_from_pretrained(path: str | os.PathLike, **overrides) -> LlamaLM:
       not match (see `load_llama_state_dict`).
   """
   path = os.fspath(path)
-  config_path = os.path.join(path, "config.json")
-  if not os.path.exists(config_path):
-    raise ValueError(f"no config.json in {path!r}")
-  with open(config_path) as f:
-    cfg = LlamaConfig.from_hf(json.load(f), **overrides)
+  cfg = LlamaConfig.from_hf(read_hf_config(path), **overrides)
   model = nnx.eval_shape(lambda: LlamaLM(cfg, rngs=nnx.Rngs(0)))
   load_llama_state_dict(model, read_state_dict(path))
   return model

@@ -26,7 +26,6 @@ column, channel). Files are read by `hf_weights.read_state_dict`
 (safetensors, sharded or not, no torch needed).
 """
 
-import json
 import math
 import os
 from collections.abc import Callable, Mapping
@@ -37,7 +36,7 @@ from flax import nnx
 from jax.typing import DTypeLike
 
 from jaxexit.models.clip_vision import ClipVision
-from jaxexit.models.hf_weights import read_state_dict
+from jaxexit.models.hf_weights import read_hf_config, read_state_dict
 from jaxexit.models.llama_weights import hf_layout as llama_layout
 from jaxexit.models.llama_weights import module_variable as llama_variable
 from jaxexit.models.llava import LlavaConfig, LlavaLM
@@ -245,12 +244,8 @@ def llava_from_pretrained(path: str | os.PathLike, *,
       not match (see `load_llava_state_dict`).
   """
   path = os.fspath(path)
-  config_path = os.path.join(path, "config.json")
-  if not os.path.exists(config_path):
-    raise ValueError(f"no config.json in {path!r}")
-  with open(config_path) as f:
-    cfg = LlavaConfig.from_hf(json.load(f), dtype=dtype,
-                              param_dtype=param_dtype)
+  cfg = LlavaConfig.from_hf(read_hf_config(path), dtype=dtype,
+                            param_dtype=param_dtype)
   model = nnx.eval_shape(lambda: LlavaLM(cfg, rngs=nnx.Rngs(0)))
   load_llava_state_dict(model, read_state_dict(path))
   return model

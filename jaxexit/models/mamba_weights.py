@@ -15,7 +15,6 @@ Layout changes: torch `nn.Linear.weight` is [out, in], NNX `kernel` is
 stacked on the leading L axis of `model.layers`.
 """
 
-import json
 import os
 from collections.abc import Mapping
 
@@ -23,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxexit.models.hf_weights import read_state_dict
+from jaxexit.models.hf_weights import read_hf_config, read_state_dict
 from jaxexit.models.mamba import MambaConfig, MambaLM
 from jaxexit.models.mamba2 import Mamba2Config, Mamba2LM
 from jaxexit.models.ssm_lm import MambaLMBase
@@ -182,11 +181,7 @@ def mamba_from_pretrained(path: str | os.PathLike, **overrides
       checkpoint that does not match (see `load_mamba_state_dict`).
   """
   path = os.fspath(path)
-  config_path = os.path.join(path, "config.json")
-  if not os.path.exists(config_path):
-    raise ValueError(f"no config.json in {path!r}")
-  with open(config_path) as f:
-    hf = json.load(f)
+  hf = read_hf_config(path)
   model_type = hf.get("model_type")
   if model_type == "mamba":
     cfg, cls, load = (MambaConfig.from_hf(hf, **overrides), MambaLM,
