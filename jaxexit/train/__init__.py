@@ -1,6 +1,16 @@
 """Training utilities: functional NNX step, optimizers, checkpoints, loop."""
 
-from jaxexit.train.checkpoint import Checkpointer, Restored, abstract_like
+from jaxexit.train.checkpoint import (
+    Checkpointer,
+    NoUsableCheckpoint,
+    Restored,
+    abstract_like,
+)
+from jaxexit.train.fingerprint import (
+    FingerprintMismatch,
+    fingerprint_array,
+    fingerprint_file,
+)
 from jaxexit.train.loop import train
 from jaxexit.train.metrics import MetricsWriter, read_metrics
 from jaxexit.train.optim import (
@@ -23,7 +33,9 @@ from jaxexit.train.step import (
 
 __all__ = [
     "Checkpointer",
+    "FingerprintMismatch",
     "MetricsWriter",
+    "NoUsableCheckpoint",
     "OptimConfig",
     "ParamGroup",
     "ProgressBar",
@@ -32,6 +44,8 @@ __all__ = [
     "base_key",
     "build_optimizer",
     "build_schedule",
+    "fingerprint_array",
+    "fingerprint_file",
     "label_params",
     "make_eval_step",
     "make_train_step",

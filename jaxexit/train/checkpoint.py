@@ -15,9 +15,21 @@ returns once the arrays are copied to host memory and the write continues in
 a background thread, so `wait()` (or `close()`) before exiting. The copy is
 taken before `save` returns, so the next (donating) step may reuse the
 buffers.
+
+Fingerprints and damaged steps: `save(..., metadata=...)` stores a JSON
+object in orbax's per-step `custom_metadata` (the step's
+`_CHECKPOINT_METADATA`, committed with the arrays), which
+`jaxexit.train.train` uses for the run's fingerprint. `restore_newest` walks
+back from the newest step and skips steps without orbax's commit marker
+(`commit_success.txt`), with unreadable metadata, or whose arrays fail to
+restore (garbage `_METADATA`, truncated array files, orbax's structure
+checks). Skipped steps are never deleted: once a good step is found they are
+moved into `<directory>/skipped/` (out of orbax's step listing, so neither
+`max_to_keep` nor a later save at the same step touches them).
 """
 
 import os
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import jax
@@ -35,12 +47,32 @@ class Restored(NamedTuple):
     state: the restored state, shaped like the abstract state passed in.
     rng: the restored key, or None if none was requested.
     extra: the restored extra pytree, or None if none was requested.
+    metadata: the step's custom metadata (a dict, empty if none was saved);
+      filled by `restore_newest` only.
   """
 
   step: int
   state: PyTree
   rng: Any = None
   extra: Any = None
+  metadata: dict | None = None
+
+
+SKIPPED_DIR = "skipped"
+COMMIT_MARKER = "commit_success.txt"
+
+
+class NoUsableCheckpoint(RuntimeError):
+  """Every committed checkpoint in a directory failed to restore."""
+
+
+def _brief(e: BaseException, limit: int = 200) -> str:
+  """The exception's type and first line (tensorstore errors run long)."""
+  lines = str(e).strip().splitlines()
+  first = lines[0] if lines else ""
+  if len(first) > limit:
+    first = first[:limit] + "..."
+  return f"{type(e).__name__}: {first}"
 
 
 def abstract_like(tree: PyTree) -> PyTree:
@@ -55,6 +87,10 @@ def _item(state, rng, extra) -> dict[str, Any]:
   if extra is not None:
     item["extra"] = extra
   return item
+
+
+class _Skip(Exception):
+  """Internal: the reason one step cannot be restored."""
 
 
 class Checkpointer:
@@ -87,7 +123,8 @@ class Checkpointer:
         self.directory, item_names=("default",), options=options)
 
   def save(self, step: int, state: PyTree, *, rng=None, extra=None,
-           force: bool = False) -> bool:
+           force: bool = False,
+           metadata: Mapping[str, Any] | None = None) -> bool:
     """Saves at `step` if it is a multiple of `save_every` (or `force`).
 
     Args:
@@ -96,6 +133,7 @@ class Checkpointer:
       rng: an optional typed key (the run's base key).
       extra: any other pytree of arrays/scalars.
       force: save even off the `save_every` grid.
+      metadata: a JSON-able dict stored with this step (see `metadata`).
 
     Returns:
       Whether a save was started.
@@ -103,7 +141,17 @@ class Checkpointer:
     checks.positive_int("step", step, minimum=0)
     args = ocp.args.Composite(
         default=ocp.args.StandardSave(_item(state, rng, extra)))
-    return self._manager.save(step, args=args, force=force)
+    custom = None if metadata is None else dict(metadata)
+    return self._manager.save(step, args=args, force=force,
+                              custom_metadata=custom)
+
+  def metadata(self, step: int) -> dict:
+    """The custom metadata saved with `step` ({} if none was)."""
+    return dict(self._manager.metadata(step).custom_metadata or {})
+
+  def step_dir(self, step: int) -> str:
+    """The directory of `step`'s checkpoint."""
+    return os.path.join(self.directory, str(step))
 
   def latest_step(self) -> int | None:
     """The newest complete checkpoint's step, or None."""
@@ -142,6 +190,89 @@ class Checkpointer:
       return None
     return self.restore(step, abstract_state, abstract_rng=abstract_rng,
                         abstract_extra=abstract_extra)
+
+  def restore_newest(self, abstract_state: PyTree, *, abstract_rng=None,
+                     abstract_extra=None,
+                     check: Callable[[int, dict], None] | None = None,
+                     log: Callable[[str], None] = print
+                     ) -> Restored | None:
+    """Restores the newest good checkpoint, skipping damaged ones.
+
+    Walks back from the newest step. A step is skipped when it lacks
+    orbax's commit marker, its metadata cannot be read, or restoring it
+    raises (unreadable files, orbax's checks). Once a good step is restored,
+    each skipped step is moved to `<directory>/skipped/` (never deleted) and
+    reported through `log`.
+
+    Args:
+      abstract_state: as in `restore`.
+      abstract_rng: as in `restore`.
+      abstract_extra: as in `restore`.
+      check: `(step, metadata) -> None`, called on each committed step
+        before its arrays are read; an exception it raises ends the walk
+        (e.g. a fingerprint mismatch).
+      log: receives one line per skipped step.
+
+    Returns:
+      The restored newest good step (with `metadata`), or None when there
+      is no committed step.
+
+    Raises:
+      NoUsableCheckpoint: committed steps exist but none restores; nothing
+        is moved, and the message lists each step's reason.
+    """
+    skipped, restored = [], None
+    for step in sorted(self._manager.all_steps(), reverse=True):
+      try:
+        restored = self._restore_checked(
+            step, abstract_state, abstract_rng, abstract_extra, check)
+        break
+      except _Skip as e:
+        skipped.append((step, str(e)))
+    if restored is None and any(not r.startswith("uncommitted")
+                                for _, r in skipped):
+      reasons = "\n".join(f"  step {s}: {r}" for s, r in skipped)
+      raise NoUsableCheckpoint(
+          f"no checkpoint in {self.directory} can be restored:\n{reasons}\n"
+          "Nothing was deleted. Move the folder away (or use a fresh "
+          "output folder) to start over.")
+    for step, reason in skipped:
+      moved = self._set_aside(step)
+      log(f"skipping checkpoint step {step} in {self.directory}: {reason}; "
+          f"moved to {moved} (not deleted)")
+    if skipped:
+      self._manager.reload()
+    return restored
+
+  def _restore_checked(self, step, abstract_state, abstract_rng,
+                       abstract_extra, check) -> Restored:
+    """Restores one step, raising `_Skip` with the reason it is unusable."""
+    if not os.path.exists(os.path.join(self.step_dir(step), COMMIT_MARKER)):
+      raise _Skip(f"uncommitted (no orbax commit marker {COMMIT_MARKER})")
+    try:
+      metadata = self.metadata(step)
+    except Exception as e:  # noqa: BLE001 - any read failure means skip.
+      raise _Skip(f"unreadable step metadata ({_brief(e)})") from e
+    if check is not None:
+      check(step, metadata)
+    try:
+      restored = self.restore(step, abstract_state,
+                              abstract_rng=abstract_rng,
+                              abstract_extra=abstract_extra)
+    except Exception as e:  # noqa: BLE001 - tensorstore raises many types.
+      raise _Skip(f"unreadable or failing orbax's checks ({_brief(e)})"
+                  ) from e
+    return restored._replace(metadata=metadata)
+
+  def _set_aside(self, step: int) -> str:
+    """Moves a step's directory into `skipped/` under a free name."""
+    target_dir = os.path.join(self.directory, SKIPPED_DIR)
+    os.makedirs(target_dir, exist_ok=True)
+    target, n = os.path.join(target_dir, str(step)), 1
+    while os.path.exists(target):
+      target, n = os.path.join(target_dir, f"{step}.{n}"), n + 1
+    os.replace(self.step_dir(step), target)
+    return target
 
   def wait(self) -> None:
     """Blocks until background saves are written and finalized."""

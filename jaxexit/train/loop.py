@@ -10,10 +10,19 @@ Step numbering: "step s" is the state after `s` updates. Update `s + 1`
 consumes `batch_fn(s)` and `step_key(base, s)`; metrics and checkpoints are
 labelled with the number of updates done. The last step is always logged and
 checkpointed.
+
+Fingerprints (see `jaxexit.train.fingerprint`): every checkpoint stores the
+caller's `fingerprint` plus `num_steps`, `seed` and `jaxexit_version`. On
+resume a differing field raises `FingerprintMismatch` naming each field,
+unless `force_resume=True`. Checkpoints made before fingerprints existed
+resume with a warning. Damaged newest steps are skipped (see
+`Checkpointer.restore_newest`). Every such event is printed and appended to
+`<workdir>/events.log`.
 """
 
+import datetime
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -24,6 +33,7 @@ from jax.sharding import Mesh
 
 from jaxexit import checks
 from jaxexit import sharding as sharding_lib
+from jaxexit.train import fingerprint as fp_lib
 from jaxexit.train import seed as seed_lib
 from jaxexit.train.checkpoint import Checkpointer, abstract_like
 from jaxexit.train.metrics import MetricsWriter
@@ -33,19 +43,76 @@ from jaxexit.typing import PyTree
 
 METRICS_FILE = "metrics.jsonl"
 CHECKPOINT_DIR = "checkpoints"
+EVENTS_FILE = "events.log"
 
 
-def _resume(ckpt: Checkpointer, state, base):
-  """Returns (start_step, state) from the newest checkpoint, if any."""
-  restored = ckpt.restore_latest(abstract_like(state),
-                                 abstract_rng=abstract_like(base))
+def run_fingerprint(fingerprint: Mapping[str, Any] | None, *, num_steps: int,
+                    seed: int) -> dict[str, Any]:
+  """The fingerprint `train` stores: the caller's, plus steps/seed/version.
+
+  Args:
+    fingerprint: the caller's part (model config, method, data description
+      and hash, optimizer and schedule); see `jaxexit.train.fingerprint`.
+    num_steps: the run's number of updates.
+    seed: the run's seed.
+
+  Returns:
+    A JSON-able dict (the loop's fields override the caller's).
+  """
+  out = fp_lib.to_jsonable(dict(fingerprint or {}))
+  out.update(num_steps=num_steps, seed=seed,
+             jaxexit_version=fp_lib.jaxexit_version())
+  return out
+
+
+def _event_logger(workdir: str) -> Callable[[str], None]:
+  """Prints a line and appends it, timestamped, to `workdir/events.log`."""
+  path = os.path.join(workdir, EVENTS_FILE)
+
+  def log(message: str) -> None:
+    print(message, flush=True)
+    stamp = datetime.datetime.now().isoformat(timespec="seconds")
+    with open(path, "a", encoding="utf-8") as f:
+      f.write(f"{stamp} {message}\n")
+  return log
+
+
+def _fingerprint_check(ckpt, fingerprint, force_resume, log):
+  """`check(step, metadata)` for `restore_newest`: compare fingerprints."""
+  def check(step: int, metadata: dict) -> None:
+    old = metadata.get("fingerprint")
+    if old is None:
+      log(f"warning: the checkpoint at step {step} in {ckpt.directory} has "
+          "no fingerprint (made before fingerprints); resuming without "
+          "checking that the configuration is the same")
+      return
+    diffs = fp_lib.differences(old, fingerprint)
+    if not diffs:
+      return
+    err = fp_lib.mismatch_error(step, ckpt.directory, diffs)
+    if not force_resume:
+      raise err
+    fields = ", ".join(f for f, _, _ in diffs)
+    log(f"force_resume: continuing from step {step} in {ckpt.directory} "
+        f"although these fields differ: {fields}")
+  return check
+
+
+def _resume(ckpt: Checkpointer, state, base, *, fingerprint, force_resume,
+            num_steps, log):
+  """Returns (start_step, state) from the newest good checkpoint, if any."""
+  restored = ckpt.restore_newest(
+      abstract_like(state), abstract_rng=abstract_like(base),
+      check=_fingerprint_check(ckpt, fingerprint, force_resume, log), log=log)
   if restored is None:
     return 0, state
-  if not np.array_equal(jax.random.key_data(restored.rng),
-                        jax.random.key_data(base)):
-    raise ValueError(
-        f"checkpoint at step {restored.step} in {ckpt.directory} was made "
-        "with a different seed; use a fresh workdir")
+  if not force_resume and not np.array_equal(
+      jax.random.key_data(restored.rng), jax.random.key_data(base)):
+    raise fp_lib.mismatch_error(restored.step, ckpt.directory, [
+        ("seed", "another seed", fingerprint["seed"])])
+  if restored.step >= num_steps:
+    log(f"reusing the finished checkpoint at step {restored.step} in "
+        f"{ckpt.directory}")
   return restored.step, restored.state
 
 
@@ -60,7 +127,9 @@ def train(model: nnx.Module, tx: optax.GradientTransformation,
           num_steps: int, workdir: str | os.PathLike, seed: int = 0,
           checkpoint_every: int = 100, max_to_keep: int | None = 3,
           log_every: int = 10, progress: bool | None = None,
-          mesh: Mesh | None = None) -> tuple[nnx.Module, dict[str, Any]]:
+          mesh: Mesh | None = None,
+          fingerprint: Mapping[str, Any] | None = None,
+          force_resume: bool = False) -> tuple[nnx.Module, dict[str, Any]]:
   """Trains `model` for `num_steps` updates, resuming from `workdir`.
 
   Args:
@@ -77,13 +146,27 @@ def train(model: nnx.Module, tx: optax.GradientTransformation,
     progress: show a progress bar (None: only on a terminal).
     mesh: if given, replicate the state and shard batches over its "data"
       axis.
+    fingerprint: what determines the run besides `num_steps` and `seed`
+      (model config, method, data description with a hash of the example
+      ids or files, optimizer and schedule); JSON-able values, dataclasses
+      and arrays (hashed). Stored with every checkpoint and compared on
+      resume.
+    force_resume: resume even when the stored fingerprint differs (the
+      differing fields are logged); later checkpoints store the new one.
 
   Returns:
     `(model, metrics)`: the trained model and the last step's metrics
     (Python floats; empty if the run was already complete).
+
+  Raises:
+    FingerprintMismatch: the newest good checkpoint was made with another
+      fingerprint (or seed) and `force_resume` is False.
+    NoUsableCheckpoint: checkpoints exist but none can be restored.
   """
   _check_args(num_steps, checkpoint_every, log_every)
   os.makedirs(workdir, exist_ok=True)
+  run_fp = run_fingerprint(fingerprint, num_steps=num_steps, seed=seed)
+  log = _event_logger(os.fspath(workdir))
   graphdef, state = split_train_state(model, tx)
   if mesh is not None:
     state = sharding_lib.replicate(state, mesh)
@@ -91,7 +174,9 @@ def train(model: nnx.Module, tx: optax.GradientTransformation,
   ckpt = Checkpointer(os.path.join(workdir, CHECKPOINT_DIR),
                       save_every=checkpoint_every, max_to_keep=max_to_keep)
   with ckpt:
-    start, state = _resume(ckpt, state, base)
+    start, state = _resume(ckpt, state, base, fingerprint=run_fp,
+                           force_resume=force_resume, num_steps=num_steps,
+                           log=log)
     writer = MetricsWriter(os.path.join(workdir, METRICS_FILE),
                            resume_step=start)
     bar = ProgressBar(num_steps, initial=start, enabled=progress)
@@ -99,13 +184,14 @@ def train(model: nnx.Module, tx: optax.GradientTransformation,
       state, metrics = _run(graphdef, state, make_train_step(loss_fn),
                             batch_fn, base, ckpt, writer, bar, mesh,
                             start=start, num_steps=num_steps,
-                            log_every=log_every)
+                            log_every=log_every,
+                            metadata={"fingerprint": run_fp})
   model, _ = nnx.merge(graphdef, state)
   return model, metrics
 
 
 def _run(graphdef, state, step_fn, batch_fn, base, ckpt, writer, bar, mesh,
-         *, start, num_steps, log_every):
+         *, start, num_steps, log_every, metadata):
   """The step loop; returns the final state and last logged metrics."""
   logged = {}
   for step in range(start, num_steps):
@@ -122,5 +208,5 @@ def _run(graphdef, state, step_fn, batch_fn, base, ckpt, writer, bar, mesh,
     bar.update(1, metrics if done % log_every == 0 or last else None)
     # `save` copies the arrays to host before returning, so the next step
     # may donate (overwrite) them while the write continues.
-    ckpt.save(done, state, rng=base, force=last)
+    ckpt.save(done, state, rng=base, force=last, metadata=metadata)
   return state, logged

@@ -10,6 +10,7 @@ import jax
 import numpy as np
 import pytest
 
+from jaxexit import train as train_lib
 from jaxexit.train import loop
 from jaxexit.train import metrics as metrics_lib
 from tests.jaxexit.train import resume_job
@@ -33,7 +34,9 @@ def _train(workdir, num_steps, **kw):
 def test_continuing_a_run_equals_one_long_run(tmp_path):
   a, b = tmp_path / "a", tmp_path / "b"
   _train(a, 12, checkpoint_every=4)
-  model_a, metrics_a = _train(a, 20, checkpoint_every=4)
+  # num_steps is part of the fingerprint: extending a run is a knowing
+  # force_resume (this schedule's total_steps does not depend on it).
+  model_a, metrics_a = _train(a, 20, checkpoint_every=4, force_resume=True)
   model_b, metrics_b = _train(b, 20, checkpoint_every=4)
   assert metrics_a == metrics_b and set(metrics_a) >= {"loss", "grad_norm"}
   for x, y in zip(_params(model_a), _params(model_b)):
@@ -62,9 +65,10 @@ def test_bad_arguments(tmp_path, kwargs, match):
 def test_other_seed_in_same_workdir_raises(tmp_path):
   _train(tmp_path, 4, checkpoint_every=2)
   model, tx = resume_job.build()
-  with pytest.raises(ValueError, match="different seed"):
+  with pytest.raises(train_lib.FingerprintMismatch) as e:
     loop.train(model, tx, resume_job.loss_fn, resume_job.make_batch_fn(0.0),
-               num_steps=8, workdir=tmp_path, seed=8, progress=False)
+               num_steps=4, workdir=tmp_path, seed=8, progress=False)
+  assert e.value.differences == [("seed", 7, 8)]
 
 
 def _job(workdir, *extra):
