@@ -101,6 +101,62 @@ def truncated_geometric_prior(lambda_p: ScalarLike,
   return jnp.where(k < num_layers - 1, lam * survive, survive)
 
 
+# PALBERT's prior (§3.4): λ_p = 0.1 on ALBERT-base's 12 layers.
+PAPER_LAMBDA_P = 0.1
+PAPER_NUM_LAYERS = 12
+PRIOR_SETTINGS = ("depth_matched", "paper")
+
+
+def depth_matched_lambda_p(num_layers: int, *,
+                           reference_lambda_p: float = PAPER_LAMBDA_P,
+                           reference_layers: int = PAPER_NUM_LAYERS) -> float:
+  """λ_p whose prior keeps the reference prior's shape over relative depth.
+
+  The geometric prior's survival after k layers is (1 − λ_p)^k. Requiring
+  the same survival after the same *fraction* of the depth, i.e.
+  (1 − λ_L)^L = (1 − λ_ref)^{L_ref}, gives
+
+    λ_L = 1 − (1 − λ_ref)^{L_ref / L}.
+
+  So the continuous median ln 0.5 / ln(1 − λ) sits at 54.8 % of the depth
+  for every L (6.58 of 12 layers with the paper's λ_p = 0.1), and the tail
+  mass put into the last bin is the same. With the paper's 0.1 at 12 layers:
+
+    L    λ_p     prior median layer (first k with CDF > 0.5)
+    6    0.190   4 of 6    (the literal 0.1 would put it at 6 of 6)
+    12   0.100   7 of 12   (the paper's setting, unchanged)
+    24   0.051   14 of 24
+
+  Args:
+    num_layers: L ≥ 1, the encoder's depth.
+    reference_lambda_p: λ_ref ∈ (0, 1), the paper's prior (0.1).
+    reference_layers: L_ref ≥ 1, the depth it was set for (12).
+
+  Returns:
+    λ_L as a Python float.
+  """
+  checks.positive_int("num_layers", num_layers)
+  checks.positive_int("reference_layers", reference_layers)
+  checks.in_range("reference_lambda_p", reference_lambda_p, 0.0, 1.0,
+                  low_open=True, high_open=True)
+  return 1.0 - (1.0 - reference_lambda_p) ** (reference_layers / num_layers)
+
+
+def prior_lambda_p(setting: str, num_layers: int) -> float:
+  """λ_p for a named prior setting.
+
+  Args:
+    setting: "depth_matched" (`depth_matched_lambda_p`: the paper's prior
+      carried over to L layers) or "paper" (the literal λ_p = 0.1, which on
+      a 6-layer encoder puts the prior's median at the last layer).
+    num_layers: L ≥ 1.
+  """
+  checks.one_of("prior", setting, PRIOR_SETTINGS)
+  if setting == "paper":
+    return PAPER_LAMBDA_P
+  return depth_matched_lambda_p(num_layers)
+
+
 def kl_divergence(p: Float[Array, "... L"],
                   q: Float[Array, "... L"]) -> Float[Array, "..."]:
   """KL(p ‖ q) = Σ_n p_n (log p_n − log q_n) over the last axis.

@@ -36,9 +36,10 @@ from jaxexit.models.mamba_weights import (load_mamba2_state_dict,
                                           load_mamba_state_dict,
                                           mamba_from_pretrained)
 from jaxexit.models.ssm_lm import MambaCache
-from jaxexit.models.hf_weights import (config_from_hf, export_hf_state_dict,
-                                       from_pretrained, load_hf_weights,
-                                       load_minilm, read_state_dict)
+from jaxexit.models.hf_weights import (checkpoint_pooling, config_from_hf,
+                                       export_hf_state_dict, from_pretrained,
+                                       load_hf_weights, load_minilm,
+                                       minilm_path, read_state_dict)
 from jaxexit.models.torch_pickle import load_torch_state_dict
 from jaxexit.models.vit import VIT_CONFIGS, ViT, ViTConfig
 
@@ -56,7 +57,7 @@ __all__ = [
     "BertConfig", "BertEncoder", "DynPerceiver", "DynPerceiverConfig",
     "EfficientNetLite", "EfficientNetLiteConfig", "MultiExitCNN",
     "StagedCNN", "StagedCNNConfig", "TransformerLayer", "ViT", "ViTConfig",
-    "config_from_hf", "dyn_perceiver_loss", "export_hf_state_dict",
+    "checkpoint_pooling", "config_from_hf", "dyn_perceiver_loss", "export_hf_state_dict",
     "from_pretrained", "load_efficientnet_lite0", "load_hf_weights",
-    "load_minilm", "load_torch_state_dict", "mean_pool", "read_state_dict",
+    "load_minilm", "load_torch_state_dict", "mean_pool", "minilm_path", "read_state_dict",
 ]

@@ -30,10 +30,19 @@ from flax import nnx
 from jaxexit import checks
 from jaxexit.execution.stack import ExitStack
 from jaxexit.exits.outputs import ExitHeadOutput
+from jaxexit.models.bert import mean_pool
 from jaxexit.typing import Array, Float, PRNGKeyArray
 
 CLASSIFIERS = ("shared", "per_layer", "offramp")
 HALTING = (None, "linear_cat", "linear")
+# How an exit reads a layer's hidden states (the way the backbone was
+# trained; `jaxexit.models.checkpoint_pooling` reads it from a checkpoint):
+#   cls_pooler  tanh(W · h[CLS] + b), the checkpoint's trained pooler (BERT,
+#               ALBERT, RoBERTa fine-tuning; PALBERT §3.1)
+#   mean        the mean of h over non-padding tokens (sentence-transformers
+#               checkpoints such as all-MiniLM-L6-v2, trained with it)
+#   cls         h[CLS] without the pooler
+POOLINGS = ("cls_pooler", "mean", "cls")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -49,6 +58,10 @@ class ExitHeadsConfig:
     halting_layers: tanh feature layers of the Lambda layer (PALBERT: 3).
     learned_exit: add BERxiT's shared learned-to-exit head.
     dropout: classifier dropout rate (training only).
+    pooling: how every exit pools a layer's hidden states, one of
+      `POOLINGS`. DeeBERT/BERxiT off-ramps apply their own Linear + tanh to
+      it, initialised from the checkpoint's pooler for "cls_pooler" and
+      from the identity otherwise.
   """
 
   num_classes: int
@@ -57,11 +70,13 @@ class ExitHeadsConfig:
   halting_layers: int = 3
   learned_exit: bool = False
   dropout: float = 0.1
+  pooling: str = "cls_pooler"
 
   def __post_init__(self):
     checks.positive_int("ExitHeadsConfig.num_classes", self.num_classes)
     checks.one_of("ExitHeadsConfig.classifier", self.classifier, CLASSIFIERS)
     checks.one_of("ExitHeadsConfig.halting", self.halting, HALTING)
+    checks.one_of("ExitHeadsConfig.pooling", self.pooling, POOLINGS)
     checks.positive_int("ExitHeadsConfig.halting_layers",
                         self.halting_layers, minimum=0)
     checks.in_range("ExitHeadsConfig.dropout", self.dropout, 0.0, 1.0,
@@ -104,11 +119,18 @@ class ExitHeads(nnx.Module):
     else:
       self.classifier = stacked_linear(num_layers, hidden, c, rngs)
     if cfg.classifier == "offramp":
-      # DeeBERT initialises every off-ramp pooler from the final pooler.
+      # DeeBERT initialises every off-ramp pooler from the final pooler;
+      # over mean-pooled or raw CLS states (no trained pooler) it starts as
+      # the identity.
       self.poolers = stacked_linear(num_layers, hidden, hidden, rngs)
-      tile = lambda w: jnp.broadcast_to(w[...], (num_layers,) + w.shape)
-      self.poolers.kernel[...] = tile(pooler.kernel)
-      self.poolers.bias[...] = tile(pooler.bias)
+      tile = lambda w: jnp.broadcast_to(w, (num_layers,) + w.shape)
+      if cfg.pooling == "cls_pooler":
+        kernel, bias = pooler.kernel[...], pooler.bias[...]
+      else:
+        kernel = jnp.eye(hidden, dtype=pooler.kernel[...].dtype)
+        bias = jnp.zeros_like(pooler.bias[...])
+      self.poolers.kernel[...] = tile(kernel)
+      self.poolers.bias[...] = tile(bias)
     if cfg.halting is not None:
       width = 2 * hidden if cfg.halting == "linear_cat" else hidden
       self.halting = LambdaLayer(width, cfg.halting_layers, rngs=rngs)
@@ -170,8 +192,14 @@ class ExitClassifier(nnx.Module):
     heads_def, heads_state = nnx.split(self.heads)
     params = {"layers": enc_params, "pooler": pool_state, "heads": heads_state}
 
-    def shared_pool(p, h):
-      return jnp.tanh(nnx.merge(pool_def, p["pooler"])(h[:, 0]))
+    def shared_pool(p, carry):
+      return pool_hidden(cfg.pooling, carry["h"], carry["mask"],
+                         nnx.merge(pool_def, p["pooler"]))
+
+    def offramp_input(carry):
+      if cfg.pooling == "cls_pooler":
+        return carry["h"][:, 0]
+      return pool_hidden(cfg.pooling, carry["h"], carry["mask"], None)
 
     def layer_fn(p, layer, carry):
       out = enc_layer_fn(p["layers"], layer, {"h": carry["h"],
@@ -179,17 +207,17 @@ class ExitClassifier(nnx.Module):
       if cfg.halting == "linear_cat":
         # pooled_{n-1} for the Lambda layer at layer n; pooled_0 := 0.
         prev = jnp.where(jnp.asarray(layer) == 0, 0.0,
-                         shared_pool(p, carry["h"]))
+                         shared_pool(p, carry))
         out["prev_pooled"] = prev.astype(carry["prev_pooled"].dtype)
       return out
 
     def head_fn(p, layer, carry):
       heads = nnx.merge(heads_def, p["heads"])
-      h = carry["h"]
       if cfg.classifier == "offramp":
-        pooled = jnp.tanh(_at_linear(heads.poolers, layer, h[:, 0]))
+        pooled = jnp.tanh(_at_linear(heads.poolers, layer,
+                                     offramp_input(carry)))
       else:
-        pooled = shared_pool(p, h)
+        pooled = shared_pool(p, carry)
       key = (None if dropout_key is None
              else jax.random.fold_in(dropout_key, layer))
       x = _dropout(pooled, cfg.dropout, key)
@@ -210,6 +238,23 @@ class ExitClassifier(nnx.Module):
                             score=score)
 
     return ExitStack(layer_fn, head_fn, num_layers), params
+
+
+def pool_hidden(pooling: str, h: Float[Array, "B T D"], mask: Array,
+                pooler: nnx.Linear | None) -> Float[Array, "B D"]:
+  """One layer's hidden states pooled as `pooling` (see `POOLINGS`).
+
+  Args:
+    pooling: "cls_pooler", "mean" or "cls".
+    h: [B, T, D] hidden states.
+    mask: [B, T] validity (1/True for real tokens); "mean" averages over it.
+    pooler: the checkpoint's pooler Linear ("cls_pooler" only).
+  """
+  if pooling == "cls_pooler":
+    return jnp.tanh(pooler(h[:, 0]))
+  if pooling == "cls":
+    return h[:, 0]
+  return mean_pool(h, mask, normalize=False).astype(h.dtype)
 
 
 def _at_linear(stacked: nnx.Linear, layer, x: Array) -> Array:

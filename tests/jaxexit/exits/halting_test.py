@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxexit import exits
 from jaxexit.exits import halting
 from jaxexit.exits.outputs import ExitHeadOutput
 from tests.jaxexit.exits.rule_driver import drive, unchecked
@@ -229,3 +230,25 @@ def test_bad_inputs_raise_value_error():
     halting.q_exit_rule(0.5).update(
         halting.q_exit_rule(0.5).init(B, None),
         ExitHeadOutput(logits=lam), 0)
+
+
+@pytest.mark.parametrize("num_layers,lambda_p,median",
+                         [(6, 0.19, 4), (12, 0.1, 7), (24, 0.0513, 14)])
+def test_depth_matched_prior_keeps_the_relative_median(num_layers, lambda_p,
+                                                       median):
+  lam = exits.depth_matched_lambda_p(num_layers)
+  np.testing.assert_allclose(lam, lambda_p, atol=1e-4)
+  prior = np.asarray(exits.truncated_geometric_prior(lam, num_layers))
+  assert np.argmax(np.cumsum(prior) > 0.5) + 1 == median
+  # The literal paper value puts a 6-layer prior's median at the last layer.
+  if num_layers == 6:
+    literal = np.asarray(exits.truncated_geometric_prior(
+        exits.prior_lambda_p("paper", 6), 6))
+    assert np.argmax(np.cumsum(literal) > 0.5) + 1 == 6
+
+
+def test_prior_setting_bad_input():
+  with pytest.raises(ValueError, match="prior='median'.*depth_matched"):
+    exits.prior_lambda_p("median", 6)
+  with pytest.raises(ValueError, match="num_layers"):
+    exits.depth_matched_lambda_p(0)

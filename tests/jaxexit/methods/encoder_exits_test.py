@@ -43,8 +43,7 @@ def test_loss_is_finite_with_finite_grads(name):
     stack, params = model.exit_stack(dropout_key=jax.random.key(3))
     res = execution.simulate(stack, exits.never(),
                              params, model.embed(ids, None, mask))
-    loss, _ = encoder_exits.method_loss(method, stage)(res.per_layer, labels,
-                                                       jnp.int32(1))
+    loss, _ = method.loss(res.per_layer, labels, jnp.int32(1), stage)
     return loss
 
   for stage in range(method.stages):
@@ -54,15 +53,16 @@ def test_loss_is_finite_with_finite_grads(name):
 
 
 @pytest.mark.parametrize("kind", ["bert", "albert"])
-@pytest.mark.parametrize("name", ["palbert", "pondernet", "pabee", "deebert",
-                                  "berxit", "static"])
+@pytest.mark.parametrize("name", ["palbert", "palbert_per_layer",
+                                  "pondernet", "pabee", "deebert", "berxit",
+                                  "static"])
 def test_modes_agree_for_each_method(kind, name):
   method = encoder_exits.get_method(name)
   model = ExitClassifier(_encoder(kind), method.heads(2), rngs=nnx.Rngs(1))
   ids, mask, _ = _batch()
   stack, params = model.exit_stack()
   carry = model.embed(ids, None, mask)
-  rule = method.rule(method.default(L), False)
+  rule = method.rule(method.paper_default(L), 2)
   key = jax.random.key(5) if method.rule_needs_key else None
   results = [execution.run(mode, stack, rule, params, carry, rule_inputs=key)
              for mode in execution.MODES]
@@ -91,9 +91,9 @@ def test_regression_losses():
     model = ExitClassifier(_encoder("bert"), method.heads(1), rngs=nnx.Rngs(1))
     ids, mask, labels = _batch(num_classes=1)
     stack, params = model.exit_stack()
-    res = execution.simulate(stack, method.rule(method.default(L), True), params,
-                             model.embed(ids, None, mask))
-    loss, _ = method.loss(res.per_layer, labels, jnp.int32(0))
+    res = execution.simulate(stack, method.rule(method.paper_default(L), 1),
+                             params, model.embed(ids, None, mask))
+    loss, _ = method.loss(res.per_layer, labels, jnp.int32(0), 0)
     assert np.isfinite(loss)
 
 
@@ -104,6 +104,66 @@ def test_bad_input():
     ExitHeadsConfig(num_classes=2, classifier="both")
   with pytest.raises(ValueError, match="dropout"):
     ExitHeadsConfig(num_classes=2, dropout=1.0)
+  with pytest.raises(ValueError, match="pooling='max'.*cls_pooler"):
+    ExitHeadsConfig(num_classes=2, pooling="max")
+  with pytest.raises(ValueError, match="prior='flat'.*depth_matched"):
+    encoder_exits.get_method("palbert", prior="flat")
+  with pytest.raises(ValueError, match="num_classes=1"):
+    encoder_exits.entropy_threshold(0.5, 1)
+
+
+@pytest.mark.parametrize("prior,lambda_p", [("paper", 0.1),
+                                            ("depth_matched", 1 - 0.9 ** 3)])
+def test_ponder_loss_uses_the_named_prior(prior, lambda_p):
+  """The loss's KL is against the prior its setting names (L = 4 here)."""
+  method = encoder_exits.get_method("palbert", prior=prior)
+  halt = jnp.full((2, L), 0.3)
+  out = exits.ExitHeadOutput(logits=jnp.zeros((2, L, 2)), halt=halt)
+  loss, _ = method.loss(out, jnp.array([0, 1]), jnp.int32(0), 0)
+  p = exits.epsilon_floor(exits.halting_distribution(halt),
+                          encoder_exits.PALBERT_EPS)
+  prior_p = exits.truncated_geometric_prior(lambda_p, L)
+  expected = exits.ponder_loss(
+      encoder_exits.per_exit_loss(out.logits, jnp.array([0, 1])), p, prior_p,
+      encoder_exits.PALBERT_BETA)
+  np.testing.assert_allclose(loss, expected, rtol=1e-6)
+
+
+def test_entropy_thresholds_are_fractions_of_ln_c():
+  """A fraction ≥ 1 of ln C exits everything at layer 1; 0.5 of ln C on 2
+  and on 10 classes is the same relative confidence."""
+  method = encoder_exits.get_method("deebert")
+  for c in (2, 10):
+    logits = jnp.zeros((3, L, c)).at[:, 2, 0].set(50.0)  # confident at 3
+    out = exits.ExitHeadOutput(logits=logits)
+    np.testing.assert_array_equal(
+        method.exit_layer(out, 0.5, None), [2, 2, 2])
+    np.testing.assert_array_equal(
+        method.exit_layer(out, 1.01, None), [0, 0, 0])
+
+
+@pytest.mark.parametrize("pooling", ["cls_pooler", "mean", "cls"])
+def test_exit_pooling_modes(pooling):
+  """Exits read h the way `pooling` says; padding never enters the mean."""
+  method = encoder_exits.get_method("pabee")
+  heads = encoder_exits.dataclasses.replace(method.heads(2), pooling=pooling)
+  model = ExitClassifier(_encoder("bert"), heads, rngs=nnx.Rngs(1))
+  ids, mask, _ = _batch()
+  stack, params = model.exit_stack()
+  carry = stack.layer_fn(params, 0, model.embed(ids, None, mask))
+  out = stack.head_fn(params, 0, carry)
+  h = carry["h"]
+  if pooling == "cls_pooler":
+    pooled = model.encoder.pool(h)
+  elif pooling == "cls":
+    pooled = h[:, 0]
+  else:
+    m = np.asarray(mask, np.float32)[..., None]
+    pooled = (np.asarray(h) * m).sum(1) / m.sum(1)
+  kernel = model.heads.classifier.kernel[...][0]
+  bias = model.heads.classifier.bias[...][0]
+  np.testing.assert_allclose(out.logits, pooled @ kernel + bias[None], rtol=1e-5,
+                             atol=1e-5)
 
 
 @pytest.mark.parametrize("name", list(encoder_exits.METHODS))
@@ -117,7 +177,7 @@ def test_vectorised_exit_equals_rule(name):
   key = jax.random.key(7)
   for param in method.sweep(L):
     rule_inputs = key if method.rule_needs_key else None
-    ref = execution.simulate(stack, method.rule(param, False), params, carry,
+    ref = execution.simulate(stack, method.rule(param, 2), params, carry,
                              rule_inputs=rule_inputs)
     np.testing.assert_array_equal(method.exit_layer(per_layer, param, key),
                                   ref.exit_layer, err_msg=f"{name}={param}")
