@@ -19,6 +19,11 @@ MobileNet variant's depth factor [1, 1, 1, 3]), heads [1, 2, 4, 8], AdamW lr
 1e-3 at batch 1024 with weight decay 0.05, 20 warm-up epochs of 300, cosine
 to 1e-6, label smoothing 0.1. Not reproduced: RandAugment, mixup/cutmix,
 random erasing and the EMA of the weights. It needs an accelerator.
+
+When the data dir has no CIFAR-10, every preset runs on the subset bundled
+with jaxexit (5,000 train / 1,000 test images): `cpu` and `paper` then hold
+out 500 images instead of 5,000 and train on the other 4,500, and the run
+prints so. With the full data the sizes above apply unchanged.
 """
 
 import dataclasses

@@ -17,6 +17,10 @@ injection at layer 2, exit at layer 6). The speed targets are measured at
 `paper` holds LLaVA-1.5-7B (CLIP ViT-L/14-336, 576 tokens, Vicuna-7B's 32 layers) with
 the released Tok64 schedule, initialised from a Hugging Face folder
 (`--model-dir`); it needs an accelerator with room for a 7B fine-tune.
+
+With `--dataset cifar` and no CIFAR-10 in the data dir, the subset bundled
+with jaxexit is used: `train_examples` / `test_examples` above 5,000 / 1,000
+use the whole subset, and the run prints so.
 """
 
 import dataclasses

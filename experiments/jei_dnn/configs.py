@@ -13,6 +13,11 @@ batch 64, IM warm-up ≈ 3 epochs, 15 epochs of alternation every 200
 batches, SGD lr 0.01 → 2e-4, γ from 0.01 to 7. It trains the backbone from
 scratch (the paper fine-tunes an ImageNet-pretrained T2T-ViT-7, which is not
 available offline) and needs an accelerator.
+
+When the data dir has no CIFAR-10, every preset runs on the subset bundled
+with jaxexit (5,000 train / 1,000 test images): `cpu` and `paper` then hold
+out 500 images instead of 5,000 and train on the other 4,500, and the run
+prints so. With the full data the sizes above apply unchanged.
 """
 
 import dataclasses

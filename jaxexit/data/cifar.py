@@ -10,6 +10,12 @@ Images") has 32x32 RGB images in 10 or 100 classes. Two sources:
          so pixels differ slightly from the CIFAR binaries.
   tfds   tensorflow-datasets `cifar10` / `cifar100` through `tfds.data_source`
          (ArrayRecord; needs no TensorFlow). Downloads only when asked.
+  bundled  when the data dir lacks the archive (and, for source="auto", tfds
+         has no prepared data), the subset shipped with jaxexit: the first
+         500 train / 100 test images of each class, same archive layout
+         (`jaxexit.data.bundled`). Loading it prints a line saying so, and
+         the split remembers the full size (`ImageSplit.subset_of`), so
+         `train_val_split` and `cifar_vqa` say when a request exceeds it.
 
 Both give the same order of classes: class names sorted alphabetically
 (airplane, automobile, bird, ...), label = position in that tuple.
@@ -34,7 +40,7 @@ from jaxtyping import Int32, UInt8
 from PIL import Image
 
 from jaxexit import checks
-from jaxexit.data import location
+from jaxexit.data import bundled, location
 from jaxexit.data.glue import TfdsUnavailableError
 
 NAMES = ("cifar10", "cifar100")
@@ -60,11 +66,14 @@ class ImageSplit:
     images: [B, H, W, 3] uint8 RGB images.
     labels: [B] int32 class ids, positions in `class_names`.
     class_names: the class names, sorted.
+    subset_of: for the subset bundled with jaxexit, the size of the full
+      split it was drawn from; None otherwise.
   """
 
   images: UInt8[np.ndarray, "B H W 3"]
   labels: Int32[np.ndarray, "B"]
   class_names: tuple[str, ...]
+  subset_of: int | None = None
 
   def __post_init__(self):
     if (self.images.dtype != np.uint8 or self.images.ndim != 4
@@ -85,7 +94,10 @@ class ImageSplit:
     return len(self.labels)
 
   def take(self, idx: np.ndarray | slice | Sequence[int]) -> "ImageSplit":
-    """The examples at `idx` (indices, a boolean mask or a slice)."""
+    """The examples at `idx` (indices, a boolean mask or a slice).
+
+    The result is the caller's own selection: `subset_of` is not kept.
+    """
     if not isinstance(idx, slice):
       idx = np.asarray(idx)
       idx = (np.flatnonzero(idx) if idx.dtype == bool
@@ -207,11 +219,8 @@ def _write_cache(path: Path, data: ImageSplit) -> None:
     warnings.warn(f"cannot write cache file {path}: {e}")
 
 
-def _load_files(name: str, split: str, data_dir, cache_dir) -> ImageSplit:
-  if name != "cifar10":
-    raise ValueError(f"source='files' has only cifar10; got name={name!r} "
-                     f"(use source='tfds')")
-  archive = location.require_file(name, split, data_dir=data_dir)
+def _decode_cached(archive: Path, name: str, split: str,
+                   cache_dir) -> ImageSplit:
   cache_dir = default_cache_dir() if cache_dir is None else Path(cache_dir)
   path = _cache_path(archive, name, split, cache_dir.expanduser())
   data = _read_cache(path)
@@ -219,6 +228,30 @@ def _load_files(name: str, split: str, data_dir, cache_dir) -> ImageSplit:
     data = decode_archive(archive, split)
     _write_cache(path, data)
   return data
+
+
+def _load_files(name: str, split: str, data_dir, cache_dir) -> ImageSplit:
+  if name != "cifar10":
+    raise ValueError(f"source='files' has only cifar10; got name={name!r} "
+                     f"(use source='tfds')")
+  archive = location.require_file(name, split, data_dir=data_dir)
+  return _decode_cached(archive, name, split, cache_dir)
+
+
+def _load_bundled(split: str, data_dir, cache_dir,
+                  missing: location.DataNotFoundError) -> ImageSplit:
+  """The bundled CIFAR-10 subset; re-raises `missing` when none is shipped."""
+  archive = bundled.cifar_archive(split)
+  if archive is None:
+    raise missing
+  size, full = bundled.cifar_subset_size(split), bundled.CIFAR_FULL[split]
+  bundled.notice(
+      f"cifar10 {split}: not in {bundled.missing_from('cifar10', data_dir)}; "
+      f"using the {size:,}-image subset bundled with jaxexit (first "
+      f"{bundled.CIFAR_PER_CLASS[split]} per class of the {full:,}; "
+      f"{bundled.SOURCES})")
+  data = _decode_cached(archive, "cifar10_bundled", split, cache_dir)
+  return dataclasses.replace(data, subset_of=full)
 
 
 def _load_tfds(name: str, split: str, data_dir, download: bool,
@@ -249,7 +282,8 @@ def _load_tfds(name: str, split: str, data_dir, download: bool,
 def load_cifar(name: str = "cifar10", split: str = "train", *,
                data_dir: str | os.PathLike | None = None,
                cache_dir: str | os.PathLike | None = None,
-               source: str = "auto", download: bool = False) -> ImageSplit:
+               source: str = "auto", download: bool = False,
+               use_bundled: bool = True) -> ImageSplit:
   """Loads one split of CIFAR-10 or CIFAR-100.
 
   With source="files" the archive is decoded once; later calls read
@@ -269,9 +303,13 @@ def load_cifar(name: str = "cifar10", split: str = "train", *,
     source: "files", "tfds", or "auto": files when the archive exists, else
       tfds.
     download: let tfds download and prepare missing data.
+    use_bundled: for CIFAR-10 with source "files" or "auto", fall back to the
+      subset bundled with jaxexit when the archive (and, for "auto", tfds
+      data) is missing.
 
   Returns:
-    An `ImageSplit` of 32x32 images, classes sorted by name.
+    An `ImageSplit` of 32x32 images, classes sorted by name (from the
+    bundled subset: 5,000 train / 1,000 test images, `subset_of` set).
 
   Raises:
     ValueError: unknown name, split or source; source="files" for cifar100.
@@ -284,18 +322,20 @@ def load_cifar(name: str = "cifar10", split: str = "train", *,
   checks.one_of("name", name, NAMES)
   checks.one_of("split", split, SPLITS)
   checks.one_of("source", source, SOURCES)
-  if source == "files":
-    return _load_files(name, split, data_dir, cache_dir)
   if source == "tfds":
     return _load_tfds(name, split, data_dir, download, _FILES_HINT)
-  if name == "cifar10":
+  if source == "files" or name == "cifar10":
     try:
       return _load_files(name, split, data_dir, cache_dir)
     except location.DataNotFoundError as missing:
-      try:
-        return _load_tfds(name, split, None, download)
-      except TfdsUnavailableError as e:
-        raise TfdsUnavailableError(f"{missing}\n\nNor from tfds: {e}") from e
+      if source == "auto":
+        try:
+          return _load_tfds(name, split, None, download)
+        except TfdsUnavailableError as e:
+          missing = TfdsUnavailableError(f"{missing}\n\nNor from tfds: {e}")
+      if not use_bundled:
+        raise missing from None
+      return _load_bundled(split, data_dir, cache_dir, missing)
   return _load_tfds(name, split, None, download)
 
 
@@ -308,6 +348,10 @@ def train_val_split(split: ImageSplit, num_val: int, *,
   images are drawn from `np.random.default_rng(seed)`. Both parts keep the
   original order of `split`.
 
+  When `split` is the bundled subset (`subset_of` set) and `num_val` does
+  not fit it, the same share of the subset is held out instead (5000 of the
+  full 50,000 becomes 500 of the 5,000), and a line on stderr says so.
+
   Args:
     split: the split to divide, `B` examples.
     num_val: held-out size, in [1, B - 1].
@@ -317,10 +361,18 @@ def train_val_split(split: ImageSplit, num_val: int, *,
     (train, val) with `B - num_val` and `num_val` examples.
 
   Raises:
-    ValueError: `num_val` outside [1, B - 1], or a negative seed.
+    ValueError: `num_val` outside [1, B - 1] (for a bundled subset: outside
+      [1, `subset_of` - 1]), or a negative seed.
   """
   total = len(split)
   checks.positive_int("num_val", num_val)
+  if split.subset_of is not None and total - 1 < num_val < split.subset_of:
+    asked, num_val = num_val, round(num_val * total / split.subset_of)
+    num_val = min(max(num_val, 1), total - 1)
+    bundled.notice(
+        f"cifar10: num_val={asked} does not fit the {total:,}-image bundled "
+        f"subset; holding out {num_val} (the same share of the full "
+        f"{split.subset_of:,})")
   if num_val > total - 1:
     raise ValueError(f"num_val must lie in [1, {total - 1}] for a split of "
                      f"{total} examples; got num_val={num_val}")

@@ -21,6 +21,7 @@ import os
 import numpy as np
 
 from jaxexit import checks
+from jaxexit.data import bundled
 from jaxexit.data.cifar import ImageSplit, load_cifar
 from jaxexit.data.vqa_set import QUESTION_LEN, VQASet
 from jaxexit.data.vqa_vocab import NO, YES, VQAVocab, article
@@ -40,7 +41,9 @@ def cifar_vqa(split: ImageSplit, *, seed: int = 0,
     num_examples: how many images to use, in [1, len(split)], drawn without
       replacement; None uses every image. Either way the examples come in a
       seeded random order (the CIFAR archive is sorted by class, so the
-      first examples are a fair sample).
+      first examples are a fair sample). For the bundled subset
+      (`split.subset_of` set) a larger request, up to the full split's
+      size, uses the whole subset and says so on stderr.
 
   Returns:
     A `VQASet` with `type_names` = `TYPE_NAMES` and no `scenes`.
@@ -63,6 +66,12 @@ def cifar_vqa(split: ImageSplit, *, seed: int = 0,
   if num_examples is None:
     num_examples = len(split)
   checks.positive_int("num_examples", num_examples)
+  if split.subset_of is not None and len(split) < num_examples <= (
+      split.subset_of):
+    bundled.notice(
+        f"cifar10: num_examples={num_examples} exceeds the {len(split):,}-"
+        f"image bundled subset; using all {len(split):,}")
+    num_examples = len(split)
   checks.in_range("num_examples", num_examples, 1, len(split))
   idx = rng.permutation(len(split))[:num_examples]
   labels = split.labels[idx]
@@ -91,7 +100,7 @@ def load_cifar_vqa(split: str = "test", *, seed: int = 0,
                    num_examples: int | None = None,
                    data_dir: str | os.PathLike | None = None,
                    cache_dir: str | os.PathLike | None = None,
-                   source: str = "auto") -> VQASet:
+                   source: str = "auto", use_bundled: bool = True) -> VQASet:
   """Loads a CIFAR-10 split and asks one question per image.
 
   Args:
@@ -102,6 +111,7 @@ def load_cifar_vqa(split: str = "test", *, seed: int = 0,
       default); see `jaxexit.data.load_cifar`.
     cache_dir: as in `jaxexit.data.load_cifar`.
     source: as in `jaxexit.data.load_cifar`.
+    use_bundled: as in `jaxexit.data.load_cifar`.
 
   Returns:
     The `VQASet` of `cifar_vqa`.
@@ -110,5 +120,5 @@ def load_cifar_vqa(split: str = "test", *, seed: int = 0,
     The errors of `load_cifar` (e.g. `DataNotFoundError`) and `cifar_vqa`.
   """
   data = load_cifar("cifar10", split, data_dir=data_dir, cache_dir=cache_dir,
-                    source=source)
+                    source=source, use_bundled=use_bundled)
   return cifar_vqa(data, seed=seed, num_examples=num_examples)

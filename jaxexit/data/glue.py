@@ -7,15 +7,19 @@ the original distribution (`download_glue_data.py`), the label set (or
 regression for STS-B), the official dev metrics and the "selection" metric
 used to pick checkpoints on dev (the mean of `selection` metrics).
 
-Files are found through `jaxexit.data.location.require_file` (the one
-data-location setting) and read with `csv.QUOTE_NONE`: GLUE sentences contain
-unbalanced quotes, which the default dialect would merge across lines.
+Files are found through `jaxexit.data.glue_sources.glue_split_file`: the
+data dir (the one data-location setting of `jaxexit.data.location`), else
+the copy bundled with jaxexit (SST-2), else the official zip fetched into the
+data dir unless `$JAXEXIT_OFFLINE` is set. They are read with
+`csv.QUOTE_NONE`: GLUE sentences contain unbalanced quotes, which the default
+dialect would merge across lines.
 
 Axes: `B` examples (the batch axis of the repo vocabulary).
 """
 
 import csv
 import dataclasses
+import lzma
 import math
 import os
 from pathlib import Path
@@ -24,7 +28,7 @@ import numpy as np
 from jaxtyping import Float32, Int32
 
 from jaxexit import checks
-from jaxexit.data import location
+from jaxexit.data import glue_sources, location
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -253,7 +257,7 @@ def read_glue_tsv(path: str | os.PathLike, spec: GlueTask,
   """Reads one GLUE TSV in the layout `spec.layouts[split]`.
 
   Args:
-    path: the file.
+    path: the file (`.xz`: xz-compressed, as the bundled copies are).
     spec: its task.
     split: its split (chooses the layout: MNLI train and dev differ).
 
@@ -272,8 +276,9 @@ def read_glue_tsv(path: str | os.PathLike, spec: GlueTask,
   width = len(layout.columns)
   texts_a, texts_b, labels = [], [], []
   where = f"GLUE {spec.title} {split}"
+  opener = lzma.open if str(path).endswith(".xz") else open
   # utf-8-sig: MRPC files built from Microsoft's release may start with a BOM.
-  with open(path, encoding="utf-8-sig", newline="") as f:
+  with opener(path, "rt", encoding="utf-8-sig", newline="") as f:
     reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
     for line_no, row in enumerate(reader, start=1):
       if line_no == 1 and layout.has_header:
@@ -352,8 +357,11 @@ def load_glue(task: str, split: str, *,
     data_dir: for source="tsv", the jaxexit data dir (None: `$JAXEXIT_DATA`,
       then the default; see `jaxexit.data.location`); for source="tfds", the
       tensorflow-datasets data dir (None: the tfds default).
-    source: "tsv" reads `<data_dir>/glue/<TASK>/<split>.tsv`; "tfds" reads
-      tensorflow-datasets' already-prepared `glue/<task>` and never downloads.
+    source: "tsv" reads `<data_dir>/glue/<TASK>/<split>.tsv`, else the
+      bundled copy, else fetches the task's official zip into the data dir
+      (not when `$JAXEXIT_OFFLINE` is set; see
+      `jaxexit.data.glue_sources`); "tfds" reads tensorflow-datasets'
+      already-prepared `glue/<task>` and never downloads.
 
   Returns:
     A `GlueSplit` with `B` examples.
@@ -361,7 +369,8 @@ def load_glue(task: str, split: str, *,
   Raises:
     ValueError: unknown task, split or source, or a malformed file (the
       message names the file and 1-based line).
-    DataNotFoundError: the TSV file is missing (message says how to get it).
+    DataNotFoundError: the TSV file is missing, not bundled and could not
+      be fetched (the message says why and how to get it).
     TfdsUnavailableError: source="tfds" and tfds, TensorFlow or the prepared
       data is unavailable.
   """
@@ -370,5 +379,5 @@ def load_glue(task: str, split: str, *,
   checks.one_of("source", source, SOURCES)
   if source == "tfds":
     return _load_tfds(spec, split, data_dir)
-  path = location.require_file(spec.name, split, data_dir=data_dir)
+  path = glue_sources.glue_split_file(spec.name, split, data_dir=data_dir)
   return read_glue_tsv(Path(path), spec, split)

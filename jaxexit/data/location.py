@@ -23,7 +23,9 @@ them):
 Nothing here downloads. When data is missing, `DataNotFoundError` says where
 it looked and how to get the data: the tensorflow-datasets name to pass to
 `tfds.load` when online, and the original source. `tensorflow_datasets` is an
-optional extra and is never imported here.
+optional extra and is never imported here. The loaders may then use a copy
+bundled with jaxexit (`jaxexit.data.bundled`) or, for GLUE, fetch the task
+into this layout (`jaxexit.data.glue_sources`).
 """
 
 import argparse

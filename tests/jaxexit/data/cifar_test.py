@@ -1,5 +1,6 @@
 """Tests for jaxexit.data.cifar: archive decoding, cache, tfds, val split."""
 
+import dataclasses
 import io
 import os
 import sys
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jaxexit.data import cifar, location
+from jaxexit.data import bundled, cifar, location
 
 # /work/main/tests/jaxexit/data/cifar_test.py -> /work/shared/data
 SHARED_DATA = Path(__file__).resolve().parents[3].parent / "shared" / "data"
@@ -172,15 +173,60 @@ def test_unexpected_member_layout(tmp_path, name):
 
 def test_missing_archive_raises_data_not_found(tmp_path):
   with pytest.raises(location.DataNotFoundError, match="cifar10"):
-    _load(tmp_path, source="files")
+    _load(tmp_path, source="files", use_bundled=False)
 
 
 def test_auto_without_files_or_tfds(tmp_path, monkeypatch):
   monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)
   with pytest.raises(location.DataNotFoundError) as e:
-    _load(tmp_path)
+    _load(tmp_path, use_bundled=False)
   assert isinstance(e.value, cifar.TfdsUnavailableError)
   assert "Paths tried" in str(e.value) and "tensorflow-datasets" in str(e.value)
+
+
+# ---------------------------------------------------------------- bundled
+
+
+@pytest.mark.parametrize("source", ["files", "auto"])
+def test_bundled_subset_when_the_data_dir_lacks_cifar(tmp_path, monkeypatch,
+                                                      capsys, source):
+  monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)
+  data = _load(tmp_path, split="test", source=source)
+  assert data.images.shape == (1000, 32, 32, 3) and data.subset_of == 10000
+  np.testing.assert_array_equal(np.bincount(data.labels), [100] * 10)
+  assert data.class_names[:2] == ("airplane", "automobile")
+  err = capsys.readouterr().err
+  assert err.count("\n") == 1 and "1,000-image subset" in err
+  assert f"not in {tmp_path / 'cifar10'}" in err
+  assert "100 per class of the 10,000" in err
+
+
+def test_bundled_train_subset_has_500_per_class(tmp_path):
+  data = _load(tmp_path, split="train", source="files")
+  assert len(data) == 5000 and data.subset_of == 50000
+  np.testing.assert_array_equal(np.bincount(data.labels), [500] * 10)
+
+
+def test_data_dir_wins_over_the_bundled_subset(tmp_path, capsys):
+  _archive(tmp_path, "test", {"test/dog/a.jpg": _jpeg()})
+  data = _load(tmp_path, split="test")
+  assert len(data) == 1 and data.subset_of is None
+  assert capsys.readouterr().err == ""
+
+
+@pytest.mark.skipif(
+    not (REAL_DATA / "cifar10" / "cifar10_test_jpg.tar.gz").is_file(),
+    reason="real CIFAR-10 archive not available")
+def test_bundled_subset_is_the_first_images_of_each_class(tmp_path):
+  def members(path):
+    with tarfile.open(path) as tar:
+      return {m.name: tar.extractfile(m).read() for m in tar if m.isfile()}
+
+  full = members(REAL_DATA / "cifar10" / "cifar10_test_jpg.tar.gz")
+  subset = members(bundled.cifar_archive("test"))
+  expected = {n for n in full if int(n.split("/")[2][:4]) < 100}
+  assert set(subset) == expected and len(subset) == 1000
+  assert all(subset[n] == full[n] for n in subset)  # the JPEG bytes
 
 
 @pytest.mark.parametrize("kw,bad", [
@@ -299,6 +345,23 @@ def test_train_val_split_rounds_to_exact_total():
 def test_train_val_split_bad_size(num_val):
   with pytest.raises(ValueError, match=f"num_val={num_val}"):
     cifar.train_val_split(_split(), num_val)
+
+
+def test_take_drops_subset_of():
+  data = dataclasses.replace(_split(), subset_of=600)
+  assert data.take([0, 1]).subset_of is None
+
+
+def test_train_val_split_of_a_bundled_subset_scales_and_says_so(capsys):
+  data = dataclasses.replace(_split(), subset_of=600)  # a 10% subset
+  train, val = cifar.train_val_split(data, 59)
+  assert len(val) == 59 and capsys.readouterr().err == ""  # fits: as asked
+  train, val = cifar.train_val_split(data, 60)
+  assert len(train) == 54 and len(val) == 6
+  err = capsys.readouterr().err
+  assert "num_val=60" in err and "holding out 6" in err
+  with pytest.raises(ValueError, match="num_val=600"):
+    cifar.train_val_split(data, 600)
 
 
 # ---------------------------------------------------------------- real data

@@ -1,5 +1,6 @@
 """Tests for jaxexit.data.cifar_vqa: templated CIFAR-10 questions."""
 
+import dataclasses
 import os
 from collections import Counter
 from pathlib import Path
@@ -105,7 +106,17 @@ def test_bad_class_names():
 
 def test_missing_data_dir(tmp_path):
   with pytest.raises(location.DataNotFoundError, match="cifar10"):
-    cifar_vqa.load_cifar_vqa("test", data_dir=tmp_path, source="files")
+    cifar_vqa.load_cifar_vqa("test", data_dir=tmp_path, source="files",
+                             use_bundled=False)
+
+
+def test_bundled_subset_uses_all_it_has_and_says_so(capsys):
+  split = dataclasses.replace(_split(300), subset_of=3000)
+  data = cifar_vqa.cifar_vqa(split, num_examples=2000)
+  assert len(data) == 300
+  assert "num_examples=2000 exceeds the 300-image" in capsys.readouterr().err
+  with pytest.raises(ValueError, match="num_examples=3001"):
+    cifar_vqa.cifar_vqa(split, num_examples=3001)
 
 
 @pytest.mark.skipif(
