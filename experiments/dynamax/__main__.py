@@ -7,7 +7,9 @@ prompts with early exits for every (classifier, state mode, λ), measuring
 cost, consistency with the full model, TruthfulQA ROUGE accuracy and
 tokens/s against the full model in the same run. Writes into --out:
 
-  results.json   one record per sweep point (+ the full model)
+  results.json   one record per sweep point (+ the full model), merged by
+                 (backbone, classifier, state_mode, threshold) with
+                 earlier runs into this --out
   results.md     the table, sample answers, notes
   curves.png     consistency / accuracy vs FLOPs, realised vs theoretical
 
@@ -23,7 +25,7 @@ from flax import nnx
 
 from experiments.cli import comma_choices
 from experiments.dynamax import backbones, configs, evaluate, plots
-from jaxexit import report
+from jaxexit import report, results_store
 from jaxexit import train as train_lib
 from jaxexit.data import add_data_dir_flag, text
 from jaxexit.decoding.config import STATE_MODES
@@ -34,6 +36,8 @@ TABLE = ("classifier", "state_mode", "threshold", "avg_layers",
          "flops_fraction", "consistency", "consistency_all", "accuracy",
          "tokens_per_s",
          "full_tokens_per_s", "realised_speedup", "theoretical_speedup")
+# What identifies a record in results.json across invocations into one --out.
+RESULT_KEY = ("backbone", "classifier", "state_mode", "threshold")
 
 
 def parse_args(argv=None):
@@ -108,7 +112,8 @@ def _cell(value) -> str:
 def write_results(out: pathlib.Path, records, samples, *, title: str,
                   notes: str) -> None:
   out.mkdir(parents=True, exist_ok=True)
-  report.write_json(out / "results.json", records)
+  records = results_store.merge_records(out / "results.json", records,
+                                        RESULT_KEY)
   rows = [[_cell(r[f]) for f in TABLE] for r in records]
   sample_md = "\n".join(
       f"- **{label}**: " + " · ".join(repr(t[:80]) for t in texts)
@@ -121,6 +126,12 @@ def write_results(out: pathlib.Path, records, samples, *, title: str,
 
 def main(argv=None):
   args = parse_args(argv)
+  # A second run into the same --out is refused before it trains anything.
+  with results_store.lock_output_dir(args.out):
+    _main(args)
+
+
+def _main(args):
   overrides = {}
   if args.classifier:
     overrides["classifiers"] = args.classifier

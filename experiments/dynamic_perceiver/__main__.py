@@ -5,7 +5,8 @@ exits; Han et al., ICCV 2023) and the same CNN with a max-softmax exit after
 every stage, evaluates both with the MSDNet budgeted protocol (thresholds
 fitted on a held-out split of train, applied to test), and measures each
 operating point's realised speed-up against the full model in the same run.
-Writes into --out: results.json, results.md, curve.png (and train/, the
+Writes into --out: results.json (merged by (method, budget_or_threshold)
+with earlier runs into this --out), results.md, curve.png (and train/, the
 resumable checkpoints).
 
 Presets and commands: configs.py.
@@ -21,6 +22,7 @@ import numpy as np
 from experiments.dynamic_perceiver import configs, run
 from experiments.vision_common.results import write_results
 from experiments.vision_common.splits import load_splits
+from jaxexit import results_store
 from jaxexit.data import add_data_dir_flag
 
 PAPER_NOTE = """\
@@ -139,6 +141,12 @@ def notes(records, summaries, cfg, seconds) -> str:
 
 def main(argv=None):
   args = parse_args(argv)
+  # A second run into the same --out is refused before it trains anything.
+  with results_store.lock_output_dir(args.out):
+    _main(args)
+
+
+def _main(args):
   overrides = ({} if args.feature_branch is None
                else {"feature_branch": args.feature_branch})
   cfg = configs.get_config(args.preset, **overrides)

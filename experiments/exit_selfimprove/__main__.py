@@ -9,7 +9,10 @@ self-improvement on held-out tasks. Writes into --out:
                  domain, method, seed, k, quality, success, net
                  corrections; "training": per-iteration logs (mean sampled
                  depth, replay fraction, ...) per method; "buffer": final
-                 buffer statistics incl. the score histogram; "config"}
+                 buffer statistics incl. the score histogram; "config"};
+                 records merge by (domain, method, seed, decoding, k) and
+                 the per-method fields by method with earlier runs into
+                 this --out
   results.md     the summary table (mean ± std over seeds) and the paper's
                  numbers beside ours
   k_step.png     quality and success vs k, one curve per method
@@ -29,7 +32,7 @@ import numpy as np
 
 from experiments.cli import comma_choices
 from experiments.exit_selfimprove import configs, evaluate, plots
-from jaxexit import report
+from jaxexit import report, results_store
 from jaxexit.exit_rl.domains import make_domain
 from jaxexit.exit_rl.policy import policy_graphdef
 from jaxexit.exit_rl.train import METHODS, ExItConfig, seed_keys, train
@@ -37,6 +40,8 @@ from jaxexit.exit_rl.warm_start import warm_start
 
 EVAL_KEY = 1_000_003  # held-out tasks: a stream no training key reaches
 SUMMARY_K = (0, 1, 4, 8, 16)
+# What identifies a record in results.json across invocations into one --out.
+RESULT_KEY = ("domain", "method", "seed", "decoding", "k")
 
 
 def parse_args(argv=None):
@@ -133,6 +138,12 @@ above, where a 0.1M-parameter policy sorts 8 digits):
 
 def main(argv=None):
   args = parse_args(argv)
+  # A second run into the same --out is refused before it trains anything.
+  with results_store.lock_output_dir(args.out):
+    _main(args)
+
+
+def _main(args):
   if args.preset == "paper":
     _paper(args)
     return
@@ -191,12 +202,17 @@ def write_results(out: pathlib.Path, cfg, records, training, buffers, times,
                   elapsed: float) -> None:
   out.mkdir(parents=True, exist_ok=True)
   config = json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
-  (out / "results.json").write_text(json.dumps(
-      {"records": records, "training": training, "buffer": buffers,
-       "seconds": times, "config": config}) + "\n")
+  # Per-method fields merge with earlier invocations into this --out.
+  path = out / "results.json"
+  records = results_store.merge_records(
+      path, records, RESULT_KEY, extra={"training": training,
+                                        "buffer": buffers, "seconds": times,
+                                        "config": config})
+  training = json.loads(path.read_text())["training"]
+  methods = list(dict.fromkeys(r["method"] for r in records))
   title = (f"ExIt vs GRPO on {cfg.domain} ({cfg.seeds} seeds, "
            f"{cfg.iterations} iterations)")
-  table = summary_table(records, cfg.methods, training, cfg.eval_k)
+  table = summary_table(records, methods, training, cfg.eval_k)
   notes = (
       f"Mean ± std over {cfg.seeds} seeds; {cfg.eval_tasks} held-out tasks; "
       f"q = mean quality, succ = success rate at temperature 1 "
@@ -211,7 +227,7 @@ def write_results(out: pathlib.Path, cfg, records, training, buffers, times,
       + f"; total {elapsed:.0f} s.")
   (out / "results.md").write_text(
       f"# {title}\n\n{table}\n\n{notes}\n\n{PAPER_TABLE}")
-  plots.write_k_step(out / "k_step.png", records, cfg.methods, title)
+  plots.write_k_step(out / "k_step.png", records, methods, title)
   if training:
     plots.write_training(out / "training.png", training, title)
 

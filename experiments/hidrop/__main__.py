@@ -8,7 +8,8 @@ training step and the prefill of every method against the full model in
 the same run (interleaved rounds, medians after warm-up). Writes into
 --out:
 
-  results.json   one record per method/schedule
+  results.json   one record per method/schedule, merged by (dataset,
+                 method, schedule) with earlier runs into this --out
   results.md     the table and notes
   tradeoff.png   accuracy and speed-ups vs average vision tokens per layer
 
@@ -23,13 +24,15 @@ import numpy as np
 
 from experiments.cli import comma_choices
 from experiments.hidrop import configs, evaluate, plots, run
-from jaxexit import report
+from jaxexit import report, results_store
 from jaxexit.data import add_data_dir_flag
 from jaxexit.pruning import IMPLS, flops_fraction, make_schedule
 
 TABLE = ("method", "schedule", "avg_vision_tokens", "accuracy",
          "flops_fraction", "train_step_speedup", "prefill_speedup",
          "train_step_ms", "prefill_ms")
+# What identifies a record in results.json across invocations into one --out.
+RESULT_KEY = ("dataset", "method", "schedule")
 
 
 def parse_args(argv=None):
@@ -78,7 +81,8 @@ def _cell(value) -> str:
 def write_results(out: pathlib.Path, records: list[dict], *, title: str,
                   notes: str) -> None:
   out.mkdir(parents=True, exist_ok=True)
-  report.write_json(out / "results.json", records)
+  records = results_store.merge_records(out / "results.json", records,
+                                        RESULT_KEY)
   rows = [[_cell(r[f]) for f in TABLE] for r in records]
   types = list(records[0]["accuracy_by_type"])
   by_type = [[r["method"], r["schedule"]]
@@ -106,6 +110,12 @@ def _check_paper(args) -> None:
 def main(argv=None):
   args = parse_args(argv)
   _check_paper(args)
+  # A second run into the same --out is refused before it trains anything.
+  with results_store.lock_output_dir(args.out):
+    _main(args)
+
+
+def _main(args):
   overrides = {"hidrop_schedules": args.schedule} if args.schedule else {}
   cfg = configs.get_config(args.preset, **overrides)
   progress = False if args.no_progress else None

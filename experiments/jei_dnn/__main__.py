@@ -8,7 +8,8 @@ full backbone: accuracy, FLOPs, ECE, conformal sets, and realised speed-ups
 measured against the full backbone in the same run (compacted at the eval
 batch size, early_stop at batch 1). Writes into --out:
 
-  results.json   one record per method point
+  results.json   one record per method point, merged by (method,
+                 budget_or_threshold) with earlier runs into this --out
   results.md     the table, the claims tested, the paper's numbers
   curve.png      accuracy vs FLOPs + reliability diagrams
 
@@ -24,7 +25,7 @@ import numpy as np
 from experiments.jei_dnn import configs, evaluate, notes, run
 from experiments.vision_common import write_results
 from experiments.vision_common.splits import load_splits
-from jaxexit import checks
+from jaxexit import checks, results_store
 from jaxexit.data import add_data_dir_flag
 from jaxexit.methods import jei_dnn
 
@@ -69,6 +70,12 @@ def _stage(name: str, start: float) -> float:
 
 def main(argv=None):
   args = parse_args(argv)
+  # A second run into the same --out is refused before it trains anything.
+  with results_store.lock_output_dir(args.out):
+    _main(args)
+
+
+def _main(args):
   overrides = {} if args.gammas is None else {"gammas": args.gammas}
   cfg = configs.get_config(args.preset, **overrides)
   progress = False if args.no_progress else None

@@ -4,11 +4,13 @@ import math
 import pathlib
 
 from experiments.vision_common import plots
-from jaxexit import report
+from jaxexit import report, results_store
 from jaxexit.calibration import ReliabilityBins
 
 RESULT_FIELDS = ("method", "budget_or_threshold", "accuracy", "avg_flops",
                  "flops_fraction", "ece", "realised_speedup")
+# What identifies a record in results.json across invocations into one --out.
+RESULT_KEY = ("method", "budget_or_threshold")
 
 
 def _check_records(records: list[dict]) -> None:
@@ -45,7 +47,10 @@ def write_results(out: pathlib.Path, records: list[dict], *, title: str,
   Args:
     out: output folder (created if needed).
     records: flat dicts, each with every field of `RESULT_FIELDS` (extra
-      keys are kept in the JSON, left out of the table).
+      keys are kept in the JSON, left out of the table). They are merged
+      into an existing results.json by `RESULT_KEY` (see
+      `jaxexit.results_store.merge_records`); the table and the figure show
+      the merged records.
     title: heading of the Markdown file and the figure.
     reliability: method name -> reliability bins, drawn beside the curve.
     notes: Markdown appended under the table.
@@ -53,7 +58,8 @@ def write_results(out: pathlib.Path, records: list[dict], *, title: str,
   _check_records(records)
   out = pathlib.Path(out)
   out.mkdir(parents=True, exist_ok=True)
-  report.write_json(out / "results.json", records)
+  records = results_store.merge_records(out / "results.json", records,
+                                        RESULT_KEY)
   rows = [[_cell(f, rec[f]) for f in RESULT_FIELDS] for rec in records]
   body = (f"# {title}\n\n{report.markdown_table(RESULT_FIELDS, rows)}\n\n"
           "avg_flops: mean cumulative FLOPs of the exit taken per example; "

@@ -90,3 +90,19 @@ def test_write_results_rejects_incomplete_records(tmp_path):
     vision_common.write_results(tmp_path, [dict(rec, ece=0.1), rec],
                                 title="bad")
   assert not (tmp_path / "results.json").exists()
+
+
+def test_write_results_merges_with_an_earlier_run(tmp_path):
+  """Two invocations into one --out keep both methods' records (issue 21)."""
+  tz, ty = _logits(1, 100)
+  static = curves.fixed_exit_records("static", tz, ty, COSTS, 100e6)
+  full = [dict(static[-1], method="full", realised_speedup=1.0)]
+  vision_common.write_results(tmp_path, static, title="first")
+  vision_common.write_results(tmp_path, full, title="second")
+  stored = json.loads((tmp_path / "results.json").read_text())
+  assert [r["method"] for r in stored] == ["static"] * 4 + ["full"]
+  again = [dict(static[1], accuracy=0.125)]
+  vision_common.write_results(tmp_path, again, title="third")
+  stored = json.loads((tmp_path / "results.json").read_text())
+  assert len(stored) == 5 and stored[1]["accuracy"] == 0.125
+  assert "| full |" in (tmp_path / "results.md").read_text()
