@@ -252,6 +252,17 @@ def _parse_label(spec: GlueTask, raw: str) -> int | float | None:
     return None
 
 
+def _check_utf8(path, line_no: int, row: list[str]) -> None:
+  """Raises on bytes that are not UTF-8 (decoded as surrogate escapes)."""
+  try:
+    "\t".join(row).encode("utf-8")
+  except UnicodeEncodeError as e:
+    byte = ord(e.object[e.start]) - 0xDC00
+    raise ValueError(
+        f"{path}:{line_no}: not valid UTF-8 (byte 0x{byte:02x} at character "
+        f"{e.start + 1} of the line); re-save the file as UTF-8") from None
+
+
 def read_glue_tsv(path: str | os.PathLike, spec: GlueTask,
                   split: str) -> GlueSplit:
   """Reads one GLUE TSV in the layout `spec.layouts[split]`.
@@ -265,9 +276,10 @@ def read_glue_tsv(path: str | os.PathLike, spec: GlueTask,
     The `GlueSplit`.
 
   Raises:
-    ValueError: a header or row does not match the layout, or a label is not
-      in the label set; the message is `<file>:<line>: <what was wrong>`
-      (1-based line numbers, counting the header).
+    ValueError: a header or row does not match the layout, a label is not
+      in the label set, or a line is not UTF-8; the message is
+      `<file>:<line>: <what was wrong>` (1-based line numbers, counting the
+      header). Also a file without examples (empty or header only), named.
   """
   checks.one_of(f"split of {spec.name}", split, spec.splits)
   layout = spec.layouts[split]
@@ -278,9 +290,13 @@ def read_glue_tsv(path: str | os.PathLike, spec: GlueTask,
   where = f"GLUE {spec.title} {split}"
   opener = lzma.open if str(path).endswith(".xz") else open
   # utf-8-sig: MRPC files built from Microsoft's release may start with a BOM.
-  with opener(path, "rt", encoding="utf-8-sig", newline="") as f:
+  # surrogateescape: a non-UTF-8 byte is reported with its line, not as a
+  # bare UnicodeDecodeError from the decoder's buffer.
+  with opener(path, "rt", encoding="utf-8-sig", newline="",
+              errors="surrogateescape") as f:
     reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
     for line_no, row in enumerate(reader, start=1):
+      _check_utf8(path, line_no, row)
       if line_no == 1 and layout.has_header:
         if tuple(c.strip() for c in row) != layout.columns:
           raise ValueError(
@@ -303,6 +319,9 @@ def read_glue_tsv(path: str | os.PathLike, spec: GlueTask,
       if ib is not None:
         texts_b.append(row[ib])
       labels.append(label)
+  if not labels:
+    raise ValueError(f"{path}: {where} has no examples (the file is empty "
+                     "or holds only its header)")
   dtype = np.float32 if spec.is_regression else np.int32
   return GlueSplit(task=spec.name, split=split, texts_a=texts_a,
                    texts_b=texts_b if ib is not None else None,

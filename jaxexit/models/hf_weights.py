@@ -75,10 +75,23 @@ _ALBERT_LAYER_SPECS = (
 )
 
 
+def read_json(path: str | os.PathLike):
+  """Parses a JSON file; a malformed one is a ValueError naming the path."""
+  try:
+    with open(path, encoding="utf-8") as f:
+      return json.load(f)
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise ValueError(f"{os.fspath(path)}: not a valid JSON file ({e})"
+                     ) from e
+
+
 def _read_file(path: str) -> dict[str, np.ndarray]:
   if path.endswith(".index.json"):
-    with open(path) as f:
-      shards = sorted(set(json.load(f)["weight_map"].values()))
+    index = read_json(path)
+    if not isinstance(index, dict) or "weight_map" not in index:
+      raise ValueError(f"{path}: a sharded checkpoint index needs a "
+                       "'weight_map' object")
+    shards = sorted(set(index["weight_map"].values()))
     folder = os.path.dirname(path)
     out = {}
     for shard in shards:
@@ -86,7 +99,12 @@ def _read_file(path: str) -> dict[str, np.ndarray]:
     return out
   if path.endswith(".safetensors"):
     from safetensors.numpy import load_file  # optional `models` extra
-    return dict(load_file(path))
+    try:
+      return dict(load_file(path))
+    except Exception as e:  # noqa: BLE001 - SafetensorError and OSErrors.
+      raise ValueError(f"{path}: cannot read this safetensors file (truncated "
+                       f"or not safetensors?): {type(e).__name__}: {e}"
+                       ) from e
   return load_torch_state_dict(path)
 
 
@@ -94,13 +112,17 @@ def read_hf_config(path: str | os.PathLike) -> dict:
   """The parsed `config.json` of a Hugging Face model folder.
 
   Raises:
-    ValueError: the folder has no `config.json`.
+    ValueError: the folder has no `config.json`, or it is not a JSON object
+      (the message names the file).
   """
   config_path = os.path.join(os.fspath(path), "config.json")
   if not os.path.exists(config_path):
     raise ValueError(f"no config.json in {os.fspath(path)!r}")
-  with open(config_path) as f:
-    return json.load(f)
+  config = read_json(config_path)
+  if not isinstance(config, dict):
+    raise ValueError(f"{config_path}: expected a JSON object; got "
+                     f"{type(config).__name__}")
+  return config
 
 
 def checkpoint_pooling(path: str | os.PathLike) -> str:
@@ -118,16 +140,14 @@ def checkpoint_pooling(path: str | os.PathLike) -> str:
   modules_path = os.path.join(os.fspath(path), "modules.json")
   if not os.path.exists(modules_path):
     return "cls_pooler"
-  with open(modules_path) as f:
-    modules = json.load(f)
+  modules = read_json(modules_path)
   pooling = [m for m in modules if m.get("type", "").endswith(".Pooling")]
   if not pooling:
     return "cls_pooler"
   config_path = os.path.join(os.fspath(path), pooling[0]["path"],
                              "config.json")
-  with open(config_path) as f:
-    modes = {k for k, v in json.load(f).items()
-             if k.startswith("pooling_mode_") and v}
+  modes = {k for k, v in read_json(config_path).items()
+           if k.startswith("pooling_mode_") and v}
   known = {"pooling_mode_mean_tokens": "mean",
            "pooling_mode_cls_token": "cls"}
   if len(modes) != 1 or not modes <= known.keys():

@@ -356,3 +356,25 @@ def test_real_tfds_without_prepared_data(tmp_path):
   pytest.importorskip("tensorflow_datasets")
   with pytest.raises(glue.TfdsUnavailableError):
     glue.load_glue("rte", "dev", source="tfds", data_dir=tmp_path)
+
+
+# ------------------------------------------- issue 21: empty and non-UTF-8
+
+
+@pytest.mark.parametrize("lines", [[], [_row("index", "sentence1",
+                                             "sentence2", "label")]],
+                         ids=["empty", "header_only"])
+def test_split_without_examples_names_the_file(tmp_path, lines):
+  path = _write(tmp_path, "RTE", "train", lines)
+  with pytest.raises(ValueError, match=f"{path}: .*has no examples"):
+    glue.load_glue("rte", "train", data_dir=tmp_path)
+
+
+def test_non_utf8_names_file_and_line(tmp_path):
+  path = _rte(tmp_path, [_row(0, "a", "b", "entailment")])
+  with open(path, "ab") as f:
+    f.write(b"1\tcaf\xe9\tb\tentailment\n")    # Latin-1, not UTF-8
+  with pytest.raises(ValueError) as err:
+    glue.load_glue("rte", "dev", data_dir=tmp_path)
+  msg = str(err.value)
+  assert f"{path}:3: not valid UTF-8 (byte 0xe9" in msg

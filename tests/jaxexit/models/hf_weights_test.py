@@ -161,3 +161,28 @@ def test_minilm_matches_transformers():
   ref = torch.nn.functional.normalize(ref, dim=-1).numpy()
   np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(np.linalg.norm(ours, axis=-1), 1.0, rtol=1e-6)
+
+
+def test_truncated_safetensors_names_the_file(tmp_path):
+  """Issue 21: a damaged checkpoint error names its path."""
+  safetensors_numpy = pytest.importorskip("safetensors.numpy")
+  path = tmp_path / "model.safetensors"
+  safetensors_numpy.save_file(export_hf_state_dict(_pair(BERT)[0]), str(path))
+  data = path.read_bytes()
+  path.write_bytes(data[:len(data) // 2])
+  with pytest.raises(ValueError, match=r"model\.safetensors: cannot read"):
+    read_state_dict(tmp_path)
+
+
+def test_malformed_json_names_the_file(tmp_path):
+  """Issue 21: a malformed config.json or index names its path."""
+  (tmp_path / "config.json").write_text('{"model_type": "bert",')
+  with pytest.raises(ValueError, match=r"config\.json: not a valid JSON"):
+    from_pretrained(tmp_path)
+  (tmp_path / "config.json").write_text("[1, 2]")
+  with pytest.raises(ValueError, match=r"config\.json: expected a JSON obj"):
+    from_pretrained(tmp_path)
+  index = tmp_path / "model.safetensors.index.json"
+  index.write_bytes(b"\xff\xfe not json")
+  with pytest.raises(ValueError, match=r"index\.json: not a valid JSON"):
+    read_state_dict(index)
