@@ -1,37 +1,45 @@
 """python -m experiments.palbert_glue — PALBERT and its baselines on GLUE.
 
-Trains every requested exit method (PALBERT, PonderNet, PABEE, DeeBERT,
-BERxiT, static, full) on the same pretrained encoder and GLUE task with the
-shared resumable loop, evaluates each method's exit sweep on dev in
-`simulate` (exact paper semantics), and measures the realised speed-up of the
-default operating point against the full model in the same run, at batch 32
-(`compacted`) and batch 1 (`early_stop`). Writes into --out:
+Trains every requested exit method (PALBERT with the paper's shared head and
+with per-layer heads, PonderNet, PABEE, DeeBERT, BERxiT, static, full) on
+the same pretrained encoder and GLUE task, jointly fine-tuned, for every
+seed, with the shared resumable loop. For each seed it chooses the method's
+operating point on a held-out part of the training split, scores it on dev,
+and (for the first seed) times it against the full model. It then writes,
+with 95 % intervals over seeds and verdicts from `jaxexit.stats`:
 
-  results.json   one record per task and method (default operating point)
-  sweep.json     every point of every method's sweep
-  results.md     the same as tables
-  pareto.png     score vs average layers, one curve per method
+  results.json   one record per task and method (+ the majority class)
+  runs.json      one record per task, method and seed
+  results.md     the tables, the paper's numbers beside ours
+  pareto.png     dev score vs average layers, every seed's sweep
+  log.txt        everything printed
 
-Presets and commands: configs.py.
+Several invocations into one --out merge (by task, method and seed); a
+second concurrent run into it is refused. Presets: configs.py.
 """
 
 import argparse
-import json
+import dataclasses
 import pathlib
+import sys
+import time
 
+import jax
 import numpy as np
 
-from experiments.palbert_glue import configs, models, plots, run
-from jaxexit import report
+from experiments.palbert_glue import (configs, models, plots, run, select,
+                                      summary, tables)
+from jaxexit import results_store
 from jaxexit.data import TASKS, add_data_dir_flag, glue_task, load_glue
 from jaxexit.methods.encoder_exits import METHODS, get_method
+from jaxexit.train.progress import format_duration
 
 
 def parse_args(argv=None):
   parser = argparse.ArgumentParser(
       prog="python -m experiments.palbert_glue",
       description=__doc__.splitlines()[0].split(" — ")[1])
-  parser.add_argument("--task", default="rte",
+  parser.add_argument("--task", default="sst2",
                       help=f"GLUE task, or a comma list: {', '.join(TASKS)}")
   parser.add_argument("--method", default="all",
                       help=f"'all' or a comma list of {', '.join(METHODS)}")
@@ -40,94 +48,229 @@ def parse_args(argv=None):
                       "roberta-base, or a local Hugging Face folder")
   parser.add_argument("--preset", default="cpu",
                       choices=sorted(configs.PRESETS))
+  parser.add_argument("--seeds", type=int, default=None,
+                      help="number of seeds (the preset's first N, or "
+                      "42, 43, ...)")
+  parser.add_argument("--prior", default=None,
+                      help="PonderNet prior of palbert*/pondernet: "
+                      "depth_matched (default) or paper (λ_p = 0.1)")
   parser.add_argument("--max-len", type=int, default=None,
                       help="override the preset's max sequence length")
   parser.add_argument("--epochs", type=float, default=None,
                       help="override the preset's training epochs")
   parser.add_argument("--out", type=pathlib.Path,
                       default=pathlib.Path("runs/palbert_glue"))
+  parser.add_argument("--force-resume", action="store_true",
+                      help="resume checkpoints whose settings differ")
   parser.add_argument("--no-progress", action="store_true")
   add_data_dir_flag(parser)
   args = parser.parse_args(argv)
   args.tasks = [glue_task(t).name for t in args.task.split(",")]
   names = list(METHODS) if args.method == "all" else args.method.split(",")
-  args.methods = [get_method(n) for n in names]
+  for name in names:
+    get_method(name)  # a clear error naming the valid methods
+  args.method_names = names
+  if args.seeds is not None and args.seeds < 1:
+    raise ValueError(f"--seeds must be >= 1; got --seeds={args.seeds}")
   return args
 
 
-def tokenise(tokenizer, task: str, split: str, cfg, data_dir):
-  """A `run.Split` of `task`/`split`, reporting truncated examples."""
+def config(args) -> configs.Config:
+  """The preset with the command line's overrides."""
+  base = configs.get_config(args.preset)
+  overrides = {k: v for k, v in [("model", args.model),
+                                  ("max_len", args.max_len),
+                                  ("epochs", args.epochs),
+                                  ("prior", args.prior)] if v is not None}
+  if args.max_len is not None:
+    # The length buckets follow: every width below max_len, then max_len.
+    for name in ("bucket_widths", "train_bucket_widths"):
+      widths = [w for w in getattr(base, name) if w < args.max_len]
+      overrides[name] = (*widths, args.max_len)
+  if args.seeds is not None:
+    extra = range(max(base.seeds) + 1, max(base.seeds) + 1 + args.seeds)
+    overrides["seeds"] = tuple((list(base.seeds) + list(extra))[:args.seeds])
+  return dataclasses.replace(base, **overrides)
+
+
+class Log:
+  """Prints to stdout and appends to `<out>/log.txt`."""
+
+  def __init__(self, path: pathlib.Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115
+
+  def __call__(self, *parts) -> None:
+    line = " ".join(str(p) for p in parts)
+    print(line, flush=True)
+    self._file.write(line + "\n")
+    self._file.flush()
+
+
+def tokenise(tokenizer, task: str, split: str, cfg, data_dir, log):
+  """A `run.Split` of `task`/`split` (every example), truncation reported."""
   raw = load_glue(task, split, data_dir=data_dir)
   enc = tokenizer.encode_batch(raw.texts_a, raw.texts_b, max_len=cfg.max_len)
-  limit = (cfg.max_train_examples if split == "train"
-           else cfg.max_eval_examples)
-  n = len(raw) if limit is None else min(limit, len(raw))
-  idx = (np.random.default_rng(cfg.seed).permutation(len(raw))[:n]
-         if split == "train" else np.arange(n))
   if enc.num_truncated:
-    print(f"{task}/{split}: {enc.num_truncated} of {len(raw)} examples "
-          f"truncated to {cfg.max_len} tokens")
-  return run.Split(enc.input_ids[idx], enc.token_type_ids[idx],
-                   enc.attention_mask[idx], raw.labels[idx])
+    log(f"{task}/{split}: {enc.num_truncated} of {len(raw)} examples "
+        f"truncated to {cfg.max_len} tokens")
+  return run.Split(enc.input_ids, enc.token_type_ids, enc.attention_mask,
+                   np.asarray(raw.labels))
 
 
-def write(out: pathlib.Path, records, sweep, args, cfg):
-  report.write_json(out / "results.json", records)
-  report.write_json(out / "sweep.json", sweep)
-  header = ["task", "method", "param", "metric", "score", "avg layers",
-            "theoretical", "realised b32", "realised b1"]
-  rows = [[r["task"], r["method"], r["param"], r["metric"],
-           f'{100 * r["score"]:.1f}', r["avg_layers"],
-           f'{r["theoretical_speedup"]:.2f}x',
-           f'{r["realised_speedup"]:.2f}x',
-           f'{r["realised_speedup_batch1"]:.2f}x'] for r in records]
-  sweep_rows = [[r["task"], r["method"], r["param"],
-                 f'{100 * r["score"]:.1f}', r["avg_layers"],
-                 f'{r["theoretical_speedup"]:.2f}x'] for r in sweep]
-  (out / "results.md").write_text(
-      f"# PALBERT and baselines on GLUE dev (preset `{args.preset}`, "
-      f"model `{cfg.model}`)\n\nDefault operating points; realised speed-ups "
-      "measured against the full model in the same run (batch 32: "
-      "`compacted`, batch 1: `early_stop`).\n\n"
-      + report.markdown_table(header, rows)
-      + "\n\n## Sweeps\n\n"
-      + report.markdown_table(["task", "method", "param", "score",
-                               "avg layers", "theoretical"], sweep_rows)
-      + "\n")
-  plots.pareto(sweep, out / "pareto.png",
-               title=f"GLUE dev ({', '.join(args.tasks)}), {cfg.model}")
+def splits(tokenizer, task, cfg, data_dir, log):
+  """(train, held-out, dev): held-out and train are disjoint parts of the
+  training split (a fixed permutation, the same for every seed)."""
+  full_train = tokenise(tokenizer, task, "train", cfg, data_dir, log)
+  perm = np.random.default_rng(0).permutation(len(full_train))
+  heldout_n = min(cfg.heldout_examples, len(full_train) // 5)
+  rest = perm[heldout_n:]
+  if cfg.max_train_examples is not None:
+    rest = rest[:cfg.max_train_examples]
+  dev = tokenise(tokenizer, task, "dev_matched" if task == "mnli" else "dev",
+                 cfg, data_dir, log)
+  if cfg.max_eval_examples is not None:
+    dev = dev.subset(np.arange(min(cfg.max_eval_examples, len(dev))))
+  return full_train.subset(rest), full_train.subset(perm[:heldout_n]), dev
+
+
+def run_seed(task, method, seed, encoder, pooling, data, cfg, args,
+             timed: bool) -> dict:
+  """Trains, selects on held-out, scores on dev: one runs.json record."""
+  train_split, heldout, dev = data
+  clock = time.monotonic()
+  heads_cfg = dataclasses.replace(method.heads(glue_task(task).num_labels),
+                                  pooling=pooling)
+  model, metrics = run.train_method(
+      encoder, heads_cfg, method, train_split, cfg, seed,
+      args.out / "train" / task / method.name / f"seed{seed}",
+      False if args.no_progress else None,
+      fingerprint=run.fingerprint(cfg, heads_cfg, method, train_split, task),
+      force_resume=args.force_resume)
+  key = jax.random.key(seed)
+  seconds = {"train": time.monotonic() - clock}
+  clock = time.monotonic()
+  held_points = run.sweep(method, run.per_layer_outputs(model, heldout, cfg),
+                          heldout.labels, task, key)
+  chosen, degenerate = select.choose(held_points, tolerance=cfg.tolerance,
+                                     fixed_depth=method.fixed_depth)
+  dev_out = run.per_layer_outputs(model, dev, cfg)
+  dev_points = run.sweep(method, dev_out, dev.labels, task, key)
+  at = next(p for p in dev_points if p["param"] == chosen["param"])
+  seconds["evaluate"] = time.monotonic() - clock
+  record = {
+      "task": task, "method": method.name, "seed": seed,
+      "param": chosen["param"], "degenerate": degenerate,
+      "heldout_score": chosen["score"], "score": at["score"],
+      "avg_layers": at["avg_layers"],
+      "avg_layers_std_over_examples": at["avg_layers_std_over_examples"],
+      "exit_histogram": at["exit_histogram"],
+      "per_layer_scores": run.per_layer_scores(dev_out, dev.labels, task),
+      "halting_spread": run.halting_spread(dev_out),
+      "dev_correct": "".join(map(str, at["correct"].tolist())),
+      "train_loss": metrics.get("loss"),
+      "heldout_sweep": [_point(p) for p in held_points],
+      "dev_sweep": [_point(p) for p in dev_points],
+      "realised_speedup": None, "realised_speedup_batch1": None}
+  if timed:
+    clock = time.monotonic()
+    fast, single = run.speed(model, method, chosen["param"], dev, cfg, key)
+    seconds["time_speed"] = time.monotonic() - clock
+    record.update(realised_speedup=round(fast.realised_speedup, 3),
+                  realised_speedup_batch1=round(single.realised_speedup, 3),
+                  timing_theoretical_speedup=round(fast.theoretical_speedup,
+                                                   3))
+  record["seconds"] = {k: round(v, 1) for k, v in seconds.items()}
+  return record
+
+
+def _point(p: dict) -> dict:
+  return {k: p[k] for k in ("param", "score", "avg_layers",
+                            "avg_layers_std_over_examples", "exit_histogram")}
+
+
+def write_summary(out: pathlib.Path, args, cfg, num_layers: int) -> list:
+  """Rebuilds results.json / results.md / pareto.png from runs.json."""
+  runs_all = results_store.read_records(out / "runs.json")
+  by_key = {}
+  for r in runs_all:
+    by_key.setdefault((r["task"], r["method"]), []).append(r)
+  records = []
+  for (task, method), runs in by_key.items():
+    if method == "majority":
+      records.append(runs[0]["record"])
+      continue
+    metric = "+".join(glue_task(task).selection)
+    records.append(summary.method_record(task, metric, method, num_layers,
+                                         sorted(runs,
+                                                key=lambda r: r["seed"])))
+  summary.add_verdicts(records, {k: v for k, v in by_key.items()
+                                 if k[1] != "majority"})
+  results_store.write_json_atomic(out / "results.json", records)
+  (out / "results.md").write_text(tables.markdown(records, runs_all, args,
+                                                  cfg))
+  plots.pareto(runs_all, records, out / "pareto.png",
+               title=f"GLUE dev, {cfg.model}, {len(cfg.seeds)} seeds")
+  return records
 
 
 def main(argv=None):
   args = parse_args(argv)
-  overrides = {k: v for k, v in [("model", args.model),
-                                  ("max_len", args.max_len),
-                                  ("epochs", args.epochs)] if v is not None}
-  cfg = configs.get_config(args.preset, **overrides)
-  encoder, tokenizer = models.load(cfg.model)
-  positions = encoder.cfg.max_position_embeddings
-  if cfg.max_len > positions:
-    print(f"max_len={cfg.max_len} exceeds the model's {positions} positions; "
+  cfg = config(args)
+  start = time.monotonic()
+  with results_store.lock_output_dir(args.out) as out:
+    log = Log(out / "log.txt")
+    log(f"$ python -m experiments.palbert_glue {' '.join(argv or sys.argv[1:])}")
+    encoder, tokenizer, pooling = models.load(cfg.model)
+    positions = encoder.cfg.max_position_embeddings
+    if cfg.max_len > positions:
+      log(f"max_len={cfg.max_len} exceeds the model's {positions} positions; "
           f"inputs are truncated to {positions} tokens")
-    cfg = configs.get_config(args.preset, **{**overrides, "max_len": positions})
-  records, sweep = [], []
-  for task in args.tasks:
-    spec = glue_task(task)
-    train_split = tokenise(tokenizer, task, "train", cfg, args.data_dir)
-    dev_name = "dev_matched" if task == "mnli" else "dev"
-    dev = tokenise(tokenizer, task, dev_name, cfg, args.data_dir)
-    for method in args.methods:
-      print(f"== {task} / {method.name}", flush=True)
-      model, metrics = run.train_method(
-          encoder, method, train_split, spec.num_labels, cfg,
-          args.out / "train" / task / method.name,
-          False if args.no_progress else None)
-      record, points = run.evaluate_method(model, method, task, dev, cfg)
-      print(json.dumps(record), flush=True)
-      records.append(record)
-      sweep += points
-      write(args.out, records, sweep, args, cfg)
-  print(f"wrote {args.out}/results.json, sweep.json, results.md, pareto.png")
+      cfg = dataclasses.replace(
+          cfg, max_len=positions,
+          bucket_widths=tuple(min(w, positions) for w in cfg.bucket_widths),
+          train_bucket_widths=tuple(min(w, positions)
+                                    for w in cfg.train_bucket_widths))
+    methods = [get_method(n, prior=cfg.prior) for n in args.method_names]
+    log(f"preset {args.preset}: {cfg.model} ({encoder.cfg.num_layers} "
+        f"layers, exits pool '{pooling}'), prior {cfg.prior}, seeds "
+        f"{list(cfg.seeds)}, out {out}")
+    jobs = [(t, m, s) for t in args.tasks for m in methods for s in cfg.seeds]
+    done = 0
+    for task in args.tasks:
+      data = splits(tokenizer, task, cfg, args.data_dir, log)
+      log(f"{task}: train {len(data[0])}, held-out {len(data[1])}, dev "
+          f"{len(data[2])} examples; {run.num_steps(cfg, len(data[0]))} "
+          "steps per stage")
+      majority = summary.majority_record(
+          task, "+".join(glue_task(task).selection), data[0].labels,
+          data[2].labels)
+      results_store.merge_records(out / "runs.json", [
+          {"task": task, "method": "majority", "seed": None,
+           "record": majority}])
+      for method in methods:
+        for i, seed in enumerate(cfg.seeds):
+          elapsed = time.monotonic() - start
+          eta = elapsed / done * (len(jobs) - done) if done else float("nan")
+          log(f"== [{done + 1}/{len(jobs)}] {task} / {method.name} / seed "
+              f"{seed} ({format_duration(elapsed)} elapsed, ETA {format_duration(eta)})")
+          record = run_seed(task, method, seed, encoder, pooling, data, cfg,
+                            args, timed=i < cfg.timing_seeds)
+          log(f"   op. point {record['param']} (held-out "
+              f"{100 * record['heldout_score']:.1f}): dev "
+              f"{100 * record['score']:.1f} at {record['avg_layers']:.2f} "
+              f"layers (std {record['avg_layers_std_over_examples']:.2f}"
+              f"{', DEGENERATE' if record['degenerate'] else ''}); "
+              + ", ".join(f"{k} {v:.0f}s"
+                          for k, v in record["seconds"].items()))
+          results_store.merge_records(out / "runs.json", [record])
+          done += 1
+        write_summary(out, args, cfg, encoder.cfg.num_layers)
+    records = write_summary(out, args, cfg, encoder.cfg.num_layers)
+    log(tables.headline(records))
+    log(f"done in {format_duration(time.monotonic() - start)}; wrote "
+        f"{out / 'results.json'}, {out / 'results.md'}, {out / 'pareto.png'}"
+        f" (and runs.json, log.txt)")
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ import os
 import pathlib
 
 from jaxexit.data.tokenize import TextTokenizer, minilm_tokenizer
-from jaxexit.models import from_pretrained, load_minilm
+from jaxexit.models import checkpoint_pooling, from_pretrained, minilm_path
 
 HUB_MODELS = ("albert-base-v2", "roberta-base", "bert-base-uncased")
 
@@ -29,9 +29,13 @@ def _hub_folder(name: str) -> pathlib.Path:
 
 
 def load(name: str):
-  """(encoder, tokenizer) for `minilm-l6`, a hub id or a local HF folder."""
+  """(encoder, tokenizer, pooling) for `minilm-l6`, a hub id or a local HF
+  folder; `pooling` is how the checkpoint was trained to pool
+  (`jaxexit.models.checkpoint_pooling`), which every exit then uses."""
   if name == "minilm-l6":
-    return load_minilm(), minilm_tokenizer()
+    folder = minilm_path()
+    return from_pretrained(folder), minilm_tokenizer(), checkpoint_pooling(
+        folder)
   folder = pathlib.Path(name)
   if not folder.is_dir():
     if "/" not in name and name not in HUB_MODELS:
@@ -42,4 +46,4 @@ def load(name: str):
   lowercase = None if (folder / "tokenizer.json").is_file() else (
       "uncased" in name)
   tok = TextTokenizer.from_file(os.fspath(folder), lowercase=lowercase)
-  return from_pretrained(folder), tok
+  return from_pretrained(folder), tok, checkpoint_pooling(folder)

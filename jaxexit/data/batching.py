@@ -85,3 +85,105 @@ def eval_batches(num_examples: int, batch_size: int) -> list[EvalBatch]:
     num_valid = min(batch_size, num_examples - start)
     batches.append(EvalBatch(np.minimum(indices, num_examples - 1), num_valid))
   return batches
+
+
+class LengthBucketedBatches:
+  """Training batches of similar length: a pure function of the step.
+
+  Examples are grouped by the smallest bucket width that holds their
+  length; each epoch shuffles every bucket (`default_rng([seed, epoch])`),
+  cuts it into `batch_size` chunks (dropping each bucket's remainder) and
+  shuffles the chunks' order. A batch is then padded only to its bucket's
+  width, so short examples cost short sequences, and there is one compiled
+  shape per width. The number of batches per epoch is the same in every
+  epoch, so `batch(step)` is defined for any step (resumable).
+
+  Attributes:
+    widths: [K] sorted bucket widths (the last one ≥ the longest example).
+    batches_per_epoch: batches in one epoch.
+  """
+
+  def __init__(self, lengths, batch_size: int, seed: int,
+               widths=(16, 32, 64)):
+    """Groups examples by length.
+
+    Args:
+      lengths: [N] true lengths (tokens) of the examples.
+      batch_size: examples per batch.
+      seed: non-negative seed; with the step it fixes the batch.
+      widths: increasing bucket widths; lengths above the last are an error.
+
+    Raises:
+      ValueError: no bucket holds a full batch, a length above the last
+        width, or a bad size.
+    """
+    lengths = np.asarray(lengths)
+    checks.positive_int("batch_size", batch_size)
+    checks.positive_int("seed", seed, minimum=0)
+    self.widths = tuple(sorted(int(w) for w in widths))
+    if lengths.size and lengths.max() > self.widths[-1]:
+      raise ValueError(f"an example has length {int(lengths.max())} > the "
+                       f"largest bucket width {self.widths[-1]}")
+    bucket = np.searchsorted(self.widths, lengths)  # first width >= length
+    self._members = [np.flatnonzero(bucket == k)
+                     for k in range(len(self.widths))]
+    self._seed = seed
+    self._batch_size = batch_size
+    self.batches_per_epoch = sum(len(m) // batch_size for m in self._members)
+    if self.batches_per_epoch == 0:
+      raise ValueError(f"no length bucket holds batch_size={batch_size} "
+                       f"examples (bucket sizes "
+                       f"{[len(m) for m in self._members]})")
+    self._epoch_cache: tuple[int, list] | None = None
+
+  def _epoch(self, epoch: int) -> list[tuple[np.ndarray, int]]:
+    if self._epoch_cache is None or self._epoch_cache[0] != epoch:
+      rng = np.random.default_rng([self._seed, epoch])
+      chunks = []
+      for width, members in zip(self.widths, self._members):
+        perm = rng.permutation(members)
+        for i in range(len(perm) // self._batch_size):
+          chunks.append((perm[i * self._batch_size:
+                              (i + 1) * self._batch_size], width))
+      order = rng.permutation(len(chunks))
+      self._epoch_cache = (epoch, [chunks[i] for i in order])
+    return self._epoch_cache[1]
+
+  def batch(self, step: int) -> tuple[Int64[np.ndarray, "B"], int]:
+    """`(indices [batch_size], width)` of the batch at `step`."""
+    checks.positive_int("step", step, minimum=0)
+    epoch, i = divmod(step, self.batches_per_epoch)
+    indices, width = self._epoch(epoch)[i]
+    return indices.astype(np.int64), width
+
+
+def length_bucketed_eval_batches(lengths, batch_size: int,
+                                 widths=(16, 32, 64)
+                                 ) -> list[tuple[EvalBatch, int]]:
+  """Evaluation batches grouped by length: `[(EvalBatch, width), ...]`.
+
+  Every example appears once; within a width, batches have one static size
+  (the last one padded by repeating its final index, `num_valid` real rows),
+  so there is one compiled shape per width.
+
+  Args:
+    lengths: [N] true lengths.
+    batch_size: rows per batch.
+    widths: increasing bucket widths (the last ≥ the longest example).
+  """
+  lengths = np.asarray(lengths)
+  checks.positive_int("batch_size", batch_size)
+  widths = tuple(sorted(int(w) for w in widths))
+  if lengths.size and lengths.max() > widths[-1]:
+    raise ValueError(f"an example has length {int(lengths.max())} > the "
+                     f"largest bucket width {widths[-1]}")
+  bucket = np.searchsorted(widths, lengths)
+  out = []
+  for k, width in enumerate(widths):
+    members = np.flatnonzero(bucket == k)
+    for start in range(0, len(members), batch_size):
+      chunk = members[start:start + batch_size]
+      padded = np.concatenate(
+          [chunk, np.full(batch_size - len(chunk), chunk[-1])])
+      out.append((EvalBatch(padded.astype(np.int64), len(chunk)), width))
+  return out

@@ -1,10 +1,14 @@
-"""A tqdm progress bar over training steps, with metrics as its postfix.
+"""Progress over training steps: a tqdm bar, or lines in a log.
 
-The bar is off when stderr is not a terminal (CI logs, subprocesses) unless
-asked for, and can always be turned off; when off, every method is a no-op.
+On a terminal (stderr is a tty) it is a tqdm bar with the metrics as its
+postfix. Elsewhere (output sent to a file, CI) it prints one line to stdout
+every `line_every_s` seconds (and at the end) with the step, percentage,
+elapsed time, ETA and metrics, so a log shows the run moving. Both can be
+turned off; when off, every method is a no-op.
 """
 
 import sys
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -17,25 +21,54 @@ class ProgressBar:
   """Steps `initial..total` with an optional metrics postfix."""
 
   def __init__(self, total: int, *, initial: int = 0,
-               enabled: bool | None = None, desc: str = "train"):
+               enabled: bool | None = None, desc: str = "train",
+               line_every_s: float = 30.0):
     """Creates the bar.
 
     Args:
       total: the last step.
       initial: the step the run starts from (non-zero when resuming).
-      enabled: `True`/`False` forces the bar on/off; `None` shows it only
-        when stderr is a terminal.
-      desc: the label in front of the bar.
+      enabled: `True` forces the bar, `False` turns all progress off, `None`
+        shows the bar on a terminal and progress lines elsewhere.
+      desc: the label in front of the bar or line.
+      line_every_s: seconds between progress lines (not on a terminal).
     """
-    if enabled is None:
-      enabled = sys.stderr.isatty()
-    self.enabled = enabled
+    tty = sys.stderr.isatty()
+    self.enabled = enabled is not False
+    use_bar = enabled is True or (enabled is None and tty)
     self._bar = tqdm.tqdm(total=total, initial=initial, desc=desc,
-                          dynamic_ncols=True) if enabled else None
+                          dynamic_ncols=True) if use_bar else None
+    self._lines = self.enabled and not use_bar
+    self._desc, self._total, self._initial = desc, total, initial
+    self._done = initial
+    self._every = line_every_s
+    self._start = self._last = time.monotonic()
+    self._metrics: Mapping[str, Any] | None = None
+
+  def _line(self) -> None:
+    now = time.monotonic()
+    self._last = now
+    elapsed = now - self._start
+    ran = self._done - self._initial
+    left = self._total - self._done
+    eta = elapsed / ran * left if ran else float("nan")
+    pct = 100.0 * self._done / max(self._total, 1)
+    metrics = (" " + ", ".join(f"{k}={v}" for k, v in format_metrics(
+        self._metrics).items())) if self._metrics else ""
+    print(f"{self._desc}: step {self._done}/{self._total} ({pct:.0f}%), "
+          f"{format_duration(elapsed)} elapsed, ETA {format_duration(eta)}{metrics}",
+          flush=True)
 
   def update(self, n: int = 1, metrics: Mapping[str, Any] | None = None
              ) -> None:
     """Advances by `n` steps and, if given, shows `metrics` (fetches them)."""
+    if self._lines:
+      self._done += n
+      if metrics:
+        self._metrics = metrics
+      if time.monotonic() - self._last >= self._every:
+        self._line()
+      return
     if self._bar is None:
       return
     if metrics:
@@ -43,7 +76,9 @@ class ProgressBar:
     self._bar.update(n)
 
   def close(self) -> None:
-    """Closes the bar (no-op when disabled)."""
+    """Closes the bar, or prints the last line (no-op when disabled)."""
+    if self._lines and self._done > self._initial:
+      self._line()
     if self._bar is not None:
       self._bar.close()
 
@@ -52,3 +87,15 @@ class ProgressBar:
 
   def __exit__(self, *exc) -> None:
     self.close()
+
+
+def format_duration(seconds: float) -> str:
+  """`1h02m03s` / `4m05s` / `7s`; `?` when unknown."""
+  if seconds != seconds:  # NaN
+    return "?"
+  s = int(round(seconds))
+  h, rest = divmod(s, 3600)
+  m, s = divmod(rest, 60)
+  if h:
+    return f"{h}h{m:02d}m{s:02d}s"
+  return f"{m}m{s:02d}s" if m else f"{s}s"

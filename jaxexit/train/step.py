@@ -74,6 +74,7 @@ def _loss_and_grads(loss_fn: LossFn, model: nnx.Module, batch, rng):
   return loss, metrics, new_rest, grads
 
 
+@functools.cache
 def make_train_step(loss_fn: LossFn, *, donate: bool = True) -> TrainStep:
   """Builds the jitted step `step(graphdef, state, batch, rng)`.
 
@@ -83,6 +84,10 @@ def make_train_step(loss_fn: LossFn, *, donate: bool = True) -> TrainStep:
     donate: donate the input `state` buffers to the output (halves the peak
       memory of parameters and optimizer state; the caller must not reuse the
       state it passed in).
+
+  The step is cached per `(loss_fn, donate)`: runs that pass the same loss
+  function object (e.g. one per seed) share one jitted step, so its
+  compiled programs are reused.
 
   Returns:
     `step(graphdef, state, batch, rng) -> (state, metrics)` where `state` is

@@ -6,6 +6,7 @@ import pytest
 
 from experiments.palbert_glue import __main__ as experiment
 from experiments.palbert_glue import configs
+from jaxexit.methods.encoder_exits import METHODS
 
 DATA = pathlib.Path(__file__).resolve().parents[2].parent / "shared" / "data"
 DATA_DIR = os.environ.get("JAXEXIT_DATA") or (str(DATA) if DATA.exists() else None)
@@ -24,6 +25,14 @@ def test_bad_arguments():
     experiment.parse_args(["--method", "palbert,ee"])
   with pytest.raises(ValueError, match="imagenet"):
     experiment.parse_args(["--task", "imagenet"])
+  with pytest.raises(ValueError, match="--seeds=0"):
+    experiment.parse_args(["--seeds", "0"])
+  with pytest.raises(ValueError, match="prior='flat'"):
+    configs.get_config("cpu", prior="flat")
+  with pytest.raises(ValueError, match="epochs=0"):
+    configs.get_config("cpu", epochs=0)
+  with pytest.raises(ValueError, match="epochs=nan"):
+    configs.get_config("cpu", epochs=float("nan"))
 
 
 def test_unknown_model():
@@ -44,25 +53,53 @@ def test_local_albert_folder_with_sentencepiece_tokenizer(tmp_path):
   tiny_tokenizers.albert_like(
       ["<pad>", "<unk>", "[CLS]", "[SEP]", "▁the", "▁cat", "▁"]).save(
           str(folder / "tokenizer.json"))
-  encoder, tok = models.load(str(folder))
+  encoder, tok, pooling = models.load(str(folder))
   assert isinstance(encoder, AlbertEncoder)
+  assert pooling == "cls_pooler"  # a plain HF folder: its trained pooler
   enc = tok.encode_batch(["The cat"], ["the"], max_len=8)
   assert enc.input_ids[0].tolist() == [2, 4, 5, 3, 4, 3, 0, 0]
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(DATA_DIR is None, reason="no data dir with GLUE RTE")
-def test_smoke_preset_all_methods_writes_results(tmp_path):
-  experiment.main(["--preset", "smoke", "--task", "rte", "--method", "all",
+@pytest.mark.skipif(DATA_DIR is None, reason="no data dir with GLUE SST-2")
+def test_smoke_preset_all_methods(tmp_path):
+  """The smoke run writes every file with the per-seed keys, and is not a
+  collapsed model: the full model beats the majority class on SST-2 dev,
+  and the threshold methods' exits vary across examples."""
+  experiment.main(["--preset", "smoke", "--task", "sst2", "--method", "all",
                    "--out", str(tmp_path), "--no-progress",
                    "--data-dir", DATA_DIR])
-  records = json.loads((tmp_path / "results.json").read_text())
-  assert [r["method"] for r in records] == [
-      "palbert", "pondernet", "pabee", "deebert", "berxit", "static", "full"]
-  for r in records:
+  records = {r["method"]: r
+             for r in json.loads((tmp_path / "results.json").read_text())}
+  assert set(records) == {"majority", *METHODS}
+  for name in METHODS:
+    r = records[name]
     assert set(r) >= {"task", "method", "metric", "score", "avg_layers",
-                      "theoretical_speedup", "realised_speedup"}
-  full = next(r for r in records if r["method"] == "full")
-  assert full["avg_layers"] == 6.0  # MiniLM-L6 runs every layer
-  assert (tmp_path / "results.md").exists()
-  assert (tmp_path / "pareto.png").exists()
+                      "theoretical_speedup", "realised_speedup", "seeds",
+                      "score_mean", "score_ci", "avg_layers_mean",
+                      "avg_layers_std_over_examples", "verdict_vs"}
+    assert len(r["seeds"]) == 2 and r["score"] == r["score_mean"]
+  assert records["full"]["avg_layers"] == 6.0  # MiniLM-L6 runs every layer
+  majority = records["majority"]
+  assert records["full"]["score_ci"][0] > majority["score"]
+  for name in ("deebert", "pabee"):
+    assert records[name]["avg_layers_std_over_examples"] > 0.1, name
+  assert set(records["palbert"]["verdict_vs"]) == {"pabee", "pondernet"}
+  for name in ("results.md", "pareto.png", "runs.json", "log.txt"):
+    assert (tmp_path / name).exists()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(DATA_DIR is None, reason="no data dir with GLUE SST-2")
+def test_two_invocations_into_one_out_merge(tmp_path):
+  """`--method static` after `--method full` keeps both; a rerun with
+  changed settings is refused, naming the changed field."""
+  base = ["--preset", "smoke", "--task", "sst2", "--seeds", "1", "--out",
+          str(tmp_path), "--no-progress", "--data-dir", DATA_DIR]
+  experiment.main(base + ["--method", "full"])
+  experiment.main(base + ["--method", "static"])
+  methods = {r["method"] for r in json.loads(
+      (tmp_path / "results.json").read_text())}
+  assert methods == {"majority", "full", "static"}
+  with pytest.raises(ValueError, match="epochs"):
+    experiment.main(base + ["--method", "full", "--epochs", "0.5"])

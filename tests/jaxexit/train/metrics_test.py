@@ -63,8 +63,20 @@ def test_progress_bar_disabled_and_enabled(capsys):
     bar.update(3, {"loss": jnp.float32(0.5), "step_time": 1e-4})
   err = capsys.readouterr().err
   assert "5/10" in err and "loss=0.5" in err
-  # Under pytest stderr is not a terminal: the default is off.
-  assert not progress_lib.ProgressBar(10).enabled
+
+
+def test_progress_lines_when_not_a_terminal(capsys):
+  """Off a terminal (as under pytest) the default prints progress lines:
+  one per `line_every_s` and one at the end, with the ETA."""
+  with progress_lib.ProgressBar(10, line_every_s=0.0, desc="pabee") as bar:
+    bar.update(4, {"loss": jnp.float32(0.25)})
+  out = capsys.readouterr().out.splitlines()
+  assert out[0].startswith("pabee: step 4/10 (40%)")
+  assert "ETA" in out[0] and "loss=0.25" in out[0]
+  with progress_lib.ProgressBar(10, line_every_s=3600.0) as bar:
+    bar.update(10)
+  out = capsys.readouterr().out.splitlines()
+  assert len(out) == 1 and "step 10/10 (100%)" in out[0]  # only the last
 
 
 def test_seed_keys_depend_only_on_seed_and_step():
