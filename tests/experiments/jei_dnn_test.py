@@ -2,6 +2,7 @@ import json
 import os
 import pathlib
 
+import numpy as np
 import pytest
 
 from experiments.jei_dnn import __main__ as experiment
@@ -64,6 +65,19 @@ def test_smoke_preset_writes_results_and_resumes(tmp_path):
   assert full["flops_fraction"] == 1.0
   assert [r["budget_or_threshold"] for r in records
           if r["method"] == "jei_dnn"] == list(cfg.gammas)
+  # The backbone and every exit and operating point beat the constant
+  # predictor (the test subset's majority class, from the run's feature
+  # cache) by 2 points; a collapsed backbone or inference module sits at or
+  # below it. Smoke: lowest record 0.167 (the full backbone) vs 0.112.
+  labels = np.load(tmp_path / "features" / "test.npz")["labels"]
+  majority = np.bincount(labels).max() / len(labels)
+  assert min(r["accuracy"] for r in records) > majority + 0.02, majority
+  # A larger γ prices computation higher, so the gates must exit earlier;
+  # catches gates that ignore γ (a dropped cost term). Smoke: flops fraction
+  # 0.668 at γ=0.1 (all at exit 2), 0.334 at γ=1 (all at exit 1).
+  jei = [f for _, f in sorted((r["budget_or_threshold"], r["flops_fraction"])
+                              for r in records if r["method"] == "jei_dnn")]
+  assert all(a > b for a, b in zip(jei, jei[1:])), jei
   text = (tmp_path / "results.md").read_text()
   assert "Claims tested" in text and "94.95" in text
   # A rerun resumes every stage from disk and rewrites the same accuracies.
