@@ -58,6 +58,8 @@ def parse_args(argv=None):
                       help="override the preset's max sequence length")
   parser.add_argument("--epochs", type=float, default=None,
                       help="override the preset's training epochs")
+  parser.add_argument("--train-examples", type=int, default=None,
+                      help="override the preset's training subset size")
   parser.add_argument("--out", type=pathlib.Path,
                       default=pathlib.Path("runs/palbert_glue"))
   parser.add_argument("--force-resume", action="store_true",
@@ -81,6 +83,8 @@ def config(args) -> configs.Config:
   overrides = {k: v for k, v in [("model", args.model),
                                   ("max_len", args.max_len),
                                   ("epochs", args.epochs),
+                                  ("max_train_examples",
+                                   args.train_examples),
                                   ("prior", args.prior)] if v is not None}
   if args.max_len is not None:
     # The length buckets follow: every width below max_len, then max_len.

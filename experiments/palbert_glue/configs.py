@@ -61,6 +61,8 @@ class Config:
     checks.positive_int("batch_size", self.batch_size)
     checks.positive_int("eval_batch_size", self.eval_batch_size)
     checks.positive_int("heldout_examples", self.heldout_examples)
+    if self.max_train_examples is not None:
+      checks.positive_int("max_train_examples", self.max_train_examples)
     checks.positive_int("timing_seeds", self.timing_seeds, minimum=0)
     if not (isinstance(self.epochs, (int, float)) and math.isfinite(
         self.epochs) and self.epochs > 0):
