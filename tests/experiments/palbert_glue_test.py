@@ -103,3 +103,21 @@ def test_two_invocations_into_one_out_merge(tmp_path):
   assert methods == {"majority", "full", "static"}
   with pytest.raises(ValueError, match="epochs"):
     experiment.main(base + ["--method", "full", "--epochs", "0.5"])
+
+
+def test_readme_table_and_verdicts_come_from_committed_results():
+  """The README's table is `tables.main_table` of the committed
+  results.json, which has 3 seeds per method, a full model above the
+  majority class and PALBERT exits that vary across examples."""
+  from experiments.palbert_glue import tables
+  folder = pathlib.Path(__file__).resolve().parents[2] / "experiments" / (
+      "palbert_glue")
+  records = json.loads((folder / "results" / "results.json").read_text())
+  readme = (folder / "README.md").read_text()
+  assert tables.main_table(records) in readme
+  by = {r["method"]: r for r in records}
+  assert all(len(r["seeds"]) >= 3 for m, r in by.items() if m != "majority")
+  assert by["full"]["score_ci"][0] > by["majority"]["score_ci"][1]
+  assert by["palbert"]["avg_layers_std_over_examples"] > 0
+  for baseline, v in by["palbert"]["verdict_vs"].items():
+    assert f"palbert vs {baseline}: **{v['verdict']}**" in readme
