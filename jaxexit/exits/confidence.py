@@ -31,15 +31,17 @@ ScalarLike = Real[ArrayLike, ""]
 
 def _logits_f32(name: str, logits, rank: int, axes: str) -> Array:
   checks.rank_at_least(name, logits, rank, axes)
-  checks.finite(name, logits)
+  checks.logits(name, logits)
   return jnp.asarray(logits, jnp.float32)
 
 
 def _entropy_f32(z: Array) -> Array:
   # Equal to DeeBERT's log Σ e^z − Σ z e^z / Σ e^z, but written as −Σ p log p
-  # with log_softmax so large logits do not cancel catastrophically.
+  # with log_softmax so large logits do not cancel catastrophically. A −inf
+  # (masked) logit has p = 0 and contributes 0 (not 0·(−inf) = NaN).
   logp = jax.nn.log_softmax(z, axis=-1)
-  return -jnp.sum(jnp.exp(logp) * logp, axis=-1)
+  finite_logp = jnp.where(jnp.isfinite(logp), logp, 0.0)
+  return -jnp.sum(jnp.exp(logp) * finite_logp, axis=-1)
 
 
 def entropy(logits: Float[Array, "*b C"]) -> Float[Array, "*b"]:
@@ -48,7 +50,7 @@ def entropy(logits: Float[Array, "*b C"]) -> Float[Array, "*b"]:
   DeeBERT eq. (§5): H = log Σ_k e^{z_k} − Σ_k z_k e^{z_k} / Σ_k e^{z_k}.
 
   Args:
-    logits: [*b, C] class logits.
+    logits: [*b, C] class logits; −inf marks a masked class.
 
   Returns:
     [*b] float32 entropy in [0, log C].
@@ -198,6 +200,7 @@ def _head_logits(head_out) -> Array:
   """`head_out.logits` as float32, or a ValueError if the head has none."""
   if head_out.logits is None:
     raise ValueError("this rule reads ExitHeadOutput.logits, which is None")
+  checks.logits("head_out.logits", head_out.logits)
   return jnp.asarray(head_out.logits, jnp.float32)
 
 

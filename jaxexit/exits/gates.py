@@ -96,6 +96,7 @@ def learned_exit(scores: Float[Array, "*b L"],
   """
   _check_tau(threshold)
   checks.rank_at_least("scores", scores, 1, "*b, L")
+  checks.probabilities("scores", scores)
   return first_exit(_f32(scores) < threshold)
 
 
@@ -130,7 +131,7 @@ def jei_exit_probabilities(
     float32 conditional exit probabilities.
   """
   checks.rank_at_least("g", g, 1, "*b, L")
-  checks.finite("g", g)
+  checks.probabilities("g", g)
   g_lb = jnp.moveaxis(_f32(g), -1, 0)  # [L, *b]
   init = (jnp.zeros(g_lb.shape[1:], jnp.float32),
           jnp.ones(g_lb.shape[1:], jnp.float32))
@@ -215,6 +216,7 @@ def _score(head_out: ExitHeadOutput) -> Array:
   if jnp.ndim(x) != 1:
     raise ValueError(
         f"ExitHeadOutput.score must be [B]; got shape {jnp.shape(x)}")
+  checks.probabilities("head_out.score", x)
   return _f32(x)
 
 

@@ -69,7 +69,7 @@ def halting_distribution(lambdas: Float[Array, "*b L"], *,
   """
   checks.one_of("remainder", remainder, REMAINDERS)
   checks.rank_at_least("lambdas", lambdas, 1, "*b, L")
-  checks.finite("lambdas", lambdas)
+  checks.probabilities("lambdas", lambdas)
   lam = _f32(lambdas)
   if remainder == "last":
     lam = lam.at[..., -1].set(1.0)
@@ -175,6 +175,8 @@ def kl_divergence(p: Float[Array, "... L"],
   """
   checks.rank_at_least("p", p, 1, "*b, L")
   checks.rank_at_least("q", q, 1, "*b, L")
+  checks.probabilities("p", p)
+  checks.probabilities("q", q)
   if p.shape[-1] != q.shape[-1]:
     raise ValueError(
         f"p and q must share the last (L) axis; got p.shape={p.shape}, "
@@ -235,6 +237,7 @@ def epsilon_floor(p: Float[Array, "*b L"],
   """
   checks.in_range("eps", eps, 0.0, 1.0, high_open=True)
   checks.rank_at_least("p", p, 1, "*b, L")
+  checks.probabilities("p", p)
   p = _f32(p)
   num_layers = p.shape[-1]
   floored = _exclusive_cumsum(p) > 1.0 - _f32(eps)
@@ -256,6 +259,7 @@ def q_exit(p: Float[Array, "*b L"], q: ScalarLike) -> Int[Array, "*b"]:
   """
   checks.in_range("q", q, 0.0, 1.0, low_open=True, high_open=True)
   checks.rank_at_least("p", p, 1, "*b, L")
+  checks.probabilities("p", p)
   return first_exit(jnp.cumsum(_f32(p), axis=-1) > _f32(q))
 
 
@@ -283,7 +287,7 @@ def sampled_exit(key: PRNGKeyArray,
   """
   if jnp.ndim(lambdas) != 2:
     raise ValueError(f"lambdas must be [B, L]; got shape {lambdas.shape}")
-  checks.finite("lambdas", lambdas)
+  checks.probabilities("lambdas", lambdas)
   batch, num_layers = lambdas.shape
   keys = jax.random.split(key, batch)
   layers = jnp.arange(num_layers, dtype=jnp.int32)
@@ -307,6 +311,8 @@ def ponder_task_loss(per_layer_loss: Float[Array, "*b L"],
     scalar float32 loss.
   """
   checks.same_shape(("per_layer_loss", "p"), per_layer_loss, p)
+  checks.finite("per_layer_loss", per_layer_loss)
+  checks.probabilities("p", p)
   weighted = _f32(p) * _f32(per_layer_loss)
   return jnp.mean(jnp.sum(weighted, axis=-1))
 
@@ -354,6 +360,7 @@ def q_exit_rule(q: ScalarLike) -> ExitRule:
   def update(state, head_out, layer):
     del layer
     lam = _head_field(head_out, "halt")
+    checks.probabilities("head_out.halt", lam)
     cdf = state.cdf + lam * state.survival
     survival = state.survival * (1.0 - lam)
     return QExitState(survival, cdf), cdf > _f32(q)
@@ -383,6 +390,7 @@ def sampled_exit_rule() -> ExitRule:
 
   def update(state, head_out, layer):
     lam = _head_field(head_out, "halt")
+    checks.probabilities("head_out.halt", lam)
     u = jax.vmap(lambda k: _uniform_at(k, layer))(state.keys)  # [B]
     return state, u < lam
 

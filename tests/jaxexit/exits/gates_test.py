@@ -157,7 +157,7 @@ def test_bad_inputs_raise_value_error():
     gates.jei_gate_targets(jnp.array([0]), 0)
   with pytest.raises(ValueError, match="logits"):
     unchecked(gates.lte_targets)(jnp.zeros((3, L, 2)), jnp.zeros((4,), int))
-  with pytest.raises(ValueError, match="g must be finite"):
+  with pytest.raises(ValueError, match=r"g must hold probabilities in \[0, 1\]"):
     gates.jei_exit(g.at[0, 0].set(jnp.nan))
   with pytest.raises(ValueError, match="score"):
     rule = gates.jei_gate_rule()
