@@ -119,3 +119,23 @@ def test_sigkill_and_resume_equals_uninterrupted_run(tmp_path):
   assert int(final["step"]) == 60
   assert ((killed / "metrics.jsonl").read_bytes()
           == (ref / "metrics.jsonl").read_bytes())
+
+
+def test_sigkill_during_a_save_resumes_from_the_previous_step(tmp_path):
+  """Killed at the commit of step 20: that step is never restored, the
+  rerun starts at 15 and ends bit-identical to an uninterrupted run."""
+  ref, killed = tmp_path / "ref", tmp_path / "killed"
+  ref_job = _job(ref)
+  ref_job.communicate(timeout=120)
+  assert ref_job.returncode == 0
+  proc = _job(killed, "--kill-in-save", "20")
+  proc.communicate(timeout=120)
+  assert proc.returncode == -signal.SIGKILL
+  leftovers = os.listdir(killed / "checkpoints")
+  assert "20" not in leftovers and "15" in leftovers, leftovers
+  out, err = _job(killed).communicate(timeout=120)
+  assert "start_step=15" in out, (out, err)
+  final, final_ref = (np.load(d / "final.npz") for d in (killed, ref))
+  assert set(final) == set(final_ref)
+  for name in final_ref:
+    np.testing.assert_array_equal(final[name], final_ref[name], err_msg=name)

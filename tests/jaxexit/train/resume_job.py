@@ -1,15 +1,20 @@
 """A tiny training run for the kill-and-resume test (run as a script).
 
   python resume_job.py WORKDIR [--num-steps 60] [--checkpoint-every 5]
-      [--sleep 0.0]
+      [--sleep 0.0] [--kill-in-save STEP]
 
 Trains a dropout MLP with `jaxexit.train.train`, then restores the final
 checkpoint and writes every leaf (parameters, optimizer state, rng) to
 `WORKDIR/final.npz`. Prints "start_step=N" before training.
+
+`--kill-in-save STEP` SIGKILLs the process inside the save of STEP: every
+file of the step is written to orbax's temporary folder, and the process
+dies at the rename that would commit it.
 """
 
 import argparse
 import os
+import signal
 import time
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -80,13 +85,28 @@ def dump_final(workdir: str) -> None:
   np.savez(os.path.join(workdir, "final.npz"), **arrays)
 
 
+def _kill_at_commit(step: int) -> None:
+  """SIGKILLs this process when a save tries to commit `step`."""
+  rename = os.rename
+
+  def killing_rename(src, dst, *args, **kwargs):
+    if os.path.basename(os.fspath(dst)) == str(step):
+      os.kill(os.getpid(), signal.SIGKILL)
+    return rename(src, dst, *args, **kwargs)
+
+  os.rename = killing_rename
+
+
 def main():
   parser = argparse.ArgumentParser()
   parser.add_argument("workdir")
   parser.add_argument("--num-steps", type=int, default=60)
   parser.add_argument("--checkpoint-every", type=int, default=5)
   parser.add_argument("--sleep", type=float, default=0.0)
+  parser.add_argument("--kill-in-save", type=int, default=None)
   args = parser.parse_args()
+  if args.kill_in_save is not None:
+    _kill_at_commit(args.kill_in_save)
   ckpt_dir = os.path.join(args.workdir, "checkpoints")
   steps = [int(d) for d in os.listdir(ckpt_dir) if d.isdigit()] if (
       os.path.isdir(ckpt_dir)) else []
