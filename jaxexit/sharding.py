@@ -18,15 +18,22 @@ The mesh axis is `AxisType.Auto`: sharding propagates through GSPMD, so
 model code written without sharding annotations still compiles (`Explicit`
 axes, `jax.make_mesh`'s default on JAX 0.10, would reject some reshapes and
 gathers of a sharded batch).
+
+`time_data_parallel` measures what the mesh buys: one forward pass of a
+model on one device against the same global batch split over the mesh.
 """
 
 import dataclasses
+from collections.abc import Callable
+from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
-from jaxexit import checks
+from jaxexit import checks, timing
 from jaxexit.typing import Array, PyTree
 
 DATA = "data"
@@ -122,3 +129,105 @@ def constrain(x: Array, spec: P | None) -> Array:
   if spec is None:
     return x
   return jax.lax.with_sharding_constraint(x, spec)
+
+
+@dataclasses.dataclass(frozen=True)
+class DataParallelTiming:
+  """One forward pass timed on one device and data-parallel over a mesh.
+
+  Attributes:
+    batch: the global batch size B of every timed call.
+    devices: devices of the mesh's "data" axis (1: no mesh was timed).
+    device_kind: the devices' kind, e.g. "TPU v2" or "cpu".
+    one_device: the whole batch on the first device.
+    mesh: the batch split over the mesh, the weights replicated; None when
+      there is one device.
+    max_abs_diff: largest |one-device output - mesh output| over every
+      floating leaf (0.0 when there is one device).
+  """
+
+  batch: int
+  devices: int
+  device_kind: str
+  one_device: timing.Timing
+  mesh: timing.Timing | None
+  max_abs_diff: float
+
+  @property
+  def speedup(self) -> float | None:
+    """Median one-device time over median mesh time (None: one device)."""
+    return None if self.mesh is None else (
+        self.one_device.median / self.mesh.median)
+
+  def markdown(self) -> str:
+    """A table of both rows: seconds per forward, examples/s, speed-up."""
+    kind = self.device_kind
+    rows = [(f"1 {kind}", self.batch, self.one_device, 1.0)]
+    if self.mesh is not None:
+      rows.append((f"{self.devices} {kind} (mesh axis `{DATA}`)",
+                   self.batch // self.devices, self.mesh, self.speedup))
+    lines = ["| devices | batch per device | ms / forward (median) | "
+             "examples / s | speed-up |", "|---|---:|---:|---:|---:|"]
+    lines += [f"| {name} | {per_device} | {1e3 * t.median:.2f} | "
+              f"{self.batch / t.median:,.0f} | {speedup:.2f}x |"
+              for name, per_device, t, speedup in rows]
+    if self.mesh is not None:
+      lines.append(f"\nGlobal batch {self.batch}; the two outputs differ by "
+                   f"at most {self.max_abs_diff:.2g}.")
+    return "\n".join(lines)
+
+
+def time_data_parallel(forward: Callable[[Any, PyTree], PyTree],
+                       model: nnx.Module, batch: PyTree,
+                       mesh: Mesh | None = None, *, warmup: int = 2,
+                       repeats: int = 5) -> DataParallelTiming:
+  """Times `forward(model, batch)` on one device and over `mesh`'s "data".
+
+  Both run the same jitted program on the same global batch: once with the
+  weights and the whole batch on the mesh's first device, once with the
+  weights replicated and the batch split over the "data" axis (GSPMD
+  partitions the program; each device computes B / n examples). The two
+  are timed interleaved (`jaxexit.timing.time_side_by_side`), after
+  untimed warm-up calls that absorb compiling.
+
+  Args:
+    forward: `(model, batch) -> outputs`, pure apart from the model.
+    model: the NNX module (split into graphdef and state, merged inside
+      the jitted program).
+    batch: a pytree of arrays [B, ...] with one common B, divisible by the
+      mesh's device count.
+    mesh: a mesh with a "data" axis (`data_parallel_mesh()`); None or one
+      device times only the one-device row.
+    warmup: untimed rounds, >= 0.
+    repeats: timed rounds, >= 1.
+
+  Returns:
+    A `DataParallelTiming`; `.markdown()` renders it.
+  """
+  graphdef, state = nnx.split(model)
+
+  @jax.jit
+  def run(state, batch):
+    return forward(nnx.merge(graphdef, state), batch)
+
+  devices = 1 if mesh is None else mesh.shape[DATA]
+  first = jax.devices()[0] if mesh is None else mesh.devices.flat[0]
+  one = (jax.device_put(state, first), jax.device_put(batch, first))
+  candidates = {"one": (run, one)}
+  if devices > 1:
+    candidates["mesh"] = (run, (replicate(state, mesh),
+                                shard_batch(batch, mesh)))
+  timings = timing.time_side_by_side(candidates, warmup=warmup,
+                                     repeats=repeats)
+  diff = 0.0
+  if devices > 1:
+    pairs = zip(jax.tree.leaves(run(*one)),
+                jax.tree.leaves(run(*candidates["mesh"][1])))
+    diff = max((float(np.max(np.abs(np.asarray(a, np.float64)
+                                    - np.asarray(b, np.float64))))
+                for a, b in pairs if jnp.issubdtype(a.dtype, jnp.floating)),
+               default=0.0)
+  return DataParallelTiming(
+      batch=int(np.shape(jax.tree.leaves(batch)[0])[0]), devices=devices,
+      device_kind=first.device_kind, one_device=timings["one"],
+      mesh=timings.get("mesh"), max_abs_diff=diff)

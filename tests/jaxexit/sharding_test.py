@@ -50,6 +50,16 @@ def test_single_device_mesh_and_errors():
     sharding.shard_batch({"x": np.float32(1.0)}, mesh)
 
 
+def test_time_data_parallel_on_one_device_times_one_row():
+  model = nnx.Linear(6, 2, rngs=nnx.Rngs(0))
+  dp = sharding.time_data_parallel(lambda m, b: m(b), model,
+                                   jnp.ones((4, 6)), warmup=1, repeats=2)
+  assert (dp.batch, dp.devices, dp.mesh, dp.speedup) == (4, 1, None, None)
+  assert len(dp.one_device.seconds) == 2
+  table = dp.markdown().splitlines()
+  assert len(table) == 3 and table[2].startswith("| 1 cpu | 4 |"), table
+
+
 class Mlp(nnx.Module):
 
   def __init__(self, rngs: nnx.Rngs):
@@ -107,6 +117,14 @@ def _child_main() -> None:
     assert "batch size 12" in str(e) and "device count 8" in str(e), e
   else:
     raise AssertionError("indivisible batch did not raise")
+  mlp = Mlp(nnx.Rngs(0))
+  mlp.eval()  # dropout off: both runs must compute the same function
+  dp = sharding.time_data_parallel(lambda m, b: m(b["x"], None), mlp,
+                                   {"x": x}, mesh, warmup=1, repeats=2)
+  assert (dp.batch, dp.devices, dp.device_kind) == (32, 8, "cpu"), dp
+  assert dp.mesh is not None and dp.speedup > 0, dp
+  assert dp.max_abs_diff < 1e-5, dp.max_abs_diff
+  assert "| 8 cpu (mesh axis `data`) | 4 |" in dp.markdown(), dp.markdown()
   print("CHILD OK", loss_1.tolist())
 
 
