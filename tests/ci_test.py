@@ -1,0 +1,52 @@
+"""`.ci/run` runs the README's test command on the primary Python (3.12)."""
+
+import pathlib
+import re
+import shutil
+import subprocess
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+CI = ROOT / ".ci" / "run"
+
+
+def _readme_test_command() -> str:
+  readme = (ROOT / "README.md").read_text()
+  lines = [l for l in readme.splitlines() if l.endswith("# the tests")]
+  assert len(lines) == 1, lines
+  return lines[0].split("#")[0].strip()
+
+
+def _function_body(script: str, name: str) -> str:
+  match = re.search(rf"^{name}\(\) {{\n(.*?)^}}", script, re.S | re.M)
+  assert match, f"no {name}() in .ci/run"
+  return match.group(1)
+
+
+def test_primary_phase_runs_readme_command_on_312():
+  primary = _function_body(CI.read_text(), "primary")
+  command = _readme_test_command()
+  assert any(l.strip() == command for l in primary.splitlines()), command
+  assert "python312" in primary and ".venv312" in primary
+
+
+def test_low_end_phase_pins_jax_0_10_2_on_311():
+  low = _function_body(CI.read_text(), "low_end")
+  assert "python3.11 -m venv" in low
+  assert '"jax==0.10.2" "jaxlib==0.10.2"' in low
+
+
+def test_low_end_test_paths_exist():
+  script = CI.read_text()
+  block = re.search(r"LOW_END_TESTS=\((.*?)\)", script, re.S).group(1)
+  paths = block.split()
+  assert paths
+  for p in paths:
+    assert (ROOT / p).exists(), p
+
+
+def test_script_parses():
+  if shutil.which("bash") is None:
+    pytest.skip("no bash")
+  subprocess.run(["bash", "-n", str(CI)], check=True)
