@@ -41,6 +41,12 @@ class DecoderBackbone(Protocol):
     num_layers: L, the number of blocks.
     d_model: D, the residual width.
     vocab_size: V.
+
+  Optional attribute (not a Protocol member, so `isinstance` does not ask
+  for it): `max_position`, the longest sequence (prompt + generated tokens)
+  the model accepts, as its `__call__` enforces; absent or None means no
+  limit (an SSM's recurrent state has none). The decoding entry points
+  refuse prompts that would pass it (`jaxexit.decoding.inputs`).
   """
 
   num_layers: int

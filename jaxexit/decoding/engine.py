@@ -37,7 +37,6 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from jaxexit import checks
@@ -45,6 +44,9 @@ from jaxexit.decoding.backbone import DecoderBackbone
 from jaxexit.decoding.config import DecodeConfig
 from jaxexit.decoding.confidence import token_confidence
 from jaxexit.decoding.exit_heads import ExitHeads
+from jaxexit.decoding.inputs import check_inputs
+# Re-exported from their old home here (callers import them from engine).
+from jaxexit.decoding.inputs import cache_length, check_prompts  # noqa: F401
 from jaxtyping import ArrayLike
 
 from jaxexit.typing import Array, Bool, Float, Int, PRNGKeyArray, PyTree
@@ -352,30 +354,6 @@ def _generate(graphdefs, params, prompts, lengths, threshold, key, *,
   return jax.lax.while_loop(cond, body, state)[-1]
 
 
-def cache_length(prompt_len: int, max_new_tokens: int) -> int:
-  """Cache positions needed: the prompt plus every generated token but the last."""
-  return prompt_len + max_new_tokens - 1
-
-
-def check_prompts(prompts, lengths, max_new_tokens: int, max_len: int) -> None:
-  """Raises if the prompts are malformed or do not fit a `max_len` cache."""
-  checks.rank_at_least("prompts", prompts, 2, "B, T")
-  if np.ndim(prompts) != 2 or np.shape(lengths) != np.shape(prompts)[:1]:
-    raise ValueError(f"prompts must be [B, T] and lengths [B]; got "
-                     f"prompts.shape={np.shape(prompts)}, "
-                     f"lengths.shape={np.shape(lengths)}")
-  lengths = np.asarray(lengths)
-  if lengths.min() < 1 or lengths.max() > np.shape(prompts)[1]:
-    raise ValueError(f"lengths must lie in [1, T={np.shape(prompts)[1]}]; "
-                     f"got lengths={lengths.tolist()}")
-  needed = cache_length(int(np.shape(prompts)[1]), max_new_tokens)
-  if needed > max_len:
-    raise ValueError(
-        f"prompt of {np.shape(prompts)[1]} tokens + max_new_tokens="
-        f"{max_new_tokens} needs a cache of {needed} positions; "
-        f"got max_len={max_len}")
-
-
 def generate(backbone: DecoderBackbone, heads: ExitHeads,
              prompts: Int[ArrayLike, "B T"], lengths: Int[ArrayLike, "B"],
              threshold: float, config: DecodeConfig, *,
@@ -396,12 +374,17 @@ def generate(backbone: DecoderBackbone, heads: ExitHeads,
 
   Returns:
     A `DecodeOutput` with [B, N] tokens and per-token exit accounting.
+
+  Raises:
+    ValueError: on an empty batch (B = 0), a prompt id or `config.eos_id`
+      outside [0, V), or a longest prompt + max_new_tokens beyond the
+      backbone's `max_position` (`jaxexit.decoding.inputs`).
   """
   config.check_backbone(backbone)
   checks.in_range("threshold", threshold, 0.0, 1.0)
-  needed = cache_length(int(np.shape(prompts)[1]), config.max_new_tokens)
-  max_len = needed if max_len is None else max_len
-  check_prompts(prompts, lengths, config.max_new_tokens, max_len)
+  max_len = check_inputs(backbone, prompts, lengths,
+                         max_new_tokens=config.max_new_tokens,
+                         eos_id=config.eos_id, max_len=max_len)
   if config.rule == "learned" and not hasattr(heads, "score"):
     raise ValueError(f"rule='learned' needs exit heads with a `score` method; "
                      f"{type(heads).__name__} has none")

@@ -14,7 +14,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxexit.decoding.backbone import DecoderBackbone
-from jaxexit.decoding.engine import cache_length, check_prompts, sample
+from jaxexit.decoding.engine import sample
+from jaxexit.decoding.inputs import cache_length, check_inputs
 from jaxtyping import ArrayLike
 
 from jaxexit.typing import Array, Int, PRNGKeyArray
@@ -61,9 +62,23 @@ def generate_full(backbone: DecoderBackbone, prompts: Int[ArrayLike, "B T"],
                   lengths: Int[ArrayLike, "B"], *, max_new_tokens: int,
                   temperature: float = 0.0, eos_id: int | None = None,
                   key: PRNGKeyArray | None = None) -> Int[Array, "B N"]:
-  """[B, N] tokens of the full model (after a row's EOS: the EOS id)."""
-  check_prompts(prompts, lengths, max_new_tokens,
-                cache_length(prompts.shape[1], max_new_tokens))
+  """[B, N] tokens of the full model (after a row's EOS: the EOS id).
+
+  Args:
+    backbone: a `DecoderBackbone`.
+    prompts: [B, T] right-padded prompt ids.
+    lengths: [B] prompt lengths (≥ 1).
+    max_new_tokens: N, tokens generated per row.
+    temperature: 0 for greedy decoding, > 0 to sample.
+    eos_id: a row stops after it emits this id (None: never).
+    key: PRNG key for sampling (default `jax.random.key(0)`).
+
+  Raises:
+    ValueError: as `generate` (empty batch, prompt ids or eos_id outside
+      [0, V), sequence beyond `max_position`: `jaxexit.decoding.inputs`).
+  """
+  check_inputs(backbone, prompts, lengths, max_new_tokens=max_new_tokens,
+               eos_id=eos_id)
   graphdef, params = nnx.split(backbone)
   key = jax.random.key(0) if key is None else key
   return _generate_full(graphdef, params, jnp.asarray(prompts, jnp.int32),

@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import jax
 
-from jaxexit.execution.stack import ExitStack, check_stack
+from jaxexit.execution.stack import ExitStack, batch_size_of, check_stack
 from jaxexit.exits.outputs import ExitHeadOutput
 from jaxexit.typing import PyTree
 
@@ -22,12 +22,15 @@ def make_full_model(stack: ExitStack
   """A jitted `full(params, carry) -> ExitHeadOutput` of the last layer.
 
   Cached per stack, so repeated measurements reuse one compiled program.
+  Like every mode, it refuses an empty batch (B = 0) with a ValueError
+  (raised while tracing: shapes are static).
   """
   check_stack(stack)
   last = stack.num_layers - 1
 
   @jax.jit
   def full(params, carry):
+    batch_size_of(carry)
     carry = jax.lax.fori_loop(
         0, stack.num_layers, lambda i, c: stack.layer_fn(params, i, c), carry)
     return stack.head_fn(params, last, carry)

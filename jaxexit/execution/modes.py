@@ -7,6 +7,14 @@
 All three return the same `ExitResult.exit_layer` and exit outputs for the
 same stack, rule and inputs (tested), so a method is evaluated in
 `simulate` and timed in the mode that really skips work.
+
+An empty batch (B = 0) is refused by all three, by the full-model baseline
+(`make_full_model`) and by `exit_flops`, with the same ValueError
+("batch is empty (B = 0) ...", from `stack.batch_size_of`), eagerly or
+while tracing under `jit` (B is static). Exit statistics of no examples
+are undefined, and refusing keeps the modes in agreement (`compacted`
+cannot build a bucket of size 0); the decoding entry points refuse an
+empty batch of prompts the same way.
 """
 
 import functools

@@ -74,7 +74,12 @@ class ExitResult:
 
 
 def batch_size_of(carry: PyTree) -> int:
-  """The shared leading axis of every leaf of `carry`."""
+  """The shared leading axis B ≥ 1 of every leaf of `carry`.
+
+  Raises:
+    ValueError: if the leaves disagree on B, or B = 0 (an empty batch is
+      refused by every execution mode, see `jaxexit.execution.modes`).
+  """
   leaves = jax.tree.leaves(carry)
   if not leaves:
     raise ValueError("carry has no array leaves; cannot infer the batch size")
@@ -84,7 +89,13 @@ def batch_size_of(carry: PyTree) -> int:
     raise ValueError(
         "every leaf of carry must have the batch axis first with one size; "
         f"got leaf shapes {shapes}")
-  return sizes.pop()
+  batch = sizes.pop()
+  if batch == 0:
+    shapes = [jnp.shape(x) for x in leaves]
+    raise ValueError(
+        f"batch is empty (B = 0): carry leaf shapes {shapes}; the execution "
+        "modes need at least one example")
+  return batch
 
 
 def check_stack(stack: ExitStack) -> None:

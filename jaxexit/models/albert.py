@@ -20,6 +20,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.typing import DTypeLike
 
+from jaxexit import checks
 from jaxexit.models.bert import (Encoder, LayerFn, TransformerLayer,
                                  attention_mask_or_ones, check_positions,
                                  check_transformer_sizes, functional_layer,
@@ -131,13 +132,14 @@ class AlbertEncoder(Encoder):
     """The initial carry of the backbone (after the E → D projection).
 
     Args:
-      input_ids: [B, T] token ids.
+      input_ids: [B, T] token ids in [0, V) (checked when concrete).
       token_type_ids: [B, T] segment ids (zeros when None).
       attention_mask: [B, T], 1/True for real tokens (all ones when None).
 
     Returns:
       `{"h": [B, T, D], "mask": [B, T] bool}`.
     """
+    checks.token_ids("input_ids", input_ids, self.cfg.vocab_size)
     t = input_ids.shape[-1]
     positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32),
                                  input_ids.shape)

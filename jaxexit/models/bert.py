@@ -24,6 +24,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.typing import DTypeLike
 
+from jaxexit import checks
 from jaxexit.typing import Array, Bool, Float, Int, PyTree
 
 NEG_INF = jnp.finfo(jnp.float32).min
@@ -334,7 +335,7 @@ class BertEncoder(Encoder):
     """The initial carry of the backbone.
 
     Args:
-      input_ids: [B, T] token ids.
+      input_ids: [B, T] token ids in [0, V) (checked when concrete).
       token_type_ids: [B, T] segment ids (zeros when None).
       attention_mask: [B, T], 1/True for real tokens (all ones when None,
         as in HF).
@@ -342,6 +343,7 @@ class BertEncoder(Encoder):
     Returns:
       `{"h": [B, T, D] embedding output, "mask": [B, T] bool}`.
     """
+    checks.token_ids("input_ids", input_ids, self.cfg.vocab_size)
     positions = self.position_ids(input_ids)
     check_positions(positions, self.cfg.max_position_embeddings)
     if token_type_ids is None:

@@ -304,6 +304,7 @@ class LlamaLM(nnx.Module):
     self.num_layers = cfg.num_layers
     self.d_model = cfg.d_model
     self.vocab_size = cfg.vocab_size
+    self.max_position = cfg.max_position
     self.embed_tokens = nnx.Embed(
         cfg.vocab_size, cfg.d_model, dtype=cfg.dtype,
         param_dtype=cfg.param_dtype,
@@ -389,10 +390,11 @@ class LlamaLM(nnx.Module):
     """Prefill of `tokens` at positions 0..T-1 on a fresh cache of T slots.
 
     Args:
-      tokens: [B, T] token ids.
+      tokens: [B, T] token ids in [0, V) (checked when concrete).
       valid: [B, T], False at padding (all True when None); padded rows
         produce garbage and are invisible to the other rows.
     """
+    checks.token_ids("tokens", tokens, self.vocab_size)
     if valid is not None:
       checks.same_shape(("tokens", "valid"), tokens, valid)
     return self.forward_embeddings(self.embed(tokens), valid)

@@ -232,8 +232,9 @@ class LlavaLM(nnx.Module):
     """Token embeddings with `image_emb` written at the placeholders.
 
     Args:
-      tokens: [B, T] ids; each row holds exactly N `image_token_id`
-        placeholders (the processor's expanded prompt).
+      tokens: [B, T] ids in [0, V) (checked when concrete); each row holds
+        exactly N `image_token_id` placeholders (the processor's expanded
+        prompt).
       image_emb: [B, N, D], e.g. `image_embeddings(images)`.
 
     Raises:
@@ -241,6 +242,7 @@ class LlavaLM(nnx.Module):
         not N. Under `jit` the count cannot be checked; such a row gets the
         `merge_embeddings` fallback (embeddings cut short or repeated).
     """
+    checks.token_ids("tokens", tokens, self.cfg.text.vocab_size)
     is_image = tokens == self.cfg.image_token_id
     n = image_emb.shape[1]
     if not isinstance(tokens, jax.core.Tracer):

@@ -28,6 +28,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.typing import DTypeLike
 
+from jaxexit import checks
 from jaxexit.typing import Array, Bool, Float, Int, PyTree
 
 
@@ -226,6 +227,7 @@ class MambaLMBase(nnx.Module):
     self.cfg = cfg
     self.num_layers, self.d_model = cfg.num_layers, cfg.d_model
     self.vocab_size = cfg.vocab_size
+    self.max_position = None  # The recurrent state has no length limit.
     self.embeddings = nnx.Embed(
         cfg.vocab_size, cfg.d_model, dtype=cfg.dtype,
         param_dtype=cfg.param_dtype,
@@ -263,12 +265,14 @@ class MambaLMBase(nnx.Module):
     return jnp.float32 if self.cfg.residual_in_fp32 else self.cfg.dtype
 
   def embed(self, tokens: Int[Array, "B T"]) -> Float[Array, "B T D"]:
-    """Token embeddings in the residual dtype (layer 0's input)."""
-    if not isinstance(tokens, jax.core.Tracer) and tokens.size:
-      lo, hi = int(tokens.min()), int(tokens.max())
-      if lo < 0 or hi >= self.vocab_size:
-        raise ValueError(f"token ids must lie in [0, {self.vocab_size}); got "
-                         f"min={lo}, max={hi}")
+    """Token embeddings in the residual dtype (layer 0's input).
+
+    Concrete ids are checked (`checks.token_ids`); traced ones never are,
+    even with debug checks on: the decoding engine calls this inside its
+    jitted loop, after checking the prompts on the host.
+    """
+    if not isinstance(tokens, jax.core.Tracer):
+      checks.token_ids("tokens", tokens, self.vocab_size)
     return self.embeddings(tokens).astype(self.residual_dtype)
 
   def init_cache(self, batch: int, max_len: int) -> tuple[MambaCache, ...]:
@@ -357,12 +361,14 @@ class MambaLMBase(nnx.Module):
     """Forward pass from a zero state, scanning over depth.
 
     Args:
-      tokens: [B, T] ids.
+      tokens: [B, T] ids in [0, V) (checked when concrete).
       valid: [B, T] bool; None means all valid (e.g. False at right padding).
 
     Returns:
       `MambaOutput` (see its docstring for the HF hidden-state mapping).
     """
+    # Also traced ids, with debug checks on (`embed` checks concrete only).
+    checks.token_ids("tokens", tokens, self.vocab_size)
     h = self.embed(tokens)
     valid = (jnp.ones(tokens.shape, bool) if valid is None
              else valid.astype(bool))

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxexit import checks
 from jaxexit.execution.stack import ExitStack
 from jaxexit.exits.outputs import ExitHeadOutput
 from jaxexit.typing import Array, Bool, Float, Int
@@ -114,7 +115,13 @@ class ExitEncoder(nnx.Module):
     self.layers, self.heads = make_layers(rngs)
 
   def embed_tokens(self, tokens: Int[Array, "B T"]) -> dict:
-    """The initial carry: `{"h": [B, T, D], "mask": [B, T]}` (0 = padding)."""
+    """The initial carry: `{"h": [B, T, D], "mask": [B, T]}` (0 = padding).
+
+    Concrete `tokens` must lie in [0, V) (an id past the table would embed
+    as NaN, a negative one would wrap around); traced ones only with debug
+    checks on (`jaxexit.checks`).
+    """
+    checks.token_ids("tokens", tokens, self.cfg.vocab_size)
     if tokens.shape[-1] > self.cfg.max_len:
       raise ValueError(
           f"tokens has {tokens.shape[-1]} positions; max_len={self.cfg.max_len}")

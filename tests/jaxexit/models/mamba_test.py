@@ -229,7 +229,7 @@ def check_bad_inputs(model):
     unchecked(cls.layer)(model, 0, h[..., :5], cache, pos, valid)
   with pytest.raises(ValueError, match="cache.ssm.shape"):
     model.layer(0, h, cache._replace(ssm=cache.ssm[:1]), pos, valid)
-  with pytest.raises(ValueError, match="max=64"):
+  with pytest.raises(ValueError, match=r"first 64 at index \(0, 1\)"):
     model.embed(jnp.array([[1, 64]], jnp.int32))
   with pytest.raises(ValueError, match="valid.shape"):
     unchecked(cls.__call__)(model, jnp.ones((2, 3), jnp.int32), valid[:1])
