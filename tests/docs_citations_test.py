@@ -29,26 +29,18 @@ How a cited name resolves (first rule that applies):
    only) as the unique file of that name below the citing file's
    directory;
 4. anything else (an absolute path, a file nowhere in the repository) is
-   unresolved, and the test fails naming file:line, unless the citation is
-   listed in `KNOWN_BAD` (see below).
+   unresolved, and the test fails naming file:line.
 
 A cited section `n` exists in a Markdown file when the file has a heading
 whose title starts with it (`## 3. PALBERT`, `### 3.4 Hyper-parameters`,
 `#### 8.4.1 IM warm-up`) or a line that labels it explicitly, starting,
 after an optional list marker, with `**§n**` (`- **§12.8** JEI-DNN: ...`).
-
-`KNOWN_BAD` lists the citations that are wrong today and can only be fixed
-in the citing .py file. Each entry must still occur (the test fails when an
-entry is stale, so it is deleted once the docstring is fixed); an entry may
-name a stand-in file whose sections are then checked. They are reported as
-warnings, so they stay visible in every run.
 """
 
 import dataclasses
 import functools
 import pathlib
 import re
-import warnings
 
 import pytest
 
@@ -57,17 +49,6 @@ SPECS = ROOT / "docs" / "papers"
 SCANNED = ("jaxexit", "kernels_pallas", "experiments", "benchmarks")
 GENERATED_OUTPUTS = frozenset({"results.md"})
 MAX_GAP = 24
-
-# (citing file, cited name) -> (why, stand-in file relative to ROOT or None).
-KNOWN_BAD = {
-    ("jaxexit/data/augment.py", "/work/shared/papers/encoder_exits.md"): (
-        "absolute path outside the repository; should read "
-        "`encoder_exits.md` (docs/papers/encoder_exits.md)",
-        "docs/papers/encoder_exits.md"),
-    ("jaxexit/execution/simulate.py", "TOOLCHAIN.md"): (
-        "no TOOLCHAIN.md exists in the repository (nor in its history)",
-        None),
-}
 
 _NAME = re.compile(r"(?<![\w./~-])([\w.~/-]*\w\.md)(?!\w)")
 _SECTION = re.compile(
@@ -176,23 +157,13 @@ def sections_of(md: pathlib.Path) -> frozenset[str]:
   return _SECTIONS_CACHE[md]
 
 
-def problems(found: tuple[Citation, ...]
-             ) -> tuple[list[str], list[str], set]:
-  """(errors, waived, KNOWN_BAD keys that matched)."""
-  errors, waived, used = [], [], set()
+def problems(found: tuple[Citation, ...]) -> list[str]:
+  """Every broken citation, as "file:line: why"."""
+  errors = []
   for cit in found:
-    key = (cit.path, cit.name)
     target = resolve(cit)
     if target == "generated":
       continue
-    if key in KNOWN_BAD:
-      used.add(key)
-      why, stand_in = KNOWN_BAD[key]
-      waived.append(f"{cit.where}: `{cit.name}`: {why}")
-      if target is None:
-        if stand_in is None:
-          continue
-        target = ROOT / stand_in
     if target is None:
       errors.append(f"{cit.where}: `{cit.name}` does not resolve to a file "
                     "in the repository")
@@ -203,18 +174,14 @@ def problems(found: tuple[Citation, ...]
         errors.append(f"{cit.where}: `{cit.name}` §{section}: no heading or "
                       f"**§{section}** label in "
                       f"{target.relative_to(ROOT).as_posix()}")
-  return errors, waived, used
+  return errors
 
 
 # ---------------------------------------------------------------- the check
 
 
 def test_cited_files_and_sections_exist():
-  errors, waived, used = problems(citations())
-  for entry in waived:
-    warnings.warn(f"known bad citation: {entry}", stacklevel=1)
-  stale = sorted(set(KNOWN_BAD) - used)
-  assert not stale, f"KNOWN_BAD entries that no longer occur: {stale}"
+  errors = problems(citations())
   assert not errors, "broken citations:\n" + "\n".join(errors)
 
 

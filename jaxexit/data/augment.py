@@ -1,7 +1,7 @@
 """Image augmentation and preprocessing in jax.numpy, for use inside `jit`.
 
 The CIFAR training recipe of torchvision-based papers (JEI-DNN, Dynamic
-Perceiver; see /work/shared/papers/encoder_exits.md §8-9) is
+Perceiver; see encoder_exits.md §8-9) is
 `RandomCrop(size, padding)` with zero fill, `RandomHorizontalFlip()`, then
 `Normalize(mean, std)`. Here that is `random_crop_flip` on uint8 images (so
 the padding is black, as with torchvision's PIL images) followed by
