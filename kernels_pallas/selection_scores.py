@@ -10,13 +10,20 @@ rows are computed, never the [B, H, T, T] map.
 runs an online softmax over every key block to get each row's max and
 normaliser, pass 2 recomputes the probabilities on the span's blocks only
 and sums them with the rows' weights. The [B, H, Q, N] probabilities are
-never materialised.
+never materialised. Lowerings as in `position_attention` (its docstring says
+why the GPU one is Triton): GPU keys stay [B, N, Hkv, K], TPU keys are
+transposed to [B, Hkv, N, K]; the grid is (B, Hkv) on both.
+
+Padding (explicit): N is padded to a tile multiple (padding keys are never
+seen), the span is widened to whole aligned tiles (the extra columns are
+computed and dropped), the rows to a power of two >= 16 (GPU) or a multiple
+of 8 (TPU) and the head dim to a power of two (GPU) or 128 (TPU).
 
 Axes: B batch, Q query rows, N keys, H query heads, Hkv key/value heads,
-G = H / Hkv, K head dim, Nv = span_len, R = G * Q rows per key/value head
-(padded to a power of two >= 16).
+G = H / Hkv, K head dim, Nv = span_len, R = G * Q rows per key/value head.
 """
 
+import dataclasses
 import functools
 
 import jax
@@ -25,10 +32,41 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jaxtyping import Array, Bool, Float, Int
 
-from kernels_pallas.position_attention import (
-    MIN_GPU_BLOCK, NEG_INF, NEVER_SEEN, SEES_NOTHING, check_array, check_block,
-    compiler_params, default_interpret, dot_nt, fit_block, pad_axis,
-    position_mask, round_up)
+from kernels_pallas import _common as common
+from kernels_pallas._common import NEG_INF, dot_nt
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
+class SelectionScoresBlocks:
+  """Tiles of `selection_scores`.
+
+  Attributes:
+    block_k: keys per tile; GPU: a power of two >= 16, TPU: a multiple of
+      128 (the lane dimension of the key-position row and output tiles).
+  """
+
+  block_k: int = 128
+
+  def __post_init__(self):
+    common.check_positive(type(self).__name__, "block_k", self.block_k)
+
+  @classmethod
+  def for_backend(cls, backend: str) -> "SelectionScoresBlocks":
+    """Default tiles: 64 keys on GPU (Triton), 128 on TPU (one lane row)."""
+    if backend not in common.BACKENDS:
+      raise ValueError(f"backend must be one of {common.BACKENDS}; got "
+                       f"{backend=}")
+    return cls(block_k=64) if backend == "gpu" else cls()
+
+  def check(self, backend: str) -> None:
+    """Raises ValueError naming the rule if a tile breaks `backend`'s."""
+    common.check_tile(type(self).__name__, "block_k", self.block_k, backend,
+                      common.TPU_LANES)
+
+  def fit(self, backend: str, n: int) -> "SelectionScoresBlocks":
+    """The tiles used for N keys (shrunk if N is shorter than a tile)."""
+    return SelectionScoresBlocks(block_k=common.fit_block(
+        self.block_k, n, backend, common.TPU_LANES))
 
 
 def selection_scores_reference(
@@ -56,7 +94,7 @@ def selection_scores_reference(
   hkv = k.shape[2]
   qg = q.reshape(b, nq, hkv, h // hkv, d).astype(jnp.float32)
   logits = jnp.einsum("BQHGK,BNHK->BHGQN", qg, k.astype(jnp.float32)) * d**-0.5
-  mask = position_mask(q_pos, k_pos, k_valid)[:, None, None]
+  mask = common.position_mask(q_pos, k_pos, k_valid)[:, None, None]
   probs = jax.nn.softmax(jnp.where(mask, logits, NEG_INF), axis=-1)
   probs = jnp.where(mask, probs, 0.0)
   span = probs[..., span_start:span_start + span_len]  # [B, Hkv, G, Q, Nv]
@@ -68,88 +106,103 @@ def selection_scores_reference(
 
 
 def _scores_kernel(q_ref, k_ref, pos_ref, w_ref, kpos_ref, out_ref, *,
-                   scale: float, block_k: int, span_start: int):
+                   scale, block_k, first_block):
   """One (batch, key/value head): [span] Σ_rows weight · probability."""
   q = q_ref[...]  # [R, K]
-  row_pos = pos_ref[...]  # [R]
+  row_pos = pos_ref[...]  # [R, 1]
 
-  def logits(start):
-    keys = pl.ds(start, block_k)
-    mask = kpos_ref[keys][None, :] <= row_pos[:, None]  # [R, block_k]
+  def logits(j):
+    keys = pl.ds(pl.multiple_of(j * block_k, block_k), block_k)
+    mask = kpos_ref[:, keys] <= row_pos  # [R, block_k]
     s = jnp.where(mask, dot_nt(q, k_ref[keys, :]) * scale, NEG_INF)
     return s, mask
 
   def stats(j, carry):  # online softmax: running max and normaliser
     m, l = carry
-    s, mask = logits(j * block_k)
-    m_new = jnp.maximum(m, jnp.max(s, axis=1))
-    p = jnp.where(mask, jnp.exp(s - m_new[:, None]), 0.0)
-    return m_new, jnp.exp(m - m_new) * l + jnp.sum(p, axis=1)
+    s, mask = logits(j)
+    m_new = jnp.maximum(m, jnp.max(s, axis=1, keepdims=True))  # [R, 1]
+    p = jnp.where(mask, jnp.exp(s - m_new), 0.0)
+    return m_new, jnp.exp(m - m_new) * l + jnp.sum(p, axis=1, keepdims=True)
 
   rows = q.shape[0]
   m, l = lax.fori_loop(
       0, k_ref.shape[0] // block_k, stats,
-      (jnp.full((rows,), NEG_INF, jnp.float32), jnp.zeros((rows,),
-                                                          jnp.float32)))
+      (jnp.full((rows, 1), NEG_INF, jnp.float32),
+       jnp.zeros((rows, 1), jnp.float32)))
   # A row that sees no key has l == 0 and all-masked probabilities: it adds 0.
-  w = w_ref[...] / jnp.where(l > 0, l, 1.0)  # [R]
+  w = w_ref[...] / jnp.where(l > 0, l, 1.0)  # [R, 1]
 
-  def column(j, carry):
-    s, mask = logits(span_start + j * block_k)  # unaligned start: fine
-    p = jnp.where(mask, jnp.exp(s - m[:, None]), 0.0)
-    out_ref[pl.ds(j * block_k, block_k)] = jnp.sum(p * w[:, None], axis=0)
+  def column(j, carry):  # output tile j is key tile first_block + j
+    s, mask = logits(first_block + j)
+    p = jnp.where(mask, jnp.exp(s - m), 0.0)
+    out_ref[:, pl.ds(pl.multiple_of(j * block_k, block_k), block_k)] = (
+        jnp.sum(p * w, axis=0, keepdims=True))  # [1, block_k]
     return carry
 
-  lax.fori_loop(0, out_ref.shape[0] // block_k, column, 0)
+  lax.fori_loop(0, out_ref.shape[1] // block_k, column, 0)
 
 
 @functools.partial(jax.jit, static_argnames=("span_start", "span_len",
-                                             "block_k", "interpret"))
+                                             "blocks", "backend",
+                                             "interpret"))
 def _scores(q, k, q_pos, k_pos, q_valid, k_valid, *, span_start, span_len,
-            block_k, interpret):
+            blocks, backend, interpret):
   b, nq, h, d = q.shape
   n, hkv = k.shape[1], k.shape[2]
   g = h // hkv
-  dp = pl.next_power_of_2(d)
-  rows = max(MIN_GPU_BLOCK, pl.next_power_of_2(g * nq))
-  span_p = round_up(span_len, block_k)
-  n_p = round_up(max(n, span_start + span_p), block_k)
+  bk = blocks.block_k
+  dp = common.padded_head_dim(d, backend)
+  # Triton dots want >= 16 power-of-two rows; Mosaic a multiple of 8.
+  rows = (max(common.MIN_GPU_BLOCK, pl.next_power_of_2(g * nq))
+          if backend == "gpu" else common.round_up(g * nq, 8))
+  # The scored columns are computed from the tile holding span_start on, so
+  # every tile starts aligned; `offset` columns are dropped at the end.
+  lo, hi = span_start // bk * bk, common.round_up(span_start + span_len, bk)
+  offset, n_p = span_start - lo, max(common.round_up(n, bk), hi)
   # Row r = g * Q + q of key/value head `hkv` is query head hkv * G + g.
   q_rows = q.reshape(b, nq, hkv, g, d).transpose(0, 2, 3, 1, 4)
-  q_rows = pad_axis(pad_axis(q_rows.reshape(b, hkv, g * nq, d), 3, dp), 2,
-                    rows)  # [B, Hkv, R, Kp]
-  k = pad_axis(pad_axis(k, 3, dp), 1, n_p)  # [B, Np, Hkv, Kp]
-  row_pos = pad_axis(jnp.tile(q_pos.astype(jnp.int32), (1, g)), 1, rows,
-                     SEES_NOTHING)  # [B, R]
+  q_rows = common.pad_axis(common.pad_axis(
+      q_rows.reshape(b, hkv, g * nq, d), 3, dp), 2, rows)  # [B, Hkv, R, Kp]
+  k = common.pad_axis(common.pad_axis(k, 3, dp), 1, n_p)  # [B, Np, Hkv, Kp]
+  row_pos = common.pad_axis(jnp.tile(q_pos.astype(jnp.int32), (1, g)), 1,
+                            rows, common.SEES_NOTHING)  # [B, R]
   valid = q_valid.astype(jnp.float32)
   count = valid.sum(axis=1, keepdims=True)
   # Mean over heads and valid rows as one weighted sum; no valid row: zeros.
   weight = jnp.where(count > 0, valid / (h * jnp.maximum(count, 1.0)), 0.0)
-  row_w = pad_axis(jnp.tile(weight, (1, g)), 1, rows)  # [B, R]
-  k_pos = pad_axis(jnp.where(k_valid, k_pos.astype(jnp.int32), NEVER_SEEN), 1,
-                   n_p, NEVER_SEEN)  # [B, Np]
+  row_w = common.pad_axis(jnp.tile(weight, (1, g)), 1, rows)  # [B, R]
+  k_pos = common.pad_axis(
+      jnp.where(k_valid, k_pos.astype(jnp.int32), common.NEVER_SEEN), 1, n_p,
+      common.NEVER_SEEN)  # [B, Np]
+  if backend == "tpu":  # a squeezed head may not be a block's 2nd-to-last dim
+    k = k.transpose(0, 2, 1, 3)  # [B, Hkv, Np, Kp]
+    k_spec = pl.BlockSpec((None, None, n_p, dp), lambda b, h: (b, h, 0, 0))
+  else:
+    k_spec = pl.BlockSpec((None, n_p, None, dp), lambda b, h: (b, 0, h, 0))
+  column = pl.BlockSpec((None, rows, 1), lambda b, h: (b, 0, 0))
   per_head = pl.pallas_call(
-      functools.partial(_scores_kernel, scale=d**-0.5, block_k=block_k,
-                        span_start=span_start),
+      functools.partial(_scores_kernel, scale=d**-0.5, block_k=bk,
+                        first_block=lo // bk),
       grid=(b, hkv),
-      in_specs=[pl.BlockSpec((None, None, rows, dp), lambda b, h: (b, h, 0, 0)),
-                pl.BlockSpec((None, n_p, None, dp), lambda b, h: (b, 0, h, 0)),
-                pl.BlockSpec((None, rows), lambda b, h: (b, 0)),
-                pl.BlockSpec((None, rows), lambda b, h: (b, 0)),
-                pl.BlockSpec((None, n_p), lambda b, h: (b, 0))],
-      out_specs=pl.BlockSpec((None, None, span_p), lambda b, h: (b, h, 0)),
-      out_shape=jax.ShapeDtypeStruct((b, hkv, span_p), jnp.float32),
-      compiler_params=compiler_params(dp), interpret=interpret,
-      name="selection_scores",
-  )(q_rows, k, row_pos, row_w, k_pos)  # [B, Hkv, span_p]
-  return per_head.sum(axis=1)[:, :span_len]
+      in_specs=[pl.BlockSpec((None, None, rows, dp),
+                             lambda b, h: (b, h, 0, 0)),
+                k_spec, column, column,
+                pl.BlockSpec((None, 1, n_p), lambda b, h: (b, 0, 0))],
+      out_specs=pl.BlockSpec((None, None, 1, hi - lo),
+                             lambda b, h: (b, h, 0, 0)),
+      out_shape=jax.ShapeDtypeStruct((b, hkv, 1, hi - lo), jnp.float32),
+      compiler_params=common.compiler_params(backend, dp, 2),
+      interpret=interpret, name="selection_scores",
+  )(q_rows, k, row_pos[:, :, None], row_w[:, :, None], k_pos[:, None, :])
+  return per_head.sum(axis=(1, 2))[:, offset:offset + span_len]
 
 
 def selection_scores(
     q: Float[Array, "B Q H K"], k: Float[Array, "B N Hkv K"],
     q_pos: Int[Array, "B Q"], k_pos: Int[Array, "B N"],
     q_valid: Bool[Array, "B Q"], k_valid: Bool[Array, "B N"], *,
-    span_start: int, span_len: int, block_k: int = 128,
+    span_start: int, span_len: int,
+    blocks: SelectionScoresBlocks | None = None, backend: str | None = None,
     interpret: bool | None = None) -> Float[Array, "B Nv"]:
   """Pallas scores; same result as `selection_scores_reference`.
 
@@ -172,16 +225,24 @@ def selection_scores(
     k_valid: [B, N] bool, False at padding.
     span_start, span_len: static; the scored key columns are
       span_start .. span_start + span_len - 1.
-    block_k: key tile size (a power of two >= 16 on GPU); shrunk for short
-      sequences, N and the span are padded internally.
-    interpret: run the Pallas interpreter; None means "on CPU".
+    blocks: tiles; None: `SelectionScoresBlocks.for_backend(backend)`.
+      Checked against the backend's tiling rules (ValueError), shrunk when N
+      is shorter than a tile; N is padded to a tile multiple and the span
+      widened to whole tiles internally (the extra columns are dropped).
+    backend: "gpu" (Triton), "tpu" (Mosaic) or None: the inputs' platform
+      ("gpu" on CPU). See `kernels_pallas._common`.
+    interpret: run the Pallas interpreter (TPU interpret mode for "tpu");
+      None means "the inputs live on a CPU".
 
   Returns:
     [B, span_len] float32: mean over heads and valid query rows of the
     softmax probabilities; zeros for a row without valid queries.
   """
-  interpret = default_interpret(interpret)
-  check_block("block_k", block_k, interpret)
+  backend, interpret = common.resolve("selection_scores", backend,
+                                      interpret, q)
+  blocks = blocks or SelectionScoresBlocks.for_backend(backend)
+  blocks.check(backend)
+  check_array = common.check_array
   check_array("q", q, (None,) * 4, "float")
   b, nq, h, d = q.shape
   check_array("k", k, (b, None, None, d), "float")
@@ -204,5 +265,5 @@ def selection_scores(
                      f"span_start={span_start}, span_len={span_len}")
   q, k = lax.stop_gradient(q), lax.stop_gradient(k)
   return _scores(q, k, q_pos, k_pos, q_valid, k_valid, span_start=span_start,
-                 span_len=span_len, block_k=fit_block(block_k, n),
-                 interpret=interpret)
+                 span_len=span_len, blocks=blocks.fit(backend, n),
+                 backend=backend, interpret=interpret)

@@ -1,3 +1,11 @@
+"""position_attention against its reference, on both lowerings.
+
+On CPU the GPU (Triton) lowering runs in Pallas' plain interpreter over the
+whole shape/dtype grid; the TPU (Mosaic) lowering runs in TPU interpret mode
+(a memory simulator, much slower) over a smaller grid that still has several
+query and key blocks. Both are cross-lowered for their real platform.
+"""
+
 import functools
 
 import jax
@@ -5,12 +13,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kernels_pallas.position_attention import (fit_block, position_attention,
+from kernels_pallas import _common as common
+from kernels_pallas.position_attention import (PositionAttentionBlocks,
+                                               _attention, position_attention,
                                                position_attention_reference)
 
 TOL = {jnp.float32: 1e-5, jnp.bfloat16: 2e-2}
 # Jitted: one compile instead of one per op (most of an eager call's cost).
 reference = jax.jit(position_attention_reference)
+# The smallest legal tiles of each lowering: many blocks at tiny shapes.
+BLOCKS = {"gpu": PositionAttentionBlocks(block_q=16, block_k=16),
+          "tpu": PositionAttentionBlocks(block_q=8, block_k=128)}
 
 
 def unchecked(fn):
@@ -46,30 +59,37 @@ def attention_inputs(b, tq, tk, h, hkv, d, dtype, seed=0):
   return (q, k, v) + random_positions(rng, b, tq, tk)
 
 
-# name: (B, Tq, Tk, H, Hkv, K, block_q, block_k)
+# name: (B, Tq, Tk, H, Hkv, K)
 CASES = {
-    "mha_square": (2, 16, 16, 2, 2, 16, 8, 8),
-    "gqa_ragged": (2, 13, 29, 4, 2, 16, 8, 16),
-    "mqa_few_queries": (1, 5, 40, 4, 1, 32, 16, 8),
-    "head_dim_24": (2, 9, 17, 2, 1, 24, 8, 8),
+    "mha_square": (2, 32, 32, 2, 2, 16),
+    "gqa_ragged": (2, 29, 45, 4, 2, 16),
+    "mqa_few_queries": (1, 5, 40, 4, 1, 32),
+    "head_dim_24": (2, 9, 17, 2, 1, 24),
+    "long_keys": (1, 20, 150, 2, 1, 16),  # two 128-key tiles on TPU
 }
+F32, BF16 = jnp.float32, jnp.bfloat16
+FORWARD = ([("gpu", case, F32) for case in CASES]
+           + [("gpu", "gqa_ragged", BF16), ("gpu", "head_dim_24", BF16),
+              ("tpu", "gqa_ragged", F32), ("tpu", "head_dim_24", BF16)])
+# TPU interpret mode is slow: one case with GQA, several query blocks and
+# two key tiles (plus the in-order test below, which skips blocks).
+GRADIENTS = [("gpu", case) for case in CASES] + [("tpu", "long_keys")]
 
 
-def kernel(block_q, block_k):
-  return lambda *a: position_attention(*a, block_q=block_q, block_k=block_k,
-                                       interpret=True)
+def kernel(backend, blocks=None):
+  return functools.partial(position_attention, blocks=blocks or BLOCKS[backend],
+                           backend=backend, interpret=True)
 
 
-FORWARD = [(case, jnp.float32) for case in CASES] + [
-    ("gqa_ragged", jnp.bfloat16), ("head_dim_24", jnp.bfloat16)]
+def ids(params):
+  return ["-".join(getattr(x, "__name__", str(x)) for x in p) for p in params]
 
 
-@pytest.mark.parametrize("case, dtype", FORWARD,
-                         ids=[f"{c}-{jnp.dtype(d).name}" for c, d in FORWARD])
-def test_forward_matches_reference(case, dtype):
-  b, tq, tk, h, hkv, d, bq, bk = CASES[case]
+@pytest.mark.parametrize("backend, case, dtype", FORWARD, ids=ids(FORWARD))
+def test_forward_matches_reference(backend, case, dtype):
+  b, tq, tk, h, hkv, d = CASES[case]
   args = attention_inputs(b, tq, tk, h, hkv, d, dtype)
-  out = kernel(bq, bk)(*args)
+  out = jax.jit(kernel(backend))(*args)
   ref = reference(*args)
   assert out.shape == (b, tq, h, d) and out.dtype == dtype
   np.testing.assert_allclose(np.asarray(out, np.float32),
@@ -87,25 +107,25 @@ def loss(fn, *rest):
   return f
 
 
-@pytest.mark.parametrize("case", CASES)
-def test_gradients_match_reference(case):
-  b, tq, tk, h, hkv, d, bq, bk = CASES[case]
-  q, k, v, *rest = attention_inputs(b, tq, tk, h, hkv, d, jnp.float32, 1)
-  grads = jax.jit(jax.grad(loss(kernel(bq, bk), *rest),
-                           argnums=(0, 1, 2)))(q, k, v)
-  refs = jax.jit(jax.grad(loss(position_attention_reference, *rest),
-                          argnums=(0, 1, 2)))(q, k, v)
+def grads_of(fn, q, k, v, *rest):
+  return jax.jit(jax.grad(loss(fn, *rest), argnums=(0, 1, 2)))(q, k, v)
+
+
+@pytest.mark.parametrize("backend, case", GRADIENTS, ids=ids(GRADIENTS))
+def test_gradients_match_reference(backend, case):
+  b, tq, tk, h, hkv, d = CASES[case]
+  args = attention_inputs(b, tq, tk, h, hkv, d, jnp.float32, 1)
+  grads = grads_of(kernel(backend), *args)
+  refs = grads_of(position_attention_reference, *args)
   for name, got, want in zip("qkv", grads, refs):
     np.testing.assert_allclose(got, want, atol=2e-5, rtol=1e-5, err_msg=name)
   assert not np.asarray(grads[0][0, 0]).any()
 
 
 def test_bfloat16_gradients_match_reference():
-  q, k, v, *rest = attention_inputs(2, 13, 29, 4, 2, 16, jnp.bfloat16, 2)
-  grads = jax.jit(jax.grad(loss(kernel(8, 16), *rest),
-                           argnums=(0, 1, 2)))(q, k, v)
-  refs = jax.jit(jax.grad(loss(position_attention_reference, *rest),
-                          argnums=(0, 1, 2)))(q, k, v)
+  args = attention_inputs(2, 29, 45, 4, 2, 16, jnp.bfloat16, 2)
+  grads = grads_of(kernel("gpu"), *args)
+  refs = grads_of(position_attention_reference, *args)
   for name, got, want in zip("qkv", grads, refs):
     assert got.dtype == jnp.bfloat16, name
     got, want = np.asarray(got, np.float32), np.asarray(want, np.float32)
@@ -114,52 +134,115 @@ def test_bfloat16_gradients_match_reference():
 
 
 def test_buffer_order_does_not_matter():
-  q, k, v, q_pos, k_pos, k_valid = attention_inputs(2, 8, 24, 2, 2, 16,
+  q, k, v, q_pos, k_pos, k_valid = attention_inputs(2, 8, 40, 2, 2, 16,
                                                     jnp.float32, 3)
-  perm = np.random.default_rng(4).permutation(24)
-  out = kernel(8, 8)(q, k, v, q_pos, k_pos, k_valid)
-  shuffled = kernel(8, 8)(q, k[:, perm], v[:, perm], q_pos, k_pos[:, perm],
-                          k_valid[:, perm])
+  perm = np.random.default_rng(4).permutation(40)
+  attend = jax.jit(kernel("gpu"))
+  out = attend(q, k, v, q_pos, k_pos, k_valid)
+  shuffled = attend(q, k[:, perm], v[:, perm], q_pos, k_pos[:, perm],
+                    k_valid[:, perm])
   np.testing.assert_allclose(out, shuffled, atol=1e-5, rtol=1e-5)
 
 
-def test_in_order_buffer_skips_blocks_and_is_causal():
+@pytest.mark.parametrize("backend, t, blocks", [
+    ("gpu", 64, BLOCKS["gpu"]),
+    ("tpu", 256, PositionAttentionBlocks(block_q=128, block_k=128))])
+def test_in_order_buffer_skips_blocks_and_is_causal(backend, t, blocks):
   # Sorted positions: key blocks after a query block are skipped, and the
-  # result is plain causal attention.
-  q, k, v, *_ = attention_inputs(1, 32, 32, 2, 2, 16, jnp.float32, 5)
-  pos = jnp.arange(32, dtype=jnp.int32)[None]
-  valid = jnp.ones((1, 32), bool)
-  out = kernel(8, 8)(q, k, v, pos, pos, valid)
-  causal = jax.jit(jax.nn.dot_product_attention,
-                   static_argnames="is_causal")(q, k, v, is_causal=True)
-  np.testing.assert_allclose(out, causal, atol=1e-5, rtol=1e-5)
+  # result is plain causal attention (forward and gradients).
+  q, k, v, *_ = attention_inputs(1, t, t, 1, 1, 16, jnp.float32, 5)
+  pos = jnp.arange(t, dtype=jnp.int32)[None]
+  rest = (pos, pos, jnp.ones((1, t), bool))
+  causal = functools.partial(jax.nn.dot_product_attention, is_causal=True)
+  out = jax.jit(kernel(backend, blocks))(q, k, v, *rest)
+  np.testing.assert_allclose(out, jax.jit(causal)(q, k, v), atol=1e-5,
+                             rtol=1e-5)
+  grads = grads_of(kernel(backend, blocks), q, k, v, *rest)
+  refs = grads_of(lambda q, k, v, *_: causal(q, k, v), q, k, v, *rest)
+  for name, got, want in zip("qkv", grads, refs):
+    np.testing.assert_allclose(got, want, atol=2e-5, rtol=1e-5, err_msg=name)
 
 
-def test_jit_and_vmap_with_default_interpret():
+def test_jit_and_vmap_with_default_backend_and_interpret():
   args = attention_inputs(2, 13, 29, 4, 2, 16, jnp.float32, 6)
   stacked = [jnp.stack([x, x[::-1]]) for x in args]  # [E, B, ...]
-  # interpret=None picks the interpreter on this CPU.
-  out = jax.jit(jax.vmap(functools.partial(position_attention, block_q=8,
-                                           block_k=16)))(*stacked)
+  # backend=None and interpret=None pick the GPU lowering's interpreter on
+  # this CPU; blocks=None its default tiles.
+  out = jax.jit(jax.vmap(position_attention))(*stacked)
   for e in range(2):
     ref = reference(*(x[e] for x in stacked))
     np.testing.assert_allclose(out[e], ref, atol=1e-5, rtol=1e-5)
 
 
-
-def test_lowers_to_triton_for_gpu():
-  """The GPU path passes Pallas' Triton lowering (no GPU compile here)."""
-  q, k, v, q_pos, k_pos, k_valid = attention_inputs(1, 20, 40, 4, 2, 24,
+def lowered_text(backend, blocks):
+  """StableHLO of a gradient step cross-lowered for `backend`'s platform."""
+  q, k, v, q_pos, k_pos, k_valid = attention_inputs(1, 20, 200, 4, 2, 24,
                                                     jnp.bfloat16)
 
   def step(q, k, v):
-    return jax.grad(lambda q, k, v: position_attention(
-        q, k, v, q_pos, k_pos, k_valid, block_q=16, block_k=32,
-        interpret=False).astype(jnp.float32).sum(), argnums=(0, 1, 2))(q, k, v)
+    return jax.grad(lambda q, k, v: _attention(
+        q, k, v, q_pos, k_pos, k_valid, blocks, backend, False).astype(
+            jnp.float32).sum(), argnums=(0, 1, 2))(q, k, v)
 
-  text = jax.jit(step).trace(q, k, v).lower(
-      lowering_platforms=("cuda",)).as_text()
+  platform = {"gpu": "cuda", "tpu": "tpu"}[backend]
+  with common.lowering_target(backend):
+    return jax.jit(step).trace(q, k, v).lower(
+        lowering_platforms=(platform,)).as_text()
+
+
+def test_lowers_to_triton_for_gpu():
+  """The GPU path passes Pallas' Triton lowering (no GPU compile here)."""
+  text = lowered_text("gpu", PositionAttentionBlocks(block_q=16, block_k=32))
   assert text.count("xla.gpu.triton") == 3  # forward, dq, dk/dv
+
+
+def test_lowers_to_mosaic_for_tpu():
+  """The TPU path passes Pallas' Mosaic lowering and its block checks."""
+  text = lowered_text("tpu", PositionAttentionBlocks(block_q=8, block_k=128))
+  assert text.count("tpu_custom_call") == 3
+
+
+def test_mosaic_rejects_the_tiles_that_check_rejects():
+  """The TPU rule in `check` is Mosaic's own: lowering fails without it."""
+  blocks = PositionAttentionBlocks(block_q=8, block_k=64)
+  with pytest.raises(ValueError, match="block_k=64 breaks the TPU"):
+    blocks.check("tpu")
+  with pytest.raises(ValueError, match="divisible by 8 and 128"):
+    lowered_text("tpu", blocks)
+
+
+def test_blocks_per_backend_and_their_rules():
+  assert PositionAttentionBlocks.for_backend("gpu") == PositionAttentionBlocks(
+      block_q=64, block_k=64)
+  assert PositionAttentionBlocks.for_backend("tpu") == PositionAttentionBlocks(
+      block_q=128, block_k=128)
+  for backend in common.BACKENDS:
+    PositionAttentionBlocks.for_backend(backend).check(backend)
+  bad = [("gpu", dict(block_q=24), "block_q=24 breaks the GPU.*powers of two"),
+         ("gpu", dict(block_k=8), "block_k=8 breaks the GPU.*>= 16"),
+         ("tpu", dict(block_q=12), "block_q=12 breaks the TPU.*multiple of 8"),
+         ("tpu", dict(block_k=64), "block_k=64 breaks the TPU.*of 128")]
+  for backend, change, match in bad:
+    with pytest.raises(ValueError, match=match):
+      PositionAttentionBlocks(**change).check(backend)
+  with pytest.raises(ValueError, match="backend must be one of"):
+    PositionAttentionBlocks.for_backend("cpu")
+
+
+def test_blocks_fit_short_sequences_with_legal_tiles():
+  blocks = PositionAttentionBlocks(block_q=128, block_k=128)
+  assert blocks.fit("gpu", 1, 40) == PositionAttentionBlocks(block_q=16,
+                                                             block_k=64)
+  assert blocks.fit("gpu", 700, 700) == blocks
+  assert blocks.fit("tpu", 13, 29) == PositionAttentionBlocks(block_q=16,
+                                                              block_k=128)
+
+
+def test_cpu_without_interpreter_names_the_lowerings():
+  args = attention_inputs(1, 4, 8, 2, 2, 16, jnp.float32)
+  with pytest.raises(ValueError, match=r"no lowering for platform 'cpu'.*"
+                     r"'gpu' \(Triton\), 'tpu' \(Mosaic TPU\)"):
+    unchecked(position_attention)(*args, interpret=False)
 
 
 BAD = [
@@ -173,9 +256,10 @@ BAD = [
     ({"q_pos": jnp.zeros((2, 5), jnp.int32)}, r"q_pos.shape=\(2, 5\)"),
     ({"k_pos": jnp.zeros((2, 6), jnp.float32)}, "k_pos.dtype=float32"),
     ({"k_valid": jnp.ones((2, 6), jnp.int32)}, "k_valid.dtype=int32"),
-    ({"block_q": 0}, "block_q=0"),
-    ({"block_k": 8.0}, "block_k=8.0"),
-    ({"block_k": 24, "interpret": False}, "power of two"),
+    ({"blocks": PositionAttentionBlocks(block_k=24)}, "power"),
+    ({"blocks": PositionAttentionBlocks(block_k=16), "backend": "tpu"},
+     "multiple of 128"),
+    ({"backend": "cuda"}, "backend='cuda'"),
     ({"interpret": "yes"}, "interpret='yes'"),
 ]
 
@@ -191,8 +275,13 @@ def test_bad_inputs_raise(change, match):
     unchecked(position_attention)(**args)
 
 
-def test_fit_block_shrinks_for_short_sequences():
-  assert fit_block(128, 1) == 16
-  assert fit_block(128, 40) == 64
-  assert fit_block(128, 700) == 128
-  assert fit_block(8, 3) == 8
+@pytest.mark.parametrize("change, match", [
+    (dict(block_q=0), "block_q must be a positive int.*block_q=0"),
+    (dict(block_k=-8), "block_k=-8"),
+    (dict(block_q=True), "block_q=True")])
+def test_blocks_reject_non_positive_ints(change, match):
+  with pytest.raises(ValueError, match=match):
+    PositionAttentionBlocks(**change)
+  # Non-ints stop at the test hook's type check; without it, here:
+  with pytest.raises(ValueError, match="block_k=8.0"):
+    common.check_positive("PositionAttentionBlocks", "block_k", 8.0)

@@ -1,3 +1,6 @@
+"""selection_scores against its reference, on both lowerings (see
+position_attention_test for the interpreters)."""
+
 import functools
 
 import jax
@@ -5,9 +8,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kernels_pallas.selection_scores import (selection_scores,
+from kernels_pallas import _common as common
+from kernels_pallas.selection_scores import (SelectionScoresBlocks,
+                                             selection_scores,
                                              selection_scores_reference)
-from tests.kernels_pallas.position_attention_test import (normal,
+from tests.kernels_pallas.position_attention_test import (ids, normal,
                                                           random_positions,
                                                           unchecked)
 
@@ -15,13 +20,17 @@ TOL = {jnp.float32: 1e-5, jnp.bfloat16: 2e-2}
 # Jitted: one compile instead of one per op (most of an eager call's cost).
 reference = jax.jit(selection_scores_reference,
                     static_argnames=("span_start", "span_len"))
+BLOCKS = {"gpu": SelectionScoresBlocks(block_k=16),
+          "tpu": SelectionScoresBlocks(block_k=128)}
 
-# name: (B, Q, N, H, Hkv, K, span_start, span_len, block_k)
+# name: (B, Q, N, H, Hkv, K, span_start, span_len)
 CASES = {
-    "mha_one_row": (2, 1, 40, 2, 2, 16, 8, 24, 8),
-    "gqa_rows": (2, 3, 37, 4, 2, 16, 5, 20, 16),
-    "mqa_span_at_end": (1, 2, 30, 4, 1, 24, 23, 7, 8),
-    "span_is_everything": (2, 4, 20, 2, 1, 16, 0, 20, 32),
+    "mha_one_row": (2, 1, 40, 2, 2, 16, 8, 24),
+    "gqa_rows": (2, 3, 37, 4, 2, 16, 5, 20),
+    "mqa_span_at_end": (1, 2, 30, 4, 1, 24, 18, 12),  # ends in padding
+    "span_is_everything": (2, 4, 20, 2, 1, 16, 0, 20),
+    # Span starts and ends inside 128-key tiles: unaligned on TPU too.
+    "long_unaligned_span": (2, 3, 300, 2, 1, 16, 100, 150),
 }
 
 
@@ -31,23 +40,32 @@ def score_inputs(b, nq, n, h, hkv, d, dtype, seed=0):
   k = normal(rng, (b, n, hkv, d), dtype)
   q_pos, k_pos, k_valid = random_positions(rng, b, nq, n)
   q_valid = rng.random((b, nq)) < 0.7
-  q_valid[:, 0] = True
+  q_valid[:, -1] = True  # row 0 of batch 0 sees no key (random_positions)
   return q, k, q_pos, k_pos, jnp.asarray(q_valid), k_valid
 
 
-SCORES = [(case, jnp.float32) for case in CASES] + [
-    ("gqa_rows", jnp.bfloat16), ("mqa_span_at_end", jnp.bfloat16)]
+def scores(backend, **span):
+  return jax.jit(functools.partial(selection_scores, **span,
+                                   blocks=BLOCKS[backend], backend=backend,
+                                   interpret=True))
 
 
-@pytest.mark.parametrize("case, dtype", SCORES,
-                         ids=[f"{c}-{jnp.dtype(d).name}" for c, d in SCORES])
-def test_matches_reference(case, dtype):
-  b, nq, n, h, hkv, d, start, length, bk = CASES[case]
+F32, BF16 = jnp.float32, jnp.bfloat16
+SCORES = ([("gpu", case, F32) for case in CASES]
+          + [("gpu", "gqa_rows", BF16), ("gpu", "mqa_span_at_end", BF16),
+             ("tpu", "gqa_rows", F32), ("tpu", "long_unaligned_span", F32),
+             ("tpu", "mqa_span_at_end", BF16)])
+
+
+@pytest.mark.parametrize("backend, case, dtype", SCORES, ids=ids(SCORES))
+def test_matches_reference(backend, case, dtype):
+  b, nq, n, h, hkv, d, start, length = CASES[case]
   args = score_inputs(b, nq, n, h, hkv, d, dtype)
   span = dict(span_start=start, span_len=length)
-  out = selection_scores(*args, **span, block_k=bk, interpret=True)
+  out = scores(backend, **span)(*args)
   ref = reference(*args, **span)
   assert out.shape == (b, length) and out.dtype == jnp.float32
+  assert np.abs(np.asarray(ref)).max() > 0  # the case scores something
   np.testing.assert_allclose(out, ref, atol=TOL[dtype] * 0.1,
                              rtol=TOL[dtype])
 
@@ -59,13 +77,13 @@ def test_empty_rows_and_blind_queries():
   q_valid = jnp.array([[True] * 3, [False] * 3])  # row 1: no valid query
   args = (q, k, q_pos, k_pos, q_valid, k_valid)
   span = dict(span_start=4, span_len=16)
-  out = selection_scores(*args, **span, block_k=8, interpret=True)
+  out = scores("gpu", **span)(*args)
   np.testing.assert_allclose(out, reference(*args, **span),
                              atol=1e-6, rtol=1e-5)
   assert not np.asarray(out[1]).any()
   # The blind queries still count in the mean: one third of one query.
-  one = selection_scores(q[:, 2:], k, q_pos[:, 2:], k_pos, q_valid[:, 2:],
-                         k_valid, **span, block_k=8, interpret=True)
+  one = scores("gpu", **span)(q[:, 2:], k, q_pos[:, 2:], k_pos,
+                              q_valid[:, 2:], k_valid)
   np.testing.assert_allclose(out[0], one[0] / 3, atol=1e-6, rtol=1e-5)
 
 
@@ -74,30 +92,46 @@ def test_gradient_is_zero_by_design():
 
   def total(q, k):
     return selection_scores(q, k, *args[2:], span_start=3, span_len=10,
-                            block_k=8, interpret=True).sum()
+                            interpret=True).sum()
 
   for grad in jax.grad(total, argnums=(0, 1))(*args[:2]):
     assert not np.asarray(grad).any()
 
 
-def test_jit_and_vmap_with_default_interpret():
+def test_jit_and_vmap_with_default_backend_and_interpret():
   args = score_inputs(2, 3, 37, 4, 2, 16, jnp.float32, 3)
   stacked = [jnp.stack([x, x[::-1]]) for x in args]  # [E, B, ...]
   span = dict(span_start=5, span_len=20)
-  out = jax.jit(jax.vmap(functools.partial(selection_scores, **span,
-                                           block_k=16)))(*stacked)
+  out = jax.jit(jax.vmap(functools.partial(selection_scores, **span)))(
+      *stacked)
   for e in range(2):
     ref = reference(*(x[e] for x in stacked), **span)
     np.testing.assert_allclose(out[e], ref, atol=1e-6, rtol=1e-5)
 
 
-def test_lowers_to_triton_for_gpu():
-  """The GPU path passes Pallas' Triton lowering (no GPU compile here)."""
-  args = score_inputs(2, 1, 40, 4, 4, 32, jnp.bfloat16)
-  fn = functools.partial(selection_scores, span_start=8, span_len=24,
-                         interpret=False)
-  text = jax.jit(fn).trace(*args).lower(lowering_platforms=("cuda",)).as_text()
-  assert text.count("xla.gpu.triton") == 1
+@pytest.mark.parametrize("backend, platform, marker", [
+    ("gpu", "cuda", "xla.gpu.triton"), ("tpu", "tpu", "tpu_custom_call")])
+def test_lowers_for_its_platform(backend, platform, marker):
+  """Triton / Mosaic lowering (and Mosaic's block checks), no compile."""
+  args = score_inputs(2, 1, 300, 4, 4, 32, jnp.bfloat16)
+  fn = functools.partial(selection_scores, span_start=100, span_len=150,
+                         backend=backend, interpret=False)
+  with common.lowering_target(backend):
+    text = jax.jit(fn).trace(*args).lower(
+        lowering_platforms=(platform,)).as_text()
+  assert text.count(marker) == 1
+
+
+def test_blocks_per_backend_and_their_rules():
+  assert SelectionScoresBlocks.for_backend("gpu").block_k == 64
+  assert SelectionScoresBlocks.for_backend("tpu").block_k == 128
+  with pytest.raises(ValueError, match="block_k=48 breaks the GPU"):
+    SelectionScoresBlocks(block_k=48).check("gpu")
+  with pytest.raises(ValueError, match="block_k=64 breaks the TPU.*of 128"):
+    SelectionScoresBlocks(block_k=64).check("tpu")
+  assert SelectionScoresBlocks().fit("gpu", 20).block_k == 32
+  assert SelectionScoresBlocks(block_k=256).fit("tpu", 200).block_k == 256
+  assert SelectionScoresBlocks(block_k=512).fit("tpu", 200).block_k == 256
 
 
 BAD = [
@@ -113,8 +147,10 @@ BAD = [
     ({"span_start": -1}, "span_start=-1"),
     ({"span_len": 0}, "span_len=0"),
     ({"span_len": 2.0}, "span_len=2.0"),
-    ({"block_k": -8}, "block_k=-8"),
-    ({"block_k": 8, "interpret": False}, "power of two >= 16"),
+    ({"blocks": SelectionScoresBlocks(block_k=8)}, "power of two|>= 16"),
+    ({"backend": "tpu", "blocks": SelectionScoresBlocks(block_k=64)},
+     "multiple of 128"),
+    ({"interpret": False}, "no lowering for platform 'cpu'"),
 ]
 
 
