@@ -3,8 +3,11 @@
 Every `colab/*.ipynb` must have a `.md` twin (the source of truth) that
 jupytext converts to the same cells, must carry no outputs, and must execute
 top to bottom at the `smoke` preset (CI sets `JAXEXIT_NOTEBOOK_PRESET=smoke`).
-The checks need the `notebooks` extra (jupytext, nbformat, nbclient,
-ipykernel) and skip without it.
+The kernel sees two CPU devices, so each notebook's data-parallel mesh
+section builds and times a real 2-device mesh (the experiments themselves
+use one device). The checks need the `notebooks` extra (jupytext, nbformat,
+nbclient, ipykernel) and skip without it. The setup cells are checked on
+their own in `setup_cell_test.py`.
 """
 
 import json
@@ -18,7 +21,17 @@ import pytest
 COLAB_DIR = pathlib.Path(__file__).resolve().parents[2] / "colab"
 NOTEBOOKS = sorted(COLAB_DIR.glob("*.ipynb"))
 NOTEBOOK_TIMEOUT_S = 600
+# Host CPU devices the notebook kernel sees (and its experiment inherits).
+NUM_DEVICES = 2
 EXTRA = "the `notebooks` extra: pip install -e '.[notebooks]'"
+# Parameters CI injects after a notebook's `parameters` cell (as papermill
+# does), so each notebook runs in about a minute or two on 2 cores. They
+# only trim what tests/experiments already runs whole at the smoke preset
+# (every method and seed); the notebook's own code runs unchanged.
+CI_PARAMETERS = {
+    "palbert_glue": {"METHODS": "palbert,pabee,full", "SEEDS": 1},
+    "hidrop": {"METHOD": "hidrop"},
+}
 
 by_notebook = pytest.mark.parametrize("path", NOTEBOOKS,
                                       ids=[p.stem for p in NOTEBOOKS])
@@ -89,6 +102,26 @@ def kernel_manager(kernel_dir: pathlib.Path):
   return AsyncKernelManager(kernel_name="python3", kernel_spec_manager=specs)
 
 
+def inject_parameters(nb, path: pathlib.Path) -> None:
+  """Inserts `CI_PARAMETERS[path.stem]` after the `parameters` cell."""
+  params = CI_PARAMETERS.get(path.stem)
+  if not params:
+    return
+  nbformat = need("nbformat")
+  index = next(i for i, cell in enumerate(nb.cells)
+               if "parameters" in cell.metadata.get("tags", []))
+  for name in params:  # a renamed parameter must fail here, not be ignored
+    assert f"\n{name} = " in "\n" + nb.cells[index].source, (
+        f"{path.name}'s parameters cell does not set {name}")
+  nb.cells.insert(index + 1, nbformat.v4.new_code_cell(
+      "\n".join(f"{k} = {v!r}" for k, v in params.items()),
+      metadata={"tags": ["injected-parameters"]}))
+
+
+def test_ci_parameters_name_notebooks():
+  assert set(CI_PARAMETERS) <= {p.stem for p in NOTEBOOKS}
+
+
 @pytest.mark.slow
 @by_notebook
 def test_executes_at_smoke_preset(path, tmp_path):
@@ -104,6 +137,7 @@ def test_executes_at_smoke_preset(path, tmp_path):
   workdir = tmp_path / "work"
   workdir.mkdir()
   nb = nbformat.read(path, as_version=4)
+  inject_parameters(nb, path)
   deadline = time.monotonic() + NOTEBOOK_TIMEOUT_S
   client = nbclient.NotebookClient(
       nb, km=kernel_manager(tmp_path / "kernels"),
@@ -111,9 +145,18 @@ def test_executes_at_smoke_preset(path, tmp_path):
       # One budget for the whole notebook: each cell gets what is left.
       timeout_func=lambda cell: max(1, int(deadline - time.monotonic())),
       resources={"metadata": {"path": str(workdir)}})
+  xla_flags = " ".join([
+      os.environ.get("XLA_FLAGS", ""),
+      f"--xla_force_host_platform_device_count={NUM_DEVICES}"]).strip()
   env = {**os.environ, "JAXEXIT_NOTEBOOK_PRESET": "smoke",
-         "JAXEXIT_DATA": data_dir}
+         "JAXEXIT_DATA": data_dir, "JAX_PLATFORMS": "cpu",
+         "XLA_FLAGS": xla_flags}
+  env.pop("JAXEXIT_SOURCE", None)  # the setup cell must use this checkout
   client.execute(env=env)  # Raises CellExecutionError on a failing cell.
   errors = [out for cell in nb.cells for out in cell.get("outputs", [])
             if out.get("output_type") == "error"]
   assert not errors, errors
+  text = "".join(out.get("text", "") for cell in nb.cells
+                 for out in cell.get("outputs", []))
+  assert "jaxexit imports: not installing" in text, text[:2000]
+  assert f"{NUM_DEVICES} device(s); mesh: {{'data': {NUM_DEVICES}}}" in text
