@@ -110,7 +110,12 @@ def resolve(op: str, backend, interpret, *arrays):
 
 
 def tpu_interpret_params():
-  """`interpret=` value for TPU interpret mode (jax 0.10.2 through 0.12)."""
+  """`interpret=` value for TPU interpret mode.
+
+  `pltpu.InterpretParams()` (and `force_tpu_interpret_mode`) exist with the
+  same meaning in jax 0.10.2 and 0.12.1; this is the one place to change if
+  a later jax moves them.
+  """
   return pltpu.InterpretParams()
 
 

@@ -2,9 +2,11 @@
 
 XLA_FLAGS must be set before jax is imported, so the check runs in a
 subprocess (this process already imported jax with one CPU device). It
-covers the GPU lowering in the Pallas interpreter: TPU interpret mode under
-`shard_map` on simulated CPU devices stalled (no CPU use for minutes) with
-both jax 0.10.2 and 0.12.1.
+covers the GPU lowering in the Pallas interpreter (forward and gradients,
+Auto and Explicit meshes) and, on jax >= 0.11, the TPU lowering in TPU
+interpret mode (forward): with jax 0.10.2, TPU interpret mode under
+`shard_map` over more than one simulated CPU device stalls (no CPU use for
+minutes; one device works), with jax 0.12.1 it runs.
 """
 
 import json
@@ -54,6 +56,13 @@ _SCRIPT = textwrap.dedent("""
              for fn in (lambda *a: sharded_position_attention(*a, **axes),
                         position_attention)]
     result["grads"] = max(err(a, b) for a, b in zip(*grads))
+    if tuple(int(p) for p in jax.__version__.split(".")[:2]) >= (0, 11):
+      axes["backend"] = "tpu"
+      out = jax.jit(lambda *a: sharded_position_attention(*a, **axes))(*args)
+      result["tpu/attention"] = err(out, position_attention(*args))
+      out = jax.jit(lambda *a: sharded_selection_scores(*a, **span, **axes))(
+          *sargs)
+      result["tpu/scores"] = err(out, selection_scores(*sargs, **span))
     try:
       sharded_position_attention(*attention_inputs(2, 4, 8, 4, 2, 16,
                                                    jnp.float32), **axes)
@@ -81,5 +90,9 @@ def test_sharded_kernels_equal_unsharded_on_8_devices():
     # The head mean is a pmean of per-device means: summation order only.
     np.testing.assert_allclose(result[f"{kind}/scores"], 0, atol=1e-7)
   np.testing.assert_allclose(result["grads"], 0, atol=1e-6)
+  # TPU interpret mode: compared with the GPU lowering's unsharded result.
+  for key in ("tpu/attention", "tpu/scores"):
+    if key in result:
+      np.testing.assert_allclose(result[key], 0, atol=1e-6, err_msg=key)
   assert "q.shape[0]=2 is not divisible by the 4 devices" in (
       result["indivisible"])
