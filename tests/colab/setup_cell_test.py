@@ -194,7 +194,7 @@ def test_uses_a_data_parallel_mesh_and_shows_results(path):
 
 @by_notebook
 def test_stops_with_the_instruction_when_nothing_is_set(path, tmp_path):
-  result, stdout = run_cell(setup_cell(path), tmp_path, mode="fresh")
+  result, _ = run_cell(setup_cell(path), tmp_path, mode="fresh")
   assert result["calls"] == [], "nothing to install from, yet pip ran"
   assert result.get("error") == "SetupStop", result
   shown = result["shown"]
