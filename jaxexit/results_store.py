@@ -92,13 +92,17 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
   """Writes `obj` as indented JSON through a temporary file and a rename.
 
   A crash before the rename leaves the previous file untouched (and the
-  temporary file is removed when Python unwinds).
+  temporary file is removed when Python unwinds). The file gets the usual
+  permissions of a new file (0666 less the umask), not mkstemp's 0600.
   """
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.",
                              suffix=".tmp")
+  umask = os.umask(0)
+  os.umask(umask)
   try:
+    os.fchmod(fd, 0o666 & ~umask)
     with os.fdopen(fd, "w", encoding="utf-8") as f:
       f.write(json.dumps(obj, indent=1) + "\n")
       f.flush()

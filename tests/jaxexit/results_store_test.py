@@ -137,3 +137,13 @@ def test_lock_output_dir_refuses_a_second_run(tmp_path):
     rs.merge_records(out / "results.json", [_rec("a")])
   with rs.lock_output_dir(out):        # released on exit
     pass
+
+
+def test_written_file_has_ordinary_permissions(tmp_path):
+  """Not mkstemp's 0600: results are read by other users and tools."""
+  old = os.umask(0o022)
+  try:
+    rs.write_json_atomic(tmp_path / "r.json", {"a": 1})
+  finally:
+    os.umask(old)
+  assert (tmp_path / "r.json").stat().st_mode & 0o777 == 0o644
