@@ -44,7 +44,7 @@ def test_fresh_classifiers_start_as_the_shared_lm_head(kind):
 def _perturbed_mamba_heads():
   heads = _classifiers("mamba")
   up = heads.exits[0].up.kernel
-  up.value = jax.random.normal(jax.random.key(5), up.value.shape)
+  up[...] = jax.random.normal(jax.random.key(5), up[...].shape)
   return heads
 
 
