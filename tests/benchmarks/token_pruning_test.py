@@ -51,7 +51,7 @@ def test_quick_run_on_a_tiny_model(tmp_path):
   outside = lambda t: t.split(start)[0] + t.split(end)[-1] if start in t else t
   # Only the marked section changes (appended if absent, else replaced).
   assert outside(text).rstrip() == outside(before).rstrip()
-  section = text.split(start)[1]
+  section = text.split(start)[1].split(end)[0]
   assert section.count("\n| ") == len(records) + 1  # header + rows
   assert "Targets on CPU: HiDrop `tok64`" in section
 
