@@ -243,7 +243,7 @@ def test_resolution_rules():
       ROOT / "BENCHMARKS.md")
   assert at("jaxexit/data/bundle_build.py", "bundled/SOURCES.md") == (
       ROOT / "jaxexit/data/bundled/SOURCES.md")
-  assert at("jaxexit/data/bundled.py", "SOURCES.md") == (
+  assert at("jaxexit/data/bundled.py", "bundled/SOURCES.md") == (
       ROOT / "jaxexit/data/bundled/SOURCES.md")
   assert at("jaxexit/cost.py", "/work/shared/papers/encoder_exits.md") is None
   assert at("jaxexit/cost.py", "nowhere_at_all.md") is None

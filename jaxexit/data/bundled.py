@@ -7,7 +7,9 @@ A fresh install has no data dir, so the default experiments would stop at
   glue/SST-2/{train,dev}.tsv.xz           GLUE SST-2 whole (67,349 / 872)
   cifar10/cifar10_{train,test}_jpg.tar.gz  CIFAR-10 subset: the first 500 /
                                            100 images of each class
-  SOURCES.md, LICENSE.alps                 provenance, checksums, licence
+  bundled/SOURCES.md, LICENSE.alps         provenance, checksums, licence
+                                           (and a short SOURCES file in
+                                           each dataset folder)
 
 Loaders read them only when the data dir lacks the dataset, and say so on
 stderr (`notice`). `jaxexit.data.bundle_build` re-creates them from a data
