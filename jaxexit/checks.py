@@ -85,6 +85,11 @@ def checked(fn: Callable) -> Callable:
   return run
 
 
+def _first_index(bad: np.ndarray) -> tuple[int, ...]:
+  """The index of the first True in `bad` (which holds at least one)."""
+  return tuple(int(i) for i in np.argwhere(bad)[0])
+
+
 def _is_concrete(x) -> bool:
   return not isinstance(x, jax.core.Tracer)
 
@@ -121,7 +126,7 @@ def finite(name: str, x) -> None:
   if np.issubdtype(arr.dtype, np.floating) or arr.dtype.name == "bfloat16":
     bad = ~np.isfinite(arr.astype(np.float32))
     if bad.any():
-      first = tuple(int(i) for i in np.argwhere(bad)[0])
+      first = _first_index(bad)
       raise ValueError(
           f"{name} must be finite; found {int(bad.sum())} non-finite value(s), "
           f"first {arr[first].item()!r} at index {first} (shape {arr.shape})")
@@ -161,7 +166,7 @@ def probabilities(name: str, x) -> None:
   v = np.asarray(x, dtype=np.float64)
   bad = ~((v >= 0) & (v <= 1))
   if bad.any():
-    first = tuple(int(i) for i in np.argwhere(bad)[0])
+    first = _first_index(bad)
     raise ValueError(
         f"{name} must hold probabilities in [0, 1]; found {int(bad.sum())} "
         f"value(s) outside, first {v[first].item()!r} at index {first} "
@@ -186,13 +191,13 @@ def logits(name: str, x) -> None:
   v = np.asarray(x, dtype=np.float32)
   bad = np.isnan(v) | (v == np.inf)
   if bad.any():
-    first = tuple(int(i) for i in np.argwhere(bad)[0])
+    first = _first_index(bad)
     raise ValueError(
         f"{name} must not hold NaN or +inf; found {int(bad.sum())}, first "
         f"{v[first].item()!r} at index {first} (shape {v.shape})")
   dead = np.all(v == -np.inf, axis=-1)
   if v.size and dead.any():
-    first = tuple(int(i) for i in np.argwhere(dead)[0])
+    first = _first_index(dead)
     raise ValueError(
         f"{name} has {int(dead.sum())} row(s) that are -inf for every class "
         f"(a fully masked row), first at index {first} (shape {v.shape})")
@@ -219,7 +224,7 @@ def token_ids(name: str, ids, vocab_size: int) -> None:
                      f"{arr.dtype}")
   bad = (arr < 0) | (arr >= vocab_size)
   if bad.any():
-    first = tuple(int(i) for i in np.argwhere(bad)[0])
+    first = _first_index(bad)
     raise ValueError(
         f"{name} must lie in [0, {vocab_size}) (the vocabulary); found "
         f"{int(bad.sum())} id(s) outside, first {int(arr[first])} at index "
