@@ -4,6 +4,7 @@ import pathlib
 import re
 import shutil
 import subprocess
+import sys
 
 import pytest
 
@@ -31,10 +32,38 @@ def test_primary_phase_runs_readme_command_on_312():
   assert "python312" in primary and ".venv312" in primary
 
 
+def test_readme_test_command_runs_every_tier():
+  """CI runs the README's command, so it must run the slow tier too."""
+  assert _readme_test_command().endswith("python -m pytest --all")
+
+
 def test_low_end_phase_pins_jax_0_10_2_on_311():
   low = _function_body(CI.read_text(), "low_end")
   assert "python3.11 -m venv" in low
   assert '"jax==0.10.2" "jaxlib==0.10.2"' in low
+  # Every test in its paths, the slow-marked ones too.
+  assert 'python -m pytest --all "${LOW_END_TESTS[@]}"' in low
+
+
+def _collected(*args: str) -> list[str]:
+  out = subprocess.run(
+      [sys.executable, "-m", "pytest", "--collect-only", "-q", "-n", "0",
+       "-p", "no:cacheprovider", *args],
+      cwd=ROOT, capture_output=True, text=True, check=True).stdout
+  return [l for l in out.splitlines() if "::" in l]
+
+
+def test_plain_run_deselects_the_slow_tier_and_all_keeps_it():
+  """tests/conftest.py: the fast tier by default, `--all` everything, a
+  slow test named by node id still runs."""
+  notebooks = "tests/colab/notebooks_test.py"
+  run = f"{notebooks}::test_executes_at_smoke_preset"
+  fast = _collected(notebooks)
+  every = _collected(notebooks, "--all")
+  named = _collected(f"{run}[hidrop]")
+  assert fast and not any(l.startswith(run) for l in fast)
+  assert set(fast) < set(every) and any(l.startswith(run) for l in every)
+  assert named == [f"{run}[hidrop]"]
 
 
 def test_low_end_test_paths_exist():
