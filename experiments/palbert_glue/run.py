@@ -71,8 +71,9 @@ def _loss_fn(method, stage):
     stack, params = model.exit_stack(dropout_key=rng)
     if heads_only:
       # The frozen encoder needs no backward pass (DeeBERT's stage 2).
-      params = {**params, "layers": jax.lax.stop_gradient(params["layers"]),
-                "pooler": jax.lax.stop_gradient(params["pooler"])}
+      params["layers"] = jax.lax.stop_gradient(params["layers"])
+      params["heads"]["pooler"] = jax.lax.stop_gradient(
+          params["heads"]["pooler"])
     carry = model.embed(batch["input_ids"], batch["token_type_ids"],
                         batch["attention_mask"])
     res = execution.simulate(stack, exits.never(), params, carry)

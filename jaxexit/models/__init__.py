@@ -5,9 +5,9 @@ Llama/Mistral and Mamba-1/2 (+ Hugging Face weights; SmolLM2 from GGUF in
 `jaxexit.models.gguf_weights`, which needs the `gguf` package), each a
 `jaxexit.decoding.DecoderBackbone`. Vision: ViT,
 StagedCNN / MultiExitCNN, Dynamic Perceiver, EfficientNet-Lite0 (+ its
-PyTorch pickle, read without torch). Every encoder exposes `embed` → carry, `backbone()` → `(layer_fn, params, L)`
-for the execution modes, `pool` (HF tanh pooler) and a parity `__call__`;
-exit methods attach their own heads.
+PyTorch pickle, read without torch). Every encoder exposes `embed` → carry,
+`exit_layers()` (its layers for `jaxexit.execution.exit_stack`), `pool` (HF
+tanh pooler) and a parity `__call__`; exit methods attach their own heads.
 """
 
 from jaxexit.models.albert import AlbertConfig, AlbertEncoder

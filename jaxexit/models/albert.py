@@ -6,8 +6,8 @@ layer-normalised, projected E → D, and ONE `TransformerLayer` is applied L
 times. Numerically identical to Hugging Face `AlbertModel` in float32 for
 `num_hidden_groups = inner_group_num = 1` (every released ALBERT).
 
-Because the layer is shared, `backbone()`'s `layer_fn` ignores the layer
-index for its parameters: the execution modes run the same weights at every
+Because the layer is shared, `exit_layers()` is `shared(layer, L)`: no
+layer index selects parameters: the execution modes run the same weights at every
 step (a `lax.scan` of one module).
 
 Axes: B batch, T tokens, E embedding width, D width (HF `hidden_size`),
@@ -21,10 +21,11 @@ from flax import nnx
 from jax.typing import DTypeLike
 
 from jaxexit import checks
-from jaxexit.models.bert import (Encoder, LayerFn, TransformerLayer,
+from jaxexit.execution.adapter import PerLayer, shared
+from jaxexit.models.bert import (Encoder, TransformerLayer, apply_layer,
                                  attention_mask_or_ones, check_positions,
-                                 check_transformer_sizes, functional_layer,
-                                 make_embed, make_layer_norm, make_linear)
+                                 check_transformer_sizes, make_embed,
+                                 make_layer_norm, make_linear)
 from jaxexit.typing import Array, Bool, Int
 
 
@@ -152,12 +153,6 @@ class AlbertEncoder(Encoder):
     h = self.embed_proj(self.embed_norm(h_e))  # [B, T, D]
     return {"h": h, "mask": attention_mask_or_ones(input_ids, attention_mask)}
 
-  def backbone(self) -> tuple[LayerFn, nnx.State, int]:
-    """`(layer_fn, params, L)`: the functional view for `jaxexit.execution`.
-
-    `params` is the one shared layer; `layer_fn(params, layer, carry)`
-    ignores `layer` for its weights, so every step applies the same layer.
-    """
-    layer_def, params = nnx.split(self.layer)
-    return (functional_layer(layer_def, stacked=False), params,
-            self.cfg.num_layers)
+  def exit_layers(self) -> PerLayer:
+    """The one shared layer applied L times, as `exit_stack` takes it."""
+    return shared(self.layer, self.cfg.num_layers, apply_layer)

@@ -4,7 +4,7 @@ Devlin et al. 2019 (BERT), Liu et al. 2019 (RoBERTa): post-LN Transformer
 encoder with learned absolute positions, numerically identical to Hugging
 Face `BertModel`/`RobertaModel` in float32 (tested layer by layer). The
 encoders expose the backbone only; PABEE, DeeBERT, BERxiT and PALBERT attach
-their own exit heads through `backbone()` and `pool()`.
+their own exit heads through `exit_layers()` and `pool()`.
 
 One config covers both families. RoBERTa differs only in its embeddings:
 positions count non-padding tokens starting at `pad_token_id + 1`
@@ -25,9 +25,9 @@ from flax import nnx
 from jax.typing import DTypeLike
 
 from jaxexit import checks
-from jaxexit.typing import Array, Bool, Float, Int, PyTree
-
-NEG_INF = jnp.finfo(jnp.float32).min
+from jaxexit.execution.adapter import PerLayer, functional, stacked
+from jaxexit.nn.functional import NEG_INF
+from jaxexit.typing import Array, Bool, Float, Int
 
 # HF `ACT2FN` names; "gelu" is the exact erf form, "gelu_new" (ALBERT) and
 # "gelu_pytorch_tanh" the tanh approximation.
@@ -43,7 +43,6 @@ ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
 
 MODEL_TYPES = ("bert", "roberta")
 
-LayerFn = Callable[[PyTree, "int | Array", dict], dict]
 
 
 def check_transformer_sizes(cfg) -> None:
@@ -211,34 +210,21 @@ class TransformerLayer(nnx.Module):
     return self.ffn_norm(h + self.ffn_out(act(self.ffn_in(h))))
 
 
-def functional_layer(layer_def: nnx.GraphDef, *, stacked: bool) -> LayerFn:
-  """`layer_fn(params, layer, carry)` over one layer's graph definition.
-
-  Args:
-    layer_def: graph definition of a `TransformerLayer`.
-    stacked: True if `params` have a leading L axis indexed by `layer`
-      (BERT); False if one layer is shared by every step (ALBERT), in which
-      case `layer` is ignored.
-  """
-
-  def layer_fn(params, layer, carry):
-    if stacked:
-      params = jax.tree.map(lambda w: w[layer], params)
-    block = nnx.merge(layer_def, params)
-    return {"h": block(carry["h"], carry["mask"]), "mask": carry["mask"]}
-
-  return layer_fn
+def apply_layer(layer: TransformerLayer, carry: dict) -> dict:
+  """One layer on `carry = {"h": [B, T, D], "mask": [B, T]}`."""
+  return {"h": layer(carry["h"], carry["mask"]), "mask": carry["mask"]}
 
 
-def run_layers(layer_fn: LayerFn, params: PyTree, num_layers: int,
-               carry: dict) -> Float[Array, "L1 B T D"]:
+def run_layers(layers: PerLayer, carry: dict) -> Float[Array, "L1 B T D"]:
   """All hidden states `[L + 1, B, T, D]`, the embedding output first."""
+  layer_fn, params = functional(layers)
 
   def body(c, layer):
     c = layer_fn(params, layer, c)
     return c, c["h"]
 
-  _, hs = jax.lax.scan(body, carry, jnp.arange(num_layers, dtype=jnp.int32))
+  _, hs = jax.lax.scan(body, carry,
+                       jnp.arange(layers.num_layers, dtype=jnp.int32))
   return jnp.concatenate([carry["h"][None], hs], axis=0)
 
 
@@ -266,8 +252,8 @@ def attention_mask_or_ones(input_ids: Array, attention_mask) -> Array:
 class Encoder(nnx.Module):
   """What BERT, RoBERTa and ALBERT share: the pooler and the full forward.
 
-  Subclasses define `embed` (the initial carry), `backbone` (the functional
-  layer view) and the `pooler` Linear.
+  Subclasses define `embed` (the initial carry), `exit_layers` (the layers
+  as `exit_stack` takes them) and the `pooler` Linear.
   """
 
   def pool(self, h: Float[Array, "B T D"]) -> Float[Array, "B D"]:
@@ -286,7 +272,7 @@ class Encoder(nnx.Module):
        ALBERT's E → D projection) first, pooled [B, D] from the last layer).
     """
     carry = self.embed(input_ids, token_type_ids, attention_mask)
-    hs = run_layers(*self.backbone(), carry)
+    hs = run_layers(self.exit_layers(), carry)
     return hs, self.pool(hs[-1])
 
 
@@ -353,15 +339,10 @@ class BertEncoder(Encoder):
     return {"h": self.embed_norm(h),
             "mask": attention_mask_or_ones(input_ids, attention_mask)}
 
-  def backbone(self) -> tuple[LayerFn, nnx.State, int]:
-    """`(layer_fn, params, L)`: the functional view for `jaxexit.execution`.
-
-    `layer_fn(params, layer, carry) -> carry` applies layer `layer` (a Python
-    int or traced int32) to `carry = {"h": [B, T, D], "mask": [B, T]}`.
-    """
-    layer_def, params = nnx.split(self.layers)
-    return (functional_layer(layer_def, stacked=True), params,
-            self.cfg.num_layers)
+  def exit_layers(self) -> PerLayer:
+    """The L stacked layers as `jaxexit.execution.exit_stack` takes them,
+    called on `carry = {"h": [B, T, D], "mask": [B, T]}`."""
+    return stacked(self.layers, apply_layer)
 
 
 def mean_pool(h: Float[Array, "B T D"], mask: Bool[Array, "B T"], *,

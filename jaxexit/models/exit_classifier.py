@@ -22,15 +22,19 @@ Axes: B batch, T tokens, D width, L layers, C classes (C = 1: regression).
 """
 
 import dataclasses
+import functools
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from jaxexit import checks
+from jaxexit.execution.adapter import exit_stack, indexed, layer_slice
 from jaxexit.execution.stack import ExitStack
 from jaxexit.exits.outputs import ExitHeadOutput
 from jaxexit.models.bert import mean_pool
+from jaxexit.nn.functional import dropout
 from jaxexit.typing import Array, Float, PRNGKeyArray
 
 CLASSIFIERS = ("shared", "per_layer", "offramp")
@@ -138,17 +142,6 @@ class ExitHeads(nnx.Module):
       self.lte = nnx.Linear(hidden, 1, rngs=rngs)
 
 
-def _at(tree, layer):
-  return jax.tree.map(lambda w: w[layer], tree)
-
-
-def _dropout(x: Array, rate: float, key) -> Array:
-  if key is None or rate == 0.0:
-    return x
-  keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
-  return jnp.where(keep, x / (1.0 - rate), 0.0)
-
-
 class ExitClassifier(nnx.Module):
   """An encoder with an exit head after every layer.
 
@@ -171,73 +164,103 @@ class ExitClassifier(nnx.Module):
 
   def embed(self, input_ids, token_type_ids=None, attention_mask=None
             ) -> dict:
-    """The initial carry: the encoder's, plus `prev_pooled` for PALBERT."""
+    """The initial carry: the encoder's, plus `prev_features` for PALBERT.
+
+    `prev_features` [B, D] is the previous layer's `pooling_features`
+    (zeros before layer 0); PALBERT's Lambda layer pools it into
+    pooled_{n-1}.
+    """
     carry = self.encoder.embed(input_ids, token_type_ids, attention_mask)
     if self.heads.cfg.halting == "linear_cat":
       batch, d = input_ids.shape[0], self.encoder.cfg.hidden_size
-      carry["prev_pooled"] = jnp.zeros((batch, d), carry["h"].dtype)
+      carry["prev_features"] = jnp.zeros((batch, d), carry["h"].dtype)
     return carry
 
   def exit_stack(self, *, dropout_key: PRNGKeyArray | None = None
-                 ) -> tuple[ExitStack, dict]:
+                 ) -> tuple[ExitStack, nnx.State]:
     """`(stack, params)` for the execution modes.
+
+    `params["layers"]` are the encoder's layers, `params["heads"]` the exit
+    heads (`"heads"`) and the encoder's shared pooler (`"pooler"`).
 
     Args:
       dropout_key: training only: classifier dropout is drawn from
         `fold_in(dropout_key, layer)`; None at inference.
     """
-    cfg = self.heads.cfg
-    enc_layer_fn, enc_params, num_layers = self.encoder.backbone()
-    pool_def, pool_state = nnx.split(self.encoder.pooler)
-    heads_def, heads_state = nnx.split(self.heads)
-    params = {"layers": enc_params, "pooler": pool_state, "heads": heads_state}
+    layers = self.encoder.exit_layers()
+    if self.heads.cfg.halting == "linear_cat":
+      layers = dataclasses.replace(
+          layers, call=KeepPreviousFeatures(layers.call,
+                                            self.heads.cfg.pooling))
+    head_call = (exit_head_output if dropout_key is None else
+                 functools.partial(exit_head_output, dropout_key=dropout_key))
+    parts = nnx.Dict(heads=self.heads, pooler=self.encoder.pooler)
+    return exit_stack(layers, indexed(parts, layers.num_layers, head_call))
 
-    def shared_pool(p, carry):
-      return pool_hidden(cfg.pooling, carry["h"], carry["mask"],
-                         nnx.merge(pool_def, p["pooler"]))
 
-    def offramp_input(carry):
-      if cfg.pooling == "cls_pooler":
-        return carry["h"][:, 0]
-      return pool_hidden(cfg.pooling, carry["h"], carry["mask"], None)
+@dataclasses.dataclass(frozen=True)
+class KeepPreviousFeatures:
+  """A layer call that also stores its input's `pooling_features` in
+  `carry["prev_features"]` (zeros at layer 0 are set by `embed`)."""
 
-    def layer_fn(p, layer, carry):
-      out = enc_layer_fn(p["layers"], layer, {"h": carry["h"],
-                                               "mask": carry["mask"]})
-      if cfg.halting == "linear_cat":
-        # pooled_{n-1} for the Lambda layer at layer n; pooled_0 := 0.
-        prev = jnp.where(jnp.asarray(layer) == 0, 0.0,
-                         shared_pool(p, carry))
-        out["prev_pooled"] = prev.astype(carry["prev_pooled"].dtype)
-      return out
+  call: Callable
+  pooling: str
 
-    def head_fn(p, layer, carry):
-      heads = nnx.merge(heads_def, p["heads"])
-      if cfg.classifier == "offramp":
-        pooled = jnp.tanh(_at_linear(heads.poolers, layer,
-                                     offramp_input(carry)))
-      else:
-        pooled = shared_pool(p, carry)
-      key = (None if dropout_key is None
-             else jax.random.fold_in(dropout_key, layer))
-      x = _dropout(pooled, cfg.dropout, key)
-      if cfg.classifier == "shared":
-        logits = heads.classifier(x)
-      else:
-        logits = _at_linear(heads.classifier, layer, x)
-      halt = score = None
-      if cfg.halting is not None:
-        u = x if cfg.halting == "linear" else jnp.concatenate(
-            [x, _dropout(carry["prev_pooled"], cfg.dropout,
-                         None if key is None else jax.random.fold_in(key, 1))],
-            axis=-1)
-        halt = heads.halting(u)
-      if cfg.learned_exit:
-        score = jax.nn.sigmoid(heads.lte(pooled)[:, 0].astype(jnp.float32))
-      return ExitHeadOutput(logits=logits.astype(jnp.float32), halt=halt,
-                            score=score)
+  def __call__(self, layer: nnx.Module, carry: dict) -> dict:
+    out = self.call(layer, {"h": carry["h"], "mask": carry["mask"]})
+    features = pooling_features(self.pooling, carry["h"], carry["mask"])
+    out["prev_features"] = features.astype(carry["prev_features"].dtype)
+    return out
 
-    return ExitStack(layer_fn, head_fn, num_layers), params
+
+def exit_head_output(parts: nnx.Dict, layer, carry: dict, *,
+                     dropout_key: PRNGKeyArray | None = None
+                     ) -> ExitHeadOutput:
+  """Exit `layer`'s output from `parts = {"heads": ExitHeads, "pooler":
+  the encoder's pooler}`: logits [B, C], `halt` [B] (λ_n) with a Lambda
+  layer, `score` [B] (u_n) with a learned-exit head."""
+  heads, pooler = parts["heads"], parts["pooler"]
+  cfg = heads.cfg
+  if cfg.classifier == "offramp":
+    features = pooling_features(cfg.pooling, carry["h"], carry["mask"])
+    pooled = jnp.tanh(_at_linear(heads.poolers, layer, features))
+  else:
+    pooled = pool_hidden(cfg.pooling, carry["h"], carry["mask"], pooler)
+  key = None if dropout_key is None else jax.random.fold_in(dropout_key,
+                                                            layer)
+  x = dropout(pooled, cfg.dropout, key)
+  if cfg.classifier == "shared":
+    logits = heads.classifier(x)
+  else:
+    logits = _at_linear(heads.classifier, layer, x)
+  halt = score = None
+  if cfg.halting == "linear":
+    halt = heads.halting(x)
+  elif cfg.halting == "linear_cat":
+    # pooled_{n-1} for the Lambda layer at layer n; pooled_0 := 0.
+    prev = _pool_features(cfg.pooling, carry["prev_features"], pooler)
+    prev = jnp.where(jnp.asarray(layer) == 0, 0.0, prev).astype(x.dtype)
+    prev_key = None if key is None else jax.random.fold_in(key, 1)
+    halt = heads.halting(jnp.concatenate(
+        [x, dropout(prev, cfg.dropout, prev_key)], axis=-1))
+  if cfg.learned_exit:
+    score = jax.nn.sigmoid(heads.lte(pooled)[:, 0].astype(jnp.float32))
+  return ExitHeadOutput(logits=logits.astype(jnp.float32), halt=halt,
+                        score=score)
+
+
+def pooling_features(pooling: str, h: Float[Array, "B T D"], mask: Array
+                     ) -> Float[Array, "B D"]:
+  """The parameter-free part of `pooling`: h[CLS] ("cls", "cls_pooler") or
+  the mean over real tokens ("mean")."""
+  if pooling == "mean":
+    return mean_pool(h, mask, normalize=False).astype(h.dtype)
+  return h[:, 0]
+
+
+def _pool_features(pooling: str, features: Float[Array, "B D"],
+                   pooler: nnx.Linear) -> Float[Array, "B D"]:
+  return jnp.tanh(pooler(features)) if pooling == "cls_pooler" else features
 
 
 def pool_hidden(pooling: str, h: Float[Array, "B T D"], mask: Array,
@@ -250,15 +273,11 @@ def pool_hidden(pooling: str, h: Float[Array, "B T D"], mask: Array,
     mask: [B, T] validity (1/True for real tokens); "mean" averages over it.
     pooler: the checkpoint's pooler Linear ("cls_pooler" only).
   """
-  if pooling == "cls_pooler":
-    return jnp.tanh(pooler(h[:, 0]))
-  if pooling == "cls":
-    return h[:, 0]
-  return mean_pool(h, mask, normalize=False).astype(h.dtype)
+  return _pool_features(pooling, pooling_features(pooling, h, mask), pooler)
 
 
 def _at_linear(stacked: nnx.Linear, layer, x: Array) -> Array:
   """Applies layer `layer` of a stacked `nnx.Linear` to x [B, D_in]."""
-  kernel = _at(stacked.kernel[...], layer)
-  bias = _at(stacked.bias[...], layer)
+  kernel = layer_slice(stacked.kernel[...], layer)
+  bias = layer_slice(stacked.bias[...], layer)
   return x @ kernel + bias[None, :]

@@ -17,12 +17,10 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxexit import checks
+from jaxexit.execution.adapter import exit_stack, stacked
 from jaxexit.execution.stack import ExitStack
-from jaxexit.exits.outputs import ExitHeadOutput
+from jaxexit.nn.functional import NEG_INF
 from jaxexit.typing import Array, Bool, Float, Int
-
-NEG_INF = jnp.finfo(jnp.float32).min
-
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class EncoderConfig:
@@ -130,19 +128,13 @@ class ExitEncoder(nnx.Module):
 
   def exit_stack(self) -> tuple[ExitStack, nnx.State]:
     """The functional view every execution mode takes: (stack, params)."""
-    layer_def, layer_state = nnx.split(self.layers)
-    head_def, head_state = nnx.split(self.heads)
+    return exit_stack(stacked(self.layers, _apply_layer),
+                      stacked(self.heads, _apply_head))
 
-    def at(tree, layer):
-      return jax.tree.map(lambda w: w[layer], tree)
 
-    def layer_fn(params, layer, carry):
-      block = nnx.merge(layer_def, at(params["layers"], layer))
-      return {"h": block(carry["h"], carry["mask"]), "mask": carry["mask"]}
+def _apply_layer(layer: EncoderLayer, carry: dict) -> dict:
+  return {"h": layer(carry["h"], carry["mask"]), "mask": carry["mask"]}
 
-    def head_fn(params, layer, carry):
-      head = nnx.merge(head_def, at(params["heads"], layer))
-      return ExitHeadOutput(logits=head(carry["h"]))
 
-    params = nnx.State({"layers": layer_state, "heads": head_state})
-    return ExitStack(layer_fn, head_fn, self.cfg.num_layers), params
+def _apply_head(head: ExitHead, carry: dict) -> Float[Array, "B C"]:
+  return head(carry["h"])

@@ -1,10 +1,12 @@
-"""Runs an encoder's `backbone()` in every execution mode with a simple head."""
+"""Runs an encoder's `exit_layers()` in every execution mode with a simple
+head."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jaxexit import execution
+from jaxexit.execution.adapter import functional
 from jaxexit.exits import rules
 from jaxexit.exits.outputs import ExitHeadOutput
 
@@ -12,7 +14,7 @@ C = 3
 
 
 def _stack(encoder):
-  layer_fn, backbone, num_layers = encoder.backbone()
+  layer_fn, backbone = functional(encoder.exit_layers())
   d = encoder.cfg.hidden_size
   params = {"backbone": backbone,
             "pool_w": encoder.pooler.kernel[...],
@@ -26,7 +28,7 @@ def _stack(encoder):
     pooled = jnp.tanh(carry["h"][:, 0] @ p["pool_w"] + p["pool_b"][None])
     return ExitHeadOutput(logits=pooled @ p["cls"])
 
-  return execution.ExitStack(stack_layer, head_fn, num_layers), params
+  return execution.ExitStack(stack_layer, head_fn, layer_fn.num_layers), params
 
 
 def assert_modes_agree(encoder, ids, mask):
