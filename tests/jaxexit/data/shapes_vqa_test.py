@@ -11,7 +11,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from jaxexit.data import shapes_render, shapes_vqa
+from jaxexit.data import shapes_render, shapes_sampling, shapes_vqa
 from jaxexit.data.shapes_vqa import ShapesVQAConfig, make_shapes_vqa
 from jaxexit.data.vqa_set import QUESTION_LEN
 from jaxexit.data.vqa_vocab import PLURALS
@@ -193,8 +193,18 @@ def test_subset_config():
 
 
 def test_ten_thousand_examples():
-  data = make_shapes_vqa(ShapesVQAConfig(), 10_000, 2)
-  assert len(data) == 10_000 and data.images.shape[1:] == (64, 64, 3)
+  """A 10,000-example split: its layouts and questions are drawn for every
+  example (what depends on the count). Pixels are drawn per image, so 100
+  rendered examples check the images (10,000 would take 123 MB)."""
+  config = ShapesVQAConfig()
+  drawn = shapes_sampling.sample_split(np.random.default_rng(0), config,
+                                       10_000, 2)
+  assert drawn.valid.shape[0] == drawn.qtype.shape[0] == 10_000
+  assert len(np.unique(drawn.qtype)) == 4
+  questions, answers = shapes_sampling.question_words(config, drawn)
+  assert len(questions) == len(answers) == 10_000
+  data = make_shapes_vqa(config, 100, 2)
+  assert len(data) == 100 and data.images.shape[1:] == (64, 64, 3)
   assert len(np.unique(data.question_types)) == 4
 
 
