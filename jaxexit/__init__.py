@@ -2,9 +2,10 @@
 
   import jaxexit as jx
 
-  rule = jx.max_softmax_rule(0.9)                  # when an example exits
+  stack, params = jx.exit_stack(model.layers, model.heads)  # any NNX model
+  rule = jx.max_softmax_rule(0.9)                    # when an example exits
   runner = jx.make_runner("compacted", stack, rule)  # how the stack runs
-  result = runner(params, batch)                   # jx.ExitResult
+  result = runner(params, batch)                     # jx.ExitResult
 
 The flat namespace holds the core names (the exit contract, the execution
 modes, the rule constructors, decoding); the subpackages (`jx.exits`,
@@ -19,7 +20,7 @@ import importlib.metadata
 from jaxexit.checks import checked, debug_checks
 from jaxexit.decoding import DecodeConfig, generate, generate_full
 from jaxexit.execution import (ExitResult, ExitStack, compacted, early_stop,
-                               make_runner, simulate)
+                               exit_stack, make_runner, simulate)
 from jaxexit.exits import (ExitHeadOutput, ExitRule, always, entropy_rule,
                            fixed_depth, jei_gate_rule, learned_exit_rule,
                            max_softmax_rule, memoryless, never, patience_rule,
@@ -53,6 +54,8 @@ def __dir__():
 __all__ = [
     # The exit contract.
     "ExitHeadOutput", "ExitResult", "ExitRule", "ExitStack",
+    # Any NNX model's layers and heads as an ExitStack.
+    "exit_stack",
     # Execution modes.
     "compacted", "early_stop", "make_runner", "simulate",
     # Rule constructors.

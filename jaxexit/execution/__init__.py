@@ -1,5 +1,8 @@
 """Execution modes for any stack of layers with exit heads."""
 
+from jaxexit.execution.adapter import (PerLayer, branches, exit_stack, indexed,
+                                      layer_list, layer_module, shared,
+                                      stacked)
 from jaxexit.execution.compacted import CompactedRunner, bucket_sizes
 from jaxexit.execution.early_stop import early_stop
 from jaxexit.execution.flops import ExitFlops, exit_flops, xla_flops
@@ -11,7 +14,8 @@ from jaxexit.execution.stack import ExitResult, ExitStack
 
 __all__ = [
     "MODES", "CompactedRunner", "ExitFlops", "ExitResult", "ExitStack",
-    "SpeedReport", "bucket_sizes", "compacted", "early_stop", "exit_flops",
-    "make_full_model", "make_runner", "measure_speedup", "run", "simulate",
-    "xla_flops",
+    "PerLayer", "SpeedReport", "branches", "bucket_sizes", "compacted",
+    "early_stop", "exit_flops", "exit_stack", "indexed", "layer_list",
+    "layer_module", "make_full_model", "make_runner", "measure_speedup",
+    "run", "shared", "simulate", "stacked", "xla_flops",
 ]

@@ -60,6 +60,12 @@ def layer_slice(tree: PyTree, layer: "int | Array") -> PyTree:
   return jax.tree.map(lambda w: w[layer], tree)
 
 
+def layer_module(module: nnx.Module, layer: "int | Array") -> nnx.Module:
+  """Layer `layer` of a vmap-stacked module, as an ordinary module."""
+  graphdef, state = nnx.split(module)
+  return nnx.merge(graphdef, layer_slice(state, layer))
+
+
 def switch(branches: Sequence[Callable], index: "int | Array", *args):
   """`branches[index](*args)`: a direct call for a Python int (one branch
   traced), else `lax.switch` over all of them."""

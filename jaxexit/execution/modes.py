@@ -37,9 +37,11 @@ def make_runner(mode: str, stack: ExitStack, rule: ExitRule, **options
                 ) -> Callable[..., ExitResult]:
   """A compiled `runner(params, carry, *, rule_inputs=None) -> ExitResult`.
 
-  Runners are cached per (mode, stack, rule, options), so asking again for
-  the same ones reuses the compiled programs: build the stack and the rule
-  once and keep them.
+  Runners are cached per (mode, stack, rule, options), compared by value:
+  a stack from `exit_stack` compares equal to one built again from the same
+  model (its functions hold graph definitions, not closures), so asking
+  again reuses the compiled programs. A rule compares by identity: build
+  it once and keep it. The cache holds the 128 most recent runners.
 
   Args:
     mode: one of `MODES`.

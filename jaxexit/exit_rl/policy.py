@@ -33,7 +33,7 @@ from jaxexit import checks
 from jaxexit.decoding.engine import cache_length, sample
 from jaxexit.exit_rl.domains.base import Domain
 from jaxexit.models.llama import LlamaConfig, LlamaLM
-from jaxexit.models.llama_attention import NEG_INF
+from jaxexit.nn.functional import NEG_INF
 from jaxexit.train.lm import backbone_logits
 from jaxexit.typing import Array, Float, Int, PRNGKeyArray, PyTree
 

@@ -31,6 +31,7 @@ from flax import nnx
 from jaxtyping import ArrayLike, Real
 
 from jaxexit import checks
+from jaxexit.execution.adapter import layer_module
 from jaxexit.execution.flops import ExitFlops
 from jaxexit.exits.confidence import uncertainty_features
 from jaxexit.exits.gates import jei_exit, jei_oracle_exit
@@ -98,11 +99,8 @@ class JeiHeads(nnx.Module):
     Returns:
       `ExitHeadOutput(logits [B, C], score [B] = σ(gate logit))`.
     """
-    at = lambda w: w[...][layer]
-    logits = (features @ at(self.ims.kernel)
-              + at(self.ims.bias)[None]).astype(jnp.float32)
-    gate = uncertainty_features(logits) @ at(self.gates.kernel) + at(
-        self.gates.bias)[None]
+    logits = layer_module(self.ims, layer)(features).astype(jnp.float32)
+    gate = layer_module(self.gates, layer)(uncertainty_features(logits))
     return ExitHeadOutput(logits=logits, score=jax.nn.sigmoid(gate[:, 0]))
 
 

@@ -29,7 +29,6 @@ Axes: B batch, H/W height/width, C channels (C classes for logits), L exits.
 """
 
 import dataclasses
-from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -37,8 +36,8 @@ from flax import nnx
 from jax.typing import DTypeLike
 
 from jaxexit import checks
+from jaxexit.execution.adapter import branches, exit_stack
 from jaxexit.execution.stack import ExitStack
-from jaxexit.exits.outputs import ExitHeadOutput
 from jaxexit.typing import Array, Float
 
 NUM_STAGES = 4
@@ -237,22 +236,6 @@ class StagedCNN(nnx.Module):
     return self.classifier(self.head_features(x))
 
 
-def switch(branches: Sequence[Callable], index, *args):
-  """`branches[index](*args)`: a direct call for a Python int, else
-  `lax.switch` (the execution modes pass a traced layer index)."""
-  if isinstance(index, int):
-    return branches[index](*args)
-  return jax.lax.switch(index, list(branches), *args)
-
-
-def eval_copy(graphdef: nnx.GraphDef, params: nnx.State) -> nnx.Module:
-  """The module rebuilt from its split state, in eval mode (BatchNorm on
-  running averages): what every `exit_stack` layer runs on."""
-  model = nnx.merge(graphdef, params)
-  model.eval()
-  return model
-
-
 def feature_shapes(branch: nnx.Module, image_shape: tuple[int, ...]
                    ) -> list[tuple[int, ...]]:
   """Per-example shapes `[H, W, C]` of the stem output and of each stage's
@@ -260,7 +243,8 @@ def feature_shapes(branch: nnx.Module, image_shape: tuple[int, ...]
   graphdef, state = nnx.split(branch)
 
   def run(s, images):
-    model = eval_copy(graphdef, s)
+    model = nnx.merge(graphdef, s)
+    model.eval()
     maps = [model.stem(images)]
     for i in range(model.num_stages):
       maps.append(model.stage(i, maps[-1]))
@@ -310,11 +294,13 @@ class MultiExitCNN(nnx.Module):
     return jnp.stack(logits, axis=1).astype(jnp.float32)
 
   def init_carry(self, images: Float[Array, "B H W 3"]) -> dict:
-    """The stack's input: the images and a zero map per stage output.
+    """The stack's input: the images, a zero map per stage output and zero
+    logits of the CNN's own classifier.
 
     Returns:
-      `{"image": [B, H, W, 3], "x1".."x4": [B, Hk, Wk, Ck]}`; segment k
-      reads "image"/"x{k}" and writes "x{k+1}".
+      `{"image": [B, H, W, 3], "x1".."x4": [B, Hk, Wk, Ck], "cnn_logits":
+      [B, C]}`; segment k reads "image"/"x{k}" and writes "x{k+1}", the last
+      one also "cnn_logits".
     """
     check_image(images, 1)
     if images.shape[1:3] != (self.image_size, self.image_size):
@@ -324,33 +310,36 @@ class MultiExitCNN(nnx.Module):
     carry = {"image": images.astype(jnp.float32)}
     for k, shape in enumerate(self.map_shapes[1:], start=1):
       carry[f"x{k}"] = jnp.zeros((batch,) + shape, jnp.float32)
+    num_classes = self.exits[0].out_features
+    carry["cnn_logits"] = jnp.zeros((batch, num_classes), jnp.float32)
     return carry
 
   def exit_stack(self) -> tuple[ExitStack, nnx.State]:
-    """`(stack, params)`: 4 layers (the stages), eval-mode BatchNorm."""
-    graphdef, params = nnx.split(self)
+    """`(stack, params)`: 4 layers (the stages), eval-mode BatchNorm.
 
-    def segment(k):
-      def run(p, carry):
-        model = eval_copy(graphdef, p)
-        x = (model.cnn.stem(carry["image"]) if k == 0
-             else carry[f"x{k}"])
-        return {**carry, f"x{k + 1}": model.cnn.stage(k, x)}
-      return run
+    Layer 3 also runs the CNN's own `head_features` + `classifier` (exit 4)
+    and keeps its logits in the carry; `params["layers"]` is the CNN,
+    `params["heads"]` the three GAP + Linear exits.
+    """
+    return exit_stack(branches(self.cnn, NUM_STAGES, _cnn_stage),
+                      branches(self.exits, NUM_STAGES, _stage_exit))
 
-    def head(k):
-      def run(p, carry):
-        model = eval_copy(graphdef, p)
-        return model._exit(k, carry[f"x{k + 1}"]).astype(jnp.float32)
-      return run
 
-    segments = [segment(k) for k in range(NUM_STAGES)]
-    heads = [head(k) for k in range(NUM_STAGES)]
+def _cnn_stage(cnn: nnx.Module, k: int, carry: dict) -> dict:
+  """Stage k (stem first for k = 0) in eval mode; the last stage also
+  writes the CNN's own logits."""
+  cnn.eval()
+  x = cnn.stage(k, cnn.stem(carry["image"]) if k == 0 else carry[f"x{k}"])
+  carry = {**carry, f"x{k + 1}": x}
+  if k == NUM_STAGES - 1:
+    logits = cnn.classifier(cnn.head_features(x)).astype(jnp.float32)
+    carry["cnn_logits"] = logits
+  return carry
 
-    def layer_fn(p, layer, carry):
-      return switch(segments, layer, p, carry)
 
-    def head_fn(p, layer, carry):
-      return ExitHeadOutput(logits=switch(heads, layer, p, carry))
-
-    return ExitStack(layer_fn, head_fn, NUM_STAGES), params
+def _stage_exit(exits: nnx.List, k: int, carry: dict) -> Float[Array, "B C"]:
+  """GAP + Linear on stage k's output, the carried CNN logits at the last."""
+  if k == NUM_STAGES - 1:
+    return carry["cnn_logits"]
+  return exits[k](jnp.mean(carry[f"x{k + 1}"], axis=(1, 2))).astype(
+      jnp.float32)

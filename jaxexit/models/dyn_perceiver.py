@@ -49,13 +49,14 @@ import numpy as np
 from flax import nnx
 
 from jaxexit import checks
+from jaxexit.execution.adapter import branches, exit_stack, indexed
 from jaxexit.execution.stack import ExitStack
 from jaxexit.exits.confidence import max_softmax
 from jaxexit.exits.losses import (cross_entropy_per_exit, kl_self_distillation,
                                   weighted_exit_loss)
 from jaxexit.exits.outputs import ExitHeadOutput
 from jaxexit.models.cnn_stages import (NUM_STAGES, batch_norm, check_image,
-                                       eval_copy, feature_shapes, switch)
+                                       feature_shapes)
 from jaxexit.typing import Array, Float, Int
 
 # §9.2 loss weights, in exit order (y_e3, y_att, y_cnn, y_merge).
@@ -397,28 +398,29 @@ class DynPerceiver(nnx.Module):
   def exit_stack(self) -> tuple[ExitStack, nnx.State]:
     """`(stack, params)`: 4 segments, eval-mode BatchNorm (see module doc).
 
-    `layer_fn` runs segment `layer` through `lax.switch` when `layer` is
-    traced (a direct call when it is a Python int); `head_fn` reads that
-    exit's logits from the carry and adds `extra["confidence"]` [B], the
+    Layer k runs segment k (`lax.switch` when k is traced, a direct call
+    for a Python int); the heads have no parameters: they read exit k's
+    logits from the carry and add `extra["confidence"]` [B], the
     max-softmax probability the paper's exit rule thresholds.
     """
-    graphdef, params = nnx.split(self)
-    names = ("_segment0", "_segment1", "_segment2", "_segment3")
-    segments = [
-        lambda p, c, name=name: getattr(eval_copy(graphdef, p), name)(c)
-        for name in names]
+    return exit_stack(branches(self, NUM_STAGES, _segment),
+                      indexed(nnx.Dict(), NUM_STAGES, _carried_exit))
 
-    def layer_fn(p, layer, carry):
-      return switch(segments, layer, p, carry)
 
-    def head_fn(p, layer, carry):
-      del p
-      logits = jax.lax.dynamic_index_in_dim(carry["logits"], layer, axis=1,
-                                            keepdims=False)  # [B, C]
-      return ExitHeadOutput(logits=logits,
-                            extra={"confidence": max_softmax(logits)})
+_SEGMENTS = ("_segment0", "_segment1", "_segment2", "_segment3")
 
-    return ExitStack(layer_fn, head_fn, NUM_STAGES), params
+
+def _segment(model: DynPerceiver, k: int, carry: dict) -> dict:
+  model.eval()
+  return getattr(model, _SEGMENTS[k])(carry)
+
+
+def _carried_exit(no_params: nnx.Dict, layer, carry: dict) -> ExitHeadOutput:
+  del no_params
+  logits = jax.lax.dynamic_index_in_dim(carry["logits"], layer, axis=1,
+                                        keepdims=False)  # [B, C]
+  return ExitHeadOutput(logits=logits,
+                        extra={"confidence": max_softmax(logits)})
 
 
 def _put(carry: dict, k: int, logits: Array, **maps) -> dict:

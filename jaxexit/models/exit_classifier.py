@@ -30,7 +30,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxexit import checks
-from jaxexit.execution.adapter import exit_stack, indexed, layer_slice
+from jaxexit.execution.adapter import exit_stack, indexed, layer_module
 from jaxexit.execution.stack import ExitStack
 from jaxexit.exits.outputs import ExitHeadOutput
 from jaxexit.models.bert import mean_pool
@@ -223,7 +223,7 @@ def exit_head_output(parts: nnx.Dict, layer, carry: dict, *,
   cfg = heads.cfg
   if cfg.classifier == "offramp":
     features = pooling_features(cfg.pooling, carry["h"], carry["mask"])
-    pooled = jnp.tanh(_at_linear(heads.poolers, layer, features))
+    pooled = jnp.tanh(layer_module(heads.poolers, layer)(features))
   else:
     pooled = pool_hidden(cfg.pooling, carry["h"], carry["mask"], pooler)
   key = None if dropout_key is None else jax.random.fold_in(dropout_key,
@@ -232,7 +232,7 @@ def exit_head_output(parts: nnx.Dict, layer, carry: dict, *,
   if cfg.classifier == "shared":
     logits = heads.classifier(x)
   else:
-    logits = _at_linear(heads.classifier, layer, x)
+    logits = layer_module(heads.classifier, layer)(x)
   halt = score = None
   if cfg.halting == "linear":
     halt = heads.halting(x)
@@ -274,10 +274,3 @@ def pool_hidden(pooling: str, h: Float[Array, "B T D"], mask: Array,
     pooler: the checkpoint's pooler Linear ("cls_pooler" only).
   """
   return _pool_features(pooling, pooling_features(pooling, h, mask), pooler)
-
-
-def _at_linear(stacked: nnx.Linear, layer, x: Array) -> Array:
-  """Applies layer `layer` of a stacked `nnx.Linear` to x [B, D_in]."""
-  kernel = layer_slice(stacked.kernel[...], layer)
-  bias = layer_slice(stacked.bias[...], layer)
-  return x @ kernel + bias[None, :]

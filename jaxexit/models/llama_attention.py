@@ -22,9 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxexit import checks
+from jaxexit.nn.functional import NEG_INF
 from jaxexit.typing import Array, Bool, Float, Int
-
-NEG_INF = jnp.finfo(jnp.float32).min
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

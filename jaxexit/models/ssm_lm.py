@@ -29,6 +29,7 @@ from flax import nnx
 from jax.typing import DTypeLike
 
 from jaxexit import checks
+from jaxexit.execution.adapter import layer_module
 from jaxexit.typing import Array, Bool, Float, Int, PyTree
 
 
@@ -285,8 +286,7 @@ class MambaLMBase(nnx.Module):
 
   def block(self, i: int) -> ResidualBlock:
     """Block `i` (a Python or traced int) with its own parameter slice."""
-    graphdef, state = nnx.split(self.layers)
-    return nnx.merge(graphdef, jax.tree.map(lambda w: w[i], state))
+    return layer_module(self.layers, i)
 
   def _check(self, i, h, cache, positions, valid) -> None:
     """Static checks (shapes are known at trace time, so free under jit)."""

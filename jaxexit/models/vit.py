@@ -28,10 +28,13 @@ from flax import nnx
 from jax.typing import DTypeLike
 
 from jaxexit import checks
+from jaxexit.execution.adapter import (PerLayer, exit_stack, functional,
+                                      indexed, layer_module, stacked)
 from jaxexit.execution.stack import ExitStack
 from jaxexit.exits.outputs import ExitHeadOutput
 from jaxexit.models.bert import make_layer_norm, make_linear
-from jaxexit.typing import Array, Float, PRNGKeyArray, PyTree
+from jaxexit.nn.functional import dropout
+from jaxexit.typing import Array, Float, PRNGKeyArray
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -106,13 +109,6 @@ VIT_CONFIGS = {
 }
 
 
-def _dropout(x: Array, rate: float, key: PRNGKeyArray | None) -> Array:
-  if key is None or rate == 0.0:
-    return x
-  keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
-  return jnp.where(keep, x / (1.0 - rate), 0.0).astype(x.dtype)
-
-
 class Block(nnx.Module):
   """Pre-LN block: x + MHA(LN(x)), then x + MLP(LN(x)) (GELU)."""
 
@@ -140,30 +136,23 @@ class Block(nnx.Module):
                         preferred_element_type=jnp.float32)
     probs = jax.nn.softmax(logits / math.sqrt(q.shape[-1]), axis=-1)
     attn = jnp.einsum("BHNM,BMHK->BNHK", probs.astype(v.dtype), v)
-    x = x + _dropout(self.attn_out(attn.reshape(b, n, d)), self.dropout,
+    x = x + dropout(self.attn_out(attn.reshape(b, n, d)), self.dropout,
                      keys[0])
     h = jax.nn.gelu(self.mlp_in(self.mlp_norm(x)), approximate=False)
-    return x + _dropout(self.mlp_out(h), self.dropout, keys[1])
+    return x + dropout(self.mlp_out(h), self.dropout, keys[1])
 
 
-def apply_block(block_def: nnx.GraphDef, params: PyTree, layer, carry: dict,
-                *, dropout_key: PRNGKeyArray | None = None) -> dict:
-  """Block `layer` of stacked `params` on `carry = {"h": [B, N, D]}`.
+def apply_block(block: Block, carry: dict) -> dict:
+  """`block` on `carry = {"h": [B, N, D]}` (inference)."""
+  return {"h": block(carry["h"])}
 
-  Args:
-    block_def: graph definition of one `Block`.
-    params: block parameters stacked on a leading L axis.
-    layer: Python int or traced int32 scalar.
-    carry: the hidden states.
-    dropout_key: training only; folded with `layer`.
 
-  Returns:
-    The carry after the block.
-  """
-  block = nnx.merge(block_def, jax.tree.map(lambda w: w[layer], params))
-  key = None if dropout_key is None else jax.random.fold_in(dropout_key,
-                                                             layer)
-  return {"h": block(carry["h"], key)}
+def apply_block_with_dropout(blocks: Block, layer, carry: dict, *,
+                             dropout_key: PRNGKeyArray) -> dict:
+  """Block `layer` of the stacked `blocks` with dropout drawn from
+  `fold_in(dropout_key, layer)` (training)."""
+  key = jax.random.fold_in(dropout_key, layer)
+  return {"h": layer_module(blocks, layer)(carry["h"], key)}
 
 
 class ViT(nnx.Module):
@@ -221,19 +210,17 @@ class ViT(nnx.Module):
                            (b, 1, x.shape[-1]))
     h = jnp.concatenate([cls, x], axis=1) + self.pos_embed[...].astype(
         x.dtype)
-    return {"h": _dropout(h, self.cfg.dropout, dropout_key)}
+    return {"h": dropout(h, self.cfg.dropout, dropout_key)}
 
-  def backbone(self, *, dropout_key: PRNGKeyArray | None = None):
-    """`(layer_fn, params, L)`: the blocks as `layer_fn(params, layer,
-    carry) -> carry` for `jaxexit.execution`."""
-    block_def, params = nnx.split(self.blocks)
-    return (functools.partial(apply_block, block_def,
-                              dropout_key=dropout_key),
-            params, self.cfg.depth)
-
-  def block(self, params: PyTree, layer, carry: dict) -> dict:
-    """Applies block `layer` (int or traced) with stacked `params`."""
-    return apply_block(nnx.graphdef(self.blocks), params, layer, carry)
+  def exit_layers(self, *, dropout_key: PRNGKeyArray | None = None
+                  ) -> PerLayer:
+    """The stacked blocks as `jaxexit.execution.exit_stack` takes them, on
+    `carry = {"h": [B, N, D]}`; `dropout_key` (training) turns dropout on.
+    """
+    if dropout_key is None:
+      return stacked(self.blocks, apply_block)
+    return indexed(self.blocks, self.cfg.depth, functools.partial(
+        apply_block_with_dropout, dropout_key=dropout_key))
 
   def cls_features(self, carry: dict) -> Float[Array, "B D"]:
     """The final LayerNorm of the CLS token (what every exit reads)."""
@@ -242,14 +229,14 @@ class ViT(nnx.Module):
   def cls_per_block(self, images: Float[Array, "B H W 3"]
                     ) -> Float[Array, "B L D"]:
     """`cls_features` after every block (JEI-DNN's cached IM inputs)."""
-    layer_fn, params, depth = self.backbone()
+    layer_fn, params = functional(self.exit_layers())
 
     def body(carry, layer):
       carry = layer_fn(params, layer, carry)
       return carry, self.cls_features(carry)
 
     _, feats = jax.lax.scan(body, self.embed(images),
-                            jnp.arange(depth, dtype=jnp.int32))
+                            jnp.arange(self.cfg.depth, dtype=jnp.int32))
     return jnp.moveaxis(feats, 0, 1)
 
   def __call__(self, images: Float[Array, "B H W 3"], *,
@@ -258,12 +245,13 @@ class ViT(nnx.Module):
     """Logits of the backbone head after all blocks."""
     keys = ((None, None) if dropout_key is None
             else tuple(jax.random.split(dropout_key)))
-    layer_fn, params, depth = self.backbone(dropout_key=keys[1])
-    carry = jax.lax.fori_loop(0, depth, lambda i, c: layer_fn(params, i, c),
+    layer_fn, params = functional(self.exit_layers(dropout_key=keys[1]))
+    carry = jax.lax.fori_loop(0, self.cfg.depth,
+                              lambda i, c: layer_fn(params, i, c),
                               self.embed(images, dropout_key=keys[0]))
     return self.head(self.cls_features(carry)).astype(jnp.float32)
 
-  def exit_stack(self, heads: nnx.Module) -> tuple[ExitStack, dict]:
+  def exit_stack(self, heads: nnx.Module) -> tuple[ExitStack, nnx.State]:
     """`(stack, params)`: `heads` after blocks 0..L-2, the backbone head last.
 
     Args:
@@ -273,38 +261,42 @@ class ViT(nnx.Module):
         `logits` [B, C].
 
     Returns:
-      The `ExitStack` and its parameters. At the last block the head output
-      is `logits = head(features)` with every other field of `heads`'s
-      output set to ones: every mode exits there anyway, so those values
-      never decide an exit (a JEI-DNN gate of 1 reads "exit").
+      The `ExitStack` and its parameters (`params["heads"]` holds the final
+      `norm`, the backbone `head` and the caller's `exits`). At the last
+      block the head output is `logits = head(features)` with every other
+      field of `heads`'s output set to ones: every mode exits there anyway,
+      so those values never decide an exit (a JEI-DNN gate of 1 reads
+      "exit").
     """
-    layer_fn, block_params, depth = self.backbone()
-    norm_def, norm_state = nnx.split(self.norm)
-    head_def, head_state = nnx.split(self.head)
-    heads_def, heads_state = nnx.split(heads)
-    params = {"blocks": block_params, "norm": norm_state, "head": head_state,
-              "exits": heads_state}
-    last = depth - 1
+    parts = nnx.Dict(norm=self.norm, head=self.head, exits=heads)
+    return exit_stack(
+        self.exit_layers(),
+        indexed(parts, self.cfg.depth, ExitOrFinalHead(self.cfg.depth - 1)))
 
-    def exit_out(p, layer, feats):
-      return nnx.merge(heads_def, p["exits"])(layer, feats)
 
-    def final_out(p, feats):
-      like = jax.eval_shape(lambda: exit_out(p, 0, feats))
+@dataclasses.dataclass(frozen=True)
+class ExitOrFinalHead:
+  """`parts["exits"](layer, features)` before block `last`, the backbone
+  head at it (`lax.cond` for a traced layer; one branch for a Python int).
+
+  `parts` holds the final `norm`, the backbone `head` and the `exits`.
+  """
+
+  last: int
+
+  def __call__(self, parts: nnx.Dict, layer, carry: dict) -> ExitHeadOutput:
+    feats = parts["norm"](carry["h"][:, 0])
+
+    def exit_out(i):
+      return parts["exits"](i, feats)
+
+    def final_out():
+      like = jax.eval_shape(lambda: exit_out(0))
       out = jax.tree.map(lambda s: jnp.ones(s.shape, s.dtype), like)
-      logits = nnx.merge(head_def, p["head"])(feats).astype(jnp.float32)
+      logits = parts["head"](feats).astype(jnp.float32)
       return dataclasses.replace(out, logits=logits.astype(out.logits.dtype))
 
-    def stack_layer(p, layer, carry):
-      return layer_fn(p["blocks"], layer, carry)
-
-    def head_fn(p, layer, carry) -> ExitHeadOutput:
-      feats = nnx.merge(norm_def, p["norm"])(carry["h"][:, 0])
-      if isinstance(layer, int):  # static: trace (and count) one branch
-        return final_out(p, feats) if layer == last else exit_out(
-            p, layer, feats)
-      return jax.lax.cond(layer == last, lambda: final_out(p, feats),
-                          lambda: exit_out(p, jnp.minimum(layer, last - 1),
-                                           feats))
-
-    return ExitStack(stack_layer, head_fn, depth), params
+    if isinstance(layer, int):  # static: trace (and count) one branch
+      return final_out() if layer == self.last else exit_out(layer)
+    return jax.lax.cond(layer == self.last, final_out,
+                        lambda: exit_out(jnp.minimum(layer, self.last - 1)))
