@@ -25,6 +25,7 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
+from tests.tiers import slow
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 # Both ends of the supported range (README, .ci/run); 0.12.0.1 is Colab's.
@@ -114,6 +115,7 @@ def _to_install(report: dict) -> dict[str, str]:
           for i in report["install"]}
 
 
+@slow
 def test_pip_keeps_installed_jax_offline():
   """With the installed JAX pinned beside `-e .`, pip installs only jaxexit."""
   jax_v = importlib.metadata.version("jax")
@@ -124,6 +126,7 @@ def test_pip_keeps_installed_jax_offline():
   assert set(_to_install(report)) == {"jaxexit"}, _to_install(report)
 
 
+@slow
 @pytest.mark.skipif(sys.version_info < (3, 12),
                     reason="jaxlib 0.12.0.1 has no wheels for Python 3.11")
 def test_pip_resolves_colab_jax_from_index():

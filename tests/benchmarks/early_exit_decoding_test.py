@@ -8,6 +8,7 @@ import pytest
 from flax import nnx
 
 from jaxexit.models.llama import LlamaConfig, LlamaLM
+from tests.tiers import slow
 
 _PATH = (pathlib.Path(__file__).resolve().parents[2] / "benchmarks"
          / "early_exit_decoding.py")
@@ -65,6 +66,7 @@ def test_settings_reject_bad_values(field, value):
     bench.Settings(**kw)
 
 
+@slow
 def test_measure_backbone_on_a_tiny_decoder():
   model = LlamaLM(LlamaConfig(vocab_size=32, d_model=16, num_layers=4,
                               num_heads=4, num_kv_heads=2, mlp_hidden=32,

@@ -21,6 +21,7 @@ def _load_benchmark():
 bench = _load_benchmark()
 
 
+@pytest.mark.slow  # the quick benchmark run, ~10 s
 def test_interpret_quick_run_checks_both_kernels_on_both_lowerings(
     tmp_path, capsys):
   out = tmp_path / "kernels.json"

@@ -23,6 +23,7 @@ import sys
 import tomllib
 
 import pytest
+from tests.tiers import fast_only
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 NOTEBOOKS = sorted((REPO / "colab").glob("*.ipynb"))
@@ -203,7 +204,11 @@ def test_stops_with_the_instruction_when_nothing_is_set(path, tmp_path):
   assert "git+https://" in shown and "Traceback" not in shown
 
 
-@by_notebook
+# A child interpreter that imports jax per notebook (~1 s each): one in the
+# fast tier.
+@pytest.mark.parametrize("path", fast_only(
+    NOTEBOOKS, REPO / "colab" / "palbert_glue.ipynb"),
+                         ids=[p.stem for p in NOTEBOOKS])
 def test_skips_the_install_when_jaxexit_imports(path, tmp_path):
   result, stdout = run_cell(setup_cell(path), tmp_path, mode="importable")
   assert "error" not in result, result

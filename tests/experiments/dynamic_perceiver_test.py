@@ -13,6 +13,7 @@ from experiments.vision_common.results import RESULT_FIELDS
 from jaxexit.exits import budgeted
 from jaxexit.exits.budgeted import thresholds_rule
 from jaxexit.exits.outputs import ExitHeadOutput
+from tests.tiers import slow
 
 DATA = pathlib.Path(__file__).resolve().parents[2].parent / "shared" / "data"
 DATA_DIR = os.environ.get("JAXEXIT_DATA") or (str(DATA) if DATA.exists()
@@ -42,6 +43,7 @@ def test_bad_arguments_are_named():
     experiment.parse_args(["--feature-branch", "resnet"])
 
 
+@slow
 def test_image_size_the_cnn_cannot_take_is_named():
   cfg = configs.get_config("smoke", image_size=36)
   with pytest.raises(ValueError, match="height=36 .*total stride 16"):
@@ -55,6 +57,7 @@ def test_default_out_and_feature_branch_override():
   assert args.feature_branch == "efficientnet_lite0"
 
 
+@slow
 def test_input_thresholds_rule_matches_thresholds_rule():
   logits = 3 * jax.random.normal(jax.random.key(0), (64, 4, 10))
   t = np.array([0.6, 0.4, 0.5, 0.9], np.float32)

@@ -7,6 +7,7 @@ import pytest
 from experiments.palbert_glue import __main__ as experiment
 from experiments.palbert_glue import configs
 from jaxexit.methods.encoder_exits import METHODS
+from tests.tiers import slow
 
 DATA = pathlib.Path(__file__).resolve().parents[2].parent / "shared" / "data"
 DATA_DIR = os.environ.get("JAXEXIT_DATA") or (str(DATA) if DATA.exists() else None)
@@ -41,6 +42,7 @@ def test_unknown_model():
     models.load("not-a-model")
 
 
+@slow
 def test_local_albert_folder_with_sentencepiece_tokenizer(tmp_path):
   """`--model <folder>`: an ALBERT checkpoint with its Unigram tokenizer.json."""
   pytest.importorskip("transformers")

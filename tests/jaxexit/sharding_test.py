@@ -16,6 +16,7 @@ import optax
 import pytest
 from flax import nnx
 from jax.sharding import PartitionSpec as P
+from tests.tiers import slow
 
 if __name__ == "__main__":  # The 8-device child checks shapes like conftest.
   from jaxtyping import install_import_hook
@@ -128,6 +129,7 @@ def _child_main() -> None:
   print("CHILD OK", loss_1.tolist())
 
 
+@slow
 def test_sharded_step_matches_single_device_in_8_device_child():
   env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO,
              XLA_FLAGS="--xla_force_host_platform_device_count=8")

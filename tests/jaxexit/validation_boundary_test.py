@@ -31,6 +31,7 @@ from jaxexit.models.mamba import MambaConfig, MambaLM
 from jaxexit.models.mamba2 import MAMBA2_CONFIGS, Mamba2LM
 from jaxexit.nn.encoder import EncoderConfig, ExitEncoder
 from tests.jaxexit.execution import toy_stack
+from tests.tiers import fast_only, slow
 
 V = 32
 MAX_POSITION = 16
@@ -50,6 +51,10 @@ def _mamba():
 
 
 BACKBONES = {"llama": _llama, "mamba": _mamba}
+# The fast tier builds the tiny llama (and bert); mamba, mamba2, albert,
+# llava and the exit encoder take ~2-6 s each to build and call eagerly on
+# 2 cores, so their checks run in the slow tier.
+FAST_KINDS = fast_only(BACKBONES, "llama")
 
 
 def _prompts():
@@ -75,7 +80,7 @@ ENTRIES = ("generate", "generate_full")
 
 
 @pytest.mark.parametrize("entry", ENTRIES)
-@pytest.mark.parametrize("kind", BACKBONES)
+@pytest.mark.parametrize("kind", FAST_KINDS)
 @pytest.mark.parametrize("bad", [V, 10**6, -1])
 def test_decoding_refuses_prompt_ids_outside_vocab(entry, kind, bad):
   prompts, lengths = _prompts()
@@ -107,6 +112,7 @@ def test_generate_full_accepts_sequence_of_exactly_max_position():
   assert out.shape == (2, MAX_POSITION - 6)
 
 
+@slow
 def test_ssm_backbone_has_no_position_limit():
   model = _mamba()
   prompts, lengths = _prompts()
@@ -119,7 +125,7 @@ def test_ssm_backbone_has_no_position_limit():
 
 
 @pytest.mark.parametrize("entry", ENTRIES)
-@pytest.mark.parametrize("kind", BACKBONES)
+@pytest.mark.parametrize("kind", FAST_KINDS)
 def test_decoding_refuses_eos_id_outside_vocab(entry, kind):
   prompts, lengths = _prompts()
   msg = f"eos_id={V} is outside the vocabulary [0, vocab_size={V})"
@@ -127,6 +133,7 @@ def test_decoding_refuses_eos_id_outside_vocab(entry, kind):
     _decode(entry, BACKBONES[kind](), prompts, lengths, eos_id=V)
 
 
+@slow
 def test_generate_full_refuses_negative_eos_id():
   prompts, lengths = _prompts()
   with pytest.raises(ValueError,
@@ -177,7 +184,7 @@ FAMILIES = {
 _build = functools.cache(lambda family: FAMILIES[family][0]())
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", fast_only(FAMILIES, "llama", "bert"))
 @pytest.mark.parametrize("bad", [10**6, -1])
 def test_model_refuses_concrete_ids_outside_vocab(family, bad):
   _, call, vocab, name, offset = FAMILIES[family]
@@ -189,7 +196,8 @@ def test_model_refuses_concrete_ids_outside_vocab(family, bad):
     call(_build(family), jnp.asarray(tokens))
 
 
-@pytest.mark.parametrize("family", ["llama", "bert", "exit_encoder"])
+@pytest.mark.parametrize("family", fast_only(["llama", "bert", "exit_encoder"],
+                                            "bert"))
 def test_model_id_check_is_skipped_under_jit(family):
   """Traced ids are not checked (debug checks off): jit still compiles, a
   valid batch matches the eager call, a bad one does not raise."""
@@ -225,7 +233,7 @@ def test_execution_modes_refuse_empty_batch(runner):
 
 
 @pytest.mark.parametrize("entry", ENTRIES)
-@pytest.mark.parametrize("kind", BACKBONES)
+@pytest.mark.parametrize("kind", FAST_KINDS)
 def test_decoding_refuses_empty_batch(entry, kind):
   prompts = np.zeros((0, 4), np.int32)
   lengths = np.zeros((0,), np.int32)

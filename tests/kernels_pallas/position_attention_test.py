@@ -17,6 +17,7 @@ from kernels_pallas import _common as common
 from kernels_pallas.position_attention import (PositionAttentionBlocks,
                                                _attention, position_attention,
                                                position_attention_reference)
+from tests.tiers import fast_only, slow
 
 TOL = {jnp.float32: 1e-5, jnp.bfloat16: 2e-2}
 # Jitted: one compile instead of one per op (most of an eager call's cost).
@@ -85,7 +86,11 @@ def ids(params):
   return ["-".join(getattr(x, "__name__", str(x)) for x in p) for p in params]
 
 
-@pytest.mark.parametrize("backend, case, dtype", FORWARD, ids=ids(FORWARD))
+# The fast tier: the GQA case on each lowering (forward), on the GPU one
+# (gradients); the whole grid runs in the slow tier.
+@pytest.mark.parametrize("backend, case, dtype", fast_only(
+    FORWARD, ("gpu", "gqa_ragged", F32), ("tpu", "gqa_ragged", F32)),
+                         ids=ids(FORWARD))
 def test_forward_matches_reference(backend, case, dtype):
   b, tq, tk, h, hkv, d = CASES[case]
   args = attention_inputs(b, tq, tk, h, hkv, d, dtype)
@@ -111,7 +116,8 @@ def grads_of(fn, q, k, v, *rest):
   return jax.jit(jax.grad(loss(fn, *rest), argnums=(0, 1, 2)))(q, k, v)
 
 
-@pytest.mark.parametrize("backend, case", GRADIENTS, ids=ids(GRADIENTS))
+@pytest.mark.parametrize("backend, case", fast_only(
+    GRADIENTS, ("gpu", "gqa_ragged")), ids=ids(GRADIENTS))
 def test_gradients_match_reference(backend, case):
   b, tq, tk, h, hkv, d = CASES[case]
   args = attention_inputs(b, tq, tk, h, hkv, d, jnp.float32, 1)
@@ -122,6 +128,7 @@ def test_gradients_match_reference(backend, case):
   assert not np.asarray(grads[0][0, 0]).any()
 
 
+@slow
 def test_bfloat16_gradients_match_reference():
   args = attention_inputs(2, 29, 45, 4, 2, 16, jnp.bfloat16, 2)
   grads = grads_of(kernel("gpu"), *args)
@@ -146,7 +153,8 @@ def test_buffer_order_does_not_matter():
 
 @pytest.mark.parametrize("backend, t, blocks", [
     ("gpu", 64, BLOCKS["gpu"]),
-    ("tpu", 256, PositionAttentionBlocks(block_q=128, block_k=128))])
+    pytest.param("tpu", 256, PositionAttentionBlocks(block_q=128, block_k=128),
+                 marks=slow)])
 def test_in_order_buffer_skips_blocks_and_is_causal(backend, t, blocks):
   # Sorted positions: key blocks after a query block are skipped, and the
   # result is plain causal attention (forward and gradients).

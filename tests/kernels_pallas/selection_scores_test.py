@@ -15,6 +15,7 @@ from kernels_pallas.selection_scores import (SelectionScoresBlocks,
 from tests.kernels_pallas.position_attention_test import (ids, normal,
                                                           random_positions,
                                                           unchecked)
+from tests.tiers import fast_only
 
 TOL = {jnp.float32: 1e-5, jnp.bfloat16: 2e-2}
 # Jitted: one compile instead of one per op (most of an eager call's cost).
@@ -57,7 +58,11 @@ SCORES = ([("gpu", case, F32) for case in CASES]
              ("tpu", "mqa_span_at_end", BF16)])
 
 
-@pytest.mark.parametrize("backend, case, dtype", SCORES, ids=ids(SCORES))
+# The fast tier: one case with GQA rows on each lowering; the whole grid
+# runs in the slow tier.
+@pytest.mark.parametrize("backend, case, dtype", fast_only(
+    SCORES, ("gpu", "gqa_rows", F32), ("tpu", "gqa_rows", F32)),
+                         ids=ids(SCORES))
 def test_matches_reference(backend, case, dtype):
   b, nq, n, h, hkv, d, start, length = CASES[case]
   args = score_inputs(b, nq, n, h, hkv, d, dtype)

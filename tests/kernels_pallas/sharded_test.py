@@ -16,6 +16,10 @@ import sys
 import textwrap
 
 import numpy as np
+import pytest
+
+# A subprocess with 8 CPU devices that compiles every kernel (~10 s).
+pytestmark = pytest.mark.slow
 
 _SCRIPT = textwrap.dedent("""
     import json

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from jaxexit.data import augment
+from tests.tiers import slow
 
 B, H, W, C = 64, 5, 6, 2
 
@@ -75,6 +76,7 @@ def test_normalize_bad_images():
 # ---------------------------------------------------------------- crop/flip
 
 
+@slow
 def test_crop_flip_is_a_translation_and_mirror_of_the_padded_image():
   images = _images()
   out = np.asarray(augment.random_crop_flip(jax.random.key(0),

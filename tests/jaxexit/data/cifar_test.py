@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from jaxexit.data import bundled, cifar, location
+from tests.tiers import slow
 
 # /work/main/tests/jaxexit/data/cifar_test.py -> /work/shared/data
 SHARED_DATA = Path(__file__).resolve().parents[3].parent / "shared" / "data"
@@ -367,6 +368,7 @@ def test_train_val_split_of_a_bundled_subset_scales_and_says_so(capsys):
 # ---------------------------------------------------------------- real data
 
 
+@slow
 @pytest.mark.skipif(
     not (REAL_DATA / "cifar10" / "cifar10_test_jpg.tar.gz").is_file(),
     reason="real CIFAR-10 archive not available")

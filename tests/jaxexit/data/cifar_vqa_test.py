@@ -12,6 +12,7 @@ from jaxexit.data import cifar_vqa, location
 from jaxexit.data.cifar import ImageSplit
 from jaxexit.data.vqa_set import QUESTION_LEN
 from jaxexit.data.vqa_vocab import CIFAR10_CLASSES
+from tests.tiers import slow
 
 # /work/main/tests/jaxexit/data/cifar_vqa_test.py -> /work/shared/data
 SHARED_DATA = Path(__file__).resolve().parents[3].parent / "shared" / "data"
@@ -119,6 +120,7 @@ def test_bundled_subset_uses_all_it_has_and_says_so(capsys):
     cifar_vqa.cifar_vqa(split, num_examples=3001)
 
 
+@slow
 @pytest.mark.skipif(
     not (REAL_DATA / "cifar10" / "cifar10_test_jpg.tar.gz").is_file(),
     reason="real CIFAR-10 archive not available")

@@ -7,6 +7,7 @@ import pytest
 from tokenizers import pre_tokenizers
 
 from jaxexit.data.gguf_tokenizer import GGUFTokenizer, gguf_field, open_gguf
+from tests.tiers import slow
 
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 # GPT-2's byte alphabet: 256 one-character tokens, "Ġ" is the space byte.
@@ -114,6 +115,7 @@ def smollm2(smollm2_reader):
   return GGUFTokenizer.from_gguf(smollm2_reader)
 
 
+@slow
 @pytest.mark.parametrize("text", [
     "Hello, world! The capital of France is Paris.",
     "naïve café, 東京, Ελληνικά, emoji 🤗👍🏽",
@@ -125,6 +127,7 @@ def test_smollm2_round_trip(smollm2, text):
   assert smollm2.decode(smollm2.encode(text)) == text
 
 
+@slow
 def test_smollm2_special_tokens_are_single_ids(smollm2):
   assert smollm2.encode("<|im_start|>") == [1]
   assert smollm2.encode("<|im_end|>") == [2]
@@ -134,6 +137,7 @@ def test_smollm2_special_tokens_are_single_ids(smollm2):
   assert smollm2.vocab_size == 49152 and not smollm2.add_bos
 
 
+@slow
 def test_smollm2_known_ids_from_the_vocab(smollm2, smollm2_reader):
   # Ids read straight from tokenizer.ggml.tokens, not through `tokenizers`.
   tokens = gguf_field(smollm2_reader, "tokenizer.ggml.tokens")
@@ -146,6 +150,7 @@ def test_smollm2_known_ids_from_the_vocab(smollm2, smollm2_reader):
   assert smollm2.encode(" 2024") == [vocab[p] for p in "Ġ2024"]
 
 
+@slow
 def test_smollm2_chat_template(smollm2):
   system = ("<|im_start|>system\nYou are a helpful AI assistant named "
             "SmolLM, trained by Hugging Face<|im_end|>\n")
@@ -163,6 +168,7 @@ def test_smollm2_chat_template(smollm2):
     smollm2.apply_chat_template(user + [{"role": "assistant"}])
 
 
+@slow
 def test_smollm2_matches_transformers(smollm2, smollm2_path, monkeypatch):
   monkeypatch.setenv("HF_HUB_OFFLINE", "1")
   tf = pytest.importorskip("transformers")

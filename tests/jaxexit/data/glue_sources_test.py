@@ -13,6 +13,7 @@ import pytest
 
 from jaxexit.data import bundled, fetch, glue, glue_sources, location
 from tests.jaxexit.data.glue_fetch_test import RTE_FILES, make_zip, serve
+from tests.tiers import fast_only
 
 SHARED_DATA = Path(__file__).resolve().parents[3].parent / "shared" / "data"
 REAL_DATA = Path(os.environ.get(location.ENV_VAR) or SHARED_DATA)
@@ -49,7 +50,7 @@ def test_bundled_copy_when_the_data_dir_lacks_it(tmp_path, monkeypatch,
 
 @pytest.mark.skipif(not (REAL_DATA / "glue" / "SST-2" / "dev.tsv").is_file(),
                     reason="real SST-2 not available")
-@pytest.mark.parametrize("split", ["train", "dev"])
+@pytest.mark.parametrize("split", fast_only(["train", "dev"], "dev"))
 def test_bundled_copy_equals_the_data_dir(tmp_path, split):
   real = glue.load_glue("sst2", split, data_dir=REAL_DATA)
   copy = glue.load_glue("sst2", split, data_dir=tmp_path)

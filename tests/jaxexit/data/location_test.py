@@ -10,6 +10,7 @@ import pytest
 
 from jaxexit import data
 from jaxexit.data import location
+from tests.tiers import slow
 
 # /work/main/tests/jaxexit/data/location_test.py -> /work/shared/data
 SHARED_DATA = Path(__file__).resolve().parents[3].parent / "shared" / "data"
@@ -166,6 +167,7 @@ def test_registry_layouts():
   assert data.DATASETS["truthfulqa"].files == ("TruthfulQA.csv",)
 
 
+@slow
 def test_importing_does_not_import_tensorflow_datasets():
   # A fresh interpreter: other tests in this process may import tfds.
   code = ("import sys, jaxexit.data, jaxexit.cost; "

@@ -15,6 +15,8 @@ from jaxexit.models.llama import LlamaConfig, LlamaLM
 from jaxexit.models.mamba import MambaConfig, MambaLM
 from jaxexit.models.mamba2 import Mamba2Config, Mamba2LM
 
+from tests.tiers import fast_only, slow as SLOW
+
 N = 10
 BACKBONES = {
     "llama": lambda: LlamaLM(
@@ -31,6 +33,12 @@ BACKBONES = {
 }
 
 
+# The fast tier decodes a tiny llama; mamba and mamba2 (~3x the compile
+# time) and the other state modes run in the slow tier (--all).
+KINDS = fast_only(BACKBONES, "llama")
+MODES = fast_only(config_lib.STATE_MODES, "propagate")
+
+
 def _prompts():
   prompts = np.array([[3, 7, 1, 9, 4, 2], [5, 8, 2, 0, 0, 0]], np.int32)
   return prompts, np.array([6, 3], np.int32)
@@ -40,8 +48,8 @@ def _model(kind):
   return BACKBONES[kind]()
 
 
-@pytest.mark.parametrize("kind", BACKBONES)
-@pytest.mark.parametrize("mode", config_lib.STATE_MODES)
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("mode", MODES)
 def test_exits_disabled_equals_full_model(kind, mode):
   model = _model(kind)
   prompts, lengths = _prompts()
@@ -53,6 +61,7 @@ def test_exits_disabled_equals_full_model(kind, mode):
   assert (np.asarray(out.exit_layer) == 6).all()
 
 
+@SLOW
 @pytest.mark.parametrize("kind", BACKBONES)
 def test_exits_disabled_sampling_equals_full_model(kind):
   model = _model(kind)
@@ -72,6 +81,7 @@ def _sequence(prompts, lengths, generated):
   return np.stack(rows)
 
 
+@SLOW
 @pytest.mark.parametrize("kind, rule", [
     ("llama", "max_softmax"), ("llama", "margin"), ("llama", "cosine"),
     ("mamba", "max_softmax"), ("mamba2", "margin")])
@@ -98,6 +108,7 @@ def test_oracle_equals_simulated_evaluation(kind, rule):
   assert len(set(exits.tolist())) > 1, f"no threshold mixes exits: {exits}"
 
 
+@SLOW
 @pytest.mark.parametrize("kind", BACKBONES)
 def test_recompute_is_exact_like_oracle(kind):
   # Catch-up gives deep blocks the exact states, so every decision matches
@@ -118,6 +129,7 @@ def test_recompute_is_exact_like_oracle(kind):
   assert outs["recompute"].layers_computed[0, 1:].sum() < 6 * (N - 1) * 2
 
 
+@SLOW
 @pytest.mark.parametrize("kind", BACKBONES)
 def test_recompute_buffer_overflow_forces_full_pass(kind):
   model = _model(kind)
@@ -130,7 +142,8 @@ def test_recompute_buffer_overflow_forces_full_pass(kind):
   assert layers.tolist() == [1, 1, 6] * 3
 
 
-@pytest.mark.parametrize("mode", ["propagate", "freeze"])
+@pytest.mark.parametrize("mode", fast_only(["propagate", "freeze"],
+                                           "propagate"))
 def test_threshold_zero_exits_at_first_exit(mode):
   model = _model("llama")
   prompts, lengths = _prompts()
@@ -142,6 +155,7 @@ def test_threshold_zero_exits_at_first_exit(mode):
   assert (np.asarray(out.layers_propagated[:, 1:]) == expected).all()
 
 
+@SLOW
 def test_batch_synchronous_rule_exits_together():
   model = _model("llama")
   prompts, lengths = _prompts()
@@ -151,6 +165,7 @@ def test_batch_synchronous_rule_exits_together():
   np.testing.assert_array_equal(layers[0], layers[1])
 
 
+@SLOW
 def test_eos_stops_rows():
   model = _model("llama")
   prompts, lengths = _prompts()
@@ -190,6 +205,7 @@ def test_bad_input_errors():
              DecodeConfig(exit_layers=(2,), state_mode="freeze"))
 
 
+@SLOW
 def test_flops_fraction_counts_heads_and_skipping():
   model = _model("llama")
   prompts, lengths = _prompts()

@@ -3,6 +3,7 @@ import pytest
 
 from jaxexit.execution import exit_flops, xla_flops
 from tests.jaxexit.execution import toy_stack
+from tests.tiers import slow
 
 
 def test_xla_flops_counts_a_matmul():
@@ -10,6 +11,7 @@ def test_xla_flops_counts_a_matmul():
   assert xla_flops(lambda x, y: x @ y, a, b) == 2 * 4 * 8 * 16
 
 
+@slow
 def test_exit_flops_per_example_and_cumulative():
   stack, params = toy_stack.make(3)
   one = exit_flops(stack, params, toy_stack.inputs(1))

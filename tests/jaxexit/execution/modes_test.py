@@ -6,6 +6,7 @@ import pytest
 from jaxexit import execution
 from jaxexit.exits import rules
 from tests.jaxexit.execution import toy_stack
+from tests.tiers import fast_only, slow
 
 L = 6
 
@@ -65,13 +66,17 @@ def _assert_same(results):
         res.outputs, ref.outputs)
 
 
+# The fast tier: every rule at batch 5 (the compaction options and random
+# exits too in test_outputs_follow_examples_through_compaction and
+# test_compacted_program_count_is_bounded); the whole grid in the slow tier.
 @pytest.mark.parametrize("rule_name", list(RULES))
-@pytest.mark.parametrize("batch", [1, 5, 16])
+@pytest.mark.parametrize("batch", fast_only([1, 5, 16], 5))
 def test_modes_agree(rule_name, batch):
   results, _ = _run_all(rule_name, batch)
   _assert_same(results)
 
 
+@slow
 @pytest.mark.parametrize("segment_layers", [1, 2, 4])
 @pytest.mark.parametrize("buckets", ["pow2", "pow2_half", "exact", (3, 7)])
 def test_compacted_options_agree(segment_layers, buckets):
@@ -80,6 +85,7 @@ def test_compacted_options_agree(segment_layers, buckets):
   _assert_same(results)
 
 
+@slow
 @pytest.mark.parametrize("seed", range(5))
 def test_random_exit_decisions(seed):
   results, depths = _run_all("preset", 32, seed=seed)
@@ -87,6 +93,7 @@ def test_random_exit_decisions(seed):
   np.testing.assert_array_equal(results["compacted"].exit_layer, depths - 1)
 
 
+@slow
 def test_degenerate_cases():
   never, _ = _run_all("never", 8)
   always, _ = _run_all("always", 8)

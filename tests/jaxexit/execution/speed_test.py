@@ -5,6 +5,7 @@ import pytest
 from jaxexit import execution
 from jaxexit.exits import rules
 from tests.jaxexit.execution import toy_stack
+from tests.tiers import slow
 
 
 def test_full_model_equals_never_rule():
@@ -16,6 +17,7 @@ def test_full_model_equals_never_rule():
                              atol=1e-6)
 
 
+@slow
 @pytest.mark.parametrize("mode", ["early_stop", "compacted"])
 def test_measure_speedup_report(mode):
   stack, params = toy_stack.make(4)
@@ -30,6 +32,7 @@ def test_measure_speedup_report(mode):
   assert rep.ratio == pytest.approx(rep.realised_speedup / (4 / 1.5))
 
 
+@slow
 def test_measure_speedup_bad_input():
   stack, params = toy_stack.make(2)
   with pytest.raises(ValueError, match="at least one batch"):

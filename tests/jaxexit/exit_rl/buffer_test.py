@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from jaxexit.exit_rl import buffer as buf
+from tests.tiers import slow
 
 N, M, X = 6, 5, 3
 
@@ -221,6 +222,7 @@ def test_stats():
   assert nothing["size"] == 0 and nothing["replay_ess"] == 0
 
 
+@slow
 def test_vmap_over_seeds_matches_per_seed():
   cfg = _config()
 

@@ -7,6 +7,7 @@ import pytest
 
 from jaxexit.exit_rl import buffer as buf
 from jaxexit.exit_rl import episodes as ep
+from tests.tiers import slow
 
 N, P, G, L = 16, 8, 3, 4
 
@@ -39,6 +40,7 @@ def _stocked(n_entries, depth, config=None):
   return b
 
 
+@slow
 def test_min_fill_gates_replay():
   cfg = _config()
   key = jax.random.key(0)
@@ -219,6 +221,7 @@ def _train(key, cfg, iters=3):
   return jax.lax.scan(body, b, (keys, jnp.arange(iters)))
 
 
+@slow
 def test_jit_vmap_over_seeds_equals_eager_loop():
   cfg = _config(replay_prob=0.5, min_fill=P)
   seeds = jax.random.split(jax.random.key(0), 2)

@@ -12,6 +12,7 @@ from jaxexit.exit_rl import policy
 from jaxexit.exit_rl.domains import MODE_BASE, MODE_IMPROVE, PermSort, \
     SortChain
 from jaxexit.exit_rl.k_step import k_step, k_step_eval
+from tests.tiers import slow
 
 TINY = policy.PolicyConfig(d_model=16, num_layers=1, num_heads=2,
                            mlp_hidden=32)
@@ -40,6 +41,7 @@ def _k_step_reference(graphdef, params, tasks, key, *, domain, K,
   return jnp.stack(quality), jnp.stack(success)  # [K1, S, B]
 
 
+@slow
 def test_shapes_and_net_corrections():
   model = policy.make_policy(DOMAIN, TINY, nnx.Rngs(0))
   tasks = DOMAIN.sample_tasks(jax.random.key(1), 6)
@@ -59,6 +61,7 @@ def test_shapes_and_net_corrections():
   assert np.all((q >= 0) & (q <= 1))
 
 
+@slow
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
 def test_matches_plain_loop_reference(temperature):
   model = policy.make_policy(DOMAIN, TINY, nnx.Rngs(3))
@@ -87,6 +90,7 @@ def test_greedy_is_bit_exact_and_key_independent():
                                 runs[0].sample_quality[:, 1])
 
 
+@slow
 def test_vmaps_over_seeds_and_serves_multi_turn_tasks():
   d = SortChain(turns=2, per_turn=2)
   graphdef = policy.policy_graphdef(d, TINY)

@@ -10,6 +10,7 @@ import pytest
 from jaxexit.exit_rl.domains import (MODE_BASE, MODE_DIVERGE, MODE_IMPROVE,
                                      Knapsack, KnapsackTasks, base,
                                      knapsack)
+from tests.tiers import slow
 
 
 def _brute_opt(w, v, cap):
@@ -96,6 +97,7 @@ def test_bit_responses_and_masks():
                                 response - knapsack.BIT_0)
 
 
+@slow
 def test_sft_examples_follow_the_mix():
   d = Knapsack(n=6, improve_random_share=0.0)
   batch = jax.jit(d.sft_examples, static_argnums=1)(jax.random.key(5), 256)

@@ -10,6 +10,7 @@ import pytest
 
 from jaxexit.exit_rl.domains import (MODE_BASE, MODE_DIVERGE, MODE_IMPROVE,
                                      PermSort, base, make_domain, permsort)
+from tests.tiers import slow
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -73,6 +74,7 @@ def test_odd_even_passes_sort_in_n_passes_like_a_python_network():
       np.take_along_axis(x, np.asarray(order), axis=1), np.sort(x, axis=1))
 
 
+@slow
 @pytest.mark.parametrize("mode", [MODE_BASE, MODE_IMPROVE, MODE_DIVERGE])
 def test_pointer_responses_are_permutations_of_the_source(mode):
   d = PermSort(n=6)
@@ -125,6 +127,7 @@ def _sft(d, key, n):
   return batch, d.apply_response(*batch), ok
 
 
+@slow
 def test_sft_examples_are_valid_and_follow_the_mix():
   d = PermSort(n=6, improve_random_share=0.0)
   batch, answer, ok = _sft(d, jax.random.key(4), 512)
@@ -147,6 +150,7 @@ def test_sft_examples_are_valid_and_follow_the_mix():
   np.testing.assert_array_equal(moved[imp].sum(1), 2)
 
 
+@slow
 def test_sft_examples_are_deterministic_in_the_key():
   d = PermSort(n=6, improve_random_share=0.0)
   a, _, _ = _sft(d, jax.random.key(4), 512)

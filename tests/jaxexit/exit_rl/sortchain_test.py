@@ -8,6 +8,7 @@ import pytest
 from jaxexit.exit_rl.domains import (MODE_BASE, MODE_IMPROVE, SortChain,
                                      base, permsort, sortchain)
 from tests.jaxexit.exit_rl.permsort_test import random_responses
+from tests.tiers import slow
 
 
 def _at_turn(d, key, n, turn):
@@ -23,6 +24,7 @@ def _at_turn(d, key, n, turn):
   return tasks
 
 
+@slow
 @pytest.mark.parametrize("turn", [0, 1, 2])
 def test_responses_point_into_the_turn_source(turn):
   d = SortChain(turns=3, per_turn=3)
@@ -54,6 +56,7 @@ def test_responses_point_into_the_turn_source(turn):
         jnp.asarray(answer), jnp.full((32,), length)))
 
 
+@slow
 def test_base_source_is_last_iterate_then_new_digits():
   d = SortChain(turns=3, per_turn=2)
   tasks = d.sample_tasks(jax.random.key(0), 4)
@@ -86,6 +89,7 @@ def test_prompt_shows_only_the_asked_turns():
       + [b.SEP, 1, 1, 3, 4, b.MODE_TOKEN_0 + 1])
 
 
+@slow
 def test_finish_episode_return_and_prefixes():
   d = SortChain(turns=3, per_turn=2)
   key = jax.random.key(2)
@@ -124,6 +128,7 @@ def test_finish_episode_return_and_prefixes():
   np.testing.assert_array_equal(valid[0], [True, False, False])
 
 
+@slow
 def test_sft_examples_are_valid():
   d = SortChain()
   batch = jax.jit(d.sft_examples, static_argnums=1)(jax.random.key(3), 256)

@@ -9,6 +9,7 @@ from flax import nnx
 from jaxexit.exit_rl import policy
 from jaxexit.exit_rl.domains import MODE_IMPROVE, PermSort, permsort
 from jaxexit.exit_rl.warm_start import sft_loss, warm_start
+from tests.tiers import slow
 
 TINY = policy.PolicyConfig(d_model=32, num_layers=1, num_heads=2,
                            mlp_hidden=64)
@@ -32,6 +33,7 @@ def _evaluate(params, held_out):
   return loss, metrics, kept
 
 
+@slow
 def test_sft_lowers_loss_and_teaches_identity_ish_revisions():
   init = nnx.state(policy.make_policy(DOMAIN, TINY, nnx.Rngs(0)))
   params, losses = warm_start(DOMAIN, TINY, jax.random.key(0), steps=120,
@@ -49,6 +51,7 @@ def test_sft_lowers_loss_and_teaches_identity_ish_revisions():
   assert float(kept_after) > 0.6 and float(kept_before) < 0.3
 
 
+@slow
 def test_deterministic_in_the_key_vmappable_and_independent_of_chunks():
   kw = dict(steps=4, batch=16, lr=2e-3, progress=False)
   keys = jax.random.split(jax.random.key(2), 2)

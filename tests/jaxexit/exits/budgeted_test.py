@@ -8,6 +8,7 @@ from jaxexit import execution
 from jaxexit.exits import budgeted, confidence, rules
 from tests.jaxexit.execution import toy_stack
 from tests.jaxexit.exits.rule_driver import drive, unchecked
+from tests.tiers import slow
 
 
 def _rescale_reference(r, rescale):
@@ -141,6 +142,7 @@ def test_distribution_for_budget_edges():
     budgeted.distribution_for_budget(0.5, (0.5, 0.4, 1.0))
 
 
+@slow
 def test_thresholds_rule_matches_budgeted_exit_through_simulate():
   num_layers, batch = 5, 64
   stack, params = toy_stack.make(num_layers)

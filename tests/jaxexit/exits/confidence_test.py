@@ -8,6 +8,7 @@ import pytest
 from jaxexit.exits import confidence
 from jaxexit.exits.outputs import ExitHeadOutput
 from tests.jaxexit.exits.rule_driver import drive, unchecked
+from tests.tiers import fast_only
 
 B, L, C = 16, 6, 3
 
@@ -92,7 +93,7 @@ def test_patience_exit_hand_example():
   assert confidence.patience_exit(f, 2, regression_tol=0.01).tolist() == [4]
 
 
-@pytest.mark.parametrize("patience", [1, 2, 3])
+@pytest.mark.parametrize("patience", fast_only([1, 2, 3], 2))
 def test_patience_exit_matches_loop_reference(patience):
   z = _logits(shape=(32, L, 2))  # two classes: many agreements
   assert confidence.patience_exit(z, patience).tolist() == (

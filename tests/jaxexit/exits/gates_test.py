@@ -8,6 +8,7 @@ import pytest
 from jaxexit.exits import gates
 from jaxexit.exits.outputs import ExitHeadOutput
 from tests.jaxexit.exits.rule_driver import drive, unchecked
+from tests.tiers import slow
 
 B, L = 16, 5
 
@@ -87,6 +88,7 @@ def test_jit_equals_no_jit():
                                 gates.learned_exit(g, 0.3))
 
 
+@slow
 def test_jei_exit_batch_dims_and_vmap():
   g = _unit(shape=(2, 3, L))
   np.testing.assert_array_equal(gates.jei_exit(g),

@@ -9,6 +9,7 @@ from jaxexit import exits
 from jaxexit.exits import halting
 from jaxexit.exits.outputs import ExitHeadOutput
 from tests.jaxexit.exits.rule_driver import drive, unchecked
+from tests.tiers import fast_only, slow
 
 B, L = 8, 5
 
@@ -127,6 +128,7 @@ def test_q_exit_is_strict_and_falls_back():
   assert halting.q_exit(p, 0.5).dtype == jnp.int32
 
 
+@slow
 def test_jit_equals_no_jit():
   lam = _lambdas()
   p = halting.halting_distribution(lam)
@@ -185,7 +187,8 @@ def test_q_exit_rule_matches_vectorised(q, case):
     assert got.tolist() == [0] * 16
 
 
-@pytest.mark.parametrize("case", ["random", "never", "always"])
+@pytest.mark.parametrize("case", fast_only(["random", "never", "always"],
+                                           "never", "always"))
 def test_sampled_exit_rule_matches_vectorised(case):
   lam = _lambdas(seed=2, shape=(16, L)) * 0.5
   if case == "never":

@@ -12,6 +12,7 @@ from jaxexit.decoding.full import generate_full
 from jaxexit.methods import dynamax_train
 from jaxexit.methods.dynamax import KINDS, ExitClassifierConfig, ExitClassifiers
 from jaxexit.models.llama import LlamaConfig, LlamaLM
+from tests.tiers import fast_only, slow
 
 
 def _backbone():
@@ -31,7 +32,7 @@ def _inputs(batch=2, length=7):
   return h, positions, jnp.ones((batch, length), bool)
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", fast_only(KINDS, "lm_head"))
 def test_fresh_classifiers_start_as_the_shared_lm_head(kind):
   backbone, heads = _backbone(), _classifiers(kind)
   h, positions, valid = _inputs()
@@ -48,6 +49,7 @@ def _perturbed_mamba_heads():
   return heads
 
 
+@slow
 def test_mamba_classifier_is_causal_and_steps_like_the_sequence():
   backbone, heads = _backbone(), _perturbed_mamba_heads()
   h, positions, valid = _inputs()
@@ -67,8 +69,9 @@ def test_mamba_classifier_is_causal_and_steps_like_the_sequence():
   jax.tree.map(np.testing.assert_array_equal, frozen, state0)
 
 
-@pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("mode", ["propagate", "recompute", "freeze"])
+@pytest.mark.parametrize("kind", fast_only(KINDS, "lm_head"))
+@pytest.mark.parametrize("mode", fast_only(["propagate", "recompute", "freeze"],
+                                           "propagate"))
 def test_exits_disabled_equals_full_model_with_trained_kinds(kind, mode):
   backbone = _backbone()
   heads = _perturbed_mamba_heads() if kind == "mamba" else _classifiers(kind)
@@ -81,6 +84,7 @@ def test_exits_disabled_equals_full_model_with_trained_kinds(kind, mode):
   np.testing.assert_array_equal(out.tokens, full)
 
 
+@slow
 def test_training_lowers_the_loss_and_keeps_the_backbone(tmp_path):
   backbone = _backbone()
   before = jax.tree.map(np.asarray, nnx.state(backbone))

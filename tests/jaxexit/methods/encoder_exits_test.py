@@ -8,8 +8,12 @@ from jaxexit import execution, exits
 from jaxexit.methods import encoder_exits
 from jaxexit.models import AlbertConfig, AlbertEncoder, BertConfig, BertEncoder
 from jaxexit.models.exit_classifier import ExitClassifier, ExitHeadsConfig
+from tests.tiers import fast_only, slow
 
 L = 4
+# The fast tier checks one method per property (PABEE; PALBERT's rule
+# through every execution mode); every method runs in the slow tier.
+METHODS = list(encoder_exits.METHODS)
 
 
 def _encoder(kind):
@@ -33,7 +37,8 @@ def _batch(batch=6, num_classes=2):
   return ids, mask, labels
 
 
-@pytest.mark.parametrize("name", list(encoder_exits.METHODS))
+@slow
+@pytest.mark.parametrize("name", METHODS)
 def test_loss_is_finite_with_finite_grads(name):
   method = encoder_exits.get_method(name)
   model = ExitClassifier(_encoder("bert"), method.heads(3), rngs=nnx.Rngs(1))
@@ -52,10 +57,10 @@ def test_loss_is_finite_with_finite_grads(name):
     assert all(np.isfinite(g).all() for g in jax.tree.leaves(grads))
 
 
-@pytest.mark.parametrize("kind", ["bert", "albert"])
-@pytest.mark.parametrize("name", ["palbert", "palbert_per_layer",
-                                  "pondernet", "pabee", "deebert", "berxit",
-                                  "static"])
+@pytest.mark.parametrize("kind", fast_only(["bert", "albert"], "bert"))
+@pytest.mark.parametrize("name", fast_only(
+    ["palbert", "palbert_per_layer", "pondernet", "pabee", "deebert",
+     "berxit", "static"], "palbert"))
 def test_modes_agree_for_each_method(kind, name):
   method = encoder_exits.get_method(name)
   model = ExitClassifier(_encoder(kind), method.heads(2), rngs=nnx.Rngs(1))
@@ -85,6 +90,7 @@ def test_palbert_prev_pooled_is_previous_layer_pool():
                              rtol=1e-6, atol=1e-6)
 
 
+@slow
 def test_regression_losses():
   for name in ("pabee", "berxit", "palbert"):
     method = encoder_exits.get_method(name)
@@ -166,7 +172,7 @@ def test_exit_pooling_modes(pooling):
                              atol=1e-5)
 
 
-@pytest.mark.parametrize("name", list(encoder_exits.METHODS))
+@pytest.mark.parametrize("name", fast_only(METHODS, "pabee"))
 def test_vectorised_exit_equals_rule(name):
   method = encoder_exits.get_method(name)
   model = ExitClassifier(_encoder("bert"), method.heads(2), rngs=nnx.Rngs(1))

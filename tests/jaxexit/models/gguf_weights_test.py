@@ -13,6 +13,7 @@ from jaxexit.models.gguf_weights import (load_smollm2, read_gguf_llama,
                                          unpermute_rope_rows)
 from jaxexit.models.llama import LlamaConfig, LlamaLM
 from jaxexit.models.llama_weights import LLAMA_CONFIGS, load_llama_state_dict
+from tests.tiers import slow
 
 Q = gguf.GGMLQuantizationType
 # D=32, H=4 on Hkv=2 (K=8), F=64, V=128, L=2: every row length is a multiple
@@ -236,6 +237,7 @@ def smollm2():
   return model, tok
 
 
+@slow
 def test_smollm2_config(smollm2):
   model, tok = smollm2
   assert model.cfg == LLAMA_CONFIGS["smollm2-135m"]

@@ -12,6 +12,7 @@ from jaxexit.models import (AlbertConfig, AlbertEncoder, BertConfig,
                             BertEncoder, export_hf_state_dict, from_pretrained,
                             load_hf_weights, load_minilm, mean_pool,
                             read_state_dict)
+from tests.tiers import slow
 
 BERT = BertConfig(vocab_size=100, hidden_size=32, num_layers=2, num_heads=4,
                   intermediate_size=64, max_position_embeddings=40)
@@ -27,6 +28,7 @@ def _pair(cfg):
   return cls(cfg, rngs=nnx.Rngs(0)), cls(cfg, rngs=nnx.Rngs(1))
 
 
+@slow
 @pytest.mark.parametrize("cfg", [BERT, ALBERT], ids=["bert", "albert"])
 def test_export_load_round_trip(cfg):
   src, dst = _pair(cfg)
@@ -39,6 +41,7 @@ def test_export_load_round_trip(cfg):
                                 src(IDS, None, MASK)[0])
 
 
+@slow
 def test_safetensors_file_and_folder(tmp_path):
   safetensors_numpy = pytest.importorskip("safetensors.numpy")
   src, dst = _pair(BERT)
@@ -143,6 +146,7 @@ def _minilm_tokens():
   return path, ids, mask
 
 
+@slow
 def test_minilm_matches_transformers():
   torch = pytest.importorskip("torch")
   transformers = pytest.importorskip("transformers")

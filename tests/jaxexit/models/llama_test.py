@@ -14,6 +14,7 @@ from jaxexit.decoding.backbone import DecoderBackbone
 from jaxexit.models.llama import LlamaConfig, LlamaLM
 from jaxexit.models.llama_attention import KVCache, Llama3RopeScaling
 from jaxexit.models.llama_weights import LLAMA_CONFIGS, load_llama_state_dict
+from tests.tiers import fast_only, slow
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -78,7 +79,8 @@ def token_ids(b: int, t: int, seed: int = 0) -> np.ndarray:
   return np.random.default_rng(seed).integers(0, 100, (b, t)).astype(np.int32)
 
 
-@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("case", fast_only(CASES, "llama_mha_tied",
+                                           "mistral_window"))
 def test_prefill_matches_transformers(case):
   hf = hf_model(case)
   ours = ours_from(hf)
@@ -111,6 +113,7 @@ def _decode_fn(model: LlamaLM):
   return lambda *args: run(state, *args)
 
 
+@slow
 @pytest.mark.parametrize("case", ["llama_gqa_untied", "mistral_window"])
 def test_cached_decode_matches_full_forward(case):
   hf = hf_model(case)
@@ -131,6 +134,7 @@ def test_cached_decode_matches_full_forward(case):
                                **TOL)
 
 
+@slow
 def test_right_padding_matches_row_alone():
   hf = hf_model("llama_gqa_untied")
   ours = ours_from(hf)
@@ -199,6 +203,7 @@ def test_invalid_rows_leave_cache_untouched(tiny):
   np.testing.assert_array_equal(mixed.valid, only.valid)
 
 
+@slow
 def test_freeze_equals_attention_without_that_key(tiny):
   model = tiny
   h, q = _random_h(3, 1, 6), _random_h(4, 1, 1)

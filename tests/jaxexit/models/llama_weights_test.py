@@ -14,6 +14,7 @@ from jaxexit.models.llama_weights import (LLAMA_CONFIGS,
                                           llama_from_pretrained,
                                           load_llama_state_dict)
 from tests.jaxexit.models.llama_test import hf_forward, hf_model, token_ids
+from tests.tiers import slow
 
 TINY = LLAMA_CONFIGS["tiny"]
 TIED = dataclasses.replace(TINY, tie_embeddings=True)
@@ -47,6 +48,7 @@ def _logits(model: LlamaLM) -> np.ndarray:
   return np.asarray(jax.jit(lambda t: model(t).logits)(ids))
 
 
+@slow
 @pytest.mark.parametrize("cfg", [TINY, TIED], ids=["untied", "tied"])
 def test_export_load_round_trip(cfg):
   src = LlamaLM(cfg, rngs=nnx.Rngs(0))
@@ -80,6 +82,7 @@ def _state_and_model(cfg=TINY):
   return state, LlamaLM(cfg, rngs=nnx.Rngs(1))
 
 
+@slow
 def test_missing_tensor_is_named_and_model_unchanged():
   state, dst = _state_and_model()
   before = _logits(dst)

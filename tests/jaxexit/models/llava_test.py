@@ -15,6 +15,7 @@ from jaxexit.models.llava import (LLAVA_CONFIGS, LlavaConfig, LlavaLM,
                                   merge_embeddings)
 from jaxexit.models.llava_weights import load_llava_state_dict
 from tests.jaxexit.models.clip_vision_test import images, perturb
+from tests.tiers import slow
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -106,7 +107,8 @@ def hf_forward(hf, ids, pixels, mask=None):
 
 
 @pytest.mark.parametrize("kw", [
-    {}, dict(vision_feature_layer=-1, vision_feature_select_strategy="full"),
+    {}, pytest.param(dict(vision_feature_layer=-1,
+                          vision_feature_select_strategy="full"), marks=slow),
 ], ids=["llava15", "last_layer_full"])
 def test_matches_transformers(kw):
   hf = hf_llava(**kw)
@@ -177,6 +179,7 @@ def test_merge_embeddings_surplus_placeholders_repeat_the_last():
   np.testing.assert_array_equal(out[0, :, 0], [0, 0, 2, 2, 0])
 
 
+@slow
 def test_call_jit_equals_eager_and_wrong_image_size(tiny):
   ids, pixels = jnp.asarray(prompt(2, 24)), jnp.asarray(images(2))
   eager = tiny(ids, pixels).logits
@@ -186,6 +189,7 @@ def test_call_jit_equals_eager_and_wrong_image_size(tiny):
     tiny(ids, jnp.zeros((2, 16, 16, 3)))
 
 
+@slow
 def test_forward_embeddings_equals_call():
   lm = LlamaLM(TINY.text, rngs=nnx.Rngs(2))
   ids = jnp.asarray(prompt(2, 12, n=0))

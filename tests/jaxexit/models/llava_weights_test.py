@@ -16,6 +16,7 @@ from jaxexit.models.llava_weights import (export_llava_state_dict,
 from tests.jaxexit.models.clip_vision_test import images
 from tests.jaxexit.models.llava_test import (LLAVA_15_7B_JSON, TINY, forward,
                                              hf_forward, hf_llava, prompt)
+from tests.tiers import slow
 
 TOL = dict(rtol=1e-5, atol=1e-5)
 
@@ -29,6 +30,7 @@ def _state_and_model():
   return state, LlavaLM(TINY, rngs=nnx.Rngs(1))
 
 
+@slow
 def test_export_load_round_trip():
   src = LlavaLM(TINY, rngs=nnx.Rngs(0))
   dst = LlavaLM(TINY, rngs=nnx.Rngs(1))
@@ -53,6 +55,7 @@ def _legacy(state: dict) -> dict:
           for k, v in state.items()}
 
 
+@slow
 def test_all_spellings_load_and_transformers_reads_our_export(tmp_path):
   safetensors = pytest.importorskip("safetensors.numpy")
   tf = pytest.importorskip("transformers")
@@ -88,6 +91,7 @@ def test_from_pretrained_matches_transformers(tmp_path):
   np.testing.assert_allclose(_logits(ours), ref, **TOL)
 
 
+@slow
 def test_missing_tensor_is_named_and_model_unchanged():
   state, dst = _state_and_model()
   before = _logits(dst)
@@ -124,6 +128,7 @@ def test_unused_and_duplicate_tensors():
     load_llava_state_dict(dst, state)
 
 
+@slow
 def test_clip_loader_accepts_vision_model_prefix_and_names_errors():
   src = LlavaLM(TINY, rngs=nnx.Rngs(0))
   tower = {"vision_model." + k[len("vision_tower."):]: v
@@ -144,6 +149,7 @@ def test_no_config_json(tmp_path):
     llava_from_pretrained(tmp_path)
 
 
+@slow
 def test_llava_15_7b_layout_matches_transformers_meta_model():
   """Tensor names and shapes of the 7B preset against transformers' model
   on the meta device (no weights anywhere), and an abstract forward."""

@@ -18,6 +18,7 @@ from tests.jaxexit.models.mamba_test import (
     MASKS, check_bad_inputs, check_functional_jit, check_hf_parity,
     check_masked_noop, check_parallel_matches_sequential,
     check_prefill_then_decode, check_right_padding, load_from_hf, perturbed)
+from tests.tiers import slow
 
 TINY = MAMBA2_CONFIGS["tiny"]
 # chunk_size 4 with T = 10: two full chunks and a zero-padded one in HF's
@@ -49,10 +50,12 @@ def test_hf_parity_and_decode(pair):
   check_prefill_then_decode(model, logits)
 
 
+@slow
 def test_right_padding(pair):
   check_right_padding(*pair)
 
 
+@slow
 def test_masked_step_is_noop(pair):
   check_masked_noop(pair[0])
 
@@ -66,6 +69,7 @@ def test_bad_inputs(pair):
   check_bad_inputs(pair[0])
 
 
+@slow
 @pytest.mark.parametrize("chunk", [1, 3, 4, 16])
 def test_ssd_chunks_match_recurrence(chunk):
   """Any chunk size (incl. padded last chunks) == the step recurrence, with
@@ -99,6 +103,7 @@ def test_ssd_chunks_match_recurrence(chunk):
   np.testing.assert_allclose(last, ref_last, atol=1e-5, rtol=0)
 
 
+@slow
 def test_random_init_and_functional_jit():
   model = Mamba2LM(TINY, rngs=nnx.Rngs(0))
   mixer = model.layers.mixer

@@ -16,6 +16,7 @@ from jaxexit.decoding.backbone import DecoderBackbone
 from jaxexit.models.mamba import MAMBA_CONFIGS, MambaConfig, MambaLM
 from jaxexit.models.mamba_weights import load_mamba_state_dict
 from tests.jaxexit.exits.rule_driver import unchecked
+from tests.tiers import slow
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -265,10 +266,12 @@ def test_hf_parity_and_decode(pair):
   check_prefill_then_decode(model, logits)
 
 
+@slow
 def test_right_padding(pair):
   check_right_padding(*pair)
 
 
+@slow
 def test_masked_step_is_noop(pair):
   check_masked_noop(pair[0])
 
@@ -282,6 +285,7 @@ def test_bad_inputs(pair):
   check_bad_inputs(pair[0])
 
 
+@slow
 def test_random_init_and_functional_jit():
   """Mamba's init (A = -(1..S), D = 1, Δ in [dt_min, dt_max]); a block
   under a split/merge `jax.jit` equals the `nnx.jit` helper."""

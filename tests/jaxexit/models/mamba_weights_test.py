@@ -15,6 +15,7 @@ from jaxexit.models.mamba_weights import (hf_tensor_shapes,
                                           mamba_from_pretrained)
 from tests.jaxexit.exits.rule_driver import unchecked
 from tests.jaxexit.models import mamba2_test, mamba_test
+from tests.tiers import fast_only
 
 tf = pytest.importorskip("transformers")
 torch = pytest.importorskip("torch")
@@ -48,7 +49,7 @@ def loaded(hf):
   return model
 
 
-@pytest.mark.parametrize("family", ["mamba", "mamba2"])
+@pytest.mark.parametrize("family", fast_only(["mamba", "mamba2"], "mamba"))
 def test_from_pretrained_folder(hf_models, family, tmp_path):
   hf = hf_models[family]
   hf.save_pretrained(tmp_path)

@@ -16,6 +16,7 @@ from jaxexit.models.torch_pickle import (LEGACY_MAGIC_NUMBER,
                                          CorruptCheckpointError,
                                          UnsupportedCheckpointError,
                                          load_torch_state_dict)
+from tests.tiers import slow
 
 torch = pytest.importorskip("torch")
 
@@ -84,6 +85,7 @@ def test_reads_a_module_state_dict_and_unwraps_state_dict_key(tmp_path, fmt):
   _assert_same(load_torch_state_dict(path), state)
 
 
+@slow
 def test_does_not_import_torch(tmp_path):
   path = _save(_tricky_state_dict(), tmp_path / "sd.pt", "legacy")
   code = ("import sys; from jaxexit.models.torch_pickle import "

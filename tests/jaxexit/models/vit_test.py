@@ -12,6 +12,7 @@ from jaxexit import execution
 from jaxexit.exits import rules
 from jaxexit.exits.outputs import ExitHeadOutput
 from jaxexit.models.vit import VIT_CONFIGS, ViT, ViTConfig
+from tests.tiers import slow
 
 CFG = VIT_CONFIGS["tiny"]
 B = 4
@@ -39,6 +40,7 @@ def _images(cfg=CFG, seed=1):
                            (B, cfg.image_size, cfg.image_size, 3))
 
 
+@slow
 def test_shapes():
   model, x = _model(), _images()
   carry = model.embed(x)
@@ -49,6 +51,7 @@ def test_shapes():
   assert logits.shape == (B, CFG.num_classes) and logits.dtype == jnp.float32
 
 
+@slow
 def test_forward_is_head_on_last_block_features_and_jit_matches():
   model, x = _model(), _images()
   feats = model.cls_per_block(x)
@@ -69,6 +72,7 @@ def test_patch_embedding_is_a_strided_convolution():
   np.testing.assert_allclose(got, conv, rtol=1e-4, atol=1e-5)
 
 
+@slow
 def test_dropout_only_with_a_key():
   cfg = dataclasses.replace(CFG, dropout=0.5)
   model, x = _model(cfg), _images(cfg)
@@ -78,6 +82,7 @@ def test_dropout_only_with_a_key():
   assert not np.allclose(a, b)
 
 
+@slow
 def test_exit_stack_heads_then_backbone_head():
   model, x = _model(), _images()
   heads = LinearHeads(CFG, rngs=nnx.Rngs(3))

@@ -7,6 +7,7 @@ from flax import nnx
 from jaxexit import execution
 from jaxexit.exits import rules
 from jaxexit.nn.encoder import EncoderConfig, ExitEncoder
+from tests.tiers import slow
 
 CFG = EncoderConfig(num_layers=3, d_model=16, num_heads=4, d_ff=32,
                     vocab_size=50, max_len=12, num_classes=3)
@@ -19,6 +20,7 @@ def _model_and_tokens(batch=4):
   return model, tokens
 
 
+@slow
 def test_per_layer_logits_match_manual_forward():
   model, tokens = _model_and_tokens()
   stack, params = model.exit_stack()
@@ -46,6 +48,7 @@ def test_padding_does_not_change_outputs():
                              rtol=1e-5, atol=1e-5)
 
 
+@slow
 def test_modes_agree_on_encoder():
   model, tokens = _model_and_tokens(batch=8)
   stack, params = model.exit_stack()

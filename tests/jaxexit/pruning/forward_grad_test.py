@@ -7,6 +7,7 @@ from flax import nnx
 
 from jaxexit.pruning import hidrop_from_stages, pruned_forward
 from tests.jaxexit.pruning.tiny import make_case, tiny_lm
+from tests.tiers import slow
 
 # Injection at 1, drops after 2 and 3 (scored by blocks 3 and 4), exit at 5.
 SCHEDULE = hidrop_from_stages(6, 8, 1, 5, (2, 3), (4, 2))
@@ -31,6 +32,7 @@ def _kernel(g, i, name):
   return np.asarray(g["layers"][i]["self_attn"][name]["kernel"][...])
 
 
+@slow
 def test_jit_grad_hard_and_soft():
   lm, case = tiny_lm(), make_case(pad=(0, 2))
   eager = pruned_forward(lm, case.inputs, SCHEDULE)

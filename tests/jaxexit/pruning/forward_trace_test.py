@@ -7,12 +7,14 @@ from jaxexit.pruning import (block_trace_count, full_schedule,
                              hidrop_from_stages, pruned_forward,
                              reset_block_traces)
 from tests.jaxexit.pruning.tiny import make_case, tiny_lm
+from tests.tiers import slow
 
 # Injection at 1, drops after 2 and 3, exit at 5: buffer lengths T (layers
 # 0 and 5), T + 8, T + 4, T + 2.
 SCHEDULE = hidrop_from_stages(6, 8, 1, 5, (2, 3), (4, 2))
 
 
+@slow
 def test_eager_traces_once_per_stage_shape():
   lm, case = tiny_lm(), make_case()
   reset_block_traces()
@@ -25,6 +27,7 @@ def test_eager_traces_once_per_stage_shape():
   assert block_trace_count() == 1
 
 
+@slow
 def test_jit_traces_once_per_stage_shape():
   lm, case = tiny_lm(), make_case(suffix=6)
   graphdef, state = nnx.split(lm)

@@ -10,6 +10,7 @@ from jaxexit.models.llava import LLAVA_CONFIGS, LlavaLM
 from jaxexit.pruning import full_schedule, hidrop_from_stages, pruned_forward
 from jaxexit.pruning.prompt import (llava_pruned_inputs, merged_prompt,
                                     prompt_positions, question_suffix)
+from tests.tiers import slow
 
 
 def test_question_suffix_puts_the_cue_after_each_question():
@@ -44,6 +45,7 @@ def _case():
   return cfg, model, images, prefix, suffix, lens
 
 
+@slow
 def test_full_schedule_matches_the_unpruned_llava_at_the_answer():
   cfg, model, images, prefix, suffix, lens = _case()
   inputs = llava_pruned_inputs(model, images, *map(jnp.asarray,
@@ -62,6 +64,7 @@ def test_full_schedule_matches_the_unpruned_llava_at_the_answer():
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
+@slow
 def test_inputs_are_jittable_and_feed_a_pruned_schedule():
   cfg, model, images, prefix, suffix, lens = _case()
   n = cfg.num_image_tokens

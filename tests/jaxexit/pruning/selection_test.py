@@ -8,6 +8,7 @@ import pytest
 from jaxexit.pruning import (importance_scores, soft_topk_mask,
                              straight_through_topk_mask, topk_indices)
 from tests.jaxexit.pruning.tiny import dense_scores, make_case, tiny_lm
+from tests.tiers import slow
 
 
 def test_topk_ties_go_to_lower_index_and_sorted():
@@ -62,6 +63,7 @@ def test_bad_k():
     soft_topk_mask(jnp.zeros((1, 4)), 0)
 
 
+@slow
 @pytest.mark.parametrize("num_queries,pad", [(1, (0, 0)), (2, (0, 3))])
 def test_importance_scores_match_dense_attention(num_queries, pad):
   lm = tiny_lm(num_layers=2)
@@ -84,6 +86,7 @@ def test_importance_scores_match_dense_attention(num_queries, pad):
   assert got.shape == (2, nv) and got.dtype == jnp.float32
 
 
+@slow
 def test_importance_scores_stop_gradient():
   lm = tiny_lm(num_layers=1)
   x = make_case().inputs

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from jaxexit.rl import grpo
+from tests.tiers import slow
 
 P, G, T, V = 3, 4, 5, 6
 
@@ -84,6 +85,7 @@ def _tiny_batch(seed=0):
   return theta, tokens, mask, adv
 
 
+@slow
 def test_gradient_is_policy_gradient_at_ratio_one():
   theta, tokens, mask, adv = _tiny_batch()
   n = tokens.shape[0]
@@ -125,6 +127,7 @@ def test_aggregation_normalisers():
   assert grpo.grpo_loss(logp, logp, adv, empty)[0] == 0.0
 
 
+@slow
 def test_clip_path_two_epochs():
   theta, tokens, mask, adv = _tiny_batch(3)
   eps = 0.2

@@ -14,6 +14,7 @@ from jaxexit import train as train_lib
 from jaxexit.train import loop
 from jaxexit.train import metrics as metrics_lib
 from tests.jaxexit.train import resume_job
+from tests.tiers import slow
 
 JOB = os.path.join(os.path.dirname(__file__), "resume_job.py")
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "../../.."))
@@ -31,6 +32,7 @@ def _train(workdir, num_steps, **kw):
                     workdir=workdir, seed=7, progress=False, **kw)
 
 
+@slow
 def test_continuing_a_run_equals_one_long_run(tmp_path):
   a, b = tmp_path / "a", tmp_path / "b"
   _train(a, 12, checkpoint_every=4)
@@ -92,6 +94,7 @@ def _wait_for_checkpoint(proc, ckpt_dir, min_step, timeout=60.0):
   raise AssertionError(f"no checkpoint >= {min_step} after {timeout} s")
 
 
+@slow
 def test_sigkill_and_resume_equals_uninterrupted_run(tmp_path):
   ref, killed = tmp_path / "ref", tmp_path / "killed"
   ref_proc = _job(ref)
@@ -121,6 +124,7 @@ def test_sigkill_and_resume_equals_uninterrupted_run(tmp_path):
           == (ref / "metrics.jsonl").read_bytes())
 
 
+@slow
 def test_sigkill_during_a_save_resumes_from_the_previous_step(tmp_path):
   """Killed at the commit of step 20: that step is never restored, the
   rerun starts at 15 and ends bit-identical to an uninterrupted run."""

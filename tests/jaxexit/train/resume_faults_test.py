@@ -17,6 +17,7 @@ from jaxexit import train as train_lib
 from jaxexit.train import checkpoint as ckpt_lib
 from jaxexit.train import loop
 from tests.jaxexit.train import resume_job
+from tests.tiers import fast_only, slow
 
 STEPS, EVERY = 20, 5
 FP = {"method": "pabee", "optimizer": {"learning_rate": 1e-2},
@@ -73,6 +74,7 @@ def test_changed_data_hash_refuses(tmp_path):
     _train(tmp_path, 5, fingerprint=other)
 
 
+@slow
 def test_force_resume_continues_and_logs_the_fields(reference, tmp_path,
                                                     capsys):
   ref_dir, ref_params = reference
@@ -148,8 +150,8 @@ def _uncommitted(step_dir: pathlib.Path) -> None:
   (step_dir.parent / str(STEPS + EVERY) / "default").mkdir(parents=True)
 
 
-@pytest.mark.parametrize("damage", [_garbage_metadata, _truncated_array,
-                                    _uncommitted],
+@pytest.mark.parametrize("damage", fast_only(
+    [_garbage_metadata, _truncated_array, _uncommitted], _uncommitted),
                          ids=["garbage_metadata", "truncated_array",
                               "uncommitted"])
 def test_damaged_newest_step_resumes_from_previous(reference, tmp_path,
@@ -194,6 +196,7 @@ def test_reasons_name_the_kind_of_damage(tmp_path):
   assert "step 10" in lines[1] and "UnicodeDecodeError" in lines[1]
 
 
+@slow
 def test_all_steps_damaged_raises_and_moves_nothing(tmp_path):
   _train(tmp_path, 10)
   ckpt_dir = tmp_path / loop.CHECKPOINT_DIR

@@ -8,6 +8,7 @@ import pytest
 from flax import nnx
 
 from jaxexit.train import step as step_lib
+from tests.tiers import slow
 
 
 class Counter(nnx.Variable):
@@ -37,6 +38,7 @@ def _batch():
   return {"x": x, "y": jnp.stack([x[:, 0], -x[:, 1]], -1)}
 
 
+@slow
 def test_step_matches_hand_written_optax_update():
   model = Net(rngs=nnx.Rngs(0))
   tx = optax.adam(1e-2)
