@@ -77,17 +77,24 @@ def test_modes_agree_for_each_method(kind, name):
                                rtol=1e-5, atol=1e-5)
 
 
-def test_palbert_prev_pooled_is_previous_layer_pool():
+def test_palbert_prev_features_are_previous_layer_features():
   method = encoder_exits.get_method("palbert")
   model = ExitClassifier(_encoder("bert"), method.heads(2), rngs=nnx.Rngs(1))
   ids, mask, _ = _batch()
   stack, params = model.exit_stack()
   carry = model.embed(ids, None, mask)
   c1 = stack.layer_fn(params, 0, carry)
-  np.testing.assert_array_equal(c1["prev_pooled"], 0.0)
+  np.testing.assert_array_equal(c1["prev_features"], carry["h"][:, 0])
   c2 = stack.layer_fn(params, 1, c1)
-  np.testing.assert_allclose(c2["prev_pooled"], model.encoder.pool(c1["h"]),
-                             rtol=1e-6, atol=1e-6)
+  np.testing.assert_array_equal(c2["prev_features"], c1["h"][:, 0])
+  # λ_n reads [pooled_n; pooled_{n-1}], pooled_0 := 0 (§3.1).
+  pool = model.encoder.pool
+  for layer, before, after in ((0, None, c1), (1, c1, c2)):
+    prev = (jnp.zeros_like(pool(after["h"])) if before is None
+            else pool(before["h"]))
+    want = model.heads.halting(jnp.concatenate([pool(after["h"]), prev], -1))
+    got = stack.head_fn(params, layer, after).halt
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
 
 
 @slow

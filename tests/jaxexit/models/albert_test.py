@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from jaxexit.execution.adapter import functional
 from jaxexit.models import AlbertConfig, AlbertEncoder, from_pretrained
 from tests.jaxexit.models import hf_tiny, modes_check
 from tests.tiers import fast_only, slow
@@ -37,7 +38,8 @@ def test_matches_transformers_every_layer(fmt, tmp_path):
 
 def test_one_shared_layer():
   model = AlbertEncoder(TINY, rngs=nnx.Rngs(0))
-  layer_fn, params, num_layers = model.backbone()
+  layer_fn, params = functional(model.exit_layers())
+  num_layers = layer_fn.num_layers
   assert num_layers == 4
   # One layer's weights, no L axis: [D, D] query kernel.
   assert params["query"]["kernel"].shape == (32, 32)
@@ -68,7 +70,8 @@ def test_call_equals_backbone_loop():
   model = AlbertEncoder(TINY, rngs=nnx.Rngs(0))
   ids, mask, types = (jnp.asarray(x, jnp.int32) for x in hf_tiny.inputs(0))
   hs, pooled = model(ids, types, mask)
-  layer_fn, params, num_layers = model.backbone()
+  layer_fn, params = functional(model.exit_layers())
+  num_layers = layer_fn.num_layers
   carry = model.embed(ids, types, mask)
   for layer in range(num_layers):
     carry = layer_fn(params, layer, carry)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from jaxexit.execution.adapter import functional
 from jaxexit.models import BertConfig, BertEncoder, from_pretrained, mean_pool
 from tests.jaxexit.models import hf_tiny, modes_check
 from tests.tiers import fast_only, slow
@@ -63,7 +64,8 @@ def test_backbone_matches_call_and_jits():
   ids, mask, types = hf_tiny.inputs(0)
   j = lambda x: jnp.asarray(x, jnp.int32)
   hs, pooled = model(j(ids), j(types), j(mask))
-  layer_fn, params, num_layers = model.backbone()
+  layer_fn, params = functional(model.exit_layers())
+  num_layers = layer_fn.num_layers
   carry = model.embed(j(ids), j(types), j(mask))
   jitted = jax.jit(layer_fn)
   for layer in range(num_layers):
