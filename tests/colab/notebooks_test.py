@@ -29,6 +29,7 @@ EXTRA = "the `notebooks` extra: pip install -e '.[notebooks]'"
 # only trim what tests/experiments already runs whole at the smoke preset
 # (every method and seed); the notebook's own code runs unchanged.
 CI_PARAMETERS = {
+    "bring_your_own_model": {"STEPS": 200, "THRESHOLDS": (0.5, 0.9)},
     "palbert_glue": {"METHODS": "palbert,pabee,full", "SEEDS": 1},
     "hidrop": {"METHOD": "hidrop"},
 }

@@ -27,6 +27,10 @@ from tests.tiers import fast_only
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 NOTEBOOKS = sorted((REPO / "colab").glob("*.ipynb"))
+# Notebooks that reproduce an experiment (experiments/<stem>/ exists) pick a
+# preset; the others are tutorials that call jaxexit directly.
+EXPERIMENT_NOTEBOOKS = [p for p in NOTEBOOKS
+                        if (REPO / "experiments" / p.stem).is_dir()]
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
 by_notebook = pytest.mark.parametrize("path", NOTEBOOKS,
                                       ids=[p.stem for p in NOTEBOOKS])
@@ -141,6 +145,11 @@ def test_setup_cells_share_one_text():
         "NO_DEPS lines; keep one text (colab/README.md)")
 
 
+def test_tutorial_notebooks_are_known():
+  assert {p.stem for p in NOTEBOOKS} - {p.stem for p in EXPERIMENT_NOTEBOOKS
+                                        } == {"bring_your_own_model"}
+
+
 @by_notebook
 def test_installs_existing_extras_that_cover_the_experiment(path):
   cell = setup_cell(path)
@@ -149,6 +158,8 @@ def test_installs_existing_extras_that_cover_the_experiment(path):
   unknown = set(extras) - set(declared)
   assert not unknown, (f"{path.name} installs extras {sorted(unknown)} that "
                        f"pyproject.toml does not declare ({sorted(declared)})")
+  if path not in EXPERIMENT_NOTEBOOKS:
+    return  # a tutorial: its cells import jaxexit's base package only
   imports = experiment_imports(path.stem)
   assert imports, f"experiments/{path.stem} not found for {path.name}"
   if imports & MODELS_EXTRA_MODULES:
@@ -175,7 +186,8 @@ def test_no_placeholder_and_no_jax_install(path):
     assert "<ORG>" not in text
 
 
-@by_notebook
+@pytest.mark.parametrize("path", EXPERIMENT_NOTEBOOKS,
+                         ids=[p.stem for p in EXPERIMENT_NOTEBOOKS])
 def test_default_preset_is_not_paper(path):
   params = [c for c in code_cells(path) if re.search(r"^PRESET = ", c, re.M)]
   assert len(params) == 1, f"{path.name}: want one cell that sets PRESET"
