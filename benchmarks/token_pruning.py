@@ -18,7 +18,8 @@ Writes `benchmarks/results/token_pruning.json` (`--quick`:
 `--markdown` names a file): one record per method with
 
 * decoder_flops_fraction: analytic decoder prefill FLOPs over the full
-  model's (`jaxexit.pruning.flops_fraction`; no image tower, no LM head);
+  model's (`jaxexit.pruning.prefill_flops_fraction`; no image tower, no LM
+  head);
 * e2e_flops_fraction: XLA-counted FLOPs of the whole compiled prefill
   (image tower, projector, scoring, decoder, LM head) over the full
   model's (`jaxexit.execution.flops.xla_flops`, always on the XLA path);
@@ -41,7 +42,7 @@ import jax.numpy as jnp
 from experiments.hidrop import configs, evaluate, run
 from jaxexit import report
 from jaxexit.execution.flops import xla_flops
-from jaxexit.pruning import IMPLS, flops_fraction, make_schedule
+from jaxexit.pruning import IMPLS, make_schedule, prefill_flops_fraction
 
 HERE = pathlib.Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "token_pruning.json"
@@ -99,7 +100,7 @@ def measure(cfg: configs.Config, *, impl: str, log=print) -> list[dict]:
     method, name = label.split("/")
     rec = {"method": method, "schedule": name, "keep": list(schedule.keep),
            "avg_vision_tokens": schedule.avg_vision_tokens,
-           "decoder_flops_fraction": round(flops_fraction(
+           "decoder_flops_fraction": round(prefill_flops_fraction(
                schedule, text_len, cfg.model.text), 4),
            "e2e_flops_fraction": round(flops[label] / flops[full], 4),
            "prefill_gflops_per_example": round(
@@ -162,7 +163,8 @@ def render(records: list[dict], cfg: configs.Config, *, quick: bool) -> str:
       "prefills each timed side by side. Train step = forward, backward, "
       "AdamW; prefill = image tower + decoder to the answer logits; "
       "speed-up = t_full / t_method. Decoder FLOPs = analytic decoder "
-      "prefill fraction (`jaxexit.pruning.flops_fraction`); e2e FLOPs = "
+      "prefill fraction (`jaxexit.pruning.prefill_flops_fraction`); "
+      "e2e FLOPs = "
       "XLA-counted FLOPs of the whole compiled prefill, image tower "
       f"included. Load (1-min average) at start–end: {load}. Command: "
       f"`python benchmarks/token_pruning.py{' --quick' if quick else ''}"

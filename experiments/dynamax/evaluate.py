@@ -27,7 +27,7 @@ from experiments.dynamax.backbones import Backbone
 from experiments.dynamax.configs import Config
 from jaxexit.data.text import TruthfulQAItem
 from jaxexit.decoding.config import DecodeConfig
-from jaxexit.decoding.cost import decode_costs, flops_fraction
+from jaxexit.decoding.cost import decode_costs, decode_flops_fraction
 from jaxexit.decoding.engine import cache_length, generate
 from jaxexit.decoding.full import generate_full
 from jaxexit.text_metrics import reference_accuracy
@@ -124,7 +124,7 @@ def sweep(cfg: Config, backbone_name: str, bb: Backbone, heads_by_kind: dict,
               warmup=1, repeats=cfg.timing_repeats)
           rate = timed_tokens / times["exit"].median
           full = timed_tokens / times["full"].median
-          fraction = flops_fraction(out, costs)
+          fraction = decode_flops_fraction(out, costs)
           steps = np.asarray(out.valid)[:, 1:]
           tokens = np.asarray(out.tokens)
           records.append({

@@ -26,7 +26,7 @@ from experiments.cli import comma_choices
 from experiments.hidrop import configs, evaluate, plots, run
 from jaxexit import report, results_store
 from jaxexit.data import add_data_dir_flag
-from jaxexit.pruning import IMPLS, flops_fraction, make_schedule
+from jaxexit.pruning import IMPLS, make_schedule, prefill_flops_fraction
 
 TABLE = ("method", "schedule", "avg_vision_tokens", "accuracy",
          "flops_fraction", "train_step_speedup", "prefill_speedup",
@@ -149,7 +149,8 @@ def _main(args):
         "method": method, "schedule": name, "keep": list(schedule.keep),
         "avg_vision_tokens": schedule.avg_vision_tokens,
         "accuracy": acc, "accuracy_by_type": by_type,
-        "flops_fraction": flops_fraction(schedule, text_len, cfg.model.text),
+        "flops_fraction": prefill_flops_fraction(schedule, text_len,
+                                                 cfg.model.text),
         "final_loss": metrics.get("loss"), "train_seconds": train_s})
   idx = np.arange(cfg.timing_batch) % len(test_set["answer"])
   times = evaluate.time_methods(cfg, models, schedules,
@@ -182,8 +183,8 @@ def _main(args):
       f"interleaved in this run (median of {cfg.timing_repeats} rounds "
       f"after {cfg.timing_warmup} warm-up), impl `{args.impl}`. "
       f"flops_fraction: analytic decoder prefill FLOPs over the full "
-      f"model's (`jaxexit.pruning.flops_fraction`; the image tower is not "
-      f"counted). Total wall time {elapsed:.0f} s.")
+      f"model's (`jaxexit.pruning.prefill_flops_fraction`; the image tower "
+      f"is not counted). Total wall time {elapsed:.0f} s.")
   write_results(args.out, records, notes=notes,
                 title=f"HiDrop and baselines, `{args.dataset}` (preset "
                 f"`{args.preset}`)")

@@ -2,26 +2,26 @@
 
 `generate` (real skipping, every state mode), `generate_full` (the plain
 reference), `simulate_exits` (teacher-forced evaluation), `decode_costs` /
-`flops_fraction` (XLA-counted FLOPs per token), `decode_metrics` (exit
+`decode_flops_fraction` (XLA-counted FLOPs per token), `decode_metrics` (exit
 depth, FLOPs and consistency of a run). A backbone is anything that follows
-`DecoderBackbone`; exit classifiers follow `ExitHeads`.
+`DecoderBackbone`; exit classifiers follow `DecoderExitHeads`.
 """
 
 from jaxexit.decoding.backbone import DecoderBackbone
 from jaxexit.decoding.config import RULES, STATE_MODES, DecodeConfig
-from jaxexit.decoding.cost import (DecodeCosts, decode_costs, flops_fraction,
-                                   token_flops)
+from jaxexit.decoding.cost import (DecodeCosts, decode_costs,
+                                   decode_flops_fraction, token_flops)
 from jaxexit.decoding.engine import (DecodeOutput, cache_length, generate,
                                      prefill, sample)
-from jaxexit.decoding.exit_heads import ExitHeads, LMHeadExits
+from jaxexit.decoding.exit_heads import DecoderExitHeads, LMHeadExits
 from jaxexit.decoding.full import generate_full
 from jaxexit.decoding.simulate import SimulatedExits, simulate_exits
 from jaxexit.decoding.metrics import decode_metrics
 
 __all__ = [
     "RULES", "STATE_MODES", "DecodeConfig", "DecodeCosts", "DecodeOutput",
-    "DecoderBackbone", "ExitHeads", "LMHeadExits", "SimulatedExits",
-    "cache_length", "decode_costs", "decode_metrics", "flops_fraction",
+    "DecoderBackbone", "DecoderExitHeads", "LMHeadExits", "SimulatedExits",
+    "cache_length", "decode_costs", "decode_flops_fraction", "decode_metrics",
     "generate", "generate_full", "prefill", "sample", "simulate_exits",
     "token_flops",
 ]

@@ -102,7 +102,7 @@ def token_flops(out: DecodeOutput, costs: DecodeCosts) -> np.ndarray:
   return np.where(np.asarray(out.valid), flops, 0.0)
 
 
-def flops_fraction(out: DecodeOutput, costs: DecodeCosts) -> float:
+def decode_flops_fraction(out: DecodeOutput, costs: DecodeCosts) -> float:
   """Mean FLOPs per decode step over generated tokens ÷ the full model's.
 
   The prefill token is left out (it is the same for every method).

@@ -43,7 +43,7 @@ from jaxexit import checks
 from jaxexit.decoding.backbone import DecoderBackbone
 from jaxexit.decoding.config import DecodeConfig
 from jaxexit.decoding.confidence import token_confidence
-from jaxexit.decoding.exit_heads import ExitHeads
+from jaxexit.decoding.exit_heads import DecoderExitHeads
 from jaxexit.decoding.inputs import check_inputs
 # Re-exported from their old home here (callers import them from engine).
 from jaxexit.decoding.inputs import cache_length, check_prompts  # noqa: F401
@@ -251,7 +251,7 @@ def _decode_step(backbone, heads, config, bounds, threshold, token, pos,
           computed, propagated, caches, hstates, pend_h, pend_depth)
 
 
-def prefill(backbone: DecoderBackbone, heads: ExitHeads, bounds,
+def prefill(backbone: DecoderBackbone, heads: DecoderExitHeads, bounds,
             prompts: Int[ArrayLike, "B T"], lengths: Int[ArrayLike, "B"],
             caches: tuple, hstates: tuple
             ) -> tuple[Float[Array, "B V"], tuple, tuple]:
@@ -354,7 +354,7 @@ def _generate(graphdefs, params, prompts, lengths, threshold, key, *,
   return jax.lax.while_loop(cond, body, state)[-1]
 
 
-def generate(backbone: DecoderBackbone, heads: ExitHeads,
+def generate(backbone: DecoderBackbone, heads: DecoderExitHeads,
              prompts: Int[ArrayLike, "B T"], lengths: Int[ArrayLike, "B"],
              threshold: float, config: DecodeConfig, *,
              key: PRNGKeyArray | None = None,

@@ -1,6 +1,6 @@
 """Exit classifiers for decoder LMs: what sits at each exit point.
 
-An `ExitHeads` object turns the residual stream after an exit layer into
+An `DecoderExitHeads` object turns the residual stream after an exit layer into
 next-token logits. Heads may carry a recurrent state over the sequence (the
 DYNAMAX Mamba classifier), so they follow the backbone's cache convention:
 explicit per-exit states, `positions [B, T]` and `valid [B, T]` (invalid
@@ -23,7 +23,7 @@ from jaxexit.typing import Array, Bool, Float, Int, PyTree
 
 
 @runtime_checkable
-class ExitHeads(Protocol):
+class DecoderExitHeads(Protocol):
   """Next-token classifiers at the exits of a `DecoderBackbone`."""
 
   def init_state(self, num_exits: int, batch: int, max_len: int

@@ -7,7 +7,7 @@ DYNAMAX's consistency metric, §3.2).
 
 import numpy as np
 
-from jaxexit.decoding.cost import DecodeCosts, flops_fraction
+from jaxexit.decoding.cost import DecodeCosts, decode_flops_fraction
 from jaxexit.decoding.engine import DecodeOutput
 
 
@@ -22,5 +22,5 @@ def decode_metrics(out: DecodeOutput, full_tokens, costs: DecodeCosts
   layers = np.asarray(out.exit_layer)[:, 1:][valid]
   same = np.asarray(out.tokens)[:, 1:] == np.asarray(full_tokens)[:, 1:]
   return {"avg_layers": float(layers.mean()),
-          "flops_fraction": flops_fraction(out, costs),
+          "flops_fraction": decode_flops_fraction(out, costs),
           "consistency": float(same[valid].mean())}

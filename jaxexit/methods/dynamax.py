@@ -22,7 +22,7 @@ class-balanced BCE to predict that the exit's argmax equals the final
 layer's. The zero-initialised output projections make every kind start as
 the `lm_head` baseline.
 
-The classifiers implement `jaxexit.decoding.exit_heads.ExitHeads`, so the
+The classifiers implement `jaxexit.decoding.exit_heads.DecoderExitHeads`, so the
 decoding engine runs them on either backbone, in every state mode.
 
 Axes: B batch, T tokens, D width, F MLP width, V vocabulary, E exits.

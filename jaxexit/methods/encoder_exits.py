@@ -40,7 +40,7 @@ import jax.numpy as jnp
 from jaxexit import checks, exits
 from jaxexit.exits.outputs import ExitHeadOutput
 from jaxexit.exits.rules import ExitRule
-from jaxexit.models.exit_classifier import ExitHeadsConfig
+from jaxexit.models.exit_classifier import EncoderExitHeadsConfig
 from jaxexit.typing import Array
 
 # PALBERT's hyper-parameters (encoder_exits.md §3.4).
@@ -61,7 +61,7 @@ class Method:
 
   Attributes:
     name: registry key.
-    heads: `num_classes -> ExitHeadsConfig`.
+    heads: `num_classes -> EncoderExitHeadsConfig`.
     loss: `(per_layer, labels, step, stage) -> (loss, metrics)`,
       `per_layer` the `ExitHeadOutput` of every layer with leaves
       `[B, L, ...]`, `stage` the 0-based training stage.
@@ -80,7 +80,7 @@ class Method:
   """
 
   name: str
-  heads: Callable[[int], ExitHeadsConfig]
+  heads: Callable[[int], EncoderExitHeadsConfig]
   loss: Callable[..., tuple[Array, dict]]
   rule: Callable[[Any, int], ExitRule]
   exit_layer: Callable[..., Array]
@@ -173,7 +173,7 @@ def _half(num_layers: int) -> int:
 
 
 def _heads(**kw):
-  return lambda num_classes: ExitHeadsConfig(num_classes=num_classes, **kw)
+  return lambda num_classes: EncoderExitHeadsConfig(num_classes=num_classes, **kw)
 
 
 def _last(per_layer: ExitHeadOutput) -> int:

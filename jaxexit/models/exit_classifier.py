@@ -50,7 +50,7 @@ POOLINGS = ("cls_pooler", "mean", "cls")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class ExitHeadsConfig:
+class EncoderExitHeadsConfig:
   """Which exit heads sit on the encoder.
 
   Attributes:
@@ -77,13 +77,13 @@ class ExitHeadsConfig:
   pooling: str = "cls_pooler"
 
   def __post_init__(self):
-    checks.positive_int("ExitHeadsConfig.num_classes", self.num_classes)
-    checks.one_of("ExitHeadsConfig.classifier", self.classifier, CLASSIFIERS)
-    checks.one_of("ExitHeadsConfig.halting", self.halting, HALTING)
-    checks.one_of("ExitHeadsConfig.pooling", self.pooling, POOLINGS)
-    checks.positive_int("ExitHeadsConfig.halting_layers",
+    checks.positive_int("EncoderExitHeadsConfig.num_classes", self.num_classes)
+    checks.one_of("EncoderExitHeadsConfig.classifier", self.classifier, CLASSIFIERS)
+    checks.one_of("EncoderExitHeadsConfig.halting", self.halting, HALTING)
+    checks.one_of("EncoderExitHeadsConfig.pooling", self.pooling, POOLINGS)
+    checks.positive_int("EncoderExitHeadsConfig.halting_layers",
                         self.halting_layers, minimum=0)
-    checks.in_range("ExitHeadsConfig.dropout", self.dropout, 0.0, 1.0,
+    checks.in_range("EncoderExitHeadsConfig.dropout", self.dropout, 0.0, 1.0,
                     high_open=True)
 
 
@@ -111,10 +111,10 @@ def stacked_linear(num: int, d_in: int, d_out: int, rngs: nnx.Rngs):
   return make(rngs)
 
 
-class ExitHeads(nnx.Module):
+class EncoderExitHeads(nnx.Module):
   """The exit heads alone (the encoder stays a separate module)."""
 
-  def __init__(self, cfg: ExitHeadsConfig, hidden: int, num_layers: int,
+  def __init__(self, cfg: EncoderExitHeadsConfig, hidden: int, num_layers: int,
                pooler: nnx.Linear, *, rngs: nnx.Rngs):
     self.cfg = cfg
     c = cfg.num_classes
@@ -152,10 +152,10 @@ class ExitClassifier(nnx.Module):
     rngs: initialisation of the heads.
   """
 
-  def __init__(self, encoder: nnx.Module, cfg: ExitHeadsConfig, *,
+  def __init__(self, encoder: nnx.Module, cfg: EncoderExitHeadsConfig, *,
                rngs: nnx.Rngs):
     self.encoder = encoder
-    self.heads = ExitHeads(cfg, encoder.cfg.hidden_size,
+    self.heads = EncoderExitHeads(cfg, encoder.cfg.hidden_size,
                            encoder.cfg.num_layers, encoder.pooler, rngs=rngs)
 
   @property
@@ -216,7 +216,7 @@ class KeepPreviousFeatures:
 def exit_head_output(parts: nnx.Dict, layer, carry: dict, *,
                      dropout_key: PRNGKeyArray | None = None
                      ) -> ExitHeadOutput:
-  """Exit `layer`'s output from `parts = {"heads": ExitHeads, "pooler":
+  """Exit `layer`'s output from `parts = {"heads": EncoderExitHeads, "pooler":
   the encoder's pooler}`: logits [B, C], `halt` [B] (λ_n) with a Lambda
   layer, `score` [B] (u_n) with a learned-exit head."""
   heads, pooler = parts["heads"], parts["pooler"]

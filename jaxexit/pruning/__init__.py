@@ -4,13 +4,12 @@
 holds; `pruned_forward` runs a `LlamaLM` over `[text | kept vision]` with
 late injection, static top-k drops and early exit of the vision stream;
 `importance_scores` / `topk_indices` / `soft_topk_mask` are the selection
-maths; `flops_fraction` the analytic prefill cost; `llava_pruned_inputs`
+maths; `prefill_flops_fraction` the analytic prefill cost; `llava_pruned_inputs`
 builds the inputs of a LLaVA prompt with persistent positions.
 """
 
 from jaxexit.pruning.forward import (SELECTIONS, PrunedInputs, PrunedOutput,
-                                     block_trace_count, pruned_forward,
-                                     reset_block_traces)
+                                     pruned_forward)
 from jaxexit.pruning.kernels import IMPLS
 from jaxexit.pruning.prompt import (llava_pruned_inputs, make_pruned_inputs,
                                     merged_prompt, prompt_positions,
@@ -18,9 +17,10 @@ from jaxexit.pruning.prompt import (llava_pruned_inputs, make_pruned_inputs,
 from jaxexit.pruning.schedule import (HIDROP_RELEASED, POSITION_MODES,
                                       SCHEDULES, SCORE_LAYERS, Stage,
                                       VisionSchedule, fastv_schedule,
-                                      flops_fraction, full_schedule,
-                                      hidrop_from_stages, hidrop_schedule,
-                                      make_schedule, pyramiddrop_schedule)
+                                      full_schedule, hidrop_from_stages,
+                                      hidrop_schedule, make_schedule,
+                                      prefill_flops_fraction,
+                                      pyramiddrop_schedule)
 from jaxexit.pruning.selection import (importance_scores, soft_topk_mask,
                                        straight_through_topk_mask,
                                        topk_indices)
@@ -28,11 +28,11 @@ from jaxexit.pruning.selection import (importance_scores, soft_topk_mask,
 __all__ = [
     "HIDROP_RELEASED", "IMPLS", "POSITION_MODES", "SCHEDULES",
     "SCORE_LAYERS", "SELECTIONS", "PrunedInputs", "PrunedOutput", "Stage",
-    "VisionSchedule", "block_trace_count", "fastv_schedule",
-    "flops_fraction", "full_schedule", "hidrop_from_stages",
+    "VisionSchedule", "fastv_schedule",
+    "full_schedule", "hidrop_from_stages",
     "hidrop_schedule", "importance_scores", "llava_pruned_inputs",
     "make_pruned_inputs", "make_schedule", "merged_prompt",
-    "prompt_positions", "question_suffix",
-    "pruned_forward", "pyramiddrop_schedule", "reset_block_traces",
+    "prefill_flops_fraction", "prompt_positions", "question_suffix",
+    "pruned_forward", "pyramiddrop_schedule",
     "soft_topk_mask", "straight_through_topk_mask", "topk_indices",
 ]

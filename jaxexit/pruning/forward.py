@@ -21,7 +21,8 @@ contract), so buffer order is irrelevant and RoPE reads the carried ids.
 
 Every layer runs through ONE jitted block function taking the block's
 parameters as an argument, so the number of traced block programs is the
-number of distinct buffer lengths (`block_trace_count`).
+number of distinct buffer lengths (tests/jaxexit/pruning/forward_trace_test.py
+counts the traces).
 
 Axes: B batch, T text tokens, Nv vision tokens, N = T + k buffer tokens,
 Q query rows, D width, V vocabulary, L layers.
@@ -104,28 +105,11 @@ class _Stream(NamedTuple):
   index: Array | None  # [B, n] int32 into the original Nv (vision only)
 
 
-_block_traces = 0
-
-
-def block_trace_count() -> int:
-  """How many times the shared block function has been traced."""
-  return _block_traces
-
-
-def reset_block_traces() -> None:
-  """Clears the block function's compile cache and the trace counter."""
-  global _block_traces
-  _block_forward.clear_cache()
-  _block_traces = 0
-
-
 @jax.jit(static_argnames=("graphdef", "cfg", "impl"))
 def _block_forward(params: nnx.State, h: Array, pos: Array, valid: Array, *,
                    graphdef: nnx.GraphDef, cfg: LlamaConfig,
                    impl: str) -> Array:
   """`LlamaLM.layer` with position-id causal attention and no cache."""
-  global _block_traces
-  _block_traces += 1  # Runs once per trace, i.e. per distinct shape.
   inv_freq = rope_inv_freq(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)
   attend = lambda q, k, v: attention_fn(impl)(q, k, v, pos, pos, valid)
   return block_forward(nnx.merge(graphdef, params), h, pos, inv_freq, attend)

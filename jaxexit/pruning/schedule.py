@@ -13,7 +13,7 @@ layer of a multimodal LM (spec `hidrop_pallas.md` §2.3, §4, §5):
 
 Every count is a Python int, so each stage has a static vision length and
 the pruned forward compiles one block program per distinct length.
-`flops_fraction` is the analytic prefill cost of a schedule relative to the
+`prefill_flops_fraction` is the analytic prefill cost of a schedule relative to the
 unpruned model (spec §2.3 table).
 
 Layers are 0-indexed throughout (the papers' configs are 1-indexed: HiDrop's
@@ -364,7 +364,7 @@ def _score_flops(cfg: LlamaConfig, n: int, num_queries: int) -> int:
           + 2 * num_queries * n * q_width)
 
 
-def flops_fraction(schedule: VisionSchedule, text_len: int,
+def prefill_flops_fraction(schedule: VisionSchedule, text_len: int,
                    cfg: LlamaConfig, *, num_queries: int = 1) -> float:
   """Analytic prefill FLOPs of the pruned decoder over the unpruned one's.
 

@@ -4,7 +4,7 @@ import pytest
 
 from jaxexit.decoding import config as config_lib
 from jaxexit.decoding.config import DecodeConfig
-from jaxexit.decoding.cost import decode_costs, flops_fraction
+from jaxexit.decoding.cost import decode_costs, decode_flops_fraction
 from jaxexit.decoding.engine import cache_length, generate
 from jaxexit.decoding.exit_heads import LMHeadExits
 from jaxexit.decoding.full import generate_full
@@ -216,8 +216,8 @@ def test_flops_fraction_counts_heads_and_skipping():
                        cache_length(prompts.shape[1], N))
   assert costs.block.min() > 0 and costs.head.min() > 0
   full = generate(model, heads, prompts, lengths, 0.0, full_cfg)
-  assert flops_fraction(full, costs) == pytest.approx(1.0)
+  assert decode_flops_fraction(full, costs) == pytest.approx(1.0)
   cfg = DecodeConfig(exit_layers=(2, 4), state_mode="freeze", max_new_tokens=N)
   early = generate(model, heads, prompts, lengths, 0.0, cfg)
   expected = (2 * costs.block.mean() + costs.head[0]) / costs.full
-  assert flops_fraction(early, costs) == pytest.approx(expected)
+  assert decode_flops_fraction(early, costs) == pytest.approx(expected)

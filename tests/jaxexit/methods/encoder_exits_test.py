@@ -7,7 +7,7 @@ from flax import nnx
 from jaxexit import execution, exits
 from jaxexit.methods import encoder_exits
 from jaxexit.models import AlbertConfig, AlbertEncoder, BertConfig, BertEncoder
-from jaxexit.models.exit_classifier import ExitClassifier, ExitHeadsConfig
+from jaxexit.models.exit_classifier import EncoderExitHeadsConfig, ExitClassifier
 from tests.tiers import fast_only, slow
 
 L = 4
@@ -114,11 +114,11 @@ def test_bad_input():
   with pytest.raises(ValueError, match="method='ee'"):
     encoder_exits.get_method("ee")
   with pytest.raises(ValueError, match="classifier='both'"):
-    ExitHeadsConfig(num_classes=2, classifier="both")
+    EncoderExitHeadsConfig(num_classes=2, classifier="both")
   with pytest.raises(ValueError, match="dropout"):
-    ExitHeadsConfig(num_classes=2, dropout=1.0)
+    EncoderExitHeadsConfig(num_classes=2, dropout=1.0)
   with pytest.raises(ValueError, match="pooling='max'.*cls_pooler"):
-    ExitHeadsConfig(num_classes=2, pooling="max")
+    EncoderExitHeadsConfig(num_classes=2, pooling="max")
   with pytest.raises(ValueError, match="prior='flat'.*depth_matched"):
     encoder_exits.get_method("palbert", prior="flat")
   with pytest.raises(ValueError, match="num_classes=1"):

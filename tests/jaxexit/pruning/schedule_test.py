@@ -4,7 +4,7 @@ import pytest
 
 from jaxexit.models.llama import LlamaConfig
 from jaxexit.pruning import (SCHEDULES, Stage, VisionSchedule, fastv_schedule,
-                             flops_fraction, full_schedule,
+                             full_schedule, prefill_flops_fraction,
                              hidrop_from_stages, hidrop_schedule,
                              make_schedule, pyramiddrop_schedule)
 
@@ -101,7 +101,7 @@ def test_full_and_registry():
 def test_flops_fraction_matches_spec_table(text_len, row):
   schedules = [hidrop_schedule(n) for n in ("tok48", "tok64", "tok80")]
   schedules += [pyramiddrop_schedule(32, 576), fastv_schedule(32, 576)]
-  got = [flops_fraction(s, text_len, VICUNA_7B) for s in schedules]
+  got = [prefill_flops_fraction(s, text_len, VICUNA_7B) for s in schedules]
   # The spec counts MACs with a 2-matrix MLP; ours is SwiGLU in FLOPs.
   assert got == pytest.approx(row, abs=0.01)
 
@@ -109,9 +109,9 @@ def test_flops_fraction_matches_spec_table(text_len, row):
 def test_flops_fraction_full_is_one_and_scoring_counts():
   cfg = LlamaConfig(d_model=64, num_layers=4, num_heads=4, num_kv_heads=2,
                     mlp_hidden=128, vocab_size=10)
-  assert flops_fraction(full_schedule(4, 16), 8, cfg) == 1.0
-  one = flops_fraction(fastv_schedule(4, 16), 8, cfg)
-  two = flops_fraction(fastv_schedule(4, 16), 8, cfg, num_queries=2)
+  assert prefill_flops_fraction(full_schedule(4, 16), 8, cfg) == 1.0
+  one = prefill_flops_fraction(fastv_schedule(4, 16), 8, cfg)
+  two = prefill_flops_fraction(fastv_schedule(4, 16), 8, cfg, num_queries=2)
   assert 0.5 < one < two < 1.0
 
 
@@ -164,4 +164,4 @@ def test_bad_constructor_args():
   with pytest.raises(ValueError, match="method"):
     make_schedule("sparsevlm", "x", 4, 8)
   with pytest.raises(ValueError, match="num_layers=32"):
-    flops_fraction(full_schedule(4, 8), 10, VICUNA_7B)
+    prefill_flops_fraction(full_schedule(4, 8), 10, VICUNA_7B)
