@@ -34,9 +34,9 @@ except importlib.metadata.PackageNotFoundError:  # a source tree, not installed
 
 _SUBPACKAGES = (
     "calibration", "checks", "conformal", "cost", "data", "decoding",
-    "execution", "exit_rl", "exits", "glue_metrics", "methods", "models",
-    "nn", "pruning", "report", "results_store", "rl", "sharding", "stats",
-    "text_metrics", "timing", "train",
+    "execution", "exits", "exploratory_iteration", "glue_metrics", "methods",
+    "models", "nn", "pruning", "report", "results_store", "rl", "sharding",
+    "stats", "text_metrics", "timing", "train",
 )
 
 

@@ -11,17 +11,25 @@ slow tier alone. An explicit `-m` expression replaces the default (so
 ~5 s on 2 cores or runs a whole experiment, notebook, benchmark or
 pretrained model.
 
-Known flake (2026-11-29): in the full suite under `-n auto`, one xdist
-worker died three times with a native crash inside XLA's CPU compiler while
-compiling a small program in `tests/jaxexit/methods/jei_dnn_test.py` (the
-test passes alone and next to its neighbours); on the fourth full run the
-same worker first raised MemoryError / "failed to map segment from shared
-object" in every test, then aborted. So the likely cause is what a worker
-accumulates over ~100 test modules (compiled executables and the arrays they
-keep alive), not the test itself: every test module now ends with
-`jax.clear_caches()` and a garbage collection. pyproject's addopts still
-rerun a test once when its worker crashed (`--only-rerun crashed`), never an
-ordinary failure.
+Compiled programs and memory maps. Every XLA:CPU executable that JAX's
+caches keep alive holds its own memory mappings, and a process may hold at
+most `vm.max_map_count` of them (65530 by default); past that, mmap fails.
+That was the known flake of 2026-11-29: in the full suite under `-n auto`,
+one xdist worker died three times with a native crash inside XLA's CPU
+compiler, and on the fourth run first raised MemoryError / "failed to map
+segment from shared object" in every test, then aborted. Measured 2026-12
+(fast tier, one process, `-n 0`, 108 modules): without any cache clearing
+the process held 29,770 mappings and 3.1 GB RSS at the end (about 275
+mappings and 20 MB per module; the full tier compiles several times more),
+with `jax.clear_caches()` after every module 1,400-1,700 mappings and
+1.3-1.8 GB. But clearing after every module also recompiles, in each
+module, the small programs every module uses (eager ops, the same tiny
+models): about RECOMPILE_COST of the fast tier's CPU time. So a module now
+ends with `jax.clear_caches()` and a garbage collection only when the
+process holds more than a quarter of `vm.max_map_count` mappings or more
+than 2.5 GiB RSS (where /proc is missing, e.g. macOS, after every module as
+before). pyproject's addopts still rerun a test once when its worker
+crashed (`--only-rerun crashed`), never an ordinary failure.
 """
 
 import gc
@@ -87,9 +95,44 @@ def pytest_collection_modifyitems(config, items):
     items[:] = [i for i in items if i not in slow]
 
 
+def _proc_number(path: str, prefix: str = "") -> int | None:
+  """The first integer on `path`'s line that starts with `prefix`."""
+  try:
+    with open(path) as f:
+      for line in f:
+        if line.startswith(prefix):
+          return int(line[len(prefix):].split()[0])
+  except (OSError, ValueError, IndexError):
+    return None
+  return None
+
+
+def _memory_maps() -> int | None:
+  """How many memory mappings this process holds (None without /proc)."""
+  try:
+    with open("/proc/self/maps", "rb") as f:
+      return f.read().count(b"\n")
+  except OSError:
+    return None
+
+
+_MAX_MAPS = (_proc_number("/proc/sys/vm/max_map_count") or 65530) // 4
+_MAX_RSS_KB = int(2.5 * 2**20)
+
+
+def _holds_too_much() -> bool:
+  maps = _memory_maps()
+  rss_kb = _proc_number("/proc/self/status", "VmRSS:")
+  if maps is None or rss_kb is None:
+    return True
+  return maps > _MAX_MAPS or rss_kb > _MAX_RSS_KB
+
+
 @pytest.fixture(autouse=True, scope="module")
 def _release_compiled_programs():
-  """Drops the module's compiled programs when it ends (see above)."""
+  """Drops JAX's compiled programs after a module when the process holds
+  too many memory mappings or too much memory (see above)."""
   yield
-  jax.clear_caches()
-  gc.collect()
+  if _holds_too_much():
+    jax.clear_caches()
+    gc.collect()

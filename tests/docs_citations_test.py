@@ -12,7 +12,8 @@ What counts as a citation:
   whitespace, including one line break, may come between) and continues
   while consecutive `§` tokens are at most `MAX_GAP` characters apart with
   no sentence end (". "), colon, semicolon or other `.md` name between them.
-  So "spec `exit_rl.md` §3.2–3.5, §4 and §8" cites 3.2, 3.3, 3.4, 3.5, 4
+  So "spec `exploratory_iteration.md` §3.2–3.5, §4 and §8" cites 3.2, 3.3, 3.4,
+  3.5, 4
   and 8, and `§2.2 step 3, §2.5` cites 2.2 and 2.5. A range `a–b` (en dash
   or hyphen) cites every section from a to b; a shorter end replaces the
   last components of the start (`§12.8–9` is 12.8 and 12.9). A bare `§n`
@@ -202,8 +203,8 @@ def _cit(text: str) -> list[tuple[str, tuple[str, ...]]]:
 
 
 @pytest.mark.parametrize("text, expected", [
-    ("spec `exit_rl.md` §3.2–3.5, §4 and §8 (the jaxued",
-     [("exit_rl.md", ("3.2", "3.3", "3.4", "3.5", "4", "8"))]),
+    ("spec `exploratory_iteration.md` §3.2–3.5, §4 and §8 (the jaxued",
+     [("exploratory_iteration.md", ("3.2", "3.3", "3.4", "3.5", "4", "8"))]),
     ("(spec `hidrop_pallas.md` §2.2 step 3, §2.5) rank",
      [("hidrop_pallas.md", ("2.2", "2.5"))]),
     ("spec `encoder_exits.md` §8, pitfalls\n§12.8–9. The exit",
@@ -214,8 +215,8 @@ def _cit(text: str) -> list[tuple[str, tuple[str, ...]]]:
                                            ("8", "9"))]),
     ("`llm_exits.md` §3). No code\nis public (§3.2, x)",
      [("llm_exits.md", ("3",))]),
-    ("`exit_rl.md` §3.4 (S = Var_G(r), population variance by default) "
-     "and §7", [("exit_rl.md", ("3.4",))]),
+    ("`exploratory_iteration.md` §3.4 (S = Var_G(r), population variance by "
+     "default) and §7", [("exploratory_iteration.md", ("3.4",))]),
     ("(PALBERT §3.5, encoder_exits.md §10.1): x",
      [("encoder_exits.md", ("10.1",))]),
     ("f\"{out}/results.json, results.md\"", [("results.md", ())]),

@@ -33,10 +33,11 @@ import numpy as np
 from experiments.cli import comma_choices
 from experiments.exit_selfimprove import configs, evaluate, plots
 from jaxexit import report, results_store
-from jaxexit.exit_rl.domains import make_domain
-from jaxexit.exit_rl.policy import policy_graphdef
-from jaxexit.exit_rl.train import METHODS, ExItConfig, seed_keys, train
-from jaxexit.exit_rl.warm_start import warm_start
+from jaxexit.exploratory_iteration.domains import make_domain
+from jaxexit.exploratory_iteration.policy import policy_graphdef
+from jaxexit.exploratory_iteration.train import (METHODS, ExItConfig, seed_keys,
+                                                 train)
+from jaxexit.exploratory_iteration.warm_start import warm_start
 
 EVAL_KEY = 1_000_003  # held-out tasks: a stream no training key reaches
 SUMMARY_K = (0, 1, 4, 8, 16)

@@ -8,7 +8,8 @@
 
 `smoke` proves the pipeline end to end in about a minute on 2 cores
 (PermSort-6, 2 seeds, a short warm start, a few iterations). `cpu` is the
-reproduction of spec `exit_rl.md` §11.5 with the configuration frozen before
+reproduction of spec `exploratory_iteration.md` §11.5 with the configuration
+frozen before
 any comparison: PermSort-8 with pointer output, a d=64 2-layer policy
 warm-started for 800 SFT steps, G = 8, P = 64, Adam 1e-4, β = 0, one epoch,
 N = 512, B_min = 128, p = 0.5, κ = 20, 200 iterations, 3 seeds vmapped; every
@@ -21,9 +22,9 @@ runbook instead of running.
 
 import dataclasses
 
-from jaxexit.exit_rl.buffer import BufferConfig
-from jaxexit.exit_rl.policy import PolicyConfig
-from jaxexit.exit_rl.train import METHODS
+from jaxexit.exploratory_iteration.buffer import BufferConfig
+from jaxexit.exploratory_iteration.policy import PolicyConfig
+from jaxexit.exploratory_iteration.train import METHODS
 from jaxexit.rl.grpo import GRPOConfig
 
 TOY_DOMAINS = ("permsort", "knapsack")
@@ -37,7 +38,8 @@ class Config:
   Attributes:
     domain: the synthetic domain (`TOY_DOMAINS`).
     domain_kwargs: its constructor arguments (e.g. list length n).
-    methods: compared methods (keys of `jaxexit.exit_rl.train.METHODS`).
+    methods: compared methods (keys of
+    `jaxexit.exploratory_iteration.train.METHODS`).
     seeds: number of seeds, trained together (vmapped).
     policy: the policy sizes.
     sft_steps, sft_batch, sft_lr: supervised warm start (shared by every
@@ -132,13 +134,14 @@ RUNBOOK = """\
 Runbook: the paper preset needs an LLM policy, its verifier and
 accelerators; none can run offline on this machine. To port a configuration:
   1. a rollout engine for the model (Tunix / vLLM) and a GRPO learner whose
-     post-scoring hook calls jaxexit.exit_rl (select_starts, update_buffer,
+     post-scoring hook calls jaxexit.exploratory_iteration (select_starts,
+     update_buffer,
      diversity_coefficients, improvement_reward) on host-side task items;
   2. the domain's verifier (math-verify; BFCLv3 state + call-subsequence
      check; an MLE-bench sandbox with a 5-minute limit);
   3. the frozen embedder for the diversity bonus (a math BERT, or
      CodeXEmbed-400M for tool calls and code);
-  4. the hyper-parameters below (spec exit_rl.md §5).
+  4. the hyper-parameters below (spec exploratory_iteration.md §5).
 """
 
 

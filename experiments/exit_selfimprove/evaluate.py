@@ -6,7 +6,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from jaxexit.exit_rl.k_step import k_step
+from jaxexit.exploratory_iteration.k_step import k_step
 
 DECODINGS = {"sample": 1.0, "greedy": 0.0}
 

@@ -3,7 +3,7 @@
 Papers: DeepSeekMath (Shao et al., 2024) for GRPO; ExIt (Jiang, Lupu &
 Bachrach, arXiv:2509.04575) Eq. 3–5 and its reference-policy resets; Dr. GRPO
 (Liu et al., 2025) for the length- and std-free variant. Spec:
-`exit_rl.md` §3.1, §7 items 8–9, §8 (TRL/EasyDeL naming).
+`exploratory_iteration.md` §3.1, §7 items 8–9, §8 (TRL/EasyDeL naming).
 
 Axes: P prompts (groups), G generations per prompt, N = P·G rollouts (any
 order; a rollout's advantage is one scalar), T completion tokens (padded;

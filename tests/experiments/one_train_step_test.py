@@ -131,10 +131,10 @@ def test_dynamax(preset, kind, tmp_path):
 @pytest.mark.parametrize("preset", PRESETS)
 def test_exit_selfimprove(preset):
   from experiments.exit_selfimprove import configs
-  from jaxexit.exit_rl.domains import make_domain
-  from jaxexit.exit_rl.policy import policy_graphdef
-  from jaxexit.exit_rl.train import ExItConfig, seed_keys, train
-  from jaxexit.exit_rl.warm_start import warm_start
+  from jaxexit.exploratory_iteration.domains import make_domain
+  from jaxexit.exploratory_iteration.policy import policy_graphdef
+  from jaxexit.exploratory_iteration.train import ExItConfig, seed_keys, train
+  from jaxexit.exploratory_iteration.warm_start import warm_start
   cfg = configs.get_config(preset)
   domain = make_domain(cfg.domain, **dict(cfg.domain_kwargs))
   keys = seed_keys([0])

@@ -1,12 +1,12 @@
-"""Tests for jaxexit.exit_rl.episodes (a toy "task + previous answer" item)."""
+"""jaxexit.exploratory_iteration.episodes on a toy "task + previous answer"."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxexit.exit_rl import buffer as buf
-from jaxexit.exit_rl import episodes as ep
+from jaxexit.exploratory_iteration import buffer as buf
+from jaxexit.exploratory_iteration import episodes as ep
 from tests.tiers import slow
 
 N, P, G, L = 16, 8, 3, 4

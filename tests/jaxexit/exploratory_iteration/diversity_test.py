@@ -1,11 +1,11 @@
-"""Tests for jaxexit.exit_rl.diversity."""
+"""Tests for jaxexit.exploratory_iteration.diversity."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxexit.exit_rl.diversity import diversity_coefficients
+from jaxexit.exploratory_iteration.diversity import diversity_coefficients
 
 
 def _reference(emb, eps=1e-6):

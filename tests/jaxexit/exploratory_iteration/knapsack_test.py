@@ -7,9 +7,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxexit.exit_rl.domains import (MODE_BASE, MODE_DIVERGE, MODE_IMPROVE,
-                                     Knapsack, KnapsackTasks, base,
-                                     knapsack)
+from jaxexit.exploratory_iteration.domains import (MODE_BASE, MODE_DIVERGE,
+                                                   MODE_IMPROVE, Knapsack,
+                                                   KnapsackTasks, base,
+                                                   knapsack)
 from tests.tiers import slow
 
 

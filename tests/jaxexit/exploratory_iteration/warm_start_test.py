@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxexit.exit_rl import policy
-from jaxexit.exit_rl.domains import MODE_IMPROVE, PermSort, permsort
-from jaxexit.exit_rl.warm_start import sft_loss, warm_start
+from jaxexit.exploratory_iteration import policy
+from jaxexit.exploratory_iteration.domains import (MODE_IMPROVE, PermSort,
+                                                   permsort)
+from jaxexit.exploratory_iteration.warm_start import sft_loss, warm_start
 from tests.tiers import slow
 
 TINY = policy.PolicyConfig(d_model=32, num_layers=1, num_heads=2,

@@ -1,7 +1,8 @@
 """ExIt's task buffer: a fixed-capacity top-N store of partial histories.
 
 Paper: ExIt (Jiang, Lupu & Bachrach, arXiv:2509.04575) Algorithm 1; spec
-`exit_rl.md` §3.2–3.5, §4 and §8 (the jaxued `LevelSampler` / minimax
+`exploratory_iteration.md` §3.2–3.5, §4 and §8 (the jaxued `LevelSampler` /
+minimax
 `PLRBuffer` layout: a pytree of slots, −inf scores when empty, a scan over
 candidates to insert).
 
@@ -26,7 +27,8 @@ import numpy as np
 from jaxtyping import ArrayLike, Real
 
 from jaxexit import checks
-from jaxexit.exit_rl.learnability import SCORE_NORMS, normalize_scores
+from jaxexit.exploratory_iteration.learnability import (SCORE_NORMS,
+                                                        normalize_scores)
 from jaxexit.typing import Array, Bool, Float, Int, PRNGKeyArray, PyTree
 
 ScalarLike = Real[ArrayLike, ""]

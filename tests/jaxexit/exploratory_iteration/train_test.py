@@ -7,11 +7,13 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxexit.exit_rl.buffer import BufferConfig
-from jaxexit.exit_rl.domains import make_domain
-from jaxexit.exit_rl.policy import PolicyConfig, make_policy, policy_graphdef
-from jaxexit.exit_rl.train import (METHODS, ExItConfig, init_state,
-                                   seed_keys, train, train_iteration)
+from jaxexit.exploratory_iteration.buffer import BufferConfig
+from jaxexit.exploratory_iteration.domains import make_domain
+from jaxexit.exploratory_iteration.policy import (PolicyConfig, make_policy,
+                                                  policy_graphdef)
+from jaxexit.exploratory_iteration.train import (METHODS, ExItConfig,
+                                                 init_state, seed_keys, train,
+                                                 train_iteration)
 from jaxexit.rl.grpo import GRPOConfig
 from tests.tiers import slow
 

@@ -1,4 +1,5 @@
-"""Supervised warm start of the ExIt toy policy (spec `exit_rl.md` §11.2).
+"""Supervised warm start of the ExIt toy policy (exploratory_iteration.md
+§11.2).
 
 The warm-started policy stands in for the paper's pretrained LLM: a weak
 "noisy reviser" with about zero net self-improvement. Each step draws a fresh
@@ -19,8 +20,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxexit import checks
-from jaxexit.exit_rl.domains.base import Domain, SFTBatch
-from jaxexit.exit_rl.policy import PolicyConfig, make_policy, \
+from jaxexit.exploratory_iteration.domains.base import Domain, SFTBatch
+from jaxexit.exploratory_iteration.policy import PolicyConfig, make_policy, \
     response_logprobs
 from jaxexit.train.optim import OptimConfig, build_optimizer
 from jaxexit.train.progress import ProgressBar

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxexit.exit_rl import policy
-from jaxexit.exit_rl.domains import Knapsack, PermSort, SortChain
+from jaxexit.exploratory_iteration import policy
+from jaxexit.exploratory_iteration.domains import Knapsack, PermSort, SortChain
 from jaxexit.models.llama import LlamaLM
 from tests.tiers import slow
 

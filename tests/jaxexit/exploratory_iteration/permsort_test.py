@@ -8,8 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxexit.exit_rl.domains import (MODE_BASE, MODE_DIVERGE, MODE_IMPROVE,
-                                     PermSort, base, make_domain, permsort)
+from jaxexit.exploratory_iteration.domains import (MODE_BASE, MODE_DIVERGE,
+                                                   MODE_IMPROVE, PermSort, base,
+                                                   make_domain, permsort)
 from tests.tiers import slow
 
 

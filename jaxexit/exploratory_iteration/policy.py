@@ -1,6 +1,7 @@
 """The ExIt toy policy: a tiny `LlamaLM` and its masked sampler.
 
-Spec `exit_rl.md` §11.5 (d = 64, 2 layers, 4 heads). Deviation from the
+Spec `exploratory_iteration.md` §11.5 (d = 64, 2 layers, 4 heads). Deviation
+from the
 pilot: the policy is the project's Llama decoder, so positions are RoPE,
 not learned embeddings, and the MLP is SwiGLU (width 172 ≈ 8/3·d keeps the
 pilot's ~0.1M parameters).
@@ -31,7 +32,7 @@ from jax.typing import DTypeLike
 
 from jaxexit import checks
 from jaxexit.decoding.engine import cache_length, sample
-from jaxexit.exit_rl.domains.base import Domain
+from jaxexit.exploratory_iteration.domains.base import Domain
 from jaxexit.models.llama import LlamaConfig, LlamaLM
 from jaxexit.nn.functional import NEG_INF
 from jaxexit.train.lm import backbone_logits

@@ -1,7 +1,8 @@
 """ExIt's multiplicative diversity bonus on GRPO advantages.
 
 Paper: ExIt (Jiang, Lupu & Bachrach, arXiv:2509.04575) §4.3, adapted from
-Chung et al. (2025); spec `exit_rl.md` §3.7 and §7 item 7. With e_i the
+Chung et al. (2025); spec `exploratory_iteration.md` §3.7 and §7 item 7. With
+e_i the
 embedding of rollout i's solution, ē the group centroid and δ_i = ‖e_i − ē‖:
 
   d_i = δ_i / (max_j δ_j − min_j δ_j + eps),   A_i ← d_i · A_i.

@@ -1,4 +1,4 @@
-"""The interface of an ExIt synthetic domain (spec `exit_rl.md` §11.1).
+"""The interface of an ExIt synthetic domain (`exploratory_iteration.md` §11.1).
 
 A domain turns fixed-shape task pytrees into prompts for a tiny decoder LM,
 constrains its response token by token, turns a response into an answer and

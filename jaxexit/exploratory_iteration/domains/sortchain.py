@@ -1,4 +1,4 @@
-"""SortChain-T: multi-turn PermSort (spec `exit_rl.md` §11.4).
+"""SortChain-T: multi-turn PermSort (spec `exploratory_iteration.md` §11.4).
 
 Each of T user turns appends m digits to a running list and asks for the
 list sorted. The answer of turn t has length ℓ_t = (t + 1)·m and points into
@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxexit import checks
-from jaxexit.exit_rl.domains import base, permsort
+from jaxexit.exploratory_iteration.domains import base, permsort
 from jaxexit.typing import Array, Bool, Float, Int, PRNGKeyArray
 
 USER = base.NUM_SHARED_TOKENS
@@ -42,7 +42,7 @@ PAD = base.NUM_SHARED_TOKENS + 1
 PTR_0 = base.NUM_SHARED_TOKENS + 2
 
 # respond(tasks, prev, mode, key) -> response [B, R], e.g. a partial of
-# `jaxexit.exit_rl.policy.sample_responses`.
+# `jaxexit.exploratory_iteration.policy.sample_responses`.
 RespondFn = Callable[..., Array]
 
 
@@ -245,7 +245,7 @@ class SortChain(base.Domain):
     Prefix u of history b is at turn u with the iterates of turns < u as
     its history and turn u's iterate as the previous answer: the start of
     a self-iteration step on turn u. History-major, as
-    `jaxexit.exit_rl.episodes.flatten_turns` takes them.
+    `jaxexit.exploratory_iteration.episodes.flatten_turns` takes them.
 
     Returns:
       (prefix tasks with leaves [B, T, ...], prev [B, T, L], valid [B, T]:

@@ -1,4 +1,5 @@
-"""PermSort: sort a digit list by pointing into it (spec `exit_rl.md` §11.2).
+"""PermSort: sort a digit list by pointing into it (exploratory_iteration.md
+§11.2).
 
 A task is x ∈ {0..9}^n (duplicates allowed). The prompt is
 `BOS x SEP prev MODE` (prev shown as BLANK for a base task); the response is
@@ -32,7 +33,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxexit import checks
-from jaxexit.exit_rl.domains import base
+from jaxexit.exploratory_iteration.domains import base
 from jaxexit.typing import Array, Bool, Float, Int, PRNGKeyArray
 
 PTR_0 = base.NUM_SHARED_TOKENS  # Pointer to position i is PTR_0 + i.

@@ -1,4 +1,4 @@
-"""Knapsack-n with bit responses (spec `exit_rl.md` §11.3).
+"""Knapsack-n with bit responses (spec `exploratory_iteration.md` §11.3).
 
 A task has n items with weights and values in 1..9 and capacity
 floor(Σw / 2). The prompt is `BOS (w_i v_i)×n SEP c_tens c_units SEP prev
@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxexit import checks
-from jaxexit.exit_rl.domains import base
+from jaxexit.exploratory_iteration.domains import base
 from jaxexit.typing import Array, Bool, Float, Int, PRNGKeyArray
 
 BIT_0 = base.NUM_SHARED_TOKENS  # BIT_0 + b for bit b.

@@ -1,4 +1,4 @@
-"""Tests for jaxexit.exit_rl.buffer (against a plain-Python reference)."""
+"""jaxexit.exploratory_iteration.buffer against a plain-Python reference."""
 
 import functools
 
@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxexit.exit_rl import buffer as buf
+from jaxexit.exploratory_iteration import buffer as buf
 from tests.tiers import slow
 
 N, M, X = 6, 5, 3

@@ -1,11 +1,11 @@
-"""Tests for jaxexit.exit_rl.rewards."""
+"""Tests for jaxexit.exploratory_iteration.rewards."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxexit.exit_rl.rewards import improvement_reward
+from jaxexit.exploratory_iteration.rewards import improvement_reward
 
 
 def test_quality_is_q_new_broadcast():

@@ -1,7 +1,8 @@
 """ExIt learnability scores: the reward variance of a GRPO group.
 
 Paper: ExIt (Jiang, Lupu & Bachrach, arXiv:2509.04575) §4.1; spec
-`exit_rl.md` §3.4 (S = Var_G(r), population variance by default) and §7 item
+`exploratory_iteration.md` §3.4 (S = Var_G(r), population variance by default)
+and §7 item
 14 (score normalisation for dense rewards).
 
 Axes: P prompts (groups), G generations per prompt, N scores (a buffer's

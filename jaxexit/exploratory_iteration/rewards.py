@@ -1,7 +1,8 @@
 """Rewards of ExIt self-iteration steps.
 
 Paper: ExIt (Jiang, Lupu & Bachrach, arXiv:2509.04575) §4 and Appendix A;
-spec `exit_rl.md` §3.6 and §7 item 13. A self-improve step is rewarded either
+spec `exploratory_iteration.md` §3.6 and §7 item 13. A self-improve step is
+rewarded either
 with the plain quality of its new iterate (the paper's math and tool-use
 setting) or with the normalised improvement over the previous iterate
 (MLE-bench): r_imp = max(0, (q − q_prev) / (1 − q_prev)).

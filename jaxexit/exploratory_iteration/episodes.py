@@ -1,7 +1,8 @@
 """ExIt episodes: choose starts, turn rollouts into buffer candidates.
 
 Paper: ExIt (Jiang, Lupu & Bachrach, arXiv:2509.04575) Algorithm 1; spec
-`exit_rl.md` §3.3 and §4 (steps 1–2 and 8). One training iteration:
+`exploratory_iteration.md` §3.3 and §4 (steps 1–2 and 8). One training
+iteration:
 
   starts = select_starts(key, buffer, config, fresh_items, p_div)
   ... G rollouts per start, rewards, S = group_learnability(rewards) ...
@@ -28,11 +29,12 @@ import numpy as np
 from jaxtyping import ArrayLike, Real
 
 from jaxexit import checks
-from jaxexit.exit_rl.buffer import (BufferConfig, TaskBuffer, buffer_size,
-                                    insert_batch, sample, update_scores)
+from jaxexit.exploratory_iteration.buffer import (BufferConfig, TaskBuffer,
+                                                  buffer_size, insert_batch,
+                                                  sample, update_scores)
 # A fresh (or replayed) base task; self-improve / self-divergence prompts on
 # a stored history.
-from jaxexit.exit_rl.domains.base import (MODE_BASE, MODE_DIVERGE,
+from jaxexit.exploratory_iteration.domains.base import (MODE_BASE, MODE_DIVERGE,
                                           MODE_IMPROVE)
 from jaxexit.typing import Array, Bool, Float, Int, PRNGKeyArray, PyTree
 

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxexit.exit_rl import policy
-from jaxexit.exit_rl.domains import MODE_BASE, MODE_IMPROVE, PermSort, \
-    SortChain
-from jaxexit.exit_rl.k_step import k_step, k_step_eval
+from jaxexit.exploratory_iteration import policy
+from jaxexit.exploratory_iteration.domains import (MODE_BASE, MODE_IMPROVE,
+                                                   PermSort, SortChain)
+from jaxexit.exploratory_iteration.k_step import k_step, k_step_eval
 from tests.tiers import slow
 
 TINY = policy.PolicyConfig(d_model=16, num_layers=1, num_heads=2,

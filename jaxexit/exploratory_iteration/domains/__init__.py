@@ -1,16 +1,18 @@
-"""ExIt synthetic domains (spec `exit_rl.md` §11) and their registry."""
+"""ExIt synthetic domains and their registry (`exploratory_iteration.md` §11)."""
 
 from jaxexit import checks
-from jaxexit.exit_rl.domains.base import (
+from jaxexit.exploratory_iteration.domains.base import (
     MODE_BASE,
     MODE_DIVERGE,
     MODE_IMPROVE,
     Domain,
     SFTBatch,
 )
-from jaxexit.exit_rl.domains.knapsack import Knapsack, KnapsackTasks
-from jaxexit.exit_rl.domains.permsort import PermSort
-from jaxexit.exit_rl.domains.sortchain import SortChain, SortChainTasks
+from jaxexit.exploratory_iteration.domains.knapsack import (Knapsack,
+                                                            KnapsackTasks)
+from jaxexit.exploratory_iteration.domains.permsort import PermSort
+from jaxexit.exploratory_iteration.domains.sortchain import (SortChain,
+                                                             SortChainTasks)
 
 DOMAINS = {cls.name: cls for cls in (PermSort, Knapsack, SortChain)}
 

@@ -1,4 +1,4 @@
-"""K-step inference-time self-improvement evaluation (spec `exit_rl.md` §3.9).
+"""K-step inference-time self-improvement (`exploratory_iteration.md` §3.9).
 
 Step 0 answers each task from its base prompt; every step k >= 1 asks the
 policy to improve its latest answer (improve prompt, no external feedback).
@@ -22,8 +22,9 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxexit import checks
-from jaxexit.exit_rl.domains.base import MODE_BASE, MODE_IMPROVE, Domain
-from jaxexit.exit_rl.policy import sample_responses
+from jaxexit.exploratory_iteration.domains.base import (MODE_BASE, MODE_IMPROVE,
+                                                        Domain)
+from jaxexit.exploratory_iteration.policy import sample_responses
 from jaxexit.typing import Array, PRNGKeyArray, PyTree
 
 

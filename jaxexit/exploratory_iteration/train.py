@@ -1,4 +1,5 @@
-"""The ExIt / GRPO training loop on a synthetic domain (spec `exit_rl.md` §4).
+"""The ExIt / GRPO training loop on a synthetic domain (spec §4 of
+`exploratory_iteration.md`).
 
 One iteration (Algorithm 1, batched; `train_iteration`):
 
@@ -44,16 +45,19 @@ from flax import nnx
 from jaxtyping import Key
 
 from jaxexit import checks
-from jaxexit.exit_rl.buffer import (BufferConfig, TaskBuffer, buffer_size,
-                                    buffer_stats, init_buffer)
-from jaxexit.exit_rl.diversity import diversity_coefficients
-from jaxexit.exit_rl.domains.base import Domain
-from jaxexit.exit_rl.episodes import (MODE_DIVERGE, MODE_IMPROVE,
+from jaxexit.exploratory_iteration.buffer import (BufferConfig, TaskBuffer,
+                                                  buffer_size, buffer_stats,
+                                                  init_buffer)
+from jaxexit.exploratory_iteration.diversity import diversity_coefficients
+from jaxexit.exploratory_iteration.domains.base import Domain
+from jaxexit.exploratory_iteration.episodes import (MODE_DIVERGE, MODE_IMPROVE,
                                       expand_children, select_starts,
                                       update_buffer)
-from jaxexit.exit_rl.learnability import group_learnability
-from jaxexit.exit_rl.policy import response_logprobs, sample_responses
-from jaxexit.exit_rl.rewards import IMPROVE_REWARDS, improvement_reward
+from jaxexit.exploratory_iteration.learnability import group_learnability
+from jaxexit.exploratory_iteration.policy import (response_logprobs,
+                                                  sample_responses)
+from jaxexit.exploratory_iteration.rewards import (IMPROVE_REWARDS,
+                                                   improvement_reward)
 from jaxexit.rl.grpo import (GRPOConfig, group_advantages, grpo_loss,
                              maybe_update_reference)
 from jaxexit.train.progress import ProgressBar

@@ -1,11 +1,11 @@
-"""Tests for jaxexit.exit_rl.learnability."""
+"""Tests for jaxexit.exploratory_iteration.learnability."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxexit.exit_rl import learnability as lrn
+from jaxexit.exploratory_iteration import learnability as lrn
 
 
 def test_binary_groups_give_p_one_minus_p():

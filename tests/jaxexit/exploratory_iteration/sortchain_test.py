@@ -5,9 +5,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxexit.exit_rl.domains import (MODE_BASE, MODE_IMPROVE, SortChain,
-                                     base, permsort, sortchain)
-from tests.jaxexit.exit_rl.permsort_test import random_responses
+from jaxexit.exploratory_iteration.domains import (MODE_BASE, MODE_IMPROVE,
+                                                   SortChain, base, permsort,
+                                                   sortchain)
+from tests.jaxexit.exploratory_iteration.permsort_test import random_responses
 from tests.tiers import slow
 
 
