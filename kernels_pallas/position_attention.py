@@ -1,3 +1,5 @@
+# Over 400 lines: one kernel with its reference, block sizes, both lowerings
+# and its VJP, as Pallas ops keep them (kernel + reference + tuning).
 """Attention with causality by persistent position id (HiDrop's buffer).
 
 HiDrop (ICLR 2026, `hidrop_pallas.md` §2.2, §3.2) keeps every token's RoPE

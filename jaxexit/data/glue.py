@@ -1,3 +1,4 @@
+# Over 400 lines: the GLUE task table and the one loader that reads it.
 """GLUE tasks: the registry of file layouts and metrics, and `load_glue`.
 
 GLUE (Wang et al., 2019, "GLUE: A Multi-Task Benchmark and Analysis Platform

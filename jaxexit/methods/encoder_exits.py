@@ -273,9 +273,13 @@ def full(**_) -> Method:
       sweep=lambda n: (None,), paper_default=lambda n: None, fixed_depth=True)
 
 
+def palbert_per_layer(*, prior: str = "depth_matched") -> Method:
+  """PALBERT with a classifier per layer instead of one shared (§3.1)."""
+  return palbert(prior=prior, classifier="per_layer")
+
+
 METHODS: dict[str, Callable[..., Method]] = {
-    "palbert": palbert,
-    "palbert_per_layer": lambda **kw: palbert(classifier="per_layer", **kw),
+    "palbert": palbert, "palbert_per_layer": palbert_per_layer,
     "pondernet": pondernet, "pabee": pabee, "deebert": deebert,
     "berxit": berxit, "static": static, "full": full,
 }

@@ -1,3 +1,5 @@
+# Over 400 lines: one paper's two-branch model; its four segments and its
+# loss share the private stage helpers.
 """Dynamic Perceiver: a CNN feature branch + a latent classification branch.
 
 Han et al., "Dynamic Perceiver for Efficient Visual Recognition", ICCV 2023

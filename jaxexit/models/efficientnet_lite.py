@@ -1,3 +1,5 @@
+# Over 400 lines: one published model's architecture table, blocks, model
+# and the reader of its released checkpoint.
 """EfficientNet-Lite in Flax NNX, with the ImageNet EfficientNet-Lite0 weights.
 
 EfficientNet (Tan & Le, ICML 2019) in its "lite" edge form

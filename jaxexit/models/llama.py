@@ -1,3 +1,5 @@
+# Over 400 lines: one model family's config, blocks, caches and backbone API
+# (attention and RoPE already live in llama_attention.py).
 """Llama / Mistral decoder LM as a `DecoderBackbone` with explicit KV caches.
 
 Touvron et al. 2023 (Llama 2), Jiang et al. 2023 (Mistral 7B), SmolLM2: a
