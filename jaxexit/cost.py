@@ -32,7 +32,6 @@ exits), `L` layers / exits.
 
 import dataclasses
 from collections.abc import Sequence
-from typing import Any
 
 import jax
 import numpy as np

@@ -24,7 +24,6 @@ import tomllib
 import pytest
 from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
-from packaging.version import Version
 from tests.tiers import slow
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]

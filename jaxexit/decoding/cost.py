@@ -15,7 +15,6 @@ cost depends on the cache length, so costs are for one `max_len`.
 
 import dataclasses
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx

@@ -49,7 +49,7 @@ from jaxexit.decoding.inputs import check_inputs
 from jaxexit.decoding.inputs import cache_length, check_prompts  # noqa: F401
 from jaxtyping import ArrayLike
 
-from jaxexit.typing import Array, Bool, Float, Int, PRNGKeyArray, PyTree
+from jaxexit.typing import Array, Bool, Float, Int, PRNGKeyArray
 
 
 @jax.tree_util.register_dataclass

@@ -61,7 +61,7 @@ from jaxexit.exploratory_iteration.rewards import (IMPROVE_REWARDS,
 from jaxexit.rl.grpo import (GRPOConfig, group_advantages, grpo_loss,
                              maybe_update_reference)
 from jaxexit.train.progress import ProgressBar
-from jaxexit.typing import Array, Float, PRNGKeyArray, PyTree
+from jaxexit.typing import Array, PRNGKeyArray, PyTree
 
 
 @dataclasses.dataclass(frozen=True)
