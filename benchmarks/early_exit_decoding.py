@@ -101,8 +101,10 @@ class Settings:
     for mode in self.modes:
       checks.one_of("modes", mode, MODES)
     if len(self.num_prompts) != len(self.backbones):
-      raise ValueError(f"num_prompts={self.num_prompts} needs one count per "
-                       f"backbone of backbones={self.backbones}")
+      raise ValueError(
+        f"num_prompts={self.num_prompts} needs one count per "
+        f"backbone of backbones={self.backbones}"
+      )
     for count in self.num_prompts:
       checks.positive_int("num_prompts", count)
     checks.positive_int("max_new_tokens", self.max_new_tokens, minimum=2)
@@ -113,8 +115,14 @@ class Settings:
 
 
 FULL = Settings()
-QUICK = Settings(backbones=("transformer",), num_prompts=(1,),
-                 max_new_tokens=16, repeats=3, search_steps=4, tolerance=0.04)
+QUICK = Settings(
+  backbones=("transformer",),
+  num_prompts=(1,),
+  max_new_tokens=16,
+  repeats=3,
+  search_steps=4,
+  tolerance=0.04,
+)
 
 
 def threshold_grid(conf: np.ndarray) -> np.ndarray:
@@ -127,17 +135,24 @@ def threshold_grid(conf: np.ndarray) -> np.ndarray:
   return np.unique(np.concatenate([[0.0], np.ravel(conf), [1.0]]))
 
 
-def simulated_depths(conf: np.ndarray, grid: np.ndarray,
-                     bounds: tuple[int, ...]) -> np.ndarray:
+def simulated_depths(
+  conf: np.ndarray, grid: np.ndarray, bounds: tuple[int, ...]
+) -> np.ndarray:
   """[M] average exit layer of [Q, E] exit confidences under each grid λ."""
   ok = conf[None] >= grid[:, None, None]  # [M, Q, E]
   ok = np.concatenate([ok, np.ones(ok.shape[:2] + (1,), bool)], axis=-1)
   return np.asarray(bounds[1:])[ok.argmax(-1)].mean(-1)
 
 
-def search_threshold(depth_at, grid: np.ndarray, guess: int, target: float,
-                     *, steps: int, tolerance: float
-                     ) -> tuple[float, float, int]:
+def search_threshold(
+  depth_at,
+  grid: np.ndarray,
+  guess: int,
+  target: float,
+  *,
+  steps: int,
+  tolerance: float,
+) -> tuple[float, float, int]:
   """Bisection over `grid` indices for the λ whose depth is nearest `target`.
 
   Args:
@@ -167,7 +182,9 @@ def search_threshold(depth_at, grid: np.ndarray, guess: int, target: float,
 
 def one_by_one(fn, prompts, lengths) -> list:
   """`fn(prompt [1, T], length [1])` for every prompt: batch 1 each."""
-  return [fn(prompts[i:i + 1], lengths[i:i + 1]) for i in range(len(prompts))]
+  return [
+    fn(prompts[i : i + 1], lengths[i : i + 1]) for i in range(len(prompts))
+  ]
 
 
 def stack(outs: list):
@@ -175,8 +192,9 @@ def stack(outs: list):
   return jax.tree.map(lambda *xs: jnp.concatenate(xs, axis=0), *outs)
 
 
-def exit_confidences(model, heads, prompts, lengths, full_tokens,
-                     config: DecodeConfig) -> np.ndarray:
+def exit_confidences(
+  model, heads, prompts, lengths, full_tokens, config: DecodeConfig
+) -> np.ndarray:
   """[Q, E] exit confidences of the full model's decode steps (simulated).
 
   Teacher-forces prompt + the first N-1 generated tokens; position
@@ -185,31 +203,46 @@ def exit_confidences(model, heads, prompts, lengths, full_tokens,
   n = full_tokens.shape[1]
   seqs = np.zeros((len(prompts), prompts.shape[1] + n - 1), np.int32)
   for row, p, k, g in zip(seqs, prompts, lengths, full_tokens):
-    row[:k + n - 1] = np.concatenate([p[:k], g[:-1]])
+    row[: k + n - 1] = np.concatenate([p[:k], g[:-1]])
   sim = simulate_exits(model, heads, seqs, lengths + n - 1, 1.0, config)
   conf = np.asarray(sim.exit_confidence)[..., :-1]  # [P, T', E]
-  return np.concatenate([c[k:k + n - 1] for c, k in zip(conf, lengths)])
+  return np.concatenate([c[k : k + n - 1] for c, k in zip(conf, lengths)])
 
 
-def find_thresholds(model, heads, prompts, lengths, full_tokens, exit_layers,
-                    settings: Settings, log) -> dict:
+def find_thresholds(
+  model,
+  heads,
+  prompts,
+  lengths,
+  full_tokens,
+  exit_layers,
+  settings: Settings,
+  log,
+) -> dict:
   """{(mode, target): (λ, stacked DecodeOutput, engine runs)}."""
   n = settings.max_new_tokens
   bounds = (0, *exit_layers, model.num_layers)
-  conf = exit_confidences(model, heads, prompts, lengths, full_tokens,
-                          DecodeConfig(exit_layers=exit_layers,
-                                       max_new_tokens=n))
+  conf = exit_confidences(
+    model,
+    heads,
+    prompts,
+    lengths,
+    full_tokens,
+    DecodeConfig(exit_layers=exit_layers, max_new_tokens=n),
+  )
   grid = threshold_grid(conf)
   simulated = simulated_depths(conf, grid, bounds)
   chosen = {}
   for mode in settings.modes:
-    config = DecodeConfig(exit_layers=exit_layers, state_mode=mode,
-                          max_new_tokens=n)
+    config = DecodeConfig(
+      exit_layers=exit_layers, state_mode=mode, max_new_tokens=n
+    )
     runs = {}
 
     def depth_at(lam, config=config, runs=runs):
-      run = functools.partial(generate, model, heads, threshold=lam,
-                              config=config)
+      run = functools.partial(
+        generate, model, heads, threshold=lam, config=config
+      )
       runs[lam] = stack(one_by_one(run, prompts, lengths))
       return float(np.asarray(runs[lam].exit_layer)[:, 1:].mean())
 
@@ -217,40 +250,64 @@ def find_thresholds(model, heads, prompts, lengths, full_tokens, exit_layers,
       goal = target * model.num_layers
       guess = int(np.argmin(np.abs(simulated - goal)))
       lam, depth, steps = search_threshold(
-          depth_at, grid, guess, goal, steps=settings.search_steps,
-          tolerance=settings.tolerance * model.num_layers)
+        depth_at,
+        grid,
+        guess,
+        goal,
+        steps=settings.search_steps,
+        tolerance=settings.tolerance * model.num_layers,
+      )
       chosen[(mode, target)] = (lam, runs[lam], steps)
-      log(f"  {mode} target {goal:.1f}: λ={lam:.4g} -> {depth:.2f} layers "
-          f"({steps} runs)")
+      log(
+        f"  {mode} target {goal:.1f}: λ={lam:.4g} -> {depth:.2f} layers "
+        f"({steps} runs)"
+      )
   return chosen
 
 
-def timed_candidates(model, heads, prompts, lengths, exit_layers, chosen,
-                     settings: Settings) -> dict:
+def timed_candidates(
+  model, heads, prompts, lengths, exit_layers, chosen, settings: Settings
+) -> dict:
   """name -> (fn, ()) for the full model, the prefill and each (mode, λ)."""
   n = settings.max_new_tokens
   max_len = cache_length(prompts.shape[1], n)
   full = functools.partial(generate_full, model, max_new_tokens=n)
   prefill_config = DecodeConfig(exit_layers=exit_layers, max_new_tokens=1)
-  prefill = functools.partial(generate, model, heads, threshold=1.0,
-                              config=prefill_config, max_len=max_len)
+  prefill = functools.partial(
+    generate,
+    model,
+    heads,
+    threshold=1.0,
+    config=prefill_config,
+    max_len=max_len,
+  )
   fns = {"full": full, "prefill": prefill}
   for (mode, _), (lam, _, _) in chosen.items():
-    config = DecodeConfig(exit_layers=exit_layers, state_mode=mode,
-                          max_new_tokens=n)
+    config = DecodeConfig(
+      exit_layers=exit_layers, state_mode=mode, max_new_tokens=n
+    )
     fns[candidate_name(mode, lam)] = functools.partial(
-        generate, model, heads, threshold=lam, config=config)
-  return {name: (functools.partial(one_by_one, fn, prompts, lengths), ())
-          for name, fn in fns.items()}
+      generate, model, heads, threshold=lam, config=config
+    )
+  return {
+    name: (functools.partial(one_by_one, fn, prompts, lengths), ())
+    for name, fn in fns.items()
+  }
 
 
 def candidate_name(mode: str, lam: float) -> str:
   return f"{mode}@{lam!r}"
 
 
-def measure_backbone(name: str, model, prompts: np.ndarray,
-                     lengths: np.ndarray, exit_layers: tuple[int, ...],
-                     settings: Settings, log=print) -> list[dict]:
+def measure_backbone(
+  name: str,
+  model,
+  prompts: np.ndarray,
+  lengths: np.ndarray,
+  exit_layers: tuple[int, ...],
+  settings: Settings,
+  log=print,
+) -> list[dict]:
   """Searches thresholds, times every run side by side, returns records.
 
   Args:
@@ -266,26 +323,43 @@ def measure_backbone(name: str, model, prompts: np.ndarray,
     One record per (state mode, target depth), see the module docstring.
   """
   heads, n = LMHeadExits(), settings.max_new_tokens
-  full = stack(one_by_one(functools.partial(generate_full, model,
-                                            max_new_tokens=n),
-                          prompts, lengths))
+  full = stack(
+    one_by_one(
+      functools.partial(generate_full, model, max_new_tokens=n),
+      prompts,
+      lengths,
+    )
+  )
   bounds = (0, *exit_layers, model.num_layers)
-  costs = decode_costs(model, heads, bounds,
-                       cache_length(prompts.shape[1], n))
+  costs = decode_costs(model, heads, bounds, cache_length(prompts.shape[1], n))
   log("  full model decoded, decode step FLOPs counted")
-  chosen = find_thresholds(model, heads, prompts, lengths, full, exit_layers,
-                           settings, log)
-  candidates = timed_candidates(model, heads, prompts, lengths, exit_layers,
-                                chosen, settings)
+  chosen = find_thresholds(
+    model, heads, prompts, lengths, full, exit_layers, settings, log
+  )
+  candidates = timed_candidates(
+    model, heads, prompts, lengths, exit_layers, chosen, settings
+  )
   load = [os.getloadavg()[0]]
   log(f"  timing {len(candidates)} candidates (load {load[0]:.2f})")
-  times = timing.time_side_by_side(candidates, warmup=settings.warmup,
-                                   repeats=settings.repeats)
+  times = timing.time_side_by_side(
+    candidates, warmup=settings.warmup, repeats=settings.repeats
+  )
   load.append(os.getloadavg()[0])
-  return [make_record(name, model.num_layers, mode, target, lam, steps,
-                      decode_metrics(out, full, costs), times,
-                      tokens=prompts.shape[0] * n, load=load)
-          for (mode, target), (lam, out, steps) in chosen.items()]
+  return [
+    make_record(
+      name,
+      model.num_layers,
+      mode,
+      target,
+      lam,
+      steps,
+      decode_metrics(out, full, costs),
+      times,
+      tokens=prompts.shape[0] * n,
+      load=load,
+    )
+    for (mode, target), (lam, out, steps) in chosen.items()
+  ]
 
 
 def _decode_speedup(t_full: float, t_mode: float, t_prefill: float) -> float:
@@ -293,10 +367,19 @@ def _decode_speedup(t_full: float, t_mode: float, t_prefill: float) -> float:
   return (t_full - t_prefill) / max(t_mode - t_prefill, 1e-9)
 
 
-def make_record(name: str, num_layers: int, mode: str, target: float,
-                lam: float, steps: int, metrics: dict,
-                times: dict[str, timing.Timing], *, tokens: int,
-                load: list[float]) -> dict:
+def make_record(
+  name: str,
+  num_layers: int,
+  mode: str,
+  target: float,
+  lam: float,
+  steps: int,
+  metrics: dict,
+  times: dict[str, timing.Timing],
+  *,
+  tokens: int,
+  load: list[float],
+) -> dict:
   """One result row (see the module docstring for the speed-ups).
 
   `realised_speedup_min` uses the fastest round of each candidate instead
@@ -307,36 +390,47 @@ def make_record(name: str, num_layers: int, mode: str, target: float,
   realised = _decode_speedup(full.median, mode_t.median, prefill.median)
   theoretical = 1.0 / metrics["flops_fraction"]
   return {
-      "backbone": name, "state_mode": mode, "target_fraction": target,
-      "threshold": lam, "search_runs": steps,
-      "avg_layers": round(metrics["avg_layers"], 4),
-      "avg_layers_fraction": round(metrics["avg_layers"] / num_layers, 4),
-      "layer_speedup": round(num_layers / metrics["avg_layers"], 4),
-      "flops_fraction": round(metrics["flops_fraction"], 4),
-      "theoretical_speedup": round(theoretical, 4),
-      "realised_speedup": round(realised, 4),
-      "ratio": round(realised / theoretical, 4),
-      "realised_speedup_e2e": round(full.median / mode_t.median, 4),
-      "realised_speedup_min": round(
-          _decode_speedup(full.min, mode_t.min, prefill.min), 4),
-      "consistency": round(metrics["consistency"], 4),
-      "tokens_per_s": round(tokens / mode_t.median, 2),
-      "full_tokens_per_s": round(tokens / full.median, 2),
-      "seconds": mode_t.median, "full_seconds": full.median,
-      "prefill_seconds": prefill.median,
-      "load_avg_1m": [round(x, 2) for x in load],
+    "backbone": name,
+    "state_mode": mode,
+    "target_fraction": target,
+    "threshold": lam,
+    "search_runs": steps,
+    "avg_layers": round(metrics["avg_layers"], 4),
+    "avg_layers_fraction": round(metrics["avg_layers"] / num_layers, 4),
+    "layer_speedup": round(num_layers / metrics["avg_layers"], 4),
+    "flops_fraction": round(metrics["flops_fraction"], 4),
+    "theoretical_speedup": round(theoretical, 4),
+    "realised_speedup": round(realised, 4),
+    "ratio": round(realised / theoretical, 4),
+    "realised_speedup_e2e": round(full.median / mode_t.median, 4),
+    "realised_speedup_min": round(
+      _decode_speedup(full.min, mode_t.min, prefill.min), 4
+    ),
+    "consistency": round(metrics["consistency"], 4),
+    "tokens_per_s": round(tokens / mode_t.median, 2),
+    "full_tokens_per_s": round(tokens / full.median, 2),
+    "seconds": mode_t.median,
+    "full_seconds": full.median,
+    "prefill_seconds": prefill.median,
+    "load_avg_1m": [round(x, 2) for x in load],
   }
 
 
 def chat_prompts(tokenizer, count: int) -> tuple[np.ndarray, np.ndarray]:
   """[P, T] right-padded chat-templated TruthfulQA questions and [P] lengths."""
   items = load_truthfulqa()[:count]
-  ids = [tokenizer.encode(tokenizer.apply_chat_template(
-      [{"role": "user", "content": item.question}])) for item in items]
+  ids = [
+    tokenizer.encode(
+      tokenizer.apply_chat_template(
+        [{"role": "user", "content": item.question}]
+      )
+    )
+    for item in items
+  ]
   lengths = np.array([len(i) for i in ids], np.int32)
   prompts = np.zeros((len(ids), lengths.max()), np.int32)
   for row, seq in zip(prompts, ids):
-    row[:len(seq)] = seq
+    row[: len(seq)] = seq
   return prompts, lengths
 
 
@@ -344,15 +438,28 @@ def load_backbone(name: str):
   """(model, exit_layers, description) of a `BACKBONES` entry."""
   if name == "transformer":
     model, _ = load_smollm2()
-    return model, (8, 15, 22), ("SmolLM2-135M-Instruct (GGUF Q4_1 weights "
-                                "dequantised to fp32; 30 blocks, d=576)")
+    return (
+      model,
+      (8, 15, 22),
+      (
+        "SmolLM2-135M-Instruct (GGUF Q4_1 weights "
+        "dequantised to fp32; 30 blocks, d=576)"
+      ),
+    )
   model = MambaLM(MAMBA_CONFIGS["mamba-130m"], rngs=nnx.Rngs(0))
-  return model, (6, 12, 18), ("MambaLM, mamba-130m sizes (24 blocks, "
-                              "d=768), random weights")
+  return (
+    model,
+    (6, 12, 18),
+    ("MambaLM, mamba-130m sizes (24 blocks, d=768), random weights"),
+  )
 
 
-def render(records: list[dict], descriptions: dict[str, str],
-           settings: Settings, quick: bool) -> str:
+def render(
+  records: list[dict],
+  descriptions: dict[str, str],
+  settings: Settings,
+  quick: bool,
+) -> str:
   """The BENCHMARKS.md section: setup line and table.
 
   Args:
@@ -361,56 +468,86 @@ def render(records: list[dict], descriptions: dict[str, str],
     settings: the run's settings.
     quick: whether this was the `--quick` run.
   """
-  header = ["backbone", "mode", "target", "avg layers", "L/avg", "FLOPs",
-            "theoretical", "realised", "ratio", "realised e2e",
-            "realised min", "tok/s",
-            "full tok/s", "consistency", "load"]
-  rows = [[r["backbone"], r["state_mode"], f'{r["target_fraction"]:.2f}',
-           f'{r["avg_layers"]:.2f} ({r["avg_layers_fraction"]:.2f})',
-           f'{r["layer_speedup"]:.2f}x', f'{r["flops_fraction"]:.3f}',
-           f'{r["theoretical_speedup"]:.2f}x', f'{r["realised_speedup"]:.2f}x',
-           f'{r["ratio"]:.2f}', f'{r["realised_speedup_e2e"]:.2f}x',
-           f'{r["realised_speedup_min"]:.2f}x',
-           f'{r["tokens_per_s"]:.1f}', f'{r["full_tokens_per_s"]:.1f}',
-           f'{r["consistency"]:.2f}',
-           "–".join(f"{x:.1f}" for x in r["load_avg_1m"])]
-          for r in records]
+  header = [
+    "backbone",
+    "mode",
+    "target",
+    "avg layers",
+    "L/avg",
+    "FLOPs",
+    "theoretical",
+    "realised",
+    "ratio",
+    "realised e2e",
+    "realised min",
+    "tok/s",
+    "full tok/s",
+    "consistency",
+    "load",
+  ]
+  rows = [
+    [
+      r["backbone"],
+      r["state_mode"],
+      f"{r['target_fraction']:.2f}",
+      f"{r['avg_layers']:.2f} ({r['avg_layers_fraction']:.2f})",
+      f"{r['layer_speedup']:.2f}x",
+      f"{r['flops_fraction']:.3f}",
+      f"{r['theoretical_speedup']:.2f}x",
+      f"{r['realised_speedup']:.2f}x",
+      f"{r['ratio']:.2f}",
+      f"{r['realised_speedup_e2e']:.2f}x",
+      f"{r['realised_speedup_min']:.2f}x",
+      f"{r['tokens_per_s']:.1f}",
+      f"{r['full_tokens_per_s']:.1f}",
+      f"{r['consistency']:.2f}",
+      "–".join(f"{x:.1f}" for x in r["load_avg_1m"]),
+    ]
+    for r in records
+  ]
   models = "; ".join(f"{name}: {text}" for name, text in descriptions.items())
   device = jax.devices()[0].platform.upper()
   cpu = platform.processor() or platform.machine()
   return (
-      f"{models}. Batch 1, greedy, {settings.max_new_tokens} tokens per "
-      f"prompt (EOS ignored), fp32, {device} ({cpu}, {os.cpu_count()} cores, "
-      f"shared), JAX {jax.__version__}; median of {settings.repeats} "
-      f"round-robin repeats after {settings.warmup} warm-up. FLOPs = "
-      "flops_fraction; load = 1-minute load average before–after the "
-      "timing rounds. Command: `python benchmarks/early_exit_decoding.py"
-      f"{' --quick' if quick else ''}`.\n\n"
-      + report.markdown_table(header, rows))
+    f"{models}. Batch 1, greedy, {settings.max_new_tokens} tokens per "
+    f"prompt (EOS ignored), fp32, {device} ({cpu}, {os.cpu_count()} cores, "
+    f"shared), JAX {jax.__version__}; median of {settings.repeats} "
+    f"round-robin repeats after {settings.warmup} warm-up. FLOPs = "
+    "flops_fraction; load = 1-minute load average before–after the "
+    "timing rounds. Command: `python benchmarks/early_exit_decoding.py"
+    f"{' --quick' if quick else ''}`.\n\n" + report.markdown_table(header, rows)
+  )
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--quick", action="store_true",
-                      help="transformer only, fewer tokens and repeats; "
-                      "writes the _quick json and leaves BENCHMARKS.md alone")
+  parser.add_argument(
+    "--quick",
+    action="store_true",
+    help="transformer only, fewer tokens and repeats; "
+    "writes the _quick json and leaves BENCHMARKS.md alone",
+  )
   parser.add_argument("--out", type=pathlib.Path, default=None)
   args = parser.parse_args()
   settings = QUICK if args.quick else FULL
   out = args.out or (QUICK_RESULTS if args.quick else RESULTS)
   start = time.perf_counter()
-  log = lambda msg: print(f"[{time.perf_counter() - start:5.0f} s] {msg}",
-                          flush=True)
+  log = lambda msg: print(
+    f"[{time.perf_counter() - start:5.0f} s] {msg}", flush=True
+  )
   tokenizer = GGUFTokenizer.from_gguf(smollm2_gguf_path())
   records, descriptions = [], {}
   for name, count in zip(settings.backbones, settings.num_prompts):
     prompts, lengths = chat_prompts(tokenizer, count)
     model, exit_layers, about = load_backbone(name)
-    descriptions[name] = (f"{about}, exits after {exit_layers}, {count} "
-                          f"TruthfulQA prompt(s) of {lengths.tolist()} tokens")
+    descriptions[name] = (
+      f"{about}, exits after {exit_layers}, {count} "
+      f"TruthfulQA prompt(s) of {lengths.tolist()} tokens"
+    )
     log(f"{name}: {descriptions[name]}")
-    records += measure_backbone(name, model, prompts, lengths, exit_layers,
-                                settings, log=log)
+    records += measure_backbone(
+      name, model, prompts, lengths, exit_layers, settings, log=log
+    )
   log("done")
   text = render(records, descriptions, settings, args.quick)
   print(text)

@@ -80,42 +80,59 @@ def measure(cfg: configs.Config, *, impl: str, log=print) -> list[dict]:
   text_len = batch["prefix"].shape[1] + batch["suffix"].shape[1]
   num_layers = cfg.model.text.num_layers
   schedules = {
-      f"{m}/{s}": make_schedule(m, s, num_layers, cfg.num_vision)
-      for m in configs.METHODS for s in cfg.schedule_names(m)}
+    f"{m}/{s}": make_schedule(m, s, num_layers, cfg.num_vision)
+    for m in configs.METHODS
+    for s in cfg.schedule_names(m)
+  }
   device_batch = jax.tree.map(jnp.asarray, batch)
   # Counted on the XLA path whatever `impl` is timed (the same maths): XLA
   # sees neither into a Pallas custom call nor past one trip of the
   # interpret-mode kernels' loops.
-  flops = {label: xla_flops(*run.make_prefill(model, s, impl="xla"),
-                            device_batch)
-           for label, s in schedules.items()}
-  log(f"prefill FLOPs counted; timing {len(schedules)} methods at batch "
-      f"{cfg.timing_batch} (load {load[0]:.2f})")
-  times = evaluate.time_methods(cfg, dict.fromkeys(schedules, model),
-                                schedules, batch, impl=impl)
+  flops = {
+    label: xla_flops(*run.make_prefill(model, s, impl="xla"), device_batch)
+    for label, s in schedules.items()
+  }
+  log(
+    f"prefill FLOPs counted; timing {len(schedules)} methods at batch "
+    f"{cfg.timing_batch} (load {load[0]:.2f})"
+  )
+  times = evaluate.time_methods(
+    cfg, dict.fromkeys(schedules, model), schedules, batch, impl=impl
+  )
   load.append(os.getloadavg()[0])
   full = "full/full"
   records = []
   for label, schedule in schedules.items():
     method, name = label.split("/")
-    rec = {"method": method, "schedule": name, "keep": list(schedule.keep),
-           "avg_vision_tokens": schedule.avg_vision_tokens,
-           "decoder_flops_fraction": round(prefill_flops_fraction(
-               schedule, text_len, cfg.model.text), 4),
-           "e2e_flops_fraction": round(flops[label] / flops[full], 4),
-           "prefill_gflops_per_example": round(
-               flops[label] / cfg.timing_batch / 1e9, 4)}
+    rec = {
+      "method": method,
+      "schedule": name,
+      "keep": list(schedule.keep),
+      "avg_vision_tokens": schedule.avg_vision_tokens,
+      "decoder_flops_fraction": round(
+        prefill_flops_fraction(schedule, text_len, cfg.model.text), 4
+      ),
+      "e2e_flops_fraction": round(flops[label] / flops[full], 4),
+      "prefill_gflops_per_example": round(
+        flops[label] / cfg.timing_batch / 1e9, 4
+      ),
+    }
     for kind in KINDS:
       t, t_full = times[kind][label], times[kind][full]
       rec[f"{kind}_ms"] = round(1e3 * t.median, 2)
       rec[f"{kind}_speedup"] = round(t_full.median / t.median, 3)
       rec[f"{kind}_min_speedup"] = round(t_full.min / t.min, 3)
     if method == "hidrop":
-      rec["targets_met"] = {kind: rec[f"{kind}_speedup"] >= goal
-                            for kind, goal in TARGETS.items()}
-    rec.update(impl=impl, batch=cfg.timing_batch, text_len=text_len,
-               num_vision=cfg.num_vision,
-               load_avg_1m=[round(x, 2) for x in load])
+      rec["targets_met"] = {
+        kind: rec[f"{kind}_speedup"] >= goal for kind, goal in TARGETS.items()
+      }
+    rec.update(
+      impl=impl,
+      batch=cfg.timing_batch,
+      text_len=text_len,
+      num_vision=cfg.num_vision,
+      load_avg_1m=[round(x, 2) for x in load],
+    )
     records.append(rec)
   return records
 
@@ -127,63 +144,92 @@ def targets_line(records: list[dict]) -> str:
     if r["method"] != "hidrop":
       continue
     got = ", ".join(
-        f'{kind.replace("_", " ")} {r[f"{kind}_speedup"]:.2f}x '
-        f'(≥ {TARGETS[kind]:g}x: '
-        f'{"met" if r["targets_met"][kind] else "NOT met"})'
-        for kind in KINDS)
-    parts.append(f'HiDrop `{r["schedule"]}`: {got}')
+      f"{kind.replace('_', ' ')} {r[f'{kind}_speedup']:.2f}x "
+      f"(≥ {TARGETS[kind]:g}x: "
+      f"{'met' if r['targets_met'][kind] else 'NOT met'})"
+      for kind in KINDS
+    )
+    parts.append(f"HiDrop `{r['schedule']}`: {got}")
   return "Targets on CPU: " + "; ".join(parts) + "."
 
 
 def render(records: list[dict], cfg: configs.Config, *, quick: bool) -> str:
   """The BENCHMARKS.md section: setup, table, targets, load."""
-  header = ["method", "schedule", "avg vision tokens/layer",
-            "decoder FLOPs", "e2e FLOPs", "train step ms", "speed-up",
-            "prefill ms", "speed-up"]
-  rows = [[r["method"], r["schedule"], f'{r["avg_vision_tokens"]:.1f}',
-           f'{r["decoder_flops_fraction"]:.3f}',
-           f'{r["e2e_flops_fraction"]:.3f}', f'{r["train_step_ms"]:.1f}',
-           f'{r["train_step_speedup"]:.2f}x', f'{r["prefill_ms"]:.1f}',
-           f'{r["prefill_speedup"]:.2f}x'] for r in records]
+  header = [
+    "method",
+    "schedule",
+    "avg vision tokens/layer",
+    "decoder FLOPs",
+    "e2e FLOPs",
+    "train step ms",
+    "speed-up",
+    "prefill ms",
+    "speed-up",
+  ]
+  rows = [
+    [
+      r["method"],
+      r["schedule"],
+      f"{r['avg_vision_tokens']:.1f}",
+      f"{r['decoder_flops_fraction']:.3f}",
+      f"{r['e2e_flops_fraction']:.3f}",
+      f"{r['train_step_ms']:.1f}",
+      f"{r['train_step_speedup']:.2f}x",
+      f"{r['prefill_ms']:.1f}",
+      f"{r['prefill_speedup']:.2f}x",
+    ]
+    for r in records
+  ]
   m, first = cfg.model, records[0]
   load = "–".join(f"{x:.2f}" for x in first["load_avg_1m"])
   device = jax.devices()[0].platform.upper()
   cpu = platform.processor() or platform.machine()
   return (
-      f"LLaVA-style model of `experiments.hidrop` (`configs.BENCHMARK`), "
-      f"untrained: "
-      f"ViT ({m.vision.num_layers} blocks, width {m.vision.width}, "
-      f"{m.vision.image_size} px, patch {m.vision.patch_size} -> "
-      f"{cfg.num_vision} vision tokens), Llama decoder "
-      f"({m.text.num_layers} layers, d={m.text.d_model}); prompt of "
-      f"{first['text_len']} text tokens. Batch {cfg.timing_batch}, fp32, "
-      f"impl `{first['impl']}`, {device} ({cpu}, {os.cpu_count()} cores), "
-      f"JAX {jax.__version__}; median of {cfg.timing_repeats} round-robin "
-      f"rounds after {cfg.timing_warmup} warm-up, training steps and "
-      "prefills each timed side by side. Train step = forward, backward, "
-      "AdamW; prefill = image tower + decoder to the answer logits; "
-      "speed-up = t_full / t_method. Decoder FLOPs = analytic decoder "
-      "prefill fraction (`jaxexit.pruning.prefill_flops_fraction`); "
-      "e2e FLOPs = "
-      "XLA-counted FLOPs of the whole compiled prefill, image tower "
-      f"included. Load (1-min average) at start–end: {load}. Command: "
-      f"`python benchmarks/token_pruning.py{' --quick' if quick else ''}"
-      f"{'' if first['impl'] == 'xla' else ' --impl ' + first['impl']}`."
-      f"\n\n{report.markdown_table(header, rows)}\n\n{targets_line(records)}")
+    f"LLaVA-style model of `experiments.hidrop` (`configs.BENCHMARK`), "
+    f"untrained: "
+    f"ViT ({m.vision.num_layers} blocks, width {m.vision.width}, "
+    f"{m.vision.image_size} px, patch {m.vision.patch_size} -> "
+    f"{cfg.num_vision} vision tokens), Llama decoder "
+    f"({m.text.num_layers} layers, d={m.text.d_model}); prompt of "
+    f"{first['text_len']} text tokens. Batch {cfg.timing_batch}, fp32, "
+    f"impl `{first['impl']}`, {device} ({cpu}, {os.cpu_count()} cores), "
+    f"JAX {jax.__version__}; median of {cfg.timing_repeats} round-robin "
+    f"rounds after {cfg.timing_warmup} warm-up, training steps and "
+    "prefills each timed side by side. Train step = forward, backward, "
+    "AdamW; prefill = image tower + decoder to the answer logits; "
+    "speed-up = t_full / t_method. Decoder FLOPs = analytic decoder "
+    "prefill fraction (`jaxexit.pruning.prefill_flops_fraction`); "
+    "e2e FLOPs = "
+    "XLA-counted FLOPs of the whole compiled prefill, image tower "
+    f"included. Load (1-min average) at start–end: {load}. Command: "
+    f"`python benchmarks/token_pruning.py{' --quick' if quick else ''}"
+    f"{'' if first['impl'] == 'xla' else ' --impl ' + first['impl']}`."
+    f"\n\n{report.markdown_table(header, rows)}\n\n{targets_line(records)}"
+  )
 
 
 def parse_args(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--quick", action="store_true",
-                      help="batch 8, fewer rounds; writes the _quick json "
-                      "and leaves BENCHMARKS.md alone")
+  parser.add_argument(
+    "--quick",
+    action="store_true",
+    help="batch 8, fewer rounds; writes the _quick json "
+    "and leaves BENCHMARKS.md alone",
+  )
   parser.add_argument("--impl", default="xla", choices=IMPLS)
-  parser.add_argument("--out", type=pathlib.Path, default=None,
-                      help="JSON records (default benchmarks/results/"
-                      "token_pruning[_quick].json)")
-  parser.add_argument("--markdown", type=pathlib.Path, default=None,
-                      help="file whose token_pruning section to rewrite "
-                      "(default BENCHMARKS.md, none with --quick)")
+  parser.add_argument(
+    "--out",
+    type=pathlib.Path,
+    default=None,
+    help="JSON records (default benchmarks/results/token_pruning[_quick].json)",
+  )
+  parser.add_argument(
+    "--markdown",
+    type=pathlib.Path,
+    default=None,
+    help="file whose token_pruning section to rewrite "
+    "(default BENCHMARKS.md, none with --quick)",
+  )
   args = parser.parse_args(argv)
   if args.out is None:
     args.out = QUICK_RESULTS if args.quick else RESULTS
@@ -195,19 +241,20 @@ def parse_args(argv=None):
 def main(argv=None, *, base: configs.Config | None = None) -> list[dict]:
   """Runs the benchmark; `base` replaces `configs.BENCHMARK` (tests)."""
   args = parse_args(argv)
-  cfg = dataclasses.replace(base or configs.BENCHMARK,
-                            **(QUICK if args.quick else FULL))
+  cfg = dataclasses.replace(
+    base or configs.BENCHMARK, **(QUICK if args.quick else FULL)
+  )
   start = time.perf_counter()
-  log = lambda msg: print(f"[{time.perf_counter() - start:5.0f} s] {msg}",
-                          flush=True)
+  log = lambda msg: print(
+    f"[{time.perf_counter() - start:5.0f} s] {msg}", flush=True
+  )
   records = measure(cfg, impl=args.impl, log=log)
   text = render(records, cfg, quick=args.quick)
   print(text)
   report.write_json(args.out, records)
   if args.markdown is not None:
     report.write_section(args.markdown, "token_pruning", text)
-  log(f"wrote {args.out}" + (f" and {args.markdown}" if args.markdown
-                             else ""))
+  log(f"wrote {args.out}" + (f" and {args.markdown}" if args.markdown else ""))
   return records
 
 

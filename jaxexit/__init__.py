@@ -19,13 +19,33 @@ import importlib.metadata
 
 from jaxexit.checks import checked, debug_checks
 from jaxexit.decoding import DecodeConfig, generate, generate_full
-from jaxexit.execution import (ExitResult, ExitStack, compacted, early_stop,
-                               exit_stack, make_runner, simulate)
-from jaxexit.exits import (ExitHeadOutput, ExitRule, always, entropy_rule,
-                           fixed_depth, jei_gate_rule, learned_exit_rule,
-                           max_softmax_rule, memoryless, never, patience_rule,
-                           preset_depth, q_exit_rule, sampled_exit_rule,
-                           thresholds_input_rule, thresholds_rule)
+from jaxexit.execution import (
+  ExitResult,
+  ExitStack,
+  compacted,
+  early_stop,
+  exit_stack,
+  make_runner,
+  simulate,
+)
+from jaxexit.exits import (
+  ExitHeadOutput,
+  ExitRule,
+  always,
+  entropy_rule,
+  fixed_depth,
+  jei_gate_rule,
+  learned_exit_rule,
+  max_softmax_rule,
+  memoryless,
+  never,
+  patience_rule,
+  preset_depth,
+  q_exit_rule,
+  sampled_exit_rule,
+  thresholds_input_rule,
+  thresholds_rule,
+)
 
 try:
   __version__ = importlib.metadata.version("jaxexit")
@@ -33,10 +53,28 @@ except importlib.metadata.PackageNotFoundError:  # a source tree, not installed
   __version__ = "0+unknown"
 
 _SUBPACKAGES = (
-    "calibration", "checks", "conformal", "cost", "data", "decoding",
-    "execution", "exits", "exploratory_iteration", "glue_metrics", "methods",
-    "models", "nn", "pruning", "report", "results_store", "rl", "sharding",
-    "stats", "text_metrics", "timing", "train",
+  "calibration",
+  "checks",
+  "conformal",
+  "cost",
+  "data",
+  "decoding",
+  "execution",
+  "exits",
+  "exploratory_iteration",
+  "glue_metrics",
+  "methods",
+  "models",
+  "nn",
+  "pruning",
+  "report",
+  "results_store",
+  "rl",
+  "sharding",
+  "stats",
+  "text_metrics",
+  "timing",
+  "train",
 )
 
 
@@ -52,20 +90,39 @@ def __dir__():
 
 
 __all__ = [
-    # The exit contract.
-    "ExitHeadOutput", "ExitResult", "ExitRule", "ExitStack",
-    # Any NNX model's layers and heads as an ExitStack.
-    "exit_stack",
-    # Execution modes.
-    "compacted", "early_stop", "make_runner", "simulate",
-    # Rule constructors.
-    "always", "entropy_rule", "fixed_depth", "jei_gate_rule",
-    "learned_exit_rule", "max_softmax_rule", "memoryless", "never",
-    "patience_rule", "preset_depth", "q_exit_rule", "sampled_exit_rule",
-    "thresholds_input_rule", "thresholds_rule",
-    # Decoding.
-    "DecodeConfig", "generate", "generate_full",
-    # Validation.
-    "checked", "debug_checks",
-    "__version__",
+  # The exit contract.
+  "ExitHeadOutput",
+  "ExitResult",
+  "ExitRule",
+  "ExitStack",
+  # Any NNX model's layers and heads as an ExitStack.
+  "exit_stack",
+  # Execution modes.
+  "compacted",
+  "early_stop",
+  "make_runner",
+  "simulate",
+  # Rule constructors.
+  "always",
+  "entropy_rule",
+  "fixed_depth",
+  "jei_gate_rule",
+  "learned_exit_rule",
+  "max_softmax_rule",
+  "memoryless",
+  "never",
+  "patience_rule",
+  "preset_depth",
+  "q_exit_rule",
+  "sampled_exit_rule",
+  "thresholds_input_rule",
+  "thresholds_rule",
+  # Decoding.
+  "DecodeConfig",
+  "generate",
+  "generate_full",
+  # Validation.
+  "checked",
+  "debug_checks",
+  "__version__",
 ]

@@ -42,8 +42,9 @@ def _check_inputs(confidence, correct) -> tuple[np.ndarray, np.ndarray]:
   ok = np.asarray(correct)
   if conf.ndim != 1 or conf.shape != ok.shape or conf.size == 0:
     raise ValueError(
-        "confidence and correct must be non-empty [N] vectors of one length; "
-        f"got confidence.shape={conf.shape}, correct.shape={ok.shape}")
+      "confidence and correct must be non-empty [N] vectors of one length; "
+      f"got confidence.shape={conf.shape}, correct.shape={ok.shape}"
+    )
   checks.in_range("confidence", conf, 0.0, 1.0)
   if not np.all((ok == 0) | (ok == 1)):
     raise ValueError(f"correct must hold 0/1 or booleans; got {ok!r}")
@@ -61,15 +62,15 @@ def _equal_mass_groups(conf: np.ndarray, num_bins: int):
 def _equal_width_groups(conf: np.ndarray, num_bins: int):
   """Bins [e_b, e_{b+1}), the last one closed at 1."""
   edges = np.linspace(0.0, 1.0, num_bins + 1)
-  which = np.clip(np.searchsorted(edges, conf, side="right") - 1, 0,
-                  num_bins - 1)
+  which = np.clip(
+    np.searchsorted(edges, conf, side="right") - 1, 0, num_bins - 1
+  )
   order = np.argsort(which, kind="stable")
   splits = np.searchsorted(which[order], np.arange(1, num_bins))
   return np.split(order, splits), edges
 
 
-def _bins(confidence, correct, num_bins: int, binning: str
-          ) -> ReliabilityBins:
+def _bins(confidence, correct, num_bins: int, binning: str) -> ReliabilityBins:
   checks.positive_int("num_bins", num_bins)
   checks.one_of("binning", binning, BINNINGS)
   conf, ok = _check_inputs(confidence, correct)
@@ -83,9 +84,13 @@ def _bins(confidence, correct, num_bins: int, binning: str
   return ReliabilityBins(mean_conf, acc, count, edges)
 
 
-def reliability_bins(confidence: Real[ArrayLike, "N"],
-                     correct: Shaped[ArrayLike, "N"], *, num_bins: int = 15,
-                     binning: str = "equal_mass") -> ReliabilityBins:
+def reliability_bins(
+  confidence: Real[ArrayLike, "N"],
+  correct: Shaped[ArrayLike, "N"],
+  *,
+  num_bins: int = 15,
+  binning: str = "equal_mass",
+) -> ReliabilityBins:
   """Groups predictions by confidence and compares confidence with accuracy.
 
   Equal-mass bins split the examples sorted by confidence into
@@ -108,14 +113,18 @@ def ece_from_bins(bins: ReliabilityBins) -> float:
   """Σ_b (n_b / N) |acc_b − conf_b| over the non-empty bins."""
   used = bins.count > 0
   weights = bins.count[used] / bins.count.sum()
-  return float(np.sum(
-      weights * np.abs(bins.accuracy[used] - bins.confidence[used])))
+  return float(
+    np.sum(weights * np.abs(bins.accuracy[used] - bins.confidence[used]))
+  )
 
 
-def expected_calibration_error(confidence: Real[ArrayLike, "N"],
-                               correct: Shaped[ArrayLike, "N"], *,
-                               num_bins: int = 15,
-                               binning: str = "equal_mass") -> float:
+def expected_calibration_error(
+  confidence: Real[ArrayLike, "N"],
+  correct: Shaped[ArrayLike, "N"],
+  *,
+  num_bins: int = 15,
+  binning: str = "equal_mass",
+) -> float:
   """Expected calibration error (ECE).
 
   Args:

@@ -78,7 +78,8 @@ def checked(fn: Callable) -> Callable:
 
   def run(*args, **kwargs):
     err, out = checkify.checkify(fn, errors=checkify.user_checks)(
-        *args, **kwargs)
+      *args, **kwargs
+    )
     err.throw()
     return out
 
@@ -94,8 +95,15 @@ def _is_concrete(x) -> bool:
   return not isinstance(x, jax.core.Tracer)
 
 
-def in_range(name: str, value, low: float | int, high: float | int, *,
-             low_open: bool = False, high_open: bool = False) -> None:
+def in_range(
+  name: str,
+  value,
+  low: float | int,
+  high: float | int,
+  *,
+  low_open: bool = False,
+  high_open: bool = False,
+) -> None:
   """Raises unless `low <(=) value <(=) high` (Python scalars or arrays)."""
   if not _is_concrete(value):
     return
@@ -105,13 +113,21 @@ def in_range(name: str, value, low: float | int, high: float | int, *,
   if not (np.all(ok_low) and np.all(ok_high) and np.all(np.isfinite(v))):
     lb = "(" if low_open else "["
     hb = ")" if high_open else "]"
-    raise ValueError(f"{name} must lie in {lb}{low}, {high}{hb}; got {name}={value!r}")
+    raise ValueError(
+      f"{name} must lie in {lb}{low}, {high}{hb}; got {name}={value!r}"
+    )
 
 
 def positive_int(name: str, value, *, minimum: int = 1) -> None:
   """Raises unless `value` is a Python int ≥ `minimum`."""
-  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-    raise ValueError(f"{name} must be an integer >= {minimum}; got {name}={value!r}")
+  if (
+    isinstance(value, bool)
+    or not isinstance(value, (int, np.integer))
+    or value < minimum
+  ):
+    raise ValueError(
+      f"{name} must be an integer >= {minimum}; got {name}={value!r}"
+    )
 
 
 def finite(name: str, x) -> None:
@@ -119,8 +135,11 @@ def finite(name: str, x) -> None:
   if not _is_concrete(x):
     if _DEBUG[0] and jnp.issubdtype(x.dtype, jnp.floating):
       bad = ~jnp.isfinite(x)
-      checkify.check(~jnp.any(bad), f"{name} must be finite; found {{}} "
-                     "non-finite value(s)", jnp.sum(bad))
+      checkify.check(
+        ~jnp.any(bad),
+        f"{name} must be finite; found {{}} non-finite value(s)",
+        jnp.sum(bad),
+      )
     return
   arr = np.asarray(x)
   if np.issubdtype(arr.dtype, np.floating) or arr.dtype.name == "bfloat16":
@@ -128,16 +147,18 @@ def finite(name: str, x) -> None:
     if bad.any():
       first = _first_index(bad)
       raise ValueError(
-          f"{name} must be finite; found {int(bad.sum())} non-finite value(s), "
-          f"first {arr[first].item()!r} at index {first} (shape {arr.shape})")
+        f"{name} must be finite; found {int(bad.sum())} non-finite value(s), "
+        f"first {arr[first].item()!r} at index {first} (shape {arr.shape})"
+      )
 
 
 def rank_at_least(name: str, x, rank: int, axes: str) -> None:
   """Raises unless `x.ndim >= rank`; `axes` documents the expected layout."""
   if np.ndim(x) < rank:
     raise ValueError(
-        f"{name} must have at least {rank} dims laid out as [{axes}]; "
-        f"got shape {np.shape(x)}")
+      f"{name} must have at least {rank} dims laid out as [{axes}]; "
+      f"got shape {np.shape(x)}"
+    )
 
 
 def same_shape(names: Sequence[str], *xs) -> None:
@@ -151,7 +172,9 @@ def same_shape(names: Sequence[str], *xs) -> None:
 def one_of(name: str, value, choices: Sequence) -> None:
   """Raises unless `value in choices`."""
   if value not in choices:
-    raise ValueError(f"unknown {name}={value!r}; expected one of {list(choices)}")
+    raise ValueError(
+      f"unknown {name}={value!r}; expected one of {list(choices)}"
+    )
 
 
 def probabilities(name: str, x) -> None:
@@ -160,17 +183,22 @@ def probabilities(name: str, x) -> None:
     if _DEBUG[0]:
       v = jnp.asarray(x, jnp.float32)
       bad = ~((v >= 0) & (v <= 1))  # NaN compares False: counted as bad
-      checkify.check(~jnp.any(bad), f"{name} must hold probabilities in "
-                     "[0, 1]; found {} value(s) outside", jnp.sum(bad))
+      checkify.check(
+        ~jnp.any(bad),
+        f"{name} must hold probabilities in "
+        "[0, 1]; found {} value(s) outside",
+        jnp.sum(bad),
+      )
     return
   v = np.asarray(x, dtype=np.float64)
   bad = ~((v >= 0) & (v <= 1))
   if bad.any():
     first = _first_index(bad)
     raise ValueError(
-        f"{name} must hold probabilities in [0, 1]; found {int(bad.sum())} "
-        f"value(s) outside, first {v[first].item()!r} at index {first} "
-        f"(shape {v.shape})")
+      f"{name} must hold probabilities in [0, 1]; found {int(bad.sum())} "
+      f"value(s) outside, first {v[first].item()!r} at index {first} "
+      f"(shape {v.shape})"
+    )
 
 
 def logits(name: str, x) -> None:
@@ -183,24 +211,32 @@ def logits(name: str, x) -> None:
       v = jnp.asarray(x, jnp.float32)
       bad = jnp.isnan(v) | (v == jnp.inf)
       dead = jnp.all(v == -jnp.inf, axis=-1)
-      checkify.check(~jnp.any(bad), f"{name} must not hold NaN or +inf; "
-                     "found {}", jnp.sum(bad))
-      checkify.check(~jnp.any(dead), f"{name} has {{}} row(s) that are "
-                     "-inf for every class", jnp.sum(dead))
+      checkify.check(
+        ~jnp.any(bad),
+        f"{name} must not hold NaN or +inf; found {{}}",
+        jnp.sum(bad),
+      )
+      checkify.check(
+        ~jnp.any(dead),
+        f"{name} has {{}} row(s) that are -inf for every class",
+        jnp.sum(dead),
+      )
     return
   v = np.asarray(x, dtype=np.float32)
   bad = np.isnan(v) | (v == np.inf)
   if bad.any():
     first = _first_index(bad)
     raise ValueError(
-        f"{name} must not hold NaN or +inf; found {int(bad.sum())}, first "
-        f"{v[first].item()!r} at index {first} (shape {v.shape})")
+      f"{name} must not hold NaN or +inf; found {int(bad.sum())}, first "
+      f"{v[first].item()!r} at index {first} (shape {v.shape})"
+    )
   dead = np.all(v == -np.inf, axis=-1)
   if v.size and dead.any():
     first = _first_index(dead)
     raise ValueError(
-        f"{name} has {int(dead.sum())} row(s) that are -inf for every class "
-        f"(a fully masked row), first at index {first} (shape {v.shape})")
+      f"{name} has {int(dead.sum())} row(s) that are -inf for every class "
+      f"(a fully masked row), first at index {first} (shape {v.shape})"
+    )
 
 
 def token_ids(name: str, ids, vocab_size: int) -> None:
@@ -211,21 +247,25 @@ def token_ids(name: str, ids, vocab_size: int) -> None:
   """
   if not _is_concrete(ids):
     if not jnp.issubdtype(ids.dtype, jnp.integer):
-      raise ValueError(f"{name} must be integer token ids; got dtype "
-                       f"{ids.dtype}")
+      raise ValueError(
+        f"{name} must be integer token ids; got dtype {ids.dtype}"
+      )
     if _DEBUG[0]:
       bad = (ids < 0) | (ids >= vocab_size)
-      checkify.check(~jnp.any(bad), f"{name} must lie in [0, {vocab_size}); "
-                     "found {} id(s) outside", jnp.sum(bad))
+      checkify.check(
+        ~jnp.any(bad),
+        f"{name} must lie in [0, {vocab_size}); found {{}} id(s) outside",
+        jnp.sum(bad),
+      )
     return
   arr = np.asarray(ids)
   if arr.size and not np.issubdtype(arr.dtype, np.integer):
-    raise ValueError(f"{name} must be integer token ids; got dtype "
-                     f"{arr.dtype}")
+    raise ValueError(f"{name} must be integer token ids; got dtype {arr.dtype}")
   bad = (arr < 0) | (arr >= vocab_size)
   if bad.any():
     first = _first_index(bad)
     raise ValueError(
-        f"{name} must lie in [0, {vocab_size}) (the vocabulary); found "
-        f"{int(bad.sum())} id(s) outside, first {int(arr[first])} at index "
-        f"{first} (shape {arr.shape})")
+      f"{name} must lie in [0, {vocab_size}) (the vocabulary); found "
+      f"{int(bad.sum())} id(s) outside, first {int(arr[first])} at index "
+      f"{first} (shape {arr.shape})"
+    )

@@ -50,7 +50,8 @@ def conformal_quantile(scores: Real[ArrayLike, "n"], alpha: float) -> float:
   s = np.asarray(scores, np.float64)
   if s.ndim != 1 or s.size == 0:
     raise ValueError(
-        f"scores must be a non-empty [n] vector; got shape {s.shape}")
+      f"scores must be a non-empty [n] vector; got shape {s.shape}"
+    )
   checks.finite("scores", s)
   n = s.size
   # The 1e-9 keeps (n+1)(1−α) = 19.000000000000004 from rounding up to 20.
@@ -68,9 +69,9 @@ def _check_probs(name: str, probs, rank: int) -> np.ndarray:
   return p
 
 
-def prediction_sets(probs: Real[ArrayLike, "N C"],
-                    qhat: float | Real[ArrayLike, "N"]
-                    ) -> Bool[np.ndarray, "N C"]:
+def prediction_sets(
+  probs: Real[ArrayLike, "N C"], qhat: float | Real[ArrayLike, "N"]
+) -> Bool[np.ndarray, "N C"]:
   """Conformal sets {c : p_c ≥ 1 − q̂} (score s = 1 − p_y).
 
   Args:
@@ -84,12 +85,14 @@ def prediction_sets(probs: Real[ArrayLike, "N C"],
   q = np.asarray(qhat, np.float64)
   if q.ndim not in (0, 1) or (q.ndim == 1 and q.shape != p.shape[:1]):
     raise ValueError(
-        f"qhat must be a scalar or [N]=({p.shape[0]},); got shape {q.shape}")
+      f"qhat must be a scalar or [N]=({p.shape[0]},); got shape {q.shape}"
+    )
   return p >= (1.0 - q.reshape(q.shape + (1,) * (2 - q.ndim)))
 
 
-def _check_split(name: str, probs, exit_layer, labels
-                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _check_split(
+  name: str, probs, exit_layer, labels
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   p = _check_probs(f"{name}_probs", probs, 3)
   n, num_exits, num_classes = p.shape
   if n == 0:
@@ -98,8 +101,9 @@ def _check_split(name: str, probs, exit_layer, labels
   y = np.asarray(labels)
   if e.shape != (n,) or y.shape != (n,):
     raise ValueError(
-        f"{name}_exit and {name}_labels must be [N]=({n},); got shapes "
-        f"{e.shape} and {y.shape}")
+      f"{name}_exit and {name}_labels must be [N]=({n},); got shapes "
+      f"{e.shape} and {y.shape}"
+    )
   _check_index(f"{name}_exit", e, num_exits)
   _check_index(f"{name}_labels", y, num_classes)
   return p, e, y
@@ -110,13 +114,17 @@ def _check_index(name: str, x: np.ndarray, upper: int) -> None:
     raise ValueError(f"{name} must be ints in [0, {upper}); got {x!r}")
 
 
-def per_exit_conformal(val_probs: Real[ArrayLike, "Nv L C"],
-                       val_exit: Int[ArrayLike, "Nv"],
-                       val_labels: Int[ArrayLike, "Nv"],
-                       test_probs: Real[ArrayLike, "Nt L C"],
-                       test_exit: Int[ArrayLike, "Nt"],
-                       test_labels: Int[ArrayLike, "Nt"], *, alpha: float,
-                       min_points: int = 20) -> ConformalResult:
+def per_exit_conformal(
+  val_probs: Real[ArrayLike, "Nv L C"],
+  val_exit: Int[ArrayLike, "Nv"],
+  val_labels: Int[ArrayLike, "Nv"],
+  test_probs: Real[ArrayLike, "Nt L C"],
+  test_exit: Int[ArrayLike, "Nt"],
+  test_labels: Int[ArrayLike, "Nt"],
+  *,
+  alpha: float,
+  min_points: int = 20,
+) -> ConformalResult:
   """Split conformal with one q̂ per exit (JEI-DNN §8.5).
 
   q̂_k comes from the scores 1 − p_{k,y} of the validation examples that
@@ -142,8 +150,9 @@ def per_exit_conformal(val_probs: Real[ArrayLike, "Nv L C"],
   tp, te, ty = _check_split("test", test_probs, test_exit, test_labels)
   if vp.shape[1:] != tp.shape[1:]:
     raise ValueError(
-        "val_probs and test_probs must share [L, C]; got shapes "
-        f"{vp.shape} and {tp.shape}")
+      "val_probs and test_probs must share [L, C]; got shapes "
+      f"{vp.shape} and {tp.shape}"
+    )
   scores = 1.0 - np.take_along_axis(vp, vy[:, None, None], axis=2)[..., 0]
   qhat = np.empty((vp.shape[1],))
   for k in range(vp.shape[1]):
@@ -153,6 +162,9 @@ def per_exit_conformal(val_probs: Real[ArrayLike, "Nv L C"],
   probs_at_exit = np.take_along_axis(tp, te[:, None, None], axis=1)[:, 0]
   sets = prediction_sets(probs_at_exit, qhat[te])  # [Nt, C]
   covered = np.take_along_axis(sets, ty[:, None], axis=1)[:, 0]
-  return ConformalResult(coverage=float(covered.mean()),
-                         mean_set_size=float(sets.sum(axis=1).mean()),
-                         qhat=qhat, alpha=float(alpha))
+  return ConformalResult(
+    coverage=float(covered.mean()),
+    mean_set_size=float(sets.sum(axis=1).mean()),
+    qhat=qhat,
+    alpha=float(alpha),
+  )

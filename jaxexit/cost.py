@@ -66,8 +66,9 @@ def linear_flops(in_features: int, out_features: int, tokens: int = 1) -> int:
   return 2 * tokens * in_features * out_features
 
 
-def encoder_layer_flops(seq_len: int, d_model: int, num_heads: int,
-                        d_ff: int) -> int:
+def encoder_layer_flops(
+  seq_len: int, d_model: int, num_heads: int, d_ff: int
+) -> int:
   """FLOPs of one BERT/ALBERT/ViT encoder layer on one sequence.
 
   With T = seq_len, D = d_model, F = d_ff:
@@ -90,15 +91,22 @@ def encoder_layer_flops(seq_len: int, d_model: int, num_heads: int,
   checks.positive_int("d_ff", d_ff)
   projections = 4 * linear_flops(d_model, d_model, seq_len)
   attention = 2 * (2 * seq_len * seq_len * d_model)
-  mlp = linear_flops(d_model, d_ff, seq_len) + linear_flops(d_ff, d_model,
-                                                            seq_len)
+  mlp = linear_flops(d_model, d_ff, seq_len) + linear_flops(
+    d_ff, d_model, seq_len
+  )
   return projections + attention + mlp
 
 
-def decoder_layer_flops(seq_len: int, d_model: int, num_heads: int,
-                        num_kv_heads: int, d_ff: int, *,
-                        kv_len: int | None = None,
-                        head_dim: int | None = None) -> int:
+def decoder_layer_flops(
+  seq_len: int,
+  d_model: int,
+  num_heads: int,
+  num_kv_heads: int,
+  d_ff: int,
+  *,
+  kv_len: int | None = None,
+  head_dim: int | None = None,
+) -> int:
   """FLOPs of one Llama-style decoder layer (GQA, SwiGLU) on one sequence.
 
   With T = seq_len new tokens, S = kv_len attended positions, H query heads,
@@ -124,26 +132,35 @@ def decoder_layer_flops(seq_len: int, d_model: int, num_heads: int,
   Returns:
     The layer's FLOPs.
   """
-  for name, value in (("seq_len", seq_len), ("d_model", d_model),
-                      ("num_heads", num_heads), ("num_kv_heads", num_kv_heads),
-                      ("d_ff", d_ff)):
+  for name, value in (
+    ("seq_len", seq_len),
+    ("d_model", d_model),
+    ("num_heads", num_heads),
+    ("num_kv_heads", num_kv_heads),
+    ("d_ff", d_ff),
+  ):
     checks.positive_int(name, value)
   if head_dim is None:
     _check_heads(d_model, num_heads)
     head_dim = d_model // num_heads
   checks.positive_int("head_dim", head_dim)
   if num_heads % num_kv_heads:
-    raise ValueError(f"num_kv_heads must divide num_heads; got "
-                     f"num_heads={num_heads}, num_kv_heads={num_kv_heads}")
+    raise ValueError(
+      f"num_kv_heads must divide num_heads; got "
+      f"num_heads={num_heads}, num_kv_heads={num_kv_heads}"
+    )
   kv_len = seq_len if kv_len is None else kv_len
   checks.positive_int("kv_len", kv_len)
   q_width, kv_width = num_heads * head_dim, num_kv_heads * head_dim
-  projections = (linear_flops(d_model, q_width, seq_len)
-                 + 2 * linear_flops(d_model, kv_width, seq_len)
-                 + linear_flops(q_width, d_model, seq_len))
+  projections = (
+    linear_flops(d_model, q_width, seq_len)
+    + 2 * linear_flops(d_model, kv_width, seq_len)
+    + linear_flops(q_width, d_model, seq_len)
+  )
   attention = 2 * (2 * seq_len * kv_len * q_width)
   mlp = 2 * linear_flops(d_model, d_ff, seq_len) + linear_flops(
-      d_ff, d_model, seq_len)
+    d_ff, d_model, seq_len
+  )
   return projections + attention + mlp
 
 
@@ -151,8 +168,10 @@ def _check_heads(d_model: int, num_heads: int) -> None:
   checks.positive_int("d_model", d_model)
   checks.positive_int("num_heads", num_heads)
   if d_model % num_heads:
-    raise ValueError(f"num_heads must divide d_model; got d_model={d_model}, "
-                     f"num_heads={num_heads}")
+    raise ValueError(
+      f"num_heads must divide d_model; got d_model={d_model}, "
+      f"num_heads={num_heads}"
+    )
 
 
 # ----------------------------------------------------------------------------
@@ -163,19 +182,22 @@ def _check_heads(d_model: int, num_heads: int) -> None:
 def _per_layer(name: str, values: PerLayer) -> np.ndarray:
   arr = np.asarray(values, dtype=np.float64)
   if arr.ndim != 1 or arr.size == 0:
-    raise ValueError(f"{name} must be a non-empty [L] vector; got shape "
-                     f"{arr.shape}")
+    raise ValueError(
+      f"{name} must be a non-empty [L] vector; got shape {arr.shape}"
+    )
   checks.in_range(name, arr, 0.0, np.inf)
   return arr
 
 
-def _exit_layers(exit_layer: ExitLayers, num_layers: int | None = None
-                 ) -> np.ndarray:
+def _exit_layers(
+  exit_layer: ExitLayers, num_layers: int | None = None
+) -> np.ndarray:
   """Validated 0-based exit indices as an int64 array."""
   arr = np.asarray(exit_layer)
   if arr.size == 0:
-    raise ValueError("exit_layer must hold at least one example; got shape "
-                     f"{arr.shape}")
+    raise ValueError(
+      f"exit_layer must hold at least one example; got shape {arr.shape}"
+    )
   if not np.issubdtype(arr.dtype, np.integer):
     raise ValueError(f"exit_layer must hold integers; got dtype={arr.dtype}")
   if num_layers is None:
@@ -186,8 +208,9 @@ def _exit_layers(exit_layer: ExitLayers, num_layers: int | None = None
   return arr.astype(np.int64)
 
 
-def cumulative_exit_flops(layer_flops: PerLayer,
-                          head_flops: PerLayer) -> Float[np.ndarray, "L"]:
+def cumulative_exit_flops(
+  layer_flops: PerLayer, head_flops: PerLayer
+) -> Float[np.ndarray, "L"]:
   """Cost of exiting at each layer, as JEI-DNN counts it.
 
   Exiting after layer l has run layers 0..l and evaluated every exit head
@@ -263,8 +286,9 @@ def saved_fraction(exit_layer: ExitLayers, num_layers: int) -> float:
   return 1.0 - avg_layers(exit_layer) / num_layers
 
 
-def realised_speedup(full_seconds: int | float | Timing,
-                     mode_seconds: int | float | Timing) -> float:
+def realised_speedup(
+  full_seconds: int | float | Timing, mode_seconds: int | float | Timing
+) -> float:
   """Measured speed-up: full-model time / early-exit time.
 
   Args:
@@ -274,10 +298,16 @@ def realised_speedup(full_seconds: int | float | Timing,
   Returns:
     full_seconds / mode_seconds.
   """
-  full = full_seconds.median if isinstance(full_seconds, Timing) else float(
-      full_seconds)
-  mode = mode_seconds.median if isinstance(mode_seconds, Timing) else float(
-      mode_seconds)
+  full = (
+    full_seconds.median
+    if isinstance(full_seconds, Timing)
+    else float(full_seconds)
+  )
+  mode = (
+    mode_seconds.median
+    if isinstance(mode_seconds, Timing)
+    else float(mode_seconds)
+  )
   checks.in_range("full_seconds", full, 0.0, np.inf, low_open=True)
   checks.in_range("mode_seconds", mode, 0.0, np.inf, low_open=True)
   return full / mode
@@ -313,14 +343,21 @@ class CostReport:
     out = {}
     for field in dataclasses.fields(self):
       value = getattr(self, field.name)
-      out[field.name] = None if value is None else (
-          int(value) if field.name == "num_layers" else float(value))
+      out[field.name] = (
+        None
+        if value is None
+        else (int(value) if field.name == "num_layers" else float(value))
+      )
     return out
 
 
-def cost_report(exit_layer: ExitLayers, num_layers: int,
-                cumulative_flops: PerLayer | None = None, *,
-                full_flops: int | float | None = None) -> CostReport:
+def cost_report(
+  exit_layer: ExitLayers,
+  num_layers: int,
+  cumulative_flops: PerLayer | None = None,
+  *,
+  full_flops: int | float | None = None,
+) -> CostReport:
   """All cost metrics for one set of exit decisions.
 
   Args:
@@ -336,18 +373,23 @@ def cost_report(exit_layer: ExitLayers, num_layers: int,
     A `CostReport`.
   """
   _exit_layers(exit_layer, num_layers)
-  report = dict(num_layers=num_layers,
-                avg_layers=avg_layers(exit_layer),
-                theoretical_speedup=theoretical_speedup(exit_layer, num_layers),
-                saved_fraction=saved_fraction(exit_layer, num_layers))
+  report = dict(
+    num_layers=num_layers,
+    avg_layers=avg_layers(exit_layer),
+    theoretical_speedup=theoretical_speedup(exit_layer, num_layers),
+    saved_fraction=saved_fraction(exit_layer, num_layers),
+  )
   if cumulative_flops is not None:
     cum = _per_layer("cumulative_flops", cumulative_flops)
     if cum.shape[0] != num_layers:
-      raise ValueError(f"cumulative_flops must have num_layers={num_layers} "
-                       f"entries; got shape {cum.shape}")
+      raise ValueError(
+        f"cumulative_flops must have num_layers={num_layers} "
+        f"entries; got shape {cum.shape}"
+      )
     full = float(cum[-1]) if full_flops is None else float(full_flops)
     checks.in_range("full_flops", full, 0.0, np.inf, low_open=True)
     expected = expected_flops(exit_layer, cum)
-    report.update(expected_flops=expected, full_flops=full,
-                  flops_fraction=expected / full)
+    report.update(
+      expected_flops=expected, full_flops=full, flops_fraction=expected / full
+    )
   return CostReport(**report)

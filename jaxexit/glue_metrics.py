@@ -28,8 +28,10 @@ from jaxexit.data import glue
 def _pair(preds, labels, *, dtype=None) -> tuple[np.ndarray, np.ndarray]:
   p, y = np.asarray(preds, dtype=dtype), np.asarray(labels, dtype=dtype)
   if p.ndim != 1 or y.ndim != 1:
-    raise ValueError(f"preds and labels must be 1-D [B]; got preds.shape="
-                     f"{p.shape}, labels.shape={y.shape}")
+    raise ValueError(
+      f"preds and labels must be 1-D [B]; got preds.shape="
+      f"{p.shape}, labels.shape={y.shape}"
+    )
   checks.same_shape(("preds", "labels"), p, y)
   if p.size == 0:
     raise ValueError("preds and labels are empty; a metric needs >= 1 example")
@@ -49,8 +51,9 @@ def _classes(preds, labels) -> tuple[np.ndarray, np.ndarray]:
   return _ints("preds", p), _ints("labels", y)
 
 
-def accuracy(preds: Real[ArrayLike, "B"], labels: Real[ArrayLike, "B"]
-             ) -> float:
+def accuracy(
+  preds: Real[ArrayLike, "B"], labels: Real[ArrayLike, "B"]
+) -> float:
   """Fraction of `preds == labels`.
 
   Args:
@@ -77,16 +80,18 @@ def f1(preds: Real[ArrayLike, "B"], labels: Real[ArrayLike, "B"]) -> float:
   p, y = _classes(preds, labels)
   for name, x in (("preds", p), ("labels", y)):
     if not np.all((x == 0) | (x == 1)):
-      raise ValueError(f"{name} of binary f1 must be 0 or 1; got "
-                       f"{np.unique(x)}")
+      raise ValueError(
+        f"{name} of binary f1 must be 0 or 1; got {np.unique(x)}"
+      )
   tp = np.sum((p == 1) & (y == 1), dtype=np.float64)
   wrong = np.sum(p != y, dtype=np.float64)  # FP + FN
   denom = 2.0 * tp + wrong
   return float(2.0 * tp / denom) if denom > 0 else 0.0
 
 
-def matthews_corrcoef(preds: Real[ArrayLike, "B"],
-                      labels: Real[ArrayLike, "B"]) -> float:
+def matthews_corrcoef(
+  preds: Real[ArrayLike, "B"], labels: Real[ArrayLike, "B"]
+) -> float:
   """Matthews correlation coefficient (multiclass R_K of Gorodkin, 2004).
 
   For two classes this is (TP TN - FP FN) / sqrt((TP+FP)(TP+FN)(TN+FP)(TN+FN)).
@@ -102,7 +107,7 @@ def matthews_corrcoef(preds: Real[ArrayLike, "B"],
   _, inverse = np.unique(np.concatenate([p, y]), return_inverse=True)
   k = int(inverse.max()) + 1
   conf = np.zeros((k, k), np.float64)  # [true, predicted]
-  np.add.at(conf, (inverse[p.size:], inverse[:p.size]), 1.0)
+  np.add.at(conf, (inverse[p.size :], inverse[: p.size]), 1.0)
   t_k, p_k = conf.sum(axis=1), conf.sum(axis=0)
   n, correct = conf.sum(), np.trace(conf)
   cov_yp = correct * n - t_k @ p_k
@@ -129,8 +134,7 @@ def _pearson(x: np.ndarray, y: np.ndarray) -> float:
   return float(np.clip((xc @ yc) / denom, -1.0, 1.0))
 
 
-def pearson(preds: Real[ArrayLike, "B"], labels: Real[ArrayLike, "B"]
-            ) -> float:
+def pearson(preds: Real[ArrayLike, "B"], labels: Real[ArrayLike, "B"]) -> float:
   """Pearson correlation of `preds` and `labels`.
 
   Args:
@@ -168,8 +172,9 @@ def rank_average(x: Real[ArrayLike, "B"]) -> Float64[np.ndarray, "B"]:
   return ranks
 
 
-def spearman(preds: Real[ArrayLike, "B"], labels: Real[ArrayLike, "B"]
-             ) -> float:
+def spearman(
+  preds: Real[ArrayLike, "B"], labels: Real[ArrayLike, "B"]
+) -> float:
   """Spearman rank correlation: Pearson of the tie-averaged ranks.
 
   Args:
@@ -184,16 +189,17 @@ def spearman(preds: Real[ArrayLike, "B"], labels: Real[ArrayLike, "B"]
 
 
 METRICS = {
-    "accuracy": accuracy,
-    "f1": f1,
-    "mcc": matthews_corrcoef,
-    "pearson": pearson,
-    "spearman": spearman,
+  "accuracy": accuracy,
+  "f1": f1,
+  "mcc": matthews_corrcoef,
+  "pearson": pearson,
+  "spearman": spearman,
 }
 
 
-def glue_score(task: str, preds: Real[ArrayLike, "B"],
-               labels: Real[ArrayLike, "B"]) -> dict[str, float]:
+def glue_score(
+  task: str, preds: Real[ArrayLike, "B"], labels: Real[ArrayLike, "B"]
+) -> dict[str, float]:
   """Every official metric of a GLUE task, plus its "selection" metric.
 
   Args:
@@ -216,8 +222,10 @@ def glue_score(task: str, preds: Real[ArrayLike, "B"],
     p, y = _classes(preds, labels)
     for name, x in (("preds", p), ("labels", y)):
       if np.any((x < 0) | (x >= spec.num_labels)):
-        raise ValueError(f"{name} of {spec.title} must be class ids in "
-                         f"[0, {spec.num_labels}); got {np.unique(x)}")
+        raise ValueError(
+          f"{name} of {spec.title} must be class ids in "
+          f"[0, {spec.num_labels}); got {np.unique(x)}"
+        )
   scores = {m: METRICS[m](preds, labels) for m in spec.metrics}
   scores["selection"] = float(np.mean([scores[m] for m in spec.selection]))
   return scores

@@ -12,8 +12,10 @@ from collections.abc import Sequence
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence]) -> str:
   """A GitHub Markdown table; cells are formatted with `str`."""
-  lines = ["| " + " | ".join(header) + " |",
-           "|" + "|".join("---" for _ in header) + "|"]
+  lines = [
+    "| " + " | ".join(header) + " |",
+    "|" + "|".join("---" for _ in header) + "|",
+  ]
   lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
   return "\n".join(lines)
 

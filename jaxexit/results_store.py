@@ -50,9 +50,10 @@ def _flock(lock_path: pathlib.Path, what: str) -> Iterator[None]:
         raise
       holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
       raise OutputLocked(
-          f"{what} is being written by another run (pid {holder or '?'}), "
-          f"which holds the lock file {lock_path}; wait for it to finish "
-          "or write to another --out") from None
+        f"{what} is being written by another run (pid {holder or '?'}), "
+        f"which holds the lock file {lock_path}; wait for it to finish "
+        "or write to another --out"
+      ) from None
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     try:
@@ -97,8 +98,9 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
   """
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.",
-                             suffix=".tmp")
+  fd, tmp = tempfile.mkstemp(
+    dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"
+  )
   umask = os.umask(0)
   os.umask(umask)
   try:
@@ -127,17 +129,18 @@ def _read(path: pathlib.Path) -> tuple[list[dict], dict | None]:
     data = json.loads(path.read_text(encoding="utf-8"))
   except (json.JSONDecodeError, UnicodeDecodeError) as e:
     raise ValueError(
-        f"{path} is not valid JSON ({e}); it was left as it is: move it "
-        "away or write to another --out") from e
+      f"{path} is not valid JSON ({e}); it was left as it is: move it "
+      "away or write to another --out"
+    ) from e
   rest = None
   if isinstance(data, dict) and isinstance(data.get("records"), list):
     rest = {k: v for k, v in data.items() if k != "records"}
     data = data["records"]
-  if not isinstance(data, list) or not all(isinstance(r, dict)
-                                           for r in data):
+  if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
     raise ValueError(
-        f"{path} holds no list of records (a JSON list of objects, or an "
-        "object with a 'records' list); it was left as it is")
+      f"{path} holds no list of records (a JSON list of objects, or an "
+      "object with a 'records' list); it was left as it is"
+    )
   return data, rest
 
 
@@ -152,9 +155,13 @@ def _merge_extra(old: dict | None, new: Mapping[str, Any]) -> dict:
   return out
 
 
-def merge_records(path: str | os.PathLike, records: Sequence[Mapping],
-                  key: Sequence[str] = DEFAULT_KEY, *,
-                  extra: Mapping[str, Any] | None = None) -> list[dict]:
+def merge_records(
+  path: str | os.PathLike,
+  records: Sequence[Mapping],
+  key: Sequence[str] = DEFAULT_KEY,
+  *,
+  extra: Mapping[str, Any] | None = None,
+) -> list[dict]:
   """Merges `records` into the results file at `path` and returns them all.
 
   Stored records whose key values equal a new record's are replaced (the
@@ -186,8 +193,9 @@ def merge_records(path: str | os.PathLike, records: Sequence[Mapping],
   for k, r in zip(keys, new):
     if k in seen:
       raise ValueError(
-          f"two records share the key {dict(zip(key, map(json.loads, k)))} "
-          f"(key fields {list(key)}): {seen[k]} and {r}")
+        f"two records share the key {dict(zip(key, map(json.loads, k)))} "
+        f"(key fields {list(key)}): {seen[k]} and {r}"
+      )
     seen[k] = r
   with _flock(path.with_name(path.name + ".lock"), f"results file {path}"):
     old, rest = _read(path)

@@ -69,8 +69,9 @@ class ShardingConfig:
   def data_parallel(cls, axis: str = DATA) -> "ShardingConfig":
     """Batch-leading activations sharded over `axis`, weights replicated."""
     b = P(axis)
-    return cls(batch_b=b, act_bd=b, act_btd=b, act_btf=b, logits_btv=b,
-               logits_blc=b)
+    return cls(
+      batch_b=b, act_bd=b, act_btd=b, act_btf=b, logits_btv=b, logits_blc=b
+    )
 
 
 def data_parallel_mesh(num_devices: int | None = None) -> Mesh:
@@ -87,9 +88,11 @@ def data_parallel_mesh(num_devices: int | None = None) -> Mesh:
   checks.positive_int("num_devices", n)
   if n > available:
     raise ValueError(
-        f"num_devices={n} exceeds the {available} available device(s)")
-  return jax.make_mesh((n,), (DATA,), axis_types=(AxisType.Auto,),
-                       devices=jax.devices()[:n])
+      f"num_devices={n} exceeds the {available} available device(s)"
+    )
+  return jax.make_mesh(
+    (n,), (DATA,), axis_types=(AxisType.Auto,), devices=jax.devices()[:n]
+  )
 
 
 def shard_batch(batch: PyTree, mesh: Mesh, axis: str = DATA) -> PyTree:
@@ -110,9 +113,11 @@ def shard_batch(batch: PyTree, mesh: Mesh, axis: str = DATA) -> PyTree:
     size = np.shape(x)[0] if np.ndim(x) else None
     if size is None or size % n:
       raise ValueError(
-          f"batch size {size} (leaf shape {np.shape(x)}) must be divisible "
-          f"by the device count {n} of mesh axis {axis!r}")
+        f"batch size {size} (leaf shape {np.shape(x)}) must be divisible "
+        f"by the device count {n} of mesh axis {axis!r}"
+      )
     return jax.device_put(x, sharding)
+
   return jax.tree.map(put, batch)
 
 
@@ -156,31 +161,50 @@ class DataParallelTiming:
   @property
   def speedup(self) -> float | None:
     """Median one-device time over median mesh time (None: one device)."""
-    return None if self.mesh is None else (
-        self.one_device.median / self.mesh.median)
+    return (
+      None if self.mesh is None else (self.one_device.median / self.mesh.median)
+    )
 
   def markdown(self) -> str:
     """A table of both rows: seconds per forward, examples/s, speed-up."""
     kind = self.device_kind
     rows = [(f"1 {kind}", self.batch, self.one_device, 1.0)]
     if self.mesh is not None:
-      rows.append((f"{self.devices} {kind} (mesh axis `{DATA}`)",
-                   self.batch // self.devices, self.mesh, self.speedup))
-    lines = ["| devices | batch per device | ms / forward (median) | "
-             "examples / s | speed-up |", "|---|---:|---:|---:|---:|"]
-    lines += [f"| {name} | {per_device} | {1e3 * t.median:.2f} | "
-              f"{self.batch / t.median:,.0f} | {speedup:.2f}x |"
-              for name, per_device, t, speedup in rows]
+      rows.append(
+        (
+          f"{self.devices} {kind} (mesh axis `{DATA}`)",
+          self.batch // self.devices,
+          self.mesh,
+          self.speedup,
+        )
+      )
+    lines = [
+      "| devices | batch per device | ms / forward (median) | "
+      "examples / s | speed-up |",
+      "|---|---:|---:|---:|---:|",
+    ]
+    lines += [
+      f"| {name} | {per_device} | {1e3 * t.median:.2f} | "
+      f"{self.batch / t.median:,.0f} | {speedup:.2f}x |"
+      for name, per_device, t, speedup in rows
+    ]
     if self.mesh is not None:
-      lines.append(f"\nGlobal batch {self.batch}; the two outputs differ by "
-                   f"at most {self.max_abs_diff:.2g}.")
+      lines.append(
+        f"\nGlobal batch {self.batch}; the two outputs differ by "
+        f"at most {self.max_abs_diff:.2g}."
+      )
     return "\n".join(lines)
 
 
-def time_data_parallel(forward: Callable[[Any, PyTree], PyTree],
-                       model: nnx.Module, batch: PyTree,
-                       mesh: Mesh | None = None, *, warmup: int = 2,
-                       repeats: int = 5) -> DataParallelTiming:
+def time_data_parallel(
+  forward: Callable[[Any, PyTree], PyTree],
+  model: nnx.Module,
+  batch: PyTree,
+  mesh: Mesh | None = None,
+  *,
+  warmup: int = 2,
+  repeats: int = 5,
+) -> DataParallelTiming:
   """Times `forward(model, batch)` on one device and over `mesh`'s "data".
 
   Both run the same jitted program on the same global batch: once with the
@@ -215,19 +239,31 @@ def time_data_parallel(forward: Callable[[Any, PyTree], PyTree],
   one = (jax.device_put(state, first), jax.device_put(batch, first))
   candidates = {"one": (run, one)}
   if devices > 1:
-    candidates["mesh"] = (run, (replicate(state, mesh),
-                                shard_batch(batch, mesh)))
-  timings = timing.time_side_by_side(candidates, warmup=warmup,
-                                     repeats=repeats)
+    candidates["mesh"] = (
+      run,
+      (replicate(state, mesh), shard_batch(batch, mesh)),
+    )
+  timings = timing.time_side_by_side(candidates, warmup=warmup, repeats=repeats)
   diff = 0.0
   if devices > 1:
-    pairs = zip(jax.tree.leaves(run(*one)),
-                jax.tree.leaves(run(*candidates["mesh"][1])))
-    diff = max((float(np.max(np.abs(np.asarray(a, np.float64)
-                                    - np.asarray(b, np.float64))))
-                for a, b in pairs if jnp.issubdtype(a.dtype, jnp.floating)),
-               default=0.0)
+    pairs = zip(
+      jax.tree.leaves(run(*one)), jax.tree.leaves(run(*candidates["mesh"][1]))
+    )
+    diff = max(
+      (
+        float(
+          np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)))
+        )
+        for a, b in pairs
+        if jnp.issubdtype(a.dtype, jnp.floating)
+      ),
+      default=0.0,
+    )
   return DataParallelTiming(
-      batch=int(np.shape(jax.tree.leaves(batch)[0])[0]), devices=devices,
-      device_kind=first.device_kind, one_device=timings["one"],
-      mesh=timings.get("mesh"), max_abs_diff=diff)
+    batch=int(np.shape(jax.tree.leaves(batch)[0])[0]),
+    devices=devices,
+    device_kind=first.device_kind,
+    one_device=timings["one"],
+    mesh=timings.get("mesh"),
+    max_abs_diff=diff,
+  )

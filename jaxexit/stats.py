@@ -47,13 +47,18 @@ import numpy as np
 from jaxexit import checks
 
 VERDICTS = ("reproduced", "contradicted", "inconclusive")
-KINDS = ("t", "bootstrap", "wilson", "paired_t", "paired_bootstrap",
-         "no_overlap")
+KINDS = (
+  "t",
+  "bootstrap",
+  "wilson",
+  "paired_t",
+  "paired_bootstrap",
+  "no_overlap",
+)
 
 
 @runtime_checkable
 class _SupportsArray(Protocol):
-
   def __array__(self, *args, **kwargs): ...
 
 
@@ -131,8 +136,10 @@ def _betacf(a: float, b: float, x: float) -> float:
   h = d
   for m in range(1, 1000):
     m2 = 2 * m
-    for num in (m * (b - m) * x / ((qam + m2) * (a + m2)),
-                -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))):
+    for num in (
+      m * (b - m) * x / ((qam + m2) * (a + m2)),
+      -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2)),
+    ):
       d = 1.0 + num * d
       d = 1.0 / (d if abs(d) > tiny else tiny)
       c = 1.0 + num / c
@@ -152,8 +159,13 @@ def _betainc(a: float, b: float, x: float, y: float) -> float:
     return 0.0
   if y <= 0.0:
     return 1.0
-  log_front = (a * math.log(x) + b * math.log(y) + math.lgamma(a + b)
-               - math.lgamma(a) - math.lgamma(b))
+  log_front = (
+    a * math.log(x)
+    + b * math.log(y)
+    + math.lgamma(a + b)
+    - math.lgamma(a)
+    - math.lgamma(b)
+  )
   # The continued fraction converges fast for x < (a + 1) / (a + b + 2); use
   # the symmetry I_x(a, b) = 1 − I_y(b, a) on the other side.
   if x < (a + 1.0) / (a + b + 2.0):
@@ -205,15 +217,18 @@ def t_quantile(p: Real, df: Real) -> float:
 def _vector(name: str, values: Values) -> np.ndarray:
   arr = np.asarray(values, dtype=np.float64)
   if arr.ndim != 1 or arr.size == 0:
-    raise ValueError(f"{name} must be a non-empty [N] vector; got shape "
-                     f"{arr.shape}, {name}={values!r}")
+    raise ValueError(
+      f"{name} must be a non-empty [N] vector; got shape "
+      f"{arr.shape}, {name}={values!r}"
+    )
   checks.finite(name, arr)
   return arr
 
 
 def _check_confidence(confidence: Real) -> None:
-  checks.in_range("confidence", confidence, 0.0, 1.0, low_open=True,
-                  high_open=True)
+  checks.in_range(
+    "confidence", confidence, 0.0, 1.0, low_open=True, high_open=True
+  )
 
 
 def t_interval(values: Values, confidence: Real = 0.95) -> Interval:
@@ -242,8 +257,9 @@ def _t_interval(x: np.ndarray, confidence: Real, kind: str) -> Interval:
   return Interval(mean, mean - half, mean + half, n, kind, confidence)
 
 
-def paired_t_interval(a: Values, b: Values,
-                      confidence: Real = 0.95) -> Interval:
+def paired_t_interval(
+  a: Values, b: Values, confidence: Real = 0.95
+) -> Interval:
   """t interval of mean(a − b) over paired values (e.g. the same seeds).
 
   Args:
@@ -262,22 +278,33 @@ def paired_t_interval(a: Values, b: Values,
 
 def _check_paired(a: np.ndarray, b: np.ndarray) -> None:
   if a.shape[0] != b.shape[0]:
-    raise ValueError("a and b must be paired (same length along the first "
-                     f"axis); got len(a)={a.shape[0]}, len(b)={b.shape[0]}")
+    raise ValueError(
+      "a and b must be paired (same length along the first "
+      f"axis); got len(a)={a.shape[0]}, len(b)={b.shape[0]}"
+    )
 
 
 def _examples(name: str, values: Values) -> np.ndarray:
   arr = np.asarray(values, dtype=np.float64)
   if arr.ndim == 0 or arr.shape[0] == 0:
-    raise ValueError(f"{name} must have a non-empty first (example) axis; "
-                     f"got shape {arr.shape}")
+    raise ValueError(
+      f"{name} must have a non-empty first (example) axis; "
+      f"got shape {arr.shape}"
+    )
   checks.finite(name, arr)
   return arr
 
 
-def _bootstrap(point: float, draws: Callable[[np.ndarray], float], n: int, *,
-               num_resamples: int, confidence: Real, seed: int,
-               kind: str) -> Interval:
+def _bootstrap(
+  point: float,
+  draws: Callable[[np.ndarray], float],
+  n: int,
+  *,
+  num_resamples: int,
+  confidence: Real,
+  seed: int,
+  kind: str,
+) -> Interval:
   """Percentile interval of `draws(indices)` over resampled [N] indices."""
   checks.positive_int("num_resamples", num_resamples)
   _check_confidence(confidence)
@@ -285,17 +312,22 @@ def _bootstrap(point: float, draws: Callable[[np.ndarray], float], n: int, *,
     return Interval(point, math.nan, math.nan, n, kind, confidence)
   rng = np.random.default_rng(seed)
   # One resample at a time keeps memory at O(N) for large test sets.
-  stats = np.array([draws(rng.integers(0, n, size=n))
-                    for _ in range(num_resamples)])
+  stats = np.array(
+    [draws(rng.integers(0, n, size=n)) for _ in range(num_resamples)]
+  )
   alpha = 1.0 - confidence
   lo, hi = np.quantile(stats, [0.5 * alpha, 1.0 - 0.5 * alpha])
   return Interval(point, float(lo), float(hi), n, kind, confidence)
 
 
-def bootstrap_interval(values: Values,
-                       statistic: Callable[[np.ndarray], Any] = np.mean, *,
-                       num_resamples: int = 2000, confidence: Real = 0.95,
-                       seed: int = 0) -> Interval:
+def bootstrap_interval(
+  values: Values,
+  statistic: Callable[[np.ndarray], Any] = np.mean,
+  *,
+  num_resamples: int = 2000,
+  confidence: Real = 0.95,
+  seed: int = 0,
+) -> Interval:
   """Percentile bootstrap interval of `statistic` over examples.
 
   Use it for one model scored on many examples (per-example correctness,
@@ -313,15 +345,26 @@ def bootstrap_interval(values: Values,
     when N < 2 (a single example has no sampling spread to resample).
   """
   x = _examples("values", values)
-  return _bootstrap(float(statistic(x)), lambda i: float(statistic(x[i])),
-                    x.shape[0], num_resamples=num_resamples,
-                    confidence=confidence, seed=seed, kind="bootstrap")
+  return _bootstrap(
+    float(statistic(x)),
+    lambda i: float(statistic(x[i])),
+    x.shape[0],
+    num_resamples=num_resamples,
+    confidence=confidence,
+    seed=seed,
+    kind="bootstrap",
+  )
 
 
 def paired_bootstrap_difference(
-    a: Values, b: Values, statistic: Callable[[np.ndarray], Any] = np.mean,
-    *, num_resamples: int = 2000, confidence: Real = 0.95,
-    seed: int = 0) -> Interval:
+  a: Values,
+  b: Values,
+  statistic: Callable[[np.ndarray], Any] = np.mean,
+  *,
+  num_resamples: int = 2000,
+  confidence: Real = 0.95,
+  seed: int = 0,
+) -> Interval:
   """Bootstrap interval of statistic(a) − statistic(b) on the same examples.
 
   Each resample draws one set of example indices and applies it to both, so
@@ -344,13 +387,19 @@ def paired_bootstrap_difference(
   _check_paired(x, y)
   point = float(statistic(x)) - float(statistic(y))
   return _bootstrap(
-      point, lambda i: float(statistic(x[i])) - float(statistic(y[i])),
-      x.shape[0], num_resamples=num_resamples, confidence=confidence,
-      seed=seed, kind="paired_bootstrap")
+    point,
+    lambda i: float(statistic(x[i])) - float(statistic(y[i])),
+    x.shape[0],
+    num_resamples=num_resamples,
+    confidence=confidence,
+    seed=seed,
+    kind="paired_bootstrap",
+  )
 
 
-def wilson_interval(successes: int | np.integer, trials: int | np.integer,
-                    confidence: Real = 0.95) -> Interval:
+def wilson_interval(
+  successes: int | np.integer, trials: int | np.integer, confidence: Real = 0.95
+) -> Interval:
   """Wilson score interval of a success rate.
 
     centre = (p̂ + z²/2n) / (1 + z²/n)
@@ -368,8 +417,9 @@ def wilson_interval(successes: int | np.integer, trials: int | np.integer,
   checks.positive_int("trials", trials)
   checks.positive_int("successes", successes, minimum=0)
   if successes > trials:
-    raise ValueError(f"successes must be <= trials; got successes={successes}"
-                     f", trials={trials}")
+    raise ValueError(
+      f"successes must be <= trials; got successes={successes}, trials={trials}"
+    )
   n, p = int(trials), int(successes) / int(trials)
   z = statistics.NormalDist().inv_cdf(0.5 + 0.5 * confidence)
   denom = 1.0 + z * z / n
@@ -387,13 +437,16 @@ def wilson_interval(successes: int | np.integer, trials: int | np.integer,
 def _curve(costs: Values, scores: Values) -> tuple[np.ndarray, np.ndarray]:
   c, s = _vector("costs", costs), _vector("scores", scores)
   if c.shape != s.shape:
-    raise ValueError("costs and scores must have one length; got "
-                     f"costs.shape={c.shape}, scores.shape={s.shape}")
+    raise ValueError(
+      "costs and scores must have one length; got "
+      f"costs.shape={c.shape}, scores.shape={s.shape}"
+    )
   return c, s
 
 
-def pareto_front(costs: Values,
-                 scores: Values) -> tuple[np.ndarray, np.ndarray]:
+def pareto_front(
+  costs: Values, scores: Values
+) -> tuple[np.ndarray, np.ndarray]:
   """The non-dominated points (lower cost, higher score), sorted by cost.
 
   A point is kept when every cheaper-or-equal point scores strictly lower;
@@ -414,8 +467,9 @@ def pareto_front(costs: Values,
   return c[keep], s[keep]
 
 
-def interpolate_on_grid(costs: Values, scores: Values,
-                        grid: Values) -> np.ndarray:
+def interpolate_on_grid(
+  costs: Values, scores: Values, grid: Values
+) -> np.ndarray:
   """Score of the Pareto front, linearly interpolated at the grid costs.
 
   Args:
@@ -434,13 +488,16 @@ def interpolate_on_grid(costs: Values, scores: Values,
 
 def _fronts(name: str, curves: Sequence) -> list[tuple[np.ndarray, np.ndarray]]:
   if len(curves) == 0:
-    raise ValueError(f"{name} must hold at least one (costs, scores) curve; "
-                     f"got {name}={curves!r}")
+    raise ValueError(
+      f"{name} must hold at least one (costs, scores) curve; "
+      f"got {name}={curves!r}"
+    )
   return [pareto_front(c, s) for c, s in curves]
 
 
-def matched_cost_grid(curves_a: Sequence, curves_b: Sequence,
-                      grid_size: int = 21) -> np.ndarray:
+def matched_cost_grid(
+  curves_a: Sequence, curves_b: Sequence, grid_size: int = 21
+) -> np.ndarray:
   """The costs every curve's Pareto front reaches, as an even grid.
 
   The overlap runs from the largest minimum cost to the smallest maximum
@@ -466,9 +523,13 @@ def matched_cost_grid(curves_a: Sequence, curves_b: Sequence,
   return np.linspace(lo, hi, grid_size)
 
 
-def matched_cost_difference(curves_a: Sequence, curves_b: Sequence, *,
-                            grid_size: int = 21,
-                            confidence: Real = 0.95) -> Interval:
+def matched_cost_difference(
+  curves_a: Sequence,
+  curves_b: Sequence,
+  *,
+  grid_size: int = 21,
+  confidence: Real = 0.95,
+) -> Interval:
   """CI of the mean score gap between two methods at matched cost.
 
   Per seed s: d_s = mean over the grid of front_a_s(c) − front_b_s(c), on
@@ -486,24 +547,26 @@ def matched_cost_difference(curves_a: Sequence, curves_b: Sequence, *,
   """
   _check_confidence(confidence)
   if len(curves_a) != len(curves_b):
-    raise ValueError("curves_a and curves_b must be paired by seed; got "
-                     f"len(curves_a)={len(curves_a)}, "
-                     f"len(curves_b)={len(curves_b)}")
+    raise ValueError(
+      "curves_a and curves_b must be paired by seed; got "
+      f"len(curves_a)={len(curves_a)}, "
+      f"len(curves_b)={len(curves_b)}"
+    )
   grid = matched_cost_grid(curves_a, curves_b, grid_size)
   n = len(curves_a)
   if grid.size == 0:
     return Interval(math.nan, math.nan, math.nan, n, "no_overlap", confidence)
-  diffs = [np.mean(interpolate_on_grid(*ca, grid)
-                   - interpolate_on_grid(*cb, grid))
-           for ca, cb in zip(curves_a, curves_b)]
+  diffs = [
+    np.mean(interpolate_on_grid(*ca, grid) - interpolate_on_grid(*cb, grid))
+    for ca, cb in zip(curves_a, curves_b)
+  ]
   return _t_interval(np.array(diffs), confidence, "paired_t")
 
 
 # --- verdicts ---------------------------------------------------------------
 
 
-def verdict(diff: Interval, *, paper_effect: Real,
-            direction: int = +1) -> str:
+def verdict(diff: Interval, *, paper_effect: Real, direction: int = +1) -> str:
   """The verdict word a CI on (method − baseline) supports.
 
   With x = direction · diff: "reproduced" when x.lo > 0 (the CI excludes 0
@@ -523,8 +586,7 @@ def verdict(diff: Interval, *, paper_effect: Real,
     or "inconclusive (no matched cost)" for a "no_overlap" diff.
   """
   checks.one_of("direction", direction, (1, -1))
-  checks.in_range("paper_effect", paper_effect, 0.0, math.inf,
-                  high_open=True)
+  checks.in_range("paper_effect", paper_effect, 0.0, math.inf, high_open=True)
   if diff.kind == "no_overlap":
     return "inconclusive (no matched cost)"
   if diff.n < 2 or not diff.defined:
@@ -537,15 +599,19 @@ def verdict(diff: Interval, *, paper_effect: Real,
   return "inconclusive"
 
 
-def verdict_record(diff: Interval, *, paper_effect: Real,
-                   direction: int = +1) -> dict:
+def verdict_record(
+  diff: Interval, *, paper_effect: Real, direction: int = +1
+) -> dict:
   """`verdict` with its numbers, ready for results.json.
 
   Returns:
     {"verdict", "diff_mean", "diff_ci": [lo, hi], "n", "paper_effect"}, with
     None for NaN.
   """
-  return {"verdict": verdict(diff, paper_effect=paper_effect,
-                             direction=direction),
-          "diff_mean": _json_float(diff.mean), "diff_ci": diff.as_list(),
-          "n": diff.n, "paper_effect": paper_effect}
+  return {
+    "verdict": verdict(diff, paper_effect=paper_effect, direction=direction),
+    "diff_mean": _json_float(diff.mean),
+    "diff_ci": diff.as_list(),
+    "n": diff.n,
+    "paper_effect": paper_effect,
+  }

@@ -38,11 +38,14 @@ def rouge_l(candidate: str, reference: str) -> float:
   return 2 * precision * recall / (precision + recall)
 
 
-def reference_accuracy(candidate: str, correct: Sequence[str],
-                       incorrect: Sequence[str]) -> bool:
+def reference_accuracy(
+  candidate: str, correct: Sequence[str], incorrect: Sequence[str]
+) -> bool:
   """max ROUGE-L to a correct reference > max to an incorrect one."""
   if not correct or not incorrect:
-    raise ValueError("reference_accuracy needs correct and incorrect "
-                     f"references; got {len(correct)} and {len(incorrect)}")
+    raise ValueError(
+      "reference_accuracy needs correct and incorrect "
+      f"references; got {len(correct)} and {len(incorrect)}"
+    )
   best = lambda refs: max(rouge_l(candidate, r) for r in refs)
   return best(correct) > best(incorrect)

@@ -45,8 +45,9 @@ def _timed_call(fn: Callable[..., Any], args: tuple[Any, ...]) -> float:
   return time.perf_counter() - start
 
 
-def time_fn(fn: Callable[..., Any], *args: Any, warmup: int = 2,
-            repeats: int = 7) -> Timing:
+def time_fn(
+  fn: Callable[..., Any], *args: Any, warmup: int = 2, repeats: int = 7
+) -> Timing:
   """Times `fn(*args)` after `warmup` untimed calls (which absorb compiling).
 
   Args:
@@ -58,13 +59,16 @@ def time_fn(fn: Callable[..., Any], *args: Any, warmup: int = 2,
   Returns:
     A `Timing` of the `repeats` calls.
   """
-  return time_side_by_side({"fn": (fn, args)}, warmup=warmup,
-                           repeats=repeats)["fn"]
+  return time_side_by_side({"fn": (fn, args)}, warmup=warmup, repeats=repeats)[
+    "fn"
+  ]
 
 
 def time_side_by_side(
-    candidates: Mapping[str, tuple[Callable[..., Any], tuple[Any, ...]]],
-    warmup: int = 2, repeats: int = 7) -> dict[str, Timing]:
+  candidates: Mapping[str, tuple[Callable[..., Any], tuple[Any, ...]]],
+  warmup: int = 2,
+  repeats: int = 7,
+) -> dict[str, Timing]:
   """Times several functions interleaved, so machine noise hits all alike.
 
   Each round calls every candidate once; the starting candidate rotates

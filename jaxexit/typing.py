@@ -26,12 +26,12 @@ PyTree = Any
 Schedule = Callable[[int], int]
 
 __all__ = [
-    "Array",
-    "Bool",
-    "Float",
-    "Int",
-    "PRNGKeyArray",
-    "PyTree",
-    "Schedule",
-    "jax",
+  "Array",
+  "Bool",
+  "Float",
+  "Int",
+  "PRNGKeyArray",
+  "PyTree",
+  "Schedule",
+  "jax",
 ]

@@ -49,8 +49,7 @@ _PLATFORM_ALIASES = {"cuda": "gpu", "rocm": "gpu"}
 MIN_GPU_BLOCK = 16
 TPU_SUBLANES, TPU_LANES = 8, 128
 # Devices that cross-lowering targets by default (see `lowering_target`).
-DEFAULT_LOWERING_KINDS = {"gpu": "NVIDIA H100 80GB HBM3",
-                          "tpu": "TPU v5 lite"}
+DEFAULT_LOWERING_KINDS = {"gpu": "NVIDIA H100 80GB HBM3", "tpu": "TPU v5 lite"}
 
 
 def _platform_of(arrays) -> str | None:
@@ -83,13 +82,16 @@ def resolve(op: str, backend, interpret, *arrays):
       without a lowering when the interpreter is off.
   """
   if backend is not None and backend not in BACKENDS:
-    raise ValueError(f"{op}: backend must be one of {BACKENDS} or None; got "
-                     f"{backend=}")
+    raise ValueError(
+      f"{op}: backend must be one of {BACKENDS} or None; got {backend=}"
+    )
   if interpret is not None and not isinstance(interpret, bool):
-    raise ValueError(f"{op}: interpret must be True, False or None; got "
-                     f"{interpret=}")
+    raise ValueError(
+      f"{op}: interpret must be True, False or None; got {interpret=}"
+    )
   platform = _platform_of(arrays) or _PLATFORM_ALIASES.get(
-      jax.default_backend(), jax.default_backend())
+    jax.default_backend(), jax.default_backend()
+  )
   if interpret is None:
     interpret = platform == "cpu"
   if backend is None:
@@ -100,10 +102,11 @@ def resolve(op: str, backend, interpret, *arrays):
     else:
       have = ", ".join(f"{b!r} ({LOWERINGS[b]})" for b in BACKENDS)
       raise ValueError(
-          f"{op}: Pallas has no lowering for platform {platform!r}; the "
-          f"kernels have lowerings for {have}. Pass interpret=True to run "
-          "the Pallas interpreter, backend='gpu' or 'tpu' to cross-lower, or "
-          "use the XLA reference (impl='xla').")
+        f"{op}: Pallas has no lowering for platform {platform!r}; the "
+        f"kernels have lowerings for {have}. Pass interpret=True to run "
+        "the Pallas interpreter, backend='gpu' or 'tpu' to cross-lower, or "
+        "use the XLA reference (impl='xla')."
+      )
   if not interpret:
     return backend, False
   return backend, tpu_interpret_params() if backend == "tpu" else True
@@ -125,12 +128,14 @@ def is_power_of_two(n: int) -> bool:
 
 def check_positive(owner: str, name: str, value) -> None:
   if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-    raise ValueError(f"{owner}.{name} must be a positive int; got "
-                     f"{name}={value!r}")
+    raise ValueError(
+      f"{owner}.{name} must be a positive int; got {name}={value!r}"
+    )
 
 
-def check_tile(owner: str, name: str, value: int, backend: str,
-               tpu_multiple: int) -> None:
+def check_tile(
+  owner: str, name: str, value: int, backend: str, tpu_multiple: int
+) -> None:
   """Raises unless `value` obeys `backend`'s tiling rule for this tile.
 
   Args:
@@ -141,22 +146,22 @@ def check_tile(owner: str, name: str, value: int, backend: str,
     tpu_multiple: 8 for a sublane (second-to-last) tile dimension, 128 for a
       lane (last) one.
   """
-  if backend == "gpu" and (value < MIN_GPU_BLOCK
-                           or not is_power_of_two(value)):
+  if backend == "gpu" and (value < MIN_GPU_BLOCK or not is_power_of_two(value)):
     raise ValueError(
-        f"{owner}.{name}={value} breaks the GPU (Triton) tiling rule: "
-        f"tiles must be powers of two >= {MIN_GPU_BLOCK} (loads and stores "
-        "of power-of-two size; tl.dot needs dimensions >= 16)")
+      f"{owner}.{name}={value} breaks the GPU (Triton) tiling rule: "
+      f"tiles must be powers of two >= {MIN_GPU_BLOCK} (loads and stores "
+      "of power-of-two size; tl.dot needs dimensions >= 16)"
+    )
   if backend == "tpu" and value % tpu_multiple:
     dim = "second-to-last" if tpu_multiple == TPU_SUBLANES else "last"
     raise ValueError(
-        f"{owner}.{name}={value} breaks the TPU (Mosaic) tiling rule: the "
-        "last two block dimensions must be multiples of (8, 128); "
-        f"{name} is a {dim} dimension, so a multiple of {tpu_multiple}")
+      f"{owner}.{name}={value} breaks the TPU (Mosaic) tiling rule: the "
+      "last two block dimensions must be multiples of (8, 128); "
+      f"{name} is a {dim} dimension, so a multiple of {tpu_multiple}"
+    )
 
 
-def fit_block(block: int, length: int, backend: str, tpu_multiple: int
-              ) -> int:
+def fit_block(block: int, length: int, backend: str, tpu_multiple: int) -> int:
   """`block`, shrunk to the smallest legal tile covering `length` if less.
 
   GPU: the next power of two >= 16; TPU: the next multiple of
@@ -177,8 +182,9 @@ def padded_head_dim(d: int, backend: str) -> int:
 def compiler_params(backend: str, head_dim: int, grid_rank: int):
   """Triton warps/stages, or Mosaic's all-parallel grid semantics."""
   if backend == "gpu":
-    return pltriton.CompilerParams(num_warps=4 if head_dim <= 64 else 8,
-                                   num_stages=2)
+    return pltriton.CompilerParams(
+      num_warps=4 if head_dim <= 64 else 8, num_stages=2
+    )
   # Every grid point writes its own output block: all axes are parallel
   # (megacore TPUs split them over their two cores).
   return pltpu.CompilerParams(dimension_semantics=("parallel",) * grid_rank)
@@ -202,7 +208,8 @@ def check_array(name: str, x, shape: tuple, kind: str) -> None:
   """
   got = np.shape(x)
   if len(got) != len(shape) or any(
-      want not in (None, size) for want, size in zip(shape, got)):
+    want not in (None, size) for want, size in zip(shape, got)
+  ):
     want = tuple("*" if s is None else s for s in shape)
     raise ValueError(f"{name}.shape={got}; expected {want}")
   dtypes = {"float": jnp.floating, "int": jnp.integer, "bool": jnp.bool_}
@@ -224,14 +231,16 @@ def round_up(n: int, block: int) -> int:
 
 def dot_nt(a, b):
   """a @ b.T in float32: [M, K] x [N, K] -> [M, N]."""
-  return lax.dot_general(a, b, (((1,), (1,)), ((), ())),
-                         preferred_element_type=jnp.float32)
+  return lax.dot_general(
+    a, b, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32
+  )
 
 
 def dot_tn(a, b):
   """a.T @ b in float32: [M, N] x [M, K] -> [N, K]."""
-  return lax.dot_general(a, b, (((0,), (0,)), ((), ())),
-                         preferred_element_type=jnp.float32)
+  return lax.dot_general(
+    a, b, (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32
+  )
 
 
 def position_mask(q_pos, k_pos, k_valid):
@@ -254,10 +263,12 @@ def lowering_target(backend: str, device_kind: str | None = None):
     device_kind: the device to target; default an H100 / a TPU v5e.
   """
   kind = device_kind or DEFAULT_LOWERING_KINDS[backend]
-  device = jax.sharding.AbstractDevice(device_kind=kind, num_cores=1,
-                                       platform=backend)
+  device = jax.sharding.AbstractDevice(
+    device_kind=kind, num_cores=1, platform=backend
+  )
   return jax.sharding.use_abstract_mesh(
-      jax.sharding.AbstractMesh((), (), abstract_device=device))
+    jax.sharding.AbstractMesh((), (), abstract_device=device)
+  )
 
 
 def shard_map(f, *, mesh, in_specs, out_specs):
@@ -271,19 +282,27 @@ def shard_map(f, *, mesh, in_specs, out_specs):
   out_specs are exact by design.
   """
   if hasattr(jax, "shard_map"):
-    mapped = jax.shard_map(f, mesh=mesh, in_specs=in_specs,
-                           out_specs=out_specs, check_vma=False)
+    mapped = jax.shard_map(
+      f, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False
+    )
   else:
     from jax.experimental.shard_map import shard_map as legacy  # noqa: PLC0415
-    mapped = legacy(f, mesh=mesh, in_specs=in_specs, out_specs=out_specs,
-                    check_rep=False)
+
+    mapped = legacy(
+      f, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_rep=False
+    )
   explicit = jax.sharding.AxisType.Explicit in getattr(mesh, "axis_types", ())
   if not explicit:
     return mapped
 
   def resharded(*args):
-    return mapped(*(jax.reshard(x, jax.sharding.NamedSharding(mesh, spec))
-                    for x, spec in zip(args, in_specs)))
+    return mapped(
+      *(
+        jax.reshard(x, jax.sharding.NamedSharding(mesh, spec))
+        for x, spec in zip(args, in_specs)
+      )
+    )
+
   return resharded
 
 
@@ -301,10 +320,12 @@ def check_mesh_axes(op: str, mesh, axes: dict) -> None:
     names = (names,) if isinstance(names, str) else tuple(names)
     unknown = [n for n in names if n not in mesh.shape]
     if unknown:
-      raise ValueError(f"{op}: mesh axes {unknown} not in the mesh "
-                       f"{dict(mesh.shape)}")
+      raise ValueError(
+        f"{op}: mesh axes {unknown} not in the mesh {dict(mesh.shape)}"
+      )
     count = int(np.prod([mesh.shape[n] for n in names]))
     if size % count:
-      raise ValueError(f"{op}: {what}={size} is not divisible by the "
-                       f"{count} devices of mesh axes {names}")
-
+      raise ValueError(
+        f"{op}: {what}={size} is not divisible by the "
+        f"{count} devices of mesh axes {names}"
+      )

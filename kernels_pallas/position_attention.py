@@ -78,31 +78,34 @@ class PositionAttentionBlocks:
     """Default tiles: 64/64 on GPU (Triton, K=128 fits registers), 128/128
     on TPU (one MXU pass)."""
     if backend not in common.BACKENDS:
-      raise ValueError(f"backend must be one of {common.BACKENDS}; got "
-                       f"{backend=}")
+      raise ValueError(
+        f"backend must be one of {common.BACKENDS}; got {backend=}"
+      )
     return cls(block_q=64, block_k=64) if backend == "gpu" else cls()
 
   def check(self, backend: str) -> None:
     """Raises ValueError naming the rule if a tile breaks `backend`'s."""
     owner = type(self).__name__
-    common.check_tile(owner, "block_q", self.block_q, backend,
-                      common.TPU_SUBLANES)
-    common.check_tile(owner, "block_k", self.block_k, backend,
-                      common.TPU_LANES)
+    common.check_tile(
+      owner, "block_q", self.block_q, backend, common.TPU_SUBLANES
+    )
+    common.check_tile(owner, "block_k", self.block_k, backend, common.TPU_LANES)
 
   def fit(self, backend: str, tq: int, tk: int) -> "PositionAttentionBlocks":
     """The tiles used for Tq queries and Tk keys (shrunk if longer)."""
     return PositionAttentionBlocks(
-        block_q=common.fit_block(self.block_q, tq, backend,
-                                 common.TPU_SUBLANES),
-        block_k=common.fit_block(self.block_k, tk, backend,
-                                 common.TPU_LANES))
+      block_q=common.fit_block(self.block_q, tq, backend, common.TPU_SUBLANES),
+      block_k=common.fit_block(self.block_k, tk, backend, common.TPU_LANES),
+    )
 
 
 def position_attention_reference(
-    q: Float[Array, "B Tq H K"], k: Float[Array, "B Tk Hkv K"],
-    v: Float[Array, "B Tk Hkv K"], q_pos: Int[Array, "B Tq"],
-    k_pos: Int[Array, "B Tk"], k_valid: Bool[Array, "B Tk"]
+  q: Float[Array, "B Tq H K"],
+  k: Float[Array, "B Tk Hkv K"],
+  v: Float[Array, "B Tk Hkv K"],
+  q_pos: Int[Array, "B Tq"],
+  k_pos: Int[Array, "B Tk"],
+  k_valid: Bool[Array, "B Tk"],
 ) -> Float[Array, "B Tq H K"]:
   """Plain XLA attention: the reference of `position_attention`.
 
@@ -121,14 +124,20 @@ def position_attention_reference(
   b, tq, h, d = q.shape
   hkv = k.shape[2]
   qg = q.reshape(b, tq, hkv, h // hkv, d)
-  logits = jnp.einsum("BTHGK,BSHK->BHGTS", qg, k,
-                      preferred_element_type=jnp.float32) * d**-0.5
+  logits = (
+    jnp.einsum("BTHGK,BSHK->BHGTS", qg, k, preferred_element_type=jnp.float32)
+    * d**-0.5
+  )
   mask = common.position_mask(q_pos, k_pos, k_valid)[:, None, None]
   logits = jnp.where(mask, logits, NEG_INF)
   probs = jax.nn.softmax(logits, axis=-1)
   probs = jnp.where(mask, probs, 0.0)
-  out = jnp.einsum("BHGTS,BSHK->BTHGK", probs.astype(v.dtype), v,
-                   preferred_element_type=jnp.float32)
+  out = jnp.einsum(
+    "BHGTS,BSHK->BTHGK",
+    probs.astype(v.dtype),
+    v,
+    preferred_element_type=jnp.float32,
+  )
   return out.reshape(b, tq, h, d).astype(q.dtype)
 
 
@@ -140,8 +149,21 @@ def _tile(j, block):
   return pl.ds(pl.multiple_of(j * block, block), block)
 
 
-def _forward_kernel(q_ref, k_ref, v_ref, qpos_ref, kpos_ref, kmin_ref,
-                    qmax_ref, o_ref, lse_ref, *, scale, block_k, axes):
+def _forward_kernel(
+  q_ref,
+  k_ref,
+  v_ref,
+  qpos_ref,
+  kpos_ref,
+  kmin_ref,
+  qmax_ref,
+  o_ref,
+  lse_ref,
+  *,
+  scale,
+  block_k,
+  axes,
+):
   """One (batch, head, query block): FlashAttention-2's forward loop."""
   b, i = pl.program_id(axes[0]), pl.program_id(axes[1])
   q = q_ref[...]  # [block_q, K]
@@ -159,17 +181,20 @@ def _forward_kernel(q_ref, k_ref, v_ref, qpos_ref, kpos_ref, kmin_ref,
     p = jnp.where(mask, jnp.exp(s - m_new), 0.0)
     alpha = jnp.exp(m - m_new)
     v = v_ref[keys, :]
-    acc = alpha * acc + jnp.dot(p.astype(v.dtype), v,
-                                preferred_element_type=jnp.float32)
+    acc = alpha * acc + jnp.dot(
+      p.astype(v.dtype), v, preferred_element_type=jnp.float32
+    )
     return acc, m_new, alpha * l + jnp.sum(p, axis=1, keepdims=True)
 
   def body(j, carry):  # skips key blocks that lie after every query
     return lax.cond(kmin_ref[b, j] <= q_last, visit, _skip, j, carry)
 
   block_q, d = q.shape
-  init = (jnp.zeros((block_q, d), jnp.float32),
-          jnp.full((block_q, 1), NEG_INF, jnp.float32),
-          jnp.zeros((block_q, 1), jnp.float32))
+  init = (
+    jnp.zeros((block_q, d), jnp.float32),
+    jnp.full((block_q, 1), NEG_INF, jnp.float32),
+    jnp.zeros((block_q, 1), jnp.float32),
+  )
   acc, m, l = lax.fori_loop(0, k_ref.shape[0] // block_k, body, init)
   seen = l > 0
   l = jnp.where(seen, l, 1.0)
@@ -177,8 +202,23 @@ def _forward_kernel(q_ref, k_ref, v_ref, qpos_ref, kpos_ref, kmin_ref,
   lse_ref[...] = jnp.where(seen, m + jnp.log(l), 0.0)
 
 
-def _dq_kernel(q_ref, k_ref, v_ref, qpos_ref, kpos_ref, kmin_ref, qmax_ref,
-               do_ref, lse_ref, delta_ref, dq_ref, *, scale, block_k, axes):
+def _dq_kernel(
+  q_ref,
+  k_ref,
+  v_ref,
+  qpos_ref,
+  kpos_ref,
+  kmin_ref,
+  qmax_ref,
+  do_ref,
+  lse_ref,
+  delta_ref,
+  dq_ref,
+  *,
+  scale,
+  block_k,
+  axes,
+):
   """One (batch, head, query block): dq = Σ_key-blocks dS K · scale."""
   b, i = pl.program_id(axes[0]), pl.program_id(axes[1])
   q, do = q_ref[...], do_ref[...]  # [block_q, K]
@@ -190,20 +230,37 @@ def _dq_kernel(q_ref, k_ref, v_ref, qpos_ref, kpos_ref, kmin_ref, qmax_ref,
     mask = kpos_ref[:, keys] <= q_pos
     p = jnp.where(mask, jnp.exp(dot_nt(q, k) * scale - lse), 0.0)
     ds = p * (dot_nt(do, v) - delta)  # [block_q, block_k]
-    return dq + jnp.dot(ds.astype(k.dtype), k,
-                        preferred_element_type=jnp.float32)
+    return dq + jnp.dot(
+      ds.astype(k.dtype), k, preferred_element_type=jnp.float32
+    )
 
   def body(j, dq):
     return lax.cond(kmin_ref[b, j] <= qmax_ref[b, i], visit, _skip, j, dq)
 
-  dq = lax.fori_loop(0, k_ref.shape[0] // block_k, body,
-                     jnp.zeros(q.shape, jnp.float32))
+  dq = lax.fori_loop(
+    0, k_ref.shape[0] // block_k, body, jnp.zeros(q.shape, jnp.float32)
+  )
   dq_ref[...] = (dq * scale).astype(dq_ref.dtype)
 
 
-def _dkv_kernel(q_ref, k_ref, v_ref, qpos_ref, kpos_ref, kmin_ref, qmax_ref,
-                do_ref, lse_ref, delta_ref, dk_ref, dv_ref, *, scale,
-                block_q, axes):
+def _dkv_kernel(
+  q_ref,
+  k_ref,
+  v_ref,
+  qpos_ref,
+  kpos_ref,
+  kmin_ref,
+  qmax_ref,
+  do_ref,
+  lse_ref,
+  delta_ref,
+  dk_ref,
+  dv_ref,
+  *,
+  scale,
+  block_q,
+  axes,
+):
   """One (batch, query head, key block): dk, dv summed over query blocks."""
   b, j = pl.program_id(axes[0]), pl.program_id(axes[1])
   k, v = k_ref[...], v_ref[...]  # [block_k, K]
@@ -215,11 +272,12 @@ def _dkv_kernel(q_ref, k_ref, v_ref, qpos_ref, kpos_ref, kmin_ref, qmax_ref,
     rows = _tile(i, block_q)
     q, do = q_ref[rows, :], do_ref[rows, :]  # [block_q, K]
     mask = k_pos <= qpos_ref[rows, :]  # [block_q, block_k]
-    p = jnp.where(mask, jnp.exp(dot_nt(q, k) * scale - lse_ref[rows, :]),
-                  0.0)
+    p = jnp.where(mask, jnp.exp(dot_nt(q, k) * scale - lse_ref[rows, :]), 0.0)
     ds = p * (dot_nt(do, v) - delta_ref[rows, :])  # [block_q, block_k]
-    return (dk + dot_tn(ds.astype(q.dtype), q),
-            dv + dot_tn(p.astype(do.dtype), do))
+    return (
+      dk + dot_tn(ds.astype(q.dtype), q),
+      dv + dot_tn(p.astype(do.dtype), do),
+    )
 
   def body(i, carry):  # skips query blocks that lie before every key
     return lax.cond(k_first <= qmax_ref[b, i], visit, _skip, i, carry)
@@ -255,10 +313,12 @@ class _Layout:
   def heads(self, t, dp, head=lambda h: h, block=lambda i: i):
     """Spec of a [B, T, H, K] (GPU) / [B, H, T, K] (TPU) operand."""
     if self.tpu:
-      return self.spec((None, None, t, dp),
-                       lambda b, h, i: (b, head(h), block(i), 0))
-    return self.spec((None, t, None, dp),
-                     lambda b, h, i: (b, block(i), head(h), 0))
+      return self.spec(
+        (None, None, t, dp), lambda b, h, i: (b, head(h), block(i), 0)
+      )
+    return self.spec(
+      (None, t, None, dp), lambda b, h, i: (b, block(i), head(h), 0)
+    )
 
   def shape(self, b, t, h, d):
     return (b, h, t, d) if self.tpu else (b, t, h, d)
@@ -278,12 +338,17 @@ def _prepare(q, k, v, q_pos, k_pos, k_valid, blocks, layout):
   dp = common.padded_head_dim(q.shape[3], layout.backend)
   tq = common.round_up(q.shape[1], blocks.block_q)
   tk = common.round_up(k.shape[1], blocks.block_k)
-  q, k, v = (layout.to(common.pad_axis(common.pad_axis(x, 3, dp), 1, t))
-             for x, t in ((q, tq), (k, tk), (v, tk)))
+  q, k, v = (
+    layout.to(common.pad_axis(common.pad_axis(x, 3, dp), 1, t))
+    for x, t in ((q, tq), (k, tk), (v, tk))
+  )
   q_pos = common.pad_axis(q_pos.astype(jnp.int32), 1, tq, common.SEES_NOTHING)
   k_pos = common.pad_axis(
-      jnp.where(k_valid, k_pos.astype(jnp.int32), common.NEVER_SEEN), 1, tk,
-      common.NEVER_SEEN)
+    jnp.where(k_valid, k_pos.astype(jnp.int32), common.NEVER_SEEN),
+    1,
+    tk,
+    common.NEVER_SEEN,
+  )
   bsz = q_pos.shape[0]
   kmin = k_pos.reshape(bsz, -1, blocks.block_k).min(axis=2)  # [B, nk]
   qmax = q_pos.reshape(bsz, -1, blocks.block_q).max(axis=2)  # [B, nq]
@@ -297,64 +362,89 @@ def _forward(q, k, v, q_pos, k_pos, k_valid, *, blocks, backend, interpret):
   g = h // k.shape[2]
   lay = _Layout(backend)
   qp, kp, vp, q_pos, k_pos, kmin, qmax = _prepare(
-      q, k, v, q_pos, k_pos, k_valid, blocks, lay)
+    q, k, v, q_pos, k_pos, k_valid, blocks, lay
+  )
   tq_p, tk_p, dp = q_pos.shape[1], k_pos.shape[2], qp.shape[3]
   bq = blocks.block_q
   rows = lay.heads(bq, dp)
   keys = lay.heads(tk_p, dp, head=lambda h: h // g, block=lambda i: 0)
   out, lse = pl.pallas_call(
-      functools.partial(_forward_kernel, scale=d**-0.5,
-                        block_k=blocks.block_k, axes=lay.axes),
-      grid=lay.grid(b, h, tq_p // bq),
-      in_specs=[rows, keys, keys,
-                lay.spec((None, bq, 1), lambda b, h, i: (b, i, 0)),
-                lay.spec((None, 1, tk_p), lambda b, h, i: (b, 0, 0)),
-                common.scalar_table_spec(backend, kmin.shape),
-                common.scalar_table_spec(backend, qmax.shape)],
-      out_specs=[rows, lay.spec((None, None, bq, 1),
-                                lambda b, h, i: (b, h, i, 0))],
-      out_shape=[jax.ShapeDtypeStruct(qp.shape, q.dtype),
-                 jax.ShapeDtypeStruct((b, h, tq_p, 1), jnp.float32)],
-      compiler_params=common.compiler_params(backend, dp, 3),
-      interpret=interpret, name="position_attention_fwd",
+    functools.partial(
+      _forward_kernel, scale=d**-0.5, block_k=blocks.block_k, axes=lay.axes
+    ),
+    grid=lay.grid(b, h, tq_p // bq),
+    in_specs=[
+      rows,
+      keys,
+      keys,
+      lay.spec((None, bq, 1), lambda b, h, i: (b, i, 0)),
+      lay.spec((None, 1, tk_p), lambda b, h, i: (b, 0, 0)),
+      common.scalar_table_spec(backend, kmin.shape),
+      common.scalar_table_spec(backend, qmax.shape),
+    ],
+    out_specs=[
+      rows,
+      lay.spec((None, None, bq, 1), lambda b, h, i: (b, h, i, 0)),
+    ],
+    out_shape=[
+      jax.ShapeDtypeStruct(qp.shape, q.dtype),
+      jax.ShapeDtypeStruct((b, h, tq_p, 1), jnp.float32),
+    ],
+    compiler_params=common.compiler_params(backend, dp, 3),
+    interpret=interpret,
+    name="position_attention_fwd",
   )(qp, kp, vp, q_pos, k_pos, kmin, qmax)
   return lay.to(out)[:, :tq, :, :d], lse
 
 
 @functools.partial(jax.jit, static_argnames=("blocks", "backend", "interpret"))
-def _backward(q, k, v, q_pos, k_pos, k_valid, out, lse, dout, *, blocks,
-              backend, interpret):
+def _backward(
+  q, k, v, q_pos, k_pos, k_valid, out, lse, dout, *, blocks, backend, interpret
+):
   """Returns dq, dk, dv in the dtypes and shapes of q, k, v."""
   b, tq, h, d = q.shape
   tk, hkv = k.shape[1], k.shape[2]
   g = h // hkv
   lay = _Layout(backend)
-  delta = jnp.einsum("BTHK,BTHK->BHT", out.astype(jnp.float32),
-                     dout.astype(jnp.float32))  # [B, H, Tq]
+  delta = jnp.einsum(
+    "BTHK,BTHK->BHT", out.astype(jnp.float32), dout.astype(jnp.float32)
+  )  # [B, H, Tq]
   qp, kp, vp, q_pos, k_pos, kmin, qmax = _prepare(
-      q, k, v, q_pos, k_pos, k_valid, blocks, lay)
+    q, k, v, q_pos, k_pos, k_valid, blocks, lay
+  )
   tq_p, tk_p, dp = q_pos.shape[1], k_pos.shape[2], qp.shape[3]
   dop = lay.to(common.pad_axis(common.pad_axis(dout, 3, dp), 1, tq_p))
   delta = common.pad_axis(delta, 2, tq_p)[..., None]  # [B, H, Tq_p, 1]
   bq, bk = blocks.block_q, blocks.block_k
-  tables = [common.scalar_table_spec(backend, kmin.shape),
-            common.scalar_table_spec(backend, qmax.shape)]
-  params = dict(compiler_params=common.compiler_params(backend, dp, 3),
-                interpret=interpret)
+  tables = [
+    common.scalar_table_spec(backend, kmin.shape),
+    common.scalar_table_spec(backend, qmax.shape),
+  ]
+  params = dict(
+    compiler_params=common.compiler_params(backend, dp, 3), interpret=interpret
+  )
 
   q_blk = lay.heads(bq, dp)
   k_all = lay.heads(tk_p, dp, head=lambda h: h // g, block=lambda i: 0)
   stat_blk = lay.spec((None, None, bq, 1), lambda b, h, i: (b, h, i, 0))
   dq = pl.pallas_call(
-      functools.partial(_dq_kernel, scale=d**-0.5, block_k=bk,
-                        axes=lay.axes),
-      grid=lay.grid(b, h, tq_p // bq),
-      in_specs=[q_blk, k_all, k_all,
-                lay.spec((None, bq, 1), lambda b, h, i: (b, i, 0)),
-                lay.spec((None, 1, tk_p), lambda b, h, i: (b, 0, 0)),
-                *tables, q_blk, stat_blk, stat_blk],
-      out_specs=q_blk, out_shape=jax.ShapeDtypeStruct(qp.shape, q.dtype),
-      name="position_attention_dq", **params,
+    functools.partial(_dq_kernel, scale=d**-0.5, block_k=bk, axes=lay.axes),
+    grid=lay.grid(b, h, tq_p // bq),
+    in_specs=[
+      q_blk,
+      k_all,
+      k_all,
+      lay.spec((None, bq, 1), lambda b, h, i: (b, i, 0)),
+      lay.spec((None, 1, tk_p), lambda b, h, i: (b, 0, 0)),
+      *tables,
+      q_blk,
+      stat_blk,
+      stat_blk,
+    ],
+    out_specs=q_blk,
+    out_shape=jax.ShapeDtypeStruct(qp.shape, q.dtype),
+    name="position_attention_dq",
+    **params,
   )(qp, kp, vp, q_pos, k_pos, kmin, qmax, dop, lse, delta)
 
   q_all = lay.heads(tq_p, dp, block=lambda i: 0)
@@ -364,15 +454,23 @@ def _backward(q, k, v, q_pos, k_pos, k_valid, out, lse, dout, *, blocks,
   dkv_blk = lay.heads(bk, dp)
   dkv_shape = jax.ShapeDtypeStruct(lay.shape(b, tk_p, h, dp), jnp.float32)
   dk, dv = pl.pallas_call(
-      functools.partial(_dkv_kernel, scale=d**-0.5, block_q=bq,
-                        axes=lay.axes),
-      grid=lay.grid(b, h, tk_p // bk),
-      in_specs=[q_all, k_blk, k_blk,
-                lay.spec((None, tq_p, 1), lambda b, h, i: (b, 0, 0)),
-                lay.spec((None, 1, bk), lambda b, h, i: (b, 0, i)),
-                *tables, q_all, stat_all, stat_all],
-      out_specs=[dkv_blk, dkv_blk], out_shape=[dkv_shape, dkv_shape],
-      name="position_attention_dkv", **params,
+    functools.partial(_dkv_kernel, scale=d**-0.5, block_q=bq, axes=lay.axes),
+    grid=lay.grid(b, h, tk_p // bk),
+    in_specs=[
+      q_all,
+      k_blk,
+      k_blk,
+      lay.spec((None, tq_p, 1), lambda b, h, i: (b, 0, 0)),
+      lay.spec((None, 1, bk), lambda b, h, i: (b, 0, i)),
+      *tables,
+      q_all,
+      stat_all,
+      stat_all,
+    ],
+    out_specs=[dkv_blk, dkv_blk],
+    out_shape=[dkv_shape, dkv_shape],
+    name="position_attention_dkv",
+    **params,
   )(qp, kp, vp, q_pos, k_pos, kmin, qmax, dop, lse, delta)
 
   def per_group(x, like):  # layout [.., Tk_p, .., Kp] -> [B, Tk, Hkv, K]
@@ -384,20 +482,38 @@ def _backward(q, k, v, q_pos, k_pos, k_valid, out, lse, dout, *, blocks,
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7, 8))
 def _attention(q, k, v, q_pos, k_pos, k_valid, blocks, backend, interpret):
-  return _forward(q, k, v, q_pos, k_pos, k_valid, blocks=blocks,
-                  backend=backend, interpret=interpret)[0]
+  return _forward(
+    q,
+    k,
+    v,
+    q_pos,
+    k_pos,
+    k_valid,
+    blocks=blocks,
+    backend=backend,
+    interpret=interpret,
+  )[0]
 
 
-def _attention_fwd(q, k, v, q_pos, k_pos, k_valid, blocks, backend,
-                   interpret):
-  out, lse = _forward(q, k, v, q_pos, k_pos, k_valid, blocks=blocks,
-                      backend=backend, interpret=interpret)
+def _attention_fwd(q, k, v, q_pos, k_pos, k_valid, blocks, backend, interpret):
+  out, lse = _forward(
+    q,
+    k,
+    v,
+    q_pos,
+    k_pos,
+    k_valid,
+    blocks=blocks,
+    backend=backend,
+    interpret=interpret,
+  )
   return out, (q, k, v, q_pos, k_pos, k_valid, out, lse)
 
 
 def _attention_bwd(blocks, backend, interpret, residuals, dout):
-  dq, dk, dv = _backward(*residuals, dout, blocks=blocks, backend=backend,
-                         interpret=interpret)
+  dq, dk, dv = _backward(
+    *residuals, dout, blocks=blocks, backend=backend, interpret=interpret
+  )
   return dq, dk, dv, None, None, None
 
 
@@ -405,11 +521,17 @@ _attention.defvjp(_attention_fwd, _attention_bwd)
 
 
 def position_attention(
-    q: Float[Array, "B Tq H K"], k: Float[Array, "B Tk Hkv K"],
-    v: Float[Array, "B Tk Hkv K"], q_pos: Int[Array, "B Tq"],
-    k_pos: Int[Array, "B Tk"], k_valid: Bool[Array, "B Tk"], *,
-    blocks: PositionAttentionBlocks | None = None, backend: str | None = None,
-    interpret: bool | None = None) -> Float[Array, "B Tq H K"]:
+  q: Float[Array, "B Tq H K"],
+  k: Float[Array, "B Tk Hkv K"],
+  v: Float[Array, "B Tk Hkv K"],
+  q_pos: Int[Array, "B Tq"],
+  k_pos: Int[Array, "B Tk"],
+  k_valid: Bool[Array, "B Tk"],
+  *,
+  blocks: PositionAttentionBlocks | None = None,
+  backend: str | None = None,
+  interpret: bool | None = None,
+) -> Float[Array, "B Tq H K"]:
   """Flash attention masked by position id; Pallas forward and backward.
 
   Same result as `position_attention_reference` without the [B, H, Tq, Tk]
@@ -438,8 +560,9 @@ def position_attention(
   Returns:
     [B, Tq, H, K] in q.dtype; a query that sees no key gets zeros.
   """
-  backend, interpret = common.resolve("position_attention", backend,
-                                      interpret, q)
+  backend, interpret = common.resolve(
+    "position_attention", backend, interpret, q
+  )
   blocks = blocks or PositionAttentionBlocks.for_backend(backend)
   blocks.check(backend)
   common.check_array("q", q, (None,) * 4, "float")
@@ -448,13 +571,26 @@ def position_attention(
   tk, hkv = k.shape[1], k.shape[2]
   common.check_array("v", v, k.shape, "float")
   if h % hkv:
-    raise ValueError(f"query heads must be a multiple of key/value heads; got "
-                     f"q.shape={q.shape}, k.shape={k.shape}")
+    raise ValueError(
+      f"query heads must be a multiple of key/value heads; got "
+      f"q.shape={q.shape}, k.shape={k.shape}"
+    )
   if not q.dtype == k.dtype == v.dtype:
-    raise ValueError(f"q, k, v must share a dtype; got q.dtype={q.dtype}, "
-                     f"k.dtype={k.dtype}, v.dtype={v.dtype}")
+    raise ValueError(
+      f"q, k, v must share a dtype; got q.dtype={q.dtype}, "
+      f"k.dtype={k.dtype}, v.dtype={v.dtype}"
+    )
   common.check_array("q_pos", q_pos, (b, tq), "int")
   common.check_array("k_pos", k_pos, (b, tk), "int")
   common.check_array("k_valid", k_valid, (b, tk), "bool")
-  return _attention(q, k, v, q_pos, k_pos, k_valid,
-                    blocks.fit(backend, tq, tk), backend, interpret)
+  return _attention(
+    q,
+    k,
+    v,
+    q_pos,
+    k_pos,
+    k_valid,
+    blocks.fit(backend, tq, tk),
+    backend,
+    interpret,
+  )

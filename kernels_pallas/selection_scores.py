@@ -54,26 +54,35 @@ class SelectionScoresBlocks:
   def for_backend(cls, backend: str) -> "SelectionScoresBlocks":
     """Default tiles: 64 keys on GPU (Triton), 128 on TPU (one lane row)."""
     if backend not in common.BACKENDS:
-      raise ValueError(f"backend must be one of {common.BACKENDS}; got "
-                       f"{backend=}")
+      raise ValueError(
+        f"backend must be one of {common.BACKENDS}; got {backend=}"
+      )
     return cls(block_k=64) if backend == "gpu" else cls()
 
   def check(self, backend: str) -> None:
     """Raises ValueError naming the rule if a tile breaks `backend`'s."""
-    common.check_tile(type(self).__name__, "block_k", self.block_k, backend,
-                      common.TPU_LANES)
+    common.check_tile(
+      type(self).__name__, "block_k", self.block_k, backend, common.TPU_LANES
+    )
 
   def fit(self, backend: str, n: int) -> "SelectionScoresBlocks":
     """The tiles used for N keys (shrunk if N is shorter than a tile)."""
-    return SelectionScoresBlocks(block_k=common.fit_block(
-        self.block_k, n, backend, common.TPU_LANES))
+    return SelectionScoresBlocks(
+      block_k=common.fit_block(self.block_k, n, backend, common.TPU_LANES)
+    )
 
 
 def selection_scores_reference(
-    q: Float[Array, "B Q H K"], k: Float[Array, "B N Hkv K"],
-    q_pos: Int[Array, "B Q"], k_pos: Int[Array, "B N"],
-    q_valid: Bool[Array, "B Q"], k_valid: Bool[Array, "B N"], *,
-    span_start: int, span_len: int) -> Float[Array, "B Nv"]:
+  q: Float[Array, "B Q H K"],
+  k: Float[Array, "B N Hkv K"],
+  q_pos: Int[Array, "B Q"],
+  k_pos: Int[Array, "B N"],
+  q_valid: Bool[Array, "B Q"],
+  k_valid: Bool[Array, "B N"],
+  *,
+  span_start: int,
+  span_len: int,
+) -> Float[Array, "B Nv"]:
   """Plain XLA scores: the reference of `selection_scores`.
 
   Args:
@@ -97,7 +106,7 @@ def selection_scores_reference(
   mask = common.position_mask(q_pos, k_pos, k_valid)[:, None, None]
   probs = jax.nn.softmax(jnp.where(mask, logits, NEG_INF), axis=-1)
   probs = jnp.where(mask, probs, 0.0)
-  span = probs[..., span_start:span_start + span_len]  # [B, Hkv, G, Q, Nv]
+  span = probs[..., span_start : span_start + span_len]  # [B, Hkv, G, Q, Nv]
   per_query = span.mean(axis=(1, 2))  # [B, Q, Nv]
   weights = q_valid.astype(jnp.float32)
   total = jnp.einsum("BQN,BQ->BN", per_query, weights)
@@ -105,8 +114,18 @@ def selection_scores_reference(
   return jnp.where(count > 0, total / jnp.maximum(count, 1.0), 0.0)
 
 
-def _scores_kernel(q_ref, k_ref, pos_ref, w_ref, kpos_ref, out_ref, *,
-                   scale, block_k, first_block):
+def _scores_kernel(
+  q_ref,
+  k_ref,
+  pos_ref,
+  w_ref,
+  kpos_ref,
+  out_ref,
+  *,
+  scale,
+  block_k,
+  first_block,
+):
   """One (batch, key/value head): [span] Σ_rows weight · probability."""
   q = q_ref[...]  # [R, K]
   row_pos = pos_ref[...]  # [R, 1]
@@ -126,54 +145,81 @@ def _scores_kernel(q_ref, k_ref, pos_ref, w_ref, kpos_ref, out_ref, *,
 
   rows = q.shape[0]
   m, l = lax.fori_loop(
-      0, k_ref.shape[0] // block_k, stats,
-      (jnp.full((rows, 1), NEG_INF, jnp.float32),
-       jnp.zeros((rows, 1), jnp.float32)))
+    0,
+    k_ref.shape[0] // block_k,
+    stats,
+    (
+      jnp.full((rows, 1), NEG_INF, jnp.float32),
+      jnp.zeros((rows, 1), jnp.float32),
+    ),
+  )
   # A row that sees no key has l == 0 and all-masked probabilities: it adds 0.
   w = w_ref[...] / jnp.where(l > 0, l, 1.0)  # [R, 1]
 
   def column(j, carry):  # output tile j is key tile first_block + j
     s, mask = logits(first_block + j)
     p = jnp.where(mask, jnp.exp(s - m), 0.0)
-    out_ref[:, pl.ds(pl.multiple_of(j * block_k, block_k), block_k)] = (
-        jnp.sum(p * w, axis=0, keepdims=True))  # [1, block_k]
+    out_ref[:, pl.ds(pl.multiple_of(j * block_k, block_k), block_k)] = jnp.sum(
+      p * w, axis=0, keepdims=True
+    )  # [1, block_k]
     return carry
 
   lax.fori_loop(0, out_ref.shape[1] // block_k, column, 0)
 
 
-@functools.partial(jax.jit, static_argnames=("span_start", "span_len",
-                                             "blocks", "backend",
-                                             "interpret"))
-def _scores(q, k, q_pos, k_pos, q_valid, k_valid, *, span_start, span_len,
-            blocks, backend, interpret):
+@functools.partial(
+  jax.jit,
+  static_argnames=("span_start", "span_len", "blocks", "backend", "interpret"),
+)
+def _scores(
+  q,
+  k,
+  q_pos,
+  k_pos,
+  q_valid,
+  k_valid,
+  *,
+  span_start,
+  span_len,
+  blocks,
+  backend,
+  interpret,
+):
   b, nq, h, d = q.shape
   n, hkv = k.shape[1], k.shape[2]
   g = h // hkv
   bk = blocks.block_k
   dp = common.padded_head_dim(d, backend)
   # Triton dots want >= 16 power-of-two rows; Mosaic a multiple of 8.
-  rows = (max(common.MIN_GPU_BLOCK, pl.next_power_of_2(g * nq))
-          if backend == "gpu" else common.round_up(g * nq, 8))
+  rows = (
+    max(common.MIN_GPU_BLOCK, pl.next_power_of_2(g * nq))
+    if backend == "gpu"
+    else common.round_up(g * nq, 8)
+  )
   # The scored columns are computed from the tile holding span_start on, so
   # every tile starts aligned; `offset` columns are dropped at the end.
   lo, hi = span_start // bk * bk, common.round_up(span_start + span_len, bk)
   offset, n_p = span_start - lo, max(common.round_up(n, bk), hi)
   # Row r = g * Q + q of key/value head `hkv` is query head hkv * G + g.
   q_rows = q.reshape(b, nq, hkv, g, d).transpose(0, 2, 3, 1, 4)
-  q_rows = common.pad_axis(common.pad_axis(
-      q_rows.reshape(b, hkv, g * nq, d), 3, dp), 2, rows)  # [B, Hkv, R, Kp]
+  q_rows = common.pad_axis(
+    common.pad_axis(q_rows.reshape(b, hkv, g * nq, d), 3, dp), 2, rows
+  )  # [B, Hkv, R, Kp]
   k = common.pad_axis(common.pad_axis(k, 3, dp), 1, n_p)  # [B, Np, Hkv, Kp]
-  row_pos = common.pad_axis(jnp.tile(q_pos.astype(jnp.int32), (1, g)), 1,
-                            rows, common.SEES_NOTHING)  # [B, R]
+  row_pos = common.pad_axis(
+    jnp.tile(q_pos.astype(jnp.int32), (1, g)), 1, rows, common.SEES_NOTHING
+  )  # [B, R]
   valid = q_valid.astype(jnp.float32)
   count = valid.sum(axis=1, keepdims=True)
   # Mean over heads and valid rows as one weighted sum; no valid row: zeros.
   weight = jnp.where(count > 0, valid / (h * jnp.maximum(count, 1.0)), 0.0)
   row_w = common.pad_axis(jnp.tile(weight, (1, g)), 1, rows)  # [B, R]
   k_pos = common.pad_axis(
-      jnp.where(k_valid, k_pos.astype(jnp.int32), common.NEVER_SEEN), 1, n_p,
-      common.NEVER_SEEN)  # [B, Np]
+    jnp.where(k_valid, k_pos.astype(jnp.int32), common.NEVER_SEEN),
+    1,
+    n_p,
+    common.NEVER_SEEN,
+  )  # [B, Np]
   if backend == "tpu":  # a squeezed head may not be a block's 2nd-to-last dim
     k = k.transpose(0, 2, 1, 3)  # [B, Hkv, Np, Kp]
     k_spec = pl.BlockSpec((None, None, n_p, dp), lambda b, h: (b, h, 0, 0))
@@ -181,29 +227,40 @@ def _scores(q, k, q_pos, k_pos, q_valid, k_valid, *, span_start, span_len,
     k_spec = pl.BlockSpec((None, n_p, None, dp), lambda b, h: (b, 0, h, 0))
   column = pl.BlockSpec((None, rows, 1), lambda b, h: (b, 0, 0))
   per_head = pl.pallas_call(
-      functools.partial(_scores_kernel, scale=d**-0.5, block_k=bk,
-                        first_block=lo // bk),
-      grid=(b, hkv),
-      in_specs=[pl.BlockSpec((None, None, rows, dp),
-                             lambda b, h: (b, h, 0, 0)),
-                k_spec, column, column,
-                pl.BlockSpec((None, 1, n_p), lambda b, h: (b, 0, 0))],
-      out_specs=pl.BlockSpec((None, None, 1, hi - lo),
-                             lambda b, h: (b, h, 0, 0)),
-      out_shape=jax.ShapeDtypeStruct((b, hkv, 1, hi - lo), jnp.float32),
-      compiler_params=common.compiler_params(backend, dp, 2),
-      interpret=interpret, name="selection_scores",
+    functools.partial(
+      _scores_kernel, scale=d**-0.5, block_k=bk, first_block=lo // bk
+    ),
+    grid=(b, hkv),
+    in_specs=[
+      pl.BlockSpec((None, None, rows, dp), lambda b, h: (b, h, 0, 0)),
+      k_spec,
+      column,
+      column,
+      pl.BlockSpec((None, 1, n_p), lambda b, h: (b, 0, 0)),
+    ],
+    out_specs=pl.BlockSpec((None, None, 1, hi - lo), lambda b, h: (b, h, 0, 0)),
+    out_shape=jax.ShapeDtypeStruct((b, hkv, 1, hi - lo), jnp.float32),
+    compiler_params=common.compiler_params(backend, dp, 2),
+    interpret=interpret,
+    name="selection_scores",
   )(q_rows, k, row_pos[:, :, None], row_w[:, :, None], k_pos[:, None, :])
-  return per_head.sum(axis=(1, 2))[:, offset:offset + span_len]
+  return per_head.sum(axis=(1, 2))[:, offset : offset + span_len]
 
 
 def selection_scores(
-    q: Float[Array, "B Q H K"], k: Float[Array, "B N Hkv K"],
-    q_pos: Int[Array, "B Q"], k_pos: Int[Array, "B N"],
-    q_valid: Bool[Array, "B Q"], k_valid: Bool[Array, "B N"], *,
-    span_start: int, span_len: int,
-    blocks: SelectionScoresBlocks | None = None, backend: str | None = None,
-    interpret: bool | None = None) -> Float[Array, "B Nv"]:
+  q: Float[Array, "B Q H K"],
+  k: Float[Array, "B N Hkv K"],
+  q_pos: Int[Array, "B Q"],
+  k_pos: Int[Array, "B N"],
+  q_valid: Bool[Array, "B Q"],
+  k_valid: Bool[Array, "B N"],
+  *,
+  span_start: int,
+  span_len: int,
+  blocks: SelectionScoresBlocks | None = None,
+  backend: str | None = None,
+  interpret: bool | None = None,
+) -> Float[Array, "B Nv"]:
   """Pallas scores; same result as `selection_scores_reference`.
 
   Memory is O(B · Hkv · span_len) beside the inputs; work is two passes of
@@ -238,8 +295,7 @@ def selection_scores(
     [B, span_len] float32: mean over heads and valid query rows of the
     softmax probabilities; zeros for a row without valid queries.
   """
-  backend, interpret = common.resolve("selection_scores", backend,
-                                      interpret, q)
+  backend, interpret = common.resolve("selection_scores", backend, interpret, q)
   blocks = blocks or SelectionScoresBlocks.for_backend(backend)
   blocks.check(backend)
   check_array = common.check_array
@@ -248,11 +304,14 @@ def selection_scores(
   check_array("k", k, (b, None, None, d), "float")
   n, hkv = k.shape[1], k.shape[2]
   if h % hkv:
-    raise ValueError(f"query heads must be a multiple of key/value heads; got "
-                     f"q.shape={q.shape}, k.shape={k.shape}")
+    raise ValueError(
+      f"query heads must be a multiple of key/value heads; got "
+      f"q.shape={q.shape}, k.shape={k.shape}"
+    )
   if q.dtype != k.dtype:
-    raise ValueError(f"q and k must share a dtype; got q.dtype={q.dtype}, "
-                     f"k.dtype={k.dtype}")
+    raise ValueError(
+      f"q and k must share a dtype; got q.dtype={q.dtype}, k.dtype={k.dtype}"
+    )
   check_array("q_pos", q_pos, (b, nq), "int")
   check_array("k_pos", k_pos, (b, n), "int")
   check_array("q_valid", q_valid, (b, nq), "bool")
@@ -261,9 +320,21 @@ def selection_scores(
     if isinstance(value, bool) or not isinstance(value, int):
       raise ValueError(f"{name} must be a Python int; got {name}={value!r}")
   if span_start < 0 or span_len < 1 or span_start + span_len > n:
-    raise ValueError(f"the span must lie inside the N={n} keys; got "
-                     f"span_start={span_start}, span_len={span_len}")
+    raise ValueError(
+      f"the span must lie inside the N={n} keys; got "
+      f"span_start={span_start}, span_len={span_len}"
+    )
   q, k = lax.stop_gradient(q), lax.stop_gradient(k)
-  return _scores(q, k, q_pos, k_pos, q_valid, k_valid, span_start=span_start,
-                 span_len=span_len, blocks=blocks.fit(backend, n),
-                 backend=backend, interpret=interpret)
+  return _scores(
+    q,
+    k,
+    q_pos,
+    k_pos,
+    q_valid,
+    k_valid,
+    span_start=span_start,
+    span_len=span_len,
+    blocks=blocks.fit(backend, n),
+    backend=backend,
+    interpret=interpret,
+  )

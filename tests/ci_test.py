@@ -47,9 +47,23 @@ def test_low_end_phase_pins_jax_0_10_2_on_311():
 
 def _collected(*args: str) -> list[str]:
   out = subprocess.run(
-      [sys.executable, "-m", "pytest", "--collect-only", "-q", "-n", "0",
-       "-p", "no:cacheprovider", *args],
-      cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    [
+      sys.executable,
+      "-m",
+      "pytest",
+      "--collect-only",
+      "-q",
+      "-n",
+      "0",
+      "-p",
+      "no:cacheprovider",
+      *args,
+    ],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    check=True,
+  ).stdout
   return [l for l in out.splitlines() if "::" in l]
 
 

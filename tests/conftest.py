@@ -49,9 +49,12 @@ install_import_hook(["jaxexit", "kernels_pallas"], "beartype.beartype")
 
 def pytest_addoption(parser):
   parser.addoption(
-      "--all", action="store_true", dest="all_tiers",
-      help="run every test tier: also the tests marked slow, which a plain "
-      "run deselects (see tests/conftest.py)")
+    "--all",
+    action="store_true",
+    dest="all_tiers",
+    help="run every test tier: also the tests marked slow, which a plain "
+    "run deselects (see tests/conftest.py)",
+  )
 
 
 def _fast_tier(config) -> bool:
@@ -71,8 +74,9 @@ def _named_by_node_id(config) -> set[str]:
 
 def pytest_report_header(config):
   if _fast_tier(config):
-    return ("tier: fast (tests marked slow are deselected; `--all` runs "
-            "every tier)")
+    return (
+      "tier: fast (tests marked slow are deselected; `--all` runs every tier)"
+    )
   return None
 
 
@@ -84,11 +88,13 @@ def pytest_collection_modifyitems(config, items):
   named = _named_by_node_id(config)
 
   def explicit(nodeid):
-    return any(nodeid == n or nodeid.startswith((n + "[", n + "::"))
-               for n in named)
+    return any(
+      nodeid == n or nodeid.startswith((n + "[", n + "::")) for n in named
+    )
 
-  slow = [i for i in items
-          if i.get_closest_marker("slow") and not explicit(i.nodeid)]
+  slow = [
+    i for i in items if i.get_closest_marker("slow") and not explicit(i.nodeid)
+  ]
   if slow:
     config.hook.pytest_deselected(items=slow)
     slow = set(slow)
@@ -101,7 +107,7 @@ def _proc_number(path: str, prefix: str = "") -> int | None:
     with open(path) as f:
       for line in f:
         if line.startswith(prefix):
-          return int(line[len(prefix):].split()[0])
+          return int(line[len(prefix) :].split()[0])
   except (OSError, ValueError, IndexError):
     return None
   return None

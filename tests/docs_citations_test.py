@@ -52,8 +52,7 @@ GENERATED_OUTPUTS = frozenset({"results.md"})
 MAX_GAP = 24
 
 _NAME = re.compile(r"(?<![\w./~-])([\w.~/-]*\w\.md)(?!\w)")
-_SECTION = re.compile(
-    r"§\s?(\d+(?:\.\d+)*)(?:\s?[–-]\s?§?(\d+(?:\.\d+)*))?")
+_SECTION = re.compile(r"§\s?(\d+(?:\.\d+)*)(?:\s?[–-]\s?§?(\d+(?:\.\d+)*))?")
 _LEAD = re.compile(r"[`'\")\]]*[ \t]*(?:\n[ \t]*(?:#[ \t]*)?)?")
 _GAP_STOP = re.compile(r"\.md|\.\s|[:;]")
 _HEADING = re.compile(r"^#{1,6}[ \t]+§?(\d+(?:\.\d+)*)\.?(?:[ \t]|$)")
@@ -79,11 +78,13 @@ def _expand(start: str, end: str | None) -> list[str]:
   first = start.split(".")
   last = end.split(".")
   if len(last) < len(first):
-    last = first[:len(first) - len(last)] + last
+    last = first[: len(first) - len(last)] + last
   if first[:-1] != last[:-1] or int(last[-1]) < int(first[-1]):
     return [start, ".".join(last)]  # not a simple run: check both ends
-  return [".".join(first[:-1] + [str(i)])
-          for i in range(int(first[-1]), int(last[-1]) + 1)]
+  return [
+    ".".join(first[:-1] + [str(i)])
+    for i in range(int(first[-1]), int(last[-1]) + 1)
+  ]
 
 
 def _sections_after(text: str, pos: int) -> tuple[str, ...]:
@@ -94,7 +95,7 @@ def _sections_after(text: str, pos: int) -> tuple[str, ...]:
     nxt = text.find("§", match.end())
     if nxt < 0:
       break
-    gap = text[match.end():nxt]
+    gap = text[match.end() : nxt]
     if len(gap) > MAX_GAP or gap.count("\n") > 1 or _GAP_STOP.search(gap):
       break
     pos = nxt
@@ -111,9 +112,14 @@ def citations() -> tuple[Citation, ...]:
         continue
       rel = path.relative_to(ROOT).as_posix()
       for match in _NAME.finditer(text):
-        found.append(Citation(rel, text.count("\n", 0, match.start()) + 1,
-                              match.group(1),
-                              _sections_after(text, match.end())))
+        found.append(
+          Citation(
+            rel,
+            text.count("\n", 0, match.start()) + 1,
+            match.group(1),
+            _sections_after(text, match.end()),
+          )
+        )
   return tuple(found)
 
 
@@ -166,15 +172,19 @@ def problems(found: tuple[Citation, ...]) -> list[str]:
     if target == "generated":
       continue
     if target is None:
-      errors.append(f"{cit.where}: `{cit.name}` does not resolve to a file "
-                    "in the repository")
+      errors.append(
+        f"{cit.where}: `{cit.name}` does not resolve to a file "
+        "in the repository"
+      )
       continue
     have = sections_of(target)
     for section in cit.sections:
       if section not in have:
-        errors.append(f"{cit.where}: `{cit.name}` §{section}: no heading or "
-                      f"**§{section}** label in "
-                      f"{target.relative_to(ROOT).as_posix()}")
+        errors.append(
+          f"{cit.where}: `{cit.name}` §{section}: no heading or "
+          f"**§{section}** label in "
+          f"{target.relative_to(ROOT).as_posix()}"
+        )
   return errors
 
 
@@ -198,53 +208,79 @@ def test_every_spec_is_indexed():
 
 
 def _cit(text: str) -> list[tuple[str, tuple[str, ...]]]:
-  return [(m.group(1), _sections_after(text, m.end()))
-          for m in _NAME.finditer(text)]
+  return [
+    (m.group(1), _sections_after(text, m.end())) for m in _NAME.finditer(text)
+  ]
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("spec `exploratory_iteration.md` §3.2–3.5, §4 and §8 (the jaxued",
-     [("exploratory_iteration.md", ("3.2", "3.3", "3.4", "3.5", "4", "8"))]),
-    ("(spec `hidrop_pallas.md` §2.2 step 3, §2.5) rank",
-     [("hidrop_pallas.md", ("2.2", "2.5"))]),
-    ("spec `encoder_exits.md` §8, pitfalls\n§12.8–9. The exit",
-     [("encoder_exits.md", ("8", "12.8", "12.9"))]),
-    ("(spec `encoder_exits.md`\n§1.1): run all", [("encoder_exits.md",
-                                                    ("1.1",))]),
-    ("see /x/encoder_exits.md §8-9) is", [("/x/encoder_exits.md",
-                                           ("8", "9"))]),
-    ("`llm_exits.md` §3). No code\nis public (§3.2, x)",
-     [("llm_exits.md", ("3",))]),
-    ("`exploratory_iteration.md` §3.4 (S = Var_G(r), population variance by "
-     "default) and §7", [("exploratory_iteration.md", ("3.4",))]),
-    ("(PALBERT §3.5, encoder_exits.md §10.1): x",
-     [("encoder_exits.md", ("10.1",))]),
-    ("f\"{out}/results.json, results.md\"", [("results.md", ())]),
+@pytest.mark.parametrize(
+  "text, expected",
+  [
+    (
+      "spec `exploratory_iteration.md` §3.2–3.5, §4 and §8 (the jaxued",
+      [("exploratory_iteration.md", ("3.2", "3.3", "3.4", "3.5", "4", "8"))],
+    ),
+    (
+      "(spec `hidrop_pallas.md` §2.2 step 3, §2.5) rank",
+      [("hidrop_pallas.md", ("2.2", "2.5"))],
+    ),
+    (
+      "spec `encoder_exits.md` §8, pitfalls\n§12.8–9. The exit",
+      [("encoder_exits.md", ("8", "12.8", "12.9"))],
+    ),
+    (
+      "(spec `encoder_exits.md`\n§1.1): run all",
+      [("encoder_exits.md", ("1.1",))],
+    ),
+    ("see /x/encoder_exits.md §8-9) is", [("/x/encoder_exits.md", ("8", "9"))]),
+    (
+      "`llm_exits.md` §3). No code\nis public (§3.2, x)",
+      [("llm_exits.md", ("3",))],
+    ),
+    (
+      "`exploratory_iteration.md` §3.4 (S = Var_G(r), population variance by "
+      "default) and §7",
+      [("exploratory_iteration.md", ("3.4",))],
+    ),
+    (
+      "(PALBERT §3.5, encoder_exits.md §10.1): x",
+      [("encoder_exits.md", ("10.1",))],
+    ),
+    ('f"{out}/results.json, results.md"', [("results.md", ())]),
     ("# comment `a.md`\n# §2 continues", [("a.md", ("2",))]),
-])
+  ],
+)
 def test_parser(text, expected):
   assert _cit(text) == expected
 
 
 def test_sections_of_headings_and_labels(tmp_path):
   md = tmp_path / "x.md"
-  md.write_text("# Title 1\n## 0. Sources\n### 3.4 Hyper\n#### 8.4.1 Warm\n"
-                "- **§12.2** KL\n**§7** x\n```\n## 9. in code\n```\n"
-                "## 10 Tables\ntext §11\n", encoding="utf-8")
+  md.write_text(
+    "# Title 1\n## 0. Sources\n### 3.4 Hyper\n#### 8.4.1 Warm\n"
+    "- **§12.2** KL\n**§7** x\n```\n## 9. in code\n```\n"
+    "## 10 Tables\ntext §11\n",
+    encoding="utf-8",
+  )
   assert sections_of(md) == {"0", "3.4", "8.4.1", "12.2", "7", "10"}
 
 
 def test_resolution_rules():
   def at(path, name):
     return resolve(Citation(path, 1, name, ()))
+
   assert at("jaxexit/cost.py", "encoder_exits.md") == (
-      SPECS / "encoder_exits.md")
+    SPECS / "encoder_exits.md"
+  )
   assert at("experiments/jei_dnn/notes.py", "results.md") == "generated"
   assert at("benchmarks/exit_modes.py", "BENCHMARKS.md") == (
-      ROOT / "BENCHMARKS.md")
+    ROOT / "BENCHMARKS.md"
+  )
   assert at("jaxexit/data/bundle_build.py", "bundled/SOURCES.md") == (
-      ROOT / "jaxexit/data/bundled/SOURCES.md")
+    ROOT / "jaxexit/data/bundled/SOURCES.md"
+  )
   assert at("jaxexit/data/bundled.py", "bundled/SOURCES.md") == (
-      ROOT / "jaxexit/data/bundled/SOURCES.md")
+    ROOT / "jaxexit/data/bundled/SOURCES.md"
+  )
   assert at("jaxexit/cost.py", "/work/shared/papers/encoder_exits.md") is None
   assert at("jaxexit/cost.py", "nowhere_at_all.md") is None

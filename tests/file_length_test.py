@@ -15,4 +15,5 @@ def test_library_files_are_short_or_say_why():
       if len(lines) > MAX_LINES and not lines[0].startswith(REASON):
         long.append(f"{path.relative_to(REPO)} ({len(lines)} lines)")
   assert not long, (
-      f"over {MAX_LINES} lines without a '{REASON}...' first line: {long}")
+    f"over {MAX_LINES} lines without a '{REASON}...' first line: {long}"
+  )

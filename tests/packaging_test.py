@@ -93,14 +93,30 @@ def test_installed_jax_provides_extra(extra):
 
 
 def _pip_dry_run(*args: str) -> tuple[subprocess.CompletedProcess, dict]:
-  """`pip install --dry-run --report` in this interpreter; returns the report."""
+  """`pip install --dry-run --report` in this interpreter, and its report."""
   pytest.importorskip("setuptools", reason="--no-build-isolation needs it")
-  cmd = [sys.executable, "-m", "pip", "install", "--dry-run", "--quiet",
-         "--no-build-isolation", "--disable-pip-version-check",
-         "--report", "-", *args]
+  cmd = [
+    sys.executable,
+    "-m",
+    "pip",
+    "install",
+    "--dry-run",
+    "--quiet",
+    "--no-build-isolation",
+    "--disable-pip-version-check",
+    "--report",
+    "-",
+    *args,
+  ]
   try:
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT,
-                          timeout=_PIP_TIMEOUT_S, check=False)
+    proc = subprocess.run(
+      cmd,
+      capture_output=True,
+      text=True,
+      cwd=ROOT,
+      timeout=_PIP_TIMEOUT_S,
+      check=False,
+    )
   except subprocess.TimeoutExpired:
     pytest.skip(f"pip did not answer within {_PIP_TIMEOUT_S} s")
   report = {}
@@ -110,8 +126,10 @@ def _pip_dry_run(*args: str) -> tuple[subprocess.CompletedProcess, dict]:
 
 
 def _to_install(report: dict) -> dict[str, str]:
-  return {i["metadata"]["name"].lower(): i["metadata"]["version"]
-          for i in report["install"]}
+  return {
+    i["metadata"]["name"].lower(): i["metadata"]["version"]
+    for i in report["install"]
+  }
 
 
 @slow
@@ -119,15 +137,18 @@ def test_pip_keeps_installed_jax_offline():
   """With the installed JAX pinned beside `-e .`, pip installs only jaxexit."""
   jax_v = importlib.metadata.version("jax")
   jaxlib_v = importlib.metadata.version("jaxlib")
-  proc, report = _pip_dry_run("--no-index", "-e", ".", f"jax=={jax_v}",
-                              f"jaxlib=={jaxlib_v}")
+  proc, report = _pip_dry_run(
+    "--no-index", "-e", ".", f"jax=={jax_v}", f"jaxlib=={jaxlib_v}"
+  )
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert set(_to_install(report)) == {"jaxexit"}, _to_install(report)
 
 
 @slow
-@pytest.mark.skipif(sys.version_info < (3, 12),
-                    reason="jaxlib 0.12.0.1 has no wheels for Python 3.11")
+@pytest.mark.skipif(
+  sys.version_info < (3, 12),
+  reason="jaxlib 0.12.0.1 has no wheels for Python 3.11",
+)
 def test_pip_resolves_colab_jax_from_index():
   """Colab's jax/jaxlib 0.12.0.1 pinned beside jaxexit's requirements resolve.
 
@@ -143,8 +164,9 @@ def test_pip_resolves_colab_jax_from_index():
     # pins alone; if pip cannot find them, there is nothing to test.
     alone, _ = _pip_dry_run(*net, "--no-deps", *pins)
     if alone.returncode != 0:
-      pytest.skip("no index offers jax/jaxlib 0.12.0.1: "
-                  + alone.stderr.strip()[-300:])
+      pytest.skip(
+        "no index offers jax/jaxlib 0.12.0.1: " + alone.stderr.strip()[-300:]
+      )
     pytest.fail(f"jaxexit conflicts with jax 0.12.0.1:\n{proc.stderr[-2000:]}")
   install = _to_install(report)
   assert install.get("jax", "0.12.0.1") == "0.12.0.1", install

@@ -13,6 +13,9 @@ def fast_only(values, *fast):
   values = list(values)
   missing = [v for v in fast if v not in values]
   assert not missing, f"{missing} not among {values}"
-  return [v if v in fast else
-          pytest.param(*(v if isinstance(v, tuple) else (v,)), marks=slow)
-          for v in values]
+  return [
+    v
+    if v in fast
+    else pytest.param(*(v if isinstance(v, tuple) else (v,)), marks=slow)
+    for v in values
+  ]

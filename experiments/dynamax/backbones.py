@@ -50,78 +50,131 @@ def _qa_prompt(question: str) -> str:
   return f"Question: {question}\nAnswer:"
 
 
-def training_rows(encode, bos_id: int, eos_id: int, seq_len: int,
-                  data_dir, seed: int) -> np.ndarray:
+def training_rows(
+  encode, bos_id: int, eos_id: int, seq_len: int, data_dir, seed: int
+) -> np.ndarray:
   """Packed [n, seq_len] rows of the shuffled text corpus."""
   docs = text.lm_texts(data_dir=data_dir)
   order = np.random.default_rng(seed).permutation(len(docs))
-  return text.pack_documents([encode(docs[i]) for i in order], seq_len,
-                             bos_id=bos_id, eos_id=eos_id)
+  return text.pack_documents(
+    [encode(docs[i]) for i in order], seq_len, bos_id=bos_id, eos_id=eos_id
+  )
 
 
-def _train_scratch(kind: str, spec: BackboneSpec, workdir: pathlib.Path,
-                   data_dir, seed: int, progress) -> tuple[nnx.Module, str]:
+def _train_scratch(
+  kind: str,
+  spec: BackboneSpec,
+  workdir: pathlib.Path,
+  data_dir,
+  seed: int,
+  progress,
+) -> tuple[nnx.Module, str]:
   tok = text.ByteTokenizer()
-  rows = training_rows(tok.encode, tok.bos_id, tok.eos_id, spec.seq_len,
-                       data_dir, seed)
+  rows = training_rows(
+    tok.encode, tok.bos_id, tok.eos_id, spec.seq_len, data_dir, seed
+  )
   cls = LlamaLM if isinstance(spec.arch, LlamaConfig) else MambaLM
   model = cls(spec.arch, rngs=nnx.Rngs(seed))
   optim = train_lib.OptimConfig(
-      learning_rate=spec.learning_rate, weight_decay=0.01,
-      schedule="warmup_cosine", warmup_steps=max(spec.steps // 20, 1),
-      total_steps=spec.steps, grad_clip=1.0)
-  batch_fn = lambda step: {"tokens": rows[shuffled_batch_indices(
-      step, len(rows), spec.batch_size, seed)]}
+    learning_rate=spec.learning_rate,
+    weight_decay=0.01,
+    schedule="warmup_cosine",
+    warmup_steps=max(spec.steps // 20, 1),
+    total_steps=spec.steps,
+    grad_clip=1.0,
+  )
+  batch_fn = lambda step: {
+    "tokens": rows[
+      shuffled_batch_indices(step, len(rows), spec.batch_size, seed)
+    ]
+  }
   model, _ = train_lib.train(
-      model, train_lib.build_optimizer(optim), causal_lm_loss, batch_fn,
-      num_steps=spec.steps, workdir=workdir, seed=seed,
-      checkpoint_every=max(spec.steps // 4, 1), progress=progress)
+    model,
+    train_lib.build_optimizer(optim),
+    causal_lm_loss,
+    batch_fn,
+    num_steps=spec.steps,
+    workdir=workdir,
+    seed=seed,
+    checkpoint_every=max(spec.steps // 4, 1),
+    progress=progress,
+  )
   # The log, not the return value: a resumed finished run trains no step.
   loss = train_lib.read_metrics(workdir / "metrics.jsonl")[-1]["loss"]
-  return model, (f"{cls.__name__} trained from scratch ({spec.arch.num_layers}"
-                 f" blocks, d={spec.arch.d_model}, byte tokens) for "
-                 f"{spec.steps} steps of {spec.batch_size}x{spec.seq_len}; "
-                 f"final train loss {loss:.3f} nats/byte")
+  return model, (
+    f"{cls.__name__} trained from scratch ({spec.arch.num_layers}"
+    f" blocks, d={spec.arch.d_model}, byte tokens) for "
+    f"{spec.steps} steps of {spec.batch_size}x{spec.seq_len}; "
+    f"final train loss {loss:.3f} nats/byte"
+  )
 
 
 def _pretrained(kind: str, model_dir) -> Backbone:
   import tokenizers
   from jaxexit.models.llama_weights import llama_from_pretrained
   from jaxexit.models.mamba_weights import mamba_from_pretrained
+
   if model_dir is None:
-    raise ValueError(f"the {kind} backbone of this preset is a Hugging Face "
-                     "checkpoint: pass --model-dir <folder>")
+    raise ValueError(
+      f"the {kind} backbone of this preset is a Hugging Face "
+      "checkpoint: pass --model-dir <folder>"
+    )
   folder = pathlib.Path(model_dir)
-  load = llama_from_pretrained if kind == "transformer" else \
-      mamba_from_pretrained
+  load = (
+    llama_from_pretrained if kind == "transformer" else mamba_from_pretrained
+  )
   model = load(folder)
   tok = tokenizers.Tokenizer.from_file(str(folder / "tokenizer.json"))
   hf = json.loads((folder / "config.json").read_text())
   return Backbone(
-      model=model, encode=lambda s: tok.encode(s).ids,
-      decode=lambda ids: tok.decode(list(ids)), prompt=_qa_prompt,
-      bos_id=hf.get("bos_token_id", 1), eos_id=hf.get("eos_token_id", 2),
-      description=f"{type(model).__name__} from {folder}")
+    model=model,
+    encode=lambda s: tok.encode(s).ids,
+    decode=lambda ids: tok.decode(list(ids)),
+    prompt=_qa_prompt,
+    bos_id=hf.get("bos_token_id", 1),
+    eos_id=hf.get("eos_token_id", 2),
+    description=f"{type(model).__name__} from {folder}",
+  )
 
 
-def load_backbone(kind: str, spec: BackboneSpec, *, out: pathlib.Path,
-                  data_dir, model_dir, seed: int, progress) -> Backbone:
+def load_backbone(
+  kind: str,
+  spec: BackboneSpec,
+  *,
+  out: pathlib.Path,
+  data_dir,
+  model_dir,
+  seed: int,
+  progress,
+) -> Backbone:
   """The `kind` ("transformer" / "mamba") backbone described by `spec`."""
   if spec.source == "smollm2":
     from jaxexit.models.gguf_weights import load_smollm2
+
     model, tok = load_smollm2()
     chat = lambda q: tok.apply_chat_template([{"role": "user", "content": q}])
-    return Backbone(model=model, encode=tok.encode,
-                    decode=lambda ids: tok.decode(ids,
-                                                  skip_special_tokens=True),
-                    prompt=chat, bos_id=tok.bos_id, eos_id=tok.eos_id,
-                    description="SmolLM2-135M-Instruct (GGUF Q4_1 weights "
-                    "dequantised to float32; 30 blocks, d=576)")
+    return Backbone(
+      model=model,
+      encode=tok.encode,
+      decode=lambda ids: tok.decode(ids, skip_special_tokens=True),
+      prompt=chat,
+      bos_id=tok.bos_id,
+      eos_id=tok.eos_id,
+      description="SmolLM2-135M-Instruct (GGUF Q4_1 weights "
+      "dequantised to float32; 30 blocks, d=576)",
+    )
   if spec.source == "pretrained":
     return _pretrained(kind, model_dir)
-  model, description = _train_scratch(kind, spec, out / kind / "lm", data_dir,
-                                      seed, progress)
+  model, description = _train_scratch(
+    kind, spec, out / kind / "lm", data_dir, seed, progress
+  )
   tok = text.ByteTokenizer()
-  return Backbone(model=model, encode=tok.encode, decode=tok.decode,
-                  prompt=_qa_prompt, bos_id=tok.bos_id, eos_id=tok.eos_id,
-                  description=description)
+  return Backbone(
+    model=model,
+    encode=tok.encode,
+    decode=tok.decode,
+    prompt=_qa_prompt,
+    bos_id=tok.bos_id,
+    eos_id=tok.eos_id,
+    description=description,
+  )

@@ -50,12 +50,16 @@ class BackboneSpec:
 
   def __post_init__(self):
     if self.source not in SOURCES:
-      raise ValueError(f"unknown BackboneSpec.source={self.source!r}; "
-                       f"expected one of {list(SOURCES)}")
+      raise ValueError(
+        f"unknown BackboneSpec.source={self.source!r}; "
+        f"expected one of {list(SOURCES)}"
+      )
     if (self.source == "scratch") != (self.arch is not None):
-      raise ValueError("BackboneSpec.arch is needed for source='scratch' "
-                       f"and only then; got source={self.source!r}, "
-                       f"arch={self.arch!r}")
+      raise ValueError(
+        "BackboneSpec.arch is needed for source='scratch' "
+        f"and only then; got source={self.source!r}, "
+        f"arch={self.arch!r}"
+      )
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -101,66 +105,108 @@ class Config:
   seed: int = 0
 
   def __post_init__(self):
-    for name, values, allowed in (("classifiers", self.classifiers, KINDS),
-                                  ("state_modes", self.state_modes,
-                                   STATE_MODES)):
+    for name, values, allowed in (
+      ("classifiers", self.classifiers, KINDS),
+      ("state_modes", self.state_modes, STATE_MODES),
+    ):
       bad = [v for v in values if v not in allowed]
       if bad or not values:
-        raise ValueError(f"Config.{name} must be a non-empty subset of "
-                         f"{list(allowed)}; got {values!r}")
+        raise ValueError(
+          f"Config.{name} must be a non-empty subset of "
+          f"{list(allowed)}; got {values!r}"
+        )
     if any(not 0 < f < 1 for f in self.exit_fractions):
-      raise ValueError("Config.exit_fractions must lie in (0, 1); got "
-                       f"{self.exit_fractions!r}")
+      raise ValueError(
+        f"Config.exit_fractions must lie in (0, 1); got {self.exit_fractions!r}"
+      )
     if any(not 0 <= t <= 1 for t in self.thresholds) or not self.thresholds:
-      raise ValueError("Config.thresholds must be non-empty values in "
-                       f"[0, 1]; got {self.thresholds!r}")
+      raise ValueError(
+        "Config.thresholds must be non-empty values in "
+        f"[0, 1]; got {self.thresholds!r}"
+      )
 
   def exit_layers(self, num_layers: int) -> tuple[int, ...]:
     """Exit positions for a backbone of `num_layers` blocks."""
-    layers = sorted({min(max(round(f * num_layers), 1), num_layers - 1)
-                     for f in self.exit_fractions})
+    layers = sorted(
+      {
+        min(max(round(f * num_layers), 1), num_layers - 1)
+        for f in self.exit_fractions
+      }
+    )
     return tuple(layers)
 
 
-_TINY_LLAMA = LlamaConfig(vocab_size=258, d_model=32, num_layers=4,
-                          num_heads=4, num_kv_heads=2, mlp_hidden=64,
-                          max_position=256)
-_TINY_MAMBA = MambaConfig(vocab_size=258, d_model=32, num_layers=4,
-                          d_state=8)
+_TINY_LLAMA = LlamaConfig(
+  vocab_size=258,
+  d_model=32,
+  num_layers=4,
+  num_heads=4,
+  num_kv_heads=2,
+  mlp_hidden=64,
+  max_position=256,
+)
+_TINY_MAMBA = MambaConfig(vocab_size=258, d_model=32, num_layers=4, d_state=8)
 # Similar depth to SmolLM2's 30 blocks, small enough to train on 2 cores.
-_CPU_MAMBA = MambaConfig(vocab_size=258, d_model=128, num_layers=24,
-                         d_state=8)
+_CPU_MAMBA = MambaConfig(vocab_size=258, d_model=128, num_layers=24, d_state=8)
 
 PRESETS = {
-    "smoke": Config(
-        transformer=BackboneSpec(source="scratch", arch=_TINY_LLAMA, steps=20,
-                                 batch_size=8, seq_len=64),
-        mamba=BackboneSpec(source="scratch", arch=_TINY_MAMBA, steps=20,
-                           batch_size=8, seq_len=64),
-        exit_fractions=(0.25, 0.5), classifiers=("lm_head", "mamba"),
-        state_modes=("propagate", "recompute"), thresholds=(0.5,),
-        feature_rows=16, feature_len=32, classifier_steps=10,
-        classifier_batch=4, mamba_width=16, eval_prompts=2,
-        max_new_tokens=8, timing_repeats=1, pending=4),
-    "cpu": Config(
-        timing_repeats=5,
-        transformer=BackboneSpec(source="smollm2"),
-        mamba=BackboneSpec(source="scratch", arch=_CPU_MAMBA, steps=400,
-                           batch_size=8, seq_len=128, learning_rate=3e-3)),
-    "paper": Config(
-        transformer=BackboneSpec(source="pretrained"),
-        mamba=BackboneSpec(source="pretrained"),
-        thresholds=(0.99, 0.95, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3),
-        feature_rows=20000, feature_len=512, classifier_steps=5000,
-        classifier_batch=16, classifier_lr=1e-3, mamba_width=1024,
-        mamba_layers=2, eval_prompts=817, max_new_tokens=64,
-        timing_prompts=16, timing_repeats=5, pending=16),
+  "smoke": Config(
+    transformer=BackboneSpec(
+      source="scratch", arch=_TINY_LLAMA, steps=20, batch_size=8, seq_len=64
+    ),
+    mamba=BackboneSpec(
+      source="scratch", arch=_TINY_MAMBA, steps=20, batch_size=8, seq_len=64
+    ),
+    exit_fractions=(0.25, 0.5),
+    classifiers=("lm_head", "mamba"),
+    state_modes=("propagate", "recompute"),
+    thresholds=(0.5,),
+    feature_rows=16,
+    feature_len=32,
+    classifier_steps=10,
+    classifier_batch=4,
+    mamba_width=16,
+    eval_prompts=2,
+    max_new_tokens=8,
+    timing_repeats=1,
+    pending=4,
+  ),
+  "cpu": Config(
+    timing_repeats=5,
+    transformer=BackboneSpec(source="smollm2"),
+    mamba=BackboneSpec(
+      source="scratch",
+      arch=_CPU_MAMBA,
+      steps=400,
+      batch_size=8,
+      seq_len=128,
+      learning_rate=3e-3,
+    ),
+  ),
+  "paper": Config(
+    transformer=BackboneSpec(source="pretrained"),
+    mamba=BackboneSpec(source="pretrained"),
+    thresholds=(0.99, 0.95, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3),
+    feature_rows=20000,
+    feature_len=512,
+    classifier_steps=5000,
+    classifier_batch=16,
+    classifier_lr=1e-3,
+    mamba_width=1024,
+    mamba_layers=2,
+    eval_prompts=817,
+    max_new_tokens=64,
+    timing_prompts=16,
+    timing_repeats=5,
+    pending=16,
+  ),
 }
 
 
 def get_config(preset: str = "cpu", **overrides) -> Config:
   """The named preset with `overrides` applied."""
   if preset not in PRESETS:
-    raise ValueError(f"unknown preset={preset!r}; expected one of "
-                     f"{sorted(PRESETS)}")
+    raise ValueError(
+      f"unknown preset={preset!r}; expected one of {sorted(PRESETS)}"
+    )
   return dataclasses.replace(PRESETS[preset], **overrides)

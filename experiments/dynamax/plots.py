@@ -10,12 +10,20 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 def _lines(records):
   """(label, rows sorted by FLOPs) per (classifier, state mode)."""
-  keys = dict.fromkeys((r["classifier"], r["state_mode"]) for r in records
-                       if r["state_mode"] != "full")
+  keys = dict.fromkeys(
+    (r["classifier"], r["state_mode"])
+    for r in records
+    if r["state_mode"] != "full"
+  )
   for kind, mode in keys:
-    rows = sorted((r for r in records if r["classifier"] == kind
-                   and r["state_mode"] == mode),
-                  key=lambda r: r["flops_fraction"])
+    rows = sorted(
+      (
+        r
+        for r in records
+        if r["classifier"] == kind and r["state_mode"] == mode
+      ),
+      key=lambda r: r["flops_fraction"],
+    )
     yield f"{kind} / {mode}", rows
 
 
@@ -28,17 +36,31 @@ def write_curves(path: pathlib.Path, records: list[dict], title: str) -> None:
     kw = dict(marker="o", markersize=4, label=label)
     axes[0].plot(x, [r["consistency_all"] for r in rows], **kw)
     axes[1].plot(x, [r["accuracy"] for r in rows], **kw)
-    axes[2].plot([r["theoretical_speedup"] for r in rows],
-                 [r["realised_speedup"] for r in rows], **kw)
-  axes[1].axhline(full["accuracy"], color="k", linestyle="--", linewidth=1,
-                  label=f"full model ({full['accuracy']:.3f})")
+    axes[2].plot(
+      [r["theoretical_speedup"] for r in rows],
+      [r["realised_speedup"] for r in rows],
+      **kw,
+    )
+  axes[1].axhline(
+    full["accuracy"],
+    color="k",
+    linestyle="--",
+    linewidth=1,
+    label=f"full model ({full['accuracy']:.3f})",
+  )
   top = max(r["theoretical_speedup"] for r in records)
-  axes[2].plot([0, top], [0, top], color="gray", linestyle=":",
-               label="realised = theoretical")
-  labels = [("FLOPs per token / full model",
-             "token consistency with the full model"),
-            ("FLOPs per token / full model", "TruthfulQA ROUGE acc"),
-            ("theoretical speed-up (FLOPs)", "realised speed-up (tokens/s)")]
+  axes[2].plot(
+    [0, top],
+    [0, top],
+    color="gray",
+    linestyle=":",
+    label="realised = theoretical",
+  )
+  labels = [
+    ("FLOPs per token / full model", "token consistency with the full model"),
+    ("FLOPs per token / full model", "TruthfulQA ROUGE acc"),
+    ("theoretical speed-up (FLOPs)", "realised speed-up (tokens/s)"),
+  ]
   for ax, (xl, yl) in zip(axes, labels):
     ax.set_xlabel(xl)
     ax.set_ylabel(yl)

@@ -1,4 +1,4 @@
 """Dynamic Perceiver (ICCV 2023) on CIFAR-10.
 
-  python -m experiments.dynamic_perceiver --preset cpu
+python -m experiments.dynamic_perceiver --preset cpu
 """

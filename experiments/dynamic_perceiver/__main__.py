@@ -64,15 +64,24 @@ PROTOCOL_NOTE = """\
 
 def parse_args(argv=None):
   parser = argparse.ArgumentParser(
-      prog="python -m experiments.dynamic_perceiver",
-      description=__doc__.splitlines()[0].split(" — ")[1])
-  parser.add_argument("--preset", default="cpu",
-                      choices=sorted(configs.PRESETS))
-  parser.add_argument("--out", type=pathlib.Path, default=None,
-                      help="default: runs/dynamic_perceiver_<preset>")
-  parser.add_argument("--feature-branch", default=None,
-                      choices=configs.FEATURE_BRANCHES,
-                      help="override the preset's feature branch")
+    prog="python -m experiments.dynamic_perceiver",
+    description=__doc__.splitlines()[0].split(" — ")[1],
+  )
+  parser.add_argument(
+    "--preset", default="cpu", choices=sorted(configs.PRESETS)
+  )
+  parser.add_argument(
+    "--out",
+    type=pathlib.Path,
+    default=None,
+    help="default: runs/dynamic_perceiver_<preset>",
+  )
+  parser.add_argument(
+    "--feature-branch",
+    default=None,
+    choices=configs.FEATURE_BRANCHES,
+    help="override the preset's feature branch",
+  )
   parser.add_argument("--no-progress", action="store_true")
   add_data_dir_flag(parser)
   args = parser.parse_args(argv)
@@ -84,59 +93,93 @@ def parse_args(argv=None):
 def flops_to_reach(records: list[dict], method: str, target: float):
   """Fewest average FLOPs of a method's budgeted points with accuracy ≥
   target, or None."""
-  hits = [r["avg_flops"] for r in records if r["method"] == method
-          and not isinstance(r["budget_or_threshold"], str)
-          and r["accuracy"] >= target]
+  hits = [
+    r["avg_flops"]
+    for r in records
+    if r["method"] == method
+    and not isinstance(r["budget_or_threshold"], str)
+    and r["accuracy"] >= target
+  ]
   return min(hits) if hits else None
 
 
 def claim_section(records: list[dict]) -> str:
   """The claim, tested at accuracies both budgeted curves reach."""
-  curve = lambda m: [r["accuracy"] for r in records if r["method"] == m
-                     and not isinstance(r["budget_or_threshold"], str)]
+  curve = lambda m: [
+    r["accuracy"]
+    for r in records
+    if r["method"] == m and not isinstance(r["budget_or_threshold"], str)
+  ]
   lo = max(min(curve(m)) for m in run.METHODS)
   hi = min(max(curve(m)) for m in run.METHODS)
   rows, held = [], 0
-  for target in (np.linspace(lo, hi, 3) if hi >= lo else []):
+  for target in np.linspace(lo, hi, 3) if hi >= lo else []:
     dp, cnn = (flops_to_reach(records, m, target) for m in run.METHODS)
-    rows.append(f"| {target:.4f} | {dp / 1e6:.2f} | {cnn / 1e6:.2f} | "
-                f"{cnn / dp:.2f}x |")
+    rows.append(
+      f"| {target:.4f} | {dp / 1e6:.2f} | {cnn / 1e6:.2f} | {cnn / dp:.2f}x |"
+    )
     held += dp < cnn
   if not rows:
-    return ("## Claim\n\nThe two budgeted curves share no accuracy range, so "
-            "the claim cannot be tested at equal accuracy in this run.\n")
-  return ("## Claim\n\nDynamic Perceiver's early exits reach a given "
-          "accuracy at fewer FLOPs than the same backbone with max-softmax "
-          "exits. Measured here (fewest average MFLOPs among each method's "
-          "budgeted points reaching the accuracy):\n\n"
-          "| test accuracy ≥ | dyn_perceiver MFLOPs | multi_exit_cnn MFLOPs "
-          "| CNN / DP |\n|---|---|---|---|\n" + "\n".join(rows)
-          + f"\n\nThe claim holds at {held} of {len(rows)} accuracies "
-          "(CNN / DP > 1 means Dynamic Perceiver is cheaper).\n")
+    return (
+      "## Claim\n\nThe two budgeted curves share no accuracy range, so "
+      "the claim cannot be tested at equal accuracy in this run.\n"
+    )
+  return (
+    "## Claim\n\nDynamic Perceiver's early exits reach a given "
+    "accuracy at fewer FLOPs than the same backbone with max-softmax "
+    "exits. Measured here (fewest average MFLOPs among each method's "
+    "budgeted points reaching the accuracy):\n\n"
+    "| test accuracy ≥ | dyn_perceiver MFLOPs | multi_exit_cnn MFLOPs "
+    "| CNN / DP |\n|---|---|---|---|\n"
+    + "\n".join(rows)
+    + f"\n\nThe claim holds at {held} of {len(rows)} accuracies "
+    "(CNN / DP > 1 means Dynamic Perceiver is cheaper).\n"
+  )
 
 
 def notes(records, summaries, cfg, seconds) -> str:
-  full = ", ".join(f'{s["model"]} {s["full_flops"] / 1e6:.2f} MFLOPs'
-                   for s in summaries)
+  full = ", ".join(
+    f"{s['model']} {s['full_flops'] / 1e6:.2f} MFLOPs" for s in summaries
+  )
   protocol = PROTOCOL_NOTE.format(
-      num_r=len(cfg.r_values), num_val=cfg.num_val, full=full,
-      batch=cfg.eval_batch_size,
-      buckets=tuple(b for b in cfg.buckets if b < cfg.eval_batch_size),
-      timing=cfg.timing_batches, batch1=cfg.batch1_examples,
-      repeats=cfg.timing_repeats, steps=cfg.steps,
-      batch_size=cfg.batch_size, lr=cfg.learning_rate, wd=cfg.weight_decay,
-      kd=cfg.kd_weight, temp=cfg.temperature,
-      baseline_kd=(f" + the same {cfg.kd_weight}·KL from its last exit"
-                   if cfg.baseline_kd else ""))
+    num_r=len(cfg.r_values),
+    num_val=cfg.num_val,
+    full=full,
+    batch=cfg.eval_batch_size,
+    buckets=tuple(b for b in cfg.buckets if b < cfg.eval_batch_size),
+    timing=cfg.timing_batches,
+    batch1=cfg.batch1_examples,
+    repeats=cfg.timing_repeats,
+    steps=cfg.steps,
+    batch_size=cfg.batch_size,
+    lr=cfg.learning_rate,
+    wd=cfg.weight_decay,
+    kd=cfg.kd_weight,
+    temp=cfg.temperature,
+    baseline_kd=(
+      f" + the same {cfg.kd_weight}·KL from its last exit"
+      if cfg.baseline_kd
+      else ""
+    ),
+  )
   exits = "\n".join(
-      f'| {s["model"]} | ' + " | ".join(f"{a:.4f}" for a in s["exit_accuracy"])
-      + " | " + " | ".join(f"{f / 1e6:.2f}" for f in s["exit_flops"]) + " |"
-      for s in summaries)
-  return (claim_section(records) + "\n## Exits\n\n| model | acc exit1 | acc "
-          "exit2 | acc exit3 | acc exit4 | MFLOPs exit1 | exit2 | exit3 | "
-          "exit4 |\n|---|---|---|---|---|---|---|---|---|\n" + exits
-          + f"\n\nWall time of the whole run: {seconds / 60:.1f} min.\n\n"
-          + protocol + "\n" + PAPER_NOTE)
+    f"| {s['model']} | "
+    + " | ".join(f"{a:.4f}" for a in s["exit_accuracy"])
+    + " | "
+    + " | ".join(f"{f / 1e6:.2f}" for f in s["exit_flops"])
+    + " |"
+    for s in summaries
+  )
+  return (
+    claim_section(records) + "\n## Exits\n\n| model | acc exit1 | acc "
+    "exit2 | acc exit3 | acc exit4 | MFLOPs exit1 | exit2 | exit3 | "
+    "exit4 |\n|---|---|---|---|---|---|---|---|---|\n"
+    + exits
+    + f"\n\nWall time of the whole run: {seconds / 60:.1f} min.\n\n"
+    + protocol
+    + "\n"
+    + PAPER_NOTE
+  )
 
 
 def main(argv=None):
@@ -147,30 +190,48 @@ def main(argv=None):
 
 
 def _main(args):
-  overrides = ({} if args.feature_branch is None
-               else {"feature_branch": args.feature_branch})
+  overrides = (
+    {}
+    if args.feature_branch is None
+    else {"feature_branch": args.feature_branch}
+  )
   cfg = configs.get_config(args.preset, **overrides)
   start = time.time()
   splits = load_splits(cfg, args.data_dir)
-  print(f"train {len(splits.train)}, val {len(splits.val)}, test "
-        f"{len(splits.test)} images", flush=True)
+  print(
+    f"train {len(splits.train)}, val {len(splits.val)}, test "
+    f"{len(splits.test)} images",
+    flush=True,
+  )
   records, summaries = [], []
   for method in run.METHODS:
     print(f"== {method}: training", flush=True)
-    model = run.train_model(method, cfg, splits.train,
-                            args.out / "train" / method,
-                            False if args.no_progress else None)
+    model = run.train_model(
+      method,
+      cfg,
+      splits.train,
+      args.out / "train" / method,
+      False if args.no_progress else None,
+    )
     print(f"== {method}: evaluating", flush=True)
     recs, summary = run.evaluate(method, model, splits, cfg)
     print(json.dumps(summary), flush=True)
     records += recs
     summaries.append(summary)
-  title = (f"Dynamic Perceiver vs multi-exit CNN, CIFAR-10 "
-           f"({args.preset}, {cfg.feature_branch})")
-  write_results(args.out, records, title=title,
-                notes=notes(records, summaries, cfg, time.time() - start))
-  print(f"wrote {args.out}/results.json, results.md, curve.png "
-        f"({(time.time() - start) / 60:.1f} min)")
+  title = (
+    f"Dynamic Perceiver vs multi-exit CNN, CIFAR-10 "
+    f"({args.preset}, {cfg.feature_branch})"
+  )
+  write_results(
+    args.out,
+    records,
+    title=title,
+    notes=notes(records, summaries, cfg, time.time() - start),
+  )
+  print(
+    f"wrote {args.out}/results.json, results.md, curve.png "
+    f"({(time.time() - start) / 60:.1f} min)"
+  )
 
 
 if __name__ == "__main__":

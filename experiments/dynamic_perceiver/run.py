@@ -19,12 +19,21 @@ from experiments.dynamic_perceiver.configs import FEATURE_BRANCHES, NUM_CLASSES
 from experiments.vision_common import curves
 from experiments.vision_common.splits import Splits
 from jaxexit import checks, execution, exits, train
-from jaxexit.data import (ImageSplit, eval_batches, normalize,
-                          random_crop_flip, resize, shuffled_batch_indices)
+from jaxexit.data import (
+  ImageSplit,
+  eval_batches,
+  normalize,
+  random_crop_flip,
+  resize,
+  shuffled_batch_indices,
+)
 from jaxexit.exits.budgeted import DYN_PERCEIVER_RESCALE
 from jaxexit.models.cnn_stages import NUM_STAGES, MultiExitCNN, StagedCNN
-from jaxexit.models.dyn_perceiver import (EXIT_WEIGHTS, DynPerceiver,
-                                          dyn_perceiver_loss)
+from jaxexit.models.dyn_perceiver import (
+  EXIT_WEIGHTS,
+  DynPerceiver,
+  dyn_perceiver_loss,
+)
 
 METHODS = ("dyn_perceiver", "multi_exit_cnn")
 
@@ -42,8 +51,10 @@ def feature_branch(cfg) -> nnx.Module:
     return StagedCNN(cfg.cnn_config(), rngs=_rngs(cfg.seed))
   # pylint: disable-next=import-outside-toplevel
   from jaxexit.models.efficientnet_lite import load_efficientnet_lite0
-  branch = load_efficientnet_lite0(num_classes=NUM_CLASSES,
-                                   rngs=_rngs(cfg.seed))
+
+  branch = load_efficientnet_lite0(
+    num_classes=NUM_CLASSES, rngs=_rngs(cfg.seed)
+  )
   branch.train()
   return branch
 
@@ -52,10 +63,12 @@ def build_model(method: str, cfg) -> nnx.Module:
   """Dynamic Perceiver or the multi-exit CNN over a fresh feature branch."""
   checks.one_of("method", method, METHODS)
   if method == "dyn_perceiver":
-    return DynPerceiver(cfg.perceiver_config(), feature_branch(cfg),
-                        rngs=_rngs(cfg.seed + 1))
-  return MultiExitCNN(feature_branch(cfg), NUM_CLASSES, cfg.image_size,
-                      rngs=_rngs(cfg.seed + 1))
+    return DynPerceiver(
+      cfg.perceiver_config(), feature_branch(cfg), rngs=_rngs(cfg.seed + 1)
+    )
+  return MultiExitCNN(
+    feature_branch(cfg), NUM_CLASSES, cfg.image_size, rngs=_rngs(cfg.seed + 1)
+  )
 
 
 def model_inputs(images, cfg) -> jax.Array:
@@ -66,6 +79,7 @@ def model_inputs(images, cfg) -> jax.Array:
   if cfg.feature_branch == "efficientnet_lite0":
     # pylint: disable-next=import-outside-toplevel
     from jaxexit.models.efficientnet_lite import preprocess
+
     return preprocess(images)
   return normalize(images)
 
@@ -77,8 +91,13 @@ def loss_weights(method: str, cfg) -> tuple[tuple[float, ...], float]:
   return (1.0,) * NUM_STAGES, cfg.kd_weight if cfg.baseline_kd else 0.0
 
 
-def train_model(method: str, cfg, data: ImageSplit, workdir: pathlib.Path,
-                progress: bool | None) -> nnx.Module:
+def train_model(
+  method: str,
+  cfg,
+  data: ImageSplit,
+  workdir: pathlib.Path,
+  progress: bool | None,
+) -> nnx.Module:
   """Trains one model (resumable from `workdir`)."""
   model = build_model(method, cfg)
   weights, kd_weight = loss_weights(method, cfg)
@@ -87,27 +106,47 @@ def train_model(method: str, cfg, data: ImageSplit, workdir: pathlib.Path,
     images = random_crop_flip(rng, batch["images"], padding=cfg.crop_padding)
     logits = m(model_inputs(images, cfg))
     return dyn_perceiver_loss(
-        logits, batch["labels"], weights=weights, kd_weight=kd_weight,
-        temperature=cfg.temperature, label_smoothing=cfg.label_smoothing)
+      logits,
+      batch["labels"],
+      weights=weights,
+      kd_weight=kd_weight,
+      temperature=cfg.temperature,
+      label_smoothing=cfg.label_smoothing,
+    )
 
   def batch_fn(step):
     idx = shuffled_batch_indices(step, len(data), cfg.batch_size, cfg.seed)
     return {"images": data.images[idx], "labels": data.labels[idx]}
 
-  tx = train.build_optimizer(train.OptimConfig(
-      name="adamw", learning_rate=cfg.learning_rate,
-      weight_decay=cfg.weight_decay, schedule="warmup_cosine",
-      warmup_steps=cfg.warmup_steps, total_steps=cfg.steps,
-      end_lr=cfg.end_lr))
-  model, _ = train.train(model, tx, loss_fn, batch_fn, num_steps=cfg.steps,
-                         workdir=workdir, seed=cfg.seed,
-                         checkpoint_every=cfg.checkpoint_every, log_every=10,
-                         progress=progress)
+  tx = train.build_optimizer(
+    train.OptimConfig(
+      name="adamw",
+      learning_rate=cfg.learning_rate,
+      weight_decay=cfg.weight_decay,
+      schedule="warmup_cosine",
+      warmup_steps=cfg.warmup_steps,
+      total_steps=cfg.steps,
+      end_lr=cfg.end_lr,
+    )
+  )
+  model, _ = train.train(
+    model,
+    tx,
+    loss_fn,
+    batch_fn,
+    num_steps=cfg.steps,
+    workdir=workdir,
+    seed=cfg.seed,
+    checkpoint_every=cfg.checkpoint_every,
+    log_every=10,
+    progress=progress,
+  )
   return model
 
 
-def per_exit_logits(model, runner, params, split: ImageSplit,
-                    cfg) -> np.ndarray:
+def per_exit_logits(
+  model, runner, params, split: ImageSplit, cfg
+) -> np.ndarray:
   """[N, 4, C] float32 logits of every exit (a `simulate` runner's pass)."""
   chunks = []
   for idx, num_valid in eval_batches(len(split), cfg.eval_batch_size):
@@ -128,31 +167,52 @@ def operating_thresholds(record: dict) -> np.ndarray:
   return t
 
 
-def time_records(records: list[dict], model, stack, params,
-                 test: ImageSplit, cfg) -> None:
+def time_records(
+  records: list[dict], model, stack, params, test: ImageSplit, cfg
+) -> None:
   """Adds realised speed-ups vs the full model of the same stack, in place.
 
   "realised_speedup": `compacted` at `cfg.eval_batch_size`;
   "realised_speedup_batch1": `early_stop` at batch 1.
   """
   rule = exits.thresholds_input_rule()
-  big = [model.init_carry(model_inputs(test.images[idx], cfg))
-         for idx, _ in eval_batches(len(test),
-                                    cfg.eval_batch_size)[:cfg.timing_batches]]
-  one = [model.init_carry(model_inputs(test.images[i:i + 1], cfg))
-         for i in range(min(cfg.batch1_examples, len(test)))]
+  big = [
+    model.init_carry(model_inputs(test.images[idx], cfg))
+    for idx, _ in eval_batches(len(test), cfg.eval_batch_size)[
+      : cfg.timing_batches
+    ]
+  ]
+  one = [
+    model.init_carry(model_inputs(test.images[i : i + 1], cfg))
+    for i in range(min(cfg.batch1_examples, len(test)))
+  ]
   buckets = tuple(b for b in cfg.buckets if b < cfg.eval_batch_size)
   for rec in records:
     t = jnp.asarray(operating_thresholds(rec))
     fast = execution.measure_speedup(
-        stack, rule, params, big, mode="compacted", rule_inputs=[t] * len(big),
-        repeats=cfg.timing_repeats, buckets=buckets)
+      stack,
+      rule,
+      params,
+      big,
+      mode="compacted",
+      rule_inputs=[t] * len(big),
+      repeats=cfg.timing_repeats,
+      buckets=buckets,
+    )
     single = execution.measure_speedup(
-        stack, rule, params, one, mode="early_stop",
-        rule_inputs=[t] * len(one), repeats=cfg.timing_repeats)
-    rec.update(realised_speedup=round(fast.realised_speedup, 3),
-               realised_speedup_batch1=round(single.realised_speedup, 3),
-               timing_theoretical_speedup=round(fast.theoretical_speedup, 3))
+      stack,
+      rule,
+      params,
+      one,
+      mode="early_stop",
+      rule_inputs=[t] * len(one),
+      repeats=cfg.timing_repeats,
+    )
+    rec.update(
+      realised_speedup=round(fast.realised_speedup, 3),
+      realised_speedup_batch1=round(single.realised_speedup, 3),
+      timing_theoretical_speedup=round(fast.theoretical_speedup, 3),
+    )
 
 
 def evaluate(method: str, model, splits: Splits, cfg) -> tuple[list, dict]:
@@ -166,18 +226,35 @@ def evaluate(method: str, model, splits: Splits, cfg) -> tuple[list, dict]:
   costs, full = flops.cumulative, flops.full
   rescale = DYN_PERCEIVER_RESCALE if method == "dyn_perceiver" else None
   records = curves.budget_curve(
-      method, val, splits.val.labels, test, splits.test.labels, costs, full,
-      cfg.r_values, rescale=rescale)
-  fixed = curves.fixed_exit_records(method, test, splits.test.labels, costs,
-                                    full)
+    method,
+    val,
+    splits.val.labels,
+    test,
+    splits.test.labels,
+    costs,
+    full,
+    cfg.r_values,
+    rescale=rescale,
+  )
+  fixed = curves.fixed_exit_records(
+    method, test, splits.test.labels, costs, full
+  )
   # The full model runs every stage but evaluates only its last head.
-  whole = dict(fixed[-1], method="full", budget_or_threshold=method,
-               avg_flops=full, flops_fraction=1.0)
+  whole = dict(
+    fixed[-1],
+    method="full",
+    budget_or_threshold=method,
+    avg_flops=full,
+    flops_fraction=1.0,
+  )
   records += fixed + [whole]
   for rec in records:
     rec["model"] = method
   time_records(records, model, stack, params, splits.test, cfg)
-  summary = {"model": method, "exit_flops": costs.tolist(),
-             "full_flops": full,
-             "exit_accuracy": [r["accuracy"] for r in fixed]}
+  summary = {
+    "model": method,
+    "exit_flops": costs.tolist(),
+    "full_flops": full,
+    "exit_accuracy": [r["accuracy"] for r in fixed],
+  }
   return records, summary

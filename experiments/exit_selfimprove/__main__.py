@@ -1,4 +1,4 @@
-"""python -m experiments.exit_selfimprove — ExIt autocurriculum RL for K-step self-improvement.
+"""python -m experiments.exit_selfimprove: ExIt for K-step self-improvement.
 
 Warm-starts one tiny policy per seed on the domain's noisy-reviser data,
 trains every compared method from it with the same rollouts and updates per
@@ -35,8 +35,12 @@ from experiments.exit_selfimprove import configs, evaluate, plots
 from jaxexit import report, results_store
 from jaxexit.exploratory_iteration.domains import make_domain
 from jaxexit.exploratory_iteration.policy import policy_graphdef
-from jaxexit.exploratory_iteration.train import (METHODS, ExItConfig, seed_keys,
-                                                 train)
+from jaxexit.exploratory_iteration.train import (
+  METHODS,
+  ExItConfig,
+  seed_keys,
+  train,
+)
 from jaxexit.exploratory_iteration.warm_start import warm_start
 
 EVAL_KEY = 1_000_003  # held-out tasks: a stream no training key reaches
@@ -47,34 +51,52 @@ RESULT_KEY = ("domain", "method", "seed", "decoding", "k")
 
 def parse_args(argv=None):
   parser = argparse.ArgumentParser(
-      prog="python -m experiments.exit_selfimprove",
-      description=__doc__.splitlines()[0].split(" — ")[1])
-  parser.add_argument("--preset", default="cpu",
-                      choices=sorted(configs.PRESETS) + ["paper"])
-  parser.add_argument("--domain", default=None,
-                      choices=configs.TOY_DOMAINS + configs.PAPER_DOMAINS,
-                      help="toy domain (smoke/cpu) or paper domain (paper)")
-  parser.add_argument("--method", default=None,
-                      type=comma_choices("--method", tuple(METHODS)),
-                      help="'all' or a comma list (default: the preset's)")
-  parser.add_argument("--seeds", type=int, default=None,
-                      help="number of seeds (default: the preset's)")
-  parser.add_argument("--out", type=pathlib.Path, default=None,
-                      help="output folder (default runs/exit_<preset>_"
-                      "<domain>)")
+    prog="python -m experiments.exit_selfimprove",
+    description=__doc__.splitlines()[0].split(" — ")[1],
+  )
+  parser.add_argument(
+    "--preset", default="cpu", choices=sorted(configs.PRESETS) + ["paper"]
+  )
+  parser.add_argument(
+    "--domain",
+    default=None,
+    choices=configs.TOY_DOMAINS + configs.PAPER_DOMAINS,
+    help="toy domain (smoke/cpu) or paper domain (paper)",
+  )
+  parser.add_argument(
+    "--method",
+    default=None,
+    type=comma_choices("--method", tuple(METHODS)),
+    help="'all' or a comma list (default: the preset's)",
+  )
+  parser.add_argument(
+    "--seeds",
+    type=int,
+    default=None,
+    help="number of seeds (default: the preset's)",
+  )
+  parser.add_argument(
+    "--out",
+    type=pathlib.Path,
+    default=None,
+    help="output folder (default runs/exit_<preset>_<domain>)",
+  )
   parser.add_argument("--no-progress", action="store_true")
   args = parser.parse_args(argv)
   if args.preset == "paper":
     if args.domain not in configs.PAPER_DOMAINS:
-      parser.error(f"--preset paper needs --domain in "
-                   f"{list(configs.PAPER_DOMAINS)}; got {args.domain!r}")
+      parser.error(
+        f"--preset paper needs --domain in "
+        f"{list(configs.PAPER_DOMAINS)}; got {args.domain!r}"
+      )
   elif args.domain in configs.PAPER_DOMAINS:
     parser.error(f"--domain {args.domain} exists only in --preset paper")
   if args.seeds is not None and args.seeds < 1:
     parser.error(f"--seeds must be >= 1; got {args.seeds}")
   if args.out is None:
-    args.out = pathlib.Path(f"runs/exit_{args.preset}_"
-                            f"{args.domain or 'permsort'}")
+    args.out = pathlib.Path(
+      f"runs/exit_{args.preset}_{args.domain or 'permsort'}"
+    )
   return args
 
 
@@ -82,7 +104,8 @@ def _paper(args) -> None:
   settings = configs.PAPER[args.domain]
   args.out.mkdir(parents=True, exist_ok=True)
   (args.out / "paper_config.json").write_text(
-      json.dumps({"domain": args.domain, **settings}, indent=1) + "\n")
+    json.dumps({"domain": args.domain, **settings}, indent=1) + "\n"
+  )
   print(configs.RUNBOOK)
   for key, value in settings.items():
     print(f"  {key}: {value}")
@@ -90,8 +113,11 @@ def _paper(args) -> None:
 
 
 def _mean_std(records, method, decoding, k, field) -> tuple[float, float]:
-  values = [r[field] for r in records if r["method"] == method
-            and r["decoding"] == decoding and r["k"] == k]
+  values = [
+    r[field]
+    for r in records
+    if r["method"] == method and r["decoding"] == decoding and r["k"] == k
+  ]
   return float(np.mean(values)), float(np.std(values))
 
 
@@ -103,15 +129,21 @@ def _pm(mean: float, std: float, pct: bool) -> str:
 
 def summary_table(records, methods, training, K) -> str:
   ks = [k for k in SUMMARY_K if k <= K]
-  header = (["method"] + [f"q@{k}" for k in ks] + [f"succ@{k} %" for k in ks]
-            + [f"greedy succ@{K} %", f"net corr@{K}", "train depth"])
+  header = (
+    ["method"]
+    + [f"q@{k}" for k in ks]
+    + [f"succ@{k} %" for k in ks]
+    + [f"greedy succ@{K} %", f"net corr@{K}", "train depth"]
+  )
   rows = []
   for m in methods:
     row = [m]
-    row += [_pm(*_mean_std(records, m, "sample", k, "quality"), False)
-            for k in ks]
-    row += [_pm(*_mean_std(records, m, "sample", k, "success"), True)
-            for k in ks]
+    row += [
+      _pm(*_mean_std(records, m, "sample", k, "quality"), False) for k in ks
+    ]
+    row += [
+      _pm(*_mean_std(records, m, "sample", k, "success"), True) for k in ks
+    ]
     row.append(_pm(*_mean_std(records, m, "greedy", K, "success"), True))
     net = _mean_std(records, m, "sample", K, "net_corrections")[0]
     row.append(f"{net:.0f}")
@@ -161,73 +193,119 @@ def _main(args):
   graphdef = policy_graphdef(domain, cfg.policy)
   seeds = list(range(cfg.seeds))
   t0 = time.perf_counter()
-  warm, sft_losses = warm_start(domain, cfg.policy, seed_keys(seeds),
-                                steps=cfg.sft_steps, batch=cfg.sft_batch,
-                                lr=cfg.sft_lr, progress=progress)
-  print(f"== warm start: {cfg.sft_steps} steps, final loss "
-        f"{np.asarray(sft_losses)[:, -1].mean():.3f} "
-        f"({time.perf_counter() - t0:.0f} s)", flush=True)
+  warm, sft_losses = warm_start(
+    domain,
+    cfg.policy,
+    seed_keys(seeds),
+    steps=cfg.sft_steps,
+    batch=cfg.sft_batch,
+    lr=cfg.sft_lr,
+    progress=progress,
+  )
+  print(
+    f"== warm start: {cfg.sft_steps} steps, final loss "
+    f"{np.asarray(sft_losses)[:, -1].mean():.3f} "
+    f"({time.perf_counter() - t0:.0f} s)",
+    flush=True,
+  )
   tasks = domain.sample_tasks(jax.random.key(EVAL_KEY), cfg.eval_tasks)
   eval_keys = jax.vmap(lambda k: jax.random.fold_in(k, EVAL_KEY))(
-      seed_keys(seeds))
+    seed_keys(seeds)
+  )
   records, training, buffers, times = [], {}, {}, {}
   for method in cfg.methods:
     t1 = time.perf_counter()
     params = warm
     if METHODS[method] is not None:
-      run = ExItConfig(method=method, iterations=cfg.iterations,
-                       prompts=cfg.prompts, grpo=cfg.grpo,
-                       learning_rate=cfg.learning_rate, buffer=cfg.buffer,
-                       p_div=cfg.p_div, improve_reward=cfg.improve_reward)
+      run = ExItConfig(
+        method=method,
+        iterations=cfg.iterations,
+        prompts=cfg.prompts,
+        grpo=cfg.grpo,
+        learning_rate=cfg.learning_rate,
+        buffer=cfg.buffer,
+        p_div=cfg.p_div,
+        improve_reward=cfg.improve_reward,
+      )
       params, logs, stats = train(
-          graphdef, warm, jax.vmap(lambda k: jax.random.fold_in(k, 1))(
-              seed_keys(seeds)), domain=domain, cfg=run, chunks=cfg.chunks,
-          progress=progress)
+        graphdef,
+        warm,
+        jax.vmap(lambda k: jax.random.fold_in(k, 1))(seed_keys(seeds)),
+        domain=domain,
+        cfg=run,
+        chunks=cfg.chunks,
+        progress=progress,
+      )
       training[method] = {k: np.asarray(v).tolist() for k, v in logs.items()}
       buffers[method] = {k: np.asarray(v).tolist() for k, v in stats.items()}
     times[method] = time.perf_counter() - t1
     records += evaluate.k_step_records(
-        graphdef, params, tasks, eval_keys, domain=domain, method=method,
-        seeds=seeds, K=cfg.eval_k, num_samples=cfg.eval_samples)
+      graphdef,
+      params,
+      tasks,
+      eval_keys,
+      domain=domain,
+      method=method,
+      seeds=seeds,
+      K=cfg.eval_k,
+      num_samples=cfg.eval_samples,
+    )
     q0 = _mean_std(records, method, "sample", 0, "quality")[0]
     sk = _mean_std(records, method, "sample", cfg.eval_k, "success")[0]
-    print(f"== {method}: q@0 {q0:.3f}, succ@{cfg.eval_k} {100 * sk:.1f} % "
-          f"({times[method]:.0f} s)", flush=True)
+    print(
+      f"== {method}: q@0 {q0:.3f}, succ@{cfg.eval_k} {100 * sk:.1f} % "
+      f"({times[method]:.0f} s)",
+      flush=True,
+    )
   elapsed = time.perf_counter() - t0
   write_results(args.out, cfg, records, training, buffers, times, elapsed)
-  print(f"wrote {args.out}/results.json, results.md, k_step.png, "
-        f"training.png ({elapsed:.0f} s)")
+  print(
+    f"wrote {args.out}/results.json, results.md, k_step.png, "
+    f"training.png ({elapsed:.0f} s)"
+  )
 
 
-def write_results(out: pathlib.Path, cfg, records, training, buffers, times,
-                  elapsed: float) -> None:
+def write_results(
+  out: pathlib.Path, cfg, records, training, buffers, times, elapsed: float
+) -> None:
   out.mkdir(parents=True, exist_ok=True)
   config = json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
   # Per-method fields merge with earlier invocations into this --out.
   path = out / "results.json"
   records = results_store.merge_records(
-      path, records, RESULT_KEY, extra={"training": training,
-                                        "buffer": buffers, "seconds": times,
-                                        "config": config})
+    path,
+    records,
+    RESULT_KEY,
+    extra={
+      "training": training,
+      "buffer": buffers,
+      "seconds": times,
+      "config": config,
+    },
+  )
   training = json.loads(path.read_text())["training"]
   methods = list(dict.fromkeys(r["method"] for r in records))
-  title = (f"ExIt vs GRPO on {cfg.domain} ({cfg.seeds} seeds, "
-           f"{cfg.iterations} iterations)")
+  title = (
+    f"ExIt vs GRPO on {cfg.domain} ({cfg.seeds} seeds, "
+    f"{cfg.iterations} iterations)"
+  )
   table = summary_table(records, methods, training, cfg.eval_k)
   notes = (
-      f"Mean ± std over {cfg.seeds} seeds; {cfg.eval_tasks} held-out tasks; "
-      f"q = mean quality, succ = success rate at temperature 1 "
-      f"(avg@{cfg.eval_samples}); greedy = temperature 0; net corr = "
-      f"(failed at k=0, solved at k) − (solved at 0, failed at k), summed "
-      f"over tasks and samples, mean over seeds; train depth = mean sampled "
-      f"self-iteration depth of training starts. Every trained method ran "
-      f"{cfg.iterations} iterations × {cfg.prompts} prompts × "
-      f"{cfg.grpo.num_generations} rollouts and {cfg.grpo.epochs} update(s) "
-      f"per iteration from the same warm start. Wall time "
-      + ", ".join(f"{m} {t:.0f} s" for m, t in times.items())
-      + f"; total {elapsed:.0f} s.")
+    f"Mean ± std over {cfg.seeds} seeds; {cfg.eval_tasks} held-out tasks; "
+    f"q = mean quality, succ = success rate at temperature 1 "
+    f"(avg@{cfg.eval_samples}); greedy = temperature 0; net corr = "
+    f"(failed at k=0, solved at k) − (solved at 0, failed at k), summed "
+    f"over tasks and samples, mean over seeds; train depth = mean sampled "
+    f"self-iteration depth of training starts. Every trained method ran "
+    f"{cfg.iterations} iterations × {cfg.prompts} prompts × "
+    f"{cfg.grpo.num_generations} rollouts and {cfg.grpo.epochs} update(s) "
+    f"per iteration from the same warm start. Wall time "
+    + ", ".join(f"{m} {t:.0f} s" for m, t in times.items())
+    + f"; total {elapsed:.0f} s."
+  )
   (out / "results.md").write_text(
-      f"# {title}\n\n{table}\n\n{notes}\n\n{PAPER_TABLE}")
+    f"# {title}\n\n{table}\n\n{notes}\n\n{PAPER_TABLE}"
+  )
   plots.write_k_step(out / "k_step.png", records, methods, title)
   if training:
     plots.write_training(out / "training.png", training, title)

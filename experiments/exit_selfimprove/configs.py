@@ -77,57 +77,111 @@ class Config:
 
   def __post_init__(self):
     if self.domain not in TOY_DOMAINS:
-      raise ValueError(f"unknown Config.domain={self.domain!r}; expected "
-                       f"one of {list(TOY_DOMAINS)}")
+      raise ValueError(
+        f"unknown Config.domain={self.domain!r}; expected "
+        f"one of {list(TOY_DOMAINS)}"
+      )
     bad = [m for m in self.methods if m not in METHODS]
     if bad or not self.methods:
-      raise ValueError(f"Config.methods must be a non-empty subset of "
-                       f"{list(METHODS)}; got {self.methods!r}")
-    for name in ("seeds", "sft_steps", "iterations", "prompts",
-                 "eval_tasks", "eval_samples", "chunks"):
-      if not (isinstance(getattr(self, name), int)
-              and getattr(self, name) >= 1):
-        raise ValueError(f"Config.{name} must be a positive int; got "
-                         f"{getattr(self, name)!r}")
+      raise ValueError(
+        f"Config.methods must be a non-empty subset of "
+        f"{list(METHODS)}; got {self.methods!r}"
+      )
+    for name in (
+      "seeds",
+      "sft_steps",
+      "iterations",
+      "prompts",
+      "eval_tasks",
+      "eval_samples",
+      "chunks",
+    ):
+      if not (
+        isinstance(getattr(self, name), int) and getattr(self, name) >= 1
+      ):
+        raise ValueError(
+          f"Config.{name} must be a positive int; got {getattr(self, name)!r}"
+        )
 
 
 PRESETS = {
-    "smoke": Config(
-        domain_kwargs=(("n", 6),), methods=("base", "grpo", "exit"),
-        seeds=2, sft_steps=64, sft_batch=64, iterations=8, prompts=8,
-        buffer=BufferConfig(capacity=64, min_fill=8),
-        eval_tasks=32, eval_k=4, eval_samples=2, chunks=2),
-    "cpu": Config(),
+  "smoke": Config(
+    domain_kwargs=(("n", 6),),
+    methods=("base", "grpo", "exit"),
+    seeds=2,
+    sft_steps=64,
+    sft_batch=64,
+    iterations=8,
+    prompts=8,
+    buffer=BufferConfig(capacity=64, min_fill=8),
+    eval_tasks=32,
+    eval_k=4,
+    eval_samples=2,
+    chunks=2,
+  ),
+  "cpu": Config(),
 }
 
 # The paper's LLM configurations (spec §5, Tables 4–6 of v1): documentation
 # and the starting point of a port to an LLM trainer; not runnable here.
 PAPER = {
-    "math": dict(
-        model="meta-llama/Llama-3.2-3B-Instruct", group_size=8,
-        prompts_per_batch=128, epochs=1, clip_eps=0.2, beta=1e-3,
-        ref_update_every=100, ref_alpha=1.0, learning_rate=1e-6,
-        buffer_capacity=512, min_fill=128, replay_prob=0.5, p_div=0.2,
-        loss_agg="seq_mean", reward="math-verify (binary)",
-        eval="K=16, avg@8, MATH500/AMC/AIME/Minerva/OlympiadBench",
-        paper_result="ExIt 20.4 ± 0.5 vs GRPO 18.7 ± 0.4 (all splits, K=16)"),
-    "tool_use": dict(
-        model="Qwen/Qwen2.5-7B-Instruct", group_size=8, prompts_per_batch=16,
-        epochs=2, clip_eps=0.2, beta="not reported (1e-3 assumed)",
-        ref_update_every=100, ref_alpha=1.0, learning_rate=1e-6,
-        buffer_capacity=640, min_fill=320, replay_prob=0.5, p_div=0.5,
-        loss_agg="dr_grpo", reward="BFCLv3 multi-turn-base (binary)",
-        eval="K=4, avg@8, first-turn accuracy",
-        paper_result="ExIt 76.4 ± 1.0 vs GRPO 73.5 ± 1.5 (K=4)"),
-    "mle_bench": dict(
-        model="deepseek-ai/DeepSeek-R1-Distill-Qwen-7B", group_size=8,
-        prompts_per_batch=4, epochs=1, clip_eps=0.2,
-        beta="not reported (1e-3 assumed)", ref_update_every=100,
-        ref_alpha=0.5, learning_rate=1e-6, buffer_capacity=24, min_fill=3,
-        replay_prob=0.5, p_div=0.5, loss_agg="seq_mean",
-        reward="normalised score; r_imp on improvement steps",
-        eval="16 greedy-search steps, avg@16",
-        paper_result="ExIt 58.6 ± 2.5 vs GRPO 48.0 ± 0.7 (16 steps)"),
+  "math": dict(
+    model="meta-llama/Llama-3.2-3B-Instruct",
+    group_size=8,
+    prompts_per_batch=128,
+    epochs=1,
+    clip_eps=0.2,
+    beta=1e-3,
+    ref_update_every=100,
+    ref_alpha=1.0,
+    learning_rate=1e-6,
+    buffer_capacity=512,
+    min_fill=128,
+    replay_prob=0.5,
+    p_div=0.2,
+    loss_agg="seq_mean",
+    reward="math-verify (binary)",
+    eval="K=16, avg@8, MATH500/AMC/AIME/Minerva/OlympiadBench",
+    paper_result="ExIt 20.4 ± 0.5 vs GRPO 18.7 ± 0.4 (all splits, K=16)",
+  ),
+  "tool_use": dict(
+    model="Qwen/Qwen2.5-7B-Instruct",
+    group_size=8,
+    prompts_per_batch=16,
+    epochs=2,
+    clip_eps=0.2,
+    beta="not reported (1e-3 assumed)",
+    ref_update_every=100,
+    ref_alpha=1.0,
+    learning_rate=1e-6,
+    buffer_capacity=640,
+    min_fill=320,
+    replay_prob=0.5,
+    p_div=0.5,
+    loss_agg="dr_grpo",
+    reward="BFCLv3 multi-turn-base (binary)",
+    eval="K=4, avg@8, first-turn accuracy",
+    paper_result="ExIt 76.4 ± 1.0 vs GRPO 73.5 ± 1.5 (K=4)",
+  ),
+  "mle_bench": dict(
+    model="deepseek-ai/DeepSeek-R1-Distill-Qwen-7B",
+    group_size=8,
+    prompts_per_batch=4,
+    epochs=1,
+    clip_eps=0.2,
+    beta="not reported (1e-3 assumed)",
+    ref_update_every=100,
+    ref_alpha=0.5,
+    learning_rate=1e-6,
+    buffer_capacity=24,
+    min_fill=3,
+    replay_prob=0.5,
+    p_div=0.5,
+    loss_agg="seq_mean",
+    reward="normalised score; r_imp on improvement steps",
+    eval="16 greedy-search steps, avg@16",
+    paper_result="ExIt 58.6 ± 2.5 vs GRPO 48.0 ± 0.7 (16 steps)",
+  ),
 }
 
 RUNBOOK = """\
@@ -148,6 +202,8 @@ accelerators; none can run offline on this machine. To port a configuration:
 def get_config(preset: str = "cpu", **overrides) -> Config:
   """The named preset with `overrides` applied."""
   if preset not in PRESETS:
-    raise ValueError(f"unknown preset={preset!r}; expected one of "
-                     f"{sorted(PRESETS) + ['paper']}")
+    raise ValueError(
+      f"unknown preset={preset!r}; expected one of "
+      f"{sorted(PRESETS) + ['paper']}"
+    )
   return dataclasses.replace(PRESETS[preset], **overrides)

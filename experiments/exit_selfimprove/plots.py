@@ -10,21 +10,34 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 
 def _curve(records, method, decoding, field):
-  rows = [r for r in records if r["method"] == method
-          and r["decoding"] == decoding]
+  rows = [
+    r for r in records if r["method"] == method and r["decoding"] == decoding
+  ]
   ks = sorted({r["k"] for r in rows})
   seeds = sorted({r["seed"] for r in rows})
-  values = np.array([[next(r[field] for r in rows if r["k"] == k
-                           and r["seed"] == s) for k in ks] for s in seeds])
+  values = np.array(
+    [
+      [
+        next(r[field] for r in rows if r["k"] == k and r["seed"] == s)
+        for k in ks
+      ]
+      for s in seeds
+    ]
+  )
   return np.array(ks), values.mean(0), values.std(0)
 
 
-def write_k_step(path: pathlib.Path, records: list[dict], methods,
-                 title: str) -> None:
+def write_k_step(
+  path: pathlib.Path, records: list[dict], methods, title: str
+) -> None:
   """Quality and success vs k (temperature 1 and greedy), mean ± std over
   seeds, one curve per method."""
-  panels = [("sample", "quality"), ("sample", "success"),
-            ("greedy", "quality"), ("greedy", "success")]
+  panels = [
+    ("sample", "quality"),
+    ("sample", "success"),
+    ("greedy", "quality"),
+    ("greedy", "success"),
+  ]
   fig, axes = plt.subplots(1, 4, figsize=(18, 4.2))
   for ax, (decoding, field) in zip(axes, panels):
     for method in methods:
@@ -43,10 +56,12 @@ def write_k_step(path: pathlib.Path, records: list[dict], methods,
   plt.close(fig)
 
 
-TRAINING_PANELS = (("quality", "rollout quality"),
-                   ("sampled_depth", "mean sampled depth"),
-                   ("replay_fraction", "replay fraction"),
-                   ("sample_from_iteration", "replayed entry's iteration"))
+TRAINING_PANELS = (
+  ("quality", "rollout quality"),
+  ("sampled_depth", "mean sampled depth"),
+  ("replay_fraction", "replay fraction"),
+  ("sample_from_iteration", "replayed entry's iteration"),
+)
 
 
 def write_training(path: pathlib.Path, logs: dict, title: str) -> None:
@@ -55,8 +70,7 @@ def write_training(path: pathlib.Path, logs: dict, title: str) -> None:
   for ax, (field, label) in zip(axes, TRAINING_PANELS):
     for method, metrics in logs.items():
       values = np.asarray(metrics[field]).mean(0)
-      ax.plot(np.arange(1, len(values) + 1), values, label=method,
-              linewidth=1)
+      ax.plot(np.arange(1, len(values) + 1), values, label=method, linewidth=1)
     ax.set_xlabel("iteration")
     ax.set_title(label)
     ax.grid(alpha=0.3)

@@ -10,9 +10,15 @@ from jaxexit.models.llava import LlavaLM
 from jaxexit.pruning import VisionSchedule
 
 
-def accuracy(cfg: Config, model: LlavaLM, schedule: VisionSchedule,
-             test_set: run.Batch, type_names: tuple[str, ...], *,
-             impl: str) -> tuple[float, dict[str, float]]:
+def accuracy(
+  cfg: Config,
+  model: LlavaLM,
+  schedule: VisionSchedule,
+  test_set: run.Batch,
+  type_names: tuple[str, ...],
+  *,
+  impl: str,
+) -> tuple[float, dict[str, float]]:
   """Exact-match accuracy of the argmax answer word, overall and per type.
 
   Returns:
@@ -25,15 +31,22 @@ def accuracy(cfg: Config, model: LlavaLM, schedule: VisionSchedule,
     out = np.asarray(prefill(params, run.take(test_set, idx)).argmax(-1))
     preds[idx[:valid]] = out[:valid]
   right = preds == test_set["answer"]
-  by_type = {name: float(right[test_set["qtype"] == t].mean())
-             for t, name in enumerate(type_names)
-             if np.any(test_set["qtype"] == t)}
+  by_type = {
+    name: float(right[test_set["qtype"] == t].mean())
+    for t, name in enumerate(type_names)
+    if np.any(test_set["qtype"] == t)
+  }
   return float(right.mean()), by_type
 
 
-def time_methods(cfg: Config, models: dict[str, LlavaLM],
-                 schedules: dict[str, VisionSchedule], batch: run.Batch, *,
-                 impl: str) -> dict[str, dict[str, timing.Timing]]:
+def time_methods(
+  cfg: Config,
+  models: dict[str, LlavaLM],
+  schedules: dict[str, VisionSchedule],
+  batch: run.Batch,
+  *,
+  impl: str,
+) -> dict[str, dict[str, timing.Timing]]:
   """Training-step and prefill time of every labelled model, side by side.
 
   All training steps are timed in one interleaved round-robin, then all
@@ -48,9 +61,17 @@ def time_methods(cfg: Config, models: dict[str, LlavaLM],
   Returns:
     {"train_step": {label: Timing}, "prefill": {label: Timing}}.
   """
-  fns = {label: run.timing_fns(cfg, models[label], schedules[label], batch,
-                               impl=impl) for label in models}
-  return {kind: timing.time_side_by_side(
+  fns = {
+    label: run.timing_fns(
+      cfg, models[label], schedules[label], batch, impl=impl
+    )
+    for label in models
+  }
+  return {
+    kind: timing.time_side_by_side(
       {label: fns[label][kind] for label in models},
-      warmup=cfg.timing_warmup, repeats=cfg.timing_repeats)
-          for kind in ("train_step", "prefill")}
+      warmup=cfg.timing_warmup,
+      repeats=cfg.timing_repeats,
+    )
+    for kind in ("train_step", "prefill")
+  }

@@ -8,8 +8,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
-def write_tradeoff(path: pathlib.Path, records: list[dict],
-                   title: str) -> None:
+def write_tradeoff(path: pathlib.Path, records: list[dict], title: str) -> None:
   """Left: accuracy vs average vision tokens per layer, one point per
   method/schedule, the full model as a dashed reference. Right: measured
   training-step and prefill speed-ups over the full model."""
@@ -17,17 +16,32 @@ def write_tradeoff(path: pathlib.Path, records: list[dict],
   full = next((r for r in records if r["method"] == "full"), None)
   for r in records:
     x = r["avg_vision_tokens"]
-    label = f'{r["method"]} / {r["schedule"]}'
+    label = f"{r['method']} / {r['schedule']}"
     axes[0].scatter(x, r["accuracy"], s=40, label=label)
-    axes[0].annotate(r["method"], (x, r["accuracy"]), fontsize=7,
-                     xytext=(4, 4), textcoords="offset points")
+    axes[0].annotate(
+      r["method"],
+      (x, r["accuracy"]),
+      fontsize=7,
+      xytext=(4, 4),
+      textcoords="offset points",
+    )
     axes[1].scatter(x, r["train_step_speedup"], marker="o", color="C0")
     axes[1].scatter(x, r["prefill_speedup"], marker="s", color="C1")
-    axes[1].annotate(r["method"], (x, r["prefill_speedup"]), fontsize=7,
-                     xytext=(4, 4), textcoords="offset points")
+    axes[1].annotate(
+      r["method"],
+      (x, r["prefill_speedup"]),
+      fontsize=7,
+      xytext=(4, 4),
+      textcoords="offset points",
+    )
   if full is not None:
-    axes[0].axhline(full["accuracy"], color="k", linestyle="--",
-                    linewidth=1, label=f'full model ({full["accuracy"]:.3f})')
+    axes[0].axhline(
+      full["accuracy"],
+      color="k",
+      linestyle="--",
+      linewidth=1,
+      label=f"full model ({full['accuracy']:.3f})",
+    )
   axes[1].axhline(1.0, color="gray", linestyle=":", linewidth=1)
   axes[1].scatter([], [], marker="o", color="C0", label="training step")
   axes[1].scatter([], [], marker="s", color="C1", label="prefill")

@@ -21,8 +21,13 @@ from flax import nnx
 
 from experiments.hidrop.configs import Config
 from jaxexit import train as train_lib
-from jaxexit.data import (VQASet, load_cifar_vqa, make_shapes_vqa, resize,
-                          shuffled_batch_indices)
+from jaxexit.data import (
+  VQASet,
+  load_cifar_vqa,
+  make_shapes_vqa,
+  resize,
+  shuffled_batch_indices,
+)
 from jaxexit.models.llava import LlavaLM
 from jaxexit.pruning import VisionSchedule, pruned_forward
 from jaxexit.pruning.prompt import llava_pruned_inputs, question_suffix
@@ -31,26 +36,35 @@ from jaxexit.typing import Array
 Batch = dict[str, np.ndarray]
 
 
-def load_split(cfg: Config, dataset: str, split: str,
-               data_dir: str | os.PathLike | None) -> VQASet:
+def load_split(
+  cfg: Config, dataset: str, split: str, data_dir: str | os.PathLike | None
+) -> VQASet:
   """The train or test `VQASet` of `dataset` ("shapes" or "cifar")."""
   num = cfg.train_examples if split == "train" else cfg.test_examples
   if dataset == "shapes":
     return make_shapes_vqa(cfg.shapes, num, split_seed=int(split != "train"))
-  return load_cifar_vqa(split, seed=cfg.seed, num_examples=num,
-                        data_dir=data_dir)
+  return load_cifar_vqa(
+    split, seed=cfg.seed, num_examples=num, data_dir=data_dir
+  )
 
 
 def prompt_batch(vset: VQASet) -> Batch:
   """Host arrays of a whole set: images, prompt ids, answers, types."""
   vocab = vset.vocab
-  suffix, lens = question_suffix(vset.question_ids, vset.question_lens,
-                                 cue_id=vocab.sep_id, pad_id=vocab.pad_id)
-  return {"images": vset.images,
-          "prefix": np.full((len(vset), 1), vocab.bos_id, np.int32),
-          "suffix": suffix, "suffix_lens": lens,
-          "answer": vset.answer_ids.astype(np.int32),
-          "qtype": vset.question_types.astype(np.int32)}
+  suffix, lens = question_suffix(
+    vset.question_ids,
+    vset.question_lens,
+    cue_id=vocab.sep_id,
+    pad_id=vocab.pad_id,
+  )
+  return {
+    "images": vset.images,
+    "prefix": np.full((len(vset), 1), vocab.bos_id, np.int32),
+    "suffix": suffix,
+    "suffix_lens": lens,
+    "answer": vset.answer_ids.astype(np.int32),
+    "qtype": vset.question_types.astype(np.int32),
+  }
 
 
 def take(batch: Batch, idx) -> Batch:
@@ -64,34 +78,46 @@ def pixels(images: Array, size: int) -> Array:
   return images.astype(jnp.float32) / 127.5 - 1.0
 
 
-def answer_logits(model: LlavaLM, batch, schedule: VisionSchedule, *,
-                  impl: str) -> Array:
+def answer_logits(
+  model: LlavaLM, batch, schedule: VisionSchedule, *, impl: str
+) -> Array:
   """[B, V] float32 logits at the `<answer>` position."""
   images = pixels(batch["images"], model.cfg.vision.image_size)
-  inputs = llava_pruned_inputs(model, images, batch["prefix"],
-                               batch["suffix"], batch["suffix_lens"])
+  inputs = llava_pruned_inputs(
+    model, images, batch["prefix"], batch["suffix"], batch["suffix_lens"]
+  )
   out = pruned_forward(model.lm, inputs, schedule, impl=impl)
-  return jnp.take_along_axis(out.logits, inputs.query_index[..., None],
-                             axis=1)[:, 0]
+  return jnp.take_along_axis(out.logits, inputs.query_index[..., None], axis=1)[
+    :, 0
+  ]
 
 
 def make_loss(schedule: VisionSchedule, *, impl: str) -> Callable:
   """`loss_fn(model, batch, rng)` of `jaxexit.train`: CE on the answer."""
+
   def loss_fn(model, batch, rng):
     del rng
     logits = answer_logits(model, batch, schedule, impl=impl)
     loss = optax.softmax_cross_entropy_with_integer_labels(
-        logits, batch["answer"]).mean()
+      logits, batch["answer"]
+    ).mean()
     acc = jnp.mean(jnp.argmax(logits, -1) == batch["answer"])
     return loss, {"accuracy": acc}
+
   return loss_fn
 
 
 def optimizer(cfg: Config) -> optax.GradientTransformation:
-  return train_lib.build_optimizer(train_lib.OptimConfig(
-      learning_rate=cfg.learning_rate, weight_decay=0.01,
-      schedule="warmup_cosine", warmup_steps=max(cfg.warmup_steps, 1),
-      total_steps=cfg.steps, grad_clip=1.0))
+  return train_lib.build_optimizer(
+    train_lib.OptimConfig(
+      learning_rate=cfg.learning_rate,
+      weight_decay=0.01,
+      schedule="warmup_cosine",
+      warmup_steps=max(cfg.warmup_steps, 1),
+      total_steps=cfg.steps,
+      grad_clip=1.0,
+    )
+  )
 
 
 def init_model(cfg: Config) -> LlavaLM:
@@ -99,9 +125,16 @@ def init_model(cfg: Config) -> LlavaLM:
   return LlavaLM(cfg.model, rngs=nnx.Rngs(cfg.seed))
 
 
-def train_method(cfg: Config, model: LlavaLM, schedule: VisionSchedule,
-                 train_set: Batch, workdir: pathlib.Path, *, impl: str,
-                 progress: bool | None) -> tuple[LlavaLM, dict]:
+def train_method(
+  cfg: Config,
+  model: LlavaLM,
+  schedule: VisionSchedule,
+  train_set: Batch,
+  workdir: pathlib.Path,
+  *,
+  impl: str,
+  progress: bool | None,
+) -> tuple[LlavaLM, dict]:
   """Trains `model` with `schedule` active; resumes from `workdir`.
 
   Returns:
@@ -114,14 +147,28 @@ def train_method(cfg: Config, model: LlavaLM, schedule: VisionSchedule,
     return take(train_set, idx)
 
   return train_lib.train(
-      model, optimizer(cfg), make_loss(schedule, impl=impl), batch_fn,
-      num_steps=cfg.steps, workdir=workdir, seed=cfg.seed,
-      checkpoint_every=max(cfg.steps // 4, 1), max_to_keep=1,
-      log_every=max(cfg.steps // 20, 1), progress=progress)
+    model,
+    optimizer(cfg),
+    make_loss(schedule, impl=impl),
+    batch_fn,
+    num_steps=cfg.steps,
+    workdir=workdir,
+    seed=cfg.seed,
+    checkpoint_every=max(cfg.steps // 4, 1),
+    max_to_keep=1,
+    log_every=max(cfg.steps // 20, 1),
+    progress=progress,
+  )
 
 
-def timing_fns(cfg: Config, model: LlavaLM, schedule: VisionSchedule,
-               batch: Batch, *, impl: str) -> dict[str, tuple]:
+def timing_fns(
+  cfg: Config,
+  model: LlavaLM,
+  schedule: VisionSchedule,
+  batch: Batch,
+  *,
+  impl: str,
+) -> dict[str, tuple]:
   """{"train_step": (fn, args), "prefill": (fn, args)} for the timer.
 
   The train step is the real one (forward, backward, AdamW update) without
@@ -130,17 +177,19 @@ def timing_fns(cfg: Config, model: LlavaLM, schedule: VisionSchedule,
   logits.
   """
   graphdef, state = train_lib.split_train_state(model, optimizer(cfg))
-  step = train_lib.make_train_step(make_loss(schedule, impl=impl),
-                                   donate=False)
+  step = train_lib.make_train_step(make_loss(schedule, impl=impl), donate=False)
   batch = jax.tree.map(jnp.asarray, batch)
   rng = jax.random.key(cfg.seed)
   fn, params = make_prefill(model, schedule, impl=impl)
-  return {"train_step": (step, (graphdef, state, batch, rng)),
-          "prefill": (fn, (params, batch))}
+  return {
+    "train_step": (step, (graphdef, state, batch, rng)),
+    "prefill": (fn, (params, batch)),
+  }
 
 
-def make_prefill(model: LlavaLM, schedule: VisionSchedule, *,
-                 impl: str) -> tuple[Callable, nnx.State]:
+def make_prefill(
+  model: LlavaLM, schedule: VisionSchedule, *, impl: str
+) -> tuple[Callable, nnx.State]:
   """(`prefill(params, batch) -> [B, V]` answer logits, params).
 
   The jitted program is cached per (schedule, impl), so evaluation and
@@ -155,6 +204,8 @@ def make_prefill(model: LlavaLM, schedule: VisionSchedule, *,
 def _prefill(schedule: VisionSchedule, impl: str) -> Callable:
   @functools.partial(jax.jit, static_argnames="graphdef")
   def prefill(params, batch, *, graphdef):
-    return answer_logits(nnx.merge(graphdef, params), batch, schedule,
-                         impl=impl)
+    return answer_logits(
+      nnx.merge(graphdef, params), batch, schedule, impl=impl
+    )
+
   return prefill

@@ -36,8 +36,9 @@ def _gammas(text: str) -> tuple[float, ...]:
     try:
       gamma = float(item)
     except ValueError:
-      raise ValueError(f"--gammas must be a comma list of numbers; got "
-                       f"gamma={item!r}") from None
+      raise ValueError(
+        f"--gammas must be a comma list of numbers; got gamma={item!r}"
+      ) from None
     checks.in_range("gamma", gamma, 0.0, np.inf, high_open=True)
     values.append(gamma)
   return tuple(values)
@@ -45,14 +46,24 @@ def _gammas(text: str) -> tuple[float, ...]:
 
 def parse_args(argv=None):
   parser = argparse.ArgumentParser(
-      prog="python -m experiments.jei_dnn",
-      description=__doc__.splitlines()[0].split(" — ")[1])
-  parser.add_argument("--preset", default="cpu",
-                      choices=sorted(configs.PRESETS))
-  parser.add_argument("--out", type=pathlib.Path, default=None,
-                      help="output folder (default runs/jei_dnn_<preset>)")
-  parser.add_argument("--gammas", type=str, default=None,
-                      help="comma list of γ overriding the preset's")
+    prog="python -m experiments.jei_dnn",
+    description=__doc__.splitlines()[0].split(" — ")[1],
+  )
+  parser.add_argument(
+    "--preset", default="cpu", choices=sorted(configs.PRESETS)
+  )
+  parser.add_argument(
+    "--out",
+    type=pathlib.Path,
+    default=None,
+    help="output folder (default runs/jei_dnn_<preset>)",
+  )
+  parser.add_argument(
+    "--gammas",
+    type=str,
+    default=None,
+    help="comma list of γ overriding the preset's",
+  )
   parser.add_argument("--no-progress", action="store_true")
   add_data_dir_flag(parser)
   args = parser.parse_args(argv)
@@ -82,14 +93,22 @@ def _main(args):
   out = args.out
   t0 = t = time.perf_counter()
   splits = load_splits(cfg, args.data_dir)
-  t = _stage(f"data ({len(splits.train)} train, {len(splits.val)} val, "
-             f"{len(splits.test)} test)", t)
+  t = _stage(
+    f"data ({len(splits.train)} train, {len(splits.val)} val, "
+    f"{len(splits.test)} test)",
+    t,
+  )
   model = run.train_backbone(cfg, splits.train, out / "backbone", progress)
   t = _stage(f"stage 1: backbone ({cfg.steps} steps)", t)
-  feats = {name: run.cache_features(model, getattr(splits, name),
-                                    cfg.eval_batch_size,
-                                    out / "features" / f"{name}.npz")
-           for name in ("train", "val", "test")}
+  feats = {
+    name: run.cache_features(
+      model,
+      getattr(splits, name),
+      cfg.eval_batch_size,
+      out / "features" / f"{name}.npz",
+    )
+    for name in ("train", "val", "test")
+  }
   t = _stage("stage 2: features", t)
   timer = evaluate.Timer(model, run.new_heads(cfg), splits.test.images, cfg)
   flops = timer.flops()
@@ -97,19 +116,26 @@ def _main(args):
   print("normalised exit costs:", np.round(costs, 3).tolist(), flush=True)
   warm, trained = run.train_heads(cfg, feats, costs, out / "jei", progress)
   t = _stage(f"stage 3: JEI-DNN heads ({len(cfg.gammas)} γ)", t)
-  records, reliability = evaluate.evaluate(cfg, model, warm, trained, feats,
-                                           timer, flops)
+  records, reliability = evaluate.evaluate(
+    cfg, model, warm, trained, feats, timer, flops
+  )
   t = _stage("evaluation and timing", t)
   write_results(
-      out, records, reliability=reliability, notes=notes.claims(records)
-      + f"\nRealised speed-ups: `compacted` at batch {cfg.eval_batch_size} "
-      f"({cfg.timing_batches} test batch(es)) and `early_stop` at batch 1 "
-      f"({cfg.batch1_examples} examples), against the full backbone; "
-      "\"full\" is that baseline (1 by definition). Total wall time "
-      f"{time.perf_counter() - t0:.0f} s on this machine.\n",
-      title=f"JEI-DNN on CIFAR-10, ViT `{cfg.vit}` (preset `{args.preset}`)")
-  print(f"wrote {out}/results.json, results.md, curve.png "
-        f"({time.perf_counter() - t0:.0f} s)")
+    out,
+    records,
+    reliability=reliability,
+    notes=notes.claims(records)
+    + f"\nRealised speed-ups: `compacted` at batch {cfg.eval_batch_size} "
+    f"({cfg.timing_batches} test batch(es)) and `early_stop` at batch 1 "
+    f"({cfg.batch1_examples} examples), against the full backbone; "
+    '"full" is that baseline (1 by definition). Total wall time '
+    f"{time.perf_counter() - t0:.0f} s on this machine.\n",
+    title=f"JEI-DNN on CIFAR-10, ViT `{cfg.vit}` (preset `{args.preset}`)",
+  )
+  print(
+    f"wrote {out}/results.json, results.md, curve.png "
+    f"({time.perf_counter() - t0:.0f} s)"
+  )
 
 
 if __name__ == "__main__":

@@ -26,8 +26,21 @@ from jaxexit.exits.budgeted import DYN_PERCEIVER_R_VALUES
 from jaxexit.methods.jei_dnn_train import JeiTrainConfig
 from jaxexit.models.vit import VIT_CONFIGS
 
-PAPER_GAMMAS = (0.01, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0, 1.5, 2.0, 3.0, 5.0,
-                7.0)
+PAPER_GAMMAS = (
+  0.01,
+  0.05,
+  0.1,
+  0.2,
+  0.3,
+  0.5,
+  0.7,
+  1.0,
+  1.5,
+  2.0,
+  3.0,
+  5.0,
+  7.0,
+)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -85,42 +98,79 @@ class Config:
 
   def __post_init__(self):
     if self.vit not in VIT_CONFIGS:
-      raise ValueError(f"unknown Config.vit={self.vit!r}; expected one of "
-                       f"{sorted(VIT_CONFIGS)}")
+      raise ValueError(
+        f"unknown Config.vit={self.vit!r}; expected one of "
+        f"{sorted(VIT_CONFIGS)}"
+      )
     if not self.gammas or min(self.gammas) < 0:
-      raise ValueError(f"Config.gammas must be non-empty and every gamma >= "
-                       f"0; got gammas={self.gammas!r}")
+      raise ValueError(
+        f"Config.gammas must be non-empty and every gamma >= "
+        f"0; got gammas={self.gammas!r}"
+      )
 
 
 PRESETS = {
-    "smoke": Config(
-        vit="tiny", num_val=500, max_train=2000, max_test=1000, batch_size=64,
-        steps=30, warmup_steps=5, checkpoint_every=10, max_jei_train=2000,
-        jei=JeiTrainConfig(batch_size=64, warmup_steps=40, steps=80,
-                           alternate_every=20),
-        gammas=(0.1, 1.0), r_values=(0.5, 1.0, 2.0), eval_batch_size=128,
-        timing_batches=1, batch1_examples=2, timing_repeats=1),
-    "cpu": Config(
-        vit="cifar_small", steps=2000, batch_size=64, warmup_steps=100,
-        learning_rate=1e-3, checkpoint_every=250, max_jei_train=10000,
-        jei=JeiTrainConfig(batch_size=64, warmup_steps=600, steps=1600,
-                           alternate_every=200),
-        eval_batch_size=256, timing_batches=1, batch1_examples=8),
-    "paper": Config(
-        vit="t2t_vit_7_like", batch_size=64, steps=60 * 703,
-        learning_rate=1e-3, warmup_steps=2000, crop_padding=28, dropout=0.1,
-        checkpoint_every=2000,
-        jei=JeiTrainConfig(batch_size=64, warmup_steps=3 * 703,
-                           steps=15 * 703, alternate_every=200),
-        gammas=PAPER_GAMMAS, r_values=DYN_PERCEIVER_R_VALUES,
-        eval_batch_size=256, timing_batches=8, batch1_examples=64,
-        timing_repeats=5),
+  "smoke": Config(
+    vit="tiny",
+    num_val=500,
+    max_train=2000,
+    max_test=1000,
+    batch_size=64,
+    steps=30,
+    warmup_steps=5,
+    checkpoint_every=10,
+    max_jei_train=2000,
+    jei=JeiTrainConfig(
+      batch_size=64, warmup_steps=40, steps=80, alternate_every=20
+    ),
+    gammas=(0.1, 1.0),
+    r_values=(0.5, 1.0, 2.0),
+    eval_batch_size=128,
+    timing_batches=1,
+    batch1_examples=2,
+    timing_repeats=1,
+  ),
+  "cpu": Config(
+    vit="cifar_small",
+    steps=2000,
+    batch_size=64,
+    warmup_steps=100,
+    learning_rate=1e-3,
+    checkpoint_every=250,
+    max_jei_train=10000,
+    jei=JeiTrainConfig(
+      batch_size=64, warmup_steps=600, steps=1600, alternate_every=200
+    ),
+    eval_batch_size=256,
+    timing_batches=1,
+    batch1_examples=8,
+  ),
+  "paper": Config(
+    vit="t2t_vit_7_like",
+    batch_size=64,
+    steps=60 * 703,
+    learning_rate=1e-3,
+    warmup_steps=2000,
+    crop_padding=28,
+    dropout=0.1,
+    checkpoint_every=2000,
+    jei=JeiTrainConfig(
+      batch_size=64, warmup_steps=3 * 703, steps=15 * 703, alternate_every=200
+    ),
+    gammas=PAPER_GAMMAS,
+    r_values=DYN_PERCEIVER_R_VALUES,
+    eval_batch_size=256,
+    timing_batches=8,
+    batch1_examples=64,
+    timing_repeats=5,
+  ),
 }
 
 
 def get_config(preset: str = "cpu", **overrides) -> Config:
   """The named preset with `overrides` applied."""
   if preset not in PRESETS:
-    raise ValueError(f"unknown preset={preset!r}; expected one of "
-                     f"{sorted(PRESETS)}")
+    raise ValueError(
+      f"unknown preset={preset!r}; expected one of {sorted(PRESETS)}"
+    )
   return dataclasses.replace(PRESETS[preset], **overrides)

@@ -20,8 +20,11 @@ import numpy as np
 from flax import nnx
 
 from experiments.jei_dnn import run
-from experiments.vision_common import (budget_curve, fixed_exit_records,
-                                       gated_records)
+from experiments.vision_common import (
+  budget_curve,
+  fixed_exit_records,
+  gated_records,
+)
 from jaxexit import execution
 from jaxexit.calibration import reliability_bins
 from jaxexit.conformal import per_exit_conformal
@@ -35,13 +38,28 @@ def _probs(logits: np.ndarray) -> np.ndarray:
   return e / e.sum(-1, keepdims=True)
 
 
-def _conformal(rec: dict, cfg, val_logits, val_exit, val_labels,
-               test_logits, test_exit, test_labels) -> None:
-  res = per_exit_conformal(_probs(val_logits), val_exit, val_labels,
-                           _probs(test_logits), test_exit, test_labels,
-                           alpha=cfg.alpha)
-  rec.update(coverage=res.coverage, mean_set_size=res.mean_set_size,
-             alpha=cfg.alpha)
+def _conformal(
+  rec: dict,
+  cfg,
+  val_logits,
+  val_exit,
+  val_labels,
+  test_logits,
+  test_exit,
+  test_labels,
+) -> None:
+  res = per_exit_conformal(
+    _probs(val_logits),
+    val_exit,
+    val_labels,
+    _probs(test_logits),
+    test_exit,
+    test_labels,
+    alpha=cfg.alpha,
+  )
+  rec.update(
+    coverage=res.coverage, mean_set_size=res.mean_set_size, alpha=cfg.alpha
+  )
 
 
 def _reliability(logits: np.ndarray, exit_layer: np.ndarray, labels):
@@ -57,10 +75,14 @@ class Timer:
     self.cfg = cfg
     size, b = model.cfg.image_size, cfg.eval_batch_size
     embed = nnx.jit(lambda m, x: m.embed(run.model_inputs(x, size)))
-    self.big = [embed(model, jnp.asarray(test_images[i * b:(i + 1) * b]))
-                for i in range(cfg.timing_batches)]
-    self.one = [embed(model, jnp.asarray(test_images[i:i + 1]))
-                for i in range(cfg.batch1_examples)]
+    self.big = [
+      embed(model, jnp.asarray(test_images[i * b : (i + 1) * b]))
+      for i in range(cfg.timing_batches)
+    ]
+    self.one = [
+      embed(model, jnp.asarray(test_images[i : i + 1]))
+      for i in range(cfg.batch1_examples)
+    ]
 
   def flops(self) -> execution.ExitFlops:
     return execution.exit_flops(self.stack, self.params, self.one[0])
@@ -69,14 +91,21 @@ class Timer:
     """realised_speedup (compacted) and realised_speedup_batch1."""
     params = {**self.params, "exits": nnx.state(heads)}
     out = {}
-    for key, mode, batches in (("realised_speedup", "compacted", self.big),
-                               ("realised_speedup_batch1", "early_stop",
-                                self.one)):
+    for key, mode, batches in (
+      ("realised_speedup", "compacted", self.big),
+      ("realised_speedup_batch1", "early_stop", self.one),
+    ):
       rep = execution.measure_speedup(
-          self.stack, rule, params, batches, mode=mode,
-          rule_inputs=None if inputs is None else [
-              inputs(c["h"].shape[0]) for c in batches],
-          repeats=self.cfg.timing_repeats)
+        self.stack,
+        rule,
+        params,
+        batches,
+        mode=mode,
+        rule_inputs=None
+        if inputs is None
+        else [inputs(c["h"].shape[0]) for c in batches],
+        repeats=self.cfg.timing_repeats,
+      )
       out[key] = rep.realised_speedup
     return out
 
@@ -86,44 +115,77 @@ def _full_and_fixed(cfg, flops, warm_test, warm_val, labels, timer, warm):
   num_exits = flops.layer.size
   fixed_costs = np.cumsum(flops.layer) + flops.head  # one head, no others
   records, rule = [], rules.preset_depth()
-  for rec in (gated_records("full", warm_test.logits, labels["test"],
-                            np.full(labels["test"].shape, num_exits - 1),
-                            fixed_costs, flops.full)
-              + fixed_exit_records("fixed_exit", warm_test.logits,
-                                   labels["test"], fixed_costs,
-                                   flops.full)[:-1]):
-    k = num_exits - 1 if rec["method"] == "full" else int(
-        rec["budget_or_threshold"][4:])
-    _conformal(rec, cfg, warm_val.logits,
-               np.full(labels["val"].shape, k), labels["val"],
-               warm_test.logits, np.full(labels["test"].shape, k),
-               labels["test"])
+  for rec in (
+    gated_records(
+      "full",
+      warm_test.logits,
+      labels["test"],
+      np.full(labels["test"].shape, num_exits - 1),
+      fixed_costs,
+      flops.full,
+    )
+    + fixed_exit_records(
+      "fixed_exit", warm_test.logits, labels["test"], fixed_costs, flops.full
+    )[:-1]
+  ):
+    k = (
+      num_exits - 1
+      if rec["method"] == "full"
+      else int(rec["budget_or_threshold"][4:])
+    )
+    _conformal(
+      rec,
+      cfg,
+      warm_val.logits,
+      np.full(labels["val"].shape, k),
+      labels["val"],
+      warm_test.logits,
+      np.full(labels["test"].shape, k),
+      labels["test"],
+    )
     if rec["method"] == "full":  # the baseline of every timing: 1 by design
       rec.update(realised_speedup=1.0, realised_speedup_batch1=1.0)
     else:
-      rec.update(timer.speedups(
-          warm, rule, lambda b, k=k: jnp.full((b,), k + 1, jnp.int32)))
+      rec.update(
+        timer.speedups(
+          warm, rule, lambda b, k=k: jnp.full((b,), k + 1, jnp.int32)
+        )
+      )
     records.append(rec)
   return records
 
 
 def _max_softmax(cfg, flops, warm_test, warm_val, labels, timer, warm):
-  records = budget_curve("max_softmax", warm_val.logits, labels["val"],
-                         warm_test.logits, labels["test"], flops.cumulative,
-                         flops.full, cfg.r_values)
+  records = budget_curve(
+    "max_softmax",
+    warm_val.logits,
+    labels["val"],
+    warm_test.logits,
+    labels["test"],
+    flops.cumulative,
+    flops.full,
+    cfg.r_values,
+  )
   val_conf = np.asarray(confidence.max_softmax(jnp.asarray(warm_val.logits)))
-  test_conf = np.asarray(confidence.max_softmax(
-      jnp.asarray(warm_test.logits)))
+  test_conf = np.asarray(confidence.max_softmax(jnp.asarray(warm_test.logits)))
   rule, exits = budgeted.thresholds_input_rule(), {}
   for rec in records:
     t = np.asarray(rec["thresholds"])
     val_exit = budgeted.budgeted_exit(val_conf, t)
     exits[rec["budget_or_threshold"]] = budgeted.budgeted_exit(test_conf, t)
-    _conformal(rec, cfg, warm_val.logits, val_exit, labels["val"],
-               warm_test.logits, exits[rec["budget_or_threshold"]],
-               labels["test"])
-    rec.update(timer.speedups(warm, rule, lambda b, t=t: jnp.asarray(
-        t, jnp.float32)))
+    _conformal(
+      rec,
+      cfg,
+      warm_val.logits,
+      val_exit,
+      labels["val"],
+      warm_test.logits,
+      exits[rec["budget_or_threshold"]],
+      labels["test"],
+    )
+    rec.update(
+      timer.speedups(warm, rule, lambda b, t=t: jnp.asarray(t, jnp.float32))
+    )
   return records, exits
 
 
@@ -132,11 +194,25 @@ def _jei(cfg, flops, trained, feats, labels, timer):
   for gamma, heads in trained.items():
     test = jei_dnn.jei_outputs(heads, feats["test"])
     val = jei_dnn.jei_outputs(heads, feats["val"])
-    rec = gated_records("jei_dnn", test.logits, labels["test"],
-                        test.exit_layer, flops.cumulative, flops.full,
-                        budget_or_threshold=float(gamma))[0]
-    _conformal(rec, cfg, val.logits, val.exit_layer, labels["val"],
-               test.logits, test.exit_layer, labels["test"])
+    rec = gated_records(
+      "jei_dnn",
+      test.logits,
+      labels["test"],
+      test.exit_layer,
+      flops.cumulative,
+      flops.full,
+      budget_or_threshold=float(gamma),
+    )[0]
+    _conformal(
+      rec,
+      cfg,
+      val.logits,
+      val.exit_layer,
+      labels["val"],
+      test.logits,
+      test.exit_layer,
+      labels["test"],
+    )
     rec.update(timer.speedups(heads, rule))
     records.append(rec)
     outputs[gamma] = test
@@ -148,22 +224,24 @@ def evaluate(cfg, model, warm, trained, feats, timer: Timer, flops):
   labels = {k: feats[k].labels for k in ("val", "test")}
   warm_test = jei_dnn.jei_outputs(warm, feats["test"])
   warm_val = jei_dnn.jei_outputs(warm, feats["val"])
-  fixed = _full_and_fixed(cfg, flops, warm_test, warm_val, labels, timer,
-                          warm)
-  soft, soft_exits = _max_softmax(cfg, flops, warm_test, warm_val, labels,
-                                  timer, warm)
+  fixed = _full_and_fixed(cfg, flops, warm_test, warm_val, labels, timer, warm)
+  soft, soft_exits = _max_softmax(
+    cfg, flops, warm_test, warm_val, labels, timer, warm
+  )
   jei, jei_outputs = _jei(cfg, flops, trained, feats, labels, timer)
   # Representative points: the JEI-DNN γ nearest 0.6 of the full cost (the
   # paper's 0.5–0.75 range) and the max-softmax r nearest it in cost.
   rep = min(jei, key=lambda r: abs(r["flops_fraction"] - 0.6))
-  near = min(soft, key=lambda r: abs(r["flops_fraction"]
-                                     - rep["flops_fraction"]))
+  near = min(
+    soft, key=lambda r: abs(r["flops_fraction"] - rep["flops_fraction"])
+  )
   out = jei_outputs[rep["budget_or_threshold"]]
   reliability = {
-      f'jei_dnn γ={rep["budget_or_threshold"]:g}': _reliability(
-          out.logits, out.exit_layer, labels["test"]),
-      f'max_softmax r={near["budget_or_threshold"]:g}': _reliability(
-          warm_test.logits, soft_exits[near["budget_or_threshold"]],
-          labels["test"]),
+    f"jei_dnn γ={rep['budget_or_threshold']:g}": _reliability(
+      out.logits, out.exit_layer, labels["test"]
+    ),
+    f"max_softmax r={near['budget_or_threshold']:g}": _reliability(
+      warm_test.logits, soft_exits[near["budget_or_threshold"]], labels["test"]
+    ),
   }
   return fixed + soft + jei, reliability

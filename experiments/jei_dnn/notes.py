@@ -6,14 +6,15 @@ import numpy as np
 from jaxexit import report
 
 PAPER = (
-    "Paper (JEI-DNN, ICLR 2024, §8.6; read off the authors' plots, "
-    "qualitative): frozen ImageNet-pretrained T2T-ViT-7 fine-tuned on "
-    "CIFAR-10 reaches 94.95 %; JEI-DNN is ≈ 2–4 points above the threshold "
-    "baselines (BoostNet / L2W-DEN IMs + max-softmax) between 0.5 and 0.75 "
-    "of the backbone's Mul-Adds (e.g. ≈ 0.80 vs ≈ 0.77 at 0.6) and the curves "
-    "meet near full accuracy; JEI-DNN's ECE ≈ 0.07–0.25. That is an "
-    "ImageNet-pretrained backbone at 224 px; this run trains its backbone "
-    "from scratch on CIFAR-10 only, so compare the *gaps*, not the levels.")
+  "Paper (JEI-DNN, ICLR 2024, §8.6; read off the authors' plots, "
+  "qualitative): frozen ImageNet-pretrained T2T-ViT-7 fine-tuned on "
+  "CIFAR-10 reaches 94.95 %; JEI-DNN is ≈ 2–4 points above the threshold "
+  "baselines (BoostNet / L2W-DEN IMs + max-softmax) between 0.5 and 0.75 "
+  "of the backbone's Mul-Adds (e.g. ≈ 0.80 vs ≈ 0.77 at 0.6) and the curves "
+  "meet near full accuracy; JEI-DNN's ECE ≈ 0.07–0.25. That is an "
+  "ImageNet-pretrained backbone at 224 px; this run trains its backbone "
+  "from scratch on CIFAR-10 only, so compare the *gaps*, not the levels."
+)
 
 
 def _interp(points: list[dict], x: float, field: str) -> float | None:
@@ -45,29 +46,53 @@ def claims(records: list[dict]) -> str:
     if gap is not None:
       acc_gaps.append(gap)
       ece_gaps.append(dece)
-    rows.append([f'{r["budget_or_threshold"]:g}',
-                 _fmt(r["flops_fraction"]), _fmt(r["accuracy"]), _fmt(acc),
-                 _fmt(gap, sign=True), _fmt(r["ece"]), _fmt(ece),
-                 _fmt(r["coverage"]), _fmt(r["mean_set_size"], 2)])
+    rows.append(
+      [
+        f"{r['budget_or_threshold']:g}",
+        _fmt(r["flops_fraction"]),
+        _fmt(r["accuracy"]),
+        _fmt(acc),
+        _fmt(gap, sign=True),
+        _fmt(r["ece"]),
+        _fmt(ece),
+        _fmt(r["coverage"]),
+        _fmt(r["mean_set_size"], 2),
+      ]
+    )
   table = report.markdown_table(
-      ["γ", "cost", "JEI acc", "max-softmax acc @ cost", "Δ acc", "JEI ECE",
-       "max-softmax ECE @ cost", "coverage", "|C|"], rows)
+    [
+      "γ",
+      "cost",
+      "JEI acc",
+      "max-softmax acc @ cost",
+      "Δ acc",
+      "JEI ECE",
+      "max-softmax ECE @ cost",
+      "coverage",
+      "|C|",
+    ],
+    rows,
+  )
   if acc_gaps:
     wins = sum(g > 0 for g in acc_gaps)
     calib = sum(d < 0 for d in ece_gaps)
     verdict = (
-        f"- *JEI-DNN beats max-softmax at equal cost*: higher accuracy at "
-        f"{wins} of {len(acc_gaps)} γ inside the baseline's cost range "
-        f"(mean Δ {np.mean(acc_gaps):+.3f}, range {min(acc_gaps):+.3f} to "
-        f"{max(acc_gaps):+.3f}).\n"
-        f"- *JEI-DNN is better calibrated*: lower ECE at {calib} of "
-        f"{len(ece_gaps)} (mean Δ ECE {np.mean(ece_gaps):+.3f}).")
+      f"- *JEI-DNN beats max-softmax at equal cost*: higher accuracy at "
+      f"{wins} of {len(acc_gaps)} γ inside the baseline's cost range "
+      f"(mean Δ {np.mean(acc_gaps):+.3f}, range {min(acc_gaps):+.3f} to "
+      f"{max(acc_gaps):+.3f}).\n"
+      f"- *JEI-DNN is better calibrated*: lower ECE at {calib} of "
+      f"{len(ece_gaps)} (mean Δ ECE {np.mean(ece_gaps):+.3f})."
+    )
   else:
-    verdict = ("- No JEI-DNN point falls inside the max-softmax cost range; "
-               "the claims cannot be compared at equal cost in this run.")
+    verdict = (
+      "- No JEI-DNN point falls inside the max-softmax cost range; "
+      "the claims cannot be compared at equal cost in this run."
+    )
   return (
-      f"## Claims tested\n\nBackbone (full) test accuracy "
-      f"{full['accuracy']:.4f}. Max-softmax accuracy and ECE at each "
-      "JEI-DNN cost are linearly interpolated along the max-softmax curve "
-      "(cost = flops_fraction, IM + gate overheads included).\n\n"
-      f"{table}\n\n{verdict}\n\n{PAPER}\n")
+    f"## Claims tested\n\nBackbone (full) test accuracy "
+    f"{full['accuracy']:.4f}. Max-softmax accuracy and ECE at each "
+    "JEI-DNN cost are linearly interpolated along the max-softmax curve "
+    "(cost = flops_fraction, IM + gate overheads included).\n\n"
+    f"{table}\n\n{verdict}\n\n{PAPER}\n"
+  )

@@ -1,9 +1,11 @@
 """Presets for `python -m experiments.palbert_glue`.
 
   python -m experiments.palbert_glue                      # cpu preset, SST-2
-  python -m experiments.palbert_glue --preset smoke --task sst2 --method all --out /tmp/smoke
+  python -m experiments.palbert_glue --preset smoke --task sst2 --method all \
+      --out /tmp/smoke
   python -m experiments.palbert_glue --task rte --out runs/rte_cpu
-  python -m experiments.palbert_glue --preset paper --model albert-base-v2 --task rte
+  python -m experiments.palbert_glue --preset paper --model albert-base-v2 \
+      --task rte
 
 `smoke` proves the pipeline end to end in a few minutes on 2 cores (real
 MiniLM weights, real data, a few steps, 2 seeds). `cpu` is the main job: the
@@ -33,27 +35,27 @@ class Config:
   """One run's settings (per task; every method and seed uses them)."""
 
   model: str = "minilm-l6"
-  max_len: int = 64                       # evaluation (dev, held-out)
-  bucket_widths: tuple[int, ...] = (16, 32, 64)      # evaluation batches
-  train_bucket_widths: tuple[int, ...] = (16, 32)    # training batches;
+  max_len: int = 64  # evaluation (dev, held-out)
+  bucket_widths: tuple[int, ...] = (16, 32, 64)  # evaluation batches
+  train_bucket_widths: tuple[int, ...] = (16, 32)  # training batches;
   # longer training examples are truncated to the last width
   batch_size: int = 32
   eval_batch_size: int = 64
   epochs: float = 1.0
-  max_train_examples: int | None = None   # None: the whole train split
-  heldout_examples: int = 1000            # from train, never trained on
-  max_eval_examples: int | None = None    # None: the whole dev split
-  learning_rate: float = 1e-4             # the pretrained encoder
-  heads_learning_rate: float = 1e-3       # the fresh exit heads
-  halting_learning_rate: float = 1e-3     # PALBERT's separate "lambda lr"
+  max_train_examples: int | None = None  # None: the whole train split
+  heldout_examples: int = 1000  # from train, never trained on
+  max_eval_examples: int | None = None  # None: the whole dev split
+  learning_rate: float = 1e-4  # the pretrained encoder
+  heads_learning_rate: float = 1e-3  # the fresh exit heads
+  halting_learning_rate: float = 1e-3  # PALBERT's separate "lambda lr"
   weight_decay: float = 0.0
-  prior: str = "depth_matched"            # or "paper" (λ_p = 0.1)
+  prior: str = "depth_matched"  # or "paper" (λ_p = 0.1)
   seeds: tuple[int, ...] = (42, 43, 44)
-  tolerance: float = 0.01                 # held-out score loss allowed
+  tolerance: float = 0.01  # held-out score loss allowed
   checkpoint_every: int = 50
-  timing_seeds: int = 1                   # seeds whose speed is measured
-  timing_batches: int = 4                 # batches of `batch_size` timed
-  batch1_examples: int = 16               # examples timed one at a time
+  timing_seeds: int = 1  # seeds whose speed is measured
+  timing_batches: int = 4  # batches of `batch_size` timed
+  batch1_examples: int = 16  # examples timed one at a time
   timing_repeats: int = 3
 
   def __post_init__(self):
@@ -64,10 +66,14 @@ class Config:
     if self.max_train_examples is not None:
       checks.positive_int("max_train_examples", self.max_train_examples)
     checks.positive_int("timing_seeds", self.timing_seeds, minimum=0)
-    if not (isinstance(self.epochs, (int, float)) and math.isfinite(
-        self.epochs) and self.epochs > 0):
-      raise ValueError(f"epochs must be a finite number > 0; got "
-                       f"epochs={self.epochs!r}")
+    if not (
+      isinstance(self.epochs, (int, float))
+      and math.isfinite(self.epochs)
+      and self.epochs > 0
+    ):
+      raise ValueError(
+        f"epochs must be a finite number > 0; got epochs={self.epochs!r}"
+      )
     if len(self.seeds) < 1:
       raise ValueError(f"at least one seed is needed; got seeds={self.seeds}")
     for s in self.seeds:
@@ -79,30 +85,49 @@ class Config:
     for name in ("bucket_widths", "train_bucket_widths"):
       widths = getattr(self, name)
       if not widths or list(widths) != sorted(set(widths)):
-        raise ValueError(f"{name} must increase strictly; got "
-                         f"{name}={widths}")
+        raise ValueError(f"{name} must increase strictly; got {name}={widths}")
     if self.bucket_widths[-1] < self.max_len:
-      raise ValueError(f"the last of bucket_widths={self.bucket_widths} "
-                       f"must be >= max_len={self.max_len}")
+      raise ValueError(
+        f"the last of bucket_widths={self.bucket_widths} "
+        f"must be >= max_len={self.max_len}"
+      )
 
 
 PRESETS = {
-    "smoke": Config(max_len=24, bucket_widths=(24,),
-                    train_bucket_widths=(24,), batch_size=16,
-                    eval_batch_size=32, epochs=1.0, max_train_examples=256,
-                    heldout_examples=64, max_eval_examples=96,
-                    seeds=(42, 43), checkpoint_every=8, timing_batches=1,
-                    batch1_examples=2, timing_repeats=1),
-    "cpu": Config(max_train_examples=1600),
-    "paper": Config(model="albert-base-v2", max_len=128,
-                    bucket_widths=(32, 64, 128),
-                    train_bucket_widths=(32, 64, 128), batch_size=32,
-                    epochs=25.0,
-                    learning_rate=1e-5, heads_learning_rate=1e-5,
-                    halting_learning_rate=1e-5, prior="paper",
-                    seeds=(42, 43, 44, 45, 46), checkpoint_every=500,
-                    timing_batches=27, batch1_examples=277,
-                    timing_repeats=5),
+  "smoke": Config(
+    max_len=24,
+    bucket_widths=(24,),
+    train_bucket_widths=(24,),
+    batch_size=16,
+    eval_batch_size=32,
+    epochs=1.0,
+    max_train_examples=256,
+    heldout_examples=64,
+    max_eval_examples=96,
+    seeds=(42, 43),
+    checkpoint_every=8,
+    timing_batches=1,
+    batch1_examples=2,
+    timing_repeats=1,
+  ),
+  "cpu": Config(max_train_examples=1600),
+  "paper": Config(
+    model="albert-base-v2",
+    max_len=128,
+    bucket_widths=(32, 64, 128),
+    train_bucket_widths=(32, 64, 128),
+    batch_size=32,
+    epochs=25.0,
+    learning_rate=1e-5,
+    heads_learning_rate=1e-5,
+    halting_learning_rate=1e-5,
+    prior="paper",
+    seeds=(42, 43, 44, 45, 46),
+    checkpoint_every=500,
+    timing_batches=27,
+    batch1_examples=277,
+    timing_repeats=5,
+  ),
 }
 
 

@@ -15,17 +15,21 @@ def _hub_folder(name: str) -> pathlib.Path:
     from huggingface_hub import snapshot_download
   except ImportError as e:
     raise ValueError(
-        f"model={name!r} is not a local folder and huggingface_hub is not "
-        "installed to fetch it; pass a folder with config.json and weights"
+      f"model={name!r} is not a local folder and huggingface_hub is not "
+      "installed to fetch it; pass a folder with config.json and weights"
     ) from e
   try:
-    return pathlib.Path(snapshot_download(
-        name, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model"]))
+    return pathlib.Path(
+      snapshot_download(
+        name, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model"]
+      )
+    )
   except Exception as e:  # offline, unknown repo, ...
     raise ValueError(
-        f"model={name!r}: not a local folder and could not be fetched from "
-        f"the Hugging Face hub ({type(e).__name__}: {e}). Download it where "
-        "you are online and pass its folder.") from e
+      f"model={name!r}: not a local folder and could not be fetched from "
+      f"the Hugging Face hub ({type(e).__name__}: {e}). Download it where "
+      "you are online and pass its folder."
+    ) from e
 
 
 def load(name: str):
@@ -34,16 +38,22 @@ def load(name: str):
   (`jaxexit.models.checkpoint_pooling`), which every exit then uses."""
   if name == "minilm-l6":
     folder = minilm_path()
-    return from_pretrained(folder), minilm_tokenizer(), checkpoint_pooling(
-        folder)
+    return (
+      from_pretrained(folder),
+      minilm_tokenizer(),
+      checkpoint_pooling(folder),
+    )
   folder = pathlib.Path(name)
   if not folder.is_dir():
     if "/" not in name and name not in HUB_MODELS:
-      raise ValueError(f"unknown model={name!r}; expected 'minilm-l6', one "
-                       f"of {list(HUB_MODELS)}, a hub id or a local folder")
+      raise ValueError(
+        f"unknown model={name!r}; expected 'minilm-l6', one "
+        f"of {list(HUB_MODELS)}, a hub id or a local folder"
+      )
     folder = _hub_folder(name)
   # tokenizer.json carries its own normaliser; a bare BERT vocab.txt does not.
-  lowercase = None if (folder / "tokenizer.json").is_file() else (
-      "uncased" in name)
+  lowercase = (
+    None if (folder / "tokenizer.json").is_file() else ("uncased" in name)
+  )
   tok = TextTokenizer.from_file(os.fspath(folder), lowercase=lowercase)
   return from_pretrained(folder), tok, checkpoint_pooling(folder)

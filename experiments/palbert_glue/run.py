@@ -19,8 +19,10 @@ import numpy as np
 from flax import nnx
 
 from jaxexit import execution, exits, glue_metrics, train
-from jaxexit.data.batching import (LengthBucketedBatches,
-                                   length_bucketed_eval_batches)
+from jaxexit.data.batching import (
+  LengthBucketedBatches,
+  length_bucketed_eval_batches,
+)
 from jaxexit.models.exit_classifier import ExitClassifier
 
 
@@ -44,21 +46,29 @@ class Split:
   def take(self, idx, width: int | None = None) -> dict:
     """A numpy batch of rows `idx`, cut to `width` tokens if given."""
     cut = slice(None) if width is None else slice(0, width)
-    return {"input_ids": self.input_ids[idx, cut],
-            "token_type_ids": self.token_type_ids[idx, cut],
-            "attention_mask": self.attention_mask[idx, cut],
-            "labels": self.labels[idx]}
+    return {
+      "input_ids": self.input_ids[idx, cut],
+      "token_type_ids": self.token_type_ids[idx, cut],
+      "attention_mask": self.attention_mask[idx, cut],
+      "labels": self.labels[idx],
+    }
 
   def subset(self, idx) -> "Split":
-    return Split(self.input_ids[idx], self.token_type_ids[idx],
-                 self.attention_mask[idx], self.labels[idx])
+    return Split(
+      self.input_ids[idx],
+      self.token_type_ids[idx],
+      self.attention_mask[idx],
+      self.labels[idx],
+    )
 
 
 def _carry(model, batch: dict) -> dict:
   """The model's initial carry for a numpy batch."""
-  return model.embed(jnp.asarray(batch["input_ids"]),
-                     jnp.asarray(batch["token_type_ids"]),
-                     jnp.asarray(batch["attention_mask"]))
+  return model.embed(
+    jnp.asarray(batch["input_ids"]),
+    jnp.asarray(batch["token_type_ids"]),
+    jnp.asarray(batch["attention_mask"]),
+  )
 
 
 @functools.cache
@@ -73,12 +83,15 @@ def _loss_fn(method, stage):
       # The frozen encoder needs no backward pass (DeeBERT's stage 2).
       params["layers"] = jax.lax.stop_gradient(params["layers"])
       params["heads"]["pooler"] = jax.lax.stop_gradient(
-          params["heads"]["pooler"])
-    carry = model.embed(batch["input_ids"], batch["token_type_ids"],
-                        batch["attention_mask"])
+        params["heads"]["pooler"]
+      )
+    carry = model.embed(
+      batch["input_ids"], batch["token_type_ids"], batch["attention_mask"]
+    )
     res = execution.simulate(stack, exits.never(), params, carry)
-    loss, metrics = method.loss(res.per_layer, batch["labels"],
-                                batch["step"], stage)
+    loss, metrics = method.loss(
+      res.per_layer, batch["labels"], batch["step"], stage
+    )
     return loss, dict(metrics)
 
   return loss_fn
@@ -98,18 +111,22 @@ def _batch_fn(data: Split, batches: LengthBucketedBatches):
 def _optimizer(cfg, method, stage):
   """The optax transformation; one object per (cfg, method, stage), so the
   train state's graphdef, and with it the jitted step, is shared by seeds."""
-  base = train.OptimConfig(name="adamw" if cfg.weight_decay else "adam",
-                           learning_rate=cfg.learning_rate,
-                           weight_decay=cfg.weight_decay)
+  base = train.OptimConfig(
+    name="adamw" if cfg.weight_decay else "adam",
+    learning_rate=cfg.learning_rate,
+    weight_decay=cfg.weight_decay,
+  )
   groups = [
-      train.ParamGroup(
-          name="halting", predicate=train.path_contains("halting"),
-          config=dataclasses.replace(
-              base, learning_rate=cfg.halting_learning_rate)),
-      train.ParamGroup(
-          name="heads", predicate=lambda path: path.startswith("heads/"),
-          config=dataclasses.replace(
-              base, learning_rate=cfg.heads_learning_rate)),
+    train.ParamGroup(
+      name="halting",
+      predicate=train.path_contains("halting"),
+      config=dataclasses.replace(base, learning_rate=cfg.halting_learning_rate),
+    ),
+    train.ParamGroup(
+      name="heads",
+      predicate=lambda path: path.startswith("heads/"),
+      config=dataclasses.replace(base, learning_rate=cfg.heads_learning_rate),
+    ),
   ]
   tx = train.build_optimizer(base, groups)
   only = method.trainable(stage)
@@ -123,21 +140,43 @@ def num_steps(cfg, num_examples: int) -> int:
 
 def fingerprint(cfg, heads_cfg, method, data: Split, task: str) -> dict:
   """What determines a training run (stored with every checkpoint)."""
-  return {"config": {k: v for k, v in dataclasses.asdict(cfg).items()
-                     if not k.startswith("timing") and k not in (
-                         "seeds", "batch1_examples", "tolerance",
-                         "heldout_examples", "max_eval_examples",
-                         "eval_batch_size")},
-          "heads": dataclasses.asdict(heads_cfg), "method": method.name,
-          "task": task, "train_examples": len(data),
-          "train_data": train.fingerprint_array(data.input_ids),
-          "train_labels": train.fingerprint_array(data.labels)}
+  return {
+    "config": {
+      k: v
+      for k, v in dataclasses.asdict(cfg).items()
+      if not k.startswith("timing")
+      and k
+      not in (
+        "seeds",
+        "batch1_examples",
+        "tolerance",
+        "heldout_examples",
+        "max_eval_examples",
+        "eval_batch_size",
+      )
+    },
+    "heads": dataclasses.asdict(heads_cfg),
+    "method": method.name,
+    "task": task,
+    "train_examples": len(data),
+    "train_data": train.fingerprint_array(data.input_ids),
+    "train_labels": train.fingerprint_array(data.labels),
+  }
 
 
-def train_method(encoder, heads_cfg, method, data: Split, cfg, seed: int,
-                 workdir: pathlib.Path, progress: bool | None, *,
-                 fingerprint: dict | None = None,
-                 force_resume: bool = False):
+def train_method(
+  encoder,
+  heads_cfg,
+  method,
+  data: Split,
+  cfg,
+  seed: int,
+  workdir: pathlib.Path,
+  progress: bool | None,
+  *,
+  fingerprint: dict | None = None,
+  force_resume: bool = False,
+):
   """Trains `method`'s heads and the encoder on `data`; resumable.
 
   A rerun in the same `workdir` resumes (or reuses a finished run) only if
@@ -147,21 +186,30 @@ def train_method(encoder, heads_cfg, method, data: Split, cfg, seed: int,
     `(model, metrics)`: the trained `ExitClassifier` and the last logged
     training metrics of the last stage.
   """
-  model = ExitClassifier(copy.deepcopy(encoder), heads_cfg,
-                         rngs=nnx.Rngs(seed))
+  model = ExitClassifier(copy.deepcopy(encoder), heads_cfg, rngs=nnx.Rngs(seed))
   metrics = {}
   for stage in range(method.stages):
     widths = cfg.train_bucket_widths
-    batches = LengthBucketedBatches(np.minimum(data.lengths, widths[-1]),
-                                    cfg.batch_size, seed + stage,
-                                    widths=widths)
+    batches = LengthBucketedBatches(
+      np.minimum(data.lengths, widths[-1]),
+      cfg.batch_size,
+      seed + stage,
+      widths=widths,
+    )
     model, metrics = train.train(
-        model, _optimizer(cfg, method, stage), _loss_fn(method, stage),
-        _batch_fn(data, batches), num_steps=num_steps(cfg, len(data)),
-        workdir=workdir / f"stage{stage}", seed=seed + stage,
-        checkpoint_every=cfg.checkpoint_every, log_every=10,
-        progress=progress, fingerprint=fingerprint,
-        force_resume=force_resume)
+      model,
+      _optimizer(cfg, method, stage),
+      _loss_fn(method, stage),
+      _batch_fn(data, batches),
+      num_steps=num_steps(cfg, len(data)),
+      workdir=workdir / f"stage{stage}",
+      seed=seed + stage,
+      checkpoint_every=cfg.checkpoint_every,
+      log_every=10,
+      progress=progress,
+      fingerprint=fingerprint,
+      force_resume=force_resume,
+    )
   return model, metrics
 
 
@@ -184,10 +232,12 @@ def per_layer_outputs(model, data: Split, cfg):
   graphdef, state = nnx.split(model)
   order, chunks = [], []
   for batch, width in length_bucketed_eval_batches(
-      data.lengths, cfg.eval_batch_size, widths=cfg.bucket_widths):
+    data.lengths, cfg.eval_batch_size, widths=cfg.bucket_widths
+  ):
     b = data.take(batch.indices, width)
-    per_layer = _simulate(graphdef, state, b["input_ids"],
-                          b["token_type_ids"], b["attention_mask"])
+    per_layer = _simulate(
+      graphdef, state, b["input_ids"], b["token_type_ids"], b["attention_mask"]
+    )
     keep = batch.num_valid
     order.append(batch.indices[:keep])
     chunks.append(jax.tree.map(lambda x: np.asarray(x)[:keep], per_layer))
@@ -200,7 +250,8 @@ def predict(method, per_layer, param, key):
   """`(preds [N], correct-ready logits, exit_layer [N])` at one sweep point."""
   exit_layer = np.asarray(method.exit_layer(per_layer, param, key))
   logits = np.take_along_axis(
-      np.asarray(per_layer.logits), exit_layer[:, None, None], axis=1)[:, 0]
+    np.asarray(per_layer.logits), exit_layer[:, None, None], axis=1
+  )[:, 0]
   preds = logits[:, 0] if logits.shape[-1] == 1 else logits.argmax(-1)
   return preds, exit_layer
 
@@ -213,13 +264,18 @@ def sweep(method, per_layer, labels, task: str, key) -> list[dict]:
     preds, exit_layer = predict(method, per_layer, param, key)
     score = glue_metrics.glue_score(task, preds, labels)["selection"]
     depth = exit_layer + 1
-    points.append({
-        "param": param, "score": float(score),
+    points.append(
+      {
+        "param": param,
+        "score": float(score),
         "avg_layers": float(np.mean(depth)),
         "avg_layers_std_over_examples": float(np.std(depth)),
-        "exit_histogram": np.bincount(exit_layer,
-                                      minlength=num_layers).tolist(),
-        "correct": (preds == labels).astype(np.int8)})
+        "exit_histogram": np.bincount(
+          exit_layer, minlength=num_layers
+        ).tolist(),
+        "correct": (preds == labels).astype(np.int8),
+      }
+    )
   return points
 
 
@@ -228,10 +284,12 @@ def per_layer_scores(per_layer, labels, task: str) -> list[float]:
   logits = np.asarray(per_layer.logits)
   scores = []
   for n in range(logits.shape[1]):
-    preds = logits[:, n, 0] if logits.shape[-1] == 1 else logits[:, n].argmax(
-        -1)
-    scores.append(float(glue_metrics.glue_score(task, preds, labels)[
-        "selection"]))
+    preds = (
+      logits[:, n, 0] if logits.shape[-1] == 1 else logits[:, n].argmax(-1)
+    )
+    scores.append(
+      float(glue_metrics.glue_score(task, preds, labels)["selection"])
+    )
   return scores
 
 
@@ -256,20 +314,35 @@ def speed(model, method, param, data: Split, cfg, key):
 
   def carries(size, limit):
     n = min(limit * size, (len(data) // size) * size)
-    return [_carry(model, data.take(slice(i, i + size)))
-            for i in range(0, n, size)]
+    return [
+      _carry(model, data.take(slice(i, i + size))) for i in range(0, n, size)
+    ]
 
   def keys(n):
-    return ([jax.random.fold_in(key, i) for i in range(n)]
-            if method.rule_needs_key else None)
+    return (
+      [jax.random.fold_in(key, i) for i in range(n)]
+      if method.rule_needs_key
+      else None
+    )
 
   big = carries(cfg.batch_size, cfg.timing_batches)
   one = carries(1, cfg.batch1_examples)
-  fast = execution.measure_speedup(stack, rule, params, big, mode="compacted",
-                                   rule_inputs=keys(len(big)),
-                                   repeats=cfg.timing_repeats)
-  single = execution.measure_speedup(stack, rule, params, one,
-                                     mode="early_stop",
-                                     rule_inputs=keys(len(one)),
-                                     repeats=cfg.timing_repeats)
+  fast = execution.measure_speedup(
+    stack,
+    rule,
+    params,
+    big,
+    mode="compacted",
+    rule_inputs=keys(len(big)),
+    repeats=cfg.timing_repeats,
+  )
+  single = execution.measure_speedup(
+    stack,
+    rule,
+    params,
+    one,
+    mode="early_stop",
+    rule_inputs=keys(len(one)),
+    repeats=cfg.timing_repeats,
+  )
   return fast, single

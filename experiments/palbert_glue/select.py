@@ -17,8 +17,9 @@ def is_degenerate(point: dict) -> bool:
   return sum(1 for c in point["exit_histogram"] if c) <= 1
 
 
-def choose(points: Sequence[dict], *, tolerance: float,
-           fixed_depth: bool) -> tuple[dict, bool]:
+def choose(
+  points: Sequence[dict], *, tolerance: float, fixed_depth: bool
+) -> tuple[dict, bool]:
   """`(chosen point, degenerate)` among held-out sweep `points`.
 
   Args:
@@ -28,8 +29,9 @@ def choose(points: Sequence[dict], *, tolerance: float,
   """
   if not points:
     raise ValueError("an empty sweep has no operating point")
-  usable = (list(points) if fixed_depth
-            else [p for p in points if not is_degenerate(p)])
+  usable = (
+    list(points) if fixed_depth else [p for p in points if not is_degenerate(p)]
+  )
   degenerate = not usable
   if degenerate:
     usable = list(points)

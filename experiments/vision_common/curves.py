@@ -44,43 +44,61 @@ def _check_costs(exit_costs, full_flops: float, num_exits: int) -> np.ndarray:
   c = np.asarray(exit_costs, np.float64)
   if c.shape != (num_exits,) or np.any(c <= 0) or np.any(np.diff(c) < 0):
     raise ValueError(
-        f"exit_costs must be [L]=({num_exits},) positive non-decreasing "
-        f"cumulative FLOPs; got exit_costs={list(exit_costs)!r}")
+      f"exit_costs must be [L]=({num_exits},) positive non-decreasing "
+      f"cumulative FLOPs; got exit_costs={list(exit_costs)!r}"
+    )
   if not full_flops > 0:
     raise ValueError(f"full_flops must be > 0; got full_flops={full_flops!r}")
   return c
 
 
-def _record(method: str, key, probs: np.ndarray, labels, exit_layer,
-            costs: np.ndarray, full_flops: float) -> dict:
+def _record(
+  method: str,
+  key,
+  probs: np.ndarray,
+  labels,
+  exit_layer,
+  costs: np.ndarray,
+  full_flops: float,
+) -> dict:
   """Scores one set of exits: [Nt, L, C] probs, [Nt] labels and exits."""
   labels = np.asarray(labels)
   exit_layer = np.asarray(exit_layer)
   if labels.shape != probs.shape[:1] or exit_layer.shape != probs.shape[:1]:
     raise ValueError(
-        f"labels and exits must be [Nt]=({probs.shape[0]},); got shapes "
-        f"{labels.shape} and {exit_layer.shape}")
+      f"labels and exits must be [Nt]=({probs.shape[0]},); got shapes "
+      f"{labels.shape} and {exit_layer.shape}"
+    )
   p_exit = np.take_along_axis(probs, exit_layer[:, None, None], axis=1)[:, 0]
   conf = p_exit.max(axis=1)
   correct = np.argmax(p_exit, axis=1) == labels
   avg_flops = float(costs[exit_layer].mean())
   return {
-      "method": method,
-      "budget_or_threshold": key,
-      "accuracy": float(correct.mean()),
-      "avg_flops": avg_flops,
-      "flops_fraction": avg_flops / full_flops,
-      "ece": calibration.expected_calibration_error(conf, correct),
-      "realised_speedup": None,
-      "exit_fractions": (np.bincount(exit_layer, minlength=costs.size)
-                         / exit_layer.size).tolist(),
+    "method": method,
+    "budget_or_threshold": key,
+    "accuracy": float(correct.mean()),
+    "avg_flops": avg_flops,
+    "flops_fraction": avg_flops / full_flops,
+    "ece": calibration.expected_calibration_error(conf, correct),
+    "realised_speedup": None,
+    "exit_fractions": (
+      np.bincount(exit_layer, minlength=costs.size) / exit_layer.size
+    ).tolist(),
   }
 
 
-def budget_curve(method: str, val_logits, val_labels, test_logits,
-                 test_labels, exit_costs: Sequence[float], full_flops: float,
-                 r_values: Sequence[float], *,
-                 rescale: Sequence[float] | None = None) -> list[dict]:
+def budget_curve(
+  method: str,
+  val_logits,
+  val_labels,
+  test_logits,
+  test_labels,
+  exit_costs: Sequence[float],
+  full_flops: float,
+  r_values: Sequence[float],
+  *,
+  rescale: Sequence[float] | None = None,
+) -> list[dict]:
   """MSDNet budgeted protocol: thresholds fitted on VAL, applied to TEST.
 
   Args:
@@ -101,31 +119,38 @@ def budget_curve(method: str, val_logits, val_labels, test_logits,
   """
   val_conf = _confidence(val_logits)
   if np.shape(val_labels) != val_conf.shape[:1]:
-    raise ValueError(f"val_labels must be [Nv]=({val_conf.shape[0]},); got "
-                     f"shape {np.shape(val_labels)}")
+    raise ValueError(
+      f"val_labels must be [Nv]=({val_conf.shape[0]},); got "
+      f"shape {np.shape(val_labels)}"
+    )
   probs = _probs(test_logits)
   test_conf = _confidence(test_logits)
   if val_conf.shape[1] != test_conf.shape[1]:
     raise ValueError(
-        f"val_logits and test_logits must have the same exits; got shapes "
-        f"{np.shape(val_logits)} and {np.shape(test_logits)}")
+      f"val_logits and test_logits must have the same exits; got shapes "
+      f"{np.shape(val_logits)} and {np.shape(test_logits)}"
+    )
   costs = _check_costs(exit_costs, full_flops, probs.shape[1])
   records = []
   for r in r_values:
-    q = budgeted.geometric_exit_distribution(r, probs.shape[1],
-                                             rescale=rescale)
+    q = budgeted.geometric_exit_distribution(r, probs.shape[1], rescale=rescale)
     thresholds = budgeted.fit_thresholds(val_conf, q)
     exit_layer = budgeted.budgeted_exit(test_conf, thresholds)
-    rec = _record(method, float(r), probs, test_labels, exit_layer, costs,
-                  full_flops)
+    rec = _record(
+      method, float(r), probs, test_labels, exit_layer, costs, full_flops
+    )
     rec.update(q=q.tolist(), thresholds=thresholds.tolist())
     records.append(rec)
   return records
 
 
-def fixed_exit_records(method: str, test_logits, test_labels,
-                       exit_costs: Sequence[float],
-                       full_flops: float) -> list[dict]:
+def fixed_exit_records(
+  method: str,
+  test_logits,
+  test_labels,
+  exit_costs: Sequence[float],
+  full_flops: float,
+) -> list[dict]:
   """Every example leaves at exit k: one record per exit, key f"exit{k}".
 
   Args:
@@ -141,14 +166,30 @@ def fixed_exit_records(method: str, test_logits, test_labels,
   probs = _probs(test_logits)
   costs = _check_costs(exit_costs, full_flops, probs.shape[1])
   n = probs.shape[0]
-  return [_record(method, f"exit{k}", probs, test_labels,
-                  np.full((n,), k, np.int32), costs, full_flops)
-          for k in range(probs.shape[1])]
+  return [
+    _record(
+      method,
+      f"exit{k}",
+      probs,
+      test_labels,
+      np.full((n,), k, np.int32),
+      costs,
+      full_flops,
+    )
+    for k in range(probs.shape[1])
+  ]
 
 
-def gated_records(method: str, test_logits, test_labels, test_exit,
-                  exit_costs: Sequence[float], full_flops: float, *,
-                  budget_or_threshold=None) -> list[dict]:
+def gated_records(
+  method: str,
+  test_logits,
+  test_labels,
+  test_exit,
+  exit_costs: Sequence[float],
+  full_flops: float,
+  *,
+  budget_or_threshold=None,
+) -> list[dict]:
   """Scores exits decided elsewhere (e.g. JEI-DNN's gates).
 
   Args:
@@ -167,9 +208,23 @@ def gated_records(method: str, test_logits, test_labels, test_exit,
   probs = _probs(test_logits)
   costs = _check_costs(exit_costs, full_flops, probs.shape[1])
   exit_layer = np.asarray(test_exit)
-  if (not np.issubdtype(exit_layer.dtype, np.integer) or exit_layer.size == 0
-      or exit_layer.min() < 0 or exit_layer.max() >= probs.shape[1]):
+  if (
+    not np.issubdtype(exit_layer.dtype, np.integer)
+    or exit_layer.size == 0
+    or exit_layer.min() < 0
+    or exit_layer.max() >= probs.shape[1]
+  ):
     raise ValueError(
-        f"test_exit must be ints in [0, {probs.shape[1]}); got {exit_layer!r}")
-  return [_record(method, budget_or_threshold, probs, test_labels, exit_layer,
-                  costs, full_flops)]
+      f"test_exit must be ints in [0, {probs.shape[1]}); got {exit_layer!r}"
+    )
+  return [
+    _record(
+      method,
+      budget_or_threshold,
+      probs,
+      test_labels,
+      exit_layer,
+      costs,
+      full_flops,
+    )
+  ]

@@ -16,8 +16,13 @@ def _curve_panel(ax, records: list[dict]) -> None:
   for method in dict.fromkeys(r["method"] for r in records):
     rows = [r for r in records if r["method"] == method]
     if method == "full":
-      ax.axhline(rows[0]["accuracy"], color="k", linestyle="--", linewidth=1,
-                 label=f'full model ({rows[0]["accuracy"]:.3f})')
+      ax.axhline(
+        rows[0]["accuracy"],
+        color="k",
+        linestyle="--",
+        linewidth=1,
+        label=f"full model ({rows[0]['accuracy']:.3f})",
+      )
       continue
     pts = sorted((r["avg_flops"] / 1e6, r["accuracy"]) for r in rows)
     xs, ys = zip(*pts)
@@ -32,9 +37,16 @@ def _reliability_panel(ax, name: str, bins: ReliabilityBins) -> None:
   """Accuracy per confidence bin against the diagonal."""
   used = bins.count > 0
   left, width = bins.edges[:-1], np.diff(bins.edges)
-  ax.bar(left[used], bins.accuracy[used], width=width[used], align="edge",
-         alpha=0.6, edgecolor="k", linewidth=0.5,
-         label=f"{name} (ECE={ece_from_bins(bins):.3f})")
+  ax.bar(
+    left[used],
+    bins.accuracy[used],
+    width=width[used],
+    align="edge",
+    alpha=0.6,
+    edgecolor="k",
+    linewidth=0.5,
+    label=f"{name} (ECE={ece_from_bins(bins):.3f})",
+  )
   ax.plot([0, 1], [0, 1], color="gray", linestyle=":", label="perfect")
   ax.set_xlim(0, 1)
   ax.set_ylim(0, 1)
@@ -43,9 +55,13 @@ def _reliability_panel(ax, name: str, bins: ReliabilityBins) -> None:
   ax.legend(fontsize=8, loc="upper left")
 
 
-def curve_figure(records: list[dict], path: pathlib.Path, *, title: str,
-                 reliability: dict[str, ReliabilityBins] | None = None
-                 ) -> None:
+def curve_figure(
+  records: list[dict],
+  path: pathlib.Path,
+  *,
+  title: str,
+  reliability: dict[str, ReliabilityBins] | None = None,
+) -> None:
   """Writes the accuracy-vs-FLOPs curve and reliability diagrams as a PNG.
 
   The curve is the left panel; each entry of `reliability` adds a diagram to
@@ -59,8 +75,9 @@ def curve_figure(records: list[dict], path: pathlib.Path, *, title: str,
   """
   reliability = reliability or {}
   panels = 1 + len(reliability)
-  fig, axes = plt.subplots(1, panels, figsize=(5.5 + 4 * (panels - 1), 4),
-                           dpi=120, squeeze=False)
+  fig, axes = plt.subplots(
+    1, panels, figsize=(5.5 + 4 * (panels - 1), 4), dpi=120, squeeze=False
+  )
   _curve_panel(axes[0, 0], records)
   for ax, (name, bins) in zip(axes[0, 1:], reliability.items()):
     _reliability_panel(ax, name, bins)

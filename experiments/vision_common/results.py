@@ -7,8 +7,15 @@ from experiments.vision_common import plots
 from jaxexit import report, results_store
 from jaxexit.calibration import ReliabilityBins
 
-RESULT_FIELDS = ("method", "budget_or_threshold", "accuracy", "avg_flops",
-                 "flops_fraction", "ece", "realised_speedup")
+RESULT_FIELDS = (
+  "method",
+  "budget_or_threshold",
+  "accuracy",
+  "avg_flops",
+  "flops_fraction",
+  "ece",
+  "realised_speedup",
+)
 # What identifies a record in results.json across invocations into one --out.
 RESULT_KEY = ("method", "budget_or_threshold")
 
@@ -39,9 +46,14 @@ def _cell(field: str, value) -> str:
   return f"{value:.4g}"
 
 
-def write_results(out: pathlib.Path, records: list[dict], *, title: str,
-                  reliability: dict[str, ReliabilityBins] | None = None,
-                  notes: str = "") -> None:
+def write_results(
+  out: pathlib.Path,
+  records: list[dict],
+  *,
+  title: str,
+  reliability: dict[str, ReliabilityBins] | None = None,
+  notes: str = "",
+) -> None:
   """Writes `out/results.json`, `out/results.md` and `out/curve.png`.
 
   Args:
@@ -58,15 +70,19 @@ def write_results(out: pathlib.Path, records: list[dict], *, title: str,
   _check_records(records)
   out = pathlib.Path(out)
   out.mkdir(parents=True, exist_ok=True)
-  records = results_store.merge_records(out / "results.json", records,
-                                        RESULT_KEY)
+  records = results_store.merge_records(
+    out / "results.json", records, RESULT_KEY
+  )
   rows = [[_cell(f, rec[f]) for f in RESULT_FIELDS] for rec in records]
-  body = (f"# {title}\n\n{report.markdown_table(RESULT_FIELDS, rows)}\n\n"
-          "avg_flops: mean cumulative FLOPs of the exit taken per example; "
-          "ece: 15 equal-mass bins of the gated prediction's max-probability."
-          "\n")
+  body = (
+    f"# {title}\n\n{report.markdown_table(RESULT_FIELDS, rows)}\n\n"
+    "avg_flops: mean cumulative FLOPs of the exit taken per example; "
+    "ece: 15 equal-mass bins of the gated prediction's max-probability."
+    "\n"
+  )
   if notes:
     body += f"\n{notes.strip()}\n"
   (out / "results.md").write_text(body)
-  plots.curve_figure(records, out / "curve.png", title=title,
-                     reliability=reliability)
+  plots.curve_figure(
+    records, out / "curve.png", title=title, reliability=reliability
+  )

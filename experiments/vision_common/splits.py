@@ -33,5 +33,8 @@ def load_splits(cfg, data_dir) -> Splits:
   full = load_cifar("cifar10", "train", data_dir=data_dir)
   train, val = train_val_split(full, cfg.num_val, seed=cfg.seed)
   test = load_cifar("cifar10", "test", data_dir=data_dir)
-  return Splits(subset(train, cfg.max_train, cfg.seed), val,
-                subset(test, cfg.max_test, cfg.seed + 1))
+  return Splits(
+    subset(train, cfg.max_train, cfg.seed),
+    val,
+    subset(test, cfg.max_test, cfg.seed + 1),
+  )

@@ -31,14 +31,17 @@ _Images = Shaped[Array | np.ndarray, "B H W C"]
 
 def _check_rank4(images) -> None:
   if np.ndim(images) != 4:
-    raise ValueError(f"images must have 4 dims laid out as [B, H, W, C]; got "
-                     f"shape {np.shape(images)}")
+    raise ValueError(
+      f"images must have 4 dims laid out as [B, H, W, C]; got "
+      f"shape {np.shape(images)}"
+    )
 
 
-def normalize(images: UInt8[Array | np.ndarray, "B H W C"],
-              mean: tuple[float, ...] = CIFAR10_MEAN,
-              std: tuple[float, ...] = CIFAR10_STD
-              ) -> Float32[Array, "B H W C"]:
+def normalize(
+  images: UInt8[Array | np.ndarray, "B H W C"],
+  mean: tuple[float, ...] = CIFAR10_MEAN,
+  std: tuple[float, ...] = CIFAR10_STD,
+) -> Float32[Array, "B H W C"]:
   """Scales uint8 pixels to [0, 1], then standardises each channel.
 
   Args:
@@ -58,16 +61,19 @@ def normalize(images: UInt8[Array | np.ndarray, "B H W C"],
     raise ValueError(f"images must be uint8 (0-255); got dtype={images.dtype}")
   channels = images.shape[-1]
   if len(mean) != channels or len(std) != channels:
-    raise ValueError(f"mean and std need {channels} values for images "
-                     f"{images.shape}; got mean={mean}, std={std}")
+    raise ValueError(
+      f"mean and std need {channels} values for images "
+      f"{images.shape}; got mean={mean}, std={std}"
+    )
   checks.in_range("std", std, 0.0, np.inf, low_open=True, high_open=True)
   mean_c = jnp.asarray(mean, jnp.float32).reshape(1, 1, 1, channels)
   std_c = jnp.asarray(std, jnp.float32).reshape(1, 1, 1, channels)
   return (jnp.asarray(images, jnp.float32) / 255.0 - mean_c) / std_c
 
 
-def random_crop_flip(key: PRNGKeyArray, images: _Images, *, padding: int = 4,
-                     flip: bool = True) -> Shaped[Array, "B H W C"]:
+def random_crop_flip(
+  key: PRNGKeyArray, images: _Images, *, padding: int = 4, flip: bool = True
+) -> Shaped[Array, "B H W C"]:
   """Per-example random crop of the zero-padded image, and horizontal flip.
 
   Each image is padded with `padding` zeros on every side, an `H x W` window
@@ -125,8 +131,9 @@ def resize(images: _Images, size: int) -> Shaped[Array, "B Hs Ws C"]:
   checks.positive_int("size", size)
   images = jnp.asarray(images)
   batch, _, _, channels = images.shape
-  out = jax.image.resize(images.astype(jnp.float32),
-                         (batch, size, size, channels), "bilinear")
+  out = jax.image.resize(
+    images.astype(jnp.float32), (batch, size, size, channels), "bilinear"
+  )
   if jnp.issubdtype(images.dtype, jnp.integer):
     info = jnp.iinfo(images.dtype)
     out = jnp.clip(jnp.round(out), info.min, info.max)

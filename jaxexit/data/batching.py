@@ -21,8 +21,9 @@ from jaxtyping import Int64
 from jaxexit import checks
 
 
-def shuffled_batch_indices(step: int, num_examples: int, batch_size: int,
-                           seed: int) -> Int64[np.ndarray, "B"]:
+def shuffled_batch_indices(
+  step: int, num_examples: int, batch_size: int, seed: int
+) -> Int64[np.ndarray, "B"]:
   """Indices of the training batch at `step` (shuffled epochs, drop-last).
 
   Args:
@@ -43,11 +44,13 @@ def shuffled_batch_indices(step: int, num_examples: int, batch_size: int,
   checks.positive_int("batch_size", batch_size)
   checks.positive_int("seed", seed, minimum=0)
   if batch_size > num_examples:
-    raise ValueError(f"batch_size must be <= num_examples={num_examples}; "
-                     f"got batch_size={batch_size}")
+    raise ValueError(
+      f"batch_size must be <= num_examples={num_examples}; "
+      f"got batch_size={batch_size}"
+    )
   epoch, i = divmod(step, num_examples // batch_size)
   perm = np.random.default_rng([seed, epoch]).permutation(num_examples)
-  return perm[i * batch_size:(i + 1) * batch_size].astype(np.int64)
+  return perm[i * batch_size : (i + 1) * batch_size].astype(np.int64)
 
 
 class EvalBatch(NamedTuple):
@@ -103,8 +106,7 @@ class LengthBucketedBatches:
     batches_per_epoch: batches in one epoch.
   """
 
-  def __init__(self, lengths, batch_size: int, seed: int,
-               widths=(16, 32, 64)):
+  def __init__(self, lengths, batch_size: int, seed: int, widths=(16, 32, 64)):
     """Groups examples by length.
 
     Args:
@@ -122,18 +124,23 @@ class LengthBucketedBatches:
     checks.positive_int("seed", seed, minimum=0)
     self.widths = tuple(sorted(int(w) for w in widths))
     if lengths.size and lengths.max() > self.widths[-1]:
-      raise ValueError(f"an example has length {int(lengths.max())} > the "
-                       f"largest bucket width {self.widths[-1]}")
+      raise ValueError(
+        f"an example has length {int(lengths.max())} > the "
+        f"largest bucket width {self.widths[-1]}"
+      )
     bucket = np.searchsorted(self.widths, lengths)  # first width >= length
-    self._members = [np.flatnonzero(bucket == k)
-                     for k in range(len(self.widths))]
+    self._members = [
+      np.flatnonzero(bucket == k) for k in range(len(self.widths))
+    ]
     self._seed = seed
     self._batch_size = batch_size
     self.batches_per_epoch = sum(len(m) // batch_size for m in self._members)
     if self.batches_per_epoch == 0:
-      raise ValueError(f"no length bucket holds batch_size={batch_size} "
-                       f"examples (bucket sizes "
-                       f"{[len(m) for m in self._members]})")
+      raise ValueError(
+        f"no length bucket holds batch_size={batch_size} "
+        f"examples (bucket sizes "
+        f"{[len(m) for m in self._members]})"
+      )
     self._epoch_cache: tuple[int, list] | None = None
 
   def _epoch(self, epoch: int) -> list[tuple[np.ndarray, int]]:
@@ -143,8 +150,9 @@ class LengthBucketedBatches:
       for width, members in zip(self.widths, self._members):
         perm = rng.permutation(members)
         for i in range(len(perm) // self._batch_size):
-          chunks.append((perm[i * self._batch_size:
-                              (i + 1) * self._batch_size], width))
+          chunks.append(
+            (perm[i * self._batch_size : (i + 1) * self._batch_size], width)
+          )
       order = rng.permutation(len(chunks))
       self._epoch_cache = (epoch, [chunks[i] for i in order])
     return self._epoch_cache[1]
@@ -157,9 +165,9 @@ class LengthBucketedBatches:
     return indices.astype(np.int64), width
 
 
-def length_bucketed_eval_batches(lengths, batch_size: int,
-                                 widths=(16, 32, 64)
-                                 ) -> list[tuple[EvalBatch, int]]:
+def length_bucketed_eval_batches(
+  lengths, batch_size: int, widths=(16, 32, 64)
+) -> list[tuple[EvalBatch, int]]:
   """Evaluation batches grouped by length: `[(EvalBatch, width), ...]`.
 
   Every example appears once; within a width, batches have one static size
@@ -175,15 +183,18 @@ def length_bucketed_eval_batches(lengths, batch_size: int,
   checks.positive_int("batch_size", batch_size)
   widths = tuple(sorted(int(w) for w in widths))
   if lengths.size and lengths.max() > widths[-1]:
-    raise ValueError(f"an example has length {int(lengths.max())} > the "
-                     f"largest bucket width {widths[-1]}")
+    raise ValueError(
+      f"an example has length {int(lengths.max())} > the "
+      f"largest bucket width {widths[-1]}"
+    )
   bucket = np.searchsorted(widths, lengths)
   out = []
   for k, width in enumerate(widths):
     members = np.flatnonzero(bucket == k)
     for start in range(0, len(members), batch_size):
-      chunk = members[start:start + batch_size]
+      chunk = members[start : start + batch_size]
       padded = np.concatenate(
-          [chunk, np.full(batch_size - len(chunk), chunk[-1])])
+        [chunk, np.full(batch_size - len(chunk), chunk[-1])]
+      )
       out.append((EvalBatch(padded.astype(np.int64), len(chunk)), width))
   return out

@@ -59,8 +59,9 @@ def build_glue(task: str, data_dir: Path, out: Path) -> dict[str, str]:
   return digests
 
 
-def _keep_first_per_class(src: tarfile.TarFile, dst: tarfile.TarFile,
-                          split: str, per_class: int) -> None:
+def _keep_first_per_class(
+  src: tarfile.TarFile, dst: tarfile.TarFile, split: str, per_class: int
+) -> None:
   counts: dict[str, int] = {}
   for info in src:
     parts = info.name.split("/")
@@ -81,11 +82,17 @@ def build_cifar(split: str, data_dir: Path, out: Path) -> Path:
   dest = out / spec.subdir / spec.splits[split]
   dest.parent.mkdir(parents=True, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=dest.parent, suffix=".tmp")
-  with os.fdopen(fd, "wb") as raw, \
-      gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz, \
-      tarfile.open(archive, "r:gz") as src:
-    with tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT,
-                      pax_headers=src.pax_headers) as dst:
+  with (
+    os.fdopen(fd, "wb") as raw,
+    gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz,
+    tarfile.open(archive, "r:gz") as src,
+  ):
+    with tarfile.open(
+      fileobj=gz,
+      mode="w",
+      format=tarfile.PAX_FORMAT,
+      pax_headers=src.pax_headers,
+    ) as dst:
       _keep_first_per_class(src, dst, split, bundled.CIFAR_PER_CLASS[split])
   _replace_atomically(tmp, dest)
   return dest
@@ -96,8 +103,10 @@ def _sha256(path: Path) -> str:
 
 
 def main(argv=None) -> None:
-  parser = argparse.ArgumentParser(prog="python -m jaxexit.data.bundle_build",
-                                   description=__doc__.splitlines()[0])
+  parser = argparse.ArgumentParser(
+    prog="python -m jaxexit.data.bundle_build",
+    description=__doc__.splitlines()[0],
+  )
   location.add_data_dir_flag(parser)
   parser.add_argument("--out", type=Path, default=bundled.ROOT)
   args = parser.parse_args(argv)
@@ -107,8 +116,10 @@ def main(argv=None) -> None:
       print(f"{name}: sha256 {digest}; {packed.stat().st_size} bytes as xz")
   for split in bundled.CIFAR_PER_CLASS:
     path = build_cifar(split, args.data_dir, args.out)
-    print(f"{path.relative_to(args.out)}: {path.stat().st_size} bytes, "
-          f"sha256 {_sha256(path)}")
+    print(
+      f"{path.relative_to(args.out)}: {path.stat().st_size} bytes, "
+      f"sha256 {_sha256(path)}"
+    )
   licence = location.resolve_data_dir(args.data_dir) / "glue" / "LICENSE.alps"
   if licence.is_file():
     shutil.copyfile(licence, args.out / "LICENSE.alps")

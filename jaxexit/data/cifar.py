@@ -50,8 +50,10 @@ IMAGE_SIZE = 32
 CACHE_ENV_VAR = "JAXEXIT_CACHE"
 # Bump when the decoded layout changes, so old cache files are not reused.
 _CACHE_FORMAT = 1
-_FILES_HINT = ("\nOr use source='files' (CIFAR-10 only).\n"
-               + location.how_to_obtain("cifar10"))
+_FILES_HINT = (
+  "\nOr use source='files' (CIFAR-10 only).\n"
+  + location.how_to_obtain("cifar10")
+)
 
 
 class CorruptDataError(ValueError):
@@ -76,19 +78,28 @@ class ImageSplit:
   subset_of: int | None = None
 
   def __post_init__(self):
-    if (self.images.dtype != np.uint8 or self.images.ndim != 4
-        or self.images.shape[-1] != 3):
-      raise ValueError(f"images must be uint8 [B, H, W, 3]; got "
-                       f"{self.images.dtype} {self.images.shape}")
-    if self.labels.shape != self.images.shape[:1]:
-      raise ValueError(f"labels must be [B] for images {self.images.shape}; "
-                       f"got {self.labels.shape}")
-    num = len(self.class_names)
-    if self.labels.size and not (0 <= self.labels.min()
-                                 and self.labels.max() < num):
+    if (
+      self.images.dtype != np.uint8
+      or self.images.ndim != 4
+      or self.images.shape[-1] != 3
+    ):
       raise ValueError(
-          f"labels must lie in [0, {num}) for {num} class_names; got range "
-          f"[{self.labels.min()}, {self.labels.max()}]")
+        f"images must be uint8 [B, H, W, 3]; got "
+        f"{self.images.dtype} {self.images.shape}"
+      )
+    if self.labels.shape != self.images.shape[:1]:
+      raise ValueError(
+        f"labels must be [B] for images {self.images.shape}; "
+        f"got {self.labels.shape}"
+      )
+    num = len(self.class_names)
+    if self.labels.size and not (
+      0 <= self.labels.min() and self.labels.max() < num
+    ):
+      raise ValueError(
+        f"labels must lie in [0, {num}) for {num} class_names; got range "
+        f"[{self.labels.min()}, {self.labels.max()}]"
+      )
 
   def __len__(self) -> int:
     return len(self.labels)
@@ -100,8 +111,11 @@ class ImageSplit:
     """
     if not isinstance(idx, slice):
       idx = np.asarray(idx)
-      idx = (np.flatnonzero(idx) if idx.dtype == bool
-             else idx.astype(np.int64).reshape(-1))
+      idx = (
+        np.flatnonzero(idx)
+        if idx.dtype == bool
+        else idx.astype(np.int64).reshape(-1)
+      )
     return ImageSplit(self.images[idx], self.labels[idx], self.class_names)
 
 
@@ -123,8 +137,9 @@ def _member_bytes(archive: Path, split: str) -> list[tuple[str, str, bytes]]:
         parts = info.name.split("/")
         if not info.isfile() or len(parts) != 3 or parts[0] != split:
           raise CorruptDataError(
-              f"{archive}: member {info.name!r} is not a file "
-              f"'{split}/<class>/<image>'")
+            f"{archive}: member {info.name!r} is not a file "
+            f"'{split}/<class>/<image>'"
+          )
         found.append((parts[1], info.name, tar.extractfile(info).read()))
       # tar stops at its end-of-archive blocks, which garbage can fake; reading
       # the gzip stream to its end checks its length and CRC.
@@ -133,8 +148,9 @@ def _member_bytes(archive: Path, split: str) -> list[tuple[str, str, bytes]]:
         pass
   except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as e:
     raise CorruptDataError(
-        f"{archive}: truncated or corrupt archive at member {member}: "
-        f"{type(e).__name__}: {e}") from e
+      f"{archive}: truncated or corrupt archive at member {member}: "
+      f"{type(e).__name__}: {e}"
+    ) from e
   if not found:
     raise CorruptDataError(f"{archive}: no '{split}/<class>/<image>' members")
   return found
@@ -148,12 +164,13 @@ def _decode(archive: Path, member: str, data: bytes) -> np.ndarray:
       mode, size, pixels = image.mode, image.size, np.asarray(image)
   except Exception as e:  # Pillow raises assorted types; all mean "corrupt".
     raise CorruptDataError(
-        f"{archive}: cannot decode member {member!r}: "
-        f"{type(e).__name__}: {e}") from e
+      f"{archive}: cannot decode member {member!r}: {type(e).__name__}: {e}"
+    ) from e
   if mode != "RGB" or size != (IMAGE_SIZE, IMAGE_SIZE):
     raise CorruptDataError(
-        f"{archive}: member {member!r} is a {size[0]}x{size[1]} {mode} image; "
-        f"expected {IMAGE_SIZE}x{IMAGE_SIZE} RGB")
+      f"{archive}: member {member!r} is a {size[0]}x{size[1]} {mode} image; "
+      f"expected {IMAGE_SIZE}x{IMAGE_SIZE} RGB"
+    )
   return pixels
 
 
@@ -185,8 +202,10 @@ def decode_archive(archive: str | os.PathLike, split: str) -> ImageSplit:
 
 def _cache_path(archive: Path, name: str, split: str, cache_dir: Path) -> Path:
   stat = archive.stat()
-  return (cache_dir / "cifar" / f"{name}_{split}_v{_CACHE_FORMAT}_"
-          f"{stat.st_size}_{stat.st_mtime_ns}.npz")
+  return (
+    cache_dir / "cifar" / f"{name}_{split}_v{_CACHE_FORMAT}_"
+    f"{stat.st_size}_{stat.st_mtime_ns}.npz"
+  )
 
 
 def _read_cache(path: Path) -> ImageSplit | None:
@@ -195,8 +214,9 @@ def _read_cache(path: Path) -> ImageSplit | None:
     return None
   try:
     with np.load(path) as f:
-      return ImageSplit(f["images"], f["labels"],
-                        tuple(str(c) for c in f["class_names"]))
+      return ImageSplit(
+        f["images"], f["labels"], tuple(str(c) for c in f["class_names"])
+      )
   except Exception as e:  # A damaged cache file is re-decoded, not fatal.
     warnings.warn(f"ignoring unreadable cache file {path}: {e}")
     return None
@@ -209,8 +229,12 @@ def _write_cache(path: Path, data: ImageSplit) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
     try:
       with os.fdopen(fd, "wb") as f:
-        np.savez(f, images=data.images, labels=data.labels,
-                 class_names=np.asarray(data.class_names))
+        np.savez(
+          f,
+          images=data.images,
+          labels=data.labels,
+          class_names=np.asarray(data.class_names),
+        )
       os.replace(tmp, path)
     finally:
       if os.path.exists(tmp):
@@ -219,8 +243,9 @@ def _write_cache(path: Path, data: ImageSplit) -> None:
     warnings.warn(f"cannot write cache file {path}: {e}")
 
 
-def _decode_cached(archive: Path, name: str, split: str,
-                   cache_dir) -> ImageSplit:
+def _decode_cached(
+  archive: Path, name: str, split: str, cache_dir
+) -> ImageSplit:
   cache_dir = default_cache_dir() if cache_dir is None else Path(cache_dir)
   path = _cache_path(archive, name, split, cache_dir.expanduser())
   data = _read_cache(path)
@@ -232,58 +257,70 @@ def _decode_cached(archive: Path, name: str, split: str,
 
 def _load_files(name: str, split: str, data_dir, cache_dir) -> ImageSplit:
   if name != "cifar10":
-    raise ValueError(f"source='files' has only cifar10; got name={name!r} "
-                     f"(use source='tfds')")
+    raise ValueError(
+      f"source='files' has only cifar10; got name={name!r} (use source='tfds')"
+    )
   archive = location.require_file(name, split, data_dir=data_dir)
   return _decode_cached(archive, name, split, cache_dir)
 
 
-def _load_bundled(split: str, data_dir, cache_dir,
-                  missing: location.DataNotFoundError) -> ImageSplit:
+def _load_bundled(
+  split: str, data_dir, cache_dir, missing: location.DataNotFoundError
+) -> ImageSplit:
   """The bundled CIFAR-10 subset; re-raises `missing` when none is shipped."""
   archive = bundled.cifar_archive(split)
   if archive is None:
     raise missing
   size, full = bundled.cifar_subset_size(split), bundled.CIFAR_FULL[split]
   bundled.notice(
-      f"cifar10 {split}: not in {bundled.missing_from('cifar10', data_dir)}; "
-      f"using the {size:,}-image subset bundled with jaxexit (first "
-      f"{bundled.CIFAR_PER_CLASS[split]} per class of the {full:,}; "
-      f"{bundled.SOURCES})")
+    f"cifar10 {split}: not in {bundled.missing_from('cifar10', data_dir)}; "
+    f"using the {size:,}-image subset bundled with jaxexit (first "
+    f"{bundled.CIFAR_PER_CLASS[split]} per class of the {full:,}; "
+    f"{bundled.SOURCES})"
+  )
   data = _decode_cached(archive, "cifar10_bundled", split, cache_dir)
   return dataclasses.replace(data, subset_of=full)
 
 
-def _load_tfds(name: str, split: str, data_dir, download: bool,
-               hint: str = "") -> ImageSplit:
+def _load_tfds(
+  name: str, split: str, data_dir, download: bool, hint: str = ""
+) -> ImageSplit:
   """Reads tfds `name` through `tfds.data_source`; `hint` ends any error."""
   try:
     import tensorflow_datasets as tfds
   except ImportError as e:
     raise TfdsUnavailableError(
-        f"source='tfds' needs tensorflow-datasets, which is not importable "
-        f"({e}).{hint}") from e
+      f"source='tfds' needs tensorflow-datasets, which is not importable "
+      f"({e}).{hint}"
+    ) from e
   try:
-    source = tfds.data_source(name, split=split, data_dir=data_dir,
-                              download=download)
+    source = tfds.data_source(
+      name, split=split, data_dir=data_dir, download=download
+    )
     class_names = tuple(source.dataset_info.features["label"].names)
     records = [source[i] for i in range(len(source))]
   except Exception as e:  # tfds raises assorted types; all mean "unavailable".
     raise TfdsUnavailableError(
-        f"cannot read tfds {name!r} split {split!r} from data_dir={data_dir} "
-        f"(None: the tfds default) with download={download}: "
-        f"{type(e).__name__}: {e}\nPass download=True to let tfds fetch "
-        f"it.{hint}") from e
+      f"cannot read tfds {name!r} split {split!r} from data_dir={data_dir} "
+      f"(None: the tfds default) with download={download}: "
+      f"{type(e).__name__}: {e}\nPass download=True to let tfds fetch "
+      f"it.{hint}"
+    ) from e
   images = np.stack([np.asarray(r["image"], np.uint8) for r in records])
   labels = np.asarray([r["label"] for r in records], np.int32).reshape(-1)
   return ImageSplit(images, labels, class_names)
 
 
-def load_cifar(name: str = "cifar10", split: str = "train", *,
-               data_dir: str | os.PathLike | None = None,
-               cache_dir: str | os.PathLike | None = None,
-               source: str = "auto", download: bool = False,
-               use_bundled: bool = True) -> ImageSplit:
+def load_cifar(
+  name: str = "cifar10",
+  split: str = "train",
+  *,
+  data_dir: str | os.PathLike | None = None,
+  cache_dir: str | os.PathLike | None = None,
+  source: str = "auto",
+  download: bool = False,
+  use_bundled: bool = True,
+) -> ImageSplit:
   """Loads one split of CIFAR-10 or CIFAR-100.
 
   With source="files" the archive is decoded once; later calls read
@@ -339,8 +376,9 @@ def load_cifar(name: str = "cifar10", split: str = "train", *,
   return _load_tfds(name, split, None, download)
 
 
-def train_val_split(split: ImageSplit, num_val: int, *,
-                    seed: int = 0) -> tuple[ImageSplit, ImageSplit]:
+def train_val_split(
+  split: ImageSplit, num_val: int, *, seed: int = 0
+) -> tuple[ImageSplit, ImageSplit]:
   """A seeded, class-stratified held-out split (e.g. 5000 of CIFAR-10 train).
 
   Each class gives `num_val * class_count / B` images, rounded by largest
@@ -370,19 +408,22 @@ def train_val_split(split: ImageSplit, num_val: int, *,
     asked, num_val = num_val, round(num_val * total / split.subset_of)
     num_val = min(max(num_val, 1), total - 1)
     bundled.notice(
-        f"cifar10: num_val={asked} does not fit the {total:,}-image bundled "
-        f"subset; holding out {num_val} (the same share of the full "
-        f"{split.subset_of:,})")
+      f"cifar10: num_val={asked} does not fit the {total:,}-image bundled "
+      f"subset; holding out {num_val} (the same share of the full "
+      f"{split.subset_of:,})"
+    )
   if num_val > total - 1:
-    raise ValueError(f"num_val must lie in [1, {total - 1}] for a split of "
-                     f"{total} examples; got num_val={num_val}")
+    raise ValueError(
+      f"num_val must lie in [1, {total - 1}] for a split of "
+      f"{total} examples; got num_val={num_val}"
+    )
   checks.positive_int("seed", seed, minimum=0)
   counts = np.bincount(split.labels, minlength=len(split.class_names))
   quota = num_val * counts / total
   per_class = np.floor(quota).astype(np.int64)
   # Largest remainder; a stable sort breaks ties by class id.
   order = np.argsort(-(quota - per_class), kind="stable")
-  per_class[order[:num_val - per_class.sum()]] += 1
+  per_class[order[: num_val - per_class.sum()]] += 1
   rng = np.random.default_rng(seed)
   val = np.zeros(total, bool)
   for label, k in enumerate(per_class):

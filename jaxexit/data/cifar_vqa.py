@@ -30,8 +30,9 @@ TYPE_NAMES = ("classify", "verify")
 CLASSIFY = ("what", "is", "in", "the", "image", "?")
 
 
-def cifar_vqa(split: ImageSplit, *, seed: int = 0,
-              num_examples: int | None = None) -> VQASet:
+def cifar_vqa(
+  split: ImageSplit, *, seed: int = 0, num_examples: int | None = None
+) -> VQASet:
   """One question per image of a labelled split.
 
   Args:
@@ -55,22 +56,28 @@ def cifar_vqa(split: ImageSplit, *, seed: int = 0,
   vocab = VQAVocab()
   unknown = [c for c in split.class_names if c not in vocab.answers]
   if unknown:
-    raise ValueError(f"class names {unknown} are not VQA answer words (only "
-                     f"CIFAR-10 classes are)")
+    raise ValueError(
+      f"class names {unknown} are not VQA answer words (only "
+      f"CIFAR-10 classes are)"
+    )
   num_classes = len(split.class_names)
   if num_classes < 2:
-    raise ValueError(f"need at least 2 classes to ask 'is this a ...'; got "
-                     f"class_names={split.class_names}")
+    raise ValueError(
+      f"need at least 2 classes to ask 'is this a ...'; got "
+      f"class_names={split.class_names}"
+    )
   checks.positive_int("seed", seed, minimum=0)
   rng = np.random.default_rng(seed)
   if num_examples is None:
     num_examples = len(split)
   checks.positive_int("num_examples", num_examples)
   if split.subset_of is not None and len(split) < num_examples <= (
-      split.subset_of):
+    split.subset_of
+  ):
     bundled.notice(
-        f"cifar10: num_examples={num_examples} exceeds the {len(split):,}-"
-        f"image bundled subset; using all {len(split):,}")
+      f"cifar10: num_examples={num_examples} exceeds the {len(split):,}-"
+      f"image bundled subset; using all {len(split):,}"
+    )
     num_examples = len(split)
   checks.in_range("num_examples", num_examples, 1, len(split))
   idx = rng.permutation(len(split))[:num_examples]
@@ -91,16 +98,27 @@ def cifar_vqa(split: ImageSplit, *, seed: int = 0,
       questions.append(["is", "this", article(word), word, "?"])
       answers.append(YES if y else NO)
   question_ids, question_lens = vocab.encode_padded(questions, QUESTION_LEN)
-  return VQASet(split.images[idx], question_ids, question_lens,
-                vocab.encode(answers), qtype.astype(np.int32), TYPE_NAMES,
-                vocab)
+  return VQASet(
+    split.images[idx],
+    question_ids,
+    question_lens,
+    vocab.encode(answers),
+    qtype.astype(np.int32),
+    TYPE_NAMES,
+    vocab,
+  )
 
 
-def load_cifar_vqa(split: str = "test", *, seed: int = 0,
-                   num_examples: int | None = None,
-                   data_dir: str | os.PathLike | None = None,
-                   cache_dir: str | os.PathLike | None = None,
-                   source: str = "auto", use_bundled: bool = True) -> VQASet:
+def load_cifar_vqa(
+  split: str = "test",
+  *,
+  seed: int = 0,
+  num_examples: int | None = None,
+  data_dir: str | os.PathLike | None = None,
+  cache_dir: str | os.PathLike | None = None,
+  source: str = "auto",
+  use_bundled: bool = True,
+) -> VQASet:
   """Loads a CIFAR-10 split and asks one question per image.
 
   Args:
@@ -119,6 +137,12 @@ def load_cifar_vqa(split: str = "test", *, seed: int = 0,
   Raises:
     The errors of `load_cifar` (e.g. `DataNotFoundError`) and `cifar_vqa`.
   """
-  data = load_cifar("cifar10", split, data_dir=data_dir, cache_dir=cache_dir,
-                    source=source, use_bundled=use_bundled)
+  data = load_cifar(
+    "cifar10",
+    split,
+    data_dir=data_dir,
+    cache_dir=cache_dir,
+    source=source,
+    use_bundled=use_bundled,
+  )
   return cifar_vqa(data, seed=seed, num_examples=num_examples)

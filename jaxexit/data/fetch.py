@@ -39,12 +39,17 @@ def offline() -> bool:
   return value in ("1", "true", "yes", "on")
 
 
-def _stream(response, out, total: int | None, desc: str,
-            progress: bool) -> str:
+def _stream(response, out, total: int | None, desc: str, progress: bool) -> str:
   """Copies `response` to `out`; returns the sha256 hex digest."""
   digest = hashlib.sha256()
-  with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024,
-            desc=desc, disable=not progress) as bar:
+  with tqdm(
+    total=total,
+    unit="B",
+    unit_scale=True,
+    unit_divisor=1024,
+    desc=desc,
+    disable=not progress,
+  ) as bar:
     while chunk := response.read(_CHUNK):
       digest.update(chunk)
       out.write(chunk)
@@ -52,9 +57,15 @@ def _stream(response, out, total: int | None, desc: str,
   return digest.hexdigest()
 
 
-def download(url: str, dest: str | os.PathLike, *, sha256: str | None,
-             size: int | None, progress: bool = True,
-             timeout: float = TIMEOUT_S) -> str:
+def download(
+  url: str,
+  dest: str | os.PathLike,
+  *,
+  sha256: str | None,
+  size: int | None,
+  progress: bool = True,
+  timeout: float = TIMEOUT_S,
+) -> str:
   """Downloads `url` to `dest` after checking its size and sha256.
 
   Args:
@@ -78,8 +89,9 @@ def download(url: str, dest: str | os.PathLike, *, sha256: str | None,
   if offline():
     raise FetchError(f"not downloading {url}: ${OFFLINE_ENV_VAR} is set")
   dest = Path(dest)
-  fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.",
-                             suffix=".part")
+  fd, tmp = tempfile.mkstemp(
+    dir=dest.parent, prefix=f".{dest.name}.", suffix=".part"
+  )
   try:
     with os.fdopen(fd, "wb") as out:
       try:
@@ -91,12 +103,15 @@ def download(url: str, dest: str | os.PathLike, *, sha256: str | None,
         raise FetchError(f"{url}: {type(e).__name__}: {e}") from e
       got = out.tell()
     if size is not None and got != size:
-      raise FetchError(f"{url}: got {got} bytes; expected {size} "
-                       f"(interrupted or changed upstream)")
+      raise FetchError(
+        f"{url}: got {got} bytes; expected {size} "
+        f"(interrupted or changed upstream)"
+      )
     if sha256 is not None and actual != sha256.lower():
       raise ChecksumError(
-          f"{url} -> {dest}: sha256 mismatch: got {actual}, expected "
-          f"{sha256.lower()}; the file was not kept")
+        f"{url} -> {dest}: sha256 mismatch: got {actual}, expected "
+        f"{sha256.lower()}; the file was not kept"
+      )
     os.chmod(tmp, 0o644)  # mkstemp creates 0o600
     os.replace(tmp, dest)
     return actual

@@ -43,24 +43,26 @@ try:
   from tokenizers import decoders, models, pre_tokenizers
 except ImportError as e:  # pragma: no cover - depends on the environment
   raise ImportError(
-      "jaxexit.data.gguf_tokenizer needs the `gguf` and `tokenizers` "
-      "packages (pip install 'jaxexit[models]')") from e
+    "jaxexit.data.gguf_tokenizer needs the `gguf` and `tokenizers` "
+    "packages (pip install 'jaxexit[models]')"
+  ) from e
 
 TokenIds = Sequence[int] | Int[np.ndarray, "T"] | Int[Array, "T"]
 
 _BYTE_LEVEL = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
 _PRE_TOKENIZERS = {
-    "smollm": pre_tokenizers.Sequence(
-        [pre_tokenizers.Digits(individual_digits=True), _BYTE_LEVEL]),
-    "starcoder": pre_tokenizers.Sequence(
-        [pre_tokenizers.Digits(individual_digits=True), _BYTE_LEVEL]),
-    "gpt-2": _BYTE_LEVEL,
+  "smollm": pre_tokenizers.Sequence(
+    [pre_tokenizers.Digits(individual_digits=True), _BYTE_LEVEL]
+  ),
+  "starcoder": pre_tokenizers.Sequence(
+    [pre_tokenizers.Digits(individual_digits=True), _BYTE_LEVEL]
+  ),
+  "gpt-2": _BYTE_LEVEL,
 }
 _REQUIRED = object()
 
 
-def open_gguf(source: str | os.PathLike | gguf.GGUFReader
-              ) -> gguf.GGUFReader:
+def open_gguf(source: str | os.PathLike | gguf.GGUFReader) -> gguf.GGUFReader:
   """Opens a GGUF file (memory-mapped; tensors are read lazily).
 
   Args:
@@ -80,8 +82,10 @@ def open_gguf(source: str | os.PathLike | gguf.GGUFReader
   try:
     return gguf.GGUFReader(path, "r")
   except Exception as e:  # gguf raises bare ValueErrors, mmap errors, ...
-    raise ValueError(f"{path!r} is not a readable GGUF file (truncated or "
-                     f"corrupt?): {type(e).__name__}: {e}") from e
+    raise ValueError(
+      f"{path!r} is not a readable GGUF file (truncated or "
+      f"corrupt?): {type(e).__name__}: {e}"
+    ) from e
 
 
 def gguf_field(reader: gguf.GGUFReader, key: str, default=_REQUIRED):
@@ -93,8 +97,9 @@ def gguf_field(reader: gguf.GGUFReader, key: str, default=_REQUIRED):
   field = reader.fields.get(key)
   if field is None:
     if default is _REQUIRED:
-      raise ValueError(f"GGUF file {reader.data.filename!r} has no metadata "
-                       f"field {key!r}")
+      raise ValueError(
+        f"GGUF file {reader.data.filename!r} has no metadata field {key!r}"
+      )
     return default
   return field.contents()
 
@@ -106,11 +111,15 @@ def _byte_level_bpe(reader: gguf.GGUFReader) -> tokenizers.Tokenizer:
   types = gguf_field(reader, "tokenizer.ggml.token_type", None)
   pre = gguf_field(reader, "tokenizer.ggml.pre", "gpt-2")
   if pre not in _PRE_TOKENIZERS:
-    raise ValueError(f"unsupported tokenizer.ggml.pre={pre!r}; expected one "
-                     f"of {sorted(_PRE_TOKENIZERS)}")
+    raise ValueError(
+      f"unsupported tokenizer.ggml.pre={pre!r}; expected one "
+      f"of {sorted(_PRE_TOKENIZERS)}"
+    )
   if types is not None and len(types) != len(tokens):
-    raise ValueError(f"tokenizer.ggml.token_type has {len(types)} entries "
-                     f"but tokenizer.ggml.tokens has {len(tokens)}")
+    raise ValueError(
+      f"tokenizer.ggml.token_type has {len(types)} entries "
+      f"but tokenizer.ggml.tokens has {len(tokens)}"
+    )
   vocab = {t: i for i, t in enumerate(tokens)}
   pairs = [tuple(m.split(" ")) for m in merges]
   bad = next((m for m, p in zip(merges, pairs) if len(p) != 2), None)
@@ -120,21 +129,36 @@ def _byte_level_bpe(reader: gguf.GGUFReader) -> tokenizers.Tokenizer:
   tok.pre_tokenizer = _PRE_TOKENIZERS[pre]
   tok.decoder = decoders.ByteLevel()
   types = types or [gguf.TokenType.NORMAL] * len(tokens)
-  tok.add_special_tokens([
+  tok.add_special_tokens(
+    [
       tokenizers.AddedToken(t, special=True, normalized=False)
-      for t, k in zip(tokens, types) if k == gguf.TokenType.CONTROL])
-  tok.add_tokens([
+      for t, k in zip(tokens, types)
+      if k == gguf.TokenType.CONTROL
+    ]
+  )
+  tok.add_tokens(
+    [
       tokenizers.AddedToken(t, special=False, normalized=False)
-      for t, k in zip(tokens, types) if k == gguf.TokenType.USER_DEFINED])
+      for t, k in zip(tokens, types)
+      if k == gguf.TokenType.USER_DEFINED
+    ]
+  )
   return tok
 
 
 class GGUFTokenizer:
   """A GGUF file's tokeniser: text ↔ ids, and its chat template."""
 
-  def __init__(self, tokenizer: tokenizers.Tokenizer, *, bos_id: int,
-               eos_id: int, pad_id: int | None = None, add_bos: bool = False,
-               chat_template: str | None = None):
+  def __init__(
+    self,
+    tokenizer: tokenizers.Tokenizer,
+    *,
+    bos_id: int,
+    eos_id: int,
+    pad_id: int | None = None,
+    add_bos: bool = False,
+    chat_template: str | None = None,
+  ):
     """Wraps a `tokenizers.Tokenizer` (use `from_gguf` to read a file).
 
     Args:
@@ -150,19 +174,24 @@ class GGUFTokenizer:
     """
     self._tok = tokenizer
     self.vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
-    for name, value in (("bos_id", bos_id), ("eos_id", eos_id),
-                        ("pad_id", pad_id)):
+    for name, value in (
+      ("bos_id", bos_id),
+      ("eos_id", eos_id),
+      ("pad_id", pad_id),
+    ):
       if value is not None and not 0 <= value < self.vocab_size:
-        raise ValueError(f"{name}={value} is outside the vocabulary "
-                         f"[0, {self.vocab_size})")
+        raise ValueError(
+          f"{name}={value} is outside the vocabulary [0, {self.vocab_size})"
+        )
     self.bos_id, self.eos_id, self.pad_id = bos_id, eos_id, pad_id
     self.add_bos = add_bos
     self.chat_template = chat_template
     self._template = None  # compiled on first use; jinja2 is optional
 
   @classmethod
-  def from_gguf(cls, source: str | os.PathLike | gguf.GGUFReader
-                ) -> "GGUFTokenizer":
+  def from_gguf(
+    cls, source: str | os.PathLike | gguf.GGUFReader
+  ) -> "GGUFTokenizer":
     """Reads the tokeniser of a GGUF file (path or open reader).
 
     Raises:
@@ -173,17 +202,19 @@ class GGUFTokenizer:
     reader = open_gguf(source)
     kind = gguf_field(reader, "tokenizer.ggml.model")
     if kind != "gpt2":
-      raise ValueError(f"unsupported tokenizer.ggml.model={kind!r} in "
-                       f"{reader.data.filename!r}; only 'gpt2' (byte-level "
-                       "BPE) is implemented")
+      raise ValueError(
+        f"unsupported tokenizer.ggml.model={kind!r} in "
+        f"{reader.data.filename!r}; only 'gpt2' (byte-level "
+        "BPE) is implemented"
+      )
     return cls(
-        _byte_level_bpe(reader),
-        bos_id=gguf_field(reader, "tokenizer.ggml.bos_token_id"),
-        eos_id=gguf_field(reader, "tokenizer.ggml.eos_token_id"),
-        pad_id=gguf_field(reader, "tokenizer.ggml.padding_token_id", None),
-        add_bos=bool(gguf_field(reader, "tokenizer.ggml.add_bos_token",
-                                False)),
-        chat_template=gguf_field(reader, "tokenizer.chat_template", None))
+      _byte_level_bpe(reader),
+      bos_id=gguf_field(reader, "tokenizer.ggml.bos_token_id"),
+      eos_id=gguf_field(reader, "tokenizer.ggml.eos_token_id"),
+      pad_id=gguf_field(reader, "tokenizer.ggml.padding_token_id", None),
+      add_bos=bool(gguf_field(reader, "tokenizer.ggml.add_bos_token", False)),
+      chat_template=gguf_field(reader, "tokenizer.chat_template", None),
+    )
 
   @property
   def tokenizer(self) -> tokenizers.Tokenizer:
@@ -208,8 +239,7 @@ class GGUFTokenizer:
     add_bos = self.add_bos if add_bos is None else add_bos
     return [self.bos_id, *ids] if add_bos else ids
 
-  def decode(self, ids: TokenIds, *, skip_special_tokens: bool = False
-             ) -> str:
+  def decode(self, ids: TokenIds, *, skip_special_tokens: bool = False) -> str:
     """The text of `ids` (special tokens included unless skipped).
 
     Args:
@@ -222,12 +252,14 @@ class GGUFTokenizer:
     ids = [int(i) for i in ids]
     bad = [i for i in ids if not 0 <= i < self.vocab_size]
     if bad:
-      raise ValueError(f"token ids {bad[:5]} are outside the vocabulary "
-                       f"[0, {self.vocab_size})")
+      raise ValueError(
+        f"token ids {bad[:5]} are outside the vocabulary [0, {self.vocab_size})"
+      )
     return self._tok.decode(ids, skip_special_tokens=skip_special_tokens)
 
-  def apply_chat_template(self, messages: Sequence[dict], *,
-                          add_generation_prompt: bool = True) -> str:
+  def apply_chat_template(
+    self, messages: Sequence[dict], *, add_generation_prompt: bool = True
+  ) -> str:
     """Renders a conversation with the file's Jinja chat template.
 
     Rendered as `transformers` does (sandboxed Jinja, `trim_blocks`,
@@ -246,19 +278,27 @@ class GGUFTokenizer:
         index), or the template's own `raise_exception`.
     """
     if self.chat_template is None:
-      raise ValueError("this tokenizer has no chat template "
-                       "(tokenizer.chat_template absent from the GGUF)")
+      raise ValueError(
+        "this tokenizer has no chat template "
+        "(tokenizer.chat_template absent from the GGUF)"
+      )
     for i, m in enumerate(messages):
-      if (not isinstance(m, dict) or not isinstance(m.get("role"), str)
-          or not isinstance(m.get("content"), str)):
-        raise ValueError(f"messages[{i}]={m!r} must be a dict with str "
-                         "'role' and 'content'")
+      if (
+        not isinstance(m, dict)
+        or not isinstance(m.get("role"), str)
+        or not isinstance(m.get("content"), str)
+      ):
+        raise ValueError(
+          f"messages[{i}]={m!r} must be a dict with str 'role' and 'content'"
+        )
     if self._template is None:
       self._template = _compile(self.chat_template)
     return self._template.render(
-        messages=list(messages), add_generation_prompt=add_generation_prompt,
-        bos_token=self.id_to_token(self.bos_id),
-        eos_token=self.id_to_token(self.eos_id))
+      messages=list(messages),
+      add_generation_prompt=add_generation_prompt,
+      bos_token=self.id_to_token(self.bos_id),
+      eos_token=self.id_to_token(self.eos_id),
+    )
 
 
 def _compile(source: str):
@@ -266,8 +306,9 @@ def _compile(source: str):
   try:
     from jinja2.sandbox import ImmutableSandboxedEnvironment
   except ImportError as e:
-    raise ImportError("apply_chat_template needs the `jinja2` package "
-                      "(pip install jinja2)") from e
+    raise ImportError(
+      "apply_chat_template needs the `jinja2` package (pip install jinja2)"
+    ) from e
 
   def raise_exception(message):
     raise ValueError(f"chat template error: {message}")

@@ -103,36 +103,68 @@ class GlueTask:
     return tuple(self.layouts)
 
 
-def _headed(columns: str, text_a: str, text_b: str | None,
-            label: str) -> TsvLayout:
-  return TsvLayout(columns=tuple(columns.split()), has_header=True,
-                   text_a=text_a, text_b=text_b, label=label)
+def _headed(
+  columns: str, text_a: str, text_b: str | None, label: str
+) -> TsvLayout:
+  return TsvLayout(
+    columns=tuple(columns.split()),
+    has_header=True,
+    text_a=text_a,
+    text_b=text_b,
+    label=label,
+  )
 
 
-_PAIR4 = _headed("index sentence1 sentence2 label", "sentence1", "sentence2",
-                 "label")
-_MNLI_PARSES = ("index promptID pairID genre sentence1_binary_parse "
-                "sentence2_binary_parse sentence1_parse sentence2_parse "
-                "sentence1 sentence2 ")
-_MNLI_TRAIN = _headed(_MNLI_PARSES + "label1 gold_label", "sentence1",
-                      "sentence2", "gold_label")
-_MNLI_DEV = _headed(_MNLI_PARSES + "label1 label2 label3 label4 label5 "
-                    "gold_label", "sentence1", "sentence2", "gold_label")
+_PAIR4 = _headed(
+  "index sentence1 sentence2 label", "sentence1", "sentence2", "label"
+)
+_MNLI_PARSES = (
+  "index promptID pairID genre sentence1_binary_parse "
+  "sentence2_binary_parse sentence1_parse sentence2_parse "
+  "sentence1 sentence2 "
+)
+_MNLI_TRAIN = _headed(
+  _MNLI_PARSES + "label1 gold_label", "sentence1", "sentence2", "gold_label"
+)
+_MNLI_DEV = _headed(
+  _MNLI_PARSES + "label1 label2 label3 label4 label5 gold_label",
+  "sentence1",
+  "sentence2",
+  "gold_label",
+)
 # CoLA train/dev: source code, label, the author's acceptability mark ("*" or
 # empty), sentence; no header line.
-_COLA = TsvLayout(columns=("source", "label", "original_label", "sentence"),
-                  has_header=False, text_a="sentence", text_b=None,
-                  label="label")
+_COLA = TsvLayout(
+  columns=("source", "label", "original_label", "sentence"),
+  has_header=False,
+  text_a="sentence",
+  text_b=None,
+  label="label",
+)
 # MRPC headers contain spaces, so they are spelled out.
-_MRPC = TsvLayout(columns=("Quality", "#1 ID", "#2 ID", "#1 String",
-                           "#2 String"), has_header=True,
-                  text_a="#1 String", text_b="#2 String", label="Quality")
-_STSB = _headed("index genre filename year old_index source1 source2 "
-                "sentence1 sentence2 score", "sentence1", "sentence2", "score")
-_QQP = _headed("id qid1 qid2 question1 question2 is_duplicate", "question1",
-               "question2", "is_duplicate")
-_QNLI = _headed("index question sentence label", "question", "sentence",
-                "label")
+_MRPC = TsvLayout(
+  columns=("Quality", "#1 ID", "#2 ID", "#1 String", "#2 String"),
+  has_header=True,
+  text_a="#1 String",
+  text_b="#2 String",
+  label="Quality",
+)
+_STSB = _headed(
+  "index genre filename year old_index source1 source2 "
+  "sentence1 sentence2 score",
+  "sentence1",
+  "sentence2",
+  "score",
+)
+_QQP = _headed(
+  "id qid1 qid2 question1 question2 is_duplicate",
+  "question1",
+  "question2",
+  "is_duplicate",
+)
+_QNLI = _headed(
+  "index question sentence label", "question", "sentence", "label"
+)
 _SST2 = _headed("sentence label", "sentence", None, "label")
 
 _BINARY = ("0", "1")
@@ -143,39 +175,92 @@ _NLI3 = ("entailment", "neutral", "contradiction")
 _ACC = ("accuracy",)
 
 
-def _task(name, title, layout, label_names, metrics, selection, features,
-          *, layouts=None) -> GlueTask:
+def _task(
+  name,
+  title,
+  layout,
+  label_names,
+  metrics,
+  selection,
+  features,
+  *,
+  layouts=None,
+) -> GlueTask:
   return GlueTask(
-      name=name, title=title,
-      layouts=layouts or {"train": layout, "dev": layout},
-      label_names=label_names, metrics=metrics, selection=selection,
-      tfds_features=features)
+    name=name,
+    title=title,
+    layouts=layouts or {"train": layout, "dev": layout},
+    label_names=label_names,
+    metrics=metrics,
+    selection=selection,
+    tfds_features=features,
+  )
 
 
-TASKS: dict[str, GlueTask] = {t.name: t for t in [
-    _task("cola", "CoLA", _COLA, _BINARY, ("mcc",), ("mcc",),
-          ("sentence", None)),
+TASKS: dict[str, GlueTask] = {
+  t.name: t
+  for t in [
+    _task(
+      "cola", "CoLA", _COLA, _BINARY, ("mcc",), ("mcc",), ("sentence", None)
+    ),
     _task("sst2", "SST-2", _SST2, _BINARY, _ACC, _ACC, ("sentence", None)),
-    _task("mrpc", "MRPC", _MRPC, _BINARY, ("accuracy", "f1"),
-          ("accuracy", "f1"), ("sentence1", "sentence2")),
-    _task("stsb", "STS-B", _STSB, None, ("pearson", "spearman"),
-          ("pearson", "spearman"), ("sentence1", "sentence2")),
-    _task("qqp", "QQP", _QQP, _BINARY, ("accuracy", "f1"), ("accuracy", "f1"),
-          ("question1", "question2")),
-    _task("mnli", "MNLI", None, _NLI3, _ACC, _ACC, ("premise", "hypothesis"),
-          layouts={"train": _MNLI_TRAIN, "dev_matched": _MNLI_DEV,
-                   "dev_mismatched": _MNLI_DEV}),
+    _task(
+      "mrpc",
+      "MRPC",
+      _MRPC,
+      _BINARY,
+      ("accuracy", "f1"),
+      ("accuracy", "f1"),
+      ("sentence1", "sentence2"),
+    ),
+    _task(
+      "stsb",
+      "STS-B",
+      _STSB,
+      None,
+      ("pearson", "spearman"),
+      ("pearson", "spearman"),
+      ("sentence1", "sentence2"),
+    ),
+    _task(
+      "qqp",
+      "QQP",
+      _QQP,
+      _BINARY,
+      ("accuracy", "f1"),
+      ("accuracy", "f1"),
+      ("question1", "question2"),
+    ),
+    _task(
+      "mnli",
+      "MNLI",
+      None,
+      _NLI3,
+      _ACC,
+      _ACC,
+      ("premise", "hypothesis"),
+      layouts={
+        "train": _MNLI_TRAIN,
+        "dev_matched": _MNLI_DEV,
+        "dev_mismatched": _MNLI_DEV,
+      },
+    ),
     _task("qnli", "QNLI", _QNLI, _NLI2, _ACC, _ACC, ("question", "sentence")),
     _task("rte", "RTE", _PAIR4, _NLI2, _ACC, _ACC, ("sentence1", "sentence2")),
-    _task("wnli", "WNLI", _PAIR4, _BINARY, _ACC, _ACC,
-          ("sentence1", "sentence2")),
-]}
+    _task(
+      "wnli", "WNLI", _PAIR4, _BINARY, _ACC, _ACC, ("sentence1", "sentence2")
+    ),
+  ]
+}
 
 STS_B_RANGE = (0.0, 5.0)
 SOURCES = ("tsv", "tfds")
-_TFDS_SPLITS = {"train": "train", "dev": "validation",
-                "dev_matched": "validation_matched",
-                "dev_mismatched": "validation_mismatched"}
+_TFDS_SPLITS = {
+  "train": "train",
+  "dev": "validation",
+  "dev_matched": "validation_matched",
+  "dev_mismatched": "validation_mismatched",
+}
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -199,11 +284,13 @@ class GlueSplit:
 
   def __post_init__(self):
     n = len(self.texts_a)
-    if len(self.labels) != n or (self.texts_b is not None
-                                 and len(self.texts_b) != n):
+    if len(self.labels) != n or (
+      self.texts_b is not None and len(self.texts_b) != n
+    ):
       raise ValueError(
-          f"lengths differ: texts_a={n}, labels={len(self.labels)}, texts_b="
-          f"{None if self.texts_b is None else len(self.texts_b)}")
+        f"lengths differ: texts_a={n}, labels={len(self.labels)}, texts_b="
+        f"{None if self.texts_b is None else len(self.texts_b)}"
+      )
 
   def __len__(self) -> int:
     return len(self.texts_a)
@@ -233,8 +320,9 @@ def glue_task(task: str) -> GlueTask:
     key = None
   if key not in TASKS:
     titles = [t.title for t in TASKS.values()]
-    raise ValueError(f"unknown GLUE task={task!r}; known tasks: {titles} "
-                     f"(keys {list(TASKS)})")
+    raise ValueError(
+      f"unknown GLUE task={task!r}; known tasks: {titles} (keys {list(TASKS)})"
+    )
   return TASKS[key]
 
 
@@ -260,12 +348,14 @@ def _check_utf8(path, line_no: int, row: list[str]) -> None:
   except UnicodeEncodeError as e:
     byte = ord(e.object[e.start]) - 0xDC00
     raise ValueError(
-        f"{path}:{line_no}: not valid UTF-8 (byte 0x{byte:02x} at character "
-        f"{e.start + 1} of the line); re-save the file as UTF-8") from None
+      f"{path}:{line_no}: not valid UTF-8 (byte 0x{byte:02x} at character "
+      f"{e.start + 1} of the line); re-save the file as UTF-8"
+    ) from None
 
 
-def read_glue_tsv(path: str | os.PathLike, spec: GlueTask,
-                  split: str) -> GlueSplit:
+def read_glue_tsv(
+  path: str | os.PathLike, spec: GlueTask, split: str
+) -> GlueSplit:
   """Reads one GLUE TSV in the layout `spec.layouts[split]`.
 
   Args:
@@ -293,44 +383,58 @@ def read_glue_tsv(path: str | os.PathLike, spec: GlueTask,
   # utf-8-sig: MRPC files built from Microsoft's release may start with a BOM.
   # surrogateescape: a non-UTF-8 byte is reported with its line, not as a
   # bare UnicodeDecodeError from the decoder's buffer.
-  with opener(path, "rt", encoding="utf-8-sig", newline="",
-              errors="surrogateescape") as f:
+  with opener(
+    path, "rt", encoding="utf-8-sig", newline="", errors="surrogateescape"
+  ) as f:
     reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
     for line_no, row in enumerate(reader, start=1):
       _check_utf8(path, line_no, row)
       if line_no == 1 and layout.has_header:
         if tuple(c.strip() for c in row) != layout.columns:
           raise ValueError(
-              f"{path}:1: header of {where} should be "
-              f"{list(layout.columns)}; got {row}")
+            f"{path}:1: header of {where} should be "
+            f"{list(layout.columns)}; got {row}"
+          )
         continue
       if len(row) != width:
         raise ValueError(
-            f"{path}:{line_no}: {where} rows have {width} tab-separated "
-            f"columns {list(layout.columns)}; this line has {len(row)}: "
-            f"{row!r:.200}")
+          f"{path}:{line_no}: {where} rows have {width} tab-separated "
+          f"columns {list(layout.columns)}; this line has {len(row)}: "
+          f"{row!r:.200}"
+        )
       label = _parse_label(spec, row[il])
       if label is None:
-        allowed = (f"a score in {list(STS_B_RANGE)}" if spec.is_regression
-                   else f"one of {list(spec.label_names)}")
+        allowed = (
+          f"a score in {list(STS_B_RANGE)}"
+          if spec.is_regression
+          else f"one of {list(spec.label_names)}"
+        )
         raise ValueError(
-            f"{path}:{line_no}: {where} label column {layout.label!r} must "
-            f"be {allowed}; got {row[il]!r}")
+          f"{path}:{line_no}: {where} label column {layout.label!r} must "
+          f"be {allowed}; got {row[il]!r}"
+        )
       texts_a.append(row[ia])
       if ib is not None:
         texts_b.append(row[ib])
       labels.append(label)
   if not labels:
-    raise ValueError(f"{path}: {where} has no examples (the file is empty "
-                     "or holds only its header)")
+    raise ValueError(
+      f"{path}: {where} has no examples (the file is empty "
+      "or holds only its header)"
+    )
   dtype = np.float32 if spec.is_regression else np.int32
-  return GlueSplit(task=spec.name, split=split, texts_a=texts_a,
-                   texts_b=texts_b if ib is not None else None,
-                   labels=np.asarray(labels, dtype=dtype).reshape(-1))
+  return GlueSplit(
+    task=spec.name,
+    split=split,
+    texts_a=texts_a,
+    texts_b=texts_b if ib is not None else None,
+    labels=np.asarray(labels, dtype=dtype).reshape(-1),
+  )
 
 
-def _load_tfds(spec: GlueTask, split: str,
-               data_dir: str | os.PathLike | None) -> GlueSplit:
+def _load_tfds(
+  spec: GlueTask, split: str, data_dir: str | os.PathLike | None
+) -> GlueSplit:
   """Reads already-prepared tfds `glue/<task>`; never downloads."""
   name, tfds_split = f"glue/{spec.name}", _TFDS_SPLITS[split]
   fallback = f"Use source='tsv' instead. {location.how_to_obtain(spec.name)}"
@@ -338,36 +442,48 @@ def _load_tfds(spec: GlueTask, split: str,
     import tensorflow_datasets as tfds
   except ImportError as e:
     raise TfdsUnavailableError(
-        f"source='tfds' needs tensorflow-datasets (and TensorFlow to read "
-        f"GLUE's tfrecord files), which is not importable ({e}).\n"
-        f"{fallback}") from e
+      f"source='tfds' needs tensorflow-datasets (and TensorFlow to read "
+      f"GLUE's tfrecord files), which is not importable ({e}).\n"
+      f"{fallback}"
+    ) from e
   try:
     # download=False: tfds only reads what `download_and_prepare` already
     # wrote; an unprepared dataset raises instead of reaching the network.
-    ds = tfds.load(name, split=tfds_split, data_dir=data_dir,
-                   download=False, batch_size=-1)
+    ds = tfds.load(
+      name, split=tfds_split, data_dir=data_dir, download=False, batch_size=-1
+    )
     arrays = tfds.as_numpy(ds)
   except Exception as e:  # tfds raises assorted types; all mean "unavailable".
     raise TfdsUnavailableError(
-        f"cannot read prepared tfds {name!r} split {tfds_split!r} from "
-        f"data_dir={data_dir} (None: the tfds default) without downloading: "
-        f"{type(e).__name__}: {e}\n{fallback}") from e
+      f"cannot read prepared tfds {name!r} split {tfds_split!r} from "
+      f"data_dir={data_dir} (None: the tfds default) without downloading: "
+      f"{type(e).__name__}: {e}\n{fallback}"
+    ) from e
 
   def texts(key):
-    return [t.decode("utf-8") if isinstance(t, bytes) else str(t)
-            for t in np.asarray(arrays[key]).tolist()]
+    return [
+      t.decode("utf-8") if isinstance(t, bytes) else str(t)
+      for t in np.asarray(arrays[key]).tolist()
+    ]
 
   key_a, key_b = spec.tfds_features
   dtype = np.float32 if spec.is_regression else np.int32
   return GlueSplit(
-      task=spec.name, split=split, texts_a=texts(key_a),
-      texts_b=None if key_b is None else texts(key_b),
-      labels=np.asarray(arrays["label"]).astype(dtype).reshape(-1))
+    task=spec.name,
+    split=split,
+    texts_a=texts(key_a),
+    texts_b=None if key_b is None else texts(key_b),
+    labels=np.asarray(arrays["label"]).astype(dtype).reshape(-1),
+  )
 
 
-def load_glue(task: str, split: str, *,
-              data_dir: str | os.PathLike | None = None,
-              source: str = "tsv") -> GlueSplit:
+def load_glue(
+  task: str,
+  split: str,
+  *,
+  data_dir: str | os.PathLike | None = None,
+  source: str = "tsv",
+) -> GlueSplit:
   """Loads one labelled split of a GLUE task.
 
   Args:

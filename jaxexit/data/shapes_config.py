@@ -7,19 +7,22 @@ from jaxexit.data import shapes_render, vqa_vocab
 from jaxexit.data.vqa_vocab import NO, YES
 
 QUESTION_TYPES = ("count", "colour", "relative", "exists")
-DEFAULT_COLOURS = ("red", "green", "blue", "yellow", "magenta", "cyan",
-                   "white")
+DEFAULT_COLOURS = ("red", "green", "blue", "yellow", "magenta", "cyan", "white")
 
 
-def _check_names(name: str, values: tuple[str, ...], known: tuple[str, ...],
-                 minimum: int) -> None:
+def _check_names(
+  name: str, values: tuple[str, ...], known: tuple[str, ...], minimum: int
+) -> None:
   unknown = [v for v in values if v not in known]
   if unknown:
-    raise ValueError(f"unknown {name} {unknown}; expected some of "
-                     f"{list(known)}")
+    raise ValueError(
+      f"unknown {name} {unknown}; expected some of {list(known)}"
+    )
   if len(set(values)) != len(values) or len(values) < minimum:
-    raise ValueError(f"{name} must hold at least {minimum} distinct names; "
-                     f"got {name}={values!r}")
+    raise ValueError(
+      f"{name} must hold at least {minimum} distinct names; "
+      f"got {name}={values!r}"
+    )
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -57,8 +60,12 @@ class ShapesVQAConfig:
     checks.positive_int("grid", self.grid, minimum=2)
     checks.in_range("grid", self.grid, 2, vqa_vocab.MAX_NUMBER)
     checks.positive_int("max_objects", self.max_objects, minimum=2)
-    checks.in_range("max_objects", self.max_objects, 2,
-                    min(self.grid**2, vqa_vocab.MAX_NUMBER))
+    checks.in_range(
+      "max_objects",
+      self.max_objects,
+      2,
+      min(self.grid**2, vqa_vocab.MAX_NUMBER),
+    )
     _check_names("shapes", self.shapes, vqa_vocab.SHAPES, 2)
     _check_names("colours", self.colours, tuple(shapes_render.PALETTE), 2)
     _check_names("question_types", self.question_types, QUESTION_TYPES, 1)
@@ -70,21 +77,23 @@ class ShapesVQAConfig:
     cell = self.image_size // self.grid
     if self.object_size > cell:
       raise ValueError(
-          f"image_size={self.image_size} is too small for grid={self.grid}: "
-          f"its {cell}-pixel cells cannot hold {self.object_size}-pixel "
-          f"objects (need image_size >= {self.grid * self.object_size})")
+        f"image_size={self.image_size} is too small for grid={self.grid}: "
+        f"its {cell}-pixel cells cannot hold {self.object_size}-pixel "
+        f"objects (need image_size >= {self.grid * self.object_size})"
+      )
 
   @property
   def object_size(self) -> int:
     """Side of every object's box in pixels."""
-    return max(shapes_render.MIN_OBJECT_SIZE,
-               round(self.object_scale * self.image_size))
+    return max(
+      shapes_render.MIN_OBJECT_SIZE, round(self.object_scale * self.image_size)
+    )
 
   def answers(self, question_type: str) -> tuple[str, ...]:
     """The possible answers of one question type (balanced over)."""
     checks.one_of("question_type", question_type, self.question_types)
     if question_type == "count":
-      return vqa_vocab.NUMBERS[:self.max_objects + 1]
+      return vqa_vocab.NUMBERS[: self.max_objects + 1]
     if question_type == "colour":
       return self.colours
     return (YES, NO)

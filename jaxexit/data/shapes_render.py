@@ -19,10 +19,14 @@ from jaxexit.data import vqa_vocab
 # Flat RGB colours, bright and saturated so that they stand out from the dark
 # background of `shapes_vqa` and from each other.
 PALETTE = {
-    "red": (230, 40, 40), "green": (40, 200, 60), "blue": (50, 90, 240),
-    "yellow": (240, 220, 40), "magenta": (220, 50, 220),
-    "cyan": (40, 220, 230), "white": (245, 245, 245),
-    "orange": (250, 140, 20),
+  "red": (230, 40, 40),
+  "green": (40, 200, 60),
+  "blue": (50, 90, 240),
+  "yellow": (240, 220, 40),
+  "magenta": (220, 50, 220),
+  "cyan": (40, 220, 230),
+  "white": (245, 245, 245),
+  "orange": (250, 140, 20),
 }
 # Below 5 pixels a circle cannot be told from a square.
 MIN_OBJECT_SIZE = 5
@@ -66,20 +70,24 @@ def shape_mask(shape: str, size: int) -> Bool[np.ndarray, "k k"]:
 
 
 def _check_scene_arrays(valid, shape, colour, top, left) -> None:
-  checks.same_shape(("valid", "shape", "colour", "top", "left"),
-                    valid, shape, colour, top, left)
+  checks.same_shape(
+    ("valid", "shape", "colour", "top", "left"), valid, shape, colour, top, left
+  )
 
 
-def render_scenes(valid: Bool[np.ndarray, "B M"],
-                  shape: Int32[np.ndarray, "B M"],
-                  colour: Int32[np.ndarray, "B M"],
-                  top: Int32[np.ndarray, "B M"],
-                  left: Int32[np.ndarray, "B M"],
-                  background: UInt8[np.ndarray, "B 3"], *,
-                  image_size: int, object_size: int,
-                  shape_names: tuple[str, ...],
-                  colour_names: tuple[str, ...]
-                  ) -> UInt8[np.ndarray, "B H W 3"]:
+def render_scenes(
+  valid: Bool[np.ndarray, "B M"],
+  shape: Int32[np.ndarray, "B M"],
+  colour: Int32[np.ndarray, "B M"],
+  top: Int32[np.ndarray, "B M"],
+  left: Int32[np.ndarray, "B M"],
+  background: UInt8[np.ndarray, "B 3"],
+  *,
+  image_size: int,
+  object_size: int,
+  shape_names: tuple[str, ...],
+  colour_names: tuple[str, ...],
+) -> UInt8[np.ndarray, "B H W 3"]:
   """Paints the objects of a batch of scenes onto flat backgrounds.
 
   Objects must not overlap (later slots would paint over earlier ones) and
@@ -114,10 +122,19 @@ def render_scenes(valid: Bool[np.ndarray, "B M"],
   return images
 
 
-def render_scenes_reference(valid, shape, colour, top, left, background, *,
-                            image_size: int, object_size: int,
-                            shape_names: tuple[str, ...],
-                            colour_names: tuple[str, ...]) -> np.ndarray:
+def render_scenes_reference(
+  valid,
+  shape,
+  colour,
+  top,
+  left,
+  background,
+  *,
+  image_size: int,
+  object_size: int,
+  shape_names: tuple[str, ...],
+  colour_names: tuple[str, ...],
+) -> np.ndarray:
   """`render_scenes` with loops over examples, objects and pixels."""
   _check_scene_arrays(valid, shape, colour, top, left)
   images = np.zeros((len(valid), image_size, image_size, 3), np.uint8)

@@ -89,8 +89,11 @@ def _count(rng, config, target, c):
   num = np.where(by_shape, ns, nc)[:, None]  # [B, 1]
   val = _uniform_int(rng, 0, num[:, 0] - 1)
   has = slots < target[:, None]  # [B, M]
-  attr = np.where(has, val[:, None], _other(rng, np.broadcast_to(
-      val[:, None], has.shape), num))
+  attr = np.where(
+    has,
+    val[:, None],
+    _other(rng, np.broadcast_to(val[:, None], has.shape), num),
+  )
   c["shape"] = np.where(by_shape[:, None], attr, c["shape"])
   c["colour"] = np.where(by_shape[:, None], c["colour"], attr)
   c["variant"] = by_shape.astype(np.int64)
@@ -105,10 +108,12 @@ def _colour(rng, config, target, c):
   shape = rng.integers(0, len(config.shapes), n)
   c["colour"][:, 0] = target
   c["shape"][:, 0] = np.where(by_cell, c["shape"][:, 0], shape)
-  dup = (~by_cell[:, None] & (slots >= 1)
-         & (c["shape"] == shape[:, None]))  # [B, M]
-  c["shape"] = np.where(dup, _other(rng, c["shape"], len(config.shapes)),
-                        c["shape"])
+  dup = (
+    ~by_cell[:, None] & (slots >= 1) & (c["shape"] == shape[:, None])
+  )  # [B, M]
+  c["shape"] = np.where(
+    dup, _other(rng, c["shape"], len(config.shapes)), c["shape"]
+  )
   c["variant"] = by_cell.astype(np.int64)
   c["attrs"][:, 0] = target
   c["attrs"][:, 1] = np.where(by_cell, -1, shape)
@@ -124,8 +129,9 @@ def _relative(rng, config, target, c):
   horizontal = rel < 2
   row_b = np.where(horizontal, rng.integers(0, g, n), _other(rng, row_a, g))
   col_b = np.where(horizontal, _other(rng, col_a, g), rng.integers(0, g, n))
-  holds = np.choose(rel, [col_a < col_b, col_a > col_b, row_a < row_b,
-                          row_a > row_b])
+  holds = np.choose(
+    rel, [col_a < col_b, col_a > col_b, row_a < row_b, row_a > row_b]
+  )
   swap = holds != (target == 0)  # answer 0 is "yes"
   cell_a, cell_b = row_a * g + col_a, row_b * g + col_b
   rows = np.arange(n)
@@ -134,17 +140,21 @@ def _relative(rng, config, target, c):
   c["keys"][rows, np.where(swap, cell_a, cell_b)] = -1.0
   pair = c["shape"] * nc + c["colour"]  # [B, M]
   pair_a = pair[:, 0]
-  pair_b = np.where(pair[:, 1] == pair_a,
-                    _other_pair(rng, pair_a, pair_a, num_pairs), pair[:, 1])
+  pair_b = np.where(
+    pair[:, 1] == pair_a,
+    _other_pair(rng, pair_a, pair_a, num_pairs),
+    pair[:, 1],
+  )
   pair[:, 1] = pair_b
-  clash = (slots >= 2) & ((pair == pair_a[:, None]) |
-                          (pair == pair_b[:, None]))
-  pair = np.where(clash, _other_pair(rng, pair_a[:, None], pair_b[:, None],
-                                     num_pairs), pair)
+  clash = (slots >= 2) & ((pair == pair_a[:, None]) | (pair == pair_b[:, None]))
+  pair = np.where(
+    clash, _other_pair(rng, pair_a[:, None], pair_b[:, None], num_pairs), pair
+  )
   c["shape"], c["colour"] = np.divmod(pair, nc)
   c["variant"] = rel
-  c["attrs"][:] = np.stack([pair_a % nc, pair_a // nc, pair_b % nc,
-                            pair_b // nc], axis=1)
+  c["attrs"][:] = np.stack(
+    [pair_a % nc, pair_a // nc, pair_b % nc, pair_b // nc], axis=1
+  )
 
 
 def _exists(rng, config, target, c):
@@ -158,25 +168,32 @@ def _exists(rng, config, target, c):
   pair = c["shape"] * nc + c["colour"]  # [B, M]
   pair[:, 0] = np.where(yes, asked, pair[:, 0])
   clash = ~yes[:, None] & (pair == asked[:, None])
-  pair = np.where(clash, _other_pair(rng, asked[:, None], asked[:, None],
-                                     num_pairs), pair)
+  pair = np.where(
+    clash, _other_pair(rng, asked[:, None], asked[:, None], num_pairs), pair
+  )
   c["shape"], c["colour"] = np.divmod(pair, nc)
   c["attrs"][:, 0], c["attrs"][:, 1] = colour, shape
 
 
-_CONDITION = {"count": _count, "colour": _colour, "relative": _relative,
-              "exists": _exists}
+_CONDITION = {
+  "count": _count,
+  "colour": _colour,
+  "relative": _relative,
+  "exists": _exists,
+}
 
 
 def _candidates(rng, config: ShapesVQAConfig, qtype, target) -> Drawn:
   """One scene per (type, answer), drawn around that answer."""
   n, m, g = len(qtype), config.max_objects, config.grid
-  c = {"n_obj": _uniform_int(rng, 1, m, n),
-       "shape": rng.integers(0, len(config.shapes), (n, m)),
-       "colour": rng.integers(0, len(config.colours), (n, m)),
-       "keys": rng.random((n, g * g)),  # cells: the m lowest keys
-       "variant": np.zeros(n, np.int64),
-       "attrs": np.full((n, 4), -1, np.int64)}
+  c = {
+    "n_obj": _uniform_int(rng, 1, m, n),
+    "shape": rng.integers(0, len(config.shapes), (n, m)),
+    "colour": rng.integers(0, len(config.colours), (n, m)),
+    "keys": rng.random((n, g * g)),  # cells: the m lowest keys
+    "variant": np.zeros(n, np.int64),
+    "attrs": np.full((n, 4), -1, np.int64),
+  }
   for t, name in enumerate(config.question_types):
     idx = np.flatnonzero(qtype == t)
     part = {k: v[idx] for k, v in c.items()}
@@ -189,9 +206,17 @@ def _candidates(rng, config: ShapesVQAConfig, qtype, target) -> Drawn:
   def masked(x):
     return np.where(valid, x, -1).astype(np.int32)
 
-  return Drawn(valid, masked(cells // g), masked(cells % g),
-               masked(c["shape"]), masked(c["colour"]), qtype, target,
-               c["variant"], c["attrs"])
+  return Drawn(
+    valid,
+    masked(cells // g),
+    masked(cells % g),
+    masked(c["shape"]),
+    masked(c["colour"]),
+    qtype,
+    target,
+    c["variant"],
+    c["attrs"],
+  )
 
 
 def _splitmix64(x: np.ndarray) -> np.ndarray:
@@ -206,8 +231,9 @@ def scene_part(config: ShapesVQAConfig, drawn: Drawn) -> np.ndarray:
   """[B] the part in [0, num_splits) of each scene's layout."""
   nc, ns = len(config.colours), len(config.shapes)
   cell = drawn.row * config.grid + drawn.col
-  code = np.where(drawn.valid, (cell * ns + drawn.shape) * nc
-                  + drawn.colour + 1, 0)
+  code = np.where(
+    drawn.valid, (cell * ns + drawn.shape) * nc + drawn.colour + 1, 0
+  )
   code = np.sort(code, axis=1).astype(np.uint64)  # order-free: a set
   h = _splitmix64(np.full(len(code), config.seed, np.uint64))
   for j in range(code.shape[1]):
@@ -215,8 +241,12 @@ def scene_part(config: ShapesVQAConfig, drawn: Drawn) -> np.ndarray:
   return (h % np.uint64(config.num_splits)).astype(np.int64)
 
 
-def sample_split(rng: np.random.Generator, config: ShapesVQAConfig,
-                 num_examples: int, split_seed: int) -> Drawn:
+def sample_split(
+  rng: np.random.Generator,
+  config: ShapesVQAConfig,
+  num_examples: int,
+  split_seed: int,
+) -> Drawn:
   """Balanced questions over scenes of part `split_seed`.
 
   Args:
@@ -234,9 +264,11 @@ def sample_split(rng: np.random.Generator, config: ShapesVQAConfig,
   for t, name in enumerate(types):
     idx = np.flatnonzero(qtype == t)
     target[idx] = rng.permutation(
-        np.arange(len(idx)) % len(config.answers(name)))
-  reps = (1 if config.num_splits == 1
-          else _CANDIDATES_PER_PART * config.num_splits)
+      np.arange(len(idx)) % len(config.answers(name))
+    )
+  reps = (
+    1 if config.num_splits == 1 else _CANDIDATES_PER_PART * config.num_splits
+  )
   pending, out = np.arange(num_examples), {}
   for _ in range(_MAX_ROUNDS):
     need = np.repeat(pending, reps)  # sorted
@@ -252,13 +284,15 @@ def sample_split(rng: np.random.Generator, config: ShapesVQAConfig,
     if not pending.size:
       return Drawn(**out)
   raise RuntimeError(
-      f"found no scene of part {split_seed} of {config.num_splits} for "
-      f"{pending.size} of {num_examples} examples in {_MAX_ROUNDS} rounds; "
-      f"the scene space of {config} is too small for that many parts")
+    f"found no scene of part {split_seed} of {config.num_splits} for "
+    f"{pending.size} of {num_examples} examples in {_MAX_ROUNDS} rounds; "
+    f"the scene space of {config} is too small for that many parts"
+  )
 
 
-def relevant_objects(config: ShapesVQAConfig, drawn: Drawn
-                     ) -> Bool[np.ndarray, "B M"]:
+def relevant_objects(
+  config: ShapesVQAConfig, drawn: Drawn
+) -> Bool[np.ndarray, "B M"]:
   """[B, M] the objects a question is about: those counted, the one whose
   colour is asked, the two compared, or those that make "is there" true."""
   name = np.asarray(config.question_types)[drawn.qtype][:, None]  # [B, 1]
@@ -267,13 +301,15 @@ def relevant_objects(config: ShapesVQAConfig, drawn: Drawn
   is_colour = drawn.colour == attrs[:, :1]  # [B, M]
   is_shape = drawn.shape == attrs[:, 1:2]  # [B, M]
   return drawn.valid & np.select(
-      [name == "count", name == "colour", name == "relative"],
-      [np.where(variant == 0, is_colour, is_shape), slots == 0, slots <= 1],
-      is_colour & is_shape)
+    [name == "count", name == "colour", name == "relative"],
+    [np.where(variant == 0, is_colour, is_shape), slots == 0, slots <= 1],
+    is_colour & is_shape,
+  )
 
 
-def question_words(config: ShapesVQAConfig, drawn: Drawn
-                   ) -> tuple[list[list[str]], list[str]]:
+def question_words(
+  config: ShapesVQAConfig, drawn: Drawn
+) -> tuple[list[list[str]], list[str]]:
   """The question (a word list) and answer word of every example."""
   colours, shapes = config.colours, config.shapes
   answers = [config.answers(t) for t in config.question_types]
@@ -282,16 +318,35 @@ def question_words(config: ShapesVQAConfig, drawn: Drawn
     name, v = config.question_types[t], drawn.variant[i]
     ca, sa, cb, sb = drawn.attrs[i]
     if name == "count":
-      words = (["how", "many", colours[ca], "shapes"] if v == 0
-               else ["how", "many", PLURALS[shapes[sa]]])
+      words = (
+        ["how", "many", colours[ca], "shapes"]
+        if v == 0
+        else ["how", "many", PLURALS[shapes[sa]]]
+      )
     elif name == "colour":
       words = ["what", "colour", "is", "the"] + (
-          [shapes[sa]] if v == 0 else
-          ["shape", "at", "row", str(drawn.row[i, 0] + 1), "column",
-           str(drawn.col[i, 0] + 1)])
+        [shapes[sa]]
+        if v == 0
+        else [
+          "shape",
+          "at",
+          "row",
+          str(drawn.row[i, 0] + 1),
+          "column",
+          str(drawn.col[i, 0] + 1),
+        ]
+      )
     elif name == "relative":
-      words = (["is", "the", colours[ca], shapes[sa], *RELATIONS[v], "the",
-                colours[cb], shapes[sb]])
+      words = [
+        "is",
+        "the",
+        colours[ca],
+        shapes[sa],
+        *RELATIONS[v],
+        "the",
+        colours[cb],
+        shapes[sb],
+      ]
     else:
       words = ["is", "there", article(colours[ca]), colours[ca], shapes[sa]]
     questions.append(words + ["?"])

@@ -46,13 +46,21 @@ from jaxtyping import Bool, Int32
 
 from jaxexit import checks
 from jaxexit.data import shapes_render, shapes_sampling
-from jaxexit.data.shapes_config import (DEFAULT_COLOURS, QUESTION_TYPES,
-                                        ShapesVQAConfig)
+from jaxexit.data.shapes_config import (
+  DEFAULT_COLOURS,
+  QUESTION_TYPES,
+  ShapesVQAConfig,
+)
 from jaxexit.data.vqa_set import QUESTION_LEN, VQASet
 from jaxexit.data.vqa_vocab import VQAVocab
 
-__all__ = ["DEFAULT_COLOURS", "QUESTION_TYPES", "ShapesScenes",
-           "ShapesVQAConfig", "make_shapes_vqa"]
+__all__ = [
+  "DEFAULT_COLOURS",
+  "QUESTION_TYPES",
+  "ShapesScenes",
+  "ShapesVQAConfig",
+  "make_shapes_vqa",
+]
 
 # Background RGB channels are drawn from [0, BACKGROUND_MAX).
 BACKGROUND_MAX = 48
@@ -61,8 +69,16 @@ BACKGROUND_MAX = 48
 _CHUNK = 1024
 
 
-_ARRAY_FIELDS = ("valid", "relevant", "row", "col", "shape", "colour", "top",
-                 "left")
+_ARRAY_FIELDS = (
+  "valid",
+  "relevant",
+  "row",
+  "col",
+  "shape",
+  "colour",
+  "top",
+  "left",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,24 +119,36 @@ class ShapesScenes:
   def take(self, idx) -> "ShapesScenes":
     """The scenes at `idx` (anything that indexes a numpy array)."""
     arrays = {f: getattr(self, f)[idx] for f in _ARRAY_FIELDS}
-    return ShapesScenes(**arrays, shape_names=self.shape_names,
-                        colour_names=self.colour_names,
-                        object_size=self.object_size)
+    return ShapesScenes(
+      **arrays,
+      shape_names=self.shape_names,
+      colour_names=self.colour_names,
+      object_size=self.object_size,
+    )
 
   def objects(self, i: int) -> list[dict]:
     """The objects of image `i`: dicts of shape, colour (names), row, col
     (0-based cell), top, left (pixels) and relevant."""
-    return [{"shape": self.shape_names[self.shape[i, j]],
-             "colour": self.colour_names[self.colour[i, j]],
-             "row": int(self.row[i, j]), "col": int(self.col[i, j]),
-             "top": int(self.top[i, j]), "left": int(self.left[i, j]),
-             "relevant": bool(self.relevant[i, j])}
-            for j in np.flatnonzero(self.valid[i])]
+    return [
+      {
+        "shape": self.shape_names[self.shape[i, j]],
+        "colour": self.colour_names[self.colour[i, j]],
+        "row": int(self.row[i, j]),
+        "col": int(self.col[i, j]),
+        "top": int(self.top[i, j]),
+        "left": int(self.left[i, j]),
+        "relevant": bool(self.relevant[i, j]),
+      }
+      for j in np.flatnonzero(self.valid[i])
+    ]
 
 
-def _pixel_offsets(rng: np.random.Generator, config: ShapesVQAConfig,
-                   row: np.ndarray, col: np.ndarray
-                   ) -> tuple[np.ndarray, np.ndarray]:
+def _pixel_offsets(
+  rng: np.random.Generator,
+  config: ShapesVQAConfig,
+  row: np.ndarray,
+  col: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
   """Top-left pixels of objects placed uniformly inside their cells."""
   edges = (np.arange(config.grid + 1) * config.image_size) // config.grid
   k = config.object_size
@@ -133,8 +161,9 @@ def _pixel_offsets(rng: np.random.Generator, config: ShapesVQAConfig,
   return offset(row).astype(np.int32), offset(col).astype(np.int32)
 
 
-def _render(rng: np.random.Generator, config: ShapesVQAConfig,
-            scenes: ShapesScenes) -> np.ndarray:
+def _render(
+  rng: np.random.Generator, config: ShapesVQAConfig, scenes: ShapesScenes
+) -> np.ndarray:
   """Renders and noises the scenes, `_CHUNK` images at a time."""
   size = config.image_size
   images = np.empty((len(scenes), size, size, 3), np.uint8)
@@ -143,19 +172,29 @@ def _render(rng: np.random.Generator, config: ShapesVQAConfig,
     part = slice(start, start + _CHUNK)
     s = scenes.take(part)
     clean = shapes_render.render_scenes(
-        s.valid, s.shape, s.colour, s.top, s.left, background[part],
-        image_size=size, object_size=config.object_size,
-        shape_names=config.shapes, colour_names=config.colours)
+      s.valid,
+      s.shape,
+      s.colour,
+      s.top,
+      s.left,
+      background[part],
+      image_size=size,
+      object_size=config.object_size,
+      shape_names=config.shapes,
+      colour_names=config.colours,
+    )
     if config.noise:
-      noise = rng.integers(-config.noise, config.noise + 1, clean.shape,
-                           np.int16)
+      noise = rng.integers(
+        -config.noise, config.noise + 1, clean.shape, np.int16
+      )
       clean = np.clip(clean + noise, 0, 255).astype(np.uint8)
     images[part] = clean
   return images
 
 
-def make_shapes_vqa(config: ShapesVQAConfig, num_examples: int,
-                    split_seed: int) -> VQASet:
+def make_shapes_vqa(
+  config: ShapesVQAConfig, num_examples: int, split_seed: int
+) -> VQASet:
   """Draws one split of rendered scenes with one question each.
 
   Memory: the images take `num_examples * image_size**2 * 3` bytes (3.4 GB
@@ -179,21 +218,38 @@ def make_shapes_vqa(config: ShapesVQAConfig, num_examples: int,
   checks.positive_int("num_examples", num_examples)
   checks.positive_int("split_seed", split_seed, minimum=0)
   if split_seed >= config.num_splits:
-    raise ValueError(f"split_seed must lie in [0, {config.num_splits}) for "
-                     f"num_splits={config.num_splits}; got "
-                     f"split_seed={split_seed}")
+    raise ValueError(
+      f"split_seed must lie in [0, {config.num_splits}) for "
+      f"num_splits={config.num_splits}; got "
+      f"split_seed={split_seed}"
+    )
   rng = np.random.default_rng([config.seed, split_seed])
   drawn = shapes_sampling.sample_split(rng, config, num_examples, split_seed)
   top, left = _pixel_offsets(rng, config, drawn.row, drawn.col)
   scenes = ShapesScenes(
-      drawn.valid, shapes_sampling.relevant_objects(config, drawn), drawn.row,
-      drawn.col, drawn.shape, drawn.colour,
-      np.where(drawn.valid, top, -1), np.where(drawn.valid, left, -1),
-      config.shapes, config.colours, config.object_size)
+    drawn.valid,
+    shapes_sampling.relevant_objects(config, drawn),
+    drawn.row,
+    drawn.col,
+    drawn.shape,
+    drawn.colour,
+    np.where(drawn.valid, top, -1),
+    np.where(drawn.valid, left, -1),
+    config.shapes,
+    config.colours,
+    config.object_size,
+  )
   images = _render(rng, config, scenes)
   vocab = VQAVocab()
   questions, answers = shapes_sampling.question_words(config, drawn)
   question_ids, question_lens = vocab.encode_padded(questions, QUESTION_LEN)
-  return VQASet(images, question_ids, question_lens, vocab.encode(answers),
-                drawn.qtype.astype(np.int32), config.question_types, vocab,
-                scenes)
+  return VQASet(
+    images,
+    question_ids,
+    question_lens,
+    vocab.encode(answers),
+    drawn.qtype.astype(np.int32),
+    config.question_types,
+    vocab,
+    scenes,
+  )

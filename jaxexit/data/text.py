@@ -50,13 +50,18 @@ def _gsm8k(row: dict) -> str:
 def _commonsenseqa(row: dict) -> str:
   q = row["question"]
   choices = " ".join(f"({c['label']}) {c['text']}" for c in q["choices"])
-  answer = next(c["text"] for c in q["choices"]
-                if c["label"] == row["answerKey"])
+  answer = next(
+    c["text"] for c in q["choices"] if c["label"] == row["answerKey"]
+  )
   return f"Question: {q['stem']}\nChoices: {choices}\nAnswer: {answer}"
 
 
-def lm_texts(sources: Sequence[str] = LM_SOURCES, *, split: str = "train",
-             data_dir: str | os.PathLike | None = None) -> list[str]:
+def lm_texts(
+  sources: Sequence[str] = LM_SOURCES,
+  *,
+  split: str = "train",
+  data_dir: str | os.PathLike | None = None,
+) -> list[str]:
   """Documents of `sources` (each one of `LM_SOURCES`), in file order."""
   format_row = {"gsm8k": _gsm8k, "commonsenseqa": _commonsenseqa}
   texts = []
@@ -78,21 +83,33 @@ class TruthfulQAItem:
   category: str
 
 
-def load_truthfulqa(data_dir: str | os.PathLike | None = None
-                    ) -> list[TruthfulQAItem]:
+def load_truthfulqa(
+  data_dir: str | os.PathLike | None = None,
+) -> list[TruthfulQAItem]:
   """All questions of `TruthfulQA.csv`."""
   path = location.require_file("truthfulqa", "test", data_dir=data_dir)
   with open(path, encoding="utf-8", newline="") as f:
     rows = list(csv.DictReader(f))
-  needed = {"Question", "Best Answer", "Correct Answers", "Incorrect Answers",
-            "Category"}
+  needed = {
+    "Question",
+    "Best Answer",
+    "Correct Answers",
+    "Incorrect Answers",
+    "Category",
+  }
   if not rows or not needed <= set(rows[0]):
     raise ValueError(f"{path} lacks the TruthfulQA columns {sorted(needed)}")
   split = lambda s: tuple(a.strip() for a in s.split(";") if a.strip())
-  return [TruthfulQAItem(r["Question"], r["Best Answer"],
-                         split(r["Correct Answers"]),
-                         split(r["Incorrect Answers"]), r["Category"])
-          for r in rows]
+  return [
+    TruthfulQAItem(
+      r["Question"],
+      r["Best Answer"],
+      split(r["Correct Answers"]),
+      split(r["Incorrect Answers"]),
+      r["Category"],
+    )
+    for r in rows
+  ]
 
 
 class ByteTokenizer:
@@ -107,11 +124,13 @@ class ByteTokenizer:
 
   def decode(self, ids: Sequence[int]) -> str:
     return bytes(int(i) for i in ids if 0 <= int(i) < 256).decode(
-        "utf-8", errors="replace")
+      "utf-8", errors="replace"
+    )
 
 
-def pack_documents(documents: Sequence[Sequence[int]], seq_len: int, *,
-                   bos_id: int, eos_id: int) -> np.ndarray:
+def pack_documents(
+  documents: Sequence[Sequence[int]], seq_len: int, *, bos_id: int, eos_id: int
+) -> np.ndarray:
   """Concatenates `BOS doc EOS` for every document and cuts [n, seq_len] rows.
 
   The incomplete tail is dropped. Raises if not even one row fits.
@@ -122,6 +141,7 @@ def pack_documents(documents: Sequence[Sequence[int]], seq_len: int, *,
     stream += [bos_id, *doc, eos_id]
   n = len(stream) // seq_len
   if n == 0:
-    raise ValueError(f"{len(stream)} tokens do not fill one row of "
-                     f"seq_len={seq_len}")
-  return np.asarray(stream[:n * seq_len], np.int32).reshape(n, seq_len)
+    raise ValueError(
+      f"{len(stream)} tokens do not fill one row of seq_len={seq_len}"
+    )
+  return np.asarray(stream[: n * seq_len], np.int32).reshape(n, seq_len)

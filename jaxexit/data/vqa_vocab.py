@@ -26,28 +26,74 @@ from jaxexit import checks
 
 SPECIALS = ("<pad>", "<bos>", "<image>", "<answer>", "<unk>")
 SHAPES = ("square", "circle", "triangle", "cross")
-PLURALS = {"square": "squares", "circle": "circles",
-           "triangle": "triangles", "cross": "crosses"}
-COLOURS = ("red", "green", "blue", "yellow", "magenta", "cyan", "white",
-           "orange")
+PLURALS = {
+  "square": "squares",
+  "circle": "circles",
+  "triangle": "triangles",
+  "cross": "crosses",
+}
+COLOURS = (
+  "red",
+  "green",
+  "blue",
+  "yellow",
+  "magenta",
+  "cyan",
+  "white",
+  "orange",
+)
 # Counts, grid rows and grid columns are written as the digits 0-9.
 MAX_NUMBER = 9
 NUMBERS = tuple(str(i) for i in range(MAX_NUMBER + 1))
 YES, NO = "yes", "no"
 # CIFAR-10 class names in `jaxexit.data.cifar` order (sorted).
-CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog",
-                   "frog", "horse", "ship", "truck")
-TEMPLATE_WORDS = ("how", "many", "shapes", "what", "colour", "is", "the",
-                  "shape", "at", "row", "column", "left", "right", "of",
-                  "above", "below", "there", "a", "an", "in", "image", "this",
-                  "?")
+CIFAR10_CLASSES = (
+  "airplane",
+  "automobile",
+  "bird",
+  "cat",
+  "deer",
+  "dog",
+  "frog",
+  "horse",
+  "ship",
+  "truck",
+)
+TEMPLATE_WORDS = (
+  "how",
+  "many",
+  "shapes",
+  "what",
+  "colour",
+  "is",
+  "the",
+  "shape",
+  "at",
+  "row",
+  "column",
+  "left",
+  "right",
+  "of",
+  "above",
+  "below",
+  "there",
+  "a",
+  "an",
+  "in",
+  "image",
+  "this",
+  "?",
+)
 ANSWERS = NUMBERS + COLOURS + (YES, NO) + CIFAR10_CLASSES
-WORDS = tuple(dict.fromkeys(
-    SPECIALS + TEMPLATE_WORDS + SHAPES + tuple(PLURALS.values()) + ANSWERS))
+WORDS = tuple(
+  dict.fromkeys(
+    SPECIALS + TEMPLATE_WORDS + SHAPES + tuple(PLURALS.values()) + ANSWERS
+  )
+)
 
 
 def article(word: str) -> str:
-  """"an" before a vowel, else "a" (enough for the words above)."""
+  """ "an" before a vowel, else "a" (enough for the words above)."""
   return "an" if word[0] in "aeiou" else "a"
 
 
@@ -65,16 +111,18 @@ class VQAVocab:
   answers: tuple[str, ...] = ANSWERS
 
   def __post_init__(self):
-    if self.words[:len(SPECIALS)] != SPECIALS:
-      raise ValueError(f"words must start with {SPECIALS}; got "
-                       f"{self.words[:len(SPECIALS)]}")
+    if self.words[: len(SPECIALS)] != SPECIALS:
+      raise ValueError(
+        f"words must start with {SPECIALS}; got {self.words[: len(SPECIALS)]}"
+      )
     repeated = sorted({w for w in self.words if self.words.count(w) > 1})
     if repeated:
       raise ValueError(f"words must be distinct; repeated: {repeated}")
     bad = [a for a in self.answers if a not in self._index or a in SPECIALS]
     if bad:
-      raise ValueError(f"answers must be non-special words of the vocabulary; "
-                       f"got {bad}")
+      raise ValueError(
+        f"answers must be non-special words of the vocabulary; got {bad}"
+      )
 
   @functools.cached_property
   def _index(self) -> dict[str, int]:
@@ -114,11 +162,13 @@ class VQAVocab:
     try:
       return self._index[word]
     except KeyError:
-      raise ValueError(f"unknown word={word!r}; not in the "
-                       f"{len(self)}-word VQA vocabulary") from None
+      raise ValueError(
+        f"unknown word={word!r}; not in the {len(self)}-word VQA vocabulary"
+      ) from None
 
-  def encode(self, words: Sequence[str], *,
-             allow_unknown: bool = False) -> Int32[np.ndarray, "T"]:
+  def encode(
+    self, words: Sequence[str], *, allow_unknown: bool = False
+  ) -> Int32[np.ndarray, "T"]:
     """Ids of `words`.
 
     Args:
@@ -133,17 +183,20 @@ class VQAVocab:
         lists them.
     """
     if isinstance(words, str):
-      raise ValueError(f"words must be a sequence of words, not one string; "
-                       f"got {words!r} (split it first)")
+      raise ValueError(
+        f"words must be a sequence of words, not one string; "
+        f"got {words!r} (split it first)"
+      )
     unknown = [w for w in words if w not in self._index]
     if unknown and not allow_unknown:
       raise ValueError(f"unknown words {unknown} in {list(words)}")
-    return np.asarray([self._index.get(w, self.unk_id) for w in words],
-                      np.int32).reshape(-1)
+    return np.asarray(
+      [self._index.get(w, self.unk_id) for w in words], np.int32
+    ).reshape(-1)
 
-  def encode_padded(self, texts: Sequence[Sequence[str]], length: int
-                    ) -> tuple[Int32[np.ndarray, "B Q"],
-                               Int32[np.ndarray, "B"]]:
+  def encode_padded(
+    self, texts: Sequence[Sequence[str]], length: int
+  ) -> tuple[Int32[np.ndarray, "B Q"], Int32[np.ndarray, "B"]]:
     """Encodes texts into one right-padded array.
 
     Args:
@@ -162,9 +215,10 @@ class VQAVocab:
     lens = np.zeros(len(texts), np.int32)
     for i, text in enumerate(texts):
       if len(text) > length:
-        raise ValueError(f"text {i} has {len(text)} words > length={length}: "
-                         f"{list(text)}")
-      ids[i, :len(text)] = self.encode(text)
+        raise ValueError(
+          f"text {i} has {len(text)} words > length={length}: {list(text)}"
+        )
+      ids[i, : len(text)] = self.encode(text)
       lens[i] = len(text)
     return ids, lens
 

@@ -9,19 +9,42 @@ depth, FLOPs and consistency of a run). A backbone is anything that follows
 
 from jaxexit.decoding.backbone import DecoderBackbone
 from jaxexit.decoding.config import RULES, STATE_MODES, DecodeConfig
-from jaxexit.decoding.cost import (DecodeCosts, decode_costs,
-                                   decode_flops_fraction, token_flops)
-from jaxexit.decoding.engine import (DecodeOutput, cache_length, generate,
-                                     prefill, sample)
+from jaxexit.decoding.cost import (
+  DecodeCosts,
+  decode_costs,
+  decode_flops_fraction,
+  token_flops,
+)
+from jaxexit.decoding.engine import (
+  DecodeOutput,
+  cache_length,
+  generate,
+  prefill,
+  sample,
+)
 from jaxexit.decoding.exit_heads import DecoderExitHeads, LMHeadExits
 from jaxexit.decoding.full import generate_full
 from jaxexit.decoding.simulate import SimulatedExits, simulate_exits
 from jaxexit.decoding.metrics import decode_metrics
 
 __all__ = [
-    "RULES", "STATE_MODES", "DecodeConfig", "DecodeCosts", "DecodeOutput",
-    "DecoderBackbone", "DecoderExitHeads", "LMHeadExits", "SimulatedExits",
-    "cache_length", "decode_costs", "decode_flops_fraction", "decode_metrics",
-    "generate", "generate_full", "prefill", "sample", "simulate_exits",
-    "token_flops",
+  "RULES",
+  "STATE_MODES",
+  "DecodeConfig",
+  "DecodeCosts",
+  "DecodeOutput",
+  "DecoderBackbone",
+  "DecoderExitHeads",
+  "LMHeadExits",
+  "SimulatedExits",
+  "cache_length",
+  "decode_costs",
+  "decode_flops_fraction",
+  "decode_metrics",
+  "generate",
+  "generate_full",
+  "prefill",
+  "sample",
+  "simulate_exits",
+  "token_flops",
 ]

@@ -59,22 +59,37 @@ class DecoderBackbone(Protocol):
   def init_cache(self, batch: int, max_len: int) -> tuple[LayerCache, ...]:
     """An empty cache: one entry per layer, sized for `max_len` positions."""
 
-  def layer(self, i: int, h: Float[Array, "B T D"], cache: LayerCache,
-            positions: Int[Array, "B T"], valid: Bool[Array, "B T"]
-            ) -> tuple[Float[Array, "B T D"], LayerCache]:
+  def layer(
+    self,
+    i: int,
+    h: Float[Array, "B T D"],
+    cache: LayerCache,
+    positions: Int[Array, "B T"],
+    valid: Bool[Array, "B T"],
+  ) -> tuple[Float[Array, "B T D"], LayerCache]:
     """Block `i` (static int): its output and its updated cache."""
 
-  def propagate(self, i: int, h: Float[Array, "B T D"], cache: LayerCache,
-                positions: Int[Array, "B T"], valid: Bool[Array, "B T"]
-                ) -> LayerCache:
+  def propagate(
+    self,
+    i: int,
+    h: Float[Array, "B T D"],
+    cache: LayerCache,
+    positions: Int[Array, "B T"],
+    valid: Bool[Array, "B T"],
+  ) -> LayerCache:
     """Fills block `i`'s cache from a shallower hidden state `h` (CALM).
 
     Transformer: only the pre-attention norm and the K/V projections run.
     Mamba: the block's full state update runs on `h`, its output is dropped.
     """
 
-  def freeze(self, i: int, cache: LayerCache, positions: Int[Array, "B T"],
-             valid: Bool[Array, "B T"]) -> LayerCache:
+  def freeze(
+    self,
+    i: int,
+    cache: LayerCache,
+    positions: Int[Array, "B T"],
+    valid: Bool[Array, "B T"],
+  ) -> LayerCache:
     """Marks block `i`'s state at `positions` as skipped (masked KV / Δ=0)."""
 
   def final_norm(self, h: Float[Array, "B T D"]) -> Float[Array, "B T D"]:

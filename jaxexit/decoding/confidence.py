@@ -9,9 +9,13 @@ from jaxexit.exits import confidence
 from jaxexit.typing import Array, Float
 
 
-def token_confidence(rule: str, logits: Float[Array, "B V"],
-                     h_in: Float[Array, "B D"], h_out: Float[Array, "B D"],
-                     score: Float[Array, "B"] | None) -> Float[Array, "B"]:
+def token_confidence(
+  rule: str,
+  logits: Float[Array, "B V"],
+  h_in: Float[Array, "B D"],
+  h_out: Float[Array, "B D"],
+  score: Float[Array, "B"] | None,
+) -> Float[Array, "B"]:
   """The confidence `rule` assigns to an exit (see `DecodeConfig.rule`).
 
   Args:

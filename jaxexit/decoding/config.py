@@ -54,16 +54,20 @@ class DecodeConfig:
   def __post_init__(self):
     object.__setattr__(self, "exit_layers", tuple(self.exit_layers))
     layers = self.exit_layers
-    if any(isinstance(e, bool) or not isinstance(e, int) or e < 1
-           for e in layers) or list(layers) != sorted(set(layers)):
-      raise ValueError("exit_layers must be strictly increasing ints >= 1; "
-                       f"got exit_layers={layers!r}")
+    if any(
+      isinstance(e, bool) or not isinstance(e, int) or e < 1 for e in layers
+    ) or list(layers) != sorted(set(layers)):
+      raise ValueError(
+        "exit_layers must be strictly increasing ints >= 1; "
+        f"got exit_layers={layers!r}"
+      )
     checks.one_of("rule", self.rule, RULES)
     checks.one_of("state_mode", self.state_mode, STATE_MODES)
     checks.positive_int("pending", self.pending)
     checks.positive_int("max_new_tokens", self.max_new_tokens)
-    checks.in_range("temperature", self.temperature, 0.0, float("inf"),
-                    high_open=True)
+    checks.in_range(
+      "temperature", self.temperature, 0.0, float("inf"), high_open=True
+    )
     if self.eos_id is not None:
       checks.positive_int("eos_id", self.eos_id, minimum=0)
 
@@ -71,8 +75,9 @@ class DecodeConfig:
     """Segment edges (0, e_1, …, e_k, L) for a backbone of `num_layers`."""
     if self.exit_layers and self.exit_layers[-1] >= num_layers:
       raise ValueError(
-          f"exit_layers={self.exit_layers} must all be < num_layers="
-          f"{num_layers} (the final layer is always the last exit)")
+        f"exit_layers={self.exit_layers} must all be < num_layers="
+        f"{num_layers} (the final layer is always the last exit)"
+      )
     return (0, *self.exit_layers, num_layers)
 
   def check_backbone(self, backbone) -> None:
@@ -80,6 +85,7 @@ class DecodeConfig:
     supported = getattr(backbone, "state_modes", STATE_MODES)
     if self.state_mode not in supported:
       raise ValueError(
-          f"state_mode={self.state_mode!r} is not supported by "
-          f"{type(backbone).__name__}; it supports {list(supported)}")
+        f"state_mode={self.state_mode!r} is not supported by "
+        f"{type(backbone).__name__}; it supports {list(supported)}"
+      )
     self.boundaries(backbone.num_layers)

@@ -64,12 +64,14 @@ def decode_costs(backbone, heads, boundaries, max_len: int) -> DecodeCosts:
       if method == "layer":
         return bb.layer(i, h, c, pos, valid)
       return bb.propagate(i, h, c, pos, valid)
+
     return xla_flops(fn, params, caches[i])
 
   def head(e):
     def fn(p, s):
       bb, hd = merged(p)
       return hd(bb, e, h, s, pos, valid)[0]
+
     return xla_flops(fn, params, hstates[e])
 
   def final(p):
@@ -78,10 +80,12 @@ def decode_costs(backbone, heads, boundaries, max_len: int) -> DecodeCosts:
 
   layers = range(backbone.num_layers)
   return DecodeCosts(
-      block=np.array([block(i, "layer") for i in layers]),
-      propagate=np.array([block(i, "propagate") for i in layers]),
-      head=np.array([head(e) for e in range(num_exits)]),
-      final=xla_flops(final, params), boundaries=tuple(boundaries))
+    block=np.array([block(i, "layer") for i in layers]),
+    propagate=np.array([block(i, "propagate") for i in layers]),
+    head=np.array([head(e) for e in range(num_exits)]),
+    final=xla_flops(final, params),
+    boundaries=tuple(boundaries),
+  )
 
 
 def token_flops(out: DecodeOutput, costs: DecodeCosts) -> np.ndarray:
@@ -93,10 +97,12 @@ def token_flops(out: DecodeOutput, costs: DecodeCosts) -> np.ndarray:
   """
   head_cum = np.concatenate([[0.0], np.cumsum(costs.head)])
   reached_final = np.asarray(out.segments_run) == len(costs.head) + 1
-  flops = (np.asarray(out.layers_computed) * costs.block.mean()
-           + np.asarray(out.layers_propagated) * costs.propagate.mean()
-           + head_cum[np.asarray(out.exits_evaluated)]
-           + reached_final * costs.final)
+  flops = (
+    np.asarray(out.layers_computed) * costs.block.mean()
+    + np.asarray(out.layers_propagated) * costs.propagate.mean()
+    + head_cum[np.asarray(out.exits_evaluated)]
+    + reached_final * costs.final
+  )
   flops[:, 0] = costs.full
   return np.where(np.asarray(out.valid), flops, 0.0)
 

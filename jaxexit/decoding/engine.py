@@ -45,6 +45,7 @@ from jaxexit.decoding.config import DecodeConfig
 from jaxexit.decoding.confidence import token_confidence
 from jaxexit.decoding.exit_heads import DecoderExitHeads
 from jaxexit.decoding.inputs import check_inputs
+
 # Re-exported from their old home here (callers import them from engine).
 from jaxexit.decoding.inputs import cache_length, check_prompts  # noqa: F401
 from jaxtyping import ArrayLike
@@ -94,8 +95,18 @@ def _last(x):
   return x[:, -1]
 
 
-def _exit_logits(backbone, heads, s, num_segments, h, hstates, positions,
-                 active, rule, exits_enabled):
+def _exit_logits(
+  backbone,
+  heads,
+  s,
+  num_segments,
+  h,
+  hstates,
+  positions,
+  active,
+  rule,
+  exits_enabled,
+):
   """Logits [B, V], score and new head states after segment `s`.
 
   The window's earlier positions only advance the head state; logits are
@@ -113,12 +124,16 @@ def _exit_logits(backbone, heads, s, num_segments, h, hstates, positions,
     score = jnp.zeros(h.shape[:1], jnp.float32) if rule == "learned" else None
     return logits, score, tuple(hstates)
   if h.shape[1] > 1:
-    state = heads.advance(backbone, s, h[:, :-1], state, positions[:, :-1],
-                          active[:, :-1])
-  logits, state = heads(backbone, s, h[:, -1:], state, positions[:, -1:],
-                        active[:, -1:])
+    state = heads.advance(
+      backbone, s, h[:, :-1], state, positions[:, :-1], active[:, :-1]
+    )
+  logits, state = heads(
+    backbone, s, h[:, -1:], state, positions[:, -1:], active[:, -1:]
+  )
   hstates[s] = state
-  score = heads.score(backbone, s, h[:, -1:])[:, 0] if rule == "learned" else None
+  score = (
+    heads.score(backbone, s, h[:, -1:])[:, 0] if rule == "learned" else None
+  )
   return logits[:, 0], score, tuple(hstates)
 
 
@@ -133,17 +148,28 @@ def _segment(backbone, heads, config, bounds, s, carry, positions, row_valid):
   active = jnp.concatenate([depth <= s, row_valid[:, None]], axis=1)  # [B, W]
 
   def run(h, caches, hstates, positions, active):
-    h_out, caches = _split_layers(backbone, caches, h, positions, active,
-                                  bounds[s], bounds[s + 1])
+    h_out, caches = _split_layers(
+      backbone, caches, h, positions, active, bounds[s], bounds[s + 1]
+    )
     h_out = jnp.where(active[..., None], h_out, h)
     logits, score, hstates = _exit_logits(
-        backbone, heads, s, len(bounds) - 1, h_out, hstates, positions,
-        active, config.rule, config.exits_enabled)
+      backbone,
+      heads,
+      s,
+      len(bounds) - 1,
+      h_out,
+      hstates,
+      positions,
+      active,
+      config.rule,
+      config.exits_enabled,
+    )
     return h_out, caches, hstates, logits, score
 
   def current_only(h, caches, hstates):
     h_cur, caches, hstates, logits, score = run(
-        h[:, -1:], caches, hstates, positions[:, -1:], active[:, -1:])
+      h[:, -1:], caches, hstates, positions[:, -1:], active[:, -1:]
+    )
     return h.at[:, -1:].set(h_cur), caches, hstates, logits, score
 
   whole = functools.partial(run, positions=positions, active=active)
@@ -151,16 +177,28 @@ def _segment(backbone, heads, config, bounds, s, carry, positions, row_valid):
     h_out, caches, hstates, logits, score = whole(h, caches, hstates)
   else:
     h_out, caches, hstates, logits, score = jax.lax.cond(
-        jnp.any(active[:, :-1]), whole, current_only, h, caches, hstates)
+      jnp.any(active[:, :-1]), whole, current_only, h, caches, hstates
+    )
   depth = jnp.where(depth <= s, s + 1, depth)
   computed = computed + (bounds[s + 1] - bounds[s]) * jnp.sum(
-      active, axis=1, dtype=jnp.int32)
+    active, axis=1, dtype=jnp.int32
+  )
   conf = token_confidence(config.rule, logits, _last(h), _last(h_out), score)
   return (h_out, depth, caches, hstates, computed), logits, conf
 
 
-def _fill_skipped(backbone, heads, config, bounds, stop, h_exit, caches,
-                  hstates, positions, valid):
+def _fill_skipped(
+  backbone,
+  heads,
+  config,
+  bounds,
+  stop,
+  h_exit,
+  caches,
+  hstates,
+  positions,
+  valid,
+):
   """Gives the blocks and heads after segment `stop` their state (§1.1)."""
   num_segments = len(bounds) - 1
 
@@ -173,16 +211,29 @@ def _fill_skipped(backbone, heads, config, bounds, stop, h_exit, caches,
         caches[i] = backbone.freeze(i, caches[i], positions, valid)
     if config.state_mode == "propagate":
       for e in range(k + 1, num_segments - 1):
-        hstates[e] = heads.advance(backbone, e, h_exit, hstates[e], positions,
-                                   valid)
+        hstates[e] = heads.advance(
+          backbone, e, h_exit, hstates[e], positions, valid
+        )
     return tuple(caches), tuple(hstates)
 
   branches = [functools.partial(fill, k) for k in range(num_segments)]
   return jax.lax.switch(stop, branches, caches, hstates)
 
 
-def _decode_step(backbone, heads, config, bounds, threshold, token, pos,
-                 row_valid, caches, hstates, pend_h, pend_depth):
+def _decode_step(
+  backbone,
+  heads,
+  config,
+  bounds,
+  threshold,
+  token,
+  pos,
+  row_valid,
+  caches,
+  hstates,
+  pend_h,
+  pend_depth,
+):
   """Feeds `token` [B] at positions `pos` [B]; returns the exit and states."""
   num_segments = len(bounds) - 1
   recompute = config.state_mode == "recompute"
@@ -193,8 +244,15 @@ def _decode_step(backbone, heads, config, bounds, threshold, token, pos,
   h = jnp.concatenate([pend_h, backbone.embed(token[:, None])], axis=1)
   zeros = jnp.zeros(pos.shape, jnp.int32)
   carry = (h, pend_depth, caches, hstates, zeros)
-  segment = functools.partial(_segment, backbone, heads, config, bounds,
-                              positions=positions, row_valid=row_valid)
+  segment = functools.partial(
+    _segment,
+    backbone,
+    heads,
+    config,
+    bounds,
+    positions=positions,
+    row_valid=row_valid,
+  )
   carry, logits, conf = segment(0, carry)
 
   if recompute:  # The oldest window slot leaves now: it must be complete.
@@ -204,8 +262,9 @@ def _decode_step(backbone, heads, config, bounds, threshold, token, pos,
   oracle = config.state_mode == "oracle"
 
   def confident(conf):
-    return config.exits_enabled & ~force & jnp.all((conf >= threshold)
-                                                   | ~row_valid)
+    return (
+      config.exits_enabled & ~force & jnp.all((conf >= threshold) | ~row_valid)
+    )
 
   found = confident(conf)
   loop = (jnp.int32(0), carry, logits, conf, found, logits, conf, jnp.int32(0))
@@ -228,7 +287,8 @@ def _decode_step(backbone, heads, config, bounds, threshold, token, pos,
     return s, carry, logits, conf, found, best_logits, best_conf, best_s
 
   stop, carry, logits, conf, _, best_logits, best_conf, best_s = (
-      jax.lax.while_loop(cond, body, loop))
+    jax.lax.while_loop(cond, body, loop)
+  )
   h, depth, caches, hstates, computed = carry
   if oracle:
     logits, conf, stop_used = best_logits, best_conf, best_s
@@ -237,8 +297,17 @@ def _decode_step(backbone, heads, config, bounds, threshold, token, pos,
   propagated = zeros
   if config.state_mode in ("propagate", "freeze"):
     caches, hstates = _fill_skipped(
-        backbone, heads, config, bounds, stop, h[:, -1:], caches, hstates,
-        positions[:, -1:], row_valid[:, None])
+      backbone,
+      heads,
+      config,
+      bounds,
+      stop,
+      h[:, -1:],
+      caches,
+      hstates,
+      positions[:, -1:],
+      row_valid[:, None],
+    )
     if config.state_mode == "propagate":
       propagated = zeros + (bounds[-1] - jnp.asarray(bounds)[stop + 1])
   if recompute:
@@ -247,14 +316,30 @@ def _decode_step(backbone, heads, config, bounds, threshold, token, pos,
     pend_depth = jnp.concatenate([depth[:, 1:], new_depth[:, None]], axis=1)
   exit_layer = zeros + jnp.asarray(bounds)[stop_used + 1]
   evaluated = jnp.minimum(stop + 1, num_segments - 1) * config.exits_enabled
-  return (logits, conf, exit_layer, stop + 1 + zeros, evaluated + zeros,
-          computed, propagated, caches, hstates, pend_h, pend_depth)
+  return (
+    logits,
+    conf,
+    exit_layer,
+    stop + 1 + zeros,
+    evaluated + zeros,
+    computed,
+    propagated,
+    caches,
+    hstates,
+    pend_h,
+    pend_depth,
+  )
 
 
-def prefill(backbone: DecoderBackbone, heads: DecoderExitHeads, bounds,
-            prompts: Int[ArrayLike, "B T"], lengths: Int[ArrayLike, "B"],
-            caches: tuple, hstates: tuple
-            ) -> tuple[Float[Array, "B V"], tuple, tuple]:
+def prefill(
+  backbone: DecoderBackbone,
+  heads: DecoderExitHeads,
+  bounds,
+  prompts: Int[ArrayLike, "B T"],
+  lengths: Int[ArrayLike, "B"],
+  caches: tuple,
+  hstates: tuple,
+) -> tuple[Float[Array, "B V"], tuple, tuple]:
   """Runs the prompt through every block and head state at full depth.
 
   Returns:
@@ -266,8 +351,9 @@ def prefill(backbone: DecoderBackbone, heads: DecoderExitHeads, bounds,
   h = backbone.embed(prompts)
   hstates = list(hstates)
   for s in range(len(bounds) - 1):
-    h, caches = _split_layers(backbone, caches, h, positions, valid,
-                              bounds[s], bounds[s + 1])
+    h, caches = _split_layers(
+      backbone, caches, h, positions, valid, bounds[s], bounds[s + 1]
+    )
     if s < len(bounds) - 2:
       hstates[s] = heads.advance(backbone, s, h, hstates[s], positions, valid)
   last = jnp.take_along_axis(h, (lengths - 1)[:, None, None], axis=1)
@@ -275,8 +361,9 @@ def prefill(backbone: DecoderBackbone, heads: DecoderExitHeads, bounds,
   return logits, caches, tuple(hstates)
 
 
-def sample(logits: Float[Array, "B V"], temperature: float,
-           key: PRNGKeyArray) -> Int[Array, "B"]:
+def sample(
+  logits: Float[Array, "B V"], temperature: float, key: PRNGKeyArray
+) -> Int[Array, "B"]:
   """Greedy argmax (temperature 0) or a draw from softmax(logits / T)."""
   if temperature == 0.0:
     return jnp.argmax(logits, axis=-1).astype(jnp.int32)
@@ -284,8 +371,17 @@ def sample(logits: Float[Array, "B V"], temperature: float,
 
 
 @functools.partial(jax.jit, static_argnames=("graphdefs", "config", "max_len"))
-def _generate(graphdefs, params, prompts, lengths, threshold, key, *,
-              config: DecodeConfig, max_len: int) -> DecodeOutput:
+def _generate(
+  graphdefs,
+  params,
+  prompts,
+  lengths,
+  threshold,
+  key,
+  *,
+  config: DecodeConfig,
+  max_len: int,
+) -> DecodeOutput:
   backbone, heads = (nnx.merge(g, p) for g, p in zip(graphdefs, params))
   batch = prompts.shape[0]
   n_new = config.max_new_tokens
@@ -293,8 +389,9 @@ def _generate(graphdefs, params, prompts, lengths, threshold, key, *,
   num_segments = len(bounds) - 1
   caches = backbone.init_cache(batch, max_len)
   hstates = heads.init_state(num_segments - 1, batch, max_len)
-  logits, caches, hstates = prefill(backbone, heads, bounds, prompts, lengths,
-                                    caches, hstates)
+  logits, caches, hstates = prefill(
+    backbone, heads, bounds, prompts, lengths, caches, hstates
+  )
   first = sample(logits, config.temperature, jax.random.fold_in(key, 0))
   eos = -1 if config.eos_id is None else config.eos_id
   width = config.pending if config.state_mode == "recompute" else 0
@@ -302,33 +399,63 @@ def _generate(graphdefs, params, prompts, lengths, threshold, key, *,
   pend_h = jnp.zeros((batch, width, backbone.d_model), dtype)
   pend_depth = jnp.full((batch, width), num_segments, jnp.int32)
 
-  def record(out, n, token, row_valid, exit_layer, conf, segments, evaluated,
-             computed, propagated):
+  def record(
+    out,
+    n,
+    token,
+    row_valid,
+    exit_layer,
+    conf,
+    segments,
+    evaluated,
+    computed,
+    propagated,
+  ):
     put = lambda a, v: a.at[:, n].set(jnp.where(row_valid, v, a[:, n]))
     return DecodeOutput(
-        tokens=put(out.tokens, token), valid=put(out.valid, True),
-        exit_layer=put(out.exit_layer, exit_layer),
-        confidence=put(out.confidence, conf),
-        layers_computed=put(out.layers_computed, computed),
-        layers_propagated=put(out.layers_propagated, propagated),
-        segments_run=put(out.segments_run, segments),
-        exits_evaluated=put(out.exits_evaluated, evaluated))
+      tokens=put(out.tokens, token),
+      valid=put(out.valid, True),
+      exit_layer=put(out.exit_layer, exit_layer),
+      confidence=put(out.confidence, conf),
+      layers_computed=put(out.layers_computed, computed),
+      layers_propagated=put(out.layers_propagated, propagated),
+      segments_run=put(out.segments_run, segments),
+      exits_evaluated=put(out.exits_evaluated, evaluated),
+    )
 
   fill = 0 if config.eos_id is None else config.eos_id
   zeros = jnp.zeros((batch, n_new), jnp.int32)
   out = DecodeOutput(
-      tokens=zeros + fill, valid=jnp.zeros((batch, n_new), bool),
-      exit_layer=zeros, confidence=jnp.zeros((batch, n_new), jnp.float32),
-      layers_computed=zeros, layers_propagated=zeros, segments_run=zeros,
-      exits_evaluated=zeros)
+    tokens=zeros + fill,
+    valid=jnp.zeros((batch, n_new), bool),
+    exit_layer=zeros,
+    confidence=jnp.zeros((batch, n_new), jnp.float32),
+    layers_computed=zeros,
+    layers_propagated=zeros,
+    segments_run=zeros,
+    exits_evaluated=zeros,
+  )
   all_rows = jnp.ones((batch,), bool)
   full_conf = token_confidence(
-      "max_softmax" if config.rule in ("cosine", "learned") else config.rule,
-      logits, logits, logits, None)
+    "max_softmax" if config.rule in ("cosine", "learned") else config.rule,
+    logits,
+    logits,
+    logits,
+    None,
+  )
   full_layers = jnp.full((batch,), bounds[-1], jnp.int32)
-  out = record(out, 0, first, all_rows, full_layers, full_conf,
-               jnp.full((batch,), num_segments, jnp.int32),
-               jnp.zeros((batch,), jnp.int32), full_layers * lengths, jnp.zeros((batch,), jnp.int32))
+  out = record(
+    out,
+    0,
+    first,
+    all_rows,
+    full_layers,
+    full_conf,
+    jnp.full((batch,), num_segments, jnp.int32),
+    jnp.zeros((batch,), jnp.int32),
+    full_layers * lengths,
+    jnp.zeros((batch,), jnp.int32),
+  )
   done = first == eos
 
   def cond(state):
@@ -339,14 +466,46 @@ def _generate(graphdefs, params, prompts, lengths, threshold, key, *,
     n, token, done, caches, hstates, pend_h, pend_depth, out = state
     row_valid = ~done
     pos = lengths + n - 1
-    (logits, conf, exit_layer, segments, evaluated, computed, propagated,
-     caches, hstates, pend_h, pend_depth) = _decode_step(backbone, heads, config, bounds, threshold,
-                                token, pos, row_valid, caches, hstates, pend_h,
-                                pend_depth)
+    (
+      logits,
+      conf,
+      exit_layer,
+      segments,
+      evaluated,
+      computed,
+      propagated,
+      caches,
+      hstates,
+      pend_h,
+      pend_depth,
+    ) = _decode_step(
+      backbone,
+      heads,
+      config,
+      bounds,
+      threshold,
+      token,
+      pos,
+      row_valid,
+      caches,
+      hstates,
+      pend_h,
+      pend_depth,
+    )
     new = sample(logits, config.temperature, jax.random.fold_in(key, n))
     new = jnp.where(row_valid, new, token)
-    out = record(out, n, new, row_valid, exit_layer, conf, segments, evaluated,
-                 computed, propagated)
+    out = record(
+      out,
+      n,
+      new,
+      row_valid,
+      exit_layer,
+      conf,
+      segments,
+      evaluated,
+      computed,
+      propagated,
+    )
     done = done | (new == eos)
     return n + 1, new, done, caches, hstates, pend_h, pend_depth, out
 
@@ -354,11 +513,17 @@ def _generate(graphdefs, params, prompts, lengths, threshold, key, *,
   return jax.lax.while_loop(cond, body, state)[-1]
 
 
-def generate(backbone: DecoderBackbone, heads: DecoderExitHeads,
-             prompts: Int[ArrayLike, "B T"], lengths: Int[ArrayLike, "B"],
-             threshold: float, config: DecodeConfig, *,
-             key: PRNGKeyArray | None = None,
-             max_len: int | None = None) -> DecodeOutput:
+def generate(
+  backbone: DecoderBackbone,
+  heads: DecoderExitHeads,
+  prompts: Int[ArrayLike, "B T"],
+  lengths: Int[ArrayLike, "B"],
+  threshold: float,
+  config: DecodeConfig,
+  *,
+  key: PRNGKeyArray | None = None,
+  max_len: int | None = None,
+) -> DecodeOutput:
   """Generates `config.max_new_tokens` tokens with early exits.
 
   Args:
@@ -382,16 +547,28 @@ def generate(backbone: DecoderBackbone, heads: DecoderExitHeads,
   """
   config.check_backbone(backbone)
   checks.in_range("threshold", threshold, 0.0, 1.0)
-  max_len = check_inputs(backbone, prompts, lengths,
-                         max_new_tokens=config.max_new_tokens,
-                         eos_id=config.eos_id, max_len=max_len)
+  max_len = check_inputs(
+    backbone,
+    prompts,
+    lengths,
+    max_new_tokens=config.max_new_tokens,
+    eos_id=config.eos_id,
+    max_len=max_len,
+  )
   if config.rule == "learned" and not hasattr(heads, "score"):
-    raise ValueError(f"rule='learned' needs exit heads with a `score` method; "
-                     f"{type(heads).__name__} has none")
+    raise ValueError(
+      f"rule='learned' needs exit heads with a `score` method; "
+      f"{type(heads).__name__} has none"
+    )
   graphdefs, params = zip(*(nnx.split(m) for m in (backbone, heads)))
   key = jax.random.key(0) if key is None else key
-  return _generate(tuple(graphdefs), tuple(params),
-                   jnp.asarray(prompts, jnp.int32),
-                   jnp.asarray(lengths, jnp.int32),
-                   jnp.asarray(threshold, jnp.float32), key, config=config,
-                   max_len=max_len)
+  return _generate(
+    tuple(graphdefs),
+    tuple(params),
+    jnp.asarray(prompts, jnp.int32),
+    jnp.asarray(lengths, jnp.int32),
+    jnp.asarray(threshold, jnp.float32),
+    key,
+    config=config,
+    max_len=max_len,
+  )

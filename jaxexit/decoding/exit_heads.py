@@ -26,20 +26,31 @@ from jaxexit.typing import Array, Bool, Float, Int, PyTree
 class DecoderExitHeads(Protocol):
   """Next-token classifiers at the exits of a `DecoderBackbone`."""
 
-  def init_state(self, num_exits: int, batch: int, max_len: int
-                 ) -> tuple[PyTree, ...]:
+  def init_state(
+    self, num_exits: int, batch: int, max_len: int
+  ) -> tuple[PyTree, ...]:
     """One state per exit (`()` for stateless heads)."""
 
-  def __call__(self, backbone: DecoderBackbone, e: int,
-               h: Float[Array, "B T D"], state: PyTree,
-               positions: Int[Array, "B T"], valid: Bool[Array, "B T"]
-               ) -> tuple[Float[Array, "B T V"], PyTree]:
+  def __call__(
+    self,
+    backbone: DecoderBackbone,
+    e: int,
+    h: Float[Array, "B T D"],
+    state: PyTree,
+    positions: Int[Array, "B T"],
+    valid: Bool[Array, "B T"],
+  ) -> tuple[Float[Array, "B T V"], PyTree]:
     """Exit `e`'s float32 logits and its updated state."""
 
-  def advance(self, backbone: DecoderBackbone, e: int,
-              h: Float[Array, "B T D"], state: PyTree,
-              positions: Int[Array, "B T"], valid: Bool[Array, "B T"]
-              ) -> PyTree:
+  def advance(
+    self,
+    backbone: DecoderBackbone,
+    e: int,
+    h: Float[Array, "B T D"],
+    state: PyTree,
+    positions: Int[Array, "B T"],
+    valid: Bool[Array, "B T"],
+  ) -> PyTree:
     """Exit `e`'s state after absorbing `h`, without computing logits."""
 
 
@@ -50,8 +61,9 @@ class LMHeadExits(nnx.Module):
   `nnx.split` / `jit` the same way.
   """
 
-  def init_state(self, num_exits: int, batch: int, max_len: int
-                 ) -> tuple[PyTree, ...]:
+  def init_state(
+    self, num_exits: int, batch: int, max_len: int
+  ) -> tuple[PyTree, ...]:
     del batch, max_len
     return ((),) * num_exits
 

@@ -32,13 +32,17 @@ def _check_batch(prompts, lengths) -> None:
   """Raises unless prompts is [B, T] and lengths [B] with B ≥ 1."""
   checks.rank_at_least("prompts", prompts, 2, "B, T")
   if np.ndim(prompts) != 2 or np.shape(lengths) != np.shape(prompts)[:1]:
-    raise ValueError(f"prompts must be [B, T] and lengths [B]; got "
-                     f"prompts.shape={np.shape(prompts)}, "
-                     f"lengths.shape={np.shape(lengths)}")
+    raise ValueError(
+      f"prompts must be [B, T] and lengths [B]; got "
+      f"prompts.shape={np.shape(prompts)}, "
+      f"lengths.shape={np.shape(lengths)}"
+    )
   if np.shape(prompts)[0] == 0:
-    raise ValueError(f"batch is empty (B = 0): prompts.shape="
-                     f"{np.shape(prompts)}; decoding needs at least one "
-                     "prompt")
+    raise ValueError(
+      f"batch is empty (B = 0): prompts.shape="
+      f"{np.shape(prompts)}; decoding needs at least one "
+      "prompt"
+    )
 
 
 def check_prompts(prompts, lengths, max_new_tokens: int, max_len: int) -> None:
@@ -46,14 +50,17 @@ def check_prompts(prompts, lengths, max_new_tokens: int, max_len: int) -> None:
   _check_batch(prompts, lengths)
   lengths = np.asarray(lengths)
   if lengths.min() < 1 or lengths.max() > np.shape(prompts)[1]:
-    raise ValueError(f"lengths must lie in [1, T={np.shape(prompts)[1]}]; "
-                     f"got lengths={lengths.tolist()}")
+    raise ValueError(
+      f"lengths must lie in [1, T={np.shape(prompts)[1]}]; "
+      f"got lengths={lengths.tolist()}"
+    )
   needed = cache_length(int(np.shape(prompts)[1]), max_new_tokens)
   if needed > max_len:
     raise ValueError(
-        f"prompt of {np.shape(prompts)[1]} tokens + max_new_tokens="
-        f"{max_new_tokens} needs a cache of {needed} positions; "
-        f"got max_len={max_len}")
+      f"prompt of {np.shape(prompts)[1]} tokens + max_new_tokens="
+      f"{max_new_tokens} needs a cache of {needed} positions; "
+      f"got max_len={max_len}"
+    )
 
 
 def _check_max_position(backbone, lengths, max_new_tokens: int) -> None:
@@ -64,9 +71,10 @@ def _check_max_position(backbone, lengths, max_new_tokens: int) -> None:
   longest = int(np.max(lengths))
   if longest + max_new_tokens > limit:
     raise ValueError(
-        f"prompt length {longest} (the longest row) + max_new_tokens="
-        f"{max_new_tokens} = {longest + max_new_tokens} positions exceeds "
-        f"the model's max_position={limit}")
+      f"prompt length {longest} (the longest row) + max_new_tokens="
+      f"{max_new_tokens} = {longest + max_new_tokens} positions exceeds "
+      f"the model's max_position={limit}"
+    )
 
 
 def check_eos_id(eos_id: int | None, vocab_size: int) -> None:
@@ -75,12 +83,20 @@ def check_eos_id(eos_id: int | None, vocab_size: int) -> None:
     return
   checks.positive_int("eos_id", eos_id, minimum=0)
   if eos_id >= vocab_size:
-    raise ValueError(f"eos_id={eos_id} is outside the vocabulary "
-                     f"[0, vocab_size={vocab_size})")
+    raise ValueError(
+      f"eos_id={eos_id} is outside the vocabulary [0, vocab_size={vocab_size})"
+    )
 
 
-def check_inputs(backbone, prompts, lengths, *, max_new_tokens: int,
-                 eos_id: int | None, max_len: int | None = None) -> int:
+def check_inputs(
+  backbone,
+  prompts,
+  lengths,
+  *,
+  max_new_tokens: int,
+  eos_id: int | None,
+  max_len: int | None = None,
+) -> int:
   """Every check of the module docstring, on the host.
 
   Args:

@@ -68,8 +68,13 @@ def _simulate(graphdefs, params, tokens, lengths, threshold, *, config):
       if config.rule == "learned":
         score = jnp.ones(tokens.shape, jnp.float32)
     flat = lambda x: x.reshape(batch * length, -1)
-    conf = token_confidence(config.rule, flat(logits), flat(h_in), flat(h),
-                            None if score is None else score.reshape(-1))
+    conf = token_confidence(
+      config.rule,
+      flat(logits),
+      flat(h_in),
+      flat(h),
+      None if score is None else score.reshape(-1),
+    )
     preds.append(jnp.argmax(logits, axis=-1).astype(jnp.int32))
     confs.append(conf.reshape(batch, length))
   preds = jnp.stack(preds, axis=-1)  # [B, T, E+1]
@@ -79,18 +84,30 @@ def _simulate(graphdefs, params, tokens, lengths, threshold, *, config):
   chosen = jnp.argmax(ok, axis=-1)  # first confident exit
   pick = lambda x: jnp.take_along_axis(x, chosen[..., None], axis=-1)[..., 0]
   return SimulatedExits(
-      exit_layer=jnp.asarray(bounds[1:], jnp.int32)[chosen],
-      prediction=pick(preds), confidence=pick(confs),
-      full_prediction=preds[..., -1], exit_confidence=confs)
+    exit_layer=jnp.asarray(bounds[1:], jnp.int32)[chosen],
+    prediction=pick(preds),
+    confidence=pick(confs),
+    full_prediction=preds[..., -1],
+    exit_confidence=confs,
+  )
 
 
-def simulate_exits(backbone, heads, tokens: Int[ArrayLike, "B T"],
-                   lengths: Int[ArrayLike, "B"], threshold: float,
-                   config: DecodeConfig) -> SimulatedExits:
+def simulate_exits(
+  backbone,
+  heads,
+  tokens: Int[ArrayLike, "B T"],
+  lengths: Int[ArrayLike, "B"],
+  threshold: float,
+  config: DecodeConfig,
+) -> SimulatedExits:
   """Exit decisions of `config` (rule, exits) on a teacher-forced sequence."""
   config.boundaries(backbone.num_layers)
   graphdefs, params = zip(*(nnx.split(m) for m in (backbone, heads)))
-  return _simulate(tuple(graphdefs), tuple(params),
-                   jnp.asarray(tokens, jnp.int32),
-                   jnp.asarray(lengths, jnp.int32),
-                   jnp.asarray(threshold, jnp.float32), config=config)
+  return _simulate(
+    tuple(graphdefs),
+    tuple(params),
+    jnp.asarray(tokens, jnp.int32),
+    jnp.asarray(lengths, jnp.int32),
+    jnp.asarray(threshold, jnp.float32),
+    config=config,
+  )

@@ -1,8 +1,15 @@
 """Execution modes for any stack of layers with exit heads."""
 
-from jaxexit.execution.adapter import (PerLayer, branches, exit_stack, indexed,
-                                      layer_list, layer_module, shared,
-                                      stacked)
+from jaxexit.execution.adapter import (
+  PerLayer,
+  branches,
+  exit_stack,
+  indexed,
+  layer_list,
+  layer_module,
+  shared,
+  stacked,
+)
 from jaxexit.execution.compacted import CompactedRunner, bucket_sizes
 from jaxexit.execution.early_stop import early_stop
 from jaxexit.execution.flops import ExitFlops, exit_flops, xla_flops
@@ -13,9 +20,28 @@ from jaxexit.execution.speed import SpeedReport, measure_speedup
 from jaxexit.execution.stack import ExitResult, ExitStack
 
 __all__ = [
-    "MODES", "CompactedRunner", "ExitFlops", "ExitResult", "ExitStack",
-    "PerLayer", "SpeedReport", "branches", "bucket_sizes", "compacted",
-    "early_stop", "exit_flops", "exit_stack", "indexed", "layer_list",
-    "layer_module", "make_full_model", "make_runner", "measure_speedup",
-    "run", "shared", "simulate", "stacked", "xla_flops",
+  "MODES",
+  "CompactedRunner",
+  "ExitFlops",
+  "ExitResult",
+  "ExitStack",
+  "PerLayer",
+  "SpeedReport",
+  "branches",
+  "bucket_sizes",
+  "compacted",
+  "early_stop",
+  "exit_flops",
+  "exit_stack",
+  "indexed",
+  "layer_list",
+  "layer_module",
+  "make_full_model",
+  "make_runner",
+  "measure_speedup",
+  "run",
+  "shared",
+  "simulate",
+  "stacked",
+  "xla_flops",
 ]

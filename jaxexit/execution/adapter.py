@@ -117,25 +117,29 @@ def stacked(module: nnx.Module, call: Callable = call_module) -> PerLayer:
   if not leaves or len(sizes) != 1 or None in sizes:
     shapes = sorted({jnp.shape(w) for w in leaves})
     raise ValueError(
-        f"stacked() needs a module whose every parameter has the layer axis "
-        f"first with one size L (made by nnx.vmap); got {type(module).__name__}"
-        f" with leaf shapes {shapes}. For separate per-layer modules pass an "
-        "nnx.List (layer_list), for one module at every layer use shared()")
+      f"stacked() needs a module whose every parameter has the layer axis "
+      f"first with one size L (made by nnx.vmap); got {type(module).__name__}"
+      f" with leaf shapes {shapes}. For separate per-layer modules pass an "
+      "nnx.List (layer_list), for one module at every layer use shared()"
+    )
   return PerLayer(module, "stacked", sizes.pop(), call)
 
 
-def layer_list(modules: "nnx.List | Sequence[nnx.Module]",
-               call: Callable = call_module) -> PerLayer:
+def layer_list(
+  modules: "nnx.List | Sequence[nnx.Module]", call: Callable = call_module
+) -> PerLayer:
   """L separate modules, one per layer."""
-  modules = modules if isinstance(modules, nnx.List) else nnx.List(
-      list(modules))
+  modules = (
+    modules if isinstance(modules, nnx.List) else nnx.List(list(modules))
+  )
   if not len(modules):
     raise ValueError("layer_list() needs at least one module; got none")
   return PerLayer(modules, "list", len(modules), call)
 
 
-def shared(module: nnx.Module, num_layers: int,
-           call: Callable = call_module) -> PerLayer:
+def shared(
+  module: nnx.Module, num_layers: int, call: Callable = call_module
+) -> PerLayer:
   """One module applied at each of `num_layers` layers."""
   return PerLayer(module, "shared", num_layers, call)
 
@@ -160,9 +164,10 @@ def as_per_layer(side: Any, name: str) -> PerLayer:
   if isinstance(side, nnx.Module):
     return stacked(side)
   raise ValueError(
-      f"{name} must be an nnx.Module, a list of modules or a PerLayer "
-      f"(stacked/layer_list/shared/indexed/branches); got "
-      f"{type(side).__name__}")
+    f"{name} must be an nnx.Module, a list of modules or a PerLayer "
+    f"(stacked/layer_list/shared/indexed/branches); got "
+    f"{type(side).__name__}"
+  )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -185,8 +190,9 @@ class SideFn:
       return self.call(nnx.merge(self.graphdef, state), x)
     if self.layout == "indexed":
       return self.call(nnx.merge(self.graphdef, state), layer, x)
-    return switch([self._branch(i) for i in range(self.num_layers)], layer,
-                  state, x)
+    return switch(
+      [self._branch(i) for i in range(self.num_layers)], layer, state, x
+    )
 
   def _branch(self, i: int) -> Callable:
     if self.layout == "list":
@@ -247,11 +253,13 @@ def exit_stack(layers: Any, heads: Any) -> tuple[ExitStack, nnx.State]:
   heads = as_per_layer(heads, "heads")
   if layers.num_layers != heads.num_layers:
     raise ValueError(
-        f"layers and heads disagree on the number of layers: "
-        f"{layers.num_layers} layers ({layers.layout}) vs "
-        f"{heads.num_layers} heads ({heads.layout})")
+      f"layers and heads disagree on the number of layers: "
+      f"{layers.num_layers} layers ({layers.layout}) vs "
+      f"{heads.num_layers} heads ({heads.layout})"
+    )
   layer_side, layer_state = functional(layers)
   head_side, head_state = functional(heads)
-  stack = ExitStack(StackLayerFn(layer_side), StackHeadFn(head_side),
-                    layers.num_layers)
+  stack = ExitStack(
+    StackLayerFn(layer_side), StackHeadFn(head_side), layers.num_layers
+  )
   return stack, nnx.State({"layers": layer_state, "heads": head_state})

@@ -3,11 +3,11 @@
 A batch of 32 with mixed exit depths does real work only for its
 survivors: after each segment of `segment_layers` layers the host reads the
 number of survivors n (one scalar), and the survivors are packed (a static
-`jnp.nonzero(size=bucket)` gather) into the smallest bucket size ≥ n (`bucket_sizes`), so the
-next segment runs at that batch size. Every program has static shapes. A
-segment's first layer index is a traced argument, so the compiled programs
-are one per bucket size reached (two if the last segment is shorter) plus
-one per (bucket in, bucket out) compaction: at most
+`jnp.nonzero(size=bucket)` gather) into the smallest bucket size ≥ n
+(`bucket_sizes`), so the next segment runs at that batch size. Every program
+has static shapes. A segment's first layer index is a traced argument, so the
+compiled programs are one per bucket size reached (two if the last segment
+is shorter) plus one per (bucket in, bucket out) compaction: at most
 `2 * len(buckets) + len(buckets)**2 / 2` whatever the depth, usually about
 `2 * len(buckets)` (`CompactedRunner.num_compiled_programs`).
 
@@ -25,9 +25,14 @@ import jax
 import jax.numpy as jnp
 
 from jaxexit import checks
-from jaxexit.execution.stack import (ExitResult, ExitStack, batch_size_of,
-                                     check_stack, head_output_zeros,
-                                     record_exits)
+from jaxexit.execution.stack import (
+  ExitResult,
+  ExitStack,
+  batch_size_of,
+  check_stack,
+  head_output_zeros,
+  record_exits,
+)
 from jaxexit.exits.rules import ExitRule
 from jaxexit.typing import PyTree
 
@@ -35,8 +40,9 @@ BUCKET_POLICIES = ("pow2_half", "pow2", "exact")
 DEFAULT_BUCKETS = "pow2_half"
 
 
-def bucket_sizes(batch: int, policy: str | tuple[int, ...] = DEFAULT_BUCKETS
-                 ) -> tuple[int, ...]:
+def bucket_sizes(
+  batch: int, policy: str | tuple[int, ...] = DEFAULT_BUCKETS
+) -> tuple[int, ...]:
   """Sorted batch sizes a compacted batch may take, always including `batch`.
 
   Padding a bucket wastes compute; more sizes cost more compiled programs.
@@ -76,9 +82,14 @@ class CompactedRunner:
   compiled segment and compaction programs are reused.
   """
 
-  def __init__(self, stack: ExitStack, rule: ExitRule, *,
-               segment_layers: int = 1,
-               buckets: str | tuple[int, ...] = DEFAULT_BUCKETS):
+  def __init__(
+    self,
+    stack: ExitStack,
+    rule: ExitRule,
+    *,
+    segment_layers: int = 1,
+    buckets: str | tuple[int, ...] = DEFAULT_BUCKETS,
+  ):
     check_stack(stack)
     checks.positive_int("segment_layers", segment_layers)
     if not isinstance(buckets, str):
@@ -87,9 +98,11 @@ class CompactedRunner:
       checks.one_of("buckets", buckets, BUCKET_POLICIES)
     self.stack, self.rule = stack, rule
     self.segment_layers, self.buckets = segment_layers, buckets
-    self._segment = jax.jit(self._segment_impl,
-                            static_argnames=("length",),
-                            donate_argnames=("exit_layer", "outputs"))
+    self._segment = jax.jit(
+      self._segment_impl,
+      static_argnames=("length",),
+      donate_argnames=("exit_layer", "outputs"),
+    )
     self._compact = jax.jit(self._compact_impl, static_argnames=("size",))
     self._start = jax.jit(self._start_impl)
 
@@ -100,19 +113,29 @@ class CompactedRunner:
     """
     return self._segment._cache_size() + self._compact._cache_size()
 
-  def __call__(self, params: PyTree, carry: PyTree, *,
-               rule_inputs: PyTree = None) -> ExitResult:
+  def __call__(
+    self, params: PyTree, carry: PyTree, *, rule_inputs: PyTree = None
+  ) -> ExitResult:
     batch = batch_size_of(carry)
     sizes = bucket_sizes(batch, self.buckets)
     num_layers = self.stack.num_layers
     rule_state, idx, valid, exit_layer, outputs = self._start(
-        params, carry, rule_inputs)
+      params, carry, rule_inputs
+    )
     size = batch
     for start in range(0, num_layers, self.segment_layers):
       stop = min(start + self.segment_layers, num_layers)
       carry, rule_state, valid, exit_layer, outputs, num_alive = self._segment(
-          params, carry, rule_state, idx, valid, exit_layer, outputs,
-          jnp.int32(start), length=stop - start)
+        params,
+        carry,
+        rule_state,
+        idx,
+        valid,
+        exit_layer,
+        outputs,
+        jnp.int32(start),
+        length=stop - start,
+      )
       if stop == num_layers:
         break
       num_alive = int(num_alive)  # the one host sync per segment
@@ -121,20 +144,35 @@ class CompactedRunner:
       new_size = next(s for s in sizes if s >= num_alive)
       if new_size < size:
         carry, rule_state, idx, valid = self._compact(
-            carry, rule_state, idx, valid, size=new_size)
+          carry, rule_state, idx, valid, size=new_size
+        )
         size = new_size
     return ExitResult(exit_layer=exit_layer, outputs=outputs)
 
   def _start_impl(self, params, carry, rule_inputs):
     """Initial rule state, slot bookkeeping and exit buffers, on device."""
     batch = batch_size_of(carry)
-    return (self.rule.init(batch, rule_inputs),
-            jnp.arange(batch, dtype=jnp.int32), jnp.ones((batch,), bool),
-            jnp.full((batch,), self.stack.num_layers - 1, jnp.int32),
-            head_output_zeros(self.stack, params, carry))
+    return (
+      self.rule.init(batch, rule_inputs),
+      jnp.arange(batch, dtype=jnp.int32),
+      jnp.ones((batch,), bool),
+      jnp.full((batch,), self.stack.num_layers - 1, jnp.int32),
+      head_output_zeros(self.stack, params, carry),
+    )
 
-  def _segment_impl(self, params, carry, rule_state, idx, valid, exit_layer,
-                    outputs, start, *, length):
+  def _segment_impl(
+    self,
+    params,
+    carry,
+    rule_state,
+    idx,
+    valid,
+    exit_layer,
+    outputs,
+    start,
+    *,
+    length,
+  ):
     """Layers [start, start + length) at the current bucket size.
 
     `start` is traced, so one program serves every segment of a bucket size:
@@ -151,13 +189,15 @@ class CompactedRunner:
       rule_state, exit_now = self.rule.update(rule_state, out, layer)
       newly = (exit_now | (layer == last)) & ~done
       done, local_layer, local_out = record_exits(
-          done, newly, layer, out, local_layer, local_out)
+        done, newly, layer, out, local_layer, local_out
+      )
     wrote = done & valid
     # Out-of-range targets are dropped: padding and survivors write nothing.
     target = jnp.where(wrote, idx, exit_layer.shape[0])
     exit_layer = exit_layer.at[target].set(local_layer, mode="drop")
-    outputs = jax.tree.map(lambda g, l: g.at[target].set(l, mode="drop"),
-                           outputs, local_out)
+    outputs = jax.tree.map(
+      lambda g, l: g.at[target].set(l, mode="drop"), outputs, local_out
+    )
     valid = valid & ~done
     return carry, rule_state, valid, exit_layer, outputs, valid.sum()
 

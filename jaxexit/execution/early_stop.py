@@ -12,15 +12,26 @@ Inference only: reverse-mode gradients do not pass through `while_loop`.
 import jax
 import jax.numpy as jnp
 
-from jaxexit.execution.stack import (ExitResult, ExitStack, batch_size_of,
-                                     check_stack, head_output_zeros,
-                                     record_exits)
+from jaxexit.execution.stack import (
+  ExitResult,
+  ExitStack,
+  batch_size_of,
+  check_stack,
+  head_output_zeros,
+  record_exits,
+)
 from jaxexit.exits.rules import ExitRule
 from jaxexit.typing import PyTree
 
 
-def early_stop(stack: ExitStack, rule: ExitRule, params: PyTree,
-               carry: PyTree, *, rule_inputs: PyTree = None) -> ExitResult:
+def early_stop(
+  stack: ExitStack,
+  rule: ExitRule,
+  params: PyTree,
+  carry: PyTree,
+  *,
+  rule_inputs: PyTree = None,
+) -> ExitResult:
   """Runs layers until every example has exited.
 
   Args:
@@ -48,11 +59,17 @@ def early_stop(stack: ExitStack, rule: ExitRule, params: PyTree,
     rs, exit_now = rule.update(rs, out, layer)
     newly = (exit_now | (layer == last)) & ~exited
     exited, exit_layer, outputs = record_exits(
-        exited, newly, layer, out, exit_layer, outputs)
+      exited, newly, layer, out, exit_layer, outputs
+    )
     return layer + 1, c, rs, exited, exit_layer, outputs
 
-  state = (jnp.int32(0), carry, rule.init(batch, rule_inputs),
-           jnp.zeros((batch,), bool), jnp.full((batch,), last, jnp.int32),
-           head_output_zeros(stack, params, carry))
+  state = (
+    jnp.int32(0),
+    carry,
+    rule.init(batch, rule_inputs),
+    jnp.zeros((batch,), bool),
+    jnp.full((batch,), last, jnp.int32),
+    head_output_zeros(stack, params, carry),
+  )
   *_, exit_layer, outputs = jax.lax.while_loop(cond, body, state)
   return ExitResult(exit_layer=exit_layer, outputs=outputs)

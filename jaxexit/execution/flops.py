@@ -29,7 +29,7 @@ def xla_flops(fn, *args) -> float:
   0.0 for a program without floating-point work (XLA then omits the entry).
   """
   analysis = jax.jit(fn).lower(*args).compile().cost_analysis()
-  if isinstance(analysis, (list, tuple)):   # older JAX returned one per device
+  if isinstance(analysis, (list, tuple)):  # older JAX returned one per device
     analysis = analysis[0]
   if analysis is None:
     raise ValueError("XLA's cost analysis is unavailable on this backend")
@@ -69,12 +69,18 @@ def exit_flops(stack: ExitStack, params: PyTree, carry: PyTree) -> ExitFlops:
   batch = batch_size_of(carry)
   layer, head = [], []
   for k in range(stack.num_layers):
-    layer.append(xla_flops(lambda p, c, k=k: stack.layer_fn(p, k, c),
-                           params, carry) / batch)
+    layer.append(
+      xla_flops(lambda p, c, k=k: stack.layer_fn(p, k, c), params, carry)
+      / batch
+    )
     carry = jax.jit(lambda p, c, k=k: stack.layer_fn(p, k, c))(params, carry)
-    head.append(xla_flops(lambda p, c, k=k: stack.head_fn(p, k, c),
-                          params, carry) / batch)
+    head.append(
+      xla_flops(lambda p, c, k=k: stack.head_fn(p, k, c), params, carry) / batch
+    )
   layer, head = np.asarray(layer), np.asarray(head)
-  return ExitFlops(layer=layer, head=head,
-                   cumulative=np.cumsum(layer + head),
-                   full=float(layer.sum() + head[-1]))
+  return ExitFlops(
+    layer=layer,
+    head=head,
+    cumulative=np.cumsum(layer + head),
+    full=float(layer.sum() + head[-1]),
+  )

@@ -17,8 +17,9 @@ from jaxexit.typing import PyTree
 
 
 @functools.lru_cache(maxsize=32)
-def make_full_model(stack: ExitStack
-                    ) -> Callable[[PyTree, PyTree], ExitHeadOutput]:
+def make_full_model(
+  stack: ExitStack,
+) -> Callable[[PyTree, PyTree], ExitHeadOutput]:
   """A jitted `full(params, carry) -> ExitHeadOutput` of the last layer.
 
   Cached per stack, so repeated measurements reuse one compiled program.
@@ -32,7 +33,8 @@ def make_full_model(stack: ExitStack
   def full(params, carry):
     batch_size_of(carry)
     carry = jax.lax.fori_loop(
-        0, stack.num_layers, lambda i, c: stack.layer_fn(params, i, c), carry)
+      0, stack.num_layers, lambda i, c: stack.layer_fn(params, i, c), carry
+    )
     return stack.head_fn(params, last, carry)
 
   return full

@@ -33,8 +33,9 @@ from jaxexit.typing import PyTree
 MODES = ("simulate", "early_stop", "compacted")
 
 
-def make_runner(mode: str, stack: ExitStack, rule: ExitRule, **options
-                ) -> Callable[..., ExitResult]:
+def make_runner(
+  mode: str, stack: ExitStack, rule: ExitRule, **options
+) -> Callable[..., ExitResult]:
   """A compiled `runner(params, carry, *, rule_inputs=None) -> ExitResult`.
 
   Runners are cached per (mode, stack, rule, options), compared by value:
@@ -62,11 +63,19 @@ def _cached_runner(mode, stack, rule, options):
   fn = simulate if mode == "simulate" else early_stop
   jitted = jax.jit(functools.partial(fn, stack, rule, **options))
   return lambda params, carry, *, rule_inputs=None: jitted(
-      params, carry, rule_inputs=rule_inputs)
+    params, carry, rule_inputs=rule_inputs
+  )
 
 
-def compacted(stack: ExitStack, rule: ExitRule, params: PyTree, carry: PyTree,
-              *, rule_inputs: PyTree = None, **options) -> ExitResult:
+def compacted(
+  stack: ExitStack,
+  rule: ExitRule,
+  params: PyTree,
+  carry: PyTree,
+  *,
+  rule_inputs: PyTree = None,
+  **options,
+) -> ExitResult:
   """Runs `stack` with exited examples removed between segments.
 
   The compiled programs are cached per (stack, rule, options) through
@@ -77,16 +86,24 @@ def compacted(stack: ExitStack, rule: ExitRule, params: PyTree, carry: PyTree,
   return runner(params, carry, rule_inputs=rule_inputs)
 
 
-def run(mode: str, stack: ExitStack, rule: ExitRule, params: PyTree,
-        carry: PyTree, *, rule_inputs: PyTree = None, **options
-        ) -> ExitResult:
+def run(
+  mode: str,
+  stack: ExitStack,
+  rule: ExitRule,
+  params: PyTree,
+  carry: PyTree,
+  *,
+  rule_inputs: PyTree = None,
+  **options,
+) -> ExitResult:
   """Runs one batch in `mode` (un-jitted for simulate/early_stop).
 
   For repeated calls build a runner once with `make_runner`.
   """
   checks.one_of("mode", mode, MODES)
   if mode == "compacted":
-    return compacted(stack, rule, params, carry, rule_inputs=rule_inputs,
-                     **options)
+    return compacted(
+      stack, rule, params, carry, rule_inputs=rule_inputs, **options
+    )
   fn = simulate if mode == "simulate" else early_stop
   return fn(stack, rule, params, carry, rule_inputs=rule_inputs, **options)

@@ -10,16 +10,26 @@ pass: `ExitResult.per_layer` holds every head's output for the exit losses.
 import jax
 import jax.numpy as jnp
 
-from jaxexit.execution.stack import (ExitResult, ExitStack, batch_size_of,
-                                     check_stack)
+from jaxexit.execution.stack import (
+  ExitResult,
+  ExitStack,
+  batch_size_of,
+  check_stack,
+)
 from jaxexit.exits.rules import ExitRule
 from jaxexit.exits.select import first_exit, take_at_exit
 from jaxexit.typing import PyTree
 
 
-def simulate(stack: ExitStack, rule: ExitRule, params: PyTree, carry: PyTree,
-             *, rule_inputs: PyTree = None, unroll: int | bool = 1
-             ) -> ExitResult:
+def simulate(
+  stack: ExitStack,
+  rule: ExitRule,
+  params: PyTree,
+  carry: PyTree,
+  *,
+  rule_inputs: PyTree = None,
+  unroll: int | bool = 1,
+) -> ExitResult:
   """Runs all layers and selects each example's first exit.
 
   Args:
@@ -49,10 +59,15 @@ def simulate(stack: ExitStack, rule: ExitRule, params: PyTree, carry: PyTree,
 
   layers = jnp.arange(stack.num_layers, dtype=jnp.int32)
   _, (per_layer_LB, cond_LB) = jax.lax.scan(
-      body, (carry, rule_state), layers, unroll=unroll)
+    body, (carry, rule_state), layers, unroll=unroll
+  )
   per_layer = jax.tree.map(lambda x: jnp.moveaxis(x, 0, 1), per_layer_LB)
   cond_BL = jnp.moveaxis(cond_LB, 0, 1)  # [B, L]
   exit_layer = first_exit(cond_BL)
   outputs = jax.tree.map(lambda x: take_at_exit(x, exit_layer), per_layer)
-  return ExitResult(exit_layer=exit_layer, outputs=outputs,
-                    per_layer=per_layer, exit_condition=cond_BL)
+  return ExitResult(
+    exit_layer=exit_layer,
+    outputs=outputs,
+    per_layer=per_layer,
+    exit_condition=cond_BL,
+  )

@@ -46,11 +46,18 @@ class SpeedReport:
     return self.realised_speedup / self.theoretical_speedup
 
 
-def measure_speedup(stack: ExitStack, rule: ExitRule, params: PyTree,
-                    batches: Sequence[PyTree], *, mode: str,
-                    rule_inputs: Sequence[PyTree] | None = None,
-                    warmup: int = 1, repeats: int = 5,
-                    **mode_options) -> SpeedReport:
+def measure_speedup(
+  stack: ExitStack,
+  rule: ExitRule,
+  params: PyTree,
+  batches: Sequence[PyTree],
+  *,
+  mode: str,
+  rule_inputs: Sequence[PyTree] | None = None,
+  warmup: int = 1,
+  repeats: int = 5,
+  **mode_options,
+) -> SpeedReport:
   """Times `mode` against the full model over `batches` (same batch size).
 
   Args:
@@ -66,28 +73,37 @@ def measure_speedup(stack: ExitStack, rule: ExitRule, params: PyTree,
   """
   if not batches:
     raise ValueError("batches must hold at least one batch; got 0")
-  inputs = list(rule_inputs) if rule_inputs is not None else [None] * len(
-      batches)
+  inputs = (
+    list(rule_inputs) if rule_inputs is not None else [None] * len(batches)
+  )
   if len(inputs) != len(batches):
-    raise ValueError(f"rule_inputs has {len(inputs)} entries for "
-                     f"{len(batches)} batches")
+    raise ValueError(
+      f"rule_inputs has {len(inputs)} entries for {len(batches)} batches"
+    )
   full = make_full_model(stack)
   runner = make_runner(mode, stack, rule, **mode_options)
-  exit_layers = [runner(params, b, rule_inputs=r).exit_layer
-                 for b, r in zip(batches, inputs)]
+  exit_layers = [
+    runner(params, b, rule_inputs=r).exit_layer for b, r in zip(batches, inputs)
+  ]
   run_full = lambda: [full(params, b) for b in batches]
-  run_mode = lambda: [runner(params, b, rule_inputs=r).exit_layer
-                      for b, r in zip(batches, inputs)]
+  run_mode = lambda: [
+    runner(params, b, rule_inputs=r).exit_layer for b, r in zip(batches, inputs)
+  ]
   times = timing.time_side_by_side(
-      {"full": (run_full, ()), "mode": (run_mode, ())},
-      warmup=warmup, repeats=repeats)
+    {"full": (run_full, ()), "mode": (run_mode, ())},
+    warmup=warmup,
+    repeats=repeats,
+  )
   exit_layer = np.concatenate([np.asarray(e) for e in exit_layers])
   theoretical = cost.theoretical_speedup(exit_layer, stack.num_layers)
   realised = cost.realised_speedup(times["full"], times["mode"])
   batch_size = int(np.asarray(exit_layers[0]).shape[0])
-  return SpeedReport(mode=mode, batch_size=batch_size,
-                     avg_layers=cost.avg_layers(exit_layer),
-                     theoretical_speedup=theoretical,
-                     realised_speedup=realised,
-                     full_seconds=times["full"].median,
-                     mode_seconds=times["mode"].median)
+  return SpeedReport(
+    mode=mode,
+    batch_size=batch_size,
+    avg_layers=cost.avg_layers(exit_layer),
+    theoretical_speedup=theoretical,
+    realised_speedup=realised,
+    full_seconds=times["full"].median,
+    mode_seconds=times["mode"].median,
+  )

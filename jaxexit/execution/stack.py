@@ -87,35 +87,48 @@ def batch_size_of(carry: PyTree) -> int:
   if len(sizes) != 1 or -1 in sizes:
     shapes = [jnp.shape(x) for x in leaves]
     raise ValueError(
-        "every leaf of carry must have the batch axis first with one size; "
-        f"got leaf shapes {shapes}")
+      "every leaf of carry must have the batch axis first with one size; "
+      f"got leaf shapes {shapes}"
+    )
   batch = sizes.pop()
   if batch == 0:
     shapes = [jnp.shape(x) for x in leaves]
     raise ValueError(
-        f"batch is empty (B = 0): carry leaf shapes {shapes}; the execution "
-        "modes need at least one example")
+      f"batch is empty (B = 0): carry leaf shapes {shapes}; the execution "
+      "modes need at least one example"
+    )
   return batch
 
 
 def check_stack(stack: ExitStack) -> None:
   if not isinstance(stack, ExitStack):
     raise ValueError(f"stack must be an ExitStack; got {type(stack).__name__}")
-  if isinstance(stack.num_layers, bool) or not isinstance(stack.num_layers, int) \
-      or stack.num_layers < 1:
+  if (
+    isinstance(stack.num_layers, bool)
+    or not isinstance(stack.num_layers, int)
+    or stack.num_layers < 1
+  ):
     raise ValueError(
-        f"stack.num_layers must be an int >= 1; got {stack.num_layers!r}")
+      f"stack.num_layers must be an int >= 1; got {stack.num_layers!r}"
+    )
 
 
-def head_output_zeros(stack: ExitStack, params: PyTree, carry: PyTree
-                      ) -> ExitHeadOutput:
+def head_output_zeros(
+  stack: ExitStack, params: PyTree, carry: PyTree
+) -> ExitHeadOutput:
   """Zeros shaped like one layer's head output (for exit buffers)."""
   shapes = jax.eval_shape(lambda p, c: stack.head_fn(p, 0, c), params, carry)
   return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
 
 
-def record_exits(exited: Array, newly: Array, layer, out: ExitHeadOutput,
-                 exit_layer: Array, outputs: ExitHeadOutput):
+def record_exits(
+  exited: Array,
+  newly: Array,
+  layer,
+  out: ExitHeadOutput,
+  exit_layer: Array,
+  outputs: ExitHeadOutput,
+):
   """Keeps each example's first exit: writes `layer`/`out` where `newly`.
 
   Args:
@@ -131,7 +144,10 @@ def record_exits(exited: Array, newly: Array, layer, out: ExitHeadOutput,
   """
   exit_layer = jnp.where(newly, jnp.asarray(layer, jnp.int32), exit_layer)
   outputs = jax.tree.map(
-      lambda new, old: jnp.where(
-          newly.reshape(newly.shape + (1,) * (new.ndim - 1)), new, old),
-      out, outputs)
+    lambda new, old: jnp.where(
+      newly.reshape(newly.shape + (1,) * (new.ndim - 1)), new, old
+    ),
+    out,
+    outputs,
+  )
   return exited | newly, exit_layer, outputs

@@ -31,8 +31,9 @@ Vector = Real[ArrayLike, "L"] | Sequence[float]
 # Dynamic Perceiver's `generate_distribution`: r = (i+4)/20 for i = 0..16
 # (0.2 … 1.0), then 20/(i+4) for i = 16 down to 1 (1.0 … 4.0). The official
 # loop reads 33 of its 34 slots, so r = 1 appears twice and r = 5 is unused.
-DYN_PERCEIVER_R_VALUES = tuple([(i + 4) / 20 for i in range(17)]
-                               + [20 / (i + 4) for i in range(16, 0, -1)])
+DYN_PERCEIVER_R_VALUES = tuple(
+  [(i + 4) / 20 for i in range(17)] + [20 / (i + 4) for i in range(16, 0, -1)]
+)
 # Fewer exits at the CNN-only first exit and at the third exit (§7).
 DYN_PERCEIVER_RESCALE = (0.85, 1.0, 0.5, 1.0)
 
@@ -48,7 +49,8 @@ def _geometric_hazards(log_r: float, num_exits: int) -> np.ndarray:
   is computed in log space and stays finite for any r.
   """
   log_partial = np.logaddexp.accumulate(
-      log_r * np.arange(num_exits, dtype=np.float64))  # log Σ_{i≤m} r^i
+    log_r * np.arange(num_exits, dtype=np.float64)
+  )  # log Σ_{i≤m} r^i
   return np.exp(-log_partial[::-1])
 
 
@@ -58,13 +60,15 @@ def _check_rescale(rescale, num_exits: int) -> np.ndarray:
   s = np.asarray(rescale, np.float64)
   if s.shape != (num_exits,):
     raise ValueError(
-        f"rescale must have one factor per exit ({num_exits}); got "
-        f"rescale={rescale!r}")
+      f"rescale must have one factor per exit ({num_exits}); got "
+      f"rescale={rescale!r}"
+    )
   checks.in_range("rescale", s[:-1], 0.0, 1.0)
   if s[-1] != 1.0:
     raise ValueError(
-        "the last exit takes the remaining mass, so its rescale factor must be "
-        f"1; got rescale={rescale!r}")
+      "the last exit takes the remaining mass, so its rescale factor must be "
+      f"1; got rescale={rescale!r}"
+    )
   return s
 
 
@@ -74,9 +78,9 @@ def _distribution(log_r: float, scale: np.ndarray) -> np.ndarray:
   return hazards * survival
 
 
-def geometric_exit_distribution(r: float, num_exits: int, *,
-                                rescale: Sequence[float] | None = None
-                                ) -> Float[np.ndarray, "L"]:
+def geometric_exit_distribution(
+  r: float, num_exits: int, *, rescale: Sequence[float] | None = None
+) -> Float[np.ndarray, "L"]:
   """The target exit distribution q_k ∝ r^k (k = 0..L-1), normalised.
 
   `rescale` applies Dynamic Perceiver's adjustment (§7): for k = 0..L-2 in
@@ -103,14 +107,16 @@ def _confidence_2d(confidence) -> np.ndarray:
   conf = np.asarray(confidence)
   if conf.ndim != 2 or conf.shape[0] == 0 or conf.shape[1] == 0:
     raise ValueError(
-        "confidence must be [B, L] with B, L ≥ 1 (examples × exits); got "
-        f"shape {conf.shape}")
+      "confidence must be [B, L] with B, L ≥ 1 (examples × exits); got "
+      f"shape {conf.shape}"
+    )
   checks.finite("confidence", conf)
   return conf.astype(np.float64)
 
 
-def fit_thresholds(confidence: Real[ArrayLike, "B L"],
-                   q: Vector) -> Float[np.ndarray, "L"]:
+def fit_thresholds(
+  confidence: Real[ArrayLike, "B L"], q: Vector
+) -> Float[np.ndarray, "L"]:
   """MSDNet's threshold fit on a held-out set.
 
   For k = 0..L-2, among the examples that have not exited before k, sort the
@@ -135,7 +141,8 @@ def fit_thresholds(confidence: Real[ArrayLike, "B L"],
   q = np.asarray(q, np.float64)
   if q.shape != (num_exits,):
     raise ValueError(
-        f"q must have one entry per exit ({num_exits}); got q.shape={q.shape}")
+      f"q must have one entry per exit ({num_exits}); got q.shape={q.shape}"
+    )
   checks.in_range("q", q, 0.0, 1.0)
   if not np.isclose(q.sum(), 1.0, atol=1e-6):
     raise ValueError(f"q must sum to 1; got sum {q.sum()} for q={q.tolist()}")
@@ -151,8 +158,9 @@ def fit_thresholds(confidence: Real[ArrayLike, "B L"],
   return thresholds
 
 
-def budgeted_exit(confidence: Real[ArrayLike, "B L"],
-                  thresholds: Vector) -> Int[np.ndarray, "B"]:
+def budgeted_exit(
+  confidence: Real[ArrayLike, "B L"], thresholds: Vector
+) -> Int[np.ndarray, "B"]:
   """First exit k with confidence[:, k] ≥ T_k; the last exit otherwise.
 
   Args:
@@ -173,27 +181,38 @@ def _thresholds_1d(thresholds, num_exits: int | None = None) -> np.ndarray:
   t = np.asarray(thresholds, np.float64)
   if t.ndim != 1 or t.size == 0 or np.isnan(t).any():
     raise ValueError(
-        f"thresholds must be a non-empty [L] vector without NaN; got {t!r}")
+      f"thresholds must be a non-empty [L] vector without NaN; got {t!r}"
+    )
   if num_exits is not None and t.size != num_exits:
     raise ValueError(
-        f"thresholds must have one entry per exit ({num_exits}); got "
-        f"{t.size}: {t.tolist()}")
+      f"thresholds must have one entry per exit ({num_exits}); got "
+      f"{t.size}: {t.tolist()}"
+    )
   return t
 
 
 def _check_exit_costs(exit_costs) -> np.ndarray:
   c = np.asarray(exit_costs, np.float64)
-  if (c.ndim != 1 or c.size == 0 or not np.all(np.isfinite(c))
-      or np.any(c <= 0) or np.any(np.diff(c) <= 0)):
+  if (
+    c.ndim != 1
+    or c.size == 0
+    or not np.all(np.isfinite(c))
+    or np.any(c <= 0)
+    or np.any(np.diff(c) <= 0)
+  ):
     raise ValueError(
-        "exit_costs must be positive, finite and strictly increasing "
-        f"(cumulative cost per exit); got exit_costs={list(exit_costs)!r}")
+      "exit_costs must be positive, finite and strictly increasing "
+      f"(cumulative cost per exit); got exit_costs={list(exit_costs)!r}"
+    )
   return c
 
 
-def distribution_for_budget(budget: float, exit_costs: Sequence[float], *,
-                            rescale: Sequence[float] | None = None
-                            ) -> Float[np.ndarray, "L"]:
+def distribution_for_budget(
+  budget: float,
+  exit_costs: Sequence[float],
+  *,
+  rescale: Sequence[float] | None = None,
+) -> Float[np.ndarray, "L"]:
   """The geometric exit distribution whose expected cost is `budget`.
 
   Solves Σ_k q_k(r)·c_k = budget for r by bisection on log r. The expected
@@ -220,12 +239,16 @@ def distribution_for_budget(budget: float, exit_costs: Sequence[float], *,
   lo, hi = -_LOG_R_RANGE, _LOG_R_RANGE
   cheapest = float(_distribution(lo, scale) @ c)
   if budget < cheapest - 1e-12:
-    extra = ("" if rescale is None else
-             f"; with rescale={list(rescale)!r} the cheapest reachable "
-             f"expected cost is {cheapest:.6g}")
+    extra = (
+      ""
+      if rescale is None
+      else f"; with rescale={list(rescale)!r} the cheapest reachable "
+      f"expected cost is {cheapest:.6g}"
+    )
     raise ValueError(
-        f"budget={budget} cannot be met: the cheapest exit costs "
-        f"exit_costs[0]={c[0]:.6g}{extra}")
+      f"budget={budget} cannot be met: the cheapest exit costs "
+      f"exit_costs[0]={c[0]:.6g}{extra}"
+    )
   for _ in range(200):
     mid = 0.5 * (lo + hi)
     if _distribution(mid, scale) @ c < budget:
@@ -254,8 +277,9 @@ def thresholds_rule(thresholds: Vector) -> ExitRule:
 
   def condition(out, layer):
     if out.logits is None:
-      raise ValueError("thresholds_rule reads ExitHeadOutput.logits, which is "
-                       "None")
+      raise ValueError(
+        "thresholds_rule reads ExitHeadOutput.logits, which is None"
+      )
     return max_softmax(out.logits) >= t[layer]
 
   return memoryless(condition)
@@ -275,8 +299,9 @@ def thresholds_input_rule() -> ExitRule:
   def init(batch_size, thresholds):
     t = jnp.asarray(thresholds, jnp.float32)
     if t.ndim != 1:
-      raise ValueError(f"rule_inputs must be [L] thresholds; got shape "
-                       f"{t.shape}")
+      raise ValueError(
+        f"rule_inputs must be [L] thresholds; got shape {t.shape}"
+      )
     return jnp.broadcast_to(t[None], (batch_size,) + t.shape)
 
   def update(state, out, layer):

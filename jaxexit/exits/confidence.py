@@ -115,8 +115,9 @@ def _check_prob_threshold(threshold) -> None:
   checks.in_range("threshold", threshold, 0.0, 1.0)
 
 
-def entropy_exit(logits: Float[Array, "*b L C"],
-                 threshold: ScalarLike) -> Int[Array, "*b"]:
+def entropy_exit(
+  logits: Float[Array, "*b L C"], threshold: ScalarLike
+) -> Int[Array, "*b"]:
   """DeeBERT: exit at the first layer with H(softmax(z_l)) < S (§5).
 
   Args:
@@ -132,8 +133,9 @@ def entropy_exit(logits: Float[Array, "*b L C"],
   return first_exit(_entropy_f32(z) < threshold)
 
 
-def max_softmax_exit(logits: Float[Array, "*b L C"],
-                     threshold: ScalarLike) -> Int[Array, "*b"]:
+def max_softmax_exit(
+  logits: Float[Array, "*b L C"], threshold: ScalarLike
+) -> Int[Array, "*b"]:
   """Exit at the first layer with max_c softmax(z_l)_c ≥ T (§7).
 
   Args:
@@ -151,13 +153,17 @@ def max_softmax_exit(logits: Float[Array, "*b L C"],
 def _check_patience(patience, regression_tol) -> None:
   checks.positive_int("patience", patience)
   if regression_tol is not None:
-    checks.in_range("regression_tol", regression_tol, 0.0, np.inf,
-                    high_open=True)
+    checks.in_range(
+      "regression_tol", regression_tol, 0.0, np.inf, high_open=True
+    )
 
 
-def patience_exit(logits: Float[Array, "..."], patience: int, *,
-                  regression_tol: ScalarLike | None = None
-                  ) -> Int[Array, "..."]:
+def patience_exit(
+  logits: Float[Array, "..."],
+  patience: int,
+  *,
+  regression_tol: ScalarLike | None = None,
+) -> Int[Array, "..."]:
   """PABEE: exit once the prediction has been stable for `patience` layers.
 
   PABEE eq. (§4): c_1 = 0; c_i = c_{i−1} + 1 if argmax f_i = argmax f_{i−1}
@@ -212,7 +218,8 @@ def entropy_rule(threshold: ScalarLike) -> ExitRule:
   """
   _check_entropy_threshold(threshold)
   return memoryless(
-      lambda out, layer: _entropy_f32(_head_logits(out)) < threshold)
+    lambda out, layer: _entropy_f32(_head_logits(out)) < threshold
+  )
 
 
 def max_softmax_rule(threshold: ScalarLike) -> ExitRule:
@@ -223,7 +230,8 @@ def max_softmax_rule(threshold: ScalarLike) -> ExitRule:
   """
   _check_prob_threshold(threshold)
   return memoryless(
-      lambda out, layer: max_softmax(_head_logits(out)) >= threshold)
+    lambda out, layer: max_softmax(_head_logits(out)) >= threshold
+  )
 
 
 class PatienceState(NamedTuple):
@@ -234,8 +242,9 @@ class PatienceState(NamedTuple):
   has_prev: Array  # [B] bool, False before the first layer
 
 
-def patience_rule(patience: int, *,
-                  regression_tol: ScalarLike | None = None) -> ExitRule:
+def patience_rule(
+  patience: int, *, regression_tol: ScalarLike | None = None
+) -> ExitRule:
   """Incremental PABEE (twin of `patience_exit`); reads `logits`.
 
   `logits` is [B, C] (classification) or [B] / [B, 1] (regression, when
@@ -252,9 +261,11 @@ def patience_rule(patience: int, *,
   def init(batch_size, rule_inputs=None):
     del rule_inputs
     prev_dtype = jnp.float32 if regression else jnp.int32
-    return PatienceState(prev=jnp.zeros((batch_size,), prev_dtype),
-                         counter=jnp.zeros((batch_size,), jnp.int32),
-                         has_prev=jnp.zeros((batch_size,), bool))
+    return PatienceState(
+      prev=jnp.zeros((batch_size,), prev_dtype),
+      counter=jnp.zeros((batch_size,), jnp.int32),
+      has_prev=jnp.zeros((batch_size,), bool),
+    )
 
   def update(state, head_out, layer):
     del layer

@@ -44,8 +44,12 @@ def _f32(x) -> Array:
   return jnp.asarray(x, jnp.float32)
 
 
-def lte_targets(logits: Float[Array, "..."], labels: Real[Array, "*b"], *,
-                regression: bool = False) -> Float[Array, "..."]:
+def lte_targets(
+  logits: Float[Array, "..."],
+  labels: Real[Array, "*b"],
+  *,
+  regression: bool = False,
+) -> Float[Array, "..."]:
   """BERxiT learning-to-exit targets (§6), stop-gradient'ed.
 
   Classification: t_l = 1 − 1[argmax z_l = y] (1 = wrong ⇒ keep going).
@@ -68,8 +72,9 @@ def lte_targets(logits: Float[Array, "..."], labels: Real[Array, "*b"], *,
   if z.ndim != want or z.shape[:nb] != jnp.shape(labels):
     axes = "*b, L" if regression else "*b, L, C"
     raise ValueError(
-        f"logits must be [{axes}] with batch shape labels.shape="
-        f"{jnp.shape(labels)}; got logits.shape={jnp.shape(logits)}")
+      f"logits must be [{axes}] with batch shape labels.shape="
+      f"{jnp.shape(labels)}; got logits.shape={jnp.shape(logits)}"
+    )
   checks.finite("logits", z)
   if regression:
     target = jnp.tanh(jnp.abs(z - _f32(labels)[..., None]))
@@ -83,8 +88,9 @@ def _check_tau(threshold) -> None:
   checks.in_range("threshold", threshold, 0.0, 1.0)
 
 
-def learned_exit(scores: Float[Array, "*b L"],
-                 threshold: ScalarLike) -> Int[Array, "*b"]:
+def learned_exit(
+  scores: Float[Array, "*b L"], threshold: ScalarLike
+) -> Int[Array, "*b"]:
   """BERxiT: exit at the first layer whose uncertainty u_l < τ (§6).
 
   Args:
@@ -100,8 +106,9 @@ def learned_exit(scores: Float[Array, "*b L"],
   return first_exit(_f32(scores) < threshold)
 
 
-def _jei_step(carry: tuple[Array, Array], g: Array
-              ) -> tuple[tuple[Array, Array], tuple[Array, Array]]:
+def _jei_step(
+  carry: tuple[Array, Array], g: Array
+) -> tuple[tuple[Array, Array], tuple[Array, Array]]:
   """One JEI-DNN gate: (Σ_{j<l} g_j, Π_{j<l}(1 − c_j)), g_l → (P_l, c_l)."""
   sum_g, survival = carry
   p = jnp.maximum(0.0, jnp.minimum(g, 1.0 - sum_g))
@@ -113,7 +120,7 @@ def _jei_step(carry: tuple[Array, Array], g: Array
 
 
 def jei_exit_probabilities(
-    g: Float[Array, "*b L"]
+  g: Float[Array, "*b L"],
 ) -> tuple[Float[Array, "*b L"], Float[Array, "*b L"]]:
   """JEI-DNN's truncated direct exit probabilities and conditional gates.
 
@@ -133,19 +140,23 @@ def jei_exit_probabilities(
   checks.rank_at_least("g", g, 1, "*b, L")
   checks.probabilities("g", g)
   g_lb = jnp.moveaxis(_f32(g), -1, 0)  # [L, *b]
-  init = (jnp.zeros(g_lb.shape[1:], jnp.float32),
-          jnp.ones(g_lb.shape[1:], jnp.float32))
+  init = (
+    jnp.zeros(g_lb.shape[1:], jnp.float32),
+    jnp.ones(g_lb.shape[1:], jnp.float32),
+  )
   _, (p_lb, c_lb) = jax.lax.scan(_jei_step, init, g_lb)
   return jnp.moveaxis(p_lb, 0, -1), jnp.moveaxis(c_lb, 0, -1)
 
 
 def _check_jei_threshold(threshold) -> None:
-  checks.in_range("threshold", threshold, 0.0, 1.0, low_open=True,
-                  high_open=True)
+  checks.in_range(
+    "threshold", threshold, 0.0, 1.0, low_open=True, high_open=True
+  )
 
 
-def jei_exit(g: Float[Array, "*b L"],
-             threshold: ScalarLike = 0.5) -> Int[Array, "*b"]:
+def jei_exit(
+  g: Float[Array, "*b L"], threshold: ScalarLike = 0.5
+) -> Int[Array, "*b"]:
   """JEI-DNN inference: exit at the first l with c_l ≥ threshold (§8.3).
 
   Args:
@@ -160,8 +171,9 @@ def jei_exit(g: Float[Array, "*b L"],
   return first_exit(c >= threshold)
 
 
-def jei_oracle_exit(ce: Float[Array, "*b L"], costs: Float[Array, "L"],
-                    gamma: ScalarLike) -> Int[Array, "*b"]:
+def jei_oracle_exit(
+  ce: Float[Array, "*b L"], costs: Float[Array, "L"], gamma: ScalarLike
+) -> Int[Array, "*b"]:
   """JEI-DNN's oracle exit l* = argmin_l CE_l + γ·C_l (§8.4, gate phase).
 
   Ties go to the earliest exit (like `torch.argmin`).
@@ -178,14 +190,16 @@ def jei_oracle_exit(ce: Float[Array, "*b L"], costs: Float[Array, "L"],
   checks.rank_at_least("ce", ce, 1, "*b, L")
   if jnp.shape(costs) != jnp.shape(ce)[-1:]:
     raise ValueError(
-        f"costs must be [L] with L={jnp.shape(ce)[-1]} (from ce.shape="
-        f"{jnp.shape(ce)}); got costs.shape={jnp.shape(costs)}")
+      f"costs must be [L] with L={jnp.shape(ce)[-1]} (from ce.shape="
+      f"{jnp.shape(ce)}); got costs.shape={jnp.shape(costs)}"
+    )
   total = _f32(ce) + _f32(gamma) * jnp.broadcast_to(_f32(costs), ce.shape)
   return jnp.argmin(total, axis=-1).astype(jnp.int32)
 
 
-def jei_gate_targets(oracle_exit: Int[Array, "*b"],
-                     num_layers: int) -> Float[Array, "*b L"]:
+def jei_gate_targets(
+  oracle_exit: Int[Array, "*b"], num_layers: int
+) -> Float[Array, "*b L"]:
   """JEI-DNN gate targets t_l = 1[l ≥ l*] (cumulative, §8.4, §12.8).
 
   Args:
@@ -198,7 +212,8 @@ def jei_gate_targets(oracle_exit: Int[Array, "*b"],
   checks.positive_int("num_layers", num_layers)
   nb = jnp.ndim(oracle_exit)
   layers = jnp.arange(num_layers, dtype=jnp.int32).reshape(
-      (1,) * nb + (num_layers,))
+    (1,) * nb + (num_layers,)
+  )
   return (layers >= oracle_exit[..., None]).astype(jnp.float32)
 
 
@@ -215,7 +230,8 @@ def _score(head_out: ExitHeadOutput) -> Array:
     x = x[:, 0]
   if jnp.ndim(x) != 1:
     raise ValueError(
-        f"ExitHeadOutput.score must be [B]; got shape {jnp.shape(x)}")
+      f"ExitHeadOutput.score must be [B]; got shape {jnp.shape(x)}"
+    )
   checks.probabilities("head_out.score", x)
   return _f32(x)
 
@@ -250,8 +266,10 @@ def jei_gate_rule(threshold: ScalarLike = 0.5) -> ExitRule:
 
   def init(batch_size, rule_inputs=None):
     del rule_inputs
-    return JeiGateState(jnp.zeros((batch_size,), jnp.float32),
-                        jnp.ones((batch_size,), jnp.float32))
+    return JeiGateState(
+      jnp.zeros((batch_size,), jnp.float32),
+      jnp.ones((batch_size,), jnp.float32),
+    )
 
   def update(state, head_out, layer):
     del layer

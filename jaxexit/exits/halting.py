@@ -52,8 +52,9 @@ def _exclusive_cumsum(x: Array) -> Array:
   return jnp.concatenate([zeros, jnp.cumsum(x[..., :-1], axis=-1)], axis=-1)
 
 
-def halting_distribution(lambdas: Float[Array, "*b L"], *,
-                         remainder: str = "none") -> Float[Array, "*b L"]:
+def halting_distribution(
+  lambdas: Float[Array, "*b L"], *, remainder: str = "none"
+) -> Float[Array, "*b L"]:
   """Unconditional halting probabilities from conditional ones.
 
   PonderNet eq. (§2.p): p_n = λ_n Π_{j<n}(1 − λ_j).
@@ -76,8 +77,9 @@ def halting_distribution(lambdas: Float[Array, "*b L"], *,
   return lam * _exclusive_cumprod(1.0 - lam)
 
 
-def truncated_geometric_prior(lambda_p: ScalarLike,
-                              num_layers: int) -> Float[Array, "L"]:
+def truncated_geometric_prior(
+  lambda_p: ScalarLike, num_layers: int
+) -> Float[Array, "L"]:
   """PonderNet's geometric prior truncated to L steps.
 
   PonderNet eq. (§2, §3.2): p_G(k) = λ_p (1 − λ_p)^{k−1} for k = 1..L−1, and
@@ -91,8 +93,7 @@ def truncated_geometric_prior(lambda_p: ScalarLike,
   Returns:
     [L] float32 prior.
   """
-  checks.in_range("lambda_p", lambda_p, 0.0, 1.0, low_open=True,
-                  high_open=True)
+  checks.in_range("lambda_p", lambda_p, 0.0, 1.0, low_open=True, high_open=True)
   checks.positive_int("num_layers", num_layers)
   lam = _f32(lambda_p)
   k = jnp.arange(num_layers, dtype=jnp.float32)  # k−1 for k = 1..L
@@ -107,9 +108,12 @@ PAPER_NUM_LAYERS = 12
 PRIOR_SETTINGS = ("depth_matched", "paper")
 
 
-def depth_matched_lambda_p(num_layers: int, *,
-                           reference_lambda_p: float = PAPER_LAMBDA_P,
-                           reference_layers: int = PAPER_NUM_LAYERS) -> float:
+def depth_matched_lambda_p(
+  num_layers: int,
+  *,
+  reference_lambda_p: float = PAPER_LAMBDA_P,
+  reference_layers: int = PAPER_NUM_LAYERS,
+) -> float:
   """λ_p whose prior keeps the reference prior's shape over relative depth.
 
   The geometric prior's survival after k layers is (1 − λ_p)^k. Requiring
@@ -137,8 +141,14 @@ def depth_matched_lambda_p(num_layers: int, *,
   """
   checks.positive_int("num_layers", num_layers)
   checks.positive_int("reference_layers", reference_layers)
-  checks.in_range("reference_lambda_p", reference_lambda_p, 0.0, 1.0,
-                  low_open=True, high_open=True)
+  checks.in_range(
+    "reference_lambda_p",
+    reference_lambda_p,
+    0.0,
+    1.0,
+    low_open=True,
+    high_open=True,
+  )
   return 1.0 - (1.0 - reference_lambda_p) ** (reference_layers / num_layers)
 
 
@@ -157,8 +167,9 @@ def prior_lambda_p(setting: str, num_layers: int) -> float:
   return depth_matched_lambda_p(num_layers)
 
 
-def kl_divergence(p: Float[Array, "... L"],
-                  q: Float[Array, "... L"]) -> Float[Array, "..."]:
+def kl_divergence(
+  p: Float[Array, "... L"], q: Float[Array, "... L"]
+) -> Float[Array, "..."]:
   """KL(p ‖ q) = Σ_n p_n (log p_n − log q_n) over the last axis.
 
   0·log 0 = 0, and both logs are clamped at float32 `tiny`, so a zero in q
@@ -179,18 +190,22 @@ def kl_divergence(p: Float[Array, "... L"],
   checks.probabilities("q", q)
   if p.shape[-1] != q.shape[-1]:
     raise ValueError(
-        f"p and q must share the last (L) axis; got p.shape={p.shape}, "
-        f"q.shape={q.shape}")
+      f"p and q must share the last (L) axis; got p.shape={p.shape}, "
+      f"q.shape={q.shape}"
+    )
   shape = jnp.broadcast_shapes(p.shape, q.shape)
   p = jnp.broadcast_to(_f32(p), shape)
   q = jnp.broadcast_to(_f32(q), shape)
-  log_ratio = (jnp.log(jnp.maximum(p, _TINY))
-               - jnp.log(jnp.maximum(q, _TINY)))
+  log_ratio = jnp.log(jnp.maximum(p, _TINY)) - jnp.log(jnp.maximum(q, _TINY))
   return jnp.sum(jnp.where(p > 0, p * log_ratio, 0.0), axis=-1)
 
 
-def ponder_kl(p: Float[Array, "*b L"], prior: Float[Array, "... L"], *,
-              direction: str = "prior_p") -> Float[Array, "*b"]:
+def ponder_kl(
+  p: Float[Array, "*b L"],
+  prior: Float[Array, "... L"],
+  *,
+  direction: str = "prior_p",
+) -> Float[Array, "*b"]:
   """PonderNet's KL regulariser between halting distribution and prior.
 
   PonderNet eq. (§2, L_Reg): the paper writes KL(p ‖ p_G) ("p_prior");
@@ -211,8 +226,9 @@ def ponder_kl(p: Float[Array, "*b L"], prior: Float[Array, "... L"], *,
   return kl_divergence(p, prior)
 
 
-def epsilon_floor(p: Float[Array, "*b L"],
-                  eps: ScalarLike = 0.05) -> Float[Array, "*b L"]:
+def epsilon_floor(
+  p: Float[Array, "*b L"], eps: ScalarLike = 0.05
+) -> Float[Array, "*b L"]:
   """PALBERT's ε-trick: p_n := ε/L once the mass before step n exceeds 1 − ε.
 
   PALBERT §3.2 / §12.4. Semantics read from the official code
@@ -268,8 +284,9 @@ def _uniform_at(key: PRNGKeyArray, layer) -> Array:
   return jax.random.uniform(jax.random.fold_in(key, layer), (), jnp.float32)
 
 
-def sampled_exit(key: PRNGKeyArray,
-                 lambdas: Float[Array, "B L"]) -> Int[Array, "B"]:
+def sampled_exit(
+  key: PRNGKeyArray, lambdas: Float[Array, "B L"]
+) -> Int[Array, "B"]:
   """PonderNet's stochastic exit: halt at step n with probability λ_n.
 
   PonderNet §2 inference (PALBERT `exit_criteria="sample"`). Randomness is
@@ -292,12 +309,14 @@ def sampled_exit(key: PRNGKeyArray,
   keys = jax.random.split(key, batch)
   layers = jnp.arange(num_layers, dtype=jnp.int32)
   u = jax.vmap(lambda k: jax.vmap(lambda n: _uniform_at(k, n))(layers))(
-      keys)  # [B, L]
+    keys
+  )  # [B, L]
   return first_exit(u < _f32(lambdas))
 
 
-def ponder_task_loss(per_layer_loss: Float[Array, "*b L"],
-                     p: Float[Array, "*b L"]) -> Float[Array, ""]:
+def ponder_task_loss(
+  per_layer_loss: Float[Array, "*b L"], p: Float[Array, "*b L"]
+) -> Float[Array, ""]:
   """PonderNet's reconstruction term Σ_n mean_b p_n ℓ_n.
 
   PonderNet eq. (§2, L_Rec); PALBERT §3.2 (`total_loss += (p_n·ℓ_n).mean()`
@@ -330,7 +349,8 @@ def _head_field(head_out: ExitHeadOutput, name: str) -> Array:
     x = x[:, 0]
   if jnp.ndim(x) != 1:
     raise ValueError(
-        f"ExitHeadOutput.{name} must be [B]; got shape {jnp.shape(x)}")
+      f"ExitHeadOutput.{name} must be [B]; got shape {jnp.shape(x)}"
+    )
   return _f32(x)
 
 
@@ -354,8 +374,10 @@ def q_exit_rule(q: ScalarLike) -> ExitRule:
 
   def init(batch_size, rule_inputs=None):
     del rule_inputs
-    return QExitState(survival=jnp.ones((batch_size,), jnp.float32),
-                      cdf=jnp.zeros((batch_size,), jnp.float32))
+    return QExitState(
+      survival=jnp.ones((batch_size,), jnp.float32),
+      cdf=jnp.zeros((batch_size,), jnp.float32),
+    )
 
   def update(state, head_out, layer):
     del layer
@@ -385,7 +407,8 @@ def sampled_exit_rule() -> ExitRule:
   def init(batch_size, rule_inputs):
     if rule_inputs is None:
       raise ValueError(
-          "sampled_exit_rule needs a PRNG key as rule_inputs; got None")
+        "sampled_exit_rule needs a PRNG key as rule_inputs; got None"
+      )
     return SampledExitState(jax.random.split(rule_inputs, batch_size))
 
   def update(state, head_out, layer):

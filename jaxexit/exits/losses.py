@@ -26,8 +26,9 @@ def _f32(x) -> Array:
   return jnp.asarray(x, jnp.float32)
 
 
-def cross_entropy_per_exit(logits: Float[Array, "*b L C"],
-                           labels: Int[Array, "*b"]) -> Float[Array, "*b L"]:
+def cross_entropy_per_exit(
+  logits: Float[Array, "*b L C"], labels: Int[Array, "*b"]
+) -> Float[Array, "*b L"]:
   """Cross-entropy of the true label at every exit.
 
   Args:
@@ -40,8 +41,9 @@ def cross_entropy_per_exit(logits: Float[Array, "*b L C"],
   nb = jnp.ndim(labels)
   if jnp.ndim(logits) != nb + 2 or jnp.shape(logits)[:nb] != jnp.shape(labels):
     raise ValueError(
-        f"logits must be [*b, L, C] with *b = labels.shape="
-        f"{jnp.shape(labels)}; got logits.shape={jnp.shape(logits)}")
+      f"logits must be [*b, L, C] with *b = labels.shape="
+      f"{jnp.shape(labels)}; got logits.shape={jnp.shape(logits)}"
+    )
   num_classes = jnp.shape(logits)[-1]
   checks.finite("logits", logits)
   checks.in_range("labels", labels, 0.0, float(num_classes - 1))
@@ -50,8 +52,9 @@ def cross_entropy_per_exit(logits: Float[Array, "*b L C"],
   return -jnp.sum(logp * onehot[..., None, :], axis=-1)
 
 
-def weighted_exit_loss(per_layer_loss: Float[Array, "*b L"],
-                       weights: Float[Array, "L"]) -> Float[Array, ""]:
+def weighted_exit_loss(
+  per_layer_loss: Float[Array, "*b L"], weights: Float[Array, "L"]
+) -> Float[Array, ""]:
   """Σ_l w_l · mean_b ℓ_{b,l}.
 
   Args:
@@ -65,8 +68,9 @@ def weighted_exit_loss(per_layer_loss: Float[Array, "*b L"],
   num_layers = per_layer_loss.shape[-1]
   if jnp.shape(weights) != (num_layers,):
     raise ValueError(
-        f"weights must be [L] with L={num_layers}; got "
-        f"weights.shape={jnp.shape(weights)}")
+      f"weights must be [L] with L={num_layers}; got "
+      f"weights.shape={jnp.shape(weights)}"
+    )
   mean_l = jnp.mean(_f32(per_layer_loss).reshape(-1, num_layers), axis=0)
   return jnp.sum(_f32(weights) * mean_l)
 
@@ -98,9 +102,11 @@ def uniform_weights(num_layers: int) -> Float[Array, "L"]:
   return jnp.full((num_layers,), 1.0 / num_layers, jnp.float32)
 
 
-def kl_self_distillation(student_logits: Float[Array, "*b L C"],
-                         teacher_logits: Float[Array, "*b C"],
-                         temperature: ScalarLike = 1.0) -> Float[Array, ""]:
+def kl_self_distillation(
+  student_logits: Float[Array, "*b L C"],
+  teacher_logits: Float[Array, "*b C"],
+  temperature: ScalarLike = 1.0,
+) -> Float[Array, ""]:
   """T² Σ_l mean_b KL(softmax(t/T) ‖ softmax(s_l/T)), teacher frozen.
 
   Dynamic Perceiver §9.2 (official `engine.py`: `F.kl_div(log_softmax(y_e/T),
@@ -115,18 +121,21 @@ def kl_self_distillation(student_logits: Float[Array, "*b L C"],
   Returns:
     scalar float32 loss.
   """
-  checks.in_range("temperature", temperature, 0.0, np.inf, low_open=True,
-                  high_open=True)
+  checks.in_range(
+    "temperature", temperature, 0.0, np.inf, low_open=True, high_open=True
+  )
   s, t = jnp.shape(student_logits), jnp.shape(teacher_logits)
   if len(s) != len(t) + 1 or s[:-2] != t[:-1] or s[-1] != t[-1]:
     raise ValueError(
-        "student_logits must be [*b, L, C] and teacher_logits [*b, C]; got "
-        f"student_logits.shape={s}, teacher_logits.shape={t}")
+      "student_logits must be [*b, L, C] and teacher_logits [*b, C]; got "
+      f"student_logits.shape={s}, teacher_logits.shape={t}"
+    )
   checks.finite("student_logits", student_logits)
   checks.finite("teacher_logits", teacher_logits)
   temp = _f32(temperature)
   log_t = jax.nn.log_softmax(
-      jax.lax.stop_gradient(_f32(teacher_logits)) / temp, axis=-1)
+    jax.lax.stop_gradient(_f32(teacher_logits)) / temp, axis=-1
+  )
   log_s = jax.nn.log_softmax(_f32(student_logits) / temp, axis=-1)
   log_t = log_t[..., None, :]  # [*b, 1, C]
   kl = jnp.sum(jnp.exp(log_t) * (log_t - log_s), axis=-1)  # [*b, L]
@@ -134,9 +143,13 @@ def kl_self_distillation(student_logits: Float[Array, "*b L C"],
   return temp**2 * jnp.sum(per_exit)
 
 
-def ponder_loss(per_layer_loss: Float[Array, "*b L"], p: Float[Array, "*b L"],
-                prior: Float[Array, "L"], beta: ScalarLike,
-                direction: str = "prior_p") -> Float[Array, ""]:
+def ponder_loss(
+  per_layer_loss: Float[Array, "*b L"],
+  p: Float[Array, "*b L"],
+  prior: Float[Array, "L"],
+  beta: ScalarLike,
+  direction: str = "prior_p",
+) -> Float[Array, ""]:
   """PonderNet/PALBERT loss: Σ_n mean_b p_n ℓ_n + β · mean_b KL.
 
   PonderNet §2 (L = L_Rec + β L_Reg); PALBERT §3.2 (β = 0.5, λ_p = 0.1,

@@ -41,8 +41,9 @@ class ExitRule(NamedTuple):
   """A pair of pure functions deciding exits one layer at a time."""
 
   init: Callable[[int, Any], RuleState]
-  update: Callable[[RuleState, ExitHeadOutput, Array | int],
-                   tuple[RuleState, Array]]
+  update: Callable[
+    [RuleState, ExitHeadOutput, Array | int], tuple[RuleState, Array]
+  ]
 
 
 def _no_state(batch_size: int, rule_inputs=None) -> RuleState:
@@ -51,8 +52,9 @@ def _no_state(batch_size: int, rule_inputs=None) -> RuleState:
   return jnp.zeros((batch_size,), jnp.int32)
 
 
-def memoryless(condition: Callable[[ExitHeadOutput, Array | int], Array]
-               ) -> ExitRule:
+def memoryless(
+  condition: Callable[[ExitHeadOutput, Array | int], Array],
+) -> ExitRule:
   """A rule whose decision depends only on the current layer's output.
 
   Args:
@@ -76,10 +78,13 @@ def always() -> ExitRule:
 
 
 def fixed_depth(num_layers_used: int) -> ExitRule:
-  """Static k-layer model: every example exits after `num_layers_used` layers."""
+  """Static k-layer model: each example exits after `num_layers_used` layers."""
   checks.positive_int("num_layers_used", num_layers_used)
-  return memoryless(lambda out, layer: jnp.full(
-      _batch_shape(out), jnp.asarray(layer) >= num_layers_used - 1))
+  return memoryless(
+    lambda out, layer: jnp.full(
+      _batch_shape(out), jnp.asarray(layer) >= num_layers_used - 1
+    )
+  )
 
 
 def preset_depth() -> ExitRule:
@@ -93,8 +98,9 @@ def preset_depth() -> ExitRule:
     shape = None if rule_inputs is None else np.shape(rule_inputs)
     if shape != (batch_size,):
       raise ValueError(
-          f"preset_depth needs rule_inputs of shape [B]=({batch_size},); got "
-          f"rule_inputs with shape {shape}")
+        f"preset_depth needs rule_inputs of shape [B]=({batch_size},); got "
+        f"rule_inputs with shape {shape}"
+      )
     return jnp.asarray(rule_inputs, jnp.int32)
 
   def update(depth, head_out, layer):
@@ -107,5 +113,7 @@ def preset_depth() -> ExitRule:
 def _batch_shape(out: ExitHeadOutput) -> tuple[int, ...]:
   leaves = jax.tree.leaves(out)
   if not leaves:
-    raise ValueError("ExitHeadOutput has no array fields; the batch size is unknown")
+    raise ValueError(
+      "ExitHeadOutput has no array fields; the batch size is unknown"
+    )
   return leaves[0].shape[:1]

@@ -45,8 +45,9 @@ def take_at_exit(values: Array, exit_layer: Int[Array, "*batch"]) -> Array:
   nb = exit_layer.ndim
   if values.shape[:nb] != exit_layer.shape:
     raise ValueError(
-        f"values must be [*batch, L, ...] with batch shape {exit_layer.shape}; "
-        f"got values.shape={values.shape}")
+      f"values must be [*batch, L, ...] with batch shape {exit_layer.shape}; "
+      f"got values.shape={values.shape}"
+    )
   idx = exit_layer.reshape(exit_layer.shape + (1,) * (values.ndim - nb))
   return jnp.take_along_axis(values, idx, axis=nb).squeeze(nb)
 

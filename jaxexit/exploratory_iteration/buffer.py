@@ -27,8 +27,10 @@ import numpy as np
 from jaxtyping import ArrayLike, Real
 
 from jaxexit import checks
-from jaxexit.exploratory_iteration.learnability import (SCORE_NORMS,
-                                                        normalize_scores)
+from jaxexit.exploratory_iteration.learnability import (
+  SCORE_NORMS,
+  normalize_scores,
+)
 from jaxexit.typing import Array, Bool, Float, Int, PRNGKeyArray, PyTree
 
 ScalarLike = Real[ArrayLike, ""]
@@ -64,11 +66,14 @@ class BufferConfig:
     checks.positive_int("BufferConfig.capacity", self.capacity)
     checks.positive_int("BufferConfig.min_fill", self.min_fill)
     if self.min_fill > self.capacity:
-      raise ValueError(f"BufferConfig.min_fill={self.min_fill} must not "
-                       f"exceed capacity={self.capacity}")
+      raise ValueError(
+        f"BufferConfig.min_fill={self.min_fill} must not "
+        f"exceed capacity={self.capacity}"
+      )
     checks.in_range("BufferConfig.replay_prob", self.replay_prob, 0.0, 1.0)
-    checks.in_range("BufferConfig.kappa", self.kappa, 0.0, float("inf"),
-                    high_open=True)
+    checks.in_range(
+      "BufferConfig.kappa", self.kappa, 0.0, float("inf"), high_open=True
+    )
     checks.one_of("BufferConfig.dedupe", self.dedupe, (True, False))
     checks.one_of("BufferConfig.score_norm", self.score_norm, SCORE_NORMS)
 
@@ -120,13 +125,14 @@ def init_buffer(config: BufferConfig, example_item: PyTree) -> TaskBuffer:
     return jnp.zeros((n, *x.shape), x.dtype)
 
   return TaskBuffer(
-      items=jax.tree.map(slots, example_item),
-      score=jnp.full((n,), -jnp.inf, jnp.float32),
-      filled=jnp.zeros((n,), bool),
-      depth=jnp.zeros((n,), jnp.int32),
-      inserted_at=jnp.zeros((n,), jnp.int32),
-      parent=jnp.full((n,), -1, jnp.int32),
-      mode=jnp.zeros((n,), jnp.int32))
+    items=jax.tree.map(slots, example_item),
+    score=jnp.full((n,), -jnp.inf, jnp.float32),
+    filled=jnp.zeros((n,), bool),
+    depth=jnp.zeros((n,), jnp.int32),
+    inserted_at=jnp.zeros((n,), jnp.int32),
+    parent=jnp.full((n,), -1, jnp.int32),
+    mode=jnp.zeros((n,), jnp.int32),
+  )
 
 
 def buffer_size(buffer: TaskBuffer) -> Int[Array, ""]:
@@ -137,16 +143,21 @@ def buffer_size(buffer: TaskBuffer) -> Int[Array, ""]:
 def _check_items(items: PyTree, like: PyTree, lead: int) -> None:
   """Raises unless `items` matches `like`'s structure and per-item shapes."""
   if jax.tree.structure(items) != jax.tree.structure(like):
-    raise ValueError(f"items structure {jax.tree.structure(items)} differs "
-                     f"from the buffer's {jax.tree.structure(like)}")
+    raise ValueError(
+      f"items structure {jax.tree.structure(items)} differs "
+      f"from the buffer's {jax.tree.structure(like)}"
+    )
   for x, y in zip(jax.tree.leaves(items), jax.tree.leaves(like)):
     if np.shape(x)[:1] != (lead,) or np.shape(x)[1:] != np.shape(y)[1:]:
-      raise ValueError(f"an items leaf has shape {np.shape(x)}; expected "
-                       f"({lead}, *{np.shape(y)[1:]})")
+      raise ValueError(
+        f"an items leaf has shape {np.shape(x)}; expected "
+        f"({lead}, *{np.shape(y)[1:]})"
+      )
 
 
 def _matches(items: PyTree, item: PyTree) -> Bool[Array, "N"]:
   """Slots whose item equals `item` in every leaf."""
+
   def eq(stored, x):
     same = stored == x[None]
     return jnp.all(same.reshape(same.shape[0], -1), axis=-1)
@@ -174,22 +185,29 @@ def _insert_one(buffer: TaskBuffer, cand, step: Array, dedupe: bool):
     return field.at[slot].set(jnp.where(write, value, field[slot]))
 
   new = TaskBuffer(
-      items=jax.tree.map(lambda f, v: put(f, v, write_new), buffer.items,
-                         item),
-      score=put(buffer.score, score, write_score),
-      filled=put(buffer.filled, True, write_new),
-      depth=put(buffer.depth, depth, write_new),
-      inserted_at=put(buffer.inserted_at, step, write_new),
-      parent=put(buffer.parent, parent, write_new),
-      mode=put(buffer.mode, mode, write_new))
+    items=jax.tree.map(lambda f, v: put(f, v, write_new), buffer.items, item),
+    score=put(buffer.score, score, write_score),
+    filled=put(buffer.filled, True, write_new),
+    depth=put(buffer.depth, depth, write_new),
+    inserted_at=put(buffer.inserted_at, step, write_new),
+    parent=put(buffer.parent, parent, write_new),
+    mode=put(buffer.mode, mode, write_new),
+  )
   return new, jnp.where(write_score, slot, -1).astype(jnp.int32)
 
 
-def insert_batch(buffer: TaskBuffer, items: PyTree,
-                 scores: Float[Array, "M"], depth: Int[Array, "M"],
-                 parent: Int[Array, "M"], mode: Int[Array, "M"],
-                 valid: Bool[Array, "M"], step: ScalarLike, *,
-                 dedupe: bool) -> tuple[TaskBuffer, Int[Array, "M"]]:
+def insert_batch(
+  buffer: TaskBuffer,
+  items: PyTree,
+  scores: Float[Array, "M"],
+  depth: Int[Array, "M"],
+  parent: Int[Array, "M"],
+  mode: Int[Array, "M"],
+  valid: Bool[Array, "M"],
+  step: ScalarLike,
+  *,
+  dedupe: bool,
+) -> tuple[TaskBuffer, Int[Array, "M"]]:
   """Inserts M candidates one after another (a `lax.scan`).
 
   Per valid candidate, in order: with `dedupe`, if an identical item (every
@@ -217,25 +235,40 @@ def insert_batch(buffer: TaskBuffer, items: PyTree,
   """
   m = scores.shape[0]
   _check_items(items, buffer.items, m)
-  checks.same_shape(("scores", "depth", "parent", "mode", "valid"), scores,
-                    depth, parent, mode, valid)
+  checks.same_shape(
+    ("scores", "depth", "parent", "mode", "valid"),
+    scores,
+    depth,
+    parent,
+    mode,
+    valid,
+  )
   checks.finite("scores", scores)
-  cands = (items, scores.astype(jnp.float32), depth.astype(jnp.int32),
-           parent.astype(jnp.int32), mode.astype(jnp.int32),
-           valid.astype(bool))
+  cands = (
+    items,
+    scores.astype(jnp.float32),
+    depth.astype(jnp.int32),
+    parent.astype(jnp.int32),
+    mode.astype(jnp.int32),
+    valid.astype(bool),
+  )
   return _insert_scan(buffer, cands, jnp.asarray(step, jnp.int32), dedupe)
 
 
 # Jitted so eager callers compile the scan once per shape, not per call.
 @functools.partial(jax.jit, static_argnums=3)
 def _insert_scan(buffer: TaskBuffer, cands, step: Array, dedupe: bool):
-  return jax.lax.scan(lambda b, c: _insert_one(b, c, step, dedupe), buffer,
-                      cands)
+  return jax.lax.scan(
+    lambda b, c: _insert_one(b, c, step, dedupe), buffer, cands
+  )
 
 
-def update_scores(buffer: TaskBuffer, idx: Int[Array, "P"],
-                  scores: Float[Array, "P"],
-                  mask: Bool[Array, "P"]) -> TaskBuffer:
+def update_scores(
+  buffer: TaskBuffer,
+  idx: Int[Array, "P"],
+  scores: Float[Array, "P"],
+  mask: Bool[Array, "P"],
+) -> TaskBuffer:
   """Overwrites the scores of replayed entries with fresh measurements.
 
   A slot drawn several times in one batch (replay is with replacement) gets
@@ -255,16 +288,20 @@ def update_scores(buffer: TaskBuffer, idx: Int[Array, "P"],
   n = buffer.score.shape[0]
   # Masked draws scatter out of range and are dropped.
   target = jnp.where(mask, idx, n)
-  total = jnp.zeros((n,), jnp.float32).at[target].add(
-      scores.astype(jnp.float32), mode="drop")
+  total = (
+    jnp.zeros((n,), jnp.float32)
+    .at[target]
+    .add(scores.astype(jnp.float32), mode="drop")
+  )
   count = jnp.zeros((n,), jnp.float32).at[target].add(1.0, mode="drop")
   hit = (count > 0) & buffer.filled
   new = jnp.where(hit, total / jnp.maximum(count, 1.0), buffer.score)
   return dataclasses.replace(buffer, score=new)
 
 
-def replay_probs(buffer: TaskBuffer, kappa: ScalarLike, *,
-                 score_norm: str = "none") -> Float[Array, "N"]:
+def replay_probs(
+  buffer: TaskBuffer, kappa: ScalarLike, *, score_norm: str = "none"
+) -> Float[Array, "N"]:
   """P(i) = exp(κ·S_i) / Σ_j exp(κ·S_j) over filled slots (0 elsewhere).
 
   Args:
@@ -286,8 +323,14 @@ def _replay_logits(buffer: TaskBuffer, kappa, score_norm: str) -> Array:
   return jnp.where(jnp.any(buffer.filled), logits, 0.0)
 
 
-def sample(buffer: TaskBuffer, key: PRNGKeyArray, n: int,
-           kappa: ScalarLike, *, score_norm: str = "none") -> Int[Array, "P"]:
+def sample(
+  buffer: TaskBuffer,
+  key: PRNGKeyArray,
+  n: int,
+  kappa: ScalarLike,
+  *,
+  score_norm: str = "none",
+) -> Int[Array, "P"]:
   """Draws n slots ∝ exp(κ·S) over filled slots, with replacement.
 
   Args:
@@ -305,11 +348,15 @@ def sample(buffer: TaskBuffer, key: PRNGKeyArray, n: int,
   return jax.random.categorical(key, logits, shape=(n,)).astype(jnp.int32)
 
 
-def buffer_stats(buffer: TaskBuffer, step: ScalarLike, *,
-                 kappa: ScalarLike, score_norm: str = "none",
-                 num_bins: int = 10,
-                 score_range: tuple[float, float] = (0.0, 0.25)
-                 ) -> dict[str, Array]:
+def buffer_stats(
+  buffer: TaskBuffer,
+  step: ScalarLike,
+  *,
+  kappa: ScalarLike,
+  score_norm: str = "none",
+  num_bins: int = 10,
+  score_range: tuple[float, float] = (0.0, 0.25),
+) -> dict[str, Array]:
   """Curriculum diagnostics of the buffer (spec §6.3, §11.5), jit-safe.
 
   Means over filled slots are 0 when the buffer is empty. "Age" is
@@ -337,30 +384,35 @@ def buffer_stats(buffer: TaskBuffer, step: ScalarLike, *,
     raise ValueError(f"score_range={score_range} must have high > low")
   filled = buffer.filled
   count = jnp.maximum(jnp.sum(filled), 1)
-  age = (jnp.asarray(step, jnp.int32) - buffer.inserted_at).astype(
-      jnp.float32)
+  age = (jnp.asarray(step, jnp.int32) - buffer.inserted_at).astype(jnp.float32)
   depth = buffer.depth.astype(jnp.float32)
   score = jnp.where(filled, buffer.score, 0.0)
 
   def mean(x):
     return jnp.sum(jnp.where(filled, x, 0.0)) / count
 
-  probs = jnp.where(filled, replay_probs(buffer, kappa,
-                                         score_norm=score_norm), 0.0)
-  bins = jnp.clip(jnp.floor((score - low) / (high - low) * num_bins), 0,
-                  num_bins - 1).astype(jnp.int32)
+  probs = jnp.where(
+    filled, replay_probs(buffer, kappa, score_norm=score_norm), 0.0
+  )
+  bins = jnp.clip(
+    jnp.floor((score - low) / (high - low) * num_bins), 0, num_bins - 1
+  ).astype(jnp.int32)
   any_filled = jnp.any(filled)
   return dict(
-      size=buffer_size(buffer),
-      score_mean=mean(score),
-      score_max=jnp.where(any_filled, jnp.max(jnp.where(
-          filled, buffer.score, -jnp.inf)), 0.0),
-      depth_mean=mean(depth),
-      depth_max=jnp.max(jnp.where(filled, buffer.depth, 0)),
-      age_mean=mean(age),
-      replay_depth_mean=jnp.sum(probs * depth),
-      replay_age_mean=jnp.sum(probs * age),
-      replay_ess=jnp.where(any_filled, 1.0 / jnp.maximum(
-          jnp.sum(probs**2), 1e-30), 0.0),
-      score_hist=jnp.zeros((num_bins,), jnp.int32).at[bins].add(
-          filled.astype(jnp.int32)))
+    size=buffer_size(buffer),
+    score_mean=mean(score),
+    score_max=jnp.where(
+      any_filled, jnp.max(jnp.where(filled, buffer.score, -jnp.inf)), 0.0
+    ),
+    depth_mean=mean(depth),
+    depth_max=jnp.max(jnp.where(filled, buffer.depth, 0)),
+    age_mean=mean(age),
+    replay_depth_mean=jnp.sum(probs * depth),
+    replay_age_mean=jnp.sum(probs * age),
+    replay_ess=jnp.where(
+      any_filled, 1.0 / jnp.maximum(jnp.sum(probs**2), 1e-30), 0.0
+    ),
+    score_hist=jnp.zeros((num_bins,), jnp.int32)
+    .at[bins]
+    .add(filled.astype(jnp.int32)),
+  )

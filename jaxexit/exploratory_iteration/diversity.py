@@ -20,8 +20,9 @@ from jaxexit import checks
 from jaxexit.typing import Array, Float
 
 
-def diversity_coefficients(embeddings: Float[Array, "P G E"], *,
-                           eps: float = 1e-6) -> Float[Array, "P G"]:
+def diversity_coefficients(
+  embeddings: Float[Array, "P G E"], *, eps: float = 1e-6
+) -> Float[Array, "P G"]:
   """Per-rollout diversity multipliers d_i (see the module docstring).
 
   The embeddings come from a frozen encoder, so this is not meant to be
@@ -34,11 +35,11 @@ def diversity_coefficients(embeddings: Float[Array, "P G E"], *,
   Returns:
     [P, G] float32 coefficients ≥ 0.
   """
-  checks.in_range("eps", eps, 0.0, float("inf"), low_open=True,
-                  high_open=True)
+  checks.in_range("eps", eps, 0.0, float("inf"), low_open=True, high_open=True)
   emb = embeddings.astype(jnp.float32)
   centroid = jnp.mean(emb, axis=1, keepdims=True)  # [P, 1, E]
   dist = jnp.linalg.norm(emb - centroid, axis=-1)  # [P, G]
-  spread = (jnp.max(dist, axis=-1, keepdims=True)
-            - jnp.min(dist, axis=-1, keepdims=True))  # [P, 1]
+  spread = jnp.max(dist, axis=-1, keepdims=True) - jnp.min(
+    dist, axis=-1, keepdims=True
+  )  # [P, 1]
   return jnp.where(spread < eps, 1.0, dist / (spread + eps))

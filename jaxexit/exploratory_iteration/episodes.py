@@ -29,17 +29,25 @@ import numpy as np
 from jaxtyping import ArrayLike, Real
 
 from jaxexit import checks
-from jaxexit.exploratory_iteration.buffer import (BufferConfig, TaskBuffer,
-                                                  buffer_size, insert_batch,
-                                                  sample, update_scores)
+from jaxexit.exploratory_iteration.buffer import (
+  BufferConfig,
+  TaskBuffer,
+  buffer_size,
+  insert_batch,
+  sample,
+  update_scores,
+)
+
 # A fresh (or replayed) base task; self-improve / self-divergence prompts on
 # a stored history.
-from jaxexit.exploratory_iteration.domains.base import (MODE_BASE, MODE_DIVERGE,
-                                          MODE_IMPROVE)
+from jaxexit.exploratory_iteration.domains.base import (
+  MODE_BASE,
+  MODE_DIVERGE,
+  MODE_IMPROVE,
+)
 from jaxexit.typing import Array, Bool, Float, Int, PRNGKeyArray, PyTree
 
 ScalarLike = Real[ArrayLike, ""]
-
 
 
 @jax.tree_util.register_dataclass
@@ -89,12 +97,16 @@ class Candidates:
 def _check_like(items: PyTree, like: PyTree) -> None:
   """Raises unless two item pytrees agree in structure and per-item shape."""
   if jax.tree.structure(items) != jax.tree.structure(like):
-    raise ValueError(f"fresh_items structure {jax.tree.structure(items)} "
-                     f"differs from the buffer's {jax.tree.structure(like)}")
+    raise ValueError(
+      f"fresh_items structure {jax.tree.structure(items)} "
+      f"differs from the buffer's {jax.tree.structure(like)}"
+    )
   for x, y in zip(jax.tree.leaves(items), jax.tree.leaves(like)):
     if np.shape(x)[1:] != np.shape(y)[1:]:
-      raise ValueError(f"a fresh_items leaf has shape {np.shape(x)}; "
-                       f"expected (P, *{np.shape(y)[1:]})")
+      raise ValueError(
+        f"a fresh_items leaf has shape {np.shape(x)}; "
+        f"expected (P, *{np.shape(y)[1:]})"
+      )
 
 
 def _rows(flag: Array, x: Array) -> Array:
@@ -102,9 +114,15 @@ def _rows(flag: Array, x: Array) -> Array:
   return flag.reshape(flag.shape + (1,) * (x.ndim - 1))
 
 
-def select_starts(key: PRNGKeyArray, buffer: TaskBuffer,
-                  config: BufferConfig, fresh_items: PyTree,
-                  p_div: ScalarLike, *, allow_replay: bool = True) -> Starts:
+def select_starts(
+  key: PRNGKeyArray,
+  buffer: TaskBuffer,
+  config: BufferConfig,
+  fresh_items: PyTree,
+  p_div: ScalarLike,
+  *,
+  allow_replay: bool = True,
+) -> Starts:
   """Algorithm 1 step 1: replay a buffer entry or take a fresh base task.
 
   Each of the P starts replays when the buffer holds ≥ B_min entries and a
@@ -129,20 +147,26 @@ def select_starts(key: PRNGKeyArray, buffer: TaskBuffer,
   p = jax.tree.leaves(fresh_items)[0].shape[0]
   k_replay, k_draw, k_div = jax.random.split(key, 3)
   ready = allow_replay & (buffer_size(buffer) >= config.min_fill)
-  from_buffer = ready & (jax.random.uniform(k_replay, (p,))
-                         < config.replay_prob)
-  idx = sample(buffer, k_draw, p, config.kappa,
-               score_norm=config.score_norm)
+  from_buffer = ready & (
+    jax.random.uniform(k_replay, (p,)) < config.replay_prob
+  )
+  idx = sample(buffer, k_draw, p, config.kappa, score_norm=config.score_norm)
   items = jax.tree.map(
-      lambda b, f: jnp.where(_rows(from_buffer, f), b[idx], f),
-      buffer.items, fresh_items)
+    lambda b, f: jnp.where(_rows(from_buffer, f), b[idx], f),
+    buffer.items,
+    fresh_items,
+  )
   depth = jnp.where(from_buffer, buffer.depth[idx], 0)
   diverge = jax.random.uniform(k_div, (p,)) < p_div
   mode = jnp.where(diverge, MODE_DIVERGE, MODE_IMPROVE)
   mode = jnp.where(from_buffer & (depth > 0), mode, MODE_BASE)
-  return Starts(items=items, from_buffer=from_buffer,
-                buffer_idx=jnp.where(from_buffer, idx, -1).astype(jnp.int32),
-                depth=depth.astype(jnp.int32), mode=mode.astype(jnp.int32))
+  return Starts(
+    items=items,
+    from_buffer=from_buffer,
+    buffer_idx=jnp.where(from_buffer, idx, -1).astype(jnp.int32),
+    depth=depth.astype(jnp.int32),
+    mode=mode.astype(jnp.int32),
+  )
 
 
 def base_candidates(starts: Starts, scores: Float[Array, "P"]) -> Candidates:
@@ -152,11 +176,14 @@ def base_candidates(starts: Starts, scores: Float[Array, "P"]) -> Candidates:
   `update_scores`.
   """
   p = scores.shape[0]
-  return Candidates(items=starts.items, scores=scores.astype(jnp.float32),
-                    depth=jnp.zeros((p,), jnp.int32),
-                    parent=jnp.full((p,), -1, jnp.int32),
-                    mode=jnp.full((p,), MODE_BASE, jnp.int32),
-                    valid=~starts.from_buffer)
+  return Candidates(
+    items=starts.items,
+    scores=scores.astype(jnp.float32),
+    depth=jnp.zeros((p,), jnp.int32),
+    parent=jnp.full((p,), -1, jnp.int32),
+    mode=jnp.full((p,), MODE_BASE, jnp.int32),
+    valid=~starts.from_buffer,
+  )
 
 
 def _per_rollout(make: Callable, starts: Starts, responses: PyTree) -> PyTree:
@@ -173,10 +200,15 @@ def _flatten_groups(tree: PyTree) -> PyTree:
   return jax.tree.map(lambda x: x.reshape((-1, *x.shape[2:])), tree)
 
 
-def expand_children(make_child: Callable[[PyTree, PyTree], PyTree],
-                    starts: Starts, responses: PyTree,
-                    scores: Float[Array, "P"], parent: Int[Array, "P"], *,
-                    valid: Bool[Array, "P G"] | None = None) -> Candidates:
+def expand_children(
+  make_child: Callable[[PyTree, PyTree], PyTree],
+  starts: Starts,
+  responses: PyTree,
+  scores: Float[Array, "P"],
+  parent: Int[Array, "P"],
+  *,
+  valid: Bool[Array, "P G"] | None = None,
+) -> Candidates:
   """One child per rollout, inheriting its start's score (§3.3 step 4).
 
   Args:
@@ -197,18 +229,23 @@ def expand_children(make_child: Callable[[PyTree, PyTree], PyTree],
   g = jax.tree.leaves(responses)[0].shape[1]
   valid = jnp.ones((p, g), bool) if valid is None else valid
   return Candidates(
-      items=_flatten_groups(_per_rollout(make_child, starts, responses)),
-      scores=_repeat(scores.astype(jnp.float32), g),
-      depth=_repeat(starts.depth + 1, g),
-      parent=_repeat(parent.astype(jnp.int32), g),
-      mode=_repeat(starts.mode, g),
-      valid=valid.reshape(-1))
+    items=_flatten_groups(_per_rollout(make_child, starts, responses)),
+    scores=_repeat(scores.astype(jnp.float32), g),
+    depth=_repeat(starts.depth + 1, g),
+    parent=_repeat(parent.astype(jnp.int32), g),
+    mode=_repeat(starts.mode, g),
+    valid=valid.reshape(-1),
+  )
 
 
-def flatten_turns(items: PyTree, valid: Bool[Array, "M T"],
-                  scores: Float[Array, "M"], depth: Int[Array, "M"],
-                  parent: Int[Array, "M"],
-                  mode: Int[Array, "M"]) -> Candidates:
+def flatten_turns(
+  items: PyTree,
+  valid: Bool[Array, "M T"],
+  scores: Float[Array, "M"],
+  depth: Int[Array, "M"],
+  parent: Int[Array, "M"],
+  mode: Int[Array, "M"],
+) -> Candidates:
   """Per-turn prefixes [M, T, ...] as M·T candidates (history-major).
 
   Every prefix of history m inherits m's score, depth, parent and mode;
@@ -227,19 +264,25 @@ def flatten_turns(items: PyTree, valid: Bool[Array, "M T"],
     `Candidates` of M·T entries.
   """
   t = valid.shape[1]
-  return Candidates(items=_flatten_groups(items),
-                    scores=_repeat(scores.astype(jnp.float32), t),
-                    depth=_repeat(depth.astype(jnp.int32), t),
-                    parent=_repeat(parent.astype(jnp.int32), t),
-                    mode=_repeat(mode.astype(jnp.int32), t),
-                    valid=valid.reshape(-1))
+  return Candidates(
+    items=_flatten_groups(items),
+    scores=_repeat(scores.astype(jnp.float32), t),
+    depth=_repeat(depth.astype(jnp.int32), t),
+    parent=_repeat(parent.astype(jnp.int32), t),
+    mode=_repeat(mode.astype(jnp.int32), t),
+    valid=valid.reshape(-1),
+  )
 
 
-def expand_prefixes(make_prefixes: Callable[[PyTree, PyTree],
-                                            tuple[PyTree, Array]],
-                    starts: Starts, responses: PyTree,
-                    scores: Float[Array, "P"], parent: Int[Array, "P"], *,
-                    valid: Bool[Array, "P G"] | None = None) -> Candidates:
+def expand_prefixes(
+  make_prefixes: Callable[[PyTree, PyTree], tuple[PyTree, Array]],
+  starts: Starts,
+  responses: PyTree,
+  scores: Float[Array, "P"],
+  parent: Int[Array, "P"],
+  *,
+  valid: Bool[Array, "P G"] | None = None,
+) -> Candidates:
   """`expand_children` for multi-turn tasks: every turn prefix of a child.
 
   Args:
@@ -256,26 +299,42 @@ def expand_prefixes(make_prefixes: Callable[[PyTree, PyTree],
   valid = jnp.ones((p, g), bool) if valid is None else valid
   prefixes, prefix_valid = _per_rollout(make_prefixes, starts, responses)
   return flatten_turns(
-      _flatten_groups(prefixes),
-      prefix_valid.reshape(p * g, -1) & valid.reshape(-1, 1),
-      _repeat(scores, g), _repeat(starts.depth + 1, g),
-      _repeat(parent, g), _repeat(starts.mode, g))
+    _flatten_groups(prefixes),
+    prefix_valid.reshape(p * g, -1) & valid.reshape(-1, 1),
+    _repeat(scores, g),
+    _repeat(starts.depth + 1, g),
+    _repeat(parent, g),
+    _repeat(starts.mode, g),
+  )
 
 
-def insert_candidates(buffer: TaskBuffer, cands: Candidates,
-                      step: ScalarLike, *,
-                      dedupe: bool) -> tuple[TaskBuffer, Int[Array, "M"]]:
+def insert_candidates(
+  buffer: TaskBuffer, cands: Candidates, step: ScalarLike, *, dedupe: bool
+) -> tuple[TaskBuffer, Int[Array, "M"]]:
   """`insert_batch` on a `Candidates` (returns the buffer and [M] slots)."""
-  return insert_batch(buffer, cands.items, cands.scores, cands.depth,
-                      cands.parent, cands.mode, cands.valid, step,
-                      dedupe=dedupe)
+  return insert_batch(
+    buffer,
+    cands.items,
+    cands.scores,
+    cands.depth,
+    cands.parent,
+    cands.mode,
+    cands.valid,
+    step,
+    dedupe=dedupe,
+  )
 
 
-def update_buffer(buffer: TaskBuffer, starts: Starts,
-                  scores: Float[Array, "P"], step: ScalarLike, *,
-                  dedupe: bool, insert_base: bool = True,
-                  expand: Callable[[Array], Candidates] | None = None
-                  ) -> TaskBuffer:
+def update_buffer(
+  buffer: TaskBuffer,
+  starts: Starts,
+  scores: Float[Array, "P"],
+  step: ScalarLike,
+  *,
+  dedupe: bool,
+  insert_base: bool = True,
+  expand: Callable[[Array], Candidates] | None = None,
+) -> TaskBuffer:
   """Algorithm 1 step 4: rescore starts, insert base tasks and children.
 
   In order: replayed starts get their new S (`update_scores`); fresh base
@@ -296,14 +355,13 @@ def update_buffer(buffer: TaskBuffer, starts: Starts,
   Returns:
     The new buffer.
   """
-  buffer = update_scores(buffer, starts.buffer_idx, scores,
-                         starts.from_buffer)
+  buffer = update_scores(buffer, starts.buffer_idx, scores, starts.from_buffer)
   parent = starts.buffer_idx
   if insert_base:
-    buffer, slot = insert_candidates(buffer, base_candidates(starts, scores),
-                                     step, dedupe=dedupe)
+    buffer, slot = insert_candidates(
+      buffer, base_candidates(starts, scores), step, dedupe=dedupe
+    )
     parent = jnp.where(starts.from_buffer, parent, slot)
   if expand is not None:
-    buffer, _ = insert_candidates(buffer, expand(parent), step,
-                                  dedupe=dedupe)
+    buffer, _ = insert_candidates(buffer, expand(parent), step, dedupe=dedupe)
   return buffer

@@ -22,8 +22,11 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxexit import checks
-from jaxexit.exploratory_iteration.domains.base import (MODE_BASE, MODE_IMPROVE,
-                                                        Domain)
+from jaxexit.exploratory_iteration.domains.base import (
+  MODE_BASE,
+  MODE_IMPROVE,
+  Domain,
+)
 from jaxexit.exploratory_iteration.policy import sample_responses
 from jaxexit.typing import Array, PRNGKeyArray, PyTree
 
@@ -49,9 +52,16 @@ class KStepResult:
   sample_success: Array
 
 
-def k_step(model, domain: Domain, tasks: PyTree, *, K: int,
-           num_samples: int, temperature: float, key: PRNGKeyArray
-           ) -> KStepResult:
+def k_step(
+  model,
+  domain: Domain,
+  tasks: PyTree,
+  *,
+  K: int,
+  num_samples: int,
+  temperature: float,
+  key: PRNGKeyArray,
+) -> KStepResult:
   """The traceable K-step evaluation (call inside `jit`/`vmap`; see
   `k_step_eval` for the jitted entry point).
 
@@ -71,42 +81,63 @@ def k_step(model, domain: Domain, tasks: PyTree, *, K: int,
   checks.positive_int("num_samples", num_samples)
   b = domain.num_tasks(tasks)
   reps = jax.tree.map(
-      lambda x: jnp.tile(x, (num_samples,) + (1,) * (x.ndim - 1)), tasks)
+    lambda x: jnp.tile(x, (num_samples,) + (1,) * (x.ndim - 1)), tasks
+  )
   n = b * num_samples
 
   def attempt(prev, k):
     # Step 0 is the base prompt (its prev shows as BLANK), then improve.
-    mode = jnp.full((n,), jnp.where(k == 0, MODE_BASE, MODE_IMPROVE),
-                    jnp.int32)
-    response, _ = sample_responses(model, domain, reps, prev, mode,
-                                   jax.random.fold_in(key, k), temperature)
+    mode = jnp.full((n,), jnp.where(k == 0, MODE_BASE, MODE_IMPROVE), jnp.int32)
+    response, _ = sample_responses(
+      model, domain, reps, prev, mode, jax.random.fold_in(key, k), temperature
+    )
     answer = domain.apply_response(reps, prev, mode, response)
-    return answer, (domain.quality(reps, answer),
-                    domain.success(reps, answer))
+    return answer, (domain.quality(reps, answer), domain.success(reps, answer))
 
-  _, (q, s) = jax.lax.scan(attempt, domain.blank_answer(reps),
-                           jnp.arange(K + 1))
+  _, (q, s) = jax.lax.scan(
+    attempt, domain.blank_answer(reps), jnp.arange(K + 1)
+  )
   q = q.reshape(K + 1, num_samples, b)
   s = s.reshape(K + 1, num_samples, b)
   fixed = jnp.sum(s & ~s[:1], axis=(1, 2), dtype=jnp.int32)
   broken = jnp.sum(~s & s[:1], axis=(1, 2), dtype=jnp.int32)
-  return KStepResult(quality=jnp.mean(q, axis=(1, 2)),
-                     success=jnp.mean(s, axis=(1, 2), dtype=jnp.float32),
-                     net_corrections=fixed - broken, sample_quality=q,
-                     sample_success=s)
+  return KStepResult(
+    quality=jnp.mean(q, axis=(1, 2)),
+    success=jnp.mean(s, axis=(1, 2), dtype=jnp.float32),
+    net_corrections=fixed - broken,
+    sample_quality=q,
+    sample_success=s,
+  )
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "domain", "K",
-                                             "num_samples", "temperature"))
-def _k_step_jit(graphdef, params, tasks, key, *, domain, K, num_samples,
-                temperature):
-  return k_step(nnx.merge(graphdef, params), domain, tasks, K=K,
-                num_samples=num_samples, temperature=temperature, key=key)
+@functools.partial(
+  jax.jit,
+  static_argnames=("graphdef", "domain", "K", "num_samples", "temperature"),
+)
+def _k_step_jit(
+  graphdef, params, tasks, key, *, domain, K, num_samples, temperature
+):
+  return k_step(
+    nnx.merge(graphdef, params),
+    domain,
+    tasks,
+    K=K,
+    num_samples=num_samples,
+    temperature=temperature,
+    key=key,
+  )
 
 
-def k_step_eval(model, domain: Domain, tasks: PyTree, *, K: int,
-                num_samples: int, temperature: float,
-                key: PRNGKeyArray | None = None) -> KStepResult:
+def k_step_eval(
+  model,
+  domain: Domain,
+  tasks: PyTree,
+  *,
+  K: int,
+  num_samples: int,
+  temperature: float,
+  key: PRNGKeyArray | None = None,
+) -> KStepResult:
   """Jitted `k_step` (compiled once per graphdef, domain and sizes).
 
   Args:
@@ -119,6 +150,13 @@ def k_step_eval(model, domain: Domain, tasks: PyTree, *, K: int,
   checks.in_range("temperature", temperature, 0, float("inf"))
   graphdef, params = nnx.split(model)
   key = jax.random.key(0) if key is None else key
-  return _k_step_jit(graphdef, params, tasks, key, domain=domain, K=K,
-                     num_samples=num_samples,
-                     temperature=float(temperature))
+  return _k_step_jit(
+    graphdef,
+    params,
+    tasks,
+    key,
+    domain=domain,
+    K=K,
+    num_samples=num_samples,
+    temperature=float(temperature),
+  )

@@ -18,8 +18,9 @@ from jaxexit.typing import Array, Bool, Float
 SCORE_NORMS = ("none", "max", "rank")
 
 
-def group_learnability(rewards: Float[Array, "P G"], *,
-                       ddof: int = 0) -> Float[Array, "P"]:
+def group_learnability(
+  rewards: Float[Array, "P G"], *, ddof: int = 0
+) -> Float[Array, "P"]:
   """S = Var_G(r) per group; p(1 − p) for binary rewards with ddof = 0.
 
   Args:
@@ -36,9 +37,11 @@ def group_learnability(rewards: Float[Array, "P G"], *,
   return jnp.sum(centered**2, axis=-1) / (rewards.shape[-1] - ddof)
 
 
-def normalize_scores(scores: Float[Array, "N"], mode: str = "none",
-                     valid: Bool[Array, "N"] | None = None
-                     ) -> Float[Array, "N"]:
+def normalize_scores(
+  scores: Float[Array, "N"],
+  mode: str = "none",
+  valid: Bool[Array, "N"] | None = None,
+) -> Float[Array, "N"]:
   """Rescales scores before the softmax(κ·S) replay distribution.
 
   With dense rewards the group variances are tiny (S ≈ 0.003 in the toy), so

@@ -65,15 +65,17 @@ class PolicyConfig:
   def llama_config(self, domain: Domain) -> LlamaConfig:
     """The `LlamaConfig` of this policy on `domain`."""
     return LlamaConfig(
-        vocab_size=domain.vocab_size, d_model=self.d_model,
-        num_layers=self.num_layers, num_heads=self.num_heads,
-        mlp_hidden=self.mlp_hidden,
-        max_position=domain.prompt_len + domain.response_len,
-        dtype=self.dtype)
+      vocab_size=domain.vocab_size,
+      d_model=self.d_model,
+      num_layers=self.num_layers,
+      num_heads=self.num_heads,
+      mlp_hidden=self.mlp_hidden,
+      max_position=domain.prompt_len + domain.response_len,
+      dtype=self.dtype,
+    )
 
 
-def make_policy(domain: Domain, cfg: PolicyConfig,
-                rngs: nnx.Rngs) -> LlamaLM:
+def make_policy(domain: Domain, cfg: PolicyConfig, rngs: nnx.Rngs) -> LlamaLM:
   """A freshly initialised policy for `domain`."""
   return LlamaLM(cfg.llama_config(domain), rngs=rngs)
 
@@ -81,8 +83,9 @@ def make_policy(domain: Domain, cfg: PolicyConfig,
 def policy_graphdef(domain: Domain, cfg: PolicyConfig) -> nnx.GraphDef:
   """The graphdef every policy of (`domain`, `cfg`) shares (no
   initialisation is run)."""
-  graphdef, _ = nnx.split(nnx.eval_shape(
-      lambda: make_policy(domain, cfg, nnx.Rngs(0))))
+  graphdef, _ = nnx.split(
+    nnx.eval_shape(lambda: make_policy(domain, cfg, nnx.Rngs(0)))
+  )
   return graphdef
 
 
@@ -98,10 +101,15 @@ def _masked_logp(logits: Float[Array, "*B V"], allowed) -> Array:
   return jax.nn.log_softmax(jnp.where(allowed, logits, NEG_INF), axis=-1)
 
 
-def sample_responses(model: LlamaLM, domain: Domain, tasks: PyTree,
-                     prev: Int[Array, "B A"], mode: Int[Array, "B"],
-                     key: PRNGKeyArray, temperature: float
-                     ) -> tuple[Int[Array, "B R"], Float[Array, "B R"]]:
+def sample_responses(
+  model: LlamaLM,
+  domain: Domain,
+  tasks: PyTree,
+  prev: Int[Array, "B A"],
+  mode: Int[Array, "B"],
+  key: PRNGKeyArray,
+  temperature: float,
+) -> tuple[Int[Array, "B R"], Float[Array, "B R"]]:
   """Samples one masked response per task with the KV cache.
 
   Args:
@@ -123,8 +131,9 @@ def sample_responses(model: LlamaLM, domain: Domain, tasks: PyTree,
   r = domain.response_len
   caches = model.init_cache(b, cache_length(p, r))
   positions = jnp.broadcast_to(jnp.arange(p, dtype=jnp.int32), (b, p))
-  logits, caches = _forward(model, prompt, positions, jnp.ones((b, p), bool),
-                            caches)
+  logits, caches = _forward(
+    model, prompt, positions, jnp.ones((b, p), bool), caches
+  )
   valid = jnp.ones((b, 1), bool)
 
   def step(carry, t):
@@ -132,19 +141,22 @@ def sample_responses(model: LlamaLM, domain: Domain, tasks: PyTree,
     allowed = domain.step_mask(tasks, prev, mode, response, t)
     masked = jnp.where(allowed, logits, NEG_INF)
     token = sample(masked, temperature, jax.random.fold_in(key, t))
-    logp = jnp.take_along_axis(_masked_logp(logits, allowed),
-                               token[:, None], axis=1)[:, 0]
+    logp = jnp.take_along_axis(
+      _masked_logp(logits, allowed), token[:, None], axis=1
+    )[:, 0]
     response = response.at[:, t].set(token)
     # The last step's forward pass is skipped: nothing reads its logits.
     logits, caches = jax.lax.cond(
-        t + 1 < r,
-        lambda: _next_logits(model, token, p + t, valid, caches),
-        lambda: (logits, caches))
+      t + 1 < r,
+      lambda: _next_logits(model, token, p + t, valid, caches),
+      lambda: (logits, caches),
+    )
     return (logits, caches, response), logp
 
   init = (logits[:, -1], caches, jnp.zeros((b, r), jnp.int32))
   (_, _, response), logp = jax.lax.scan(
-      step, init, jnp.arange(r, dtype=jnp.int32))
+    step, init, jnp.arange(r, dtype=jnp.int32)
+  )
   return response, logp.T
 
 
@@ -154,9 +166,14 @@ def _next_logits(model, token, position, valid, caches):
   return logits[:, 0], caches
 
 
-def response_logprobs(model: LlamaLM, domain: Domain, tasks: PyTree,
-                      prev: Int[Array, "B A"], mode: Int[Array, "B"],
-                      response: Int[Array, "B R"]) -> Float[Array, "B R"]:
+def response_logprobs(
+  model: LlamaLM,
+  domain: Domain,
+  tasks: PyTree,
+  prev: Int[Array, "B A"],
+  mode: Int[Array, "B"],
+  response: Int[Array, "B R"],
+) -> Float[Array, "B R"]:
   """log π(response token) under the masked temperature-1 policy, from one
   teacher-forced forward pass over prompt + response (equals the sampler's
   `logp` up to float rounding).
@@ -171,7 +188,7 @@ def response_logprobs(model: LlamaLM, domain: Domain, tasks: PyTree,
   prompt = domain.build_prompt(tasks, prev, mode)
   p = prompt.shape[1]
   tokens = jnp.concatenate([prompt, response[:, :-1]], axis=1)
-  logits = backbone_logits(model, tokens)[:, p - 1:]  # [B, R, V]
+  logits = backbone_logits(model, tokens)[:, p - 1 :]  # [B, R, V]
   masks = domain.response_masks(tasks, prev, mode, response)
   logp = _masked_logp(logits, masks)
   return jnp.take_along_axis(logp, response[..., None], axis=2)[..., 0]

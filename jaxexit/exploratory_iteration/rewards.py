@@ -20,9 +20,11 @@ from jaxexit.typing import Array, Float
 IMPROVE_REWARDS = ("quality", "normalized_delta")
 
 
-def improvement_reward(q_new: Float[ArrayLike, "..."],
-                       q_prev: Float[ArrayLike, "..."],
-                       kind: str = "quality") -> Float[Array, "..."]:
+def improvement_reward(
+  q_new: Float[ArrayLike, "..."],
+  q_prev: Float[ArrayLike, "..."],
+  kind: str = "quality",
+) -> Float[Array, "..."]:
   """The training reward of a self-iteration step.
 
   Args:

@@ -45,21 +45,37 @@ from flax import nnx
 from jaxtyping import Key
 
 from jaxexit import checks
-from jaxexit.exploratory_iteration.buffer import (BufferConfig, TaskBuffer,
-                                                  buffer_size, buffer_stats,
-                                                  init_buffer)
+from jaxexit.exploratory_iteration.buffer import (
+  BufferConfig,
+  TaskBuffer,
+  buffer_size,
+  buffer_stats,
+  init_buffer,
+)
 from jaxexit.exploratory_iteration.diversity import diversity_coefficients
 from jaxexit.exploratory_iteration.domains.base import Domain
-from jaxexit.exploratory_iteration.episodes import (MODE_DIVERGE, MODE_IMPROVE,
-                                      expand_children, select_starts,
-                                      update_buffer)
+from jaxexit.exploratory_iteration.episodes import (
+  MODE_DIVERGE,
+  MODE_IMPROVE,
+  expand_children,
+  select_starts,
+  update_buffer,
+)
 from jaxexit.exploratory_iteration.learnability import group_learnability
-from jaxexit.exploratory_iteration.policy import (response_logprobs,
-                                                  sample_responses)
-from jaxexit.exploratory_iteration.rewards import (IMPROVE_REWARDS,
-                                                   improvement_reward)
-from jaxexit.rl.grpo import (GRPOConfig, group_advantages, grpo_loss,
-                             maybe_update_reference)
+from jaxexit.exploratory_iteration.policy import (
+  response_logprobs,
+  sample_responses,
+)
+from jaxexit.exploratory_iteration.rewards import (
+  IMPROVE_REWARDS,
+  improvement_reward,
+)
+from jaxexit.rl.grpo import (
+  GRPOConfig,
+  group_advantages,
+  grpo_loss,
+  maybe_update_reference,
+)
 from jaxexit.train.progress import ProgressBar
 from jaxexit.typing import Array, PRNGKeyArray, PyTree
 
@@ -75,12 +91,12 @@ class MethodSpec:
 
 
 METHODS = {
-    "base": None,  # the warm start itself: no RL
-    "grpo": MethodSpec(False, False, False, False),
-    "curriculum": MethodSpec(True, False, False, False),
-    "improve": MethodSpec(True, True, False, False),
-    "diverge": MethodSpec(True, True, True, False),
-    "exit": MethodSpec(True, True, True, True),
+  "base": None,  # the warm start itself: no RL
+  "grpo": MethodSpec(False, False, False, False),
+  "curriculum": MethodSpec(True, False, False, False),
+  "improve": MethodSpec(True, True, False, False),
+  "diverge": MethodSpec(True, True, True, False),
+  "exit": MethodSpec(True, True, True, True),
 }
 SCORE_ON = ("reward", "quality")
 
@@ -115,18 +131,24 @@ class ExItConfig:
   temperature: float = 1.0
 
   def __post_init__(self):
-    checks.one_of("ExItConfig.method", self.method,
-                  [m for m in METHODS if METHODS[m] is not None])
+    checks.one_of(
+      "ExItConfig.method",
+      self.method,
+      [m for m in METHODS if METHODS[m] is not None],
+    )
     checks.positive_int("ExItConfig.iterations", self.iterations)
     checks.positive_int("ExItConfig.prompts", self.prompts)
-    checks.in_range("ExItConfig.learning_rate", self.learning_rate, 0, 1,
-                    low_open=True)
+    checks.in_range(
+      "ExItConfig.learning_rate", self.learning_rate, 0, 1, low_open=True
+    )
     checks.in_range("ExItConfig.p_div", self.p_div, 0.0, 1.0)
-    checks.one_of("ExItConfig.improve_reward", self.improve_reward,
-                  IMPROVE_REWARDS)
+    checks.one_of(
+      "ExItConfig.improve_reward", self.improve_reward, IMPROVE_REWARDS
+    )
     checks.one_of("ExItConfig.score_on", self.score_on, SCORE_ON)
-    checks.in_range("ExItConfig.temperature", self.temperature, 0,
-                    float("inf"), low_open=True)
+    checks.in_range(
+      "ExItConfig.temperature", self.temperature, 0, float("inf"), low_open=True
+    )
 
   @property
   def spec(self) -> MethodSpec:
@@ -164,19 +186,27 @@ def _optimizer(cfg: ExItConfig) -> optax.GradientTransformation:
 def fresh_items(domain: Domain, key: PRNGKeyArray, n: int) -> Item:
   """`n` fresh base tasks as buffer items."""
   tasks = domain.sample_tasks(key, n)
-  return Item(task=tasks, prev=domain.blank_answer(tasks),
-              prev_quality=jnp.zeros((n,), jnp.float32))
+  return Item(
+    task=tasks,
+    prev=domain.blank_answer(tasks),
+    prev_quality=jnp.zeros((n,), jnp.float32),
+  )
 
 
-def init_state(domain: Domain, cfg: ExItConfig,
-               params: nnx.State) -> TrainState:
+def init_state(
+  domain: Domain, cfg: ExItConfig, params: nnx.State
+) -> TrainState:
   """The state at iteration 0 from warm-started `params` (one seed)."""
-  example = jax.tree.map(lambda x: x[0],
-                         fresh_items(domain, jax.random.key(0), 1))
-  return TrainState(params=params, opt_state=_optimizer(cfg).init(params),
-                    ref_params=params,
-                    buffer=init_buffer(cfg.buffer, example),
-                    step=jnp.zeros((), jnp.int32))
+  example = jax.tree.map(
+    lambda x: x[0], fresh_items(domain, jax.random.key(0), 1)
+  )
+  return TrainState(
+    params=params,
+    opt_state=_optimizer(cfg).init(params),
+    ref_params=params,
+    buffer=init_buffer(cfg.buffer, example),
+    step=jnp.zeros((), jnp.int32),
+  )
 
 
 def step_rewards(cfg: ExItConfig, mode, quality, prev_quality):
@@ -186,23 +216,38 @@ def step_rewards(cfg: ExItConfig, mode, quality, prev_quality):
   return jnp.where(mode == MODE_IMPROVE, improved, quality)
 
 
-def train_iteration(graphdef: nnx.GraphDef, state: TrainState,
-                    key: PRNGKeyArray, *, domain: Domain, cfg: ExItConfig
-                    ) -> tuple[TrainState, dict[str, Array]]:
+def train_iteration(
+  graphdef: nnx.GraphDef,
+  state: TrainState,
+  key: PRNGKeyArray,
+  *,
+  domain: Domain,
+  cfg: ExItConfig,
+) -> tuple[TrainState, dict[str, Array]]:
   """One ExIt / GRPO iteration (module docstring); traceable, one seed."""
   spec, p, g = cfg.spec, cfg.prompts, cfg.grpo.num_generations
   k_task, k_start, k_sample = jax.random.split(key, 3)
-  starts = select_starts(k_start, state.buffer, cfg.buffer,
-                         fresh_items(domain, k_task, p),
-                         cfg.p_div if spec.divergence else 0.0,
-                         allow_replay=spec.uses_buffer)
+  starts = select_starts(
+    k_start,
+    state.buffer,
+    cfg.buffer,
+    fresh_items(domain, k_task, p),
+    cfg.p_div if spec.divergence else 0.0,
+    allow_replay=spec.uses_buffer,
+  )
   items = jax.tree.map(lambda x: jnp.repeat(x, g, axis=0), starts.items)
   mode = jnp.repeat(starts.mode, g)
   task, prev = items.task, items.prev
 
   response, logp_old = sample_responses(
-      nnx.merge(graphdef, state.params), domain, task, prev, mode, k_sample,
-      cfg.temperature)
+    nnx.merge(graphdef, state.params),
+    domain,
+    task,
+    prev,
+    mode,
+    k_sample,
+    cfg.temperature,
+  )
   answer = domain.apply_response(task, prev, mode, response)
   quality = domain.quality(task, answer)  # [N]
   reward = step_rewards(cfg, mode, quality, items.prev_quality)
@@ -212,15 +257,24 @@ def train_iteration(graphdef: nnx.GraphDef, state: TrainState,
   mask = jnp.ones(response.shape, jnp.float32)
   logp_ref = None
   if cfg.grpo.beta > 0:
-    logp_ref = response_logprobs(nnx.merge(graphdef, state.ref_params),
-                                 domain, task, prev, mode, response)
+    logp_ref = response_logprobs(
+      nnx.merge(graphdef, state.ref_params), domain, task, prev, mode, response
+    )
 
   def loss_fn(params):
-    logp = response_logprobs(nnx.merge(graphdef, params), domain, task, prev,
-                             mode, response)
-    return grpo_loss(logp, logp_old, adv.reshape(-1), mask,
-                     logp_ref=logp_ref, clip_eps=cfg.grpo.clip_eps,
-                     beta=cfg.grpo.beta, agg=cfg.grpo.loss_agg)
+    logp = response_logprobs(
+      nnx.merge(graphdef, params), domain, task, prev, mode, response
+    )
+    return grpo_loss(
+      logp,
+      logp_old,
+      adv.reshape(-1),
+      mask,
+      logp_ref=logp_ref,
+      clip_eps=cfg.grpo.clip_eps,
+      beta=cfg.grpo.beta,
+      agg=cfg.grpo.loss_agg,
+    )
 
   tx = _optimizer(cfg)
 
@@ -231,7 +285,8 @@ def train_iteration(graphdef: nnx.GraphDef, state: TrainState,
     return (optax.apply_updates(params, updates), opt_state), (loss, aux)
 
   (params, opt_state), (loss, aux) = jax.lax.scan(
-      epoch, (state.params, state.opt_state), length=cfg.grpo.epochs)
+    epoch, (state.params, state.opt_state), length=cfg.grpo.epochs
+  )
 
   scored = reward if cfg.score_on == "reward" else quality
   learnability = group_learnability(scored.reshape(p, g))  # [P]
@@ -241,51 +296,75 @@ def train_iteration(graphdef: nnx.GraphDef, state: TrainState,
     if spec.expand:
       children = (answer.reshape(p, g, -1), quality.reshape(p, g))
       expand = functools.partial(
-          expand_children,
-          lambda item, child: Item(task=item.task, prev=child[0],
-                                   prev_quality=child[1]),
-          starts, children, learnability)
-    buffer = update_buffer(buffer, starts, learnability, state.step,
-                           dedupe=cfg.buffer.dedupe, expand=expand)
+        expand_children,
+        lambda item, child: Item(
+          task=item.task, prev=child[0], prev_quality=child[1]
+        ),
+        starts,
+        children,
+        learnability,
+      )
+    buffer = update_buffer(
+      buffer,
+      starts,
+      learnability,
+      state.step,
+      dedupe=cfg.buffer.dedupe,
+      expand=expand,
+    )
   ref_params = maybe_update_reference(
-      state.ref_params, params, state.step + 1, cfg.grpo.ref_update_every,
-      cfg.grpo.ref_alpha)
+    state.ref_params,
+    params,
+    state.step + 1,
+    cfg.grpo.ref_update_every,
+    cfg.grpo.ref_alpha,
+  )
 
   replayed = starts.from_buffer
   n_replayed = jnp.maximum(replayed.sum(), 1)
   start_age = state.buffer.inserted_at[jnp.maximum(starts.buffer_idx, 0)]
   metrics = {
-      "reward": reward.mean(),
-      "quality": quality.mean(),
-      "success": domain.success(task, answer).mean(),
-      "learnability": learnability.mean(),
-      "replay_fraction": replayed.mean(),
-      "sampled_depth": starts.depth.mean(),
-      "replayed_start_quality": jnp.sum(
-          jnp.where(replayed, starts.items.prev_quality, 0)) / n_replayed,
-      "sample_from_iteration": jnp.sum(
-          jnp.where(replayed, start_age, 0)) / n_replayed,
-      "divergence_fraction": (starts.mode == MODE_DIVERGE).mean(),
-      "buffer_size": buffer_size(buffer),
-      "loss": loss[-1],
-      "clip_fraction": aux["clip_fraction"].mean(),
-      "approx_kl": aux["approx_kl"].mean(),
-      "rollouts": jnp.int32(p * g),
-      "updates": jnp.int32(cfg.grpo.epochs),
+    "reward": reward.mean(),
+    "quality": quality.mean(),
+    "success": domain.success(task, answer).mean(),
+    "learnability": learnability.mean(),
+    "replay_fraction": replayed.mean(),
+    "sampled_depth": starts.depth.mean(),
+    "replayed_start_quality": jnp.sum(
+      jnp.where(replayed, starts.items.prev_quality, 0)
+    )
+    / n_replayed,
+    "sample_from_iteration": jnp.sum(jnp.where(replayed, start_age, 0))
+    / n_replayed,
+    "divergence_fraction": (starts.mode == MODE_DIVERGE).mean(),
+    "buffer_size": buffer_size(buffer),
+    "loss": loss[-1],
+    "clip_fraction": aux["clip_fraction"].mean(),
+    "approx_kl": aux["approx_kl"].mean(),
+    "rollouts": jnp.int32(p * g),
+    "updates": jnp.int32(cfg.grpo.epochs),
   }
-  return TrainState(params=params, opt_state=opt_state,
-                    ref_params=ref_params, buffer=buffer,
-                    step=state.step + 1), metrics
+  return TrainState(
+    params=params,
+    opt_state=opt_state,
+    ref_params=ref_params,
+    buffer=buffer,
+    step=state.step + 1,
+  ), metrics
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "domain", "cfg",
-                                             "num_steps"))
+@functools.partial(
+  jax.jit, static_argnames=("graphdef", "domain", "cfg", "num_steps")
+)
 def _chunk(graphdef, states, keys, start, *, domain, cfg, num_steps):
   def run(state, key):
     def body(state, i):
-      return train_iteration(graphdef, state, jax.random.fold_in(key, i),
-                             domain=domain, cfg=cfg)
+      return train_iteration(
+        graphdef, state, jax.random.fold_in(key, i), domain=domain, cfg=cfg
+      )
+
     return jax.lax.scan(body, state, start + jnp.arange(num_steps))
+
   return jax.vmap(run)(states, keys)
 
 
@@ -296,15 +375,21 @@ def _init_states(params, *, domain, cfg):
 
 @functools.partial(jax.jit, static_argnames=("kappa", "score_norm"))
 def _final_stats(buffers, steps, *, kappa, score_norm):
-  return jax.vmap(lambda b, s: buffer_stats(b, s, kappa=kappa,
-                                            score_norm=score_norm))(
-                                                buffers, steps)
+  return jax.vmap(
+    lambda b, s: buffer_stats(b, s, kappa=kappa, score_norm=score_norm)
+  )(buffers, steps)
 
 
-def train(graphdef: nnx.GraphDef, params: nnx.State, keys: Key[Array, "S"], *,
-          domain: Domain, cfg: ExItConfig, chunks: int = 10,
-          progress: bool | None = None
-          ) -> tuple[nnx.State, dict[str, Array], dict[str, Array]]:
+def train(
+  graphdef: nnx.GraphDef,
+  params: nnx.State,
+  keys: Key[Array, "S"],
+  *,
+  domain: Domain,
+  cfg: ExItConfig,
+  chunks: int = 10,
+  progress: bool | None = None,
+) -> tuple[nnx.State, dict[str, Array], dict[str, Array]]:
   """Trains S seeds together from their warm-started policies.
 
   Args:
@@ -327,24 +412,38 @@ def train(graphdef: nnx.GraphDef, params: nnx.State, keys: Key[Array, "S"], *,
   num_seeds = keys.shape[0]
   for leaf in jax.tree.leaves(params):
     if leaf.shape[:1] != (num_seeds,):
-      raise ValueError(f"params leaves need a leading seed axis of "
-                       f"{num_seeds}; got a leaf of shape {leaf.shape}")
+      raise ValueError(
+        f"params leaves need a leading seed axis of "
+        f"{num_seeds}; got a leaf of shape {leaf.shape}"
+      )
   states = _init_states(params, domain=domain, cfg=cfg)
   bounds = [cfg.iterations * c // chunks for c in range(chunks + 1)]
   logs = []
-  with ProgressBar(cfg.iterations, enabled=progress,
-                   desc=cfg.method) as bar:
+  with ProgressBar(cfg.iterations, enabled=progress, desc=cfg.method) as bar:
     for lo, hi in zip(bounds[:-1], bounds[1:]):
       if hi == lo:
         continue
-      states, metrics = _chunk(graphdef, states, keys, jnp.int32(lo),
-                               domain=domain, cfg=cfg, num_steps=hi - lo)
+      states, metrics = _chunk(
+        graphdef,
+        states,
+        keys,
+        jnp.int32(lo),
+        domain=domain,
+        cfg=cfg,
+        num_steps=hi - lo,
+      )
       logs.append(metrics)
-      bar.update(hi - lo, {k: metrics[k][:, -1].mean()
-                           for k in ("quality", "sampled_depth")})
+      bar.update(
+        hi - lo,
+        {k: metrics[k][:, -1].mean() for k in ("quality", "sampled_depth")},
+      )
   metrics = jax.tree.map(lambda *xs: jnp.concatenate(xs, axis=1), *logs)
-  stats = _final_stats(states.buffer, states.step, kappa=cfg.buffer.kappa,
-                       score_norm=cfg.buffer.score_norm)
+  stats = _final_stats(
+    states.buffer,
+    states.step,
+    kappa=cfg.buffer.kappa,
+    score_norm=cfg.buffer.score_norm,
+  )
   return states.params, metrics, stats
 
 

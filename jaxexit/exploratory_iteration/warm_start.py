@@ -21,16 +21,20 @@ from flax import nnx
 
 from jaxexit import checks
 from jaxexit.exploratory_iteration.domains.base import Domain, SFTBatch
-from jaxexit.exploratory_iteration.policy import PolicyConfig, make_policy, \
-    response_logprobs
+from jaxexit.exploratory_iteration.policy import (
+  PolicyConfig,
+  make_policy,
+  response_logprobs,
+)
 from jaxexit.train.optim import OptimConfig, build_optimizer
 from jaxexit.train.progress import ProgressBar
 from jaxexit.train.step import make_train_step, split_train_state
 from jaxexit.typing import Array
 
 
-def sft_loss(model, domain: Domain, batch: SFTBatch
-             ) -> tuple[Array, dict[str, Array]]:
+def sft_loss(
+  model, domain: Domain, batch: SFTBatch
+) -> tuple[Array, dict[str, Array]]:
   """Mean negative log-likelihood of the target tokens under the masked
   policy (forced steps, e.g. SortChain's PAD, add 0).
 
@@ -45,12 +49,16 @@ def sft_loss(model, domain: Domain, batch: SFTBatch
     target token has probability > 1/2 (so greedy decoding reproduces
     them).
   """
-  logp = response_logprobs(model, domain, batch.tasks, batch.prev,
-                           batch.mode, batch.target)  # [B, R]
+  logp = response_logprobs(
+    model, domain, batch.tasks, batch.prev, batch.mode, batch.target
+  )  # [B, R]
   loss = -jnp.mean(logp)
   confident = jnp.mean(jnp.all(logp > jnp.log(0.5), axis=1))
-  return loss, {"loss": loss, "sequence_nll": -jnp.mean(jnp.sum(logp, 1)),
-                "confident": confident}
+  return loss, {
+    "loss": loss,
+    "sequence_nll": -jnp.mean(jnp.sum(logp, 1)),
+    "confident": confident,
+  }
 
 
 def _train_state(domain: Domain, cfg: PolicyConfig, lr: float, key):
@@ -59,20 +67,19 @@ def _train_state(domain: Domain, cfg: PolicyConfig, lr: float, key):
   return split_train_state(model, tx)
 
 
-@functools.partial(jax.jit, static_argnames=("domain", "cfg", "lr",
-                                             "batched"))
+@functools.partial(jax.jit, static_argnames=("domain", "cfg", "lr", "batched"))
 def _init(key, *, domain, cfg, lr, batched):
   init = lambda k: _train_state(domain, cfg, lr, k)[1]
   return jax.vmap(init)(key) if batched else init(key)
 
 
-@functools.partial(jax.jit, static_argnames=("domain", "cfg", "lr", "batch",
-                                             "num_steps", "batched"))
-def _chunk(state, key, start, *, domain, cfg, lr, batch, num_steps,
-           batched):
+@functools.partial(
+  jax.jit,
+  static_argnames=("domain", "cfg", "lr", "batch", "num_steps", "batched"),
+)
+def _chunk(state, key, start, *, domain, cfg, lr, batch, num_steps, batched):
   graphdef, _ = _train_state(domain, cfg, lr, jax.random.key(0))
-  step = make_train_step(lambda m, b, rng: sft_loss(m, domain, b),
-                         donate=False)
+  step = make_train_step(lambda m, b, rng: sft_loss(m, domain, b), donate=False)
 
   def run(state, key):
     def body(state, i):
@@ -85,10 +92,17 @@ def _chunk(state, key, start, *, domain, cfg, lr, batch, num_steps,
   return jax.vmap(run)(state, key) if batched else run(state, key)
 
 
-def warm_start(domain: Domain, policy_cfg: PolicyConfig, key: Array,
-               *, steps: int = 800, batch: int = 256, lr: float = 2e-3,
-               chunks: int = 8, progress: bool | None = None
-               ) -> tuple[nnx.State, Array]:
+def warm_start(
+  domain: Domain,
+  policy_cfg: PolicyConfig,
+  key: Array,
+  *,
+  steps: int = 800,
+  batch: int = 256,
+  lr: float = 2e-3,
+  chunks: int = 8,
+  progress: bool | None = None,
+) -> tuple[nnx.State, Array]:
   """Trains a fresh policy on the domain's warm-start mix.
 
   Args:
@@ -107,15 +121,17 @@ def warm_start(domain: Domain, policy_cfg: PolicyConfig, key: Array,
     `policy_graphdef(domain, policy_cfg)`), with a leading S axis when
     `key` has one, and the per-step losses [steps] (or [S, steps]).
   """
-  for name, value in (("steps", steps), ("batch", batch),
-                      ("chunks", chunks)):
+  for name, value in (("steps", steps), ("batch", batch), ("chunks", chunks)):
     checks.positive_int(name, value)
   checks.in_range("lr", lr, 0, 1, low_open=True)
   if key.ndim > 1:
     raise ValueError(f"key must have shape () or [S]; got {key.shape}")
   batched = key.ndim == 1
-  k_init, k_data = (jax.vmap(jax.random.split, out_axes=1)(key) if batched
-                    else jax.random.split(key))
+  k_init, k_data = (
+    jax.vmap(jax.random.split, out_axes=1)(key)
+    if batched
+    else jax.random.split(key)
+  )
   static = dict(domain=domain, cfg=policy_cfg, lr=float(lr), batched=batched)
   state = _init(k_init, **static)
   bounds = [steps * c // chunks for c in range(chunks + 1)]
@@ -124,8 +140,9 @@ def warm_start(domain: Domain, policy_cfg: PolicyConfig, key: Array,
     for lo, hi in zip(bounds[:-1], bounds[1:]):
       if hi == lo:
         continue
-      state, loss = _chunk(state, k_data, jnp.int32(lo), batch=batch,
-                           num_steps=hi - lo, **static)
+      state, loss = _chunk(
+        state, k_data, jnp.int32(lo), batch=batch, num_steps=hi - lo, **static
+      )
       losses.append(loss)
       bar.update(hi - lo, {"loss": loss[..., -1].mean()})
   return state[0], jnp.concatenate(losses, axis=-1)

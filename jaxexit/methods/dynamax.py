@@ -81,19 +81,21 @@ class ExitClassifierConfig:
   @property
   def mamba(self) -> MambaConfig:
     """The Mamba-1 config of the `mamba` kind's blocks (no embeddings)."""
-    return MambaConfig(vocab_size=1, d_model=self.mamba_width
-                       or min(self.d_model, 256),
-                       num_layers=self.mamba_layers,
-                       d_state=self.mamba_state)
+    return MambaConfig(
+      vocab_size=1,
+      d_model=self.mamba_width or min(self.d_model, 256),
+      num_layers=self.mamba_layers,
+      d_state=self.mamba_state,
+    )
 
 
 def _zeros_linear(d_in: int, d_out: int, rngs: nnx.Rngs) -> nnx.Linear:
-  return nnx.Linear(d_in, d_out, kernel_init=nnx.initializers.zeros_init(),
-                    rngs=rngs)
+  return nnx.Linear(
+    d_in, d_out, kernel_init=nnx.initializers.zeros_init(), rngs=rngs
+  )
 
 
 class _MLPExit(nnx.Module):
-
   def __init__(self, cfg: ExitClassifierConfig, rngs: nnx.Rngs):
     self.norm = nnx.RMSNorm(cfg.d_model, rngs=rngs)
     self.up = nnx.Linear(cfg.d_model, cfg.hidden, rngs=rngs)
@@ -104,23 +106,29 @@ class _MLPExit(nnx.Module):
 
 
 class _MambaExit(nnx.Module):
-
   def __init__(self, cfg: ExitClassifierConfig, rngs: nnx.Rngs):
     mcfg = cfg.mamba
     self.config = mcfg
     self.norm = nnx.RMSNorm(cfg.d_model, rngs=rngs)
     self.down = nnx.Linear(cfg.d_model, mcfg.d_model, rngs=rngs)
-    self.blocks = nnx.List([ResidualBlock(mcfg, MambaMixer(mcfg, rngs=rngs),
-                                          rngs=rngs)
-                            for _ in range(mcfg.num_layers)])
+    self.blocks = nnx.List(
+      [
+        ResidualBlock(mcfg, MambaMixer(mcfg, rngs=rngs), rngs=rngs)
+        for _ in range(mcfg.num_layers)
+      ]
+    )
     self.up = _zeros_linear(mcfg.d_model, cfg.d_model, rngs)
 
   def init_state(self, batch: int) -> tuple[MambaCache, ...]:
     c = self.config
     zeros = lambda *shape: jnp.zeros(shape, jnp.float32)
-    return tuple(MambaCache(conv=zeros(batch, c.d_inner, c.d_conv - 1),
-                            ssm=zeros(batch, c.d_inner, c.d_state))
-                 for _ in self.blocks)
+    return tuple(
+      MambaCache(
+        conv=zeros(batch, c.d_inner, c.d_conv - 1),
+        ssm=zeros(batch, c.d_inner, c.d_state),
+      )
+      for _ in self.blocks
+    )
 
   def __call__(self, h, state, valid):
     x = self.down(self.norm(h))
@@ -136,27 +144,36 @@ class ExitClassifiers(nnx.Module):
 
   def __init__(self, cfg: ExitClassifierConfig, *, rngs: nnx.Rngs):
     self.config = cfg
-    self.score_heads = nnx.List([nnx.Linear(cfg.d_model, 1, rngs=rngs)
-                                 for _ in range(cfg.num_exits)])
+    self.score_heads = nnx.List(
+      [nnx.Linear(cfg.d_model, 1, rngs=rngs) for _ in range(cfg.num_exits)]
+    )
     make = {"lm_head": None, "mlp": _MLPExit, "mamba": _MambaExit}[cfg.kind]
-    self.exits = nnx.List([] if make is None else
-                          [make(cfg, rngs) for _ in range(cfg.num_exits)])
+    self.exits = nnx.List(
+      [] if make is None else [make(cfg, rngs) for _ in range(cfg.num_exits)]
+    )
 
   def _check(self, num_exits: int) -> None:
     if num_exits != self.config.num_exits:
       raise ValueError(
-          f"the decode config has {num_exits} exits but these classifiers "
-          f"were built for num_exits={self.config.num_exits}")
+        f"the decode config has {num_exits} exits but these classifiers "
+        f"were built for num_exits={self.config.num_exits}"
+      )
 
-  def init_state(self, num_exits: int, batch: int, max_len: int
-                 ) -> tuple[PyTree, ...]:
+  def init_state(
+    self, num_exits: int, batch: int, max_len: int
+  ) -> tuple[PyTree, ...]:
     self._check(num_exits)
     if self.config.kind != "mamba":
       return ((),) * num_exits
     return tuple(m.init_state(batch) for m in self.exits)
 
-  def hidden(self, e: int, h: Float[Array, "B T D"], state: PyTree,
-             valid: Bool[Array, "B T"]) -> tuple[Float[Array, "B T D"], PyTree]:
+  def hidden(
+    self,
+    e: int,
+    h: Float[Array, "B T D"],
+    state: PyTree,
+    valid: Bool[Array, "B T"],
+  ) -> tuple[Float[Array, "B T D"], PyTree]:
     """Exit `e`'s refined hidden state (before the frozen norm + head)."""
     if self.config.kind == "lm_head":
       return h, state
@@ -164,24 +181,36 @@ class ExitClassifiers(nnx.Module):
       return self.exits[e](h), state
     return self.exits[e](h, state, valid)
 
-  def __call__(self, backbone, e: int, h: Float[Array, "B T D"],
-               state: PyTree, positions: Int[Array, "B T"],
-               valid: Bool[Array, "B T"]
-               ) -> tuple[Float[Array, "B T V"], PyTree]:
+  def __call__(
+    self,
+    backbone,
+    e: int,
+    h: Float[Array, "B T D"],
+    state: PyTree,
+    positions: Int[Array, "B T"],
+    valid: Bool[Array, "B T"],
+  ) -> tuple[Float[Array, "B T V"], PyTree]:
     del positions
     x, state = self.hidden(e, h, state, valid)
     return backbone.lm_head(backbone.final_norm(x)), state
 
-  def advance(self, backbone, e: int, h: Float[Array, "B T D"], state: PyTree,
-              positions: Int[Array, "B T"], valid: Bool[Array, "B T"]
-              ) -> PyTree:
+  def advance(
+    self,
+    backbone,
+    e: int,
+    h: Float[Array, "B T D"],
+    state: PyTree,
+    positions: Int[Array, "B T"],
+    valid: Bool[Array, "B T"],
+  ) -> PyTree:
     del backbone, positions
     if self.config.kind != "mamba":
       return state
     return self.hidden(e, h, state, valid)[1]
 
-  def score(self, backbone, e: int, h: Float[Array, "B T D"]
-            ) -> Float[Array, "B T"]:
+  def score(
+    self, backbone, e: int, h: Float[Array, "B T D"]
+  ) -> Float[Array, "B T"]:
     """Probability that exit `e` already agrees with the final layer."""
     del backbone
     z = self.score_heads[e](h.astype(jnp.float32))[..., 0]

@@ -54,8 +54,9 @@ class ExitFeatures:
 
   def batch(self, index: np.ndarray) -> dict[str, np.ndarray]:
     """Rows `index` as a training batch."""
-    return {f.name: getattr(self, f.name)[index]
-            for f in dataclasses.fields(self)}
+    return {
+      f.name: getattr(self, f.name)[index] for f in dataclasses.fields(self)
+    }
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "exit_layers"))
@@ -73,19 +74,27 @@ def _features(graphdef, params, tokens, valid, *, exit_layers):
   return jnp.stack(kept, axis=2), h  # [B, T, E, D], [B, T, D]
 
 
-def exit_features(backbone, tokens: Int[ArrayLike, "n T"],
-                  lengths: Int[ArrayLike, "n"], exit_layers: tuple[int, ...], *,
-                  batch_size: int = 8, progress: bool | None = None
-                  ) -> ExitFeatures:
+def exit_features(
+  backbone,
+  tokens: Int[ArrayLike, "n T"],
+  lengths: Int[ArrayLike, "n"],
+  exit_layers: tuple[int, ...],
+  *,
+  batch_size: int = 8,
+  progress: bool | None = None,
+) -> ExitFeatures:
   """Runs the frozen backbone over right-padded sequences once."""
   tokens = np.asarray(tokens, np.int32)
   lengths = np.asarray(lengths, np.int32)
   if tokens.ndim != 2 or lengths.shape != tokens.shape[:1]:
-    raise ValueError(f"tokens must be [n, T] and lengths [n]; got "
-                     f"{tokens.shape} and {lengths.shape}")
+    raise ValueError(
+      f"tokens must be [n, T] and lengths [n]; got "
+      f"{tokens.shape} and {lengths.shape}"
+    )
   if exit_layers[-1] >= backbone.num_layers:
-    raise ValueError(f"exit_layers={exit_layers} must be < num_layers="
-                     f"{backbone.num_layers}")
+    raise ValueError(
+      f"exit_layers={exit_layers} must be < num_layers={backbone.num_layers}"
+    )
   graphdef, params = nnx.split(backbone)
   positions = np.arange(tokens.shape[1])
   valid = positions[None] < lengths[:, None]
@@ -93,15 +102,21 @@ def exit_features(backbone, tokens: Int[ArrayLike, "n T"],
   with ProgressBar(len(tokens), enabled=progress) as bar:
     for start in range(0, len(tokens), batch_size):
       rows = slice(start, start + batch_size)
-      h, f = _features(graphdef, params, tokens[rows], valid[rows],
-                       exit_layers=tuple(exit_layers))
+      h, f = _features(
+        graphdef,
+        params,
+        tokens[rows],
+        valid[rows],
+        exit_layers=tuple(exit_layers),
+      )
       hidden.append(np.asarray(h))
       final.append(np.asarray(f))
       bar.update(len(tokens[rows]))
   targets = np.concatenate([tokens[:, 1:], np.zeros_like(tokens[:, :1])], 1)
   mask = positions[None] < (lengths[:, None] - 1)
-  return ExitFeatures(np.concatenate(hidden), np.concatenate(final), targets,
-                      mask)
+  return ExitFeatures(
+    np.concatenate(hidden), np.concatenate(final), targets, mask
+  )
 
 
 class DynamaxTrainer(nnx.Module):
@@ -122,8 +137,9 @@ class DynamaxLossConfig:
 
   def __post_init__(self):
     for f in dataclasses.fields(self):
-      checks.in_range(f.name, getattr(self, f.name), 0.0, float("inf"),
-                      high_open=True)
+      checks.in_range(
+        f.name, getattr(self, f.name), 0.0, float("inf"), high_open=True
+      )
     if self.ce_weight + self.kl_weight + self.score_weight == 0:
       raise ValueError("DynamaxLossConfig weights are all 0")
 
@@ -132,9 +148,11 @@ def _masked_mean(x: Float[Array, "B T"], mask: Bool[Array, "B T"]) -> Array:
   return jnp.sum(jnp.where(mask, x, 0.0)) / jnp.maximum(jnp.sum(mask), 1)
 
 
-def _balanced_bce(z: Float[Array, "B T"], label: Bool[Array, "B T"],
-                  mask: Bool[Array, "B T"]) -> Array:
-  """CALM's meta loss: positives weighted by 1 − their share, negatives by it."""
+def _balanced_bce(
+  z: Float[Array, "B T"], label: Bool[Array, "B T"], mask: Bool[Array, "B T"]
+) -> Array:
+  """CALM's meta loss: positives weighted by 1 − their share, negatives by
+  it."""
   pos = _masked_mean(label.astype(jnp.float32), mask)
   pos = jax.lax.stop_gradient(pos)
   w = jnp.where(label, 1.0 - pos, pos)
@@ -142,8 +160,12 @@ def _balanced_bce(z: Float[Array, "B T"], label: Bool[Array, "B T"],
   return _masked_mean(2.0 * w * bce, mask)
 
 
-def dynamax_loss(model: DynamaxTrainer, batch, rng,
-                 weights: DynamaxLossConfig = DynamaxLossConfig()):
+def dynamax_loss(
+  model: DynamaxTrainer,
+  batch,
+  rng,
+  weights: DynamaxLossConfig = DynamaxLossConfig(),
+):
   """Loss of all exits on a feature batch; `(loss, metrics)`."""
   del rng
   graphdef, state = nnx.split(model.backbone)
@@ -154,7 +176,8 @@ def dynamax_loss(model: DynamaxTrainer, batch, rng,
   positions = jnp.broadcast_to(jnp.arange(length), mask.shape)
   valid = jnp.ones(mask.shape, bool)
   logp_final = jax.nn.log_softmax(
-      backbone.lm_head(backbone.final_norm(batch["final"])), axis=-1)
+    backbone.lm_head(backbone.final_norm(batch["final"])), axis=-1
+  )
   final_top = jnp.argmax(logp_final, axis=-1)
   states = classifiers.init_state(classifiers.config.num_exits, bsz, length)
   metrics, total = {}, 0.0
@@ -166,24 +189,36 @@ def dynamax_loss(model: DynamaxTrainer, batch, rng,
     kl = jnp.sum(jnp.exp(logp_final) * (logp_final - logp), axis=-1)
     agree = jax.lax.stop_gradient(jnp.argmax(logp, axis=-1) == final_top)
     z = classifiers.score_heads[e](h.astype(jnp.float32))[..., 0]
-    terms = {"ce": _masked_mean(ce, mask), "kl": _masked_mean(kl, mask),
-             "score_bce": _balanced_bce(z, agree, mask)}
-    total += (weights.ce_weight * terms["ce"] + weights.kl_weight * terms["kl"]
-              + weights.score_weight * terms["score_bce"])
+    terms = {
+      "ce": _masked_mean(ce, mask),
+      "kl": _masked_mean(kl, mask),
+      "score_bce": _balanced_bce(z, agree, mask),
+    }
+    total += (
+      weights.ce_weight * terms["ce"]
+      + weights.kl_weight * terms["kl"]
+      + weights.score_weight * terms["score_bce"]
+    )
     metrics.update({f"{k}_{e}": v for k, v in terms.items()})
     metrics[f"agree_{e}"] = _masked_mean(agree.astype(jnp.float32), mask)
   loss = total / classifiers.config.num_exits
   return loss, {"loss": loss, **metrics}
 
 
-def train_exit_classifiers(backbone, classifiers: ExitClassifiers,
-                           features: ExitFeatures, *,
-                           optim: train_lib.OptimConfig, num_steps: int,
-                           batch_size: int, workdir: str | os.PathLike,
-                           weights: DynamaxLossConfig = DynamaxLossConfig(),
-                           seed: int = 0, checkpoint_every: int = 100,
-                           progress: bool | None = None
-                           ) -> tuple[ExitClassifiers, dict]:
+def train_exit_classifiers(
+  backbone,
+  classifiers: ExitClassifiers,
+  features: ExitFeatures,
+  *,
+  optim: train_lib.OptimConfig,
+  num_steps: int,
+  batch_size: int,
+  workdir: str | os.PathLike,
+  weights: DynamaxLossConfig = DynamaxLossConfig(),
+  seed: int = 0,
+  checkpoint_every: int = 100,
+  progress: bool | None = None,
+) -> tuple[ExitClassifiers, dict]:
   """Trains `classifiers` on `features` with the backbone frozen.
 
   Batches are drawn by `jaxexit.data.batching.shuffled_batch_indices`, a
@@ -193,15 +228,24 @@ def train_exit_classifiers(backbone, classifiers: ExitClassifiers,
     `classifiers` (updated in place) and the last logged metrics.
   """
   n = len(features.targets)
-  tx = train_lib.train_only(train_lib.build_optimizer(optim),
-                            train_lib.path_contains("classifiers"))
+  tx = train_lib.train_only(
+    train_lib.build_optimizer(optim), train_lib.path_contains("classifiers")
+  )
   model = DynamaxTrainer(backbone, classifiers)
   batch_fn = lambda step: features.batch(
-      shuffled_batch_indices(step, n, batch_size, seed))
+    shuffled_batch_indices(step, n, batch_size, seed)
+  )
   model, metrics = train_lib.train(
-      model, tx, functools.partial(dynamax_loss, weights=weights), batch_fn,
-      num_steps=num_steps, workdir=workdir, seed=seed,
-      checkpoint_every=checkpoint_every, progress=progress)
+    model,
+    tx,
+    functools.partial(dynamax_loss, weights=weights),
+    batch_fn,
+    num_steps=num_steps,
+    workdir=workdir,
+    seed=seed,
+    checkpoint_every=checkpoint_every,
+    progress=progress,
+  )
   # The train step donates its state: hand the (unchanged) backbone arrays
   # and the trained classifier arrays back to the caller's modules.
   nnx.update(backbone, nnx.state(model.backbone))

@@ -49,8 +49,22 @@ PALBERT_EPS = 0.05
 PABEE_REGRESSION_TOL = 0.2  # PALBERT's PABEE copy for STS-B (§4)
 # DeeBERT's entropy thresholds as fractions of ln C, the entropy of the
 # uniform prediction (a fraction ≥ 1 exits everything at the first layer).
-DEEBERT_ENTROPY_FRACTIONS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3,
-                             0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+DEEBERT_ENTROPY_FRACTIONS = (
+  0.005,
+  0.01,
+  0.02,
+  0.05,
+  0.1,
+  0.15,
+  0.2,
+  0.3,
+  0.4,
+  0.5,
+  0.6,
+  0.7,
+  0.8,
+  0.9,
+)
 Q_SWEEP = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 TAU_SWEEP = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
 
@@ -87,8 +101,7 @@ class Method:
   sweep: Callable[[int], tuple]
   paper_default: Callable[[int], Any]
   stages: int = 1
-  trainable: Callable[[int], Callable[[str], bool] | None] = (
-      lambda stage: None)
+  trainable: Callable[[int], Callable[[str], bool] | None] = lambda stage: None
   rule_needs_key: bool = False
   fixed_depth: bool = False
 
@@ -107,16 +120,19 @@ def _ponder_loss(prior: str):
     del step, stage
     num_layers = per_layer.halt.shape[-1]
     ell = per_exit_loss(per_layer.logits, labels)
-    p = exits.epsilon_floor(exits.halting_distribution(per_layer.halt),
-                            PALBERT_EPS)
+    p = exits.epsilon_floor(
+      exits.halting_distribution(per_layer.halt), PALBERT_EPS
+    )
     lambda_p = exits.prior_lambda_p(prior, num_layers)
     prior_p = exits.truncated_geometric_prior(lambda_p, num_layers)
     total = exits.ponder_loss(ell, p, prior_p, PALBERT_BETA)
     depth = jnp.arange(1, num_layers + 1, dtype=jnp.float32)[None, :]
     expected = jnp.sum(p * depth, -1) / jnp.sum(p, -1)
-    return total, {"task_loss": exits.ponder_task_loss(ell, p),
-                   "expected_depth": jnp.mean(expected),
-                   "expected_depth_std": jnp.std(expected)}
+    return total, {
+      "task_loss": exits.ponder_task_loss(ell, p),
+      "expected_depth": jnp.mean(expected),
+      "expected_depth_std": jnp.std(expected),
+    }
 
   return loss
 
@@ -126,13 +142,15 @@ def _weighted_loss(weights_fn):
     del step, stage
     ell = per_exit_loss(per_layer.logits, labels)
     return exits.weighted_exit_loss(ell, weights_fn(ell.shape[-1])), {}
+
   return loss
 
 
 def _one_exit(layer_fn):
   """Weights 1 at `layer_fn(L)` (0-based), 0 elsewhere."""
   return _weighted_loss(
-      lambda n: jax.nn.one_hot(layer_fn(n), n, dtype=jnp.float32))
+    lambda n: jax.nn.one_hot(layer_fn(n), n, dtype=jnp.float32)
+  )
 
 
 def _internal_sum(ell: Array) -> Array:
@@ -153,8 +171,10 @@ def _berxit_loss(per_layer, labels, step, stage):
   ell = per_exit_loss(per_layer.logits, labels)
   regression = per_layer.logits.shape[-1] == 1
   target = exits.lte_targets(
-      per_layer.logits[..., 0] if regression else per_layer.logits, labels,
-      regression=regression)
+    per_layer.logits[..., 0] if regression else per_layer.logits,
+    labels,
+    regression=regression,
+  )
   lte = jnp.mean((per_layer.score - target) ** 2)
   # Alternating fine-tuning: even steps train the final exit, odd steps the
   # internal off-ramps; the LTE head trains on both.
@@ -173,7 +193,9 @@ def _half(num_layers: int) -> int:
 
 
 def _heads(**kw):
-  return lambda num_classes: EncoderExitHeadsConfig(num_classes=num_classes, **kw)
+  return lambda num_classes: EncoderExitHeadsConfig(
+    num_classes=num_classes, **kw
+  )
 
 
 def _last(per_layer: ExitHeadOutput) -> int:
@@ -183,94 +205,126 @@ def _last(per_layer: ExitHeadOutput) -> int:
 def entropy_threshold(fraction: float, num_classes: int) -> float:
   """DeeBERT's entropy threshold S = fraction · ln C (C ≥ 2)."""
   if num_classes < 2:
-    raise ValueError("entropy exits need num_classes >= 2; got "
-                     f"num_classes={num_classes} (regression)")
+    raise ValueError(
+      "entropy exits need num_classes >= 2; got "
+      f"num_classes={num_classes} (regression)"
+    )
   return fraction * math.log(num_classes)
 
 
-def palbert(*, prior: str = "depth_matched",
-            classifier: str = "shared") -> Method:
+def palbert(
+  *, prior: str = "depth_matched", classifier: str = "shared"
+) -> Method:
   """PALBERT (§3): Lambda layer on [pooled_n; pooled_{n−1}], Q-exit."""
   checks.one_of("prior", prior, exits.PRIOR_SETTINGS)
   name = "palbert" if classifier == "shared" else f"palbert_{classifier}"
   return Method(
-      name=name,
-      heads=_heads(classifier=classifier, halting="linear_cat",
-                   halting_layers=3),
-      loss=_ponder_loss(prior), rule=lambda q, _: exits.q_exit_rule(q),
-      exit_layer=lambda o, q, key: exits.q_exit(
-          exits.halting_distribution(o.halt), q),
-      sweep=lambda n: Q_SWEEP, paper_default=lambda n: 0.5)
+    name=name,
+    heads=_heads(classifier=classifier, halting="linear_cat", halting_layers=3),
+    loss=_ponder_loss(prior),
+    rule=lambda q, _: exits.q_exit_rule(q),
+    exit_layer=lambda o, q, key: exits.q_exit(
+      exits.halting_distribution(o.halt), q
+    ),
+    sweep=lambda n: Q_SWEEP,
+    paper_default=lambda n: 0.5,
+  )
 
 
 def pondernet(*, prior: str = "depth_matched") -> Method:
   """PALBERT's PonderNet baseline (§2): Lambda on pooled_n, sampled exit."""
   checks.one_of("prior", prior, exits.PRIOR_SETTINGS)
   return Method(
-      name="pondernet",
-      heads=_heads(classifier="shared", halting="linear", halting_layers=1),
-      loss=_ponder_loss(prior), rule=lambda *_: exits.sampled_exit_rule(),
-      exit_layer=lambda o, _, key: exits.sampled_exit(key, o.halt),
-      sweep=lambda n: (0,), paper_default=lambda n: 0, rule_needs_key=True)
+    name="pondernet",
+    heads=_heads(classifier="shared", halting="linear", halting_layers=1),
+    loss=_ponder_loss(prior),
+    rule=lambda *_: exits.sampled_exit_rule(),
+    exit_layer=lambda o, _, key: exits.sampled_exit(key, o.halt),
+    sweep=lambda n: (0,),
+    paper_default=lambda n: 0,
+    rule_needs_key=True,
+  )
 
 
 def pabee(**_) -> Method:
   """PABEE (§4): per-layer classifiers, patience."""
+
   def tol(num_classes):
     return PABEE_REGRESSION_TOL if num_classes == 1 else None
 
   return Method(
-      name="pabee", heads=_heads(classifier="per_layer"),
-      loss=_weighted_loss(exits.pabee_weights),
-      rule=lambda t, c: exits.patience_rule(t, regression_tol=tol(c)),
-      exit_layer=lambda o, t, key: exits.patience_exit(
-          _regression_or_logits(o.logits), t,
-          regression_tol=tol(o.logits.shape[-1])),
-      sweep=lambda n: tuple(range(1, n)), paper_default=_half)
+    name="pabee",
+    heads=_heads(classifier="per_layer"),
+    loss=_weighted_loss(exits.pabee_weights),
+    rule=lambda t, c: exits.patience_rule(t, regression_tol=tol(c)),
+    exit_layer=lambda o, t, key: exits.patience_exit(
+      _regression_or_logits(o.logits), t, regression_tol=tol(o.logits.shape[-1])
+    ),
+    sweep=lambda n: tuple(range(1, n)),
+    paper_default=_half,
+  )
 
 
 def deebert(**_) -> Method:
   """DeeBERT (§5): off-ramps, two stages, entropy < fraction · ln C."""
   return Method(
-      name="deebert", heads=_heads(classifier="offramp"),
-      loss=_deebert_loss,
-      rule=lambda f, c: exits.entropy_rule(entropy_threshold(f, c)),
-      exit_layer=lambda o, f, key: exits.entropy_exit(
-          o.logits, entropy_threshold(f, o.logits.shape[-1])),
-      sweep=lambda n: DEEBERT_ENTROPY_FRACTIONS,
-      paper_default=lambda n: 0.4, stages=2,
-      trainable=lambda stage: (None if stage == 0 else
-                               (lambda path: path.startswith("heads/"))))
+    name="deebert",
+    heads=_heads(classifier="offramp"),
+    loss=_deebert_loss,
+    rule=lambda f, c: exits.entropy_rule(entropy_threshold(f, c)),
+    exit_layer=lambda o, f, key: exits.entropy_exit(
+      o.logits, entropy_threshold(f, o.logits.shape[-1])
+    ),
+    sweep=lambda n: DEEBERT_ENTROPY_FRACTIONS,
+    paper_default=lambda n: 0.4,
+    stages=2,
+    trainable=lambda stage: (
+      None if stage == 0 else (lambda path: path.startswith("heads/"))
+    ),
+  )
 
 
 def berxit(**_) -> Method:
   """BERxiT (§6): off-ramps + learned-to-exit head, exit when u < τ."""
   return Method(
-      name="berxit", heads=_heads(classifier="offramp", learned_exit=True),
-      loss=_berxit_loss, rule=lambda tau, _: exits.learned_exit_rule(tau),
-      exit_layer=lambda o, tau, key: exits.learned_exit(o.score, tau),
-      sweep=lambda n: TAU_SWEEP, paper_default=lambda n: 0.5)
+    name="berxit",
+    heads=_heads(classifier="offramp", learned_exit=True),
+    loss=_berxit_loss,
+    rule=lambda tau, _: exits.learned_exit_rule(tau),
+    exit_layer=lambda o, tau, key: exits.learned_exit(o.score, tau),
+    sweep=lambda n: TAU_SWEEP,
+    paper_default=lambda n: 0.5,
+  )
 
 
 def static(**_) -> Method:
   """A static model trained and evaluated at layer L/2."""
   return Method(
-      name="static", heads=_heads(classifier="per_layer"),
-      loss=_one_exit(lambda n: _half(n) - 1),
-      rule=lambda k, _: exits.fixed_depth(k),
-      exit_layer=lambda o, k, key: jnp.full(o.logits.shape[:1], k - 1,
-                                            jnp.int32),
-      sweep=lambda n: (_half(n),), paper_default=_half, fixed_depth=True)
+    name="static",
+    heads=_heads(classifier="per_layer"),
+    loss=_one_exit(lambda n: _half(n) - 1),
+    rule=lambda k, _: exits.fixed_depth(k),
+    exit_layer=lambda o, k, key: jnp.full(o.logits.shape[:1], k - 1, jnp.int32),
+    sweep=lambda n: (_half(n),),
+    paper_default=_half,
+    fixed_depth=True,
+  )
 
 
 def full(**_) -> Method:
   """The full model: trained and evaluated at the last layer."""
   return Method(
-      name="full", heads=_heads(classifier="per_layer"),
-      loss=_one_exit(lambda n: n - 1), rule=lambda *_: exits.never(),
-      exit_layer=lambda o, _, key: jnp.full(o.logits.shape[:1], _last(o),
-                                            jnp.int32),
-      sweep=lambda n: (None,), paper_default=lambda n: None, fixed_depth=True)
+    name="full",
+    heads=_heads(classifier="per_layer"),
+    loss=_one_exit(lambda n: n - 1),
+    rule=lambda *_: exits.never(),
+    exit_layer=lambda o, _, key: jnp.full(
+      o.logits.shape[:1], _last(o), jnp.int32
+    ),
+    sweep=lambda n: (None,),
+    paper_default=lambda n: None,
+    fixed_depth=True,
+  )
 
 
 def palbert_per_layer(*, prior: str = "depth_matched") -> Method:
@@ -279,9 +333,14 @@ def palbert_per_layer(*, prior: str = "depth_matched") -> Method:
 
 
 METHODS: dict[str, Callable[..., Method]] = {
-    "palbert": palbert, "palbert_per_layer": palbert_per_layer,
-    "pondernet": pondernet, "pabee": pabee, "deebert": deebert,
-    "berxit": berxit, "static": static, "full": full,
+  "palbert": palbert,
+  "palbert_per_layer": palbert_per_layer,
+  "pondernet": pondernet,
+  "pabee": pabee,
+  "deebert": deebert,
+  "berxit": berxit,
+  "static": static,
+  "full": full,
 }
 
 

@@ -42,8 +42,8 @@ from jaxexit.models.exit_classifier import stacked_linear
 from jaxexit.typing import Array, Float, Int
 
 ScalarLike = Real[ArrayLike, ""]
-MAX_POS_WEIGHT = 5.0   # w_l = min((n − n_l) / n_l, 5)
-MIN_EXIT_COUNT = 0.1   # n_l floor
+MAX_POS_WEIGHT = 5.0  # w_l = min((n − n_l) / n_l, 5)
+MIN_EXIT_COUNT = 0.1  # n_l floor
 _TINY = float(jnp.finfo(jnp.float32).tiny)
 _EVAL_CHUNK = 4096
 
@@ -69,8 +69,9 @@ class JeiHeads(nnx.Module):
     rngs: initialisation.
   """
 
-  def __init__(self, width: int, num_classes: int, num_gates: int, *,
-               rngs: nnx.Rngs):
+  def __init__(
+    self, width: int, num_classes: int, num_gates: int, *, rngs: nnx.Rngs
+  ):
     checks.positive_int("width", width)
     checks.positive_int("num_classes", num_classes, minimum=2)
     checks.positive_int("num_gates", num_gates)
@@ -78,13 +79,15 @@ class JeiHeads(nnx.Module):
     self.gates = stacked_linear(num_gates, 4, 1, rngs)
     self.num_gates = num_gates
 
-  def im_logits(self, features: Float[Array, "*b G D"]
-                ) -> Float[Array, "*b G C"]:
+  def im_logits(
+    self, features: Float[Array, "*b G D"]
+  ) -> Float[Array, "*b G C"]:
     """Every IM on its block's features."""
     return _apply_stacked(self.ims, features).astype(jnp.float32)
 
-  def gate_logits(self, im_logits: Float[Array, "*b G C"]
-                  ) -> Float[Array, "*b G"]:
+  def gate_logits(
+    self, im_logits: Float[Array, "*b G C"]
+  ) -> Float[Array, "*b G"]:
     """Every gate's logit on its IM's detached uncertainty features."""
     feats = uncertainty_features(im_logits)  # [*b, G, 4]
     return _apply_stacked(self.gates, feats)[..., 0]
@@ -108,9 +111,11 @@ class JeiHeads(nnx.Module):
 # Losses.
 
 
-def warmup_loss(im_logits: Float[Array, "B G C"],
-                final_logits: Float[Array, "B C"],
-                labels: Int[Array, "B"]) -> Float[Array, ""]:
+def warmup_loss(
+  im_logits: Float[Array, "B G C"],
+  final_logits: Float[Array, "B C"],
+  labels: Int[Array, "B"],
+) -> Float[Array, ""]:
   """IM warm-up: mean_b [CE_final + Σ_l (G + 1 − l')·CE_l] (§8.4.1).
 
   l' is the 0-based IM index, so earlier IMs weigh more. CE_final has no
@@ -132,8 +137,9 @@ def warmup_loss(im_logits: Float[Array, "B G C"],
   return weighted_exit_loss(ce, weights) + jnp.mean(ce_final)
 
 
-def gate_pos_weight(val_oracle_exit: Int[Array, "N"],
-                    num_gates: int) -> Float[Array, "G"]:
+def gate_pos_weight(
+  val_oracle_exit: Int[Array, "N"], num_gates: int
+) -> Float[Array, "G"]:
   """Positive-class weights w_l = min((n − n_l) / n_l, 5) (§8.4.2).
 
   n_l counts the validation examples whose oracle exit is exactly l,
@@ -149,15 +155,16 @@ def gate_pos_weight(val_oracle_exit: Int[Array, "N"],
   checks.positive_int("num_gates", num_gates)
   gates = jnp.arange(num_gates, dtype=jnp.int32)
   hits = val_oracle_exit[:, None] == gates[None]  # [N, G]
-  n_l = jnp.maximum(jnp.sum(hits, axis=0).astype(jnp.float32),
-                    MIN_EXIT_COUNT)
+  n_l = jnp.maximum(jnp.sum(hits, axis=0).astype(jnp.float32), MIN_EXIT_COUNT)
   n = jnp.float32(val_oracle_exit.shape[0])
   return jnp.minimum((n - n_l) / n_l, MAX_POS_WEIGHT)
 
 
-def gate_loss(gate_logits: Float[Array, "B G"],
-              oracle_targets: Float[Array, "B G"],
-              pos_weight: Float[Array, "G"]) -> Float[Array, ""]:
+def gate_loss(
+  gate_logits: Float[Array, "B G"],
+  oracle_targets: Float[Array, "B G"],
+  pos_weight: Float[Array, "G"],
+) -> Float[Array, ""]:
   """BCE-with-logits with positive weights, mean over B × G (§8.4.2).
 
   ℓ = −[w_l · t · log σ(x) + (1 − t) · log σ(−x)], torch's
@@ -171,8 +178,9 @@ def gate_loss(gate_logits: Float[Array, "B G"],
   Returns:
     scalar float32 loss.
   """
-  checks.same_shape(("gate_logits", "oracle_targets"), gate_logits,
-                    oracle_targets)
+  checks.same_shape(
+    ("gate_logits", "oracle_targets"), gate_logits, oracle_targets
+  )
   x = gate_logits.astype(jnp.float32)
   t = oracle_targets.astype(jnp.float32)
   w = pos_weight.astype(jnp.float32)[None]
@@ -180,8 +188,11 @@ def gate_loss(gate_logits: Float[Array, "B G"],
   return jnp.mean(per)
 
 
-def classifier_loss(im_logits: Float[Array, "B G C"], labels: Int[Array, "B"],
-                    exit_probs: Float[Array, "B G"]) -> Float[Array, ""]:
+def classifier_loss(
+  im_logits: Float[Array, "B G C"],
+  labels: Int[Array, "B"],
+  exit_probs: Float[Array, "B G"],
+) -> Float[Array, ""]:
   """P-weighted CE with JEI-DNN's r_x rescaling, mean over B × G (§8.4.2).
 
   Element (x, l) is P_l · CE_l · r_x with r_x = Σ_l CE_l / Σ_l P_l CE_l, so
@@ -227,19 +238,26 @@ def exit_costs(flops: ExitFlops) -> np.ndarray:
   return costs
 
 
-def all_exit_logits(im_logits: Float[Array, "*b G C"],
-                    final_logits: Float[Array, "*b C"]
-                    ) -> Float[Array, "*b L C"]:
+def all_exit_logits(
+  im_logits: Float[Array, "*b G C"], final_logits: Float[Array, "*b C"]
+) -> Float[Array, "*b L C"]:
   """IM logits with the backbone head's appended as exit L − 1 = G."""
-  return jnp.concatenate([im_logits.astype(jnp.float32),
-                          final_logits.astype(jnp.float32)[..., None, :]],
-                         axis=-2)
+  return jnp.concatenate(
+    [
+      im_logits.astype(jnp.float32),
+      final_logits.astype(jnp.float32)[..., None, :],
+    ],
+    axis=-2,
+  )
 
 
-def oracle_exit(im_logits: Float[Array, "B G C"],
-                final_logits: Float[Array, "B C"], labels: Int[Array, "B"],
-                costs: Float[Array, "L"], gamma: ScalarLike
-                ) -> Int[Array, "B"]:
+def oracle_exit(
+  im_logits: Float[Array, "B G C"],
+  final_logits: Float[Array, "B C"],
+  labels: Int[Array, "B"],
+  costs: Float[Array, "L"],
+  gamma: ScalarLike,
+) -> Int[Array, "B"]:
   """l* = argmin_l CE_l + γ·C_l over the G IMs and the final exit (§8.4.2).
 
   Args:
@@ -252,8 +270,7 @@ def oracle_exit(im_logits: Float[Array, "B G C"],
   Returns:
     [B] int32 oracle exits in [0, G].
   """
-  ce = cross_entropy_per_exit(all_exit_logits(im_logits, final_logits),
-                              labels)
+  ce = cross_entropy_per_exit(all_exit_logits(im_logits, final_logits), labels)
   return jei_oracle_exit(ce, costs, gamma)
 
 
@@ -294,8 +311,9 @@ class JeiOutputs(NamedTuple):
   @property
   def exit_logits(self) -> np.ndarray:
     """[N, C] logits at each example's gated exit."""
-    return np.asarray(take_at_exit(jnp.asarray(self.logits),
-                                   jnp.asarray(self.exit_layer)))
+    return np.asarray(
+      take_at_exit(jnp.asarray(self.logits), jnp.asarray(self.exit_layer))
+    )
 
 
 @jax.jit
@@ -310,7 +328,13 @@ def jei_outputs(heads: JeiHeads, data: CachedFeatures) -> JeiOutputs:
   parts = []
   for i in range(0, len(data.labels), _EVAL_CHUNK):
     sl = slice(i, i + _EVAL_CHUNK)
-    parts.append(jax.device_get(_outputs_chunk(
-        heads, jnp.asarray(data.features[sl]),
-        jnp.asarray(data.final_logits[sl]))))
+    parts.append(
+      jax.device_get(
+        _outputs_chunk(
+          heads,
+          jnp.asarray(data.features[sl]),
+          jnp.asarray(data.final_logits[sl]),
+        )
+      )
+    )
   return JeiOutputs(*(np.concatenate(xs) for xs in zip(*parts)))

@@ -30,10 +30,15 @@ from jaxtyping import ArrayLike, Real
 from jaxexit import checks
 from jaxexit.data.batching import shuffled_batch_indices
 from jaxexit.exits.gates import jei_exit_probabilities, jei_gate_targets
-from jaxexit.methods.jei_dnn import (CachedFeatures, JeiHeads,
-                                     classifier_loss, gate_loss,
-                                     gate_pos_weight, oracle_exit,
-                                     warmup_loss)
+from jaxexit.methods.jei_dnn import (
+  CachedFeatures,
+  JeiHeads,
+  classifier_loss,
+  gate_loss,
+  gate_pos_weight,
+  oracle_exit,
+  warmup_loss,
+)
 from jaxexit.train.progress import ProgressBar
 from jaxexit.typing import Array, Float
 
@@ -72,20 +77,29 @@ class JeiTrainConfig:
   def __post_init__(self):
     for name in ("batch_size", "warmup_steps", "steps", "alternate_every"):
       checks.positive_int(f"JeiTrainConfig.{name}", getattr(self, name))
-    checks.in_range("JeiTrainConfig.learning_rate", self.learning_rate, 0.0,
-                    np.inf, low_open=True)
-    checks.in_range("JeiTrainConfig.end_lr", self.end_lr, 0.0,
-                    self.learning_rate)
-    checks.in_range("JeiTrainConfig.weight_decay", self.weight_decay, 0.0,
-                    np.inf)
-    checks.in_range("JeiTrainConfig.momentum", self.momentum, 0.0, 1.0,
-                    high_open=True)
+    checks.in_range(
+      "JeiTrainConfig.learning_rate",
+      self.learning_rate,
+      0.0,
+      np.inf,
+      low_open=True,
+    )
+    checks.in_range(
+      "JeiTrainConfig.end_lr", self.end_lr, 0.0, self.learning_rate
+    )
+    checks.in_range(
+      "JeiTrainConfig.weight_decay", self.weight_decay, 0.0, np.inf
+    )
+    checks.in_range(
+      "JeiTrainConfig.momentum", self.momentum, 0.0, 1.0, high_open=True
+    )
     checks.positive_int("JeiTrainConfig.seed", self.seed, minimum=0)
 
 
 def _cosine(cfg: JeiTrainConfig, total: int) -> optax.Schedule:
-  return optax.cosine_decay_schedule(cfg.learning_rate, total,
-                                     alpha=cfg.end_lr / cfg.learning_rate)
+  return optax.cosine_decay_schedule(
+    cfg.learning_rate, total, alpha=cfg.end_lr / cfg.learning_rate
+  )
 
 
 def _sgd(params, trace, grads, lr, cfg: JeiTrainConfig):
@@ -104,10 +118,12 @@ def _part_loss(graphdef, state, part, loss_of):
   return loss
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "part", "kind",
-                                             "cfg", "total"))
-def _step(graphdef, state, trace, batch, step, extra, *, part, kind, cfg,
-          total):
+@functools.partial(
+  jax.jit, static_argnames=("graphdef", "part", "kind", "cfg", "total")
+)
+def _step(
+  graphdef, state, trace, batch, step, extra, *, part, kind, cfg, total
+):
   """One SGD step on `state[part]`; returns (state, trace, loss)."""
   feats, final, labels = batch
 
@@ -117,14 +133,16 @@ def _step(graphdef, state, trace, batch, step, extra, *, part, kind, cfg,
       return warmup_loss(im, final, labels)
     if kind == "gate":
       costs, gamma, pos_weight = extra
-      targets = jei_gate_targets(oracle_exit(im, final, labels, costs, gamma),
-                                 heads.num_gates)
+      targets = jei_gate_targets(
+        oracle_exit(im, final, labels, costs, gamma), heads.num_gates
+      )
       return gate_loss(heads.gate_logits(im), targets, pos_weight)
     probs, _ = jei_exit_probabilities(jax.nn.sigmoid(heads.gate_logits(im)))
     return classifier_loss(im, labels, probs)
 
-  loss, grads = jax.value_and_grad(_part_loss(graphdef, state, part,
-                                              loss_of))(state[part])
+  loss, grads = jax.value_and_grad(_part_loss(graphdef, state, part, loss_of))(
+    state[part]
+  )
   lr = _cosine(cfg, total)(step)
   new, trace = _sgd(state[part], trace, grads, lr, cfg)
   return nnx.State({**state, part: new}), trace, loss
@@ -140,20 +158,28 @@ def _val_pos_weight(graphdef, state, val, costs, gamma):
 
 def _batch(data, step: int, cfg: JeiTrainConfig, salt: int):
   """The step's batch: shuffled epochs, drop-last (`shuffled_batch_indices`)."""
-  idx = shuffled_batch_indices(step, data[2].shape[0], cfg.batch_size,
-                               cfg.seed + salt)
+  idx = shuffled_batch_indices(
+    step, data[2].shape[0], cfg.batch_size, cfg.seed + salt
+  )
   idx = jnp.asarray(idx, jnp.int32)
   return tuple(x[idx] for x in data)
 
 
 def _device(data: CachedFeatures):
-  return (jnp.asarray(data.features, jnp.float32),
-          jnp.asarray(data.final_logits, jnp.float32),
-          jnp.asarray(data.labels, jnp.int32))
+  return (
+    jnp.asarray(data.features, jnp.float32),
+    jnp.asarray(data.final_logits, jnp.float32),
+    jnp.asarray(data.labels, jnp.int32),
+  )
 
 
-def warm_up(heads: JeiHeads, train: CachedFeatures, cfg: JeiTrainConfig, *,
-            progress: bool | None = None) -> JeiHeads:
+def warm_up(
+  heads: JeiHeads,
+  train: CachedFeatures,
+  cfg: JeiTrainConfig,
+  *,
+  progress: bool | None = None,
+) -> JeiHeads:
   """Trains the IMs with `warmup_loss` (gates untouched); returns new heads.
 
   Args:
@@ -165,20 +191,36 @@ def warm_up(heads: JeiHeads, train: CachedFeatures, cfg: JeiTrainConfig, *,
   graphdef, state = nnx.split(heads)
   data = _device(train)
   trace = jax.tree.map(jnp.zeros_like, state["ims"])
-  with ProgressBar(cfg.warmup_steps, enabled=progress,
-                   desc="JEI warm-up") as bar:
+  with ProgressBar(
+    cfg.warmup_steps, enabled=progress, desc="JEI warm-up"
+  ) as bar:
     for s in range(cfg.warmup_steps):
       state, trace, loss = _step(
-          graphdef, state, trace, _batch(data, s, cfg, 0), s, None,
-          part="ims", kind="warmup", cfg=cfg, total=cfg.warmup_steps)
+        graphdef,
+        state,
+        trace,
+        _batch(data, s, cfg, 0),
+        s,
+        None,
+        part="ims",
+        kind="warmup",
+        cfg=cfg,
+        total=cfg.warmup_steps,
+      )
       bar.update(1, {"loss": loss} if s % 50 == 0 else None)
   return nnx.merge(graphdef, state)
 
 
-def train_gated(heads: JeiHeads, train: CachedFeatures, val: CachedFeatures,
-                costs: Float[Array, "L"], gamma: ScalarLike,
-                cfg: JeiTrainConfig, *, progress: bool | None = None
-                ) -> JeiHeads:
+def train_gated(
+  heads: JeiHeads,
+  train: CachedFeatures,
+  val: CachedFeatures,
+  costs: Float[Array, "L"],
+  gamma: ScalarLike,
+  cfg: JeiTrainConfig,
+  *,
+  progress: bool | None = None,
+) -> JeiHeads:
   """The alternating GATE / CLASSIFIER phase for one γ (§8.4.2).
 
   Each GATE phase starts by recomputing the positive-class weights from
@@ -200,25 +242,34 @@ def train_gated(heads: JeiHeads, train: CachedFeatures, val: CachedFeatures,
   """
   checks.in_range("gamma", gamma, 0.0, np.inf, high_open=True)
   if jnp.shape(costs) != (heads.num_gates + 1,):
-    raise ValueError(f"costs must be [L] with L = num_gates + 1 = "
-                     f"{heads.num_gates + 1}; got shape {jnp.shape(costs)}")
+    raise ValueError(
+      f"costs must be [L] with L = num_gates + 1 = "
+      f"{heads.num_gates + 1}; got shape {jnp.shape(costs)}"
+    )
   graphdef, state = nnx.split(heads)
   data, val_data = _device(train), _device(val)
   costs, gamma = jnp.asarray(costs, jnp.float32), jnp.float32(gamma)
-  traces = {p: jax.tree.map(jnp.zeros_like, state[p]) for p in ("ims",
-                                                                "gates")}
+  traces = {p: jax.tree.map(jnp.zeros_like, state[p]) for p in ("ims", "gates")}
   pos_weight = None
-  with ProgressBar(cfg.steps, enabled=progress, desc=f"JEI γ={float(gamma):g}"
-                   ) as bar:
+  with ProgressBar(
+    cfg.steps, enabled=progress, desc=f"JEI γ={float(gamma):g}"
+  ) as bar:
     for s in range(cfg.steps):
       gate_phase = (s // cfg.alternate_every) % 2 == 0
       if gate_phase and s % cfg.alternate_every == 0:
         pos_weight = _val_pos_weight(graphdef, state, val_data, costs, gamma)
       part = "gates" if gate_phase else "ims"
       state, traces[part], loss = _step(
-          graphdef, state, traces[part], _batch(data, s, cfg, 1), s,
-          (costs, gamma, pos_weight) if gate_phase else None, part=part,
-          kind="gate" if gate_phase else "classifier", cfg=cfg,
-          total=cfg.steps)
+        graphdef,
+        state,
+        traces[part],
+        _batch(data, s, cfg, 1),
+        s,
+        (costs, gamma, pos_weight) if gate_phase else None,
+        part=part,
+        kind="gate" if gate_phase else "classifier",
+        cfg=cfg,
+        total=cfg.steps,
+      )
       bar.update(1, {"loss": loss} if s % 50 == 0 else None)
   return nnx.merge(graphdef, state)

@@ -7,8 +7,8 @@ times. Numerically identical to Hugging Face `AlbertModel` in float32 for
 `num_hidden_groups = inner_group_num = 1` (every released ALBERT).
 
 Because the layer is shared, `exit_layers()` is `shared(layer, L)`: no
-layer index selects parameters: the execution modes run the same weights at every
-step (a `lax.scan` of one module).
+layer index selects parameters, and the execution modes run the same weights
+at every step (a `lax.scan` of one module).
 
 Axes: B batch, T tokens, E embedding width, D width (HF `hidden_size`),
 H heads, K head dim, F MLP width, L layer applications, V vocabulary.
@@ -22,10 +22,17 @@ from jax.typing import DTypeLike
 
 from jaxexit import checks
 from jaxexit.execution.adapter import PerLayer, shared
-from jaxexit.models.bert import (Encoder, TransformerLayer, apply_layer,
-                                 attention_mask_or_ones, check_positions,
-                                 check_transformer_sizes, make_embed,
-                                 make_layer_norm, make_linear)
+from jaxexit.models.bert import (
+  Encoder,
+  TransformerLayer,
+  apply_layer,
+  attention_mask_or_ones,
+  check_positions,
+  check_transformer_sizes,
+  make_embed,
+  make_layer_norm,
+  make_linear,
+)
 from jaxexit.typing import Array, Bool, Int
 
 
@@ -68,7 +75,8 @@ class AlbertConfig:
     for field in ("embedding_size", "type_vocab_size"):
       if getattr(self, field) < 1:
         raise ValueError(
-            f"AlbertConfig.{field} must be >= 1; got {getattr(self, field)}")
+          f"AlbertConfig.{field} must be >= 1; got {getattr(self, field)}"
+        )
 
   @property
   def head_dim(self) -> int:
@@ -84,23 +92,28 @@ class AlbertConfig:
     """
     for key in ("num_hidden_groups", "inner_group_num"):
       if hf.get(key, 1) != 1:
-        raise ValueError(f"config.json {key}={hf[key]} unsupported; only 1 "
-                         "(one shared layer, as in every released ALBERT)")
+        raise ValueError(
+          f"config.json {key}={hf[key]} unsupported; only 1 "
+          "(one shared layer, as in every released ALBERT)"
+        )
     pos_type = hf.get("position_embedding_type", "absolute")
     if pos_type != "absolute":
-      raise ValueError(f"position_embedding_type={pos_type!r} unsupported; "
-                       "only 'absolute'")
+      raise ValueError(
+        f"position_embedding_type={pos_type!r} unsupported; only 'absolute'"
+      )
     kw = dict(
-        vocab_size=hf["vocab_size"],
-        embedding_size=hf.get("embedding_size", 128),
-        hidden_size=hf["hidden_size"], num_layers=hf["num_hidden_layers"],
-        num_heads=hf["num_attention_heads"],
-        intermediate_size=hf["intermediate_size"],
-        max_position_embeddings=hf.get("max_position_embeddings", 512),
-        type_vocab_size=hf.get("type_vocab_size", 2),
-        layer_norm_eps=hf.get("layer_norm_eps", 1e-12),
-        hidden_act=hf.get("hidden_act", "gelu_new"),
-        pad_token_id=hf.get("pad_token_id", 0) or 0)
+      vocab_size=hf["vocab_size"],
+      embedding_size=hf.get("embedding_size", 128),
+      hidden_size=hf["hidden_size"],
+      num_layers=hf["num_hidden_layers"],
+      num_heads=hf["num_attention_heads"],
+      intermediate_size=hf["intermediate_size"],
+      max_position_embeddings=hf.get("max_position_embeddings", 512),
+      type_vocab_size=hf.get("type_vocab_size", 2),
+      layer_norm_eps=hf.get("layer_norm_eps", 1e-12),
+      hidden_act=hf.get("hidden_act", "gelu_new"),
+      pad_token_id=hf.get("pad_token_id", 0) or 0,
+    )
     kw.update(overrides)
     return cls(**kw)
 
@@ -118,18 +131,21 @@ class AlbertEncoder(Encoder):
     self.cfg = cfg
     e, d = cfg.embedding_size, cfg.hidden_size
     self.word_embeddings = make_embed(cfg, cfg.vocab_size, e, rngs)
-    self.position_embeddings = make_embed(cfg, cfg.max_position_embeddings, e,
-                                      rngs)
+    self.position_embeddings = make_embed(
+      cfg, cfg.max_position_embeddings, e, rngs
+    )
     self.token_type_embeddings = make_embed(cfg, cfg.type_vocab_size, e, rngs)
     self.embed_norm = make_layer_norm(cfg, e, rngs)
     self.embed_proj = make_linear(cfg, e, d, rngs)
     self.layer = TransformerLayer(cfg, rngs=rngs)
     self.pooler = make_linear(cfg, d, d, rngs)
 
-  def embed(self, input_ids: Int[Array, "B T"],
-            token_type_ids: Int[Array, "B T"] | None = None,
-            attention_mask: Int[Array, "B T"] | Bool[Array, "B T"] | None = None
-            ) -> dict:
+  def embed(
+    self,
+    input_ids: Int[Array, "B T"],
+    token_type_ids: Int[Array, "B T"] | None = None,
+    attention_mask: Int[Array, "B T"] | Bool[Array, "B T"] | None = None,
+  ) -> dict:
     """The initial carry of the backbone (after the E → D projection).
 
     Args:
@@ -142,14 +158,17 @@ class AlbertEncoder(Encoder):
     """
     checks.token_ids("input_ids", input_ids, self.cfg.vocab_size)
     t = input_ids.shape[-1]
-    positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32),
-                                 input_ids.shape)
+    positions = jnp.broadcast_to(
+      jnp.arange(t, dtype=jnp.int32), input_ids.shape
+    )
     check_positions(positions, self.cfg.max_position_embeddings)
     if token_type_ids is None:
       token_type_ids = jnp.zeros_like(input_ids)
-    h_e = (self.word_embeddings(input_ids)
-           + self.position_embeddings(positions)
-           + self.token_type_embeddings(token_type_ids))  # [B, T, E]
+    h_e = (
+      self.word_embeddings(input_ids)
+      + self.position_embeddings(positions)
+      + self.token_type_embeddings(token_type_ids)
+    )  # [B, T, E]
     h = self.embed_proj(self.embed_norm(h_e))  # [B, T, D]
     return {"h": h, "mask": attention_mask_or_ones(input_ids, attention_mask)}
 

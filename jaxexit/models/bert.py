@@ -32,17 +32,16 @@ from jaxexit.typing import Array, Bool, Float, Int
 # HF `ACT2FN` names; "gelu" is the exact erf form, "gelu_new" (ALBERT) and
 # "gelu_pytorch_tanh" the tanh approximation.
 ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
-    "gelu": functools.partial(jax.nn.gelu, approximate=False),
-    "gelu_new": functools.partial(jax.nn.gelu, approximate=True),
-    "gelu_pytorch_tanh": functools.partial(jax.nn.gelu, approximate=True),
-    "relu": jax.nn.relu,
-    "silu": jax.nn.silu,
-    "swish": jax.nn.silu,
-    "tanh": jnp.tanh,
+  "gelu": functools.partial(jax.nn.gelu, approximate=False),
+  "gelu_new": functools.partial(jax.nn.gelu, approximate=True),
+  "gelu_pytorch_tanh": functools.partial(jax.nn.gelu, approximate=True),
+  "relu": jax.nn.relu,
+  "silu": jax.nn.silu,
+  "swish": jax.nn.silu,
+  "tanh": jnp.tanh,
 }
 
 MODEL_TYPES = ("bert", "roberta")
-
 
 
 def check_transformer_sizes(cfg) -> None:
@@ -50,25 +49,38 @@ def check_transformer_sizes(cfg) -> None:
   name = type(cfg).__name__
   for field in dataclasses.fields(cfg):
     value = getattr(cfg, field.name)
-    if field.type is int and (isinstance(value, bool)
-                              or not isinstance(value, int) or value < 0):
+    if field.type is int and (
+      isinstance(value, bool) or not isinstance(value, int) or value < 0
+    ):
       raise ValueError(
-          f"{name}.{field.name} must be an int >= 0; got {value!r}")
-  for field in ("vocab_size", "hidden_size", "num_layers", "num_heads",
-                "intermediate_size", "max_position_embeddings"):
+        f"{name}.{field.name} must be an int >= 0; got {value!r}"
+      )
+  for field in (
+    "vocab_size",
+    "hidden_size",
+    "num_layers",
+    "num_heads",
+    "intermediate_size",
+    "max_position_embeddings",
+  ):
     if getattr(cfg, field) < 1:
       raise ValueError(
-          f"{name}.{field} must be >= 1; got {getattr(cfg, field)}")
+        f"{name}.{field} must be >= 1; got {getattr(cfg, field)}"
+      )
   if cfg.hidden_size % cfg.num_heads:
     raise ValueError(
-        f"{name}.hidden_size={cfg.hidden_size} must be divisible by "
-        f"num_heads={cfg.num_heads}")
+      f"{name}.hidden_size={cfg.hidden_size} must be divisible by "
+      f"num_heads={cfg.num_heads}"
+    )
   if cfg.hidden_act not in ACTIVATIONS:
-    raise ValueError(f"unknown {name}.hidden_act={cfg.hidden_act!r}; "
-                     f"expected one of {sorted(ACTIVATIONS)}")
+    raise ValueError(
+      f"unknown {name}.hidden_act={cfg.hidden_act!r}; "
+      f"expected one of {sorted(ACTIVATIONS)}"
+    )
   if not cfg.layer_norm_eps > 0:
     raise ValueError(
-        f"{name}.layer_norm_eps must be > 0; got {cfg.layer_norm_eps!r}")
+      f"{name}.layer_norm_eps must be > 0; got {cfg.layer_norm_eps!r}"
+    )
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -108,12 +120,15 @@ class BertConfig:
 
   def __post_init__(self):
     if self.model_type not in MODEL_TYPES:
-      raise ValueError(f"unknown BertConfig.model_type={self.model_type!r}; "
-                       f"expected one of {list(MODEL_TYPES)}")
+      raise ValueError(
+        f"unknown BertConfig.model_type={self.model_type!r}; "
+        f"expected one of {list(MODEL_TYPES)}"
+      )
     check_transformer_sizes(self)
     if self.type_vocab_size < 1:
-      raise ValueError("BertConfig.type_vocab_size must be >= 1; got "
-                       f"{self.type_vocab_size}")
+      raise ValueError(
+        f"BertConfig.type_vocab_size must be >= 1; got {self.type_vocab_size}"
+      )
 
   @property
   def head_dim(self) -> int:
@@ -129,23 +144,29 @@ class BertConfig:
     """
     model_type = hf.get("model_type", "bert")
     if model_type not in MODEL_TYPES:
-      raise ValueError(f"config.json model_type={model_type!r} is not one of "
-                       f"{list(MODEL_TYPES)}")
+      raise ValueError(
+        f"config.json model_type={model_type!r} is not one of "
+        f"{list(MODEL_TYPES)}"
+      )
     pos_type = hf.get("position_embedding_type", "absolute")
     if pos_type != "absolute":
-      raise ValueError(f"position_embedding_type={pos_type!r} unsupported; "
-                       "only 'absolute'")
+      raise ValueError(
+        f"position_embedding_type={pos_type!r} unsupported; only 'absolute'"
+      )
     kw = dict(
-        model_type=model_type, vocab_size=hf["vocab_size"],
-        hidden_size=hf["hidden_size"], num_layers=hf["num_hidden_layers"],
-        num_heads=hf["num_attention_heads"],
-        intermediate_size=hf["intermediate_size"],
-        max_position_embeddings=hf.get("max_position_embeddings", 512),
-        type_vocab_size=hf.get("type_vocab_size", 2),
-        layer_norm_eps=hf.get("layer_norm_eps", 1e-12),
-        hidden_act=hf.get("hidden_act", "gelu"),
-        pad_token_id=hf.get("pad_token_id",
-                            1 if model_type == "roberta" else 0) or 0)
+      model_type=model_type,
+      vocab_size=hf["vocab_size"],
+      hidden_size=hf["hidden_size"],
+      num_layers=hf["num_hidden_layers"],
+      num_heads=hf["num_attention_heads"],
+      intermediate_size=hf["intermediate_size"],
+      max_position_embeddings=hf.get("max_position_embeddings", 512),
+      type_vocab_size=hf.get("type_vocab_size", 2),
+      layer_norm_eps=hf.get("layer_norm_eps", 1e-12),
+      hidden_act=hf.get("hidden_act", "gelu"),
+      pad_token_id=hf.get("pad_token_id", 1 if model_type == "roberta" else 0)
+      or 0,
+    )
     kw.update(overrides)
     return cls(**kw)
 
@@ -154,19 +175,36 @@ def make_layer_norm(cfg, size: int, rngs: nnx.Rngs) -> nnx.LayerNorm:
   # Two-pass variance, as torch computes it: the one-pass E[x²]-E[x]² form
   # cancels when |mean| >> std (on MiniLM it moved hidden states 3.9e-6 ->
   # 4.4e-6 from torch; kept for margin under the 1e-5 parity budget).
-  return nnx.LayerNorm(size, epsilon=cfg.layer_norm_eps, dtype=cfg.dtype,
-                       param_dtype=cfg.param_dtype, use_fast_variance=False,
-                       rngs=rngs)
+  return nnx.LayerNorm(
+    size,
+    epsilon=cfg.layer_norm_eps,
+    dtype=cfg.dtype,
+    param_dtype=cfg.param_dtype,
+    use_fast_variance=False,
+    rngs=rngs,
+  )
 
 
 def make_linear(cfg, d_in: int, d_out: int, rngs: nnx.Rngs) -> nnx.Linear:
-  return nnx.Linear(d_in, d_out, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
-                    kernel_init=nnx.initializers.normal(0.02), rngs=rngs)
+  return nnx.Linear(
+    d_in,
+    d_out,
+    dtype=cfg.dtype,
+    param_dtype=cfg.param_dtype,
+    kernel_init=nnx.initializers.normal(0.02),
+    rngs=rngs,
+  )
 
 
 def make_embed(cfg, num: int, size: int, rngs: nnx.Rngs) -> nnx.Embed:
-  return nnx.Embed(num, size, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
-                   embedding_init=nnx.initializers.normal(0.02), rngs=rngs)
+  return nnx.Embed(
+    num,
+    size,
+    dtype=cfg.dtype,
+    param_dtype=cfg.param_dtype,
+    embedding_init=nnx.initializers.normal(0.02),
+    rngs=rngs,
+  )
 
 
 class TransformerLayer(nnx.Module):
@@ -192,15 +230,17 @@ class TransformerLayer(nnx.Module):
     self.num_heads = cfg.num_heads
     self.hidden_act = cfg.hidden_act
 
-  def __call__(self, x: Float[Array, "B T D"], mask: Bool[Array, "B T"]
-               ) -> Float[Array, "B T D"]:
+  def __call__(
+    self, x: Float[Array, "B T D"], mask: Bool[Array, "B T"]
+  ) -> Float[Array, "B T D"]:
     """Applies the block; `mask` is False at padding keys."""
     b, t, d = x.shape
     k_dim = d // self.num_heads
     split = lambda y: y.reshape(b, t, self.num_heads, k_dim)  # [B, T, H, K]
     q, k, v = split(self.query(x)), split(self.key(x)), split(self.value(x))
-    logits = jnp.einsum("BTHK,BSHK->BHTS", q, k,
-                        preferred_element_type=jnp.float32)
+    logits = jnp.einsum(
+      "BTHK,BSHK->BHTS", q, k, preferred_element_type=jnp.float32
+    )
     logits = logits / math.sqrt(k_dim)
     logits = jnp.where(mask[:, None, None, :], logits, NEG_INF)
     probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
@@ -223,8 +263,9 @@ def run_layers(layers: PerLayer, carry: dict) -> Float[Array, "L1 B T D"]:
     c = layer_fn(params, layer, c)
     return c, c["h"]
 
-  _, hs = jax.lax.scan(body, carry,
-                       jnp.arange(layers.num_layers, dtype=jnp.int32))
+  _, hs = jax.lax.scan(
+    body, carry, jnp.arange(layers.num_layers, dtype=jnp.int32)
+  )
   return jnp.concatenate([carry["h"][None], hs], axis=0)
 
 
@@ -235,8 +276,10 @@ def check_positions(positions: Array, max_positions: int) -> None:
     return
   top = int(positions.max())
   if top >= max_positions:
-    raise ValueError(f"position id {top} needs max_position_embeddings > "
-                     f"{top}; got max_position_embeddings={max_positions}")
+    raise ValueError(
+      f"position id {top} needs max_position_embeddings > "
+      f"{top}; got max_position_embeddings={max_positions}"
+    )
 
 
 def attention_mask_or_ones(input_ids: Array, attention_mask) -> Array:
@@ -244,8 +287,10 @@ def attention_mask_or_ones(input_ids: Array, attention_mask) -> Array:
   if attention_mask is None:
     return jnp.ones(input_ids.shape, bool)
   if attention_mask.shape != input_ids.shape:
-    raise ValueError(f"attention_mask.shape={attention_mask.shape} must equal "
-                     f"input_ids.shape={input_ids.shape}")
+    raise ValueError(
+      f"attention_mask.shape={attention_mask.shape} must equal "
+      f"input_ids.shape={input_ids.shape}"
+    )
   return attention_mask.astype(bool)
 
 
@@ -260,11 +305,12 @@ class Encoder(nnx.Module):
     """HF pooler: tanh(W · h[:, 0] + b) (shared by every step in PALBERT)."""
     return jnp.tanh(self.pooler(h[:, 0]))
 
-  def __call__(self, input_ids: Int[Array, "B T"],
-               token_type_ids: Int[Array, "B T"] | None = None,
-               attention_mask: Int[Array, "B T"] | Bool[Array, "B T"]
-               | None = None
-               ) -> tuple[Float[Array, "L1 B T D"], Float[Array, "B D"]]:
+  def __call__(
+    self,
+    input_ids: Int[Array, "B T"],
+    token_type_ids: Int[Array, "B T"] | None = None,
+    attention_mask: Int[Array, "B T"] | Bool[Array, "B T"] | None = None,
+  ) -> tuple[Float[Array, "L1 B T D"], Float[Array, "B D"]]:
     """Full forward pass, HF `output_hidden_states=True` semantics.
 
     Returns:
@@ -292,8 +338,9 @@ class BertEncoder(Encoder):
     self.cfg = cfg
     d = cfg.hidden_size
     self.word_embeddings = make_embed(cfg, cfg.vocab_size, d, rngs)
-    self.position_embeddings = make_embed(cfg, cfg.max_position_embeddings, d,
-                                      rngs)
+    self.position_embeddings = make_embed(
+      cfg, cfg.max_position_embeddings, d, rngs
+    )
     self.token_type_embeddings = make_embed(cfg, cfg.type_vocab_size, d, rngs)
     self.embed_norm = make_layer_norm(cfg, d, rngs)
 
@@ -314,10 +361,12 @@ class BertEncoder(Encoder):
     not_pad = (input_ids != pad).astype(jnp.int32)
     return jnp.cumsum(not_pad, axis=-1) * not_pad + pad
 
-  def embed(self, input_ids: Int[Array, "B T"],
-            token_type_ids: Int[Array, "B T"] | None = None,
-            attention_mask: Int[Array, "B T"] | Bool[Array, "B T"] | None = None
-            ) -> dict:
+  def embed(
+    self,
+    input_ids: Int[Array, "B T"],
+    token_type_ids: Int[Array, "B T"] | None = None,
+    attention_mask: Int[Array, "B T"] | Bool[Array, "B T"] | None = None,
+  ) -> dict:
     """The initial carry of the backbone.
 
     Args:
@@ -334,10 +383,15 @@ class BertEncoder(Encoder):
     check_positions(positions, self.cfg.max_position_embeddings)
     if token_type_ids is None:
       token_type_ids = jnp.zeros_like(input_ids)
-    h = (self.word_embeddings(input_ids) + self.position_embeddings(positions)
-         + self.token_type_embeddings(token_type_ids))
-    return {"h": self.embed_norm(h),
-            "mask": attention_mask_or_ones(input_ids, attention_mask)}
+    h = (
+      self.word_embeddings(input_ids)
+      + self.position_embeddings(positions)
+      + self.token_type_embeddings(token_type_ids)
+    )
+    return {
+      "h": self.embed_norm(h),
+      "mask": attention_mask_or_ones(input_ids, attention_mask),
+    }
 
   def exit_layers(self) -> PerLayer:
     """The L stacked layers as `jaxexit.execution.exit_stack` takes them,
@@ -345,8 +399,9 @@ class BertEncoder(Encoder):
     return stacked(self.layers, apply_layer)
 
 
-def mean_pool(h: Float[Array, "B T D"], mask: Bool[Array, "B T"], *,
-              normalize: bool = True) -> Float[Array, "B D"]:
+def mean_pool(
+  h: Float[Array, "B T D"], mask: Bool[Array, "B T"], *, normalize: bool = True
+) -> Float[Array, "B D"]:
   """sentence-transformers pooling: mean over real tokens, then L2-norm.
 
   Args:

@@ -41,10 +41,17 @@ def quick_gelu(x: Array) -> Array:
 CLIP_ACTIVATIONS = {**ACTIVATIONS, "quick_gelu": quick_gelu}
 
 # transformers' `CLIPVisionConfig` defaults, for keys a config.json omits.
-_HF_DEFAULTS = dict(hidden_size=768, intermediate_size=3072,
-                    num_hidden_layers=12, num_attention_heads=12,
-                    num_channels=3, image_size=224, patch_size=32,
-                    hidden_act="quick_gelu", layer_norm_eps=1e-5)
+_HF_DEFAULTS = dict(
+  hidden_size=768,
+  intermediate_size=3072,
+  num_hidden_layers=12,
+  num_attention_heads=12,
+  num_channels=3,
+  image_size=224,
+  patch_size=32,
+  hidden_act="quick_gelu",
+  layer_norm_eps=1e-5,
+)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -76,20 +83,36 @@ class ClipVisionConfig:
   param_dtype: DTypeLike = jnp.float32
 
   def __post_init__(self):
-    for name in ("image_size", "patch_size", "width", "num_layers",
-                 "num_heads", "mlp_dim"):
+    for name in (
+      "image_size",
+      "patch_size",
+      "width",
+      "num_layers",
+      "num_heads",
+      "mlp_dim",
+    ):
       checks.positive_int(f"ClipVisionConfig.{name}", getattr(self, name))
     if self.image_size % self.patch_size:
       raise ValueError(
-          f"ClipVisionConfig.image_size={self.image_size} must be divisible "
-          f"by patch_size={self.patch_size}")
+        f"ClipVisionConfig.image_size={self.image_size} must be divisible "
+        f"by patch_size={self.patch_size}"
+      )
     if self.width % self.num_heads:
-      raise ValueError(f"ClipVisionConfig.width={self.width} must be "
-                       f"divisible by num_heads={self.num_heads}")
-    checks.one_of("ClipVisionConfig.hidden_act", self.hidden_act,
-                  sorted(CLIP_ACTIVATIONS))
-    checks.in_range("ClipVisionConfig.layer_norm_eps", self.layer_norm_eps,
-                    0, math.inf, low_open=True, high_open=True)
+      raise ValueError(
+        f"ClipVisionConfig.width={self.width} must be "
+        f"divisible by num_heads={self.num_heads}"
+      )
+    checks.one_of(
+      "ClipVisionConfig.hidden_act", self.hidden_act, sorted(CLIP_ACTIVATIONS)
+    )
+    checks.in_range(
+      "ClipVisionConfig.layer_norm_eps",
+      self.layer_norm_eps,
+      0,
+      math.inf,
+      low_open=True,
+      high_open=True,
+    )
 
   @property
   def num_patches(self) -> int:
@@ -104,10 +127,15 @@ class ClipVisionConfig:
       ValueError: if `layer` is not an int in [-(L + 1), L].
     """
     n = self.num_layers
-    if isinstance(layer, bool) or not isinstance(layer, int) or not (
-        -(n + 1) <= layer <= n):
-      raise ValueError(f"layer={layer!r} must be an int in [{-(n + 1)}, "
-                       f"{n}] (an index into the {n + 1} hidden states)")
+    if (
+      isinstance(layer, bool)
+      or not isinstance(layer, int)
+      or not (-(n + 1) <= layer <= n)
+    ):
+      raise ValueError(
+        f"layer={layer!r} must be an int in [{-(n + 1)}, "
+        f"{n}] (an index into the {n + 1} hidden states)"
+      )
     return layer % (n + 1)
 
   @classmethod
@@ -125,17 +153,24 @@ class ClipVisionConfig:
     """
     model_type = hf.get("model_type", "clip_vision_model")
     if model_type != "clip_vision_model":
-      raise ValueError(f"vision config model_type={model_type!r}; expected "
-                       "'clip_vision_model'")
+      raise ValueError(
+        f"vision config model_type={model_type!r}; expected 'clip_vision_model'"
+      )
     hf = {**_HF_DEFAULTS, **hf}
     if hf["num_channels"] != 3:
-      raise ValueError(f"num_channels={hf['num_channels']!r} unsupported; "
-                       "only RGB (3)")
-    kw = dict(image_size=hf["image_size"], patch_size=hf["patch_size"],
-              width=hf["hidden_size"], num_layers=hf["num_hidden_layers"],
-              num_heads=hf["num_attention_heads"],
-              mlp_dim=hf["intermediate_size"], hidden_act=hf["hidden_act"],
-              layer_norm_eps=hf["layer_norm_eps"])
+      raise ValueError(
+        f"num_channels={hf['num_channels']!r} unsupported; only RGB (3)"
+      )
+    kw = dict(
+      image_size=hf["image_size"],
+      patch_size=hf["patch_size"],
+      width=hf["hidden_size"],
+      num_layers=hf["num_hidden_layers"],
+      num_heads=hf["num_attention_heads"],
+      mlp_dim=hf["intermediate_size"],
+      hidden_act=hf["hidden_act"],
+      layer_norm_eps=hf["layer_norm_eps"],
+    )
     kw.update(overrides)
     return cls(**kw)
 
@@ -166,7 +201,8 @@ class ClipLayer(nnx.Module):
     h = self.layer_norm1(x)
     # XLA path: float32 logits and softmax, 1/√K scaling, no mask.
     attn = jax.nn.dot_product_attention(
-        split(self.q_proj(h)), split(self.k_proj(h)), split(self.v_proj(h)))
+      split(self.q_proj(h)), split(self.k_proj(h)), split(self.v_proj(h))
+    )
     x = x + self.out_proj(attn.reshape(b, n, d))
     act = CLIP_ACTIVATIONS[self.hidden_act]
     return x + self.fc2(act(self.fc1(self.layer_norm2(x))))
@@ -203,39 +239,52 @@ class ClipVision(nnx.Module):
     init = nnx.initializers.normal(0.02)
     # Rows of the kernel run over (row, column, channel) of a patch.
     self.patch_embedding = nnx.Linear(
-        p * p * 3, d, use_bias=False, dtype=cfg.dtype,
-        param_dtype=cfg.param_dtype, kernel_init=init, rngs=rngs)
-    self.class_embedding = nnx.Param(init(rngs.params(), (d,),
-                                          cfg.param_dtype))
+      p * p * 3,
+      d,
+      use_bias=False,
+      dtype=cfg.dtype,
+      param_dtype=cfg.param_dtype,
+      kernel_init=init,
+      rngs=rngs,
+    )
+    self.class_embedding = nnx.Param(init(rngs.params(), (d,), cfg.param_dtype))
     self.position_embedding = nnx.Param(
-        init(rngs.params(), (cfg.num_patches + 1, d), cfg.param_dtype))
+      init(rngs.params(), (cfg.num_patches + 1, d), cfg.param_dtype)
+    )
     self.pre_layrnorm = make_layer_norm(cfg, d, rngs)
-    self.layers = nnx.List([ClipLayer(cfg, rngs=rngs)
-                            for _ in range(cfg.num_layers)])
+    self.layers = nnx.List(
+      [ClipLayer(cfg, rngs=rngs) for _ in range(cfg.num_layers)]
+    )
     self.post_layernorm = make_layer_norm(cfg, d, rngs)
 
-  def embed(self, images: Float[Array, "B S S 3"]
-            ) -> Float[Array, "B N D"]:
+  def embed(self, images: Float[Array, "B S S 3"]) -> Float[Array, "B N D"]:
     """Class token + patch embeddings + positions, after `pre_layrnorm`
     (the input of block 0, N = P + 1)."""
     size = self.cfg.image_size
     if images.ndim != 4 or images.shape[1:] != (size, size, 3):
       raise ValueError(
-          f"images must be [B, {size}, {size}, 3] for ClipVisionConfig."
-          f"image_size={size}; got images.shape={images.shape}")
+        f"images must be [B, {size}, {size}, 3] for ClipVisionConfig."
+        f"image_size={size}; got images.shape={images.shape}"
+      )
     b, p = images.shape[0], self.cfg.patch_size
     g = size // p
     x = images.astype(self.cfg.dtype).reshape(b, g, p, g, p, 3)
     x = x.transpose(0, 1, 3, 2, 4, 5).reshape(b, g * g, p * p * 3)  # [B,P,·]
     x = self.patch_embedding(x)  # [B, P, D]
-    cls = jnp.broadcast_to(self.class_embedding[...].astype(x.dtype),
-                           (b, 1, x.shape[-1]))
+    cls = jnp.broadcast_to(
+      self.class_embedding[...].astype(x.dtype), (b, 1, x.shape[-1])
+    )
     h = jnp.concatenate([cls, x], axis=1)  # [B, N, D]
     h = h + self.position_embedding[...].astype(x.dtype)[None]
     return self.pre_layrnorm(h)
 
-  def features(self, images: Float[Array, "B S S 3"], layer: int = -2, *,
-               drop_cls: bool = True) -> Float[Array, "B N D"]:
+  def features(
+    self,
+    images: Float[Array, "B S S 3"],
+    layer: int = -2,
+    *,
+    drop_cls: bool = True,
+  ) -> Float[Array, "B N D"]:
     """Hidden state `layer` (HF `hidden_states[layer]`), running only the
     blocks it needs: `layer=-2` with `drop_cls` is LLaVA-1.5's image
     feature ("default" select strategy; N = P, or P + 1 with the class
@@ -265,5 +314,6 @@ class ClipVision(nnx.Module):
     for block in self.layers:
       h = block(h)
       hidden.append(h)
-    return ClipVisionOutput(hidden_states=tuple(hidden),
-                            pooled=self.post_layernorm(h[:, 0]))
+    return ClipVisionOutput(
+      hidden_states=tuple(hidden), pooled=self.post_layernorm(h[:, 0])
+    )

@@ -81,8 +81,10 @@ class StagedCNNConfig:
     for name in ("channels", "depths", "strides"):
       value = getattr(self, name)
       if len(value) != NUM_STAGES:
-        raise ValueError(f"StagedCNNConfig.{name} needs {NUM_STAGES} "
-                         f"entries (one per stage); got {name}={value!r}")
+        raise ValueError(
+          f"StagedCNNConfig.{name} needs {NUM_STAGES} "
+          f"entries (one per stage); got {name}={value!r}"
+        )
       for v in value:
         checks.positive_int(f"StagedCNNConfig.{name} entry", v)
 
@@ -104,39 +106,70 @@ def check_image(images: Array, total_stride: int) -> None:
   for name, size in (("height", shape[1]), ("width", shape[2])):
     if size < total_stride or size % total_stride:
       raise ValueError(
-          f"image {name}={size} must be a positive multiple of the feature "
-          f"branch's total stride {total_stride} (stem and 4 stages); got "
-          f"images.shape={shape}")
+        f"image {name}={size} must be a positive multiple of the feature "
+        f"branch's total stride {total_stride} (stem and 4 stages); got "
+        f"images.shape={shape}"
+      )
 
 
-def _conv(cfg, c_in: int, c_out: int, kernel: int, stride: int, rngs,
-          groups: int = 1) -> nnx.Conv:
+def _conv(
+  cfg, c_in: int, c_out: int, kernel: int, stride: int, rngs, groups: int = 1
+) -> nnx.Conv:
   # Symmetric k//2 padding (PyTorch's convention), not "SAME", which pads
   # stride-2 convs on one side only.
   pad = kernel // 2
-  return nnx.Conv(c_in, c_out, (kernel, kernel), (stride, stride),
-                  padding=((pad, pad), (pad, pad)), feature_group_count=groups,
-                  use_bias=False, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
-                  rngs=rngs)
+  return nnx.Conv(
+    c_in,
+    c_out,
+    (kernel, kernel),
+    (stride, stride),
+    padding=((pad, pad), (pad, pad)),
+    feature_group_count=groups,
+    use_bias=False,
+    dtype=cfg.dtype,
+    param_dtype=cfg.param_dtype,
+    rngs=rngs,
+  )
 
 
-def batch_norm(features: int, *, rngs: nnx.Rngs,
-               dtype: DTypeLike = jnp.float32,
-               param_dtype: DTypeLike = jnp.float32) -> nnx.BatchNorm:
+def batch_norm(
+  features: int,
+  *,
+  rngs: nnx.Rngs,
+  dtype: DTypeLike = jnp.float32,
+  param_dtype: DTypeLike = jnp.float32,
+) -> nnx.BatchNorm:
   """BatchNorm with PyTorch's defaults (momentum 0.1, eps 1e-5)."""
-  return nnx.BatchNorm(features, momentum=BN_MOMENTUM, epsilon=1e-5,
-                       use_fast_variance=False, dtype=dtype,
-                       param_dtype=param_dtype, rngs=rngs)
+  return nnx.BatchNorm(
+    features,
+    momentum=BN_MOMENTUM,
+    epsilon=1e-5,
+    use_fast_variance=False,
+    dtype=dtype,
+    param_dtype=param_dtype,
+    rngs=rngs,
+  )
 
 
 class ConvBN(nnx.Module):
   """Conv → BatchNorm → optional ReLU."""
 
-  def __init__(self, cfg, c_in: int, c_out: int, kernel: int, stride: int, *,
-               groups: int = 1, relu: bool = True, rngs: nnx.Rngs):
+  def __init__(
+    self,
+    cfg,
+    c_in: int,
+    c_out: int,
+    kernel: int,
+    stride: int,
+    *,
+    groups: int = 1,
+    relu: bool = True,
+    rngs: nnx.Rngs,
+  ):
     self.conv = _conv(cfg, c_in, c_out, kernel, stride, rngs, groups)
-    self.norm = batch_norm(c_out, rngs=rngs, dtype=cfg.dtype,
-                           param_dtype=cfg.param_dtype)
+    self.norm = batch_norm(
+      c_out, rngs=rngs, dtype=cfg.dtype, param_dtype=cfg.param_dtype
+    )
     self.relu = relu
 
   def __call__(self, x: Float[Array, "B H W C"]) -> Float[Array, "B h w D"]:
@@ -147,13 +180,22 @@ class ConvBN(nnx.Module):
 class BasicBlock(nnx.Module):
   """ResNet basic block: relu(BN(conv3×3(relu(BN(conv3×3 x)))) + shortcut)."""
 
-  def __init__(self, cfg: StagedCNNConfig, c_in: int, c_out: int, stride: int,
-               *, rngs: nnx.Rngs):
+  def __init__(
+    self,
+    cfg: StagedCNNConfig,
+    c_in: int,
+    c_out: int,
+    stride: int,
+    *,
+    rngs: nnx.Rngs,
+  ):
     self.conv1 = ConvBN(cfg, c_in, c_out, 3, stride, rngs=rngs)
     self.conv2 = ConvBN(cfg, c_out, c_out, 3, 1, relu=False, rngs=rngs)
-    self.shortcut = (None if stride == 1 and c_in == c_out else
-                     ConvBN(cfg, c_in, c_out, 1, stride, relu=False,
-                            rngs=rngs))
+    self.shortcut = (
+      None
+      if stride == 1 and c_in == c_out
+      else ConvBN(cfg, c_in, c_out, 1, stride, relu=False, rngs=rngs)
+    )
 
   def __call__(self, x: Float[Array, "B H W C"]) -> Float[Array, "B h w D"]:
     skip = x if self.shortcut is None else self.shortcut(x)
@@ -163,13 +205,22 @@ class BasicBlock(nnx.Module):
 class InvertedResidual(nnx.Module):
   """MobileNetV2 block: [1×1 expand] → 3×3 depthwise → 1×1 project (+x)."""
 
-  def __init__(self, cfg: StagedCNNConfig, c_in: int, c_out: int, stride: int,
-               *, rngs: nnx.Rngs):
+  def __init__(
+    self,
+    cfg: StagedCNNConfig,
+    c_in: int,
+    c_out: int,
+    stride: int,
+    *,
+    rngs: nnx.Rngs,
+  ):
     hidden = c_in * cfg.expansion
-    self.expand = (ConvBN(cfg, c_in, hidden, 1, 1, rngs=rngs)
-                   if cfg.expansion != 1 else None)
-    self.depthwise = ConvBN(cfg, hidden, hidden, 3, stride, groups=hidden,
-                            rngs=rngs)
+    self.expand = (
+      ConvBN(cfg, c_in, hidden, 1, 1, rngs=rngs) if cfg.expansion != 1 else None
+    )
+    self.depthwise = ConvBN(
+      cfg, hidden, hidden, 3, stride, groups=hidden, rngs=rngs
+    )
     self.project = ConvBN(cfg, hidden, c_out, 1, 1, relu=False, rngs=rngs)
     self.residual = stride == 1 and c_in == c_out
 
@@ -191,33 +242,40 @@ class StagedCNN(nnx.Module):
 
   def __init__(self, cfg: StagedCNNConfig, *, rngs: nnx.Rngs):
     self.cfg = cfg
-    self.stem_conv = ConvBN(cfg, 3, cfg.stem_channels, 3, cfg.stem_stride,
-                            rngs=rngs)
+    self.stem_conv = ConvBN(
+      cfg, 3, cfg.stem_channels, 3, cfg.stem_stride, rngs=rngs
+    )
     block = BasicBlock if cfg.block == "basic" else InvertedResidual
     stages, c_in = [], cfg.stem_channels
     for c_out, depth, stride in zip(cfg.channels, cfg.depths, cfg.strides):
       blocks = []
       for b in range(depth):
-        blocks.append(block(cfg, c_in, c_out, stride if b == 0 else 1,
-                            rngs=rngs))
+        blocks.append(
+          block(cfg, c_in, c_out, stride if b == 0 else 1, rngs=rngs)
+        )
         c_in = c_out
       stages.append(nnx.List(blocks))
     self.stages = nnx.List(stages)
-    self.classifier = nnx.Linear(c_in, cfg.num_classes, dtype=cfg.dtype,
-                                 param_dtype=cfg.param_dtype, rngs=rngs)
+    self.classifier = nnx.Linear(
+      c_in,
+      cfg.num_classes,
+      dtype=cfg.dtype,
+      param_dtype=cfg.param_dtype,
+      rngs=rngs,
+    )
 
   @property
   def stage_channels(self) -> tuple[int, ...]:
     return tuple(self.cfg.channels)
 
-  def stem(self, images: Float[Array, "B H W 3"]
-           ) -> Float[Array, "B h w C"]:
+  def stem(self, images: Float[Array, "B H W 3"]) -> Float[Array, "B h w C"]:
     """The stem conv; raises ValueError on an image size it cannot take."""
     check_image(images, self.cfg.total_stride)
     return self.stem_conv(images)
 
-  def stage(self, i: int, x: Float[Array, "B H W C"]
-            ) -> Float[Array, "B h w D"]:
+  def stage(
+    self, i: int, x: Float[Array, "B H W C"]
+  ) -> Float[Array, "B h w D"]:
     """Stage `i` (0-based, a Python int)."""
     for block in self.stages[i]:
       x = block(x)
@@ -227,8 +285,7 @@ class StagedCNN(nnx.Module):
     """Global average pool of the stage-4 map."""
     return jnp.mean(x, axis=(1, 2))
 
-  def __call__(self, images: Float[Array, "B H W 3"]
-               ) -> Float[Array, "B C"]:
+  def __call__(self, images: Float[Array, "B H W 3"]) -> Float[Array, "B C"]:
     """The plain CNN: stem, 4 stages, pool, classifier -> logits."""
     x = self.stem(images)
     for i in range(self.num_stages):
@@ -236,8 +293,9 @@ class StagedCNN(nnx.Module):
     return self.classifier(self.head_features(x))
 
 
-def feature_shapes(branch: nnx.Module, image_shape: tuple[int, ...]
-                   ) -> list[tuple[int, ...]]:
+def feature_shapes(
+  branch: nnx.Module, image_shape: tuple[int, ...]
+) -> list[tuple[int, ...]]:
   """Per-example shapes `[H, W, C]` of the stem output and of each stage's
   output for images of `image_shape = (H, W, 3)`, traced abstractly."""
   graphdef, state = nnx.split(branch)
@@ -267,24 +325,27 @@ class MultiExitCNN(nnx.Module):
     rngs: initialisation of the exit heads.
   """
 
-  def __init__(self, cnn: nnx.Module, num_classes: int, image_size: int, *,
-               rngs: nnx.Rngs):
+  def __init__(
+    self, cnn: nnx.Module, num_classes: int, image_size: int, *, rngs: nnx.Rngs
+  ):
     checks.positive_int("num_classes", num_classes)
     checks.positive_int("image_size", image_size)
     self.cnn = cnn
     self.image_size = image_size
     self.map_shapes = tuple(feature_shapes(cnn, (image_size, image_size, 3)))
-    self.exits = nnx.List([
+    self.exits = nnx.List(
+      [
         nnx.Linear(shape[-1], num_classes, rngs=rngs)
-        for shape in self.map_shapes[1:NUM_STAGES]])
+        for shape in self.map_shapes[1:NUM_STAGES]
+      ]
+    )
 
   def _exit(self, k: int, x: Array) -> Array:
     if k < NUM_STAGES - 1:
       return self.exits[k](jnp.mean(x, axis=(1, 2)))
     return self.cnn.classifier(self.cnn.head_features(x))
 
-  def __call__(self, images: Float[Array, "B H W 3"]
-               ) -> Float[Array, "B L C"]:
+  def __call__(self, images: Float[Array, "B H W 3"]) -> Float[Array, "B L C"]:
     """Plain reference forward: logits of the 4 exits in order."""
     x = self.cnn.stem(images)
     logits = []
@@ -304,8 +365,10 @@ class MultiExitCNN(nnx.Module):
     """
     check_image(images, 1)
     if images.shape[1:3] != (self.image_size, self.image_size):
-      raise ValueError(f"images must be {self.image_size}x{self.image_size} "
-                       f"(MultiExitCNN.image_size); got shape {images.shape}")
+      raise ValueError(
+        f"images must be {self.image_size}x{self.image_size} "
+        f"(MultiExitCNN.image_size); got shape {images.shape}"
+      )
     batch = images.shape[0]
     carry = {"image": images.astype(jnp.float32)}
     for k, shape in enumerate(self.map_shapes[1:], start=1):
@@ -321,8 +384,10 @@ class MultiExitCNN(nnx.Module):
     and keeps its logits in the carry; `params["layers"]` is the CNN,
     `params["heads"]` the three GAP + Linear exits.
     """
-    return exit_stack(branches(self.cnn, NUM_STAGES, _cnn_stage),
-                      branches(self.exits, NUM_STAGES, _stage_exit))
+    return exit_stack(
+      branches(self.cnn, NUM_STAGES, _cnn_stage),
+      branches(self.exits, NUM_STAGES, _stage_exit),
+    )
 
 
 def _cnn_stage(cnn: nnx.Module, k: int, carry: dict) -> dict:
@@ -341,5 +406,4 @@ def _stage_exit(exits: nnx.List, k: int, carry: dict) -> Float[Array, "B C"]:
   """GAP + Linear on stage k's output, the carried CNN logits at the last."""
   if k == NUM_STAGES - 1:
     return carry["cnn_logits"]
-  return exits[k](jnp.mean(carry[f"x{k + 1}"], axis=(1, 2))).astype(
-      jnp.float32)
+  return exits[k](jnp.mean(carry[f"x{k + 1}"], axis=(1, 2))).astype(jnp.float32)

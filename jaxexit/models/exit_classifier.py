@@ -78,21 +78,26 @@ class EncoderExitHeadsConfig:
 
   def __post_init__(self):
     checks.positive_int("EncoderExitHeadsConfig.num_classes", self.num_classes)
-    checks.one_of("EncoderExitHeadsConfig.classifier", self.classifier, CLASSIFIERS)
+    checks.one_of(
+      "EncoderExitHeadsConfig.classifier", self.classifier, CLASSIFIERS
+    )
     checks.one_of("EncoderExitHeadsConfig.halting", self.halting, HALTING)
     checks.one_of("EncoderExitHeadsConfig.pooling", self.pooling, POOLINGS)
-    checks.positive_int("EncoderExitHeadsConfig.halting_layers",
-                        self.halting_layers, minimum=0)
-    checks.in_range("EncoderExitHeadsConfig.dropout", self.dropout, 0.0, 1.0,
-                    high_open=True)
+    checks.positive_int(
+      "EncoderExitHeadsConfig.halting_layers", self.halting_layers, minimum=0
+    )
+    checks.in_range(
+      "EncoderExitHeadsConfig.dropout", self.dropout, 0.0, 1.0, high_open=True
+    )
 
 
 class LambdaLayer(nnx.Module):
   """λ_n = σ(w · f(u_n) + b), f = `depth` × [Linear(in, in), tanh] (§3.1)."""
 
   def __init__(self, in_features: int, depth: int, *, rngs: nnx.Rngs):
-    self.features = nnx.List([nnx.Linear(in_features, in_features, rngs=rngs)
-                              for _ in range(depth)])
+    self.features = nnx.List(
+      [nnx.Linear(in_features, in_features, rngs=rngs) for _ in range(depth)]
+    )
     self.out = nnx.Linear(in_features, 1, rngs=rngs)
 
   def __call__(self, u: Float[Array, "B F"]) -> Float[Array, "B"]:
@@ -103,6 +108,7 @@ class LambdaLayer(nnx.Module):
 
 def stacked_linear(num: int, d_in: int, d_out: int, rngs: nnx.Rngs):
   """`num` independent `Linear(d_in → d_out)` with params stacked on axis 0."""
+
   @nnx.split_rngs(splits=num)
   @nnx.vmap(in_axes=(0,), out_axes=0)
   def make(rngs):
@@ -114,8 +120,15 @@ def stacked_linear(num: int, d_in: int, d_out: int, rngs: nnx.Rngs):
 class EncoderExitHeads(nnx.Module):
   """The exit heads alone (the encoder stays a separate module)."""
 
-  def __init__(self, cfg: EncoderExitHeadsConfig, hidden: int, num_layers: int,
-               pooler: nnx.Linear, *, rngs: nnx.Rngs):
+  def __init__(
+    self,
+    cfg: EncoderExitHeadsConfig,
+    hidden: int,
+    num_layers: int,
+    pooler: nnx.Linear,
+    *,
+    rngs: nnx.Rngs,
+  ):
     self.cfg = cfg
     c = cfg.num_classes
     if cfg.classifier == "shared":
@@ -152,18 +165,23 @@ class ExitClassifier(nnx.Module):
     rngs: initialisation of the heads.
   """
 
-  def __init__(self, encoder: nnx.Module, cfg: EncoderExitHeadsConfig, *,
-               rngs: nnx.Rngs):
+  def __init__(
+    self, encoder: nnx.Module, cfg: EncoderExitHeadsConfig, *, rngs: nnx.Rngs
+  ):
     self.encoder = encoder
-    self.heads = EncoderExitHeads(cfg, encoder.cfg.hidden_size,
-                           encoder.cfg.num_layers, encoder.pooler, rngs=rngs)
+    self.heads = EncoderExitHeads(
+      cfg,
+      encoder.cfg.hidden_size,
+      encoder.cfg.num_layers,
+      encoder.pooler,
+      rngs=rngs,
+    )
 
   @property
   def num_layers(self) -> int:
     return self.encoder.cfg.num_layers
 
-  def embed(self, input_ids, token_type_ids=None, attention_mask=None
-            ) -> dict:
+  def embed(self, input_ids, token_type_ids=None, attention_mask=None) -> dict:
     """The initial carry: the encoder's, plus `prev_features` for PALBERT.
 
     `prev_features` [B, D] is the previous layer's `pooling_features`
@@ -176,8 +194,9 @@ class ExitClassifier(nnx.Module):
       carry["prev_features"] = jnp.zeros((batch, d), carry["h"].dtype)
     return carry
 
-  def exit_stack(self, *, dropout_key: PRNGKeyArray | None = None
-                 ) -> tuple[ExitStack, nnx.State]:
+  def exit_stack(
+    self, *, dropout_key: PRNGKeyArray | None = None
+  ) -> tuple[ExitStack, nnx.State]:
     """`(stack, params)` for the execution modes.
 
     `params["layers"]` are the encoder's layers, `params["heads"]` the exit
@@ -190,10 +209,13 @@ class ExitClassifier(nnx.Module):
     layers = self.encoder.exit_layers()
     if self.heads.cfg.halting == "linear_cat":
       layers = dataclasses.replace(
-          layers, call=KeepPreviousFeatures(layers.call,
-                                            self.heads.cfg.pooling))
-    head_call = (exit_head_output if dropout_key is None else
-                 functools.partial(exit_head_output, dropout_key=dropout_key))
+        layers, call=KeepPreviousFeatures(layers.call, self.heads.cfg.pooling)
+      )
+    head_call = (
+      exit_head_output
+      if dropout_key is None
+      else functools.partial(exit_head_output, dropout_key=dropout_key)
+    )
     parts = nnx.Dict(heads=self.heads, pooler=self.encoder.pooler)
     return exit_stack(layers, indexed(parts, layers.num_layers, head_call))
 
@@ -213,9 +235,13 @@ class KeepPreviousFeatures:
     return out
 
 
-def exit_head_output(parts: nnx.Dict, layer, carry: dict, *,
-                     dropout_key: PRNGKeyArray | None = None
-                     ) -> ExitHeadOutput:
+def exit_head_output(
+  parts: nnx.Dict,
+  layer,
+  carry: dict,
+  *,
+  dropout_key: PRNGKeyArray | None = None,
+) -> ExitHeadOutput:
   """Exit `layer`'s output from `parts = {"heads": EncoderExitHeads, "pooler":
   the encoder's pooler}`: logits [B, C], `halt` [B] (λ_n) with a Lambda
   layer, `score` [B] (u_n) with a learned-exit head."""
@@ -226,8 +252,7 @@ def exit_head_output(parts: nnx.Dict, layer, carry: dict, *,
     pooled = jnp.tanh(layer_module(heads.poolers, layer)(features))
   else:
     pooled = pool_hidden(cfg.pooling, carry["h"], carry["mask"], pooler)
-  key = None if dropout_key is None else jax.random.fold_in(dropout_key,
-                                                            layer)
+  key = None if dropout_key is None else jax.random.fold_in(dropout_key, layer)
   x = dropout(pooled, cfg.dropout, key)
   if cfg.classifier == "shared":
     logits = heads.classifier(x)
@@ -241,16 +266,19 @@ def exit_head_output(parts: nnx.Dict, layer, carry: dict, *,
     prev = _pool_features(cfg.pooling, carry["prev_features"], pooler)
     prev = jnp.where(jnp.asarray(layer) == 0, 0.0, prev).astype(x.dtype)
     prev_key = None if key is None else jax.random.fold_in(key, 1)
-    halt = heads.halting(jnp.concatenate(
-        [x, dropout(prev, cfg.dropout, prev_key)], axis=-1))
+    halt = heads.halting(
+      jnp.concatenate([x, dropout(prev, cfg.dropout, prev_key)], axis=-1)
+    )
   if cfg.learned_exit:
     score = jax.nn.sigmoid(heads.lte(pooled)[:, 0].astype(jnp.float32))
-  return ExitHeadOutput(logits=logits.astype(jnp.float32), halt=halt,
-                        score=score)
+  return ExitHeadOutput(
+    logits=logits.astype(jnp.float32), halt=halt, score=score
+  )
 
 
-def pooling_features(pooling: str, h: Float[Array, "B T D"], mask: Array
-                     ) -> Float[Array, "B D"]:
+def pooling_features(
+  pooling: str, h: Float[Array, "B T D"], mask: Array
+) -> Float[Array, "B D"]:
   """The parameter-free part of `pooling`: h[CLS] ("cls", "cls_pooler") or
   the mean over real tokens ("mean")."""
   if pooling == "mean":
@@ -258,13 +286,15 @@ def pooling_features(pooling: str, h: Float[Array, "B T D"], mask: Array
   return h[:, 0]
 
 
-def _pool_features(pooling: str, features: Float[Array, "B D"],
-                   pooler: nnx.Linear) -> Float[Array, "B D"]:
+def _pool_features(
+  pooling: str, features: Float[Array, "B D"], pooler: nnx.Linear
+) -> Float[Array, "B D"]:
   return jnp.tanh(pooler(features)) if pooling == "cls_pooler" else features
 
 
-def pool_hidden(pooling: str, h: Float[Array, "B T D"], mask: Array,
-                pooler: nnx.Linear | None) -> Float[Array, "B D"]:
+def pool_hidden(
+  pooling: str, h: Float[Array, "B T D"], mask: Array, pooler: nnx.Linear | None
+) -> Float[Array, "B D"]:
   """One layer's hidden states pooled as `pooling` (see `POOLINGS`).
 
   Args:

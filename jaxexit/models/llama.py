@@ -36,9 +36,16 @@ from flax import nnx
 from jax.typing import DTypeLike
 
 from jaxexit import checks
-from jaxexit.models.llama_attention import (KVCache, Llama3RopeScaling,
-                                            apply_rope, attend, attention_mask,
-                                            clear_kv, rope_inv_freq, write_kv)
+from jaxexit.models.llama_attention import (
+  KVCache,
+  Llama3RopeScaling,
+  apply_rope,
+  attend,
+  attention_mask,
+  clear_kv,
+  rope_inv_freq,
+  write_kv,
+)
 from jaxexit.typing import Array, Bool, Float, Int, PyTree
 
 MODEL_TYPES = ("llama", "mistral")
@@ -91,34 +98,52 @@ class LlamaConfig:
   param_dtype: DTypeLike = jnp.float32
 
   def __post_init__(self):
-    for name in ("vocab_size", "d_model", "num_layers", "num_heads",
-                 "mlp_hidden", "max_position"):
+    for name in (
+      "vocab_size",
+      "d_model",
+      "num_layers",
+      "num_heads",
+      "mlp_hidden",
+      "max_position",
+    ):
       checks.positive_int(f"LlamaConfig.{name}", getattr(self, name))
     if self.num_kv_heads is None:
       object.__setattr__(self, "num_kv_heads", self.num_heads)
     checks.positive_int("LlamaConfig.num_kv_heads", self.num_kv_heads)
     if self.num_heads % self.num_kv_heads:
       raise ValueError(
-          f"LlamaConfig.num_heads={self.num_heads} must be divisible by "
-          f"num_kv_heads={self.num_kv_heads}")
+        f"LlamaConfig.num_heads={self.num_heads} must be divisible by "
+        f"num_kv_heads={self.num_kv_heads}"
+      )
     if self.head_dim is None:
       if self.d_model % self.num_heads:
         raise ValueError(
-            f"LlamaConfig.d_model={self.d_model} must be divisible by "
-            f"num_heads={self.num_heads} when head_dim is None")
+          f"LlamaConfig.d_model={self.d_model} must be divisible by "
+          f"num_heads={self.num_heads} when head_dim is None"
+        )
       object.__setattr__(self, "head_dim", self.d_model // self.num_heads)
     checks.positive_int("LlamaConfig.head_dim", self.head_dim)
     if self.head_dim % 2:
-      raise ValueError("LlamaConfig.head_dim must be even (RoPE rotates "
-                       f"half-dimensions); got head_dim={self.head_dim}")
+      raise ValueError(
+        "LlamaConfig.head_dim must be even (RoPE rotates "
+        f"half-dimensions); got head_dim={self.head_dim}"
+      )
     if self.sliding_window is not None:
       checks.positive_int("LlamaConfig.sliding_window", self.sliding_window)
     for name in ("rms_norm_eps", "rope_theta"):
-      checks.in_range(f"LlamaConfig.{name}", getattr(self, name), 0,
-                      math.inf, low_open=True, high_open=True)
+      checks.in_range(
+        f"LlamaConfig.{name}",
+        getattr(self, name),
+        0,
+        math.inf,
+        low_open=True,
+        high_open=True,
+      )
     if not isinstance(self.rope_scaling, (Llama3RopeScaling, type(None))):
-      raise ValueError("LlamaConfig.rope_scaling must be a Llama3RopeScaling "
-                       f"or None; got {self.rope_scaling!r}")
+      raise ValueError(
+        "LlamaConfig.rope_scaling must be a Llama3RopeScaling "
+        f"or None; got {self.rope_scaling!r}"
+      )
 
   @classmethod
   def from_hf(cls, hf: dict, **overrides) -> "LlamaConfig":
@@ -137,31 +162,39 @@ class LlamaConfig:
     """
     model_type = hf.get("model_type")
     if model_type not in MODEL_TYPES:
-      raise ValueError(f"config.json model_type={model_type!r} is not one of "
-                       f"{list(MODEL_TYPES)}")
+      raise ValueError(
+        f"config.json model_type={model_type!r} is not one of "
+        f"{list(MODEL_TYPES)}"
+      )
     if hf.get("hidden_act", "silu") != "silu":
-      raise ValueError(f"hidden_act={hf['hidden_act']!r} unsupported; "
-                       "only 'silu' (SwiGLU)")
+      raise ValueError(
+        f"hidden_act={hf['hidden_act']!r} unsupported; only 'silu' (SwiGLU)"
+      )
     for key in ("attention_bias", "mlp_bias"):
       if hf.get(key):
-        raise ValueError(f"{key}={hf[key]!r} unsupported; only bias-free "
-                         "projections")
+        raise ValueError(
+          f"{key}={hf[key]!r} unsupported; only bias-free projections"
+        )
     rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
     if rope.get("partial_rotary_factor", 1.0) != 1.0:
-      raise ValueError("partial_rotary_factor="
-                       f"{rope['partial_rotary_factor']!r} unsupported")
+      raise ValueError(
+        f"partial_rotary_factor={rope['partial_rotary_factor']!r} unsupported"
+      )
     kw = dict(
-        vocab_size=hf["vocab_size"], d_model=hf["hidden_size"],
-        num_layers=hf["num_hidden_layers"],
-        num_heads=hf["num_attention_heads"],
-        num_kv_heads=hf.get("num_key_value_heads"),
-        head_dim=hf.get("head_dim"), mlp_hidden=hf["intermediate_size"],
-        rms_norm_eps=hf.get("rms_norm_eps", 1e-6),
-        rope_theta=float(rope.get("rope_theta", hf.get("rope_theta", 1e4))),
-        rope_scaling=_rope_scaling_from_hf(rope),
-        tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
-        sliding_window=hf.get("sliding_window"),
-        max_position=hf.get("max_position_embeddings", 2048))
+      vocab_size=hf["vocab_size"],
+      d_model=hf["hidden_size"],
+      num_layers=hf["num_hidden_layers"],
+      num_heads=hf["num_attention_heads"],
+      num_kv_heads=hf.get("num_key_value_heads"),
+      head_dim=hf.get("head_dim"),
+      mlp_hidden=hf["intermediate_size"],
+      rms_norm_eps=hf.get("rms_norm_eps", 1e-6),
+      rope_theta=float(rope.get("rope_theta", hf.get("rope_theta", 1e4))),
+      rope_scaling=_rope_scaling_from_hf(rope),
+      tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+      sliding_window=hf.get("sliding_window"),
+      max_position=hf.get("max_position_embeddings", 2048),
+    )
     kw.update(overrides)
     return cls(**kw)
 
@@ -171,25 +204,39 @@ def _rope_scaling_from_hf(rope: dict) -> Llama3RopeScaling | None:
   if rope_type == "default":
     return None
   if rope_type != "llama3":
-    raise ValueError(f"rope_type={rope_type!r} unsupported; expected "
-                     "'default' or 'llama3'")
+    raise ValueError(
+      f"rope_type={rope_type!r} unsupported; expected 'default' or 'llama3'"
+    )
   return Llama3RopeScaling(
-      factor=float(rope["factor"]),
-      low_freq_factor=float(rope["low_freq_factor"]),
-      high_freq_factor=float(rope["high_freq_factor"]),
-      original_max_position=rope["original_max_position_embeddings"])
+    factor=float(rope["factor"]),
+    low_freq_factor=float(rope["low_freq_factor"]),
+    high_freq_factor=float(rope["high_freq_factor"]),
+    original_max_position=rope["original_max_position_embeddings"],
+  )
 
 
-def _linear(cfg: LlamaConfig, d_in: int, d_out: int,
-            rngs: nnx.Rngs) -> nnx.Linear:
-  return nnx.Linear(d_in, d_out, use_bias=False, dtype=cfg.dtype,
-                    param_dtype=cfg.param_dtype,
-                    kernel_init=nnx.initializers.normal(0.02), rngs=rngs)
+def _linear(
+  cfg: LlamaConfig, d_in: int, d_out: int, rngs: nnx.Rngs
+) -> nnx.Linear:
+  return nnx.Linear(
+    d_in,
+    d_out,
+    use_bias=False,
+    dtype=cfg.dtype,
+    param_dtype=cfg.param_dtype,
+    kernel_init=nnx.initializers.normal(0.02),
+    rngs=rngs,
+  )
 
 
 def _rms_norm(cfg: LlamaConfig, rngs: nnx.Rngs) -> nnx.RMSNorm:
-  return nnx.RMSNorm(cfg.d_model, epsilon=cfg.rms_norm_eps, dtype=cfg.dtype,
-                     param_dtype=cfg.param_dtype, rngs=rngs)
+  return nnx.RMSNorm(
+    cfg.d_model,
+    epsilon=cfg.rms_norm_eps,
+    dtype=cfg.dtype,
+    param_dtype=cfg.param_dtype,
+    rngs=rngs,
+  )
 
 
 class LlamaAttention(nnx.Module):
@@ -203,17 +250,24 @@ class LlamaAttention(nnx.Module):
     self.o_proj = _linear(cfg, cfg.num_heads * k, d, rngs)
     self.head_dim = k
 
-  def kv(self, x: Float[Array, "B T D"], positions: Int[Array, "B T"],
-         inv_freq: np.ndarray
-         ) -> tuple[Float[Array, "B T Hkv K"], Float[Array, "B T Hkv K"]]:
+  def kv(
+    self,
+    x: Float[Array, "B T D"],
+    positions: Int[Array, "B T"],
+    inv_freq: np.ndarray,
+  ) -> tuple[Float[Array, "B T Hkv K"], Float[Array, "B T Hkv K"]]:
     """Keys (after RoPE) and values of the normed input `x`."""
     b, t, _ = x.shape
     k = self.k_proj(x).reshape(b, t, -1, self.head_dim)  # [B, T, Hkv, K]
     v = self.v_proj(x).reshape(b, t, -1, self.head_dim)  # [B, T, Hkv, K]
     return apply_rope(k, positions, inv_freq), v
 
-  def query(self, x: Float[Array, "B T D"], positions: Int[Array, "B T"],
-            inv_freq: np.ndarray) -> Float[Array, "B T H K"]:
+  def query(
+    self,
+    x: Float[Array, "B T D"],
+    positions: Int[Array, "B T"],
+    inv_freq: np.ndarray,
+  ) -> Float[Array, "B T H K"]:
     b, t, _ = x.shape
     q = self.q_proj(x).reshape(b, t, -1, self.head_dim)  # [B, T, H, K]
     return apply_rope(q, positions, inv_freq)
@@ -244,10 +298,13 @@ class LlamaBlock(nnx.Module):
     self.mlp = LlamaMLP(cfg, rngs=rngs)
 
 
-def block_forward(block: LlamaBlock, h: Float[Array, "B T D"],
-                  positions: Int[Array, "B T"], inv_freq: np.ndarray,
-                  attention: Callable[[Array, Array, Array], Array]
-                  ) -> Float[Array, "B T D"]:
+def block_forward(
+  block: LlamaBlock,
+  h: Float[Array, "B T D"],
+  positions: Int[Array, "B T"],
+  inv_freq: np.ndarray,
+  attention: Callable[[Array, Array, Array], Array],
+) -> Float[Array, "B T D"]:
   """One pre-norm block with a pluggable attention.
 
   Args:
@@ -308,15 +365,23 @@ class LlamaLM(nnx.Module):
     self.vocab_size = cfg.vocab_size
     self.max_position = cfg.max_position
     self.embed_tokens = nnx.Embed(
-        cfg.vocab_size, cfg.d_model, dtype=cfg.dtype,
-        param_dtype=cfg.param_dtype,
-        embedding_init=nnx.initializers.normal(0.02), rngs=rngs)
-    self.layers = nnx.List([LlamaBlock(cfg, rngs=rngs)
-                            for _ in range(cfg.num_layers)])
+      cfg.vocab_size,
+      cfg.d_model,
+      dtype=cfg.dtype,
+      param_dtype=cfg.param_dtype,
+      embedding_init=nnx.initializers.normal(0.02),
+      rngs=rngs,
+    )
+    self.layers = nnx.List(
+      [LlamaBlock(cfg, rngs=rngs) for _ in range(cfg.num_layers)]
+    )
     self.norm = _rms_norm(cfg, rngs)
     # Tied: `lm_head` reads `embed_tokens.embedding` (no shared module).
-    self.unembed = (None if cfg.tie_embeddings
-                    else _linear(cfg, cfg.d_model, cfg.vocab_size, rngs))
+    self.unembed = (
+      None
+      if cfg.tie_embeddings
+      else _linear(cfg, cfg.d_model, cfg.vocab_size, rngs)
+    )
 
   def _inv_freq(self) -> np.ndarray:
     cfg = self.cfg
@@ -331,14 +396,21 @@ class LlamaLM(nnx.Module):
     checks.positive_int("batch", batch)
     checks.positive_int("max_len", max_len)
     shape = (batch, max_len, self.cfg.num_kv_heads, self.cfg.head_dim)
-    empty = KVCache(k=jnp.zeros(shape, self.cfg.dtype),
-                    v=jnp.zeros(shape, self.cfg.dtype),
-                    valid=jnp.zeros((batch, max_len), bool))
+    empty = KVCache(
+      k=jnp.zeros(shape, self.cfg.dtype),
+      v=jnp.zeros(shape, self.cfg.dtype),
+      valid=jnp.zeros((batch, max_len), bool),
+    )
     return (empty,) * self.num_layers
 
-  def layer(self, i: int, h: Float[Array, "B T D"], cache: KVCache,
-            positions: Int[Array, "B T"], valid: Bool[Array, "B T"]
-            ) -> tuple[Float[Array, "B T D"], KVCache]:
+  def layer(
+    self,
+    i: int,
+    h: Float[Array, "B T D"],
+    cache: KVCache,
+    positions: Int[Array, "B T"],
+    valid: Bool[Array, "B T"],
+  ) -> tuple[Float[Array, "B T D"], KVCache]:
     """Block `i` (static): writes its K/V at valid `positions`, then every
     query attends over the whole cache (see module docstring).
 
@@ -346,6 +418,7 @@ class LlamaLM(nnx.Module):
       (h_out [B, T, D], updated cache); rows with `valid` False are
       garbage and leave the cache untouched.
     """
+
     def cached(q, k, v):
       nonlocal cache
       cache = write_kv(cache, k, v, positions, valid)
@@ -355,9 +428,14 @@ class LlamaLM(nnx.Module):
     h = block_forward(self.layers[i], h, positions, self._inv_freq(), cached)
     return h, cache
 
-  def propagate(self, i: int, h: Float[Array, "B T D"], cache: KVCache,
-                positions: Int[Array, "B T"], valid: Bool[Array, "B T"]
-                ) -> KVCache:
+  def propagate(
+    self,
+    i: int,
+    h: Float[Array, "B T D"],
+    cache: KVCache,
+    positions: Int[Array, "B T"],
+    valid: Bool[Array, "B T"],
+  ) -> KVCache:
     """Writes block `i`'s K/V computed from `h` (input norm, K/V
     projections and RoPE only: no attention, no MLP)."""
     block = self.layers[i]
@@ -365,8 +443,13 @@ class LlamaLM(nnx.Module):
     k, v = block.self_attn.kv(x, positions, self._inv_freq())
     return write_kv(cache, k, v, positions, valid)
 
-  def freeze(self, i: int, cache: KVCache, positions: Int[Array, "B T"],
-             valid: Bool[Array, "B T"]) -> KVCache:
+  def freeze(
+    self,
+    i: int,
+    cache: KVCache,
+    positions: Int[Array, "B T"],
+    valid: Bool[Array, "B T"],
+  ) -> KVCache:
     """Clears the flags at valid `positions` so later queries skip those
     keys (`i` is unused: the cache is already block `i`'s)."""
     del i
@@ -381,14 +464,17 @@ class LlamaLM(nnx.Module):
     h = h.astype(self.cfg.dtype)
     if self.unembed is None:
       table = self.embed_tokens.embedding[...].astype(self.cfg.dtype)
-      return jnp.einsum("BTD,VD->BTV", h, table,
-                        preferred_element_type=jnp.float32)
+      return jnp.einsum(
+        "BTD,VD->BTV", h, table, preferred_element_type=jnp.float32
+      )
     kernel = self.unembed.kernel[...].astype(self.cfg.dtype)
-    return jnp.einsum("BTD,DV->BTV", h, kernel,
-                      preferred_element_type=jnp.float32)
+    return jnp.einsum(
+      "BTD,DV->BTV", h, kernel, preferred_element_type=jnp.float32
+    )
 
-  def __call__(self, tokens: Int[Array, "B T"],
-               valid: Bool[Array, "B T"] | None = None) -> LlamaOutput:
+  def __call__(
+    self, tokens: Int[Array, "B T"], valid: Bool[Array, "B T"] | None = None
+  ) -> LlamaOutput:
     """Prefill of `tokens` at positions 0..T-1 on a fresh cache of T slots.
 
     Args:
@@ -401,9 +487,9 @@ class LlamaLM(nnx.Module):
       checks.same_shape(("tokens", "valid"), tokens, valid)
     return self.forward_embeddings(self.embed(tokens), valid)
 
-  def forward_embeddings(self, h: Float[Array, "B T D"],
-                         valid: Bool[Array, "B T"] | None = None
-                         ) -> LlamaOutput:
+  def forward_embeddings(
+    self, h: Float[Array, "B T D"], valid: Bool[Array, "B T"] | None = None
+  ) -> LlamaOutput:
     """`__call__` from input embeddings instead of token ids (e.g. LLaVA's
     text embeddings with image embeddings merged in); `hidden_states[0]` is
     `h`.
@@ -414,11 +500,14 @@ class LlamaLM(nnx.Module):
     """
     b, t, _ = h.shape
     if valid is not None and valid.shape != (b, t):
-      raise ValueError(f"valid.shape={valid.shape} must be h.shape[:2]="
-                       f"{(b, t)}")
+      raise ValueError(
+        f"valid.shape={valid.shape} must be h.shape[:2]={(b, t)}"
+      )
     if t > self.cfg.max_position:
-      raise ValueError(f"input of T={t} tokens is longer than "
-                       f"LlamaConfig.max_position={self.cfg.max_position}")
+      raise ValueError(
+        f"input of T={t} tokens is longer than "
+        f"LlamaConfig.max_position={self.cfg.max_position}"
+      )
     if valid is None:
       valid = jnp.ones((b, t), bool)
     positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
@@ -428,5 +517,6 @@ class LlamaLM(nnx.Module):
       h, _ = self.layer(i, h, caches[i], positions, valid)
       hidden.append(h)
     hidden[-1] = self.final_norm(h)
-    return LlamaOutput(logits=self.lm_head(hidden[-1]),
-                       hidden_states=tuple(hidden))
+    return LlamaOutput(
+      logits=self.lm_head(hidden[-1]), hidden_states=tuple(hidden)
+    )

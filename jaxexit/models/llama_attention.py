@@ -41,20 +41,35 @@ class Llama3RopeScaling:
   original_max_position: int
 
   def __post_init__(self):
-    checks.in_range("Llama3RopeScaling.factor", self.factor, 0, math.inf,
-                    low_open=True, high_open=True)
-    checks.in_range("Llama3RopeScaling.low_freq_factor", self.low_freq_factor,
-                    0, math.inf, low_open=True, high_open=True)
+    checks.in_range(
+      "Llama3RopeScaling.factor",
+      self.factor,
+      0,
+      math.inf,
+      low_open=True,
+      high_open=True,
+    )
+    checks.in_range(
+      "Llama3RopeScaling.low_freq_factor",
+      self.low_freq_factor,
+      0,
+      math.inf,
+      low_open=True,
+      high_open=True,
+    )
     if not self.high_freq_factor > self.low_freq_factor:
       raise ValueError(
-          "Llama3RopeScaling.high_freq_factor must be > low_freq_factor="
-          f"{self.low_freq_factor}; got {self.high_freq_factor!r}")
-    checks.positive_int("Llama3RopeScaling.original_max_position",
-                        self.original_max_position)
+        "Llama3RopeScaling.high_freq_factor must be > low_freq_factor="
+        f"{self.low_freq_factor}; got {self.high_freq_factor!r}"
+      )
+    checks.positive_int(
+      "Llama3RopeScaling.original_max_position", self.original_max_position
+    )
 
 
-def rope_inv_freq(head_dim: int, theta: float,
-                  scaling: Llama3RopeScaling | None) -> np.ndarray:
+def rope_inv_freq(
+  head_dim: int, theta: float, scaling: Llama3RopeScaling | None
+) -> np.ndarray:
   """RoPE inverse frequencies `[K / 2]` float32, as HF computes them.
 
   A trace-time constant (numpy), so jitted code folds it.
@@ -74,23 +89,29 @@ def rope_inv_freq(head_dim: int, theta: float,
   wavelen = np.float32(2 * math.pi) / inv_freq
   low_wavelen = s.original_max_position / s.low_freq_factor
   high_wavelen = s.original_max_position / s.high_freq_factor
-  scaled = np.where(wavelen > low_wavelen, inv_freq / np.float32(s.factor),
-                    inv_freq)
-  smooth = ((s.original_max_position / wavelen - s.low_freq_factor)
-            / (s.high_freq_factor - s.low_freq_factor)).astype(np.float32)
+  scaled = np.where(
+    wavelen > low_wavelen, inv_freq / np.float32(s.factor), inv_freq
+  )
+  smooth = (
+    (s.original_max_position / wavelen - s.low_freq_factor)
+    / (s.high_freq_factor - s.low_freq_factor)
+  ).astype(np.float32)
   smoothed = (1 - smooth) * scaled / np.float32(s.factor) + smooth * scaled
   medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
   return np.where(medium, smoothed, scaled).astype(np.float32)
 
 
-def apply_rope(x: Float[Array, "B T _ K"], positions: Int[Array, "B T"],
-               inv_freq: np.ndarray) -> Float[Array, "B T _ K"]:
+def apply_rope(
+  x: Float[Array, "B T _ K"], positions: Int[Array, "B T"], inv_freq: np.ndarray
+) -> Float[Array, "B T _ K"]:
   """Rotates each head of `x` (H or Hkv heads) by its token's position.
 
   HF layout: dims j and j + K/2 form a pair rotated by positions · f_j.
   """
-  freqs = (positions.astype(jnp.float32)[:, :, None]
-           * jnp.asarray(inv_freq)[None, None, :])  # [B, T, K/2]
+  freqs = (
+    positions.astype(jnp.float32)[:, :, None]
+    * jnp.asarray(inv_freq)[None, None, :]
+  )  # [B, T, K/2]
   angles = jnp.concatenate([freqs, freqs], axis=-1)[:, :, None, :]
   cos = jnp.cos(angles).astype(x.dtype)  # [B, T, 1, K]
   sin = jnp.sin(angles).astype(x.dtype)
@@ -112,8 +133,9 @@ class KVCache(NamedTuple):
   valid: Array
 
 
-def _write_rows(positions: Int[Array, "B T"], valid: Bool[Array, "B T"],
-                num_slots: int) -> tuple[Array, Array]:
+def _write_rows(
+  positions: Int[Array, "B T"], valid: Bool[Array, "B T"], num_slots: int
+) -> tuple[Array, Array]:
   """Scatter indices `(batch [B, T], slot [B, T])`; invalid rows point past
   the last slot so `mode="drop"` discards them. (Masking the value with
   `where` instead would race with a valid row writing the same slot.)"""
@@ -122,28 +144,38 @@ def _write_rows(positions: Int[Array, "B T"], valid: Bool[Array, "B T"],
   return rows, jnp.where(valid, positions, num_slots)
 
 
-def write_kv(cache: KVCache, k: Float[Array, "B T Hkv K"],
-             v: Float[Array, "B T Hkv K"], positions: Int[Array, "B T"],
-             valid: Bool[Array, "B T"]) -> KVCache:
+def write_kv(
+  cache: KVCache,
+  k: Float[Array, "B T Hkv K"],
+  v: Float[Array, "B T Hkv K"],
+  positions: Int[Array, "B T"],
+  valid: Bool[Array, "B T"],
+) -> KVCache:
   """Writes k/v at `positions` for valid rows and sets their flags."""
   rows, slots = _write_rows(positions, valid, cache.valid.shape[1])
   return KVCache(
-      k=cache.k.at[rows, slots].set(k.astype(cache.k.dtype), mode="drop"),
-      v=cache.v.at[rows, slots].set(v.astype(cache.v.dtype), mode="drop"),
-      valid=cache.valid.at[rows, slots].set(True, mode="drop"))
+    k=cache.k.at[rows, slots].set(k.astype(cache.k.dtype), mode="drop"),
+    v=cache.v.at[rows, slots].set(v.astype(cache.v.dtype), mode="drop"),
+    valid=cache.valid.at[rows, slots].set(True, mode="drop"),
+  )
 
 
-def clear_kv(cache: KVCache, positions: Int[Array, "B T"],
-             valid: Bool[Array, "B T"]) -> KVCache:
+def clear_kv(
+  cache: KVCache, positions: Int[Array, "B T"], valid: Bool[Array, "B T"]
+) -> KVCache:
   """Clears the flags at `positions` of valid rows, so later queries skip
   those keys (the keys and values stay in place)."""
   rows, slots = _write_rows(positions, valid, cache.valid.shape[1])
   return cache._replace(
-      valid=cache.valid.at[rows, slots].set(False, mode="drop"))
+    valid=cache.valid.at[rows, slots].set(False, mode="drop")
+  )
 
 
-def attention_mask(positions: Int[Array, "B T"], kv_valid: Bool[Array, "B S"],
-                   sliding_window: int | None) -> Bool[Array, "B T S"]:
+def attention_mask(
+  positions: Int[Array, "B T"],
+  kv_valid: Bool[Array, "B S"],
+  sliding_window: int | None,
+) -> Bool[Array, "B T S"]:
   """True where the query at `positions` may attend to cache slot s."""
   slots = jnp.arange(kv_valid.shape[1], dtype=jnp.int32)[None, None, :]
   p = positions[:, :, None]
@@ -153,8 +185,9 @@ def attention_mask(positions: Int[Array, "B T"], kv_valid: Bool[Array, "B S"],
   return mask
 
 
-def attend(q: Float[Array, "B T H K"], cache: KVCache,
-           mask: Bool[Array, "B T S"]) -> Float[Array, "B T H K"]:
+def attend(
+  q: Float[Array, "B T H K"], cache: KVCache, mask: Bool[Array, "B T S"]
+) -> Float[Array, "B T H K"]:
   """Grouped-query softmax attention of `q` over every cache slot.
 
   Query head j reads KV head j // G (HF `repeat_kv`). The scores and the
@@ -165,8 +198,9 @@ def attend(q: Float[Array, "B T H K"], cache: KVCache,
   hkv = cache.k.shape[2]
   q = q.reshape(b, t, hkv, h // hkv, k_dim)  # [B, T, Hkv, G, K]
   # Einsum letters: H is Hkv here, G the query heads sharing it.
-  logits = jnp.einsum("BTHGK,BSHK->BHGTS", q, cache.k,
-                      preferred_element_type=jnp.float32)
+  logits = jnp.einsum(
+    "BTHGK,BSHK->BHGTS", q, cache.k, preferred_element_type=jnp.float32
+  )
   logits = jnp.where(mask[:, None, None], logits * k_dim**-0.5, NEG_INF)
   probs = jax.nn.softmax(logits, axis=-1).astype(cache.v.dtype)
   out = jnp.einsum("BHGTS,BSHK->BTHGK", probs, cache.v)

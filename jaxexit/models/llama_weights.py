@@ -25,19 +25,41 @@ from jaxexit.models.llama import LlamaConfig, LlamaLM
 StateDict = Mapping[str, np.ndarray]
 
 LLAMA_CONFIGS = {
-    # Unit tests: GQA (4 query heads on 2 KV heads), untied.
-    "tiny": LlamaConfig(vocab_size=128, d_model=32, num_layers=2,
-                        num_heads=4, num_kv_heads=2, mlp_hidden=64,
-                        max_position=64),
-    "mistral-7b-v0.1": LlamaConfig(
-        vocab_size=32000, d_model=4096, num_layers=32, num_heads=32,
-        num_kv_heads=8, mlp_hidden=14336, rms_norm_eps=1e-5,
-        rope_theta=10000.0, tie_embeddings=False, sliding_window=4096,
-        max_position=32768),
-    "smollm2-135m": LlamaConfig(
-        vocab_size=49152, d_model=576, num_layers=30, num_heads=9,
-        num_kv_heads=3, mlp_hidden=1536, rms_norm_eps=1e-5,
-        rope_theta=100000.0, tie_embeddings=True, max_position=8192),
+  # Unit tests: GQA (4 query heads on 2 KV heads), untied.
+  "tiny": LlamaConfig(
+    vocab_size=128,
+    d_model=32,
+    num_layers=2,
+    num_heads=4,
+    num_kv_heads=2,
+    mlp_hidden=64,
+    max_position=64,
+  ),
+  "mistral-7b-v0.1": LlamaConfig(
+    vocab_size=32000,
+    d_model=4096,
+    num_layers=32,
+    num_heads=32,
+    num_kv_heads=8,
+    mlp_hidden=14336,
+    rms_norm_eps=1e-5,
+    rope_theta=10000.0,
+    tie_embeddings=False,
+    sliding_window=4096,
+    max_position=32768,
+  ),
+  "smollm2-135m": LlamaConfig(
+    vocab_size=49152,
+    d_model=576,
+    num_layers=30,
+    num_heads=9,
+    num_kv_heads=3,
+    mlp_hidden=1536,
+    rms_norm_eps=1e-5,
+    rope_theta=100000.0,
+    tie_embeddings=True,
+    max_position=8192,
+  ),
 }
 
 # Buffers some checkpoints carry; RoPE is recomputed from the config.
@@ -49,12 +71,22 @@ def hf_layout(cfg: LlamaConfig) -> list[tuple[str, str, bool]]:
   rows = [("embed_tokens.embedding", "model.embed_tokens.weight", False)]
   for i in range(cfg.num_layers):
     ours, hf = f"layers.{i}.", f"model.layers.{i}."
-    rows += [(f"{ours}self_attn.{p}_proj.kernel",
-              f"{hf}self_attn.{p}_proj.weight", True) for p in "qkvo"]
-    rows += [(f"{ours}mlp.{p}_proj.kernel", f"{hf}mlp.{p}_proj.weight", True)
-             for p in ("gate", "up", "down")]
-    rows += [(f"{ours}{n}.scale", f"{hf}{n}.weight", False)
-             for n in ("input_layernorm", "post_attention_layernorm")]
+    rows += [
+      (
+        f"{ours}self_attn.{p}_proj.kernel",
+        f"{hf}self_attn.{p}_proj.weight",
+        True,
+      )
+      for p in "qkvo"
+    ]
+    rows += [
+      (f"{ours}mlp.{p}_proj.kernel", f"{hf}mlp.{p}_proj.weight", True)
+      for p in ("gate", "up", "down")
+    ]
+    rows += [
+      (f"{ours}{n}.scale", f"{hf}{n}.weight", False)
+      for n in ("input_layernorm", "post_attention_layernorm")
+    ]
   rows.append(("norm.scale", "model.norm.weight", False))
   if not cfg.tie_embeddings:
     rows.append(("unembed.kernel", "lm_head.weight", True))
@@ -76,9 +108,11 @@ def _check_tied_head(state: StateDict, problems: list[str]) -> set[str]:
   head = np.asarray(state["lm_head.weight"])
   embed = np.asarray(state.get("model.embed_tokens.weight"))
   if head.shape != embed.shape or not np.array_equal(head, embed):
-    problems.append("tensor 'lm_head.weight' differs from "
-                    "'model.embed_tokens.weight' but "
-                    "LlamaConfig.tie_embeddings=True")
+    problems.append(
+      "tensor 'lm_head.weight' differs from "
+      "'model.embed_tokens.weight' but "
+      "LlamaConfig.tie_embeddings=True"
+    )
   return {"lm_head.weight"}
 
 
@@ -110,19 +144,22 @@ def load_llama_state_dict(model: LlamaLM, state: StateDict) -> None:
     used.add(name)
     value = np.asarray(state[name])
     if value.shape != expected:
-      problems.append(f"tensor {name!r} has shape {value.shape}; expected "
-                      f"{expected}")
+      problems.append(
+        f"tensor {name!r} has shape {value.shape}; expected {expected}"
+      )
       continue
     arrays.append((var, value.T if transpose else value))
   if model.cfg.tie_embeddings:
     used |= _check_tied_head(state, problems)
-  unused = sorted(n for n in set(state) - used
-                  if not n.endswith(_IGNORED_SUFFIXES))
+  unused = sorted(
+    n for n in set(state) - used if not n.endswith(_IGNORED_SUFFIXES)
+  )
   if unused:
     problems.append(f"unused tensors {unused}")
   if problems:
-    raise ValueError("checkpoint does not match LlamaLM: "
-                     + "; ".join(problems))
+    raise ValueError(
+      "checkpoint does not match LlamaLM: " + "; ".join(problems)
+    )
   for var, value in arrays:
     # `set_value`, not `var[...] =`: the variable may still be abstract.
     var.set_value(jnp.asarray(value, dtype=var.dtype))

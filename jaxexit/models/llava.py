@@ -42,9 +42,14 @@ SELECT_STRATEGIES = ("default", "full")
 
 # transformers' `LlamaConfig` defaults for the keys `LlamaConfig.from_hf`
 # requires: llava-hf's config.json lists only what differs from them.
-_HF_TEXT_DEFAULTS = dict(model_type="llama", vocab_size=32000,
-                         hidden_size=4096, intermediate_size=11008,
-                         num_hidden_layers=32, num_attention_heads=32)
+_HF_TEXT_DEFAULTS = dict(
+  model_type="llama",
+  vocab_size=32000,
+  hidden_size=4096,
+  intermediate_size=11008,
+  num_hidden_layers=32,
+  num_attention_heads=32,
+)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -73,22 +78,30 @@ class LlavaConfig:
 
   def __post_init__(self):
     if not isinstance(self.vision, ClipVisionConfig):
-      raise ValueError("LlavaConfig.vision must be a ClipVisionConfig; got "
-                       f"{self.vision!r}")
+      raise ValueError(
+        f"LlavaConfig.vision must be a ClipVisionConfig; got {self.vision!r}"
+      )
     if not isinstance(self.text, LlamaConfig):
-      raise ValueError("LlavaConfig.text must be a LlamaConfig; got "
-                       f"{self.text!r}")
-    checks.one_of("LlavaConfig.projector_act", self.projector_act,
-                  sorted(ACTIVATIONS))
-    checks.one_of("LlavaConfig.vision_feature_select_strategy",
-                  self.vision_feature_select_strategy, SELECT_STRATEGIES)
+      raise ValueError(
+        f"LlavaConfig.text must be a LlamaConfig; got {self.text!r}"
+      )
+    checks.one_of(
+      "LlavaConfig.projector_act", self.projector_act, sorted(ACTIVATIONS)
+    )
+    checks.one_of(
+      "LlavaConfig.vision_feature_select_strategy",
+      self.vision_feature_select_strategy,
+      SELECT_STRATEGIES,
+    )
     self.vision.blocks_before(self.vision_feature_layer)
-    checks.positive_int("LlavaConfig.image_token_id", self.image_token_id,
-                        minimum=0)
+    checks.positive_int(
+      "LlavaConfig.image_token_id", self.image_token_id, minimum=0
+    )
     if self.image_token_id >= self.text.vocab_size:
       raise ValueError(
-          f"LlavaConfig.image_token_id={self.image_token_id} must be < "
-          f"text.vocab_size={self.text.vocab_size}")
+        f"LlavaConfig.image_token_id={self.image_token_id} must be < "
+        f"text.vocab_size={self.text.vocab_size}"
+      )
 
   @property
   def num_image_tokens(self) -> int:
@@ -97,8 +110,13 @@ class LlavaConfig:
     return self.vision.num_patches + (not drop_cls)
 
   @classmethod
-  def from_hf(cls, hf: dict, *, dtype: DTypeLike = jnp.float32,
-              param_dtype: DTypeLike = jnp.float32) -> "LlavaConfig":
+  def from_hf(
+    cls,
+    hf: dict,
+    *,
+    dtype: DTypeLike = jnp.float32,
+    param_dtype: DTypeLike = jnp.float32,
+  ) -> "LlavaConfig":
     """Reads a Hugging Face LLaVA `config.json` dict.
 
     Keys the file omits take transformers' defaults (llava-hf's files list
@@ -114,54 +132,87 @@ class LlavaConfig:
         layers, a bias-free projector, or an unsupported sub-config.
     """
     if hf.get("model_type") != "llava":
-      raise ValueError(f"config.json model_type={hf.get('model_type')!r}; "
-                       "expected 'llava'")
+      raise ValueError(
+        f"config.json model_type={hf.get('model_type')!r}; expected 'llava'"
+      )
     if "vision_config" not in hf:
       raise ValueError("config.json has no vision_config")
     layer = hf.get("vision_feature_layer", -2)
     if not isinstance(layer, int):
-      raise ValueError(f"vision_feature_layer={layer!r} unsupported; only "
-                       "one layer (an int)")
+      raise ValueError(
+        f"vision_feature_layer={layer!r} unsupported; only one layer (an int)"
+      )
     if not hf.get("multimodal_projector_bias", True):
       raise ValueError("multimodal_projector_bias=False unsupported")
     text = {**_HF_TEXT_DEFAULTS, **(hf.get("text_config") or {})}
-    tie = bool(hf.get("tie_word_embeddings")
-               or text.get("tie_word_embeddings"))
+    tie = bool(hf.get("tie_word_embeddings") or text.get("tie_word_embeddings"))
     dtypes = dict(dtype=dtype, param_dtype=param_dtype)
     return cls(
-        vision=ClipVisionConfig.from_hf(hf["vision_config"], **dtypes),
-        text=LlamaConfig.from_hf(text, tie_embeddings=tie, **dtypes),
-        projector_act=hf.get("projector_hidden_act", "gelu"),
-        vision_feature_layer=layer,
-        vision_feature_select_strategy=hf.get(
-            "vision_feature_select_strategy", "default"),
-        image_token_id=hf.get("image_token_id",
-                              hf.get("image_token_index", 32000)))
+      vision=ClipVisionConfig.from_hf(hf["vision_config"], **dtypes),
+      text=LlamaConfig.from_hf(text, tie_embeddings=tie, **dtypes),
+      projector_act=hf.get("projector_hidden_act", "gelu"),
+      vision_feature_layer=layer,
+      vision_feature_select_strategy=hf.get(
+        "vision_feature_select_strategy", "default"
+      ),
+      image_token_id=hf.get(
+        "image_token_id", hf.get("image_token_index", 32000)
+      ),
+    )
 
 
 LLAVA_CONFIGS = {
-    # Unit tests: 16 image tokens, vision width 48 != LM width 32, GQA LM.
-    "tiny": LlavaConfig(
-        vision=ClipVisionConfig(image_size=32, patch_size=8, width=48,
-                                num_layers=3, num_heads=4, mlp_dim=96),
-        text=LlamaConfig(vocab_size=128, d_model=32, num_layers=2,
-                         num_heads=4, num_kv_heads=2, mlp_hidden=64,
-                         max_position=64),
-        image_token_id=127),
-    # llava-hf/llava-1.5-7b-hf: CLIP ViT-L/14-336 (576 image tokens) and
-    # Vicuna-7B-v1.5 (Llama-2-7B sizes) with 64 extra vocabulary rows.
-    "llava-1.5-7b": LlavaConfig(
-        vision=ClipVisionConfig(image_size=336, patch_size=14, width=1024,
-                                num_layers=24, num_heads=16, mlp_dim=4096),
-        text=LlamaConfig(vocab_size=32064, d_model=4096, num_layers=32,
-                         num_heads=32, mlp_hidden=11008, rms_norm_eps=1e-5,
-                         max_position=4096),
-        image_token_id=32000),
+  # Unit tests: 16 image tokens, vision width 48 != LM width 32, GQA LM.
+  "tiny": LlavaConfig(
+    vision=ClipVisionConfig(
+      image_size=32,
+      patch_size=8,
+      width=48,
+      num_layers=3,
+      num_heads=4,
+      mlp_dim=96,
+    ),
+    text=LlamaConfig(
+      vocab_size=128,
+      d_model=32,
+      num_layers=2,
+      num_heads=4,
+      num_kv_heads=2,
+      mlp_hidden=64,
+      max_position=64,
+    ),
+    image_token_id=127,
+  ),
+  # llava-hf/llava-1.5-7b-hf: CLIP ViT-L/14-336 (576 image tokens) and
+  # Vicuna-7B-v1.5 (Llama-2-7B sizes) with 64 extra vocabulary rows.
+  "llava-1.5-7b": LlavaConfig(
+    vision=ClipVisionConfig(
+      image_size=336,
+      patch_size=14,
+      width=1024,
+      num_layers=24,
+      num_heads=16,
+      mlp_dim=4096,
+    ),
+    text=LlamaConfig(
+      vocab_size=32064,
+      d_model=4096,
+      num_layers=32,
+      num_heads=32,
+      mlp_hidden=11008,
+      rms_norm_eps=1e-5,
+      max_position=4096,
+    ),
+    image_token_id=32000,
+  ),
 }
 
 
-def merge_embeddings(text: Float[Array, "B T D"], image: Float[Array, "B N D"],
-                     is_image: Bool[Array, "B T"]) -> Float[Array, "B T D"]:
+def merge_embeddings(
+  text: Float[Array, "B T D"],
+  image: Float[Array, "B N D"],
+  is_image: Bool[Array, "B T"],
+) -> Float[Array, "B T D"]:
   """Writes `image[b, k]` at the k-th True of `is_image[b]`.
 
   Static shapes: the k-th placeholder's index k is a cumulative sum of the
@@ -214,8 +265,9 @@ class LlavaLM(nnx.Module):
     self.projector = Projector(cfg, rngs=rngs)
     self.lm = LlamaLM(cfg.text, rngs=rngs)
 
-  def image_embeddings(self, images: Float[Array, "B S S 3"]
-                       ) -> Float[Array, "B N D"]:
+  def image_embeddings(
+    self, images: Float[Array, "B S S 3"]
+  ) -> Float[Array, "B N D"]:
     """Projected CLIP features, one row of N embeddings per image.
 
     Raises:
@@ -223,12 +275,15 @@ class LlavaLM(nnx.Module):
     """
     cfg = self.cfg
     feats = self.vision.features(
-        images, cfg.vision_feature_layer,
-        drop_cls=cfg.vision_feature_select_strategy == "default")
+      images,
+      cfg.vision_feature_layer,
+      drop_cls=cfg.vision_feature_select_strategy == "default",
+    )
     return self.projector(feats.astype(cfg.text.dtype))  # [B, N, D]
 
-  def merge(self, tokens: Int[Array, "B T"], image_emb: Float[Array, "B N D"]
-            ) -> Float[Array, "B T D"]:
+  def merge(
+    self, tokens: Int[Array, "B T"], image_emb: Float[Array, "B N D"]
+  ) -> Float[Array, "B T D"]:
     """Token embeddings with `image_emb` written at the placeholders.
 
     Args:
@@ -250,14 +305,18 @@ class LlavaLM(nnx.Module):
       bad = np.flatnonzero(counts != n)
       if bad.size:
         raise ValueError(
-            f"each row of tokens must hold N={n} placeholders "
-            f"(image_token_id={self.cfg.image_token_id}); rows "
-            f"{bad.tolist()} hold {counts[bad].tolist()}")
+          f"each row of tokens must hold N={n} placeholders "
+          f"(image_token_id={self.cfg.image_token_id}); rows "
+          f"{bad.tolist()} hold {counts[bad].tolist()}"
+        )
     return merge_embeddings(self.lm.embed(tokens), image_emb, is_image)
 
-  def __call__(self, tokens: Int[Array, "B T"],
-               images: Float[Array, "B S S 3"],
-               valid: Bool[Array, "B T"] | None = None) -> LlamaOutput:
+  def __call__(
+    self,
+    tokens: Int[Array, "B T"],
+    images: Float[Array, "B S S 3"],
+    valid: Bool[Array, "B T"] | None = None,
+  ) -> LlamaOutput:
     """The unpruned model: logits of the prompt with its image merged in.
 
     Args:

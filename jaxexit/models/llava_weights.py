@@ -62,19 +62,19 @@ def _patch_hf_shape(s: tuple) -> tuple:
 
 # kind -> (HF shape from ours, ours from HF, HF from ours).
 _KINDS: dict[str, tuple[Callable, Callable, Callable]] = {
-    "same": (lambda s: s, lambda a: a, lambda a: a),
-    "linear": (lambda s: s[::-1], lambda a: a.T, lambda a: a.T),
-    "patch": (_patch_hf_shape, _patch_to_ours, _patch_to_hf),
+  "same": (lambda s: s, lambda a: a, lambda a: a),
+  "linear": (lambda s: s[::-1], lambda a: a.T, lambda a: a.T),
+  "patch": (_patch_hf_shape, _patch_to_ours, _patch_to_hf),
 }
 
 # Older spellings -> the transformers 5 file names (first match wins).
 _RENAMES = (
-    ("model.language_model.", "language_model.model."),
-    ("lm_head.", "language_model.lm_head."),
-    ("model.vision_tower.vision_model.", "vision_tower."),
-    ("model.vision_tower.", "vision_tower."),
-    ("vision_tower.vision_model.", "vision_tower."),
-    ("model.multi_modal_projector.", "multi_modal_projector."),
+  ("model.language_model.", "language_model.model."),
+  ("lm_head.", "language_model.lm_head."),
+  ("model.vision_tower.vision_model.", "vision_tower."),
+  ("model.vision_tower.", "vision_tower."),
+  ("vision_tower.vision_model.", "vision_tower."),
+  ("model.multi_modal_projector.", "multi_modal_projector."),
 )
 
 # Buffers some checkpoints carry; both are recomputed.
@@ -82,30 +82,41 @@ _IGNORED_SUFFIXES = ("rotary_emb.inv_freq", "embeddings.position_ids")
 
 
 def _linear(module: nnx.Linear, name: str) -> list[Row]:
-  return [(module.kernel, f"{name}.weight", "linear"),
-          (module.bias, f"{name}.bias", "same")]
+  return [
+    (module.kernel, f"{name}.weight", "linear"),
+    (module.bias, f"{name}.bias", "same"),
+  ]
 
 
 def _norm(module: nnx.LayerNorm, name: str) -> list[Row]:
-  return [(module.scale, f"{name}.weight", "same"),
-          (module.bias, f"{name}.bias", "same")]
+  return [
+    (module.scale, f"{name}.weight", "same"),
+    (module.bias, f"{name}.bias", "same"),
+  ]
 
 
 def _clip_rows(model: ClipVision, prefix: str) -> list[Row]:
   """Rows of a `ClipVision` under HF `CLIPVisionModel` names."""
-  rows = [(model.class_embedding, "embeddings.class_embedding", "same"),
-          (model.patch_embedding.kernel, "embeddings.patch_embedding.weight",
-           "patch"),
-          (model.position_embedding, "embeddings.position_embedding.weight",
-           "same")]
+  rows = [
+    (model.class_embedding, "embeddings.class_embedding", "same"),
+    (
+      model.patch_embedding.kernel,
+      "embeddings.patch_embedding.weight",
+      "patch",
+    ),
+    (model.position_embedding, "embeddings.position_embedding.weight", "same"),
+  ]
   rows += _norm(model.pre_layrnorm, "pre_layrnorm")
   for i, layer in enumerate(model.layers):
     hf = f"encoder.layers.{i}."
-    for ours, theirs in (("q_proj", "self_attn.q_proj"),
-                         ("k_proj", "self_attn.k_proj"),
-                         ("v_proj", "self_attn.v_proj"),
-                         ("out_proj", "self_attn.out_proj"),
-                         ("fc1", "mlp.fc1"), ("fc2", "mlp.fc2")):
+    for ours, theirs in (
+      ("q_proj", "self_attn.q_proj"),
+      ("k_proj", "self_attn.k_proj"),
+      ("v_proj", "self_attn.v_proj"),
+      ("out_proj", "self_attn.out_proj"),
+      ("fc1", "mlp.fc1"),
+      ("fc2", "mlp.fc2"),
+    ):
       rows += _linear(getattr(layer, ours), hf + theirs)
     rows += _norm(layer.layer_norm1, hf + "layer_norm1")
     rows += _norm(layer.layer_norm2, hf + "layer_norm2")
@@ -117,11 +128,17 @@ def _llava_rows(model: LlavaLM) -> list[Row]:
   """Rows of every `LlavaLM` parameter under transformers 5 file names."""
   rows = _clip_rows(model.vision, "vision_tower.")
   for name in ("linear_1", "linear_2"):
-    rows += _linear(getattr(model.projector, name),
-                    f"multi_modal_projector.{name}")
-  rows += [(llama_variable(model.lm, attr), "language_model." + name,
-            "linear" if transpose else "same")
-           for attr, name, transpose in llama_layout(model.lm.cfg)]
+    rows += _linear(
+      getattr(model.projector, name), f"multi_modal_projector.{name}"
+    )
+  rows += [
+    (
+      llama_variable(model.lm, attr),
+      "language_model." + name,
+      "linear" if transpose else "same",
+    )
+    for attr, name, transpose in llama_layout(model.lm.cfg)
+  ]
   return rows
 
 
@@ -138,37 +155,45 @@ def _load(rows: list[Row], state: StateDict, what: str) -> None:
       continue
     value = np.asarray(state[name])
     if value.shape != (want := _hf_shape(var, kind)):
-      problems.append(f"tensor {name!r} has shape {value.shape}; expected "
-                      f"{want}")
+      problems.append(
+        f"tensor {name!r} has shape {value.shape}; expected {want}"
+      )
       continue
     pairs.append((var, _KINDS[kind][1](value)))
   known = {name for _, name, _ in rows}
-  unused = sorted(n for n in state
-                  if n not in known and not n.endswith(_IGNORED_SUFFIXES))
+  unused = sorted(
+    n for n in state if n not in known and not n.endswith(_IGNORED_SUFFIXES)
+  )
   if unused:
     problems.append(f"unused tensors {unused}")
   if problems:
-    raise ValueError(f"checkpoint does not match {what}: "
-                     + "; ".join(problems))
+    raise ValueError(
+      f"checkpoint does not match {what}: " + "; ".join(problems)
+    )
   for var, value in pairs:
     # `set_value`, not `var[...] =`: the variable may still be abstract.
     var.set_value(jnp.asarray(value, dtype=var.dtype))
 
 
 def _export(rows: list[Row]) -> dict[str, np.ndarray]:
-  return {name: np.ascontiguousarray(_KINDS[kind][2](np.asarray(var[...])))
-          for var, name, kind in rows}
+  return {
+    name: np.ascontiguousarray(_KINDS[kind][2](np.asarray(var[...])))
+    for var, name, kind in rows
+  }
 
 
 def _rename(state: StateDict) -> dict[str, np.ndarray]:
   """Maps the older spellings onto the transformers 5 file names."""
   out, source = {}, {}
   for name, value in state.items():
-    new = next((new + name[len(old):] for old, new in _RENAMES
-                if name.startswith(old)), name)
+    new = next(
+      (new + name[len(old) :] for old, new in _RENAMES if name.startswith(old)),
+      name,
+    )
     if new in out:
-      raise ValueError(f"tensors {source[new]!r} and {name!r} both name "
-                       f"{new!r}")
+      raise ValueError(
+        f"tensors {source[new]!r} and {name!r} both name {new!r}"
+      )
     out[new], source[new] = value, name
   return out
 
@@ -185,8 +210,9 @@ def load_clip_vision_state_dict(model: ClipVision, state: StateDict) -> None:
       shapes) or unused tensor; the model is then unchanged.
   """
   prefix = "vision_model."
-  state = {n[len(prefix):] if n.startswith(prefix) else n: v
-           for n, v in state.items()}
+  state = {
+    n[len(prefix) :] if n.startswith(prefix) else n: v for n, v in state.items()
+  }
   _load(_clip_rows(model, ""), state, "ClipVision")
 
 
@@ -220,13 +246,15 @@ def llava_tensor_shapes(model: LlavaLM) -> dict[str, tuple[int, ...]]:
   """`{transformers 5 file name: shape}` a checkpoint for `model` holds.
   Works on an abstract model (`nnx.eval_shape`), so the 7B layout is
   checked without weights."""
-  return {name: _hf_shape(var, kind) for var, name, kind in
-          _llava_rows(model)}
+  return {name: _hf_shape(var, kind) for var, name, kind in _llava_rows(model)}
 
 
-def llava_from_pretrained(path: str | os.PathLike, *,
-                          dtype: DTypeLike = jnp.float32,
-                          param_dtype: DTypeLike = jnp.float32) -> LlavaLM:
+def llava_from_pretrained(
+  path: str | os.PathLike,
+  *,
+  dtype: DTypeLike = jnp.float32,
+  param_dtype: DTypeLike = jnp.float32,
+) -> LlavaLM:
   """Builds a `LlavaLM` from a Hugging Face folder (e.g. a download of
   llava-hf/llava-1.5-7b-hf).
 
@@ -244,8 +272,9 @@ def llava_from_pretrained(path: str | os.PathLike, *,
       not match (see `load_llava_state_dict`).
   """
   path = os.fspath(path)
-  cfg = LlavaConfig.from_hf(read_hf_config(path), dtype=dtype,
-                            param_dtype=param_dtype)
+  cfg = LlavaConfig.from_hf(
+    read_hf_config(path), dtype=dtype, param_dtype=param_dtype
+  )
   model = nnx.eval_shape(lambda: LlavaLM(cfg, rngs=nnx.Rngs(0)))
   load_llava_state_dict(model, read_state_dict(path))
   return model

@@ -32,9 +32,15 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.typing import DTypeLike
 
-from jaxexit.models.ssm_lm import (CausalConv, MambaCache, MambaLMBase,
-                                   ResidualBlock, check_hf_common, check_sizes,
-                                   make_linear)
+from jaxexit.models.ssm_lm import (
+  CausalConv,
+  MambaCache,
+  MambaLMBase,
+  ResidualBlock,
+  check_hf_common,
+  check_sizes,
+  make_linear,
+)
 from jaxexit.typing import Array, Bool, Float
 
 
@@ -82,11 +88,23 @@ class MambaConfig:
   def __post_init__(self):
     if self.dt_rank is None:
       object.__setattr__(self, "dt_rank", math.ceil(self.d_model / 16))
-    check_sizes(self, ("vocab_size", "d_model", "num_layers", "d_state",
-                       "expand", "d_conv", "dt_rank"))
+    check_sizes(
+      self,
+      (
+        "vocab_size",
+        "d_model",
+        "num_layers",
+        "d_state",
+        "expand",
+        "d_conv",
+        "dt_rank",
+      ),
+    )
     if not 0 < self.dt_min <= self.dt_max:
-      raise ValueError("MambaConfig needs 0 < dt_min <= dt_max; got "
-                       f"dt_min={self.dt_min}, dt_max={self.dt_max}")
+      raise ValueError(
+        "MambaConfig needs 0 < dt_min <= dt_max; got "
+        f"dt_min={self.dt_min}, dt_max={self.dt_max}"
+      )
 
   @property
   def d_inner(self) -> int:
@@ -103,30 +121,49 @@ class MambaConfig:
     check_hf_common(hf, "mamba")
     rank = hf.get("time_step_rank", "auto")
     kw = dict(
-        vocab_size=hf["vocab_size"], d_model=hf["hidden_size"],
-        num_layers=hf["num_hidden_layers"], d_state=hf.get("state_size", 16),
-        expand=hf.get("expand", 2), d_conv=hf.get("conv_kernel", 4),
-        dt_rank=None if rank == "auto" else rank,
-        use_bias=hf.get("use_bias", False),
-        use_conv_bias=hf.get("use_conv_bias", True),
-        layer_norm_eps=hf.get("layer_norm_epsilon", 1e-5),
-        tie_embeddings=hf.get("tie_word_embeddings", True),
-        residual_in_fp32=hf.get("residual_in_fp32", True))
+      vocab_size=hf["vocab_size"],
+      d_model=hf["hidden_size"],
+      num_layers=hf["num_hidden_layers"],
+      d_state=hf.get("state_size", 16),
+      expand=hf.get("expand", 2),
+      d_conv=hf.get("conv_kernel", 4),
+      dt_rank=None if rank == "auto" else rank,
+      use_bias=hf.get("use_bias", False),
+      use_conv_bias=hf.get("use_conv_bias", True),
+      layer_norm_eps=hf.get("layer_norm_epsilon", 1e-5),
+      tie_embeddings=hf.get("tie_word_embeddings", True),
+      residual_in_fp32=hf.get("residual_in_fp32", True),
+    )
     kw.update(overrides)
     return cls(**kw)
 
 
 MAMBA_CONFIGS: dict[str, MambaConfig] = {
-    # state-spaces/mamba-130m-hf.
-    "mamba-130m": MambaConfig(vocab_size=50280, d_model=768, num_layers=24,
-                              d_state=16, expand=2, d_conv=4, dt_rank=48),
-    "tiny": MambaConfig(vocab_size=64, d_model=32, num_layers=2, d_state=8,
-                        expand=2, d_conv=4, dt_rank=4),
+  # state-spaces/mamba-130m-hf.
+  "mamba-130m": MambaConfig(
+    vocab_size=50280,
+    d_model=768,
+    num_layers=24,
+    d_state=16,
+    expand=2,
+    d_conv=4,
+    dt_rank=48,
+  ),
+  "tiny": MambaConfig(
+    vocab_size=64,
+    d_model=32,
+    num_layers=2,
+    d_state=8,
+    expand=2,
+    d_conv=4,
+    dt_rank=4,
+  ),
 }
 
 
-def selective_scan(x: Array, dt: Array, a: Array, b: Array, c: Array,
-                   h0: Array) -> tuple[Array, Array]:
+def selective_scan(
+  x: Array, dt: Array, a: Array, b: Array, c: Array, h0: Array
+) -> tuple[Array, Array]:
   """Parallel selective scan h_t = exp(Δ_t A) h_{t-1} + Δ_t B_t x_t.
 
   Args:
@@ -147,8 +184,9 @@ def selective_scan(x: Array, dt: Array, a: Array, b: Array, c: Array,
   return jnp.einsum("BTES,BTS->BTE", h, c), h[:, -1]
 
 
-def selective_step(x: Array, dt: Array, a: Array, b: Array, c: Array,
-                   h: Array, valid: Array) -> tuple[Array, Array]:
+def selective_step(
+  x: Array, dt: Array, a: Array, b: Array, c: Array, h: Array, valid: Array
+) -> tuple[Array, Array]:
   """One recurrent step; x, dt [B, E], a [E, S], b, c [B, S], h [B, E, S],
   valid [B] -> (y [B, E], new h, unchanged where not valid)."""
   new = jnp.exp(dt[..., None] * a[None]) * h + (dt * x)[..., None] * b[:, None]
@@ -186,37 +224,52 @@ class MambaMixer(nnx.Module):
 
   def __init__(self, cfg: MambaConfig, *, rngs: nnx.Rngs):
     e, s, r = cfg.d_inner, cfg.d_state, cfg.dt_rank
-    self.in_proj = make_linear(cfg, cfg.d_model, 2 * e, rngs,
-                               use_bias=cfg.use_bias)
-    self.conv1d = CausalConv(e, cfg.d_conv, use_bias=cfg.use_conv_bias,
-                             param_dtype=cfg.param_dtype, rngs=rngs)
+    self.in_proj = make_linear(
+      cfg, cfg.d_model, 2 * e, rngs, use_bias=cfg.use_bias
+    )
+    self.conv1d = CausalConv(
+      e,
+      cfg.d_conv,
+      use_bias=cfg.use_conv_bias,
+      param_dtype=cfg.param_dtype,
+      rngs=rngs,
+    )
     self.x_proj = make_linear(cfg, e, r + 2 * s, rngs, use_bias=False)
-    self.dt_proj = make_linear(cfg, r, e, rngs, use_bias=True,
-                               kernel_init=_symmetric_uniform(r**-0.5),
-                               bias_init=_dt_bias_init(cfg))
+    self.dt_proj = make_linear(
+      cfg,
+      r,
+      e,
+      rngs,
+      use_bias=True,
+      kernel_init=_symmetric_uniform(r**-0.5),
+      bias_init=_dt_bias_init(cfg),
+    )
     a = jnp.broadcast_to(jnp.arange(1, s + 1, dtype=jnp.float32)[None], (e, s))
     self.A_log = nnx.Param(jnp.log(a).astype(cfg.param_dtype))
     self.D = nnx.Param(jnp.ones((e,), cfg.param_dtype))
-    self.out_proj = make_linear(cfg, e, cfg.d_model, rngs,
-                                use_bias=cfg.use_bias)
+    self.out_proj = make_linear(
+      cfg, e, cfg.d_model, rngs, use_bias=cfg.use_bias
+    )
     self.dt_rank, self.d_state, self.dtype = r, s, cfg.dtype
 
-  def __call__(self, x: Float[Array, "B T D"], cache: MambaCache,
-               valid: Bool[Array, "B T"]
-               ) -> tuple[Float[Array, "B T D"], MambaCache]:
+  def __call__(
+    self, x: Float[Array, "B T D"], cache: MambaCache, valid: Bool[Array, "B T"]
+  ) -> tuple[Float[Array, "B T D"], MambaCache]:
     """Mixer output and updated cache (step path when T == 1)."""
     xs, z = jnp.split(self.in_proj(x), 2, axis=-1)  # [B, T, E] each
     xs, conv = self.conv1d(xs, cache.conv, valid)  # float32
     r, s = self.dt_rank, self.d_state
     proj = self.x_proj(xs.astype(self.dtype)).astype(jnp.float32)
     dt, b, c = jnp.split(proj, [r, r + s], axis=-1)
-    dt = jax.nn.softplus(self.dt_proj(dt.astype(self.dtype))
-                         .astype(jnp.float32))  # [B, T, E]
+    dt = jax.nn.softplus(
+      self.dt_proj(dt.astype(self.dtype)).astype(jnp.float32)
+    )  # [B, T, E]
     dt = jnp.where(valid[..., None], dt, 0.0)
     a = -jnp.exp(self.A_log[...].astype(jnp.float32))
     if x.shape[1] == 1:
-      y, ssm = selective_step(xs[:, 0], dt[:, 0], a, b[:, 0], c[:, 0],
-                              cache.ssm, valid[:, 0])
+      y, ssm = selective_step(
+        xs[:, 0], dt[:, 0], a, b[:, 0], c[:, 0], cache.ssm, valid[:, 0]
+      )
       y = y[:, None]
     else:
       y, ssm = selective_scan(xs, dt, a, b, c, cache.ssm)
@@ -242,5 +295,6 @@ class MambaLM(MambaLMBase):
   def cache_shapes(self, batch: int) -> MambaCache:
     """conv [B, E, d_conv - 1], ssm [B, E, S]."""
     e = self.cfg.d_inner
-    return MambaCache(conv=(batch, e, self.cfg.d_conv - 1),
-                      ssm=(batch, e, self.cfg.d_state))
+    return MambaCache(
+      conv=(batch, e, self.cfg.d_conv - 1), ssm=(batch, e, self.cfg.d_state)
+    )

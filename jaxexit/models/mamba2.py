@@ -34,9 +34,15 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.typing import DTypeLike
 
-from jaxexit.models.ssm_lm import (CausalConv, MambaCache, MambaLMBase,
-                                   ResidualBlock, check_hf_common, check_sizes,
-                                   make_linear)
+from jaxexit.models.ssm_lm import (
+  CausalConv,
+  MambaCache,
+  MambaLMBase,
+  ResidualBlock,
+  check_hf_common,
+  check_sizes,
+  make_linear,
+)
 from jaxexit.typing import Array, Bool, Float
 
 # The SSD contractions are small next to in_proj/out_proj; HIGHEST keeps them
@@ -94,23 +100,41 @@ class Mamba2Config:
   param_dtype: DTypeLike = jnp.float32
 
   def __post_init__(self):
-    check_sizes(self, ("vocab_size", "d_model", "num_layers", "d_state",
-                       "expand", "num_heads", "head_dim", "n_groups", "d_conv",
-                       "chunk_size"))
+    check_sizes(
+      self,
+      (
+        "vocab_size",
+        "d_model",
+        "num_layers",
+        "d_state",
+        "expand",
+        "num_heads",
+        "head_dim",
+        "n_groups",
+        "d_conv",
+        "chunk_size",
+      ),
+    )
     if self.d_inner != self.num_heads * self.head_dim:
       raise ValueError(
-          f"Mamba2Config: expand * d_model = {self.d_inner} must equal "
-          f"num_heads * head_dim = {self.num_heads} * {self.head_dim}")
+        f"Mamba2Config: expand * d_model = {self.d_inner} must equal "
+        f"num_heads * head_dim = {self.num_heads} * {self.head_dim}"
+      )
     if self.num_heads % self.n_groups:
-      raise ValueError(f"Mamba2Config.num_heads={self.num_heads} must be "
-                       f"divisible by n_groups={self.n_groups}")
+      raise ValueError(
+        f"Mamba2Config.num_heads={self.num_heads} must be "
+        f"divisible by n_groups={self.n_groups}"
+      )
     lo, hi = self.dt_limit
     if not 0 <= lo <= hi:
-      raise ValueError(f"Mamba2Config.dt_limit={self.dt_limit} must satisfy "
-                       "0 <= min <= max")
+      raise ValueError(
+        f"Mamba2Config.dt_limit={self.dt_limit} must satisfy 0 <= min <= max"
+      )
     if not 0 < self.dt_min <= self.dt_max:
-      raise ValueError("Mamba2Config needs 0 < dt_min <= dt_max; got "
-                       f"dt_min={self.dt_min}, dt_max={self.dt_max}")
+      raise ValueError(
+        "Mamba2Config needs 0 < dt_min <= dt_max; got "
+        f"dt_min={self.dt_min}, dt_max={self.dt_max}"
+      )
 
   @property
   def d_inner(self) -> int:
@@ -130,35 +154,63 @@ class Mamba2Config:
     """
     check_hf_common(hf, "mamba2")
     if hf.get("norm_before_gate", False) or not hf.get("rms_norm", True):
-      raise ValueError("only the gated RMSNorm with norm_before_gate=False is "
-                       f"supported; got rms_norm={hf.get('rms_norm')!r}, "
-                       f"norm_before_gate={hf.get('norm_before_gate')!r}")
+      raise ValueError(
+        "only the gated RMSNorm with norm_before_gate=False is "
+        f"supported; got rms_norm={hf.get('rms_norm')!r}, "
+        f"norm_before_gate={hf.get('norm_before_gate')!r}"
+      )
     kw = dict(
-        vocab_size=hf["vocab_size"], d_model=hf["hidden_size"],
-        num_layers=hf["num_hidden_layers"], d_state=hf.get("state_size", 128),
-        expand=hf.get("expand", 2), num_heads=hf.get("num_heads", 128),
-        head_dim=hf.get("head_dim", 64), n_groups=hf.get("n_groups", 8),
-        d_conv=hf.get("conv_kernel", 4), chunk_size=hf.get("chunk_size", 256),
-        use_bias=hf.get("use_bias", False),
-        use_conv_bias=hf.get("use_conv_bias", True),
-        layer_norm_eps=hf.get("layer_norm_epsilon", 1e-5),
-        dt_limit=tuple(float(v) for v in
-                       hf.get("time_step_limit", (0.0, math.inf))),
-        tie_embeddings=hf.get("tie_word_embeddings", False),
-        residual_in_fp32=hf.get("residual_in_fp32", True))
+      vocab_size=hf["vocab_size"],
+      d_model=hf["hidden_size"],
+      num_layers=hf["num_hidden_layers"],
+      d_state=hf.get("state_size", 128),
+      expand=hf.get("expand", 2),
+      num_heads=hf.get("num_heads", 128),
+      head_dim=hf.get("head_dim", 64),
+      n_groups=hf.get("n_groups", 8),
+      d_conv=hf.get("conv_kernel", 4),
+      chunk_size=hf.get("chunk_size", 256),
+      use_bias=hf.get("use_bias", False),
+      use_conv_bias=hf.get("use_conv_bias", True),
+      layer_norm_eps=hf.get("layer_norm_epsilon", 1e-5),
+      dt_limit=tuple(
+        float(v) for v in hf.get("time_step_limit", (0.0, math.inf))
+      ),
+      tie_embeddings=hf.get("tie_word_embeddings", False),
+      residual_in_fp32=hf.get("residual_in_fp32", True),
+    )
     kw.update(overrides)
     return cls(**kw)
 
 
 MAMBA2_CONFIGS: dict[str, Mamba2Config] = {
-    # mistralai/Mamba-Codestral-7B-v0.1: E = 8192 = 128 heads x 64.
-    "codestral-mamba-7b": Mamba2Config(
-        vocab_size=32768, d_model=4096, num_layers=64, d_state=128, expand=2,
-        num_heads=128, head_dim=64, n_groups=8, d_conv=4, chunk_size=256,
-        layer_norm_eps=1e-5, tie_embeddings=False),
-    "tiny": Mamba2Config(vocab_size=64, d_model=32, num_layers=2, d_state=8,
-                         expand=2, num_heads=8, head_dim=8, n_groups=2,
-                         d_conv=4, chunk_size=4),
+  # mistralai/Mamba-Codestral-7B-v0.1: E = 8192 = 128 heads x 64.
+  "codestral-mamba-7b": Mamba2Config(
+    vocab_size=32768,
+    d_model=4096,
+    num_layers=64,
+    d_state=128,
+    expand=2,
+    num_heads=128,
+    head_dim=64,
+    n_groups=8,
+    d_conv=4,
+    chunk_size=256,
+    layer_norm_eps=1e-5,
+    tie_embeddings=False,
+  ),
+  "tiny": Mamba2Config(
+    vocab_size=64,
+    d_model=32,
+    num_layers=2,
+    d_state=8,
+    expand=2,
+    num_heads=8,
+    head_dim=8,
+    n_groups=2,
+    d_conv=4,
+    chunk_size=4,
+  ),
 }
 
 
@@ -168,8 +220,9 @@ def segsum(a: Array) -> Array:
   differences of large cumsums)."""
   q = a.shape[-1]
   strict = jnp.tril(jnp.ones((q, q), bool), -1)
-  rep = jnp.where(strict, jnp.broadcast_to(a[..., :, None], a.shape + (q,)),
-                  0.0)  # [..., Q(k), Q(m)] = a_k for k > m
+  rep = jnp.where(
+    strict, jnp.broadcast_to(a[..., :, None], a.shape + (q,)), 0.0
+  )  # [..., Q(k), Q(m)] = a_k for k > m
   out = jnp.cumsum(rep, axis=-2)
   return jnp.where(jnp.tril(jnp.ones((q, q), bool)), out, -jnp.inf)
 
@@ -180,8 +233,9 @@ def _chunk(x: Array, pad: int, q: int) -> Array:
   return x.reshape(x.shape[0], -1, q, *x.shape[2:])
 
 
-def ssd_chunked(x: Array, dt: Array, a: Array, b: Array, c: Array,
-                h0: Array, chunk_size: int) -> tuple[Array, Array]:
+def ssd_chunked(
+  x: Array, dt: Array, a: Array, b: Array, c: Array, h0: Array, chunk_size: int
+) -> tuple[Array, Array]:
   """Chunked SSD scan (`ssd_minimal` with an initial state and groups).
 
   Args:
@@ -210,7 +264,8 @@ def ssd_chunked(x: Array, dt: Array, a: Array, b: Array, c: Array,
   states = ein("BZQGS,BZQGR,BZQGRK->BZGRKS", b, to_end, xd)
   # 3. Across chunks: the state entering each chunk, and the final state.
   states = jnp.concatenate(
-      [h0.reshape(bsz, 1, g, h // g, k, s), states], axis=1)
+    [h0.reshape(bsz, 1, g, h // g, k, s), states], axis=1
+  )
   total = jnp.pad(cum[:, :, -1], [(0, 0), (1, 0), (0, 0), (0, 0)])
   across = jnp.exp(segsum(jnp.moveaxis(total, 1, -1)))  # [B, G, R, Y, Z]
   states = ein("BGRYZ,BZGRKS->BYGRKS", across, states)
@@ -220,8 +275,9 @@ def ssd_chunked(x: Array, dt: Array, a: Array, b: Array, c: Array,
   return y, states[:, -1].reshape(bsz, h, k, s)
 
 
-def ssd_step(x: Array, dt: Array, a: Array, b: Array, c: Array, h: Array,
-             valid: Array) -> tuple[Array, Array]:
+def ssd_step(
+  x: Array, dt: Array, a: Array, b: Array, c: Array, h: Array, valid: Array
+) -> tuple[Array, Array]:
   """One recurrent step; x [B, H, K], dt [B, H], a [H], b, c [B, G, S],
   h [B, H, K, S], valid [B] -> (y [B, H, K] without D skip, new h,
   unchanged where not valid)."""
@@ -243,8 +299,9 @@ class GatedRMSNorm(nnx.Module):
     param_dtype: parameter dtype.
   """
 
-  def __init__(self, size: int, group_size: int, eps: float, *,
-               param_dtype: DTypeLike):
+  def __init__(
+    self, size: int, group_size: int, eps: float, *, param_dtype: DTypeLike
+  ):
     self.weight = nnx.Param(jnp.ones((size,), param_dtype))
     self.group_size, self.eps = group_size, eps
 
@@ -253,8 +310,9 @@ class GatedRMSNorm(nnx.Module):
     y = y.astype(jnp.float32) * jax.nn.silu(z.astype(jnp.float32))
     yg = y.reshape(*y.shape[:-1], -1, self.group_size)  # [B, T, G, E / G]
     yg = yg * jax.lax.rsqrt(jnp.mean(yg * yg, -1, keepdims=True) + self.eps)
-    return (self.weight[...].astype(jnp.float32)[None, None]
-            * yg.reshape(y.shape))
+    return self.weight[...].astype(jnp.float32)[None, None] * yg.reshape(
+      y.shape
+    )
 
 
 class Mamba2Mixer(nnx.Module):
@@ -268,30 +326,39 @@ class Mamba2Mixer(nnx.Module):
 
   def __init__(self, cfg: Mamba2Config, *, rngs: nnx.Rngs):
     e, h = cfg.d_inner, cfg.num_heads
-    self.in_proj = make_linear(cfg, cfg.d_model, e + cfg.conv_dim + h, rngs,
-                               use_bias=cfg.use_bias)
-    self.conv1d = CausalConv(cfg.conv_dim, cfg.d_conv,
-                             use_bias=cfg.use_conv_bias,
-                             param_dtype=cfg.param_dtype, rngs=rngs)
+    self.in_proj = make_linear(
+      cfg, cfg.d_model, e + cfg.conv_dim + h, rngs, use_bias=cfg.use_bias
+    )
+    self.conv1d = CausalConv(
+      cfg.conv_dim,
+      cfg.d_conv,
+      use_bias=cfg.use_conv_bias,
+      param_dtype=cfg.param_dtype,
+      rngs=rngs,
+    )
     lo, hi = math.log(cfg.dt_min), math.log(cfg.dt_max)
     dt = jnp.exp(jax.random.uniform(rngs.params(), (h,)) * (hi - lo) + lo)
     dt = jnp.maximum(dt, cfg.dt_init_floor)
-    self.dt_bias = nnx.Param((dt + jnp.log(-jnp.expm1(-dt)))
-                             .astype(cfg.param_dtype))
-    self.A_log = nnx.Param(jnp.log(jnp.arange(1, h + 1, dtype=jnp.float32))
-                           .astype(cfg.param_dtype))
+    self.dt_bias = nnx.Param(
+      (dt + jnp.log(-jnp.expm1(-dt))).astype(cfg.param_dtype)
+    )
+    self.A_log = nnx.Param(
+      jnp.log(jnp.arange(1, h + 1, dtype=jnp.float32)).astype(cfg.param_dtype)
+    )
     self.D = nnx.Param(jnp.ones((h,), cfg.param_dtype))
-    self.norm = GatedRMSNorm(e, e // cfg.n_groups, cfg.layer_norm_eps,
-                             param_dtype=cfg.param_dtype)
-    self.out_proj = make_linear(cfg, e, cfg.d_model, rngs,
-                                use_bias=cfg.use_bias)
+    self.norm = GatedRMSNorm(
+      e, e // cfg.n_groups, cfg.layer_norm_eps, param_dtype=cfg.param_dtype
+    )
+    self.out_proj = make_linear(
+      cfg, e, cfg.d_model, rngs, use_bias=cfg.use_bias
+    )
     self.sizes = (e, h, cfg.head_dim, cfg.n_groups, cfg.d_state)
     self.dt_limit, self.chunk_size = cfg.dt_limit, cfg.chunk_size
     self.dtype = cfg.dtype
 
-  def __call__(self, x: Float[Array, "B T D"], cache: MambaCache,
-               valid: Bool[Array, "B T"]
-               ) -> tuple[Float[Array, "B T D"], MambaCache]:
+  def __call__(
+    self, x: Float[Array, "B T D"], cache: MambaCache, valid: Bool[Array, "B T"]
+  ) -> tuple[Float[Array, "B T D"], MambaCache]:
     """Mixer output and updated cache (step path when T == 1)."""
     bsz, t, _ = x.shape
     e, h, k, g, s = self.sizes
@@ -300,14 +367,16 @@ class Mamba2Mixer(nnx.Module):
     xs, b, c = jnp.split(xbc, [e, e + g * s], axis=-1)
     xs = xs.reshape(bsz, t, h, k)  # [B, T, H, K]
     b, c = b.reshape(bsz, t, g, s), c.reshape(bsz, t, g, s)  # [B, T, G, S]
-    dt = jax.nn.softplus(dt.astype(jnp.float32)
-                         + self.dt_bias[...].astype(jnp.float32)[None, None])
+    dt = jax.nn.softplus(
+      dt.astype(jnp.float32) + self.dt_bias[...].astype(jnp.float32)[None, None]
+    )
     dt = jnp.clip(dt, *self.dt_limit)
     dt = jnp.where(valid[..., None], dt, 0.0)  # [B, T, H]
     a = -jnp.exp(self.A_log[...].astype(jnp.float32))
     if t == 1:
-      y, ssm = ssd_step(xs[:, 0], dt[:, 0], a, b[:, 0], c[:, 0], cache.ssm,
-                        valid[:, 0])
+      y, ssm = ssd_step(
+        xs[:, 0], dt[:, 0], a, b[:, 0], c[:, 0], cache.ssm, valid[:, 0]
+      )
       y = y[:, None]
     else:
       y, ssm = ssd_chunked(xs, dt, a, b, c, cache.ssm, self.chunk_size)
@@ -334,5 +403,6 @@ class Mamba2LM(MambaLMBase):
     """conv [B, E + 2GS, d_conv - 1], ssm [B, H, K, S]."""
     cfg = self.cfg
     return MambaCache(
-        conv=(batch, cfg.conv_dim, cfg.d_conv - 1),
-        ssm=(batch, cfg.num_heads, cfg.head_dim, cfg.d_state))
+      conv=(batch, cfg.conv_dim, cfg.d_conv - 1),
+      ssm=(batch, cfg.num_heads, cfg.head_dim, cfg.d_state),
+    )

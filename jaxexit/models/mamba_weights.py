@@ -31,9 +31,9 @@ StateDict = Mapping[str, np.ndarray]
 
 # kind -> (HF shape from ours, ours from the HF array).
 _KINDS = {
-    "same": (lambda s: s, lambda a: a),
-    "linear": (lambda s: s[::-1], lambda a: a.T),
-    "conv": (lambda s: (s[0], 1, s[1]), lambda a: a[:, 0]),
+  "same": (lambda s: s, lambda a: a),
+  "linear": (lambda s: s[::-1], lambda a: a.T),
+  "conv": (lambda s: (s[0], 1, s[1]), lambda a: a[:, 0]),
 }
 
 
@@ -49,22 +49,31 @@ def _block_name(path: tuple) -> tuple[str, str]:
   return ".".join(parents + [leaf]), "same"
 
 
-def _layout(model: MambaLMBase) -> list[tuple[nnx.Variable, list[str], str,
-                                             bool]]:
+def _layout(
+  model: MambaLMBase,
+) -> list[tuple[nnx.Variable, list[str], str, bool]]:
   """(variable, HF names, kind, stacked) for every parameter of `model`."""
-  rows = [(model.embeddings.embedding, ["backbone.embeddings.weight"], "same",
-           False),
-          (model.norm_f.scale, ["backbone.norm_f.weight"], "same", False)]
+  rows = [
+    (model.embeddings.embedding, ["backbone.embeddings.weight"], "same", False),
+    (model.norm_f.scale, ["backbone.norm_f.weight"], "same", False),
+  ]
   if model.lm_head_linear is not None:
-    rows.append((model.lm_head_linear.kernel, ["lm_head.weight"], "linear",
-                 False))
+    rows.append(
+      (model.lm_head_linear.kernel, ["lm_head.weight"], "linear", False)
+    )
   for path, _ in nnx.to_flat_state(nnx.state(model.layers, nnx.Param)):
     var = model.layers
     for part in path:
       var = getattr(var, part)
     name, kind = _block_name(path)
-    rows.append((var, [f"backbone.layers.{i}.{name}"
-                       for i in range(model.num_layers)], kind, True))
+    rows.append(
+      (
+        var,
+        [f"backbone.layers.{i}.{name}" for i in range(model.num_layers)],
+        kind,
+        True,
+      )
+    )
   return rows
 
 
@@ -84,12 +93,15 @@ def _normalise_names(state: StateDict) -> dict[str, np.ndarray]:
   renames the old `embedding.` spelling (HF `MambaModel.load_hook`)."""
   state = dict(state)
   if not any(k.startswith("backbone.") for k in state):
-    state = {k if k.startswith("lm_head.") else "backbone." + k: v
-             for k, v in state.items()}
-  if ("backbone.embedding.weight" in state
-      and "backbone.embeddings.weight" not in state):
-    state["backbone.embeddings.weight"] = state.pop(
-        "backbone.embedding.weight")
+    state = {
+      k if k.startswith("lm_head.") else "backbone." + k: v
+      for k, v in state.items()
+    }
+  if (
+    "backbone.embedding.weight" in state
+    and "backbone.embeddings.weight" not in state
+  ):
+    state["backbone.embeddings.weight"] = state.pop("backbone.embedding.weight")
   return state
 
 
@@ -107,19 +119,24 @@ def _problems(model: MambaLMBase, state: dict) -> list[str]:
   if model.lm_head_linear is None and "lm_head.weight" in extra:
     extra.discard("lm_head.weight")
     emb = state.get("backbone.embeddings.weight")
-    if emb is None or not np.array_equal(np.asarray(state["lm_head.weight"]),
-                                         np.asarray(emb)):
-      problems.append("'lm_head.weight' differs from "
-                      "'backbone.embeddings.weight' but the config ties them "
-                      "(tie_embeddings=True)")
+    if emb is None or not np.array_equal(
+      np.asarray(state["lm_head.weight"]), np.asarray(emb)
+    ):
+      problems.append(
+        "'lm_head.weight' differs from "
+        "'backbone.embeddings.weight' but the config ties them "
+        "(tie_embeddings=True)"
+      )
   if extra:
     problems.append(f"unexpected tensors {_listing(extra)}")
   if missing := set(expected) - set(state):
     problems.append(f"missing tensors {_listing(missing)}")
   for name, want in expected.items():
     if name in state and tuple(np.shape(state[name])) != want:
-      problems.append(f"tensor {name!r} has shape "
-                      f"{tuple(np.shape(state[name]))}; expected {want}")
+      problems.append(
+        f"tensor {name!r} has shape "
+        f"{tuple(np.shape(state[name]))}; expected {want}"
+      )
   return problems
 
 
@@ -128,8 +145,9 @@ def _load(model: MambaLMBase, state: StateDict, cls: type) -> None:
     raise ValueError(f"expected a {cls.__name__}; got {type(model).__name__}")
   state = _normalise_names(state)
   if problems := _problems(model, state):
-    raise ValueError(f"checkpoint does not match {cls.__name__}: "
-                     + "; ".join(problems))
+    raise ValueError(
+      f"checkpoint does not match {cls.__name__}: " + "; ".join(problems)
+    )
   for var, names, kind, stacked in _layout(model):
     arrays = [_KINDS[kind][1](np.asarray(state[n])) for n in names]
     value = np.stack(arrays) if stacked else arrays[0]
@@ -163,8 +181,9 @@ def load_mamba2_state_dict(model: Mamba2LM, state: StateDict) -> None:
   _load(model, state, Mamba2LM)
 
 
-def mamba_from_pretrained(path: str | os.PathLike, **overrides
-                          ) -> MambaLM | Mamba2LM:
+def mamba_from_pretrained(
+  path: str | os.PathLike, **overrides
+) -> MambaLM | Mamba2LM:
   """Builds a Mamba or Mamba-2 LM from a Hugging Face folder.
 
   The model is built abstractly (`nnx.eval_shape`) and filled from the
@@ -184,14 +203,21 @@ def mamba_from_pretrained(path: str | os.PathLike, **overrides
   hf = read_hf_config(path)
   model_type = hf.get("model_type")
   if model_type == "mamba":
-    cfg, cls, load = (MambaConfig.from_hf(hf, **overrides), MambaLM,
-                      load_mamba_state_dict)
+    cfg, cls, load = (
+      MambaConfig.from_hf(hf, **overrides),
+      MambaLM,
+      load_mamba_state_dict,
+    )
   elif model_type == "mamba2":
-    cfg, cls, load = (Mamba2Config.from_hf(hf, **overrides), Mamba2LM,
-                      load_mamba2_state_dict)
+    cfg, cls, load = (
+      Mamba2Config.from_hf(hf, **overrides),
+      Mamba2LM,
+      load_mamba2_state_dict,
+    )
   else:
-    raise ValueError(f"config.json model_type={model_type!r}; expected "
-                     "'mamba' or 'mamba2'")
+    raise ValueError(
+      f"config.json model_type={model_type!r}; expected 'mamba' or 'mamba2'"
+    )
   model = nnx.eval_shape(lambda: cls(cfg, rngs=nnx.Rngs(0)))
   load(model, read_state_dict(path))
   return model

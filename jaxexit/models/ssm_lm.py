@@ -75,21 +75,25 @@ def check_sizes(cfg, positive: tuple[str, ...]) -> None:
       raise ValueError(f"{name}.{field} must be an int >= 1; got {value!r}")
   if not cfg.layer_norm_eps > 0:
     raise ValueError(
-        f"{name}.layer_norm_eps must be > 0; got {cfg.layer_norm_eps!r}")
+      f"{name}.layer_norm_eps must be > 0; got {cfg.layer_norm_eps!r}"
+    )
 
 
 def check_hf_common(hf: dict, model_type: str) -> None:
   """Rejects HF configs this port does not implement."""
   if hf.get("model_type", model_type) != model_type:
-    raise ValueError(f"config.json model_type={hf.get('model_type')!r}; "
-                     f"expected {model_type!r}")
+    raise ValueError(
+      f"config.json model_type={hf.get('model_type')!r}; "
+      f"expected {model_type!r}"
+    )
   act = hf.get("hidden_act", "silu")
   if act not in ("silu", "swish"):
     raise ValueError(f"hidden_act={act!r} unsupported; only 'silu'")
 
 
-def masked_causal_conv(x: Array, state: Array, valid: Array, weight: Array,
-                       bias: Array | None) -> tuple[Array, Array]:
+def masked_causal_conv(
+  x: Array, state: Array, valid: Array, weight: Array, bias: Array | None
+) -> tuple[Array, Array]:
   """Depthwise causal conv over the valid steps only (parallel form).
 
   Valid steps are packed to the front (stable sort), convolved after the
@@ -109,11 +113,13 @@ def masked_causal_conv(x: Array, state: Array, valid: Array, weight: Array,
   """
   t, width = x.shape[1], weight.shape[1]
   order = jnp.argsort((~valid).astype(jnp.int32), axis=1, stable=True)
-  packed = jnp.take_along_axis(x.astype(jnp.float32), order[..., None],
-                               axis=1)  # [B, T, C]
+  packed = jnp.take_along_axis(
+    x.astype(jnp.float32), order[..., None], axis=1
+  )  # [B, T, C]
   ext = jnp.concatenate([state.transpose(0, 2, 1), packed], axis=1)
-  out = sum(ext[:, k:k + t] * weight[None, None, :, k]
-            for k in range(width))  # [B, T, C]
+  out = sum(
+    ext[:, k : k + t] * weight[None, None, :, k] for k in range(width)
+  )  # [B, T, C]
   if bias is not None:
     out = out + bias[None, None].astype(jnp.float32)
   count = jnp.cumsum(valid.astype(jnp.int32), axis=1)  # [B, T]
@@ -124,8 +130,9 @@ def masked_causal_conv(x: Array, state: Array, valid: Array, weight: Array,
   return out, new_state.transpose(0, 2, 1)
 
 
-def causal_conv_step(x: Array, state: Array, valid: Array, weight: Array,
-                     bias: Array | None) -> tuple[Array, Array]:
+def causal_conv_step(
+  x: Array, state: Array, valid: Array, weight: Array, bias: Array | None
+) -> tuple[Array, Array]:
   """One decode step of the depthwise conv.
 
   Args:
@@ -136,10 +143,12 @@ def causal_conv_step(x: Array, state: Array, valid: Array, weight: Array,
     (pre-activation output [B, C] float32, new state [B, C, W - 1], shifted
     only where valid).
   """
-  window = jnp.concatenate([state, x[..., None].astype(jnp.float32)],
-                           axis=-1)  # [B, C, W]
-  out = sum(window[:, :, k] * weight[None, :, k]
-            for k in range(weight.shape[1]))  # [B, C]
+  window = jnp.concatenate(
+    [state, x[..., None].astype(jnp.float32)], axis=-1
+  )  # [B, C, W]
+  out = sum(
+    window[:, :, k] * weight[None, :, k] for k in range(weight.shape[1])
+  )  # [B, C]
   if bias is not None:
     out = out + bias[None].astype(jnp.float32)
   return out, jnp.where(valid[:, None, None], window[..., 1:], state)
@@ -156,16 +165,28 @@ class CausalConv(nnx.Module):
     rngs: initialisation (torch's kaiming-uniform bound 1/sqrt(W)).
   """
 
-  def __init__(self, channels: int, width: int, *, use_bias: bool,
-               param_dtype: DTypeLike, rngs: nnx.Rngs):
+  def __init__(
+    self,
+    channels: int,
+    width: int,
+    *,
+    use_bias: bool,
+    param_dtype: DTypeLike,
+    rngs: nnx.Rngs,
+  ):
     bound = 1.0 / math.sqrt(width)
-    self.weight = nnx.Param(jax.random.uniform(
-        rngs.params(), (channels, width), param_dtype, -bound, bound))
-    self.bias = (nnx.Param(jnp.zeros((channels,), param_dtype)) if use_bias
-                 else None)
+    self.weight = nnx.Param(
+      jax.random.uniform(
+        rngs.params(), (channels, width), param_dtype, -bound, bound
+      )
+    )
+    self.bias = (
+      nnx.Param(jnp.zeros((channels,), param_dtype)) if use_bias else None
+    )
 
-  def __call__(self, x: Array, state: Array, valid: Array
-               ) -> tuple[Array, Array]:
+  def __call__(
+    self, x: Array, state: Array, valid: Array
+  ) -> tuple[Array, Array]:
     """x [B, T, C], state [B, C, W - 1], valid [B, T] -> (SiLU(conv) [B, T, C]
     float32, new state)."""
     w = self.weight[...].astype(jnp.float32)
@@ -177,10 +198,18 @@ class CausalConv(nnx.Module):
     return jax.nn.silu(out), state
 
 
-def make_linear(cfg, d_in: int, d_out: int, rngs: nnx.Rngs, *,
-                use_bias: bool, **kw) -> nnx.Linear:
-  return nnx.Linear(d_in, d_out, use_bias=use_bias, dtype=cfg.dtype,
-                    param_dtype=cfg.param_dtype, rngs=rngs, **kw)
+def make_linear(
+  cfg, d_in: int, d_out: int, rngs: nnx.Rngs, *, use_bias: bool, **kw
+) -> nnx.Linear:
+  return nnx.Linear(
+    d_in,
+    d_out,
+    use_bias=use_bias,
+    dtype=cfg.dtype,
+    param_dtype=cfg.param_dtype,
+    rngs=rngs,
+    **kw,
+  )
 
 
 class ResidualBlock(nnx.Module):
@@ -193,14 +222,18 @@ class ResidualBlock(nnx.Module):
   """
 
   def __init__(self, cfg, mixer: nnx.Module, *, rngs: nnx.Rngs):
-    self.norm = nnx.RMSNorm(cfg.d_model, epsilon=cfg.layer_norm_eps,
-                            dtype=cfg.dtype, param_dtype=cfg.param_dtype,
-                            rngs=rngs)
+    self.norm = nnx.RMSNorm(
+      cfg.d_model,
+      epsilon=cfg.layer_norm_eps,
+      dtype=cfg.dtype,
+      param_dtype=cfg.param_dtype,
+      rngs=rngs,
+    )
     self.mixer = mixer
 
-  def __call__(self, h: Float[Array, "B T D"], cache: MambaCache,
-               valid: Bool[Array, "B T"]
-               ) -> tuple[Float[Array, "B T D"], MambaCache]:
+  def __call__(
+    self, h: Float[Array, "B T D"], cache: MambaCache, valid: Bool[Array, "B T"]
+  ) -> tuple[Float[Array, "B T D"], MambaCache]:
     out, cache = self.mixer(self.norm(h), cache, valid)
     return h + out.astype(h.dtype), cache
 
@@ -223,16 +256,22 @@ class MambaLMBase(nnx.Module):
 
   def __init__(self, cfg, *, rngs: nnx.Rngs):
     if not isinstance(cfg, self.config_cls):
-      raise ValueError(f"{type(self).__name__} needs a "
-                       f"{self.config_cls.__name__}; got {type(cfg).__name__}")
+      raise ValueError(
+        f"{type(self).__name__} needs a "
+        f"{self.config_cls.__name__}; got {type(cfg).__name__}"
+      )
     self.cfg = cfg
     self.num_layers, self.d_model = cfg.num_layers, cfg.d_model
     self.vocab_size = cfg.vocab_size
     self.max_position = None  # The recurrent state has no length limit.
     self.embeddings = nnx.Embed(
-        cfg.vocab_size, cfg.d_model, dtype=cfg.dtype,
-        param_dtype=cfg.param_dtype,
-        embedding_init=nnx.initializers.normal(0.02), rngs=rngs)
+      cfg.vocab_size,
+      cfg.d_model,
+      dtype=cfg.dtype,
+      param_dtype=cfg.param_dtype,
+      embedding_init=nnx.initializers.normal(0.02),
+      rngs=rngs,
+    )
 
     make_block = type(self).make_block
 
@@ -242,11 +281,18 @@ class MambaLMBase(nnx.Module):
       return make_block(cfg, rngs)
 
     self.layers = make_layers(rngs)
-    self.norm_f = nnx.RMSNorm(cfg.d_model, epsilon=cfg.layer_norm_eps,
-                              dtype=cfg.dtype, param_dtype=cfg.param_dtype,
-                              rngs=rngs)
-    self.lm_head_linear = (None if cfg.tie_embeddings else make_linear(
-        cfg, cfg.d_model, cfg.vocab_size, rngs, use_bias=False))
+    self.norm_f = nnx.RMSNorm(
+      cfg.d_model,
+      epsilon=cfg.layer_norm_eps,
+      dtype=cfg.dtype,
+      param_dtype=cfg.param_dtype,
+      rngs=rngs,
+    )
+    self.lm_head_linear = (
+      None
+      if cfg.tie_embeddings
+      else make_linear(cfg, cfg.d_model, cfg.vocab_size, rngs, use_bias=False)
+    )
 
   @staticmethod
   def make_block(cfg, rngs: nnx.Rngs) -> ResidualBlock:
@@ -258,8 +304,9 @@ class MambaLMBase(nnx.Module):
 
   def init_layer_cache(self, batch: int) -> MambaCache:
     """One layer's zero state, float32."""
-    return MambaCache(*(jnp.zeros(s, jnp.float32)
-                        for s in self.cache_shapes(batch)))
+    return MambaCache(
+      *(jnp.zeros(s, jnp.float32) for s in self.cache_shapes(batch))
+    )
 
   @property
   def residual_dtype(self):
@@ -281,8 +328,7 @@ class MambaLMBase(nnx.Module):
     for name, value in (("batch", batch), ("max_len", max_len)):
       if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be an int >= 1; got {name}={value!r}")
-    return tuple(self.init_layer_cache(batch)
-                 for _ in range(self.num_layers))
+    return tuple(self.init_layer_cache(batch) for _ in range(self.num_layers))
 
   def block(self, i: int) -> ResidualBlock:
     """Block `i` (a Python or traced int) with its own parameter slice."""
@@ -293,31 +339,43 @@ class MambaLMBase(nnx.Module):
     if isinstance(i, int) and not 0 <= i < self.num_layers:
       raise ValueError(f"layer index i={i} out of range [0, {self.num_layers})")
     if h.ndim != 3 or h.shape[-1] != self.d_model or 0 in h.shape[:2]:
-      raise ValueError(f"h.shape={h.shape} must be [B, T, {self.d_model}] "
-                       "with B, T >= 1")
+      raise ValueError(
+        f"h.shape={h.shape} must be [B, T, {self.d_model}] with B, T >= 1"
+      )
     for name, x in (("positions", positions), ("valid", valid)):
       if x.shape != h.shape[:2]:
-        raise ValueError(f"{name}.shape={x.shape} must be [B, T] = "
-                         f"{h.shape[:2]}")
+        raise ValueError(
+          f"{name}.shape={x.shape} must be [B, T] = {h.shape[:2]}"
+        )
     want = self.cache_shapes(h.shape[0])
     for name, got, shape in zip(MambaCache._fields, cache, want):
       if tuple(got.shape) != shape:
-        raise ValueError(f"cache.{name}.shape={tuple(got.shape)}; expected "
-                         f"{shape}")
+        raise ValueError(
+          f"cache.{name}.shape={tuple(got.shape)}; expected {shape}"
+        )
 
-  def layer(self, i: int, h: Float[Array, "B T D"], cache: MambaCache,
-            positions: Int[Array, "B T"], valid: Bool[Array, "B T"]
-            ) -> tuple[Float[Array, "B T D"], MambaCache]:
+  def layer(
+    self,
+    i: int,
+    h: Float[Array, "B T D"],
+    cache: MambaCache,
+    positions: Int[Array, "B T"],
+    valid: Bool[Array, "B T"],
+  ) -> tuple[Float[Array, "B T D"], MambaCache]:
     """Block `i` on h: T == 1 the recurrent step, T > 1 the masked parallel
     scan continuing from `cache`. Outputs at invalid steps are garbage;
     `positions` is unused (the state follows the order of valid steps)."""
     self._check(i, h, cache, positions, valid)
     return self.block(i)(h, cache, valid.astype(bool))
 
-  def layer_sequential(self, i: int, h: Float[Array, "B T D"],
-                       cache: MambaCache, positions: Int[Array, "B T"],
-                       valid: Bool[Array, "B T"]
-                       ) -> tuple[Float[Array, "B T D"], MambaCache]:
+  def layer_sequential(
+    self,
+    i: int,
+    h: Float[Array, "B T D"],
+    cache: MambaCache,
+    positions: Int[Array, "B T"],
+    valid: Bool[Array, "B T"],
+  ) -> tuple[Float[Array, "B T D"], MambaCache]:
     """Reference for `layer`: a `lax.scan` of the T == 1 step over T."""
     self._check(i, h, cache, positions, valid)
     block = self.block(i)
@@ -328,17 +386,28 @@ class MambaLMBase(nnx.Module):
       return c, out[:, 0]
 
     cache, out = jax.lax.scan(
-        step, cache, (h.swapaxes(0, 1), valid.astype(bool).swapaxes(0, 1)))
+      step, cache, (h.swapaxes(0, 1), valid.astype(bool).swapaxes(0, 1))
+    )
     return out.swapaxes(0, 1), cache
 
-  def propagate(self, i: int, h: Float[Array, "B T D"], cache: MambaCache,
-                positions: Int[Array, "B T"], valid: Bool[Array, "B T"]
-                ) -> MambaCache:
+  def propagate(
+    self,
+    i: int,
+    h: Float[Array, "B T D"],
+    cache: MambaCache,
+    positions: Int[Array, "B T"],
+    valid: Bool[Array, "B T"],
+  ) -> MambaCache:
     """The full state update of block `i` on h, its output dropped."""
     return self.layer(i, h, cache, positions, valid)[1]
 
-  def freeze(self, i: int, cache: MambaCache, positions: Int[Array, "B T"],
-             valid: Bool[Array, "B T"]) -> MambaCache:
+  def freeze(
+    self,
+    i: int,
+    cache: MambaCache,
+    positions: Int[Array, "B T"],
+    valid: Bool[Array, "B T"],
+  ) -> MambaCache:
     """Identity: a skipped step is Δ = 0 with the conv window not shifted."""
     return cache
 
@@ -350,14 +419,17 @@ class MambaLMBase(nnx.Module):
     """float32 logits, tied to the embeddings or untied."""
     if self.lm_head_linear is None:
       w = self.embeddings.embedding[...]
-      return jnp.einsum("BTD,VD->BTV", h.astype(w.dtype), w,
-                        preferred_element_type=jnp.float32)
+      return jnp.einsum(
+        "BTD,VD->BTV", h.astype(w.dtype), w, preferred_element_type=jnp.float32
+      )
     w = self.lm_head_linear.kernel[...]
-    return jnp.einsum("BTD,DV->BTV", h.astype(w.dtype), w,
-                      preferred_element_type=jnp.float32)
+    return jnp.einsum(
+      "BTD,DV->BTV", h.astype(w.dtype), w, preferred_element_type=jnp.float32
+    )
 
-  def __call__(self, tokens: Int[Array, "B T"],
-               valid: Bool[Array, "B T"] | None = None) -> MambaOutput:
+  def __call__(
+    self, tokens: Int[Array, "B T"], valid: Bool[Array, "B T"] | None = None
+  ) -> MambaOutput:
     """Forward pass from a zero state, scanning over depth.
 
     Args:
@@ -370,11 +442,13 @@ class MambaLMBase(nnx.Module):
     # Also traced ids, with debug checks on (`embed` checks concrete only).
     checks.token_ids("tokens", tokens, self.vocab_size)
     h = self.embed(tokens)
-    valid = (jnp.ones(tokens.shape, bool) if valid is None
-             else valid.astype(bool))
+    valid = (
+      jnp.ones(tokens.shape, bool) if valid is None else valid.astype(bool)
+    )
     if valid.shape != tokens.shape:
-      raise ValueError(f"valid.shape={valid.shape} must equal "
-                       f"tokens.shape={tokens.shape}")
+      raise ValueError(
+        f"valid.shape={valid.shape} must equal tokens.shape={tokens.shape}"
+      )
     cache = self.init_layer_cache(tokens.shape[0])
     graphdef, state = nnx.split(self.layers)
 

@@ -33,16 +33,22 @@ from collections.abc import Mapping
 import ml_dtypes
 import numpy as np
 
-LEGACY_MAGIC_NUMBER = 0x1950a86a20f9469cfc6c
+LEGACY_MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
 LEGACY_PROTOCOL_VERSION = 1001
 
 _STORAGE_DTYPES = {
-    "DoubleStorage": np.float64, "FloatStorage": np.float32,
-    "HalfStorage": np.float16, "BFloat16Storage": ml_dtypes.bfloat16,
-    "LongStorage": np.int64, "IntStorage": np.int32,
-    "ShortStorage": np.int16, "CharStorage": np.int8,
-    "ByteStorage": np.uint8, "BoolStorage": np.bool_,
-    "ComplexFloatStorage": np.complex64, "ComplexDoubleStorage": np.complex128,
+  "DoubleStorage": np.float64,
+  "FloatStorage": np.float32,
+  "HalfStorage": np.float16,
+  "BFloat16Storage": ml_dtypes.bfloat16,
+  "LongStorage": np.int64,
+  "IntStorage": np.int32,
+  "ShortStorage": np.int16,
+  "CharStorage": np.int8,
+  "ByteStorage": np.uint8,
+  "BoolStorage": np.bool_,
+  "ComplexFloatStorage": np.complex64,
+  "ComplexDoubleStorage": np.complex128,
 }
 
 
@@ -70,6 +76,7 @@ class _Storage:
 @dataclasses.dataclass(eq=False)
 class _TensorRef:
   """A tensor before its storage bytes are read (legacy files put them last)."""
+
   storage: _Storage
   offset: int
   size: tuple[int, ...]
@@ -89,11 +96,11 @@ def _rebuild_parameter(data, *unused):
 
 
 _GLOBALS = {
-    ("collections", "OrderedDict"): OrderedDict,
-    ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
-    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
-    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
-    ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
+  ("collections", "OrderedDict"): OrderedDict,
+  ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
+  ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
+  ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
+  ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
 }
 
 
@@ -112,17 +119,23 @@ class _StateDictUnpickler(pickle.Unpickler):
     if module == "torch" and name in _STORAGE_DTYPES:
       return _StorageType(name, np.dtype(_STORAGE_DTYPES[name]))
     raise UnsupportedCheckpointError(
-        f"the checkpoint pickles {module}.{name}, which a state dict does not "
-        "need; refusing to load it")
+      f"the checkpoint pickles {module}.{name}, which a state dict does not "
+      "need; refusing to load it"
+    )
 
   def persistent_load(self, pid):
-    if (not isinstance(pid, tuple) or len(pid) != self._pid_length
-        or pid[0] != "storage" or not isinstance(pid[1], _StorageType)):
+    if (
+      not isinstance(pid, tuple)
+      or len(pid) != self._pid_length
+      or pid[0] != "storage"
+      or not isinstance(pid[1], _StorageType)
+    ):
       raise CorruptCheckpointError(f"unexpected persistent id {pid!r}")
     storage_type, key, numel = pid[1], str(pid[2]), int(pid[4])
     if self._pid_length == 6 and pid[5] is not None:
       raise UnsupportedCheckpointError(
-          f"storage {key!r} is a storage view (torch < 0.4 legacy files)")
+        f"storage {key!r} is a storage view (torch < 0.4 legacy files)"
+      )
     if key not in self.storages:
       self.storages[key] = _Storage(key, storage_type.dtype, numel)
       self._storage_fn(key, storage_type.dtype, numel)
@@ -134,27 +147,33 @@ def _to_array(ref: _TensorRef, flat: np.ndarray) -> np.ndarray:
   size, stride = ref.size, ref.stride
   if len(size) != len(stride) or any(n < 0 for n in size) or ref.offset < 0:
     raise CorruptCheckpointError(
-        f"bad tensor geometry size={size} stride={stride} offset={ref.offset}")
+      f"bad tensor geometry size={size} stride={stride} offset={ref.offset}"
+    )
   if 0 in size:
     return np.zeros(size, flat.dtype)
   last = ref.offset + sum((n - 1) * s for n, s in zip(size, stride))
   if min(stride, default=0) < 0 or last >= flat.size:
     raise CorruptCheckpointError(
-        f"tensor (size={size}, stride={stride}, offset={ref.offset}) reaches "
-        f"past its storage {ref.storage.key!r} of {flat.size} elements")
+      f"tensor (size={size}, stride={stride}, offset={ref.offset}) reaches "
+      f"past its storage {ref.storage.key!r} of {flat.size} elements"
+    )
   view = np.lib.stride_tricks.as_strided(
-      flat[ref.offset:], shape=size,
-      strides=tuple(s * flat.itemsize for s in stride))
+    flat[ref.offset :],
+    shape=size,
+    strides=tuple(s * flat.itemsize for s in stride),
+  )
   return view.copy()
 
 
-def _storage_array(raw: bytes, dtype: np.dtype, numel: int,
-                   key: str) -> np.ndarray:
+def _storage_array(
+  raw: bytes, dtype: np.dtype, numel: int, key: str
+) -> np.ndarray:
   nbytes = numel * dtype.itemsize
   if numel < 0 or len(raw) < nbytes:
     raise CorruptCheckpointError(
-        f"storage {key!r} holds {len(raw)} bytes; {numel} elements of "
-        f"{dtype} need {nbytes}")
+      f"storage {key!r} holds {len(raw)} bytes; {numel} elements of "
+      f"{dtype} need {nbytes}"
+    )
   return np.frombuffer(raw, dtype=dtype, count=numel)
 
 
@@ -163,15 +182,17 @@ def _read_zip(file) -> tuple[object, dict[str, np.ndarray]]:
     archive = zipfile.ZipFile(file)
   except zipfile.BadZipFile as e:
     raise CorruptCheckpointError(
-        f"starts like a zip archive (the torch >= 1.6 format) but has no "
-        f"readable central directory, so it is truncated or damaged ({e})"
+      f"starts like a zip archive (the torch >= 1.6 format) but has no "
+      f"readable central directory, so it is truncated or damaged ({e})"
     ) from e
-  pickles = [n for n in archive.namelist()
-             if n.endswith("/data.pkl") or n == "data.pkl"]
+  pickles = [
+    n for n in archive.namelist() if n.endswith("/data.pkl") or n == "data.pkl"
+  ]
   if len(pickles) != 1:
     raise CorruptCheckpointError(
-        f"expected one data.pkl in the zip archive; found {pickles}")
-  root = pickles[0][:-len("data.pkl")]
+      f"expected one data.pkl in the zip archive; found {pickles}"
+    )
+  root = pickles[0][: -len("data.pkl")]
   if root + "byteorder" in archive.namelist():
     order = archive.read(root + "byteorder").decode()
     if order != "little":
@@ -187,7 +208,8 @@ def _read_zip(file) -> tuple[object, dict[str, np.ndarray]]:
     flats[key] = _storage_array(raw, dtype, numel, key)
 
   unpickler = _StateDictUnpickler(
-      io.BytesIO(archive.read(pickles[0])), load_storage, pid_length=5)
+    io.BytesIO(archive.read(pickles[0])), load_storage, pid_length=5
+  )
   return unpickler.load(), flats
 
 
@@ -201,14 +223,16 @@ def _read_legacy(file) -> tuple[object, dict[str, np.ndarray]]:
   sys_info = pickle.load(file)
   if not isinstance(sys_info, dict) or not sys_info.get("little_endian"):
     raise UnsupportedCheckpointError(
-        f"sys info {sys_info!r} is not from a little-endian machine")
+      f"sys info {sys_info!r} is not from a little-endian machine"
+    )
   unpickler = _StateDictUnpickler(file, lambda *_: None, pid_length=6)
   obj = unpickler.load()
   keys = pickle.load(file)
   if not isinstance(keys, list) or set(keys) != set(unpickler.storages):
     raise CorruptCheckpointError(
-        f"storage key list {keys!r} does not match the storages the object "
-        f"uses {sorted(unpickler.storages)}")
+      f"storage key list {keys!r} does not match the storages the object "
+      f"uses {sorted(unpickler.storages)}"
+    )
   file_size = os.fstat(file.fileno()).st_size
   flats = {}
   for key in keys:
@@ -219,8 +243,8 @@ def _read_legacy(file) -> tuple[object, dict[str, np.ndarray]]:
     (numel,) = struct.unpack("<q", header)
     if numel != storage.numel:
       raise CorruptCheckpointError(
-          f"storage {key!r} has {numel} elements; the pickle says "
-          f"{storage.numel}")
+        f"storage {key!r} has {numel} elements; the pickle says {storage.numel}"
+      )
     # Bound the read by what is left, so a corrupt count cannot allocate.
     nbytes = min(numel * storage.dtype.itemsize, file_size - file.tell())
     raw = file.read(nbytes)
@@ -237,8 +261,9 @@ def _read(path: str) -> tuple[object, dict[str, np.ndarray]]:
     if head.startswith(b"\x80"):
       return _read_legacy(file)
   raise CorruptCheckpointError(
-      f"starts with {head!r}: neither a zip archive nor a legacy pickle (the "
-      "pre-0.4 tar format is not supported)")
+    f"starts with {head!r}: neither a zip archive nor a legacy pickle (the "
+    "pre-0.4 tar format is not supported)"
+  )
 
 
 def load_torch_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
@@ -268,18 +293,29 @@ def load_torch_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
       obj = obj["state_dict"]
     if not isinstance(obj, Mapping):
       raise UnsupportedCheckpointError(
-          f"holds a {type(obj).__name__}, not a state dict")
+        f"holds a {type(obj).__name__}, not a state dict"
+      )
     out = {}
     for name, ref in obj.items():
       if not isinstance(ref, _TensorRef):
         raise UnsupportedCheckpointError(
-            f"entry {name!r} is a {type(ref).__name__}, not a tensor")
+          f"entry {name!r} is a {type(ref).__name__}, not a tensor"
+        )
       out[str(name)] = _to_array(ref, flats[ref.storage.key])
     return out
   except (CorruptCheckpointError, UnsupportedCheckpointError) as e:
     raise type(e)(f"{path}: {e}") from e
-  except (pickle.UnpicklingError, EOFError, zipfile.BadZipFile, struct.error,
-          TypeError, ValueError, KeyError, IndexError, AttributeError) as e:
+  except (
+    pickle.UnpicklingError,
+    EOFError,
+    zipfile.BadZipFile,
+    struct.error,
+    TypeError,
+    ValueError,
+    KeyError,
+    IndexError,
+    AttributeError,
+  ) as e:
     raise CorruptCheckpointError(
-        f"{path}: not a readable torch checkpoint "
-        f"({type(e).__name__}: {e})") from e
+      f"{path}: not a readable torch checkpoint ({type(e).__name__}: {e})"
+    ) from e

@@ -22,6 +22,7 @@ from jaxexit.execution.stack import ExitStack
 from jaxexit.nn.functional import NEG_INF
 from jaxexit.typing import Array, Bool, Float, Int
 
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class EncoderConfig:
   """Sizes of `ExitEncoder`."""
@@ -36,15 +37,25 @@ class EncoderConfig:
   dtype: jnp.dtype = jnp.float32
 
   def __post_init__(self):
-    for name in ("num_layers", "d_model", "num_heads", "d_ff", "vocab_size",
-                 "max_len", "num_classes"):
+    for name in (
+      "num_layers",
+      "d_model",
+      "num_heads",
+      "d_ff",
+      "vocab_size",
+      "max_len",
+      "num_classes",
+    ):
       value = getattr(self, name)
       if not isinstance(value, int) or value < 1:
-        raise ValueError(f"EncoderConfig.{name} must be an int >= 1; got {value!r}")
+        raise ValueError(
+          f"EncoderConfig.{name} must be an int >= 1; got {value!r}"
+        )
     if self.d_model % self.num_heads:
       raise ValueError(
-          f"EncoderConfig.d_model={self.d_model} must be divisible by "
-          f"num_heads={self.num_heads}")
+        f"EncoderConfig.d_model={self.d_model} must be divisible by "
+        f"num_heads={self.num_heads}"
+      )
 
   @property
   def head_dim(self) -> int:
@@ -65,13 +76,15 @@ class EncoderLayer(nnx.Module):
     self.norm2 = nnx.LayerNorm(d, rngs=rngs)
     self.dtype = cfg.dtype
 
-  def __call__(self, x: Float[Array, "B T D"], mask: Bool[Array, "B T"]
-               ) -> Float[Array, "B T D"]:
+  def __call__(
+    self, x: Float[Array, "B T D"], mask: Bool[Array, "B T"]
+  ) -> Float[Array, "B T D"]:
     x = x.astype(self.dtype)
     qkv = jnp.einsum("BTD,DSHK->SBTHK", x, self.qkv[...].astype(self.dtype))
     q, k, v = qkv[0], qkv[1], qkv[2]  # [B, T, H, K]
-    logits = jnp.einsum("BTHK,BSHK->BHTS", q, k,
-                        preferred_element_type=jnp.float32)
+    logits = jnp.einsum(
+      "BTHK,BSHK->BHTS", q, k, preferred_element_type=jnp.float32
+    )
     logits = logits / math.sqrt(q.shape[-1])
     logits = jnp.where(mask[:, None, None, :], logits, NEG_INF)
     probs = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
@@ -102,8 +115,9 @@ class ExitEncoder(nnx.Module):
   def __init__(self, cfg: EncoderConfig, *, rngs: nnx.Rngs):
     self.cfg = cfg
     self.embed = nnx.Embed(cfg.vocab_size, cfg.d_model, rngs=rngs)
-    self.pos = nnx.Param(nnx.initializers.normal(0.02)(
-        rngs.params(), (cfg.max_len, cfg.d_model)))
+    self.pos = nnx.Param(
+      nnx.initializers.normal(0.02)(rngs.params(), (cfg.max_len, cfg.d_model))
+    )
 
     @nnx.split_rngs(splits=cfg.num_layers)
     @nnx.vmap(in_axes=(0,), out_axes=0)
@@ -122,14 +136,16 @@ class ExitEncoder(nnx.Module):
     checks.token_ids("tokens", tokens, self.cfg.vocab_size)
     if tokens.shape[-1] > self.cfg.max_len:
       raise ValueError(
-          f"tokens has {tokens.shape[-1]} positions; max_len={self.cfg.max_len}")
+        f"tokens has {tokens.shape[-1]} positions; max_len={self.cfg.max_len}"
+      )
     h = self.embed(tokens) + self.pos[...][None, : tokens.shape[-1]]
     return {"h": h.astype(self.cfg.dtype), "mask": tokens != 0}
 
   def exit_stack(self) -> tuple[ExitStack, nnx.State]:
     """The functional view every execution mode takes: (stack, params)."""
-    return exit_stack(stacked(self.layers, _apply_layer),
-                      stacked(self.heads, _apply_head))
+    return exit_stack(
+      stacked(self.layers, _apply_layer), stacked(self.heads, _apply_head)
+    )
 
 
 def _apply_layer(layer: EncoderLayer, carry: dict) -> dict:

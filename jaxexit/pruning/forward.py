@@ -40,9 +40,11 @@ from jaxexit.models.llama import LlamaConfig, LlamaLM, block_forward
 from jaxexit.models.llama_attention import rope_inv_freq
 from jaxexit.pruning.kernels import IMPLS, attention_fn
 from jaxexit.pruning.schedule import VisionSchedule
-from jaxexit.pruning.selection import (importance_scores,
-                                       straight_through_topk_mask,
-                                       topk_indices)
+from jaxexit.pruning.selection import (
+  importance_scores,
+  straight_through_topk_mask,
+  topk_indices,
+)
 from jaxexit.typing import Array, PyTree
 
 SELECTIONS = ("hard", "soft")
@@ -93,8 +95,7 @@ class PrunedOutput:
   logits: PyTree
   text_pos: PyTree
   kept_indices: tuple
-  vision_counts: tuple[int, ...] = dataclasses.field(
-      metadata=dict(static=True))
+  vision_counts: tuple[int, ...] = dataclasses.field(metadata=dict(static=True))
 
 
 class _Stream(NamedTuple):
@@ -106,51 +107,74 @@ class _Stream(NamedTuple):
 
 
 @jax.jit(static_argnames=("graphdef", "cfg", "impl"))
-def _block_forward(params: nnx.State, h: Array, pos: Array, valid: Array, *,
-                   graphdef: nnx.GraphDef, cfg: LlamaConfig,
-                   impl: str) -> Array:
+def _block_forward(
+  params: nnx.State,
+  h: Array,
+  pos: Array,
+  valid: Array,
+  *,
+  graphdef: nnx.GraphDef,
+  cfg: LlamaConfig,
+  impl: str,
+) -> Array:
   """`LlamaLM.layer` with position-id causal attention and no cache."""
   inv_freq = rope_inv_freq(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)
   attend = lambda q, k, v: attention_fn(impl)(q, k, v, pos, pos, valid)
   return block_forward(nnx.merge(graphdef, params), h, pos, inv_freq, attend)
 
 
-def _check_inputs(lm: LlamaLM, x: PrunedInputs,
-                  schedule: VisionSchedule) -> None:
+def _check_inputs(
+  lm: LlamaLM, x: PrunedInputs, schedule: VisionSchedule
+) -> None:
   cfg = lm.cfg
   schedule.check_layers(lm.num_layers)
   if cfg.sliding_window is not None:
-    raise ValueError("pruned_forward supports full causal attention only; "
-                     f"got sliding_window={cfg.sliding_window}")
+    raise ValueError(
+      "pruned_forward supports full causal attention only; "
+      f"got sliding_window={cfg.sliding_window}"
+    )
   if x.text_emb.ndim != 3 or x.text_emb.shape[-1] != cfg.d_model:
-    raise ValueError(f"text_emb must be [B, T, D={cfg.d_model}]; got "
-                     f"text_emb.shape={x.text_emb.shape}")
+    raise ValueError(
+      f"text_emb must be [B, T, D={cfg.d_model}]; got "
+      f"text_emb.shape={x.text_emb.shape}"
+    )
   b, t, d = x.text_emb.shape
-  want = dict(text_pos=(b, t), text_valid=(b, t),
-              vision_emb=(b, schedule.num_vision, d),
-              vision_pos=(b, schedule.num_vision))
+  want = dict(
+    text_pos=(b, t),
+    text_valid=(b, t),
+    vision_emb=(b, schedule.num_vision, d),
+    vision_pos=(b, schedule.num_vision),
+  )
   for name, shape in want.items():
     if getattr(x, name).shape != shape:
-      raise ValueError(f"{name} must have shape {shape} (B, T from "
-                       f"text_emb, Nv={schedule.num_vision} from the "
-                       f"schedule); got {name}.shape="
-                       f"{getattr(x, name).shape}")
-  checks.same_shape(("query_index", "query_valid"), x.query_index,
-                    x.query_valid)
+      raise ValueError(
+        f"{name} must have shape {shape} (B, T from "
+        f"text_emb, Nv={schedule.num_vision} from the "
+        f"schedule); got {name}.shape="
+        f"{getattr(x, name).shape}"
+      )
+  checks.same_shape(
+    ("query_index", "query_valid"), x.query_index, x.query_valid
+  )
   if x.query_index.ndim != 2 or x.query_index.shape[0] != b:
-    raise ValueError(f"query_index must be [B={b}, Q]; got "
-                     f"query_index.shape={x.query_index.shape}")
+    raise ValueError(
+      f"query_index must be [B={b}, Q]; got "
+      f"query_index.shape={x.query_index.shape}"
+    )
 
 
 def _concat(text: _Stream, vis: _Stream | None) -> _Stream:
   if vis is None:
     return text
-  return _Stream(*(jnp.concatenate(pair, axis=1)
-                   for pair in zip(text[:4], vis[:4])), index=None)
+  return _Stream(
+    *(jnp.concatenate(pair, axis=1) for pair in zip(text[:4], vis[:4])),
+    index=None,
+  )
 
 
-def _reindex(text: _Stream, vis: _Stream | None
-             ) -> tuple[_Stream, _Stream | None]:
+def _reindex(
+  text: _Stream, vis: _Stream | None
+) -> tuple[_Stream, _Stream | None]:
   """New id = number of valid tokens before it in `order` (PyramidDrop)."""
   both = _concat(text, vis)
   perm = jnp.argsort(both.order, axis=1, stable=True)  # [B, N]
@@ -165,42 +189,71 @@ def _reindex(text: _Stream, vis: _Stream | None
 def _initial_streams(x: PrunedInputs) -> tuple[_Stream, _Stream]:
   b, nv = x.vision_pos.shape
   text_pos = x.text_pos.astype(jnp.int32)
-  text = _Stream(x.text_emb, text_pos, text_pos, x.text_valid.astype(bool),
-                 index=None)
+  text = _Stream(
+    x.text_emb, text_pos, text_pos, x.text_valid.astype(bool), index=None
+  )
   vis_pos = x.vision_pos.astype(jnp.int32)
-  vis = _Stream(x.vision_emb.astype(x.text_emb.dtype), vis_pos, vis_pos,
-                jnp.ones((b, nv), bool),
-                jnp.broadcast_to(jnp.arange(nv, dtype=jnp.int32), (b, nv)))
+  vis = _Stream(
+    x.vision_emb.astype(x.text_emb.dtype),
+    vis_pos,
+    vis_pos,
+    jnp.ones((b, nv), bool),
+    jnp.broadcast_to(jnp.arange(nv, dtype=jnp.int32), (b, nv)),
+  )
   return text, vis
 
 
-def _drop(lm: LlamaLM, score_layer: int, buffer: _Stream, vis: _Stream,
-          x: PrunedInputs, keep: int, *, impl: str,
-          selection: str) -> _Stream:
+def _drop(
+  lm: LlamaLM,
+  score_layer: int,
+  buffer: _Stream,
+  vis: _Stream,
+  x: PrunedInputs,
+  keep: int,
+  *,
+  impl: str,
+  selection: str,
+) -> _Stream:
   """Scores the vision part of `buffer` with block `score_layer` and
   keeps the top `keep` tokens of `vis`."""
   t = x.text_pos.shape[1]
   scores = importance_scores(
-      lm.layers[score_layer], buffer.h, buffer.pos, buffer.valid,
-      x.query_index.astype(jnp.int32), x.query_valid.astype(bool),
-      span_start=t, span_len=vis.h.shape[1], inv_freq=lm._inv_freq(),
-      impl=impl, stop_gradient=selection == "hard")  # [B, k]
+    lm.layers[score_layer],
+    buffer.h,
+    buffer.pos,
+    buffer.valid,
+    x.query_index.astype(jnp.int32),
+    x.query_valid.astype(bool),
+    span_start=t,
+    span_len=vis.h.shape[1],
+    inv_freq=lm._inv_freq(),
+    impl=impl,
+    stop_gradient=selection == "hard",
+  )  # [B, k]
   idx = topk_indices(scores, keep)  # [B, keep]
-  vis = _Stream(jnp.take_along_axis(vis.h, idx[..., None], axis=1),
-                *(jnp.take_along_axis(a, idx, axis=1) for a in vis[1:]))
+  vis = _Stream(
+    jnp.take_along_axis(vis.h, idx[..., None], axis=1),
+    *(jnp.take_along_axis(a, idx, axis=1) for a in vis[1:]),
+  )
   if selection == "soft":
     # Forward value exactly h (m - sg(m) == 0); the gradient reaches the
     # scoring path through the straight-through mask.
-    m = jnp.take_along_axis(straight_through_topk_mask(scores, keep), idx,
-                            axis=1)  # [B, keep]
+    m = jnp.take_along_axis(
+      straight_through_topk_mask(scores, keep), idx, axis=1
+    )  # [B, keep]
     m = m - jax.lax.stop_gradient(m)
     vis = vis._replace(h=vis.h + vis.h * m[..., None].astype(vis.h.dtype))
   return vis
 
 
-def pruned_forward(lm: LlamaLM, inputs: PrunedInputs,
-                   schedule: VisionSchedule, *, impl: str = "xla",
-                   selection: str = "hard") -> PrunedOutput:
+def pruned_forward(
+  lm: LlamaLM,
+  inputs: PrunedInputs,
+  schedule: VisionSchedule,
+  *,
+  impl: str = "xla",
+  selection: str = "hard",
+) -> PrunedOutput:
   """Prefill / training forward with the schedule's vision-token pruning.
 
   Jittable (close over `schedule` and the static keywords) and
@@ -234,8 +287,15 @@ def pruned_forward(lm: LlamaLM, inputs: PrunedInputs,
       vis = injected
     buffer = _concat(text, vis)
     graphdef, params = split[l]
-    h = _block_forward(params, buffer.h, buffer.pos, buffer.valid,
-                       graphdef=graphdef, cfg=lm.cfg, impl=impl)
+    h = _block_forward(
+      params,
+      buffer.h,
+      buffer.pos,
+      buffer.valid,
+      graphdef=graphdef,
+      cfg=lm.cfg,
+      impl=impl,
+    )
     t = text.h.shape[1]
     text = text._replace(h=h[:, :t])
     if vis is None:
@@ -247,15 +307,30 @@ def pruned_forward(lm: LlamaLM, inputs: PrunedInputs,
         scored, score_layer = _concat(text, vis), l + 1
       else:
         scored, score_layer = buffer, l
-      vis = _drop(lm, score_layer, scored, vis, inputs, after, impl=impl,
-                  selection=selection)
+      vis = _drop(
+        lm,
+        score_layer,
+        scored,
+        vis,
+        inputs,
+        after,
+        impl=impl,
+        selection=selection,
+      )
       kept.append(vis.index)
     elif after == 0:
       vis = None
-    if (schedule.position_mode == "reindex" and after < keep[l]
-        and l + 1 < num_layers):
+    if (
+      schedule.position_mode == "reindex"
+      and after < keep[l]
+      and l + 1 < num_layers
+    ):
       text, vis = _reindex(text, vis)
   hidden = lm.final_norm(text.h)
-  return PrunedOutput(hidden=hidden, logits=lm.lm_head(hidden),
-                      text_pos=text.pos, kept_indices=tuple(kept),
-                      vision_counts=keep)
+  return PrunedOutput(
+    hidden=hidden,
+    logits=lm.lm_head(hidden),
+    text_pos=text.pos,
+    kept_indices=tuple(kept),
+    vision_counts=keep,
+  )

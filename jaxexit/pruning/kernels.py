@@ -9,10 +9,14 @@ default is "xla": in interpret mode on CPU the kernels are correct but slow.
 from collections.abc import Callable
 
 from jaxexit import checks
-from kernels_pallas.position_attention import (position_attention,
-                                               position_attention_reference)
-from kernels_pallas.selection_scores import (selection_scores,
-                                             selection_scores_reference)
+from kernels_pallas.position_attention import (
+  position_attention,
+  position_attention_reference,
+)
+from kernels_pallas.selection_scores import (
+  selection_scores,
+  selection_scores_reference,
+)
 
 IMPLS = ("xla", "pallas")
 

@@ -30,9 +30,13 @@ from jaxexit.pruning.forward import PrunedInputs
 from jaxexit.typing import Array, Float, Int
 
 
-def question_suffix(question_ids: Int[np.ndarray, "B Q"],
-                    question_lens: Int[np.ndarray, "B"], *, cue_id: int,
-                    pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+def question_suffix(
+  question_ids: Int[np.ndarray, "B Q"],
+  question_lens: Int[np.ndarray, "B"],
+  *,
+  cue_id: int,
+  pad_id: int,
+) -> tuple[np.ndarray, np.ndarray]:
   """Right-padded questions with the answer cue after each one.
 
   Args:
@@ -50,36 +54,43 @@ def question_suffix(question_ids: Int[np.ndarray, "B Q"],
   question_ids = np.asarray(question_ids, np.int32)
   lens = np.asarray(question_lens, np.int32)
   if question_ids.ndim != 2 or lens.shape != question_ids.shape[:1]:
-    raise ValueError(f"question_ids must be [B, Q] and question_lens [B]; "
-                     f"got question_ids.shape={question_ids.shape}, "
-                     f"question_lens.shape={lens.shape}")
+    raise ValueError(
+      f"question_ids must be [B, Q] and question_lens [B]; "
+      f"got question_ids.shape={question_ids.shape}, "
+      f"question_lens.shape={lens.shape}"
+    )
   b, q = question_ids.shape
   if b and (lens.min() < 1 or lens.max() > q):
-    raise ValueError(f"question_lens must lie in [1, Q={q}]; got range "
-                     f"[{lens.min()}, {lens.max()}]")
+    raise ValueError(
+      f"question_lens must lie in [1, Q={q}]; got range "
+      f"[{lens.min()}, {lens.max()}]"
+    )
   suffix = np.full((b, q + 1), pad_id, np.int32)
-  suffix[:, :q] = np.where(np.arange(q) < lens[:, None], question_ids,
-                           pad_id)
+  suffix[:, :q] = np.where(np.arange(q) < lens[:, None], question_ids, pad_id)
   suffix[np.arange(b), lens] = cue_id
   return suffix, lens + 1
 
 
-def prompt_positions(prefix_len: int, num_image: int,
-                     suffix_len: int) -> tuple[np.ndarray, np.ndarray]:
+def prompt_positions(
+  prefix_len: int, num_image: int, suffix_len: int
+) -> tuple[np.ndarray, np.ndarray]:
   """Persistent ids: (text [P + S] int32, vision [N] int32)."""
   checks.positive_int("prefix_len", prefix_len, minimum=0)
   checks.positive_int("num_image", num_image)
   checks.positive_int("suffix_len", suffix_len)
-  text = np.concatenate([np.arange(prefix_len),
-                         prefix_len + num_image + np.arange(suffix_len)])
+  text = np.concatenate(
+    [np.arange(prefix_len), prefix_len + num_image + np.arange(suffix_len)]
+  )
   vision = prefix_len + np.arange(num_image)
   return text.astype(np.int32), vision.astype(np.int32)
 
 
-def make_pruned_inputs(prefix_emb: Float[Array, "B P D"],
-                       suffix_emb: Float[Array, "B S D"],
-                       suffix_lens: Int[Array, "B"],
-                       vision_emb: Float[Array, "B N D"]) -> PrunedInputs:
+def make_pruned_inputs(
+  prefix_emb: Float[Array, "B P D"],
+  suffix_emb: Float[Array, "B S D"],
+  suffix_lens: Int[Array, "B"],
+  vision_emb: Float[Array, "B N D"],
+) -> PrunedInputs:
   """`PrunedInputs` of the layout above (jittable; shapes are static).
 
   Args:
@@ -98,22 +109,26 @@ def make_pruned_inputs(prefix_emb: Float[Array, "B P D"],
   text_pos, vision_pos = prompt_positions(p, n, s)
   lens = jnp.asarray(suffix_lens, jnp.int32)
   text_valid = jnp.concatenate(
-      [jnp.ones((b, p), bool), jnp.arange(s)[None, :] < lens[:, None]],
-      axis=1)  # [B, T]
+    [jnp.ones((b, p), bool), jnp.arange(s)[None, :] < lens[:, None]], axis=1
+  )  # [B, T]
   return PrunedInputs(
-      text_emb=jnp.concatenate([prefix_emb, suffix_emb], axis=1),
-      text_pos=jnp.broadcast_to(jnp.asarray(text_pos), (b, p + s)),
-      text_valid=text_valid,
-      vision_emb=vision_emb,
-      vision_pos=jnp.broadcast_to(jnp.asarray(vision_pos), (b, n)),
-      query_index=(p + lens - 1)[:, None],
-      query_valid=jnp.ones((b, 1), bool))
+    text_emb=jnp.concatenate([prefix_emb, suffix_emb], axis=1),
+    text_pos=jnp.broadcast_to(jnp.asarray(text_pos), (b, p + s)),
+    text_valid=text_valid,
+    vision_emb=vision_emb,
+    vision_pos=jnp.broadcast_to(jnp.asarray(vision_pos), (b, n)),
+    query_index=(p + lens - 1)[:, None],
+    query_valid=jnp.ones((b, 1), bool),
+  )
 
 
-def llava_pruned_inputs(model: LlavaLM, images: Float[Array, "B H W 3"],
-                        prefix_ids: Int[Array, "B P"],
-                        suffix_ids: Int[Array, "B S"],
-                        suffix_lens: Int[Array, "B"]) -> PrunedInputs:
+def llava_pruned_inputs(
+  model: LlavaLM,
+  images: Float[Array, "B H W 3"],
+  prefix_ids: Int[Array, "B P"],
+  suffix_ids: Int[Array, "B S"],
+  suffix_lens: Int[Array, "B"],
+) -> PrunedInputs:
   """Embeds the prompt and the image of a `LlavaLM` (jittable).
 
   Args:
@@ -124,14 +139,22 @@ def llava_pruned_inputs(model: LlavaLM, images: Float[Array, "B H W 3"],
     suffix_lens: [B] valid suffix tokens.
   """
   embed = model.lm.embed
-  return make_pruned_inputs(embed(prefix_ids), embed(suffix_ids),
-                            suffix_lens, model.image_embeddings(images))
+  return make_pruned_inputs(
+    embed(prefix_ids),
+    embed(suffix_ids),
+    suffix_lens,
+    model.image_embeddings(images),
+  )
 
 
-def merged_prompt(prefix_ids: Int[np.ndarray, "B P"],
-                  suffix_ids: Int[np.ndarray, "B S"],
-                  suffix_lens: Int[np.ndarray, "B"], *, num_image: int,
-                  image_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def merged_prompt(
+  prefix_ids: Int[np.ndarray, "B P"],
+  suffix_ids: Int[np.ndarray, "B S"],
+  suffix_lens: Int[np.ndarray, "B"],
+  *,
+  num_image: int,
+  image_id: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """The same prompt as one sequence with `num_image` placeholders.
 
   Returns:
@@ -145,6 +168,8 @@ def merged_prompt(prefix_ids: Int[np.ndarray, "B P"],
   s = suffix_ids.shape[1]
   image = np.full((b, num_image), image_id, np.int32)
   tokens = np.concatenate([prefix_ids, image, suffix_ids], axis=1)
-  valid = np.concatenate([np.ones((b, p + num_image), bool),
-                          np.arange(s)[None, :] < lens[:, None]], axis=1)
+  valid = np.concatenate(
+    [np.ones((b, p + num_image), bool), np.arange(s)[None, :] < lens[:, None]],
+    axis=1,
+  )
   return tokens, valid, (p + num_image + lens - 1).astype(np.int32)

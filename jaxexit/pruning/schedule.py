@@ -13,8 +13,8 @@ layer of a multimodal LM (spec `hidrop_pallas.md` §2.3, §4, §5):
 
 Every count is a Python int, so each stage has a static vision length and
 the pruned forward compiles one block program per distinct length.
-`prefill_flops_fraction` is the analytic prefill cost of a schedule relative to the
-unpruned model (spec §2.3 table).
+`prefill_flops_fraction` is the analytic prefill cost of a schedule relative
+to the unpruned model (spec §2.3 table).
 
 Layers are 0-indexed throughout (the papers' configs are 1-indexed: HiDrop's
 `late_entry_layer 9` is layer 8 here, `layer_list [10, ...]` means a drop
@@ -78,16 +78,17 @@ class VisionSchedule:
   def __post_init__(self):
     keep = tuple(self.keep)
     if not keep:
-      raise ValueError("VisionSchedule.keep must list one count per layer; "
-                       "got keep=()")
+      raise ValueError(
+        "VisionSchedule.keep must list one count per layer; got keep=()"
+      )
     for i, count in enumerate(keep):
       checks.positive_int(f"VisionSchedule.keep[{i}]", count, minimum=0)
     object.__setattr__(self, "keep", tuple(int(c) for c in keep))
     checks.positive_int("VisionSchedule.num_vision", self.num_vision)
-    checks.one_of("VisionSchedule.position_mode", self.position_mode,
-                  POSITION_MODES)
-    checks.one_of("VisionSchedule.score_layer", self.score_layer,
-                  SCORE_LAYERS)
+    checks.one_of(
+      "VisionSchedule.position_mode", self.position_mode, POSITION_MODES
+    )
+    checks.one_of("VisionSchedule.score_layer", self.score_layer, SCORE_LAYERS)
     _check_counts(self.keep, self.num_vision)
 
   @property
@@ -103,8 +104,12 @@ class VisionSchedule:
   @property
   def exit_layer(self) -> int:
     """First layer after the injection without vision tokens (L if none)."""
-    return next((i for i in range(self.inject_layer, self.num_layers)
-                 if not self.keep[i]), self.num_layers)
+    return next(
+      (
+        i for i in range(self.inject_layer, self.num_layers) if not self.keep[i]
+      ),
+      self.num_layers,
+    )
 
   @property
   def stages(self) -> tuple[Stage, ...]:
@@ -120,9 +125,11 @@ class VisionSchedule:
   def drop_layers(self) -> tuple[int, ...]:
     """Layers after which vision tokens are scored and dropped (the
     count shrinks but stays positive; the exit is not a drop)."""
-    return tuple(s.stop - 1 for s in self.stages
-                 if s.stop < self.num_layers and 0 < self.keep[s.stop]
-                 < s.count)
+    return tuple(
+      s.stop - 1
+      for s in self.stages
+      if s.stop < self.num_layers and 0 < self.keep[s.stop] < s.count
+    )
 
   @property
   def avg_vision_tokens(self) -> float:
@@ -132,32 +139,41 @@ class VisionSchedule:
   def check_layers(self, num_layers: int) -> None:
     """Raises unless the schedule has one count per layer of the model."""
     if num_layers != self.num_layers:
-      raise ValueError(f"schedule {self.name!r} has len(keep)="
-                       f"{self.num_layers} counts but the model has "
-                       f"num_layers={num_layers}")
+      raise ValueError(
+        f"schedule {self.name!r} has len(keep)="
+        f"{self.num_layers} counts but the model has "
+        f"num_layers={num_layers}"
+      )
 
 
 def _check_counts(keep: tuple[int, ...], num_vision: int) -> None:
   """Raises unless `keep` is 0*, Nv, non-increasing positive, 0*."""
   for i, count in enumerate(keep):
     if count > num_vision:
-      raise ValueError(f"VisionSchedule.keep[{i}]={count} exceeds the "
-                       f"num_vision={num_vision} vision tokens")
+      raise ValueError(
+        f"VisionSchedule.keep[{i}]={count} exceeds the "
+        f"num_vision={num_vision} vision tokens"
+      )
   if not any(keep):
-    raise ValueError("VisionSchedule.keep must hold a non-zero count (the "
-                     f"layer where vision is injected); got keep={keep}")
+    raise ValueError(
+      "VisionSchedule.keep must hold a non-zero count (the "
+      f"layer where vision is injected); got keep={keep}"
+    )
   inject = next(i for i, c in enumerate(keep) if c)
   if keep[inject] != num_vision:
-    raise ValueError(f"VisionSchedule.keep[{inject}]={keep[inject]}: the "
-                     "injection layer must bring all num_vision="
-                     f"{num_vision} tokens")
+    raise ValueError(
+      f"VisionSchedule.keep[{inject}]={keep[inject]}: the "
+      "injection layer must bring all num_vision="
+      f"{num_vision} tokens"
+    )
   for i in range(inject + 1, len(keep)):
     if keep[i] > keep[i - 1]:
       raise ValueError(
-          f"VisionSchedule.keep[{i}]={keep[i]} exceeds the keep[{i - 1}]="
-          f"{keep[i - 1]} vision tokens available after layer {i - 1}: "
-          "counts must not increase after the injection layer "
-          f"{inject} (got keep={keep})")
+        f"VisionSchedule.keep[{i}]={keep[i]} exceeds the keep[{i - 1}]="
+        f"{keep[i - 1]} vision tokens available after layer {i - 1}: "
+        "counts must not increase after the injection layer "
+        f"{inject} (got keep={keep})"
+      )
 
 
 def _round(x: float) -> int:
@@ -165,10 +181,16 @@ def _round(x: float) -> int:
   return math.floor(x + 0.5)
 
 
-def hidrop_from_stages(num_layers: int, num_vision: int, inject_layer: int,
-                       exit_layer: int, drop_after: Sequence[int],
-                       keep_counts: Sequence[int], *,
-                       name: str = "hidrop") -> VisionSchedule:
+def hidrop_from_stages(
+  num_layers: int,
+  num_vision: int,
+  inject_layer: int,
+  exit_layer: int,
+  drop_after: Sequence[int],
+  keep_counts: Sequence[int],
+  *,
+  name: str = "hidrop",
+) -> VisionSchedule:
   """A HiDrop schedule from its config knobs (0-indexed layers).
 
   Layers `< inject_layer` are text only; layers `inject_layer ..
@@ -198,42 +220,49 @@ def hidrop_from_stages(num_layers: int, num_vision: int, inject_layer: int,
   checks.positive_int("inject_layer", inject_layer, minimum=0)
   checks.positive_int("exit_layer", exit_layer, minimum=0)
   if inject_layer >= num_layers:
-    raise ValueError(f"inject_layer={inject_layer} must be < num_layers="
-                     f"{num_layers}")
+    raise ValueError(
+      f"inject_layer={inject_layer} must be < num_layers={num_layers}"
+    )
   if not inject_layer < exit_layer <= num_layers:
-    raise ValueError(f"exit_layer={exit_layer} must lie after inject_layer="
-                     f"{inject_layer} and be <= num_layers={num_layers}")
+    raise ValueError(
+      f"exit_layer={exit_layer} must lie after inject_layer="
+      f"{inject_layer} and be <= num_layers={num_layers}"
+    )
   drop_after, keep_counts = tuple(drop_after), tuple(keep_counts)
   if len(drop_after) != len(keep_counts):
-    raise ValueError(f"drop_after={drop_after} and keep_counts="
-                     f"{keep_counts} must have one entry per drop")
+    raise ValueError(
+      f"drop_after={drop_after} and keep_counts="
+      f"{keep_counts} must have one entry per drop"
+    )
   for i, layer in enumerate(drop_after):
     checks.positive_int(f"drop_after[{i}]", layer, minimum=0)
   bounds = (inject_layer - 1,) + drop_after + (exit_layer - 1,)
   for before, layer in zip(bounds[:-1], bounds[1:]):
     if layer <= before:
       raise ValueError(
-          f"drop_after={drop_after} must increase strictly within "
-          f"[inject_layer={inject_layer}, exit_layer - 2={exit_layer - 2}]")
+        f"drop_after={drop_after} must increase strictly within "
+        f"[inject_layer={inject_layer}, exit_layer - 2={exit_layer - 2}]"
+      )
   keep = [0] * num_layers
   counts = (num_vision,) + keep_counts
   for first, last, count in zip(bounds[:-1], bounds[1:], counts):
-    keep[first + 1:last + 1] = [count] * (last - first)
+    keep[first + 1 : last + 1] = [count] * (last - first)
   return VisionSchedule(keep=tuple(keep), num_vision=num_vision, name=name)
 
 
 # name -> (stage starts, exit layer, counts after the Nv stage), all for the
 # released 32-layer, 576-token LLaVA-1.5-7B configs (spec §2.3), 0-indexed.
 HIDROP_RELEASED = {
-    "tok48": ((8, 10, 14, 16, 18), 24, (87, 10, 5, 1)),
-    "tok64": ((8, 10, 14, 16, 18), 24, (215, 10, 5, 1)),
-    "tok80": ((8, 10, 13, 16, 19), 24, (453, 10, 5, 1)),
+  "tok48": ((8, 10, 14, 16, 18), 24, (87, 10, 5, 1)),
+  "tok64": ((8, 10, 14, 16, 18), 24, (215, 10, 5, 1)),
+  "tok80": ((8, 10, 13, 16, 19), 24, (453, 10, 5, 1)),
 }
 _REF_LAYERS, _REF_VISION = 32, 576
 
 
-def hidrop_schedule(name: str, num_layers: int = _REF_LAYERS,
-                    num_vision: int = _REF_VISION) -> VisionSchedule:
+def hidrop_schedule(
+  name: str, num_layers: int = _REF_LAYERS, num_vision: int = _REF_VISION
+) -> VisionSchedule:
   """A released HiDrop schedule, scaled to another depth and token count.
 
   For L = 32 and Nv = 576 these are exactly the released Tok48 / Tok64 /
@@ -264,13 +293,20 @@ def hidrop_schedule(name: str, num_layers: int = _REF_LAYERS,
     if stop > start:  # Stages squeezed to zero layers vanish.
       drop_after.append(start - 1)
       keep_counts.append(count)
-  return hidrop_from_stages(num_layers, num_vision, bounds[0], bounds[-1],
-                            drop_after, keep_counts, name=f"hidrop_{name}")
+  return hidrop_from_stages(
+    num_layers,
+    num_vision,
+    bounds[0],
+    bounds[-1],
+    drop_after,
+    keep_counts,
+    name=f"hidrop_{name}",
+  )
 
 
-def pyramiddrop_schedule(num_layers: int, num_vision: int,
-                         num_stages: int = 4,
-                         ratio: float = 0.5) -> VisionSchedule:
+def pyramiddrop_schedule(
+  num_layers: int, num_vision: int, num_stages: int = 4, ratio: float = 0.5
+) -> VisionSchedule:
   """PyramidDrop: S equal stages, stage s keeps ratio^s of the tokens.
 
   Stage s starts at layer round_half_up(s · L / S) (drops after layers 7,
@@ -293,13 +329,17 @@ def pyramiddrop_schedule(num_layers: int, num_vision: int,
     stop = max(1, _round((s + 1) * num_layers / num_stages))
     count = max(1, _round(num_vision * ratio**s))
     keep += [count] * (stop - len(keep))
-  return VisionSchedule(keep=tuple(keep), num_vision=num_vision,
-                        name=f"pyramiddrop_s{num_stages}_r{ratio:g}",
-                        position_mode="reindex")
+  return VisionSchedule(
+    keep=tuple(keep),
+    num_vision=num_vision,
+    name=f"pyramiddrop_s{num_stages}_r{ratio:g}",
+    position_mode="reindex",
+  )
 
 
-def fastv_schedule(num_layers: int, num_vision: int, k: int = 2,
-                   keep_ratio: float = 0.5) -> VisionSchedule:
+def fastv_schedule(
+  num_layers: int, num_vision: int, k: int = 2, keep_ratio: float = 0.5
+) -> VisionSchedule:
   """FastV: all tokens in layers 0 .. K - 1, then max(1,
   round_half_up(Nv · keep_ratio)) from layer K on, ranked by layer K - 1's
   attention (`score_layer="current"`); persistent ids.
@@ -318,33 +358,40 @@ def fastv_schedule(num_layers: int, num_vision: int, k: int = 2,
   checks.in_range("keep_ratio", keep_ratio, 0.0, 1.0, low_open=True)
   count = max(1, _round(num_vision * keep_ratio))
   return VisionSchedule(
-      keep=(num_vision,) * k + (count,) * (num_layers - k),
-      num_vision=num_vision, name=f"fastv_k{k}_r{keep_ratio:g}",
-      score_layer="current")
+    keep=(num_vision,) * k + (count,) * (num_layers - k),
+    num_vision=num_vision,
+    name=f"fastv_k{k}_r{keep_ratio:g}",
+    score_layer="current",
+  )
 
 
 def full_schedule(num_layers: int, num_vision: int) -> VisionSchedule:
   """Every vision token in every layer (the unpruned model)."""
   checks.positive_int("num_layers", num_layers)
-  return VisionSchedule(keep=(num_vision,) * num_layers,
-                        num_vision=num_vision, name="full")
+  return VisionSchedule(
+    keep=(num_vision,) * num_layers, num_vision=num_vision, name="full"
+  )
 
 
 ScheduleFactory = Callable[[int, int], VisionSchedule]
 
 # method -> schedule name -> factory(num_layers, num_vision), for CLIs.
 SCHEDULES: dict[str, dict[str, ScheduleFactory]] = {
-    "full": {"full": full_schedule},
-    "hidrop": {n: (lambda L, nv, n=n: hidrop_schedule(n, L, nv))
-               for n in HIDROP_RELEASED},
-    "pyramiddrop": {"s4_r0.5": pyramiddrop_schedule},
-    "fastv": {"k2_r0.5": fastv_schedule,
-              "k3_r0.5": lambda L, nv: fastv_schedule(L, nv, k=3)},
+  "full": {"full": full_schedule},
+  "hidrop": {
+    n: (lambda L, nv, n=n: hidrop_schedule(n, L, nv)) for n in HIDROP_RELEASED
+  },
+  "pyramiddrop": {"s4_r0.5": pyramiddrop_schedule},
+  "fastv": {
+    "k2_r0.5": fastv_schedule,
+    "k3_r0.5": lambda L, nv: fastv_schedule(L, nv, k=3),
+  },
 }
 
 
-def make_schedule(method: str, schedule_name: str, num_layers: int,
-                  num_vision: int) -> VisionSchedule:
+def make_schedule(
+  method: str, schedule_name: str, num_layers: int, num_vision: int
+) -> VisionSchedule:
   """Looks up `SCHEDULES[method][schedule_name](num_layers, num_vision)`."""
   checks.one_of("method", method, tuple(SCHEDULES))
   checks.one_of("schedule_name", schedule_name, tuple(SCHEDULES[method]))
@@ -352,20 +399,33 @@ def make_schedule(method: str, schedule_name: str, num_layers: int,
 
 
 def _layer_flops(cfg: LlamaConfig, n: int) -> int:
-  return decoder_layer_flops(n, cfg.d_model, cfg.num_heads, cfg.num_kv_heads,
-                             cfg.mlp_hidden, head_dim=cfg.head_dim)
+  return decoder_layer_flops(
+    n,
+    cfg.d_model,
+    cfg.num_heads,
+    cfg.num_kv_heads,
+    cfg.mlp_hidden,
+    head_dim=cfg.head_dim,
+  )
 
 
 def _score_flops(cfg: LlamaConfig, n: int, num_queries: int) -> int:
   """q for the query rows, k for all n tokens, q·kᵀ over n keys."""
   q_width = cfg.num_heads * cfg.head_dim
-  return (linear_flops(cfg.d_model, q_width, num_queries)
-          + linear_flops(cfg.d_model, cfg.num_kv_heads * cfg.head_dim, n)
-          + 2 * num_queries * n * q_width)
+  return (
+    linear_flops(cfg.d_model, q_width, num_queries)
+    + linear_flops(cfg.d_model, cfg.num_kv_heads * cfg.head_dim, n)
+    + 2 * num_queries * n * q_width
+  )
 
 
-def prefill_flops_fraction(schedule: VisionSchedule, text_len: int,
-                   cfg: LlamaConfig, *, num_queries: int = 1) -> float:
+def prefill_flops_fraction(
+  schedule: VisionSchedule,
+  text_len: int,
+  cfg: LlamaConfig,
+  *,
+  num_queries: int = 1,
+) -> float:
   """Analytic prefill FLOPs of the pruned decoder over the unpruned one's.
 
   Convention of `jaxexit.cost.decoder_layer_flops` (2 FLOPs per
@@ -390,7 +450,9 @@ def prefill_flops_fraction(schedule: VisionSchedule, text_len: int,
   checks.positive_int("text_len", text_len)
   checks.positive_int("num_queries", num_queries)
   pruned = sum(_layer_flops(cfg, text_len + c) for c in schedule.keep)
-  pruned += sum(_score_flops(cfg, text_len + schedule.keep[l], num_queries)
-                for l in schedule.drop_layers)
+  pruned += sum(
+    _score_flops(cfg, text_len + schedule.keep[l], num_queries)
+    for l in schedule.drop_layers
+  )
   full = cfg.num_layers * _layer_flops(cfg, text_len + schedule.num_vision)
   return pruned / full

@@ -31,8 +31,9 @@ from jaxexit.pruning.kernels import IMPLS, scores_fn
 from jaxexit.typing import Array, Bool, Float, Int
 
 
-def _rms_norm_f32(norm: nnx.RMSNorm,
-                  h: Float[Array, "B N D"]) -> Float[Array, "B N D"]:
+def _rms_norm_f32(
+  norm: nnx.RMSNorm, h: Float[Array, "B N D"]
+) -> Float[Array, "B N D"]:
   # nnx.RMSNorm would return the model's compute dtype; same maths in f32.
   h = h.astype(jnp.float32)
   var = jnp.mean(h * h, axis=-1, keepdims=True)
@@ -40,21 +41,28 @@ def _rms_norm_f32(norm: nnx.RMSNorm,
   return h * jax.lax.rsqrt(var + norm.epsilon) * scale
 
 
-def _heads_f32(linear: nnx.Linear, x: Float[Array, "B N D"],
-               head_dim: int) -> Float[Array, "B N _ K"]:
+def _heads_f32(
+  linear: nnx.Linear, x: Float[Array, "B N D"], head_dim: int
+) -> Float[Array, "B N _ K"]:
   kernel = linear.kernel[...].astype(jnp.float32)
   y = jnp.einsum("BND,DE->BNE", x, kernel)
   return y.reshape(*y.shape[:2], -1, head_dim)  # [B, N, H or Hkv, K]
 
 
-def importance_scores(block: LlamaBlock, h: Float[Array, "B N D"],
-                      positions: Int[Array, "B N"],
-                      valid: Bool[Array, "B N"],
-                      query_index: Int[Array, "B Q"],
-                      query_valid: Bool[Array, "B Q"], *, span_start: int,
-                      span_len: int, inv_freq: np.ndarray,
-                      impl: str = "xla",
-                      stop_gradient: bool = True) -> Float[Array, "B Nv"]:
+def importance_scores(
+  block: LlamaBlock,
+  h: Float[Array, "B N D"],
+  positions: Int[Array, "B N"],
+  valid: Bool[Array, "B N"],
+  query_index: Int[Array, "B Q"],
+  query_valid: Bool[Array, "B Q"],
+  *,
+  span_start: int,
+  span_len: int,
+  inv_freq: np.ndarray,
+  impl: str = "xla",
+  stop_gradient: bool = True,
+) -> Float[Array, "B Nv"]:
   """Attention paid by the query rows to the buffer span `span_start ..
   span_start + span_len - 1`, with `block`'s norm, q, k and RoPE.
 
@@ -79,24 +87,36 @@ def importance_scores(block: LlamaBlock, h: Float[Array, "B N D"],
     [B, span_len] float32 scores; zeros for a row without valid queries.
   """
   if span_start < 0 or span_start + span_len > h.shape[1]:
-    raise ValueError(f"span [{span_start}, {span_start + span_len}) must lie "
-                     f"within the buffer of h.shape={h.shape}")
+    raise ValueError(
+      f"span [{span_start}, {span_start + span_len}) must lie "
+      f"within the buffer of h.shape={h.shape}"
+    )
   checks.same_shape(("query_index", "query_valid"), query_index, query_valid)
   checks.one_of("impl", impl, IMPLS)
   norm, attn = block.input_layernorm, block.self_attn
   x = _rms_norm_f32(norm, h)
   q_in = jnp.take_along_axis(x, query_index[..., None], axis=1)  # [B, Q, D]
   q_pos = jnp.take_along_axis(positions, query_index, axis=1)  # [B, Q]
-  q = apply_rope(_heads_f32(attn.q_proj, q_in, attn.head_dim), q_pos,
-                 inv_freq)  # [B, Q, H, K]
-  k = apply_rope(_heads_f32(attn.k_proj, x, attn.head_dim), positions,
-                 inv_freq)  # [B, N, Hkv, K]
+  q = apply_rope(
+    _heads_f32(attn.q_proj, q_in, attn.head_dim), q_pos, inv_freq
+  )  # [B, Q, H, K]
+  k = apply_rope(
+    _heads_f32(attn.k_proj, x, attn.head_dim), positions, inv_freq
+  )  # [B, N, Hkv, K]
   if stop_gradient:
     q, k = jax.lax.stop_gradient(q), jax.lax.stop_gradient(k)
   else:
     impl = "xla"  # The Pallas kernel detaches its inputs.
-  return scores_fn(impl)(q, k, q_pos, positions, query_valid, valid,
-                         span_start=span_start, span_len=span_len)
+  return scores_fn(impl)(
+    q,
+    k,
+    q_pos,
+    positions,
+    query_valid,
+    valid,
+    span_start=span_start,
+    span_len=span_len,
+  )
 
 
 def topk_indices(scores: Float[Array, "B N"], k: int) -> Int[Array, "B k"]:
@@ -120,24 +140,29 @@ def topk_indices(scores: Float[Array, "B N"], k: int) -> Int[Array, "B k"]:
 def _check_k(scores: Array, k: int) -> None:
   checks.positive_int("k", k)
   if k > scores.shape[-1]:
-    raise ValueError(f"k={k} exceeds the {scores.shape[-1]} scored tokens "
-                     f"(scores.shape={scores.shape})")
+    raise ValueError(
+      f"k={k} exceeds the {scores.shape[-1]} scored tokens "
+      f"(scores.shape={scores.shape})"
+    )
 
 
 def _hard_rank(s: Float[Array, "B N"]) -> Float[Array, "B N"]:
   """c'_i = (1/N) Σ_j 1[c_j ≤ c_i] (O(N²) pairwise compare)."""
-  return jnp.mean(s[..., None, :] <= s[..., :, None], axis=-1,
-                  dtype=jnp.float32)
+  return jnp.mean(
+    s[..., None, :] <= s[..., :, None], axis=-1, dtype=jnp.float32
+  )
 
 
-def _mask_from_rank(rank: Float[Array, "B N"], k: int,
-                    lam: float) -> Float[Array, "B N"]:
+def _mask_from_rank(
+  rank: Float[Array, "B N"], k: int, lam: float
+) -> Float[Array, "B N"]:
   n = rank.shape[-1]
   return jax.nn.sigmoid(lam * n * (rank - (1.0 - k / n)))
 
 
-def soft_topk_mask(scores: Float[Array, "B N"], k: int,
-                   lam: float = 1.0) -> Float[Array, "B N"]:
+def soft_topk_mask(
+  scores: Float[Array, "B N"], k: int, lam: float = 1.0
+) -> Float[Array, "B N"]:
   """HiDrop's rank-normalised sigmoid mask (spec §2.4).
 
   m_i = sigmoid(λ · N · (c'_i − (1 − k/N))) with c'_i = (1/N) Σ_j
@@ -157,9 +182,9 @@ def soft_topk_mask(scores: Float[Array, "B N"], k: int,
   return _mask_from_rank(_hard_rank(scores.astype(jnp.float32)), k, lam)
 
 
-def straight_through_topk_mask(scores: Float[Array, "B N"], k: int,
-                               lam: float = 1.0,
-                               tau: float = 0.1) -> Float[Array, "B N"]:
+def straight_through_topk_mask(
+  scores: Float[Array, "B N"], k: int, lam: float = 1.0, tau: float = 0.1
+) -> Float[Array, "B N"]:
   """`soft_topk_mask` forward, gradient of a smooth rank surrogate.
 
   The surrogate rank is mean_j sigmoid((z_i − z_j) / τ) on the scores

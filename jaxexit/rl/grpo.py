@@ -58,18 +58,25 @@ class GRPOConfig:
   scale_rewards: str = "group"
 
   def __post_init__(self):
-    checks.positive_int("GRPOConfig.num_generations", self.num_generations,
-                        minimum=2)
+    checks.positive_int(
+      "GRPOConfig.num_generations", self.num_generations, minimum=2
+    )
     checks.positive_int("GRPOConfig.epochs", self.epochs)
-    checks.in_range("GRPOConfig.clip_eps", self.clip_eps, 0.0, 1.0,
-                    low_open=True, high_open=True)
-    checks.in_range("GRPOConfig.beta", self.beta, 0.0, float("inf"),
-                    high_open=True)
+    checks.in_range(
+      "GRPOConfig.clip_eps",
+      self.clip_eps,
+      0.0,
+      1.0,
+      low_open=True,
+      high_open=True,
+    )
+    checks.in_range(
+      "GRPOConfig.beta", self.beta, 0.0, float("inf"), high_open=True
+    )
     checks.positive_int("GRPOConfig.ref_update_every", self.ref_update_every)
     checks.in_range("GRPOConfig.ref_alpha", self.ref_alpha, 0.0, 1.0)
     checks.one_of("GRPOConfig.loss_agg", self.loss_agg, LOSS_AGGS)
-    checks.one_of("GRPOConfig.scale_rewards", self.scale_rewards,
-                  REWARD_SCALES)
+    checks.one_of("GRPOConfig.scale_rewards", self.scale_rewards, REWARD_SCALES)
 
 
 def group_center(x: Float[Array, "*b G"]) -> Float[Array, "*b G"]:
@@ -83,8 +90,13 @@ def group_center(x: Float[Array, "*b G"]) -> Float[Array, "*b G"]:
   return rel - jnp.mean(rel, axis=-1, keepdims=True)
 
 
-def group_advantages(rewards: Float[Array, "P G"], *, scale: str = "group",
-                     eps: float = 1e-6, ddof: int = 0) -> Float[Array, "P G"]:
+def group_advantages(
+  rewards: Float[Array, "P G"],
+  *,
+  scale: str = "group",
+  eps: float = 1e-6,
+  ddof: int = 0,
+) -> Float[Array, "P G"]:
   """A_i = (r_i − mean_G r) / (std_G r + eps), or without the std ("none").
 
   Args:
@@ -111,8 +123,9 @@ def group_advantages(rewards: Float[Array, "P G"], *, scale: str = "group",
   return centered / (std + eps)
 
 
-def kl_k3(logp: Float[Array, "*s"],
-          logp_ref: Float[Array, "*s"]) -> Float[Array, "*s"]:
+def kl_k3(
+  logp: Float[Array, "*s"], logp_ref: Float[Array, "*s"]
+) -> Float[Array, "*s"]:
   """Per-token k3 estimator of KL(π ‖ π_ref) on tokens sampled from π.
 
   k3 = ρ − log ρ − 1 with ρ = π_ref/π (Schulman, "Approximating KL
@@ -130,8 +143,7 @@ def kl_k3(logp: Float[Array, "*s"],
   return jnp.maximum(jnp.expm1(log_ratio) - log_ratio, 0.0)
 
 
-def _aggregate(per_token: Array, mask: Array, agg: str,
-               max_len: int) -> Array:
+def _aggregate(per_token: Array, mask: Array, agg: str, max_len: int) -> Array:
   """Reduces [N, T] per-token values to a scalar (see `grpo_loss`)."""
   total = jnp.sum(per_token * mask, axis=-1)  # [N]
   if agg == "seq_mean":
@@ -146,16 +158,16 @@ def _token_mean(x: Array, mask: Array) -> Array:
 
 
 def grpo_loss(
-    logp_new: Float[Array, "N T"],
-    logp_old: Float[Array, "N T"],
-    advantages: Float[Array, "N"],
-    mask: Bool[Array, "N T"] | Float[Array, "N T"],
-    *,
-    logp_ref: Float[Array, "N T"] | None = None,
-    clip_eps: float = 0.2,
-    beta: float = 0.0,
-    agg: str = "seq_mean",
-    max_len: int | None = None,
+  logp_new: Float[Array, "N T"],
+  logp_old: Float[Array, "N T"],
+  advantages: Float[Array, "N"],
+  mask: Bool[Array, "N T"] | Float[Array, "N T"],
+  *,
+  logp_ref: Float[Array, "N T"] | None = None,
+  clip_eps: float = 0.2,
+  beta: float = 0.0,
+  agg: str = "seq_mean",
+  max_len: int | None = None,
 ) -> tuple[Float[Array, ""], dict[str, Float[Array, ""]]]:
   """The negated clipped GRPO objective (to minimise) and its diagnostics.
 
@@ -191,8 +203,7 @@ def grpo_loss(
     without logp_ref) and `ratio_mean`, all token means over the mask.
   """
   checks.one_of("agg", agg, LOSS_AGGS)
-  checks.in_range("clip_eps", clip_eps, 0.0, 1.0, low_open=True,
-                  high_open=True)
+  checks.in_range("clip_eps", clip_eps, 0.0, 1.0, low_open=True, high_open=True)
   checks.in_range("beta", beta, 0.0, float("inf"), high_open=True)
   if beta > 0 and logp_ref is None:
     raise ValueError(f"beta={beta} > 0 needs logp_ref")
@@ -215,16 +226,17 @@ def grpo_loss(
   loss = -_aggregate(objective, mask, agg, max_len)
   is_clipped = (clipped < unclipped).astype(jnp.float32)
   metrics = dict(
-      clip_fraction=_token_mean(is_clipped, mask),
-      approx_kl=_token_mean(kl_k3(logp_old, logp_new), mask),
-      kl_ref=_token_mean(kl_ref, mask),
-      ratio_mean=_token_mean(ratio, mask),
+    clip_fraction=_token_mean(is_clipped, mask),
+    approx_kl=_token_mean(kl_k3(logp_old, logp_new), mask),
+    kl_ref=_token_mean(kl_ref, mask),
+    ratio_mean=_token_mean(ratio, mask),
   )
   return loss, jax.lax.stop_gradient(metrics)
 
 
-def update_reference(ref_params: PyTree, params: PyTree,
-                     alpha: ScalarLike) -> PyTree:
+def update_reference(
+  ref_params: PyTree, params: PyTree, alpha: ScalarLike
+) -> PyTree:
   """θ_ref ← α·θ + (1 − α)·θ_ref, leaf by leaf, in each leaf's dtype.
 
   Args:
@@ -237,13 +249,19 @@ def update_reference(ref_params: PyTree, params: PyTree,
   """
   checks.in_range("alpha", alpha, 0.0, 1.0)
   return jax.tree.map(
-      lambda r, p: (alpha * p + (1 - alpha) * r).astype(r.dtype), ref_params,
-      params)
+    lambda r, p: (alpha * p + (1 - alpha) * r).astype(r.dtype),
+    ref_params,
+    params,
+  )
 
 
-def maybe_update_reference(ref_params: PyTree, params: PyTree,
-                           step: ScalarLike, every: int,
-                           alpha: ScalarLike) -> PyTree:
+def maybe_update_reference(
+  ref_params: PyTree,
+  params: PyTree,
+  step: ScalarLike,
+  every: int,
+  alpha: ScalarLike,
+) -> PyTree:
   """`update_reference` when `step` is a positive multiple of `every`.
 
   Call it after the optimiser update of iteration `step` (1-based count of

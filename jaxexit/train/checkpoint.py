@@ -96,8 +96,14 @@ class _Skip(Exception):
 class Checkpointer:
   """Saves every `save_every` steps into `directory`, keeps `max_to_keep`."""
 
-  def __init__(self, directory: str | os.PathLike, *, save_every: int = 1,
-               max_to_keep: int | None = 3, async_save: bool = True):
+  def __init__(
+    self,
+    directory: str | os.PathLike,
+    *,
+    save_every: int = 1,
+    max_to_keep: int | None = 3,
+    async_save: bool = True,
+  ):
     """Opens (or creates) the checkpoint directory.
 
     Args:
@@ -112,19 +118,33 @@ class Checkpointer:
     # Only the interval (and multi-host preemption) decide: orbax's default
     # policy would also save the first step of every (re)started run.
     policies = ocp.checkpoint_managers
-    policy = policies.AnySavePolicy([
+    policy = policies.AnySavePolicy(
+      [
         policies.FixedIntervalPolicy(save_every),
-        policies.PreemptionCheckpointingPolicy()])
+        policies.PreemptionCheckpointingPolicy(),
+      ]
+    )
     options = ocp.CheckpointManagerOptions(
-        save_decision_policy=policy, max_to_keep=max_to_keep,
-        cleanup_tmp_directories=True, enable_async_checkpointing=async_save)
+      save_decision_policy=policy,
+      max_to_keep=max_to_keep,
+      cleanup_tmp_directories=True,
+      enable_async_checkpointing=async_save,
+    )
     self.directory = os.path.abspath(os.fspath(directory))
     self._manager = ocp.CheckpointManager(
-        self.directory, item_names=("default",), options=options)
+      self.directory, item_names=("default",), options=options
+    )
 
-  def save(self, step: int, state: PyTree, *, rng=None, extra=None,
-           force: bool = False,
-           metadata: Mapping[str, Any] | None = None) -> bool:
+  def save(
+    self,
+    step: int,
+    state: PyTree,
+    *,
+    rng=None,
+    extra=None,
+    force: bool = False,
+    metadata: Mapping[str, Any] | None = None,
+  ) -> bool:
     """Saves at `step` if it is a multiple of `save_every` (or `force`).
 
     Args:
@@ -140,10 +160,12 @@ class Checkpointer:
     """
     checks.positive_int("step", step, minimum=0)
     args = ocp.args.Composite(
-        default=ocp.args.StandardSave(_item(state, rng, extra)))
+      default=ocp.args.StandardSave(_item(state, rng, extra))
+    )
     custom = None if metadata is None else dict(metadata)
-    return self._manager.save(step, args=args, force=force,
-                              custom_metadata=custom)
+    return self._manager.save(
+      step, args=args, force=force, custom_metadata=custom
+    )
 
   def metadata(self, step: int) -> dict:
     """The custom metadata saved with `step` ({} if none was)."""
@@ -161,8 +183,14 @@ class Checkpointer:
     """Steps of all complete checkpoints, oldest first."""
     return sorted(self._manager.all_steps())
 
-  def restore(self, step: int, abstract_state: PyTree, *,
-              abstract_rng=None, abstract_extra=None) -> Restored:
+  def restore(
+    self,
+    step: int,
+    abstract_state: PyTree,
+    *,
+    abstract_rng=None,
+    abstract_extra=None,
+  ) -> Restored:
     """Restores the checkpoint of `step` into the given abstract structure.
 
     Args:
@@ -176,26 +204,36 @@ class Checkpointer:
       A `Restored(step, state, rng, extra)`.
     """
     target = jax.tree.map(
-        ocp.utils.to_shape_dtype_struct,
-        _item(abstract_state, abstract_rng, abstract_extra))
+      ocp.utils.to_shape_dtype_struct,
+      _item(abstract_state, abstract_rng, abstract_extra),
+    )
     args = ocp.args.Composite(default=ocp.args.StandardRestore(target))
     item = self._manager.restore(step, args=args)["default"]
     return Restored(step, item["state"], item.get("rng"), item.get("extra"))
 
-  def restore_latest(self, abstract_state: PyTree, *, abstract_rng=None,
-                     abstract_extra=None) -> Restored | None:
+  def restore_latest(
+    self, abstract_state: PyTree, *, abstract_rng=None, abstract_extra=None
+  ) -> Restored | None:
     """Restores the newest complete checkpoint (see `restore`), or None."""
     step = self.latest_step()
     if step is None:
       return None
-    return self.restore(step, abstract_state, abstract_rng=abstract_rng,
-                        abstract_extra=abstract_extra)
+    return self.restore(
+      step,
+      abstract_state,
+      abstract_rng=abstract_rng,
+      abstract_extra=abstract_extra,
+    )
 
-  def restore_newest(self, abstract_state: PyTree, *, abstract_rng=None,
-                     abstract_extra=None,
-                     check: Callable[[int, dict], None] | None = None,
-                     log: Callable[[str], None] = print
-                     ) -> Restored | None:
+  def restore_newest(
+    self,
+    abstract_state: PyTree,
+    *,
+    abstract_rng=None,
+    abstract_extra=None,
+    check: Callable[[int, dict], None] | None = None,
+    log: Callable[[str], None] = print,
+  ) -> Restored | None:
     """Restores the newest good checkpoint, skipping damaged ones.
 
     Walks back from the newest step. A step is skipped when it lacks
@@ -225,27 +263,33 @@ class Checkpointer:
     for step in sorted(self._manager.all_steps(), reverse=True):
       try:
         restored = self._restore_checked(
-            step, abstract_state, abstract_rng, abstract_extra, check)
+          step, abstract_state, abstract_rng, abstract_extra, check
+        )
         break
       except _Skip as e:
         skipped.append((step, str(e)))
-    if restored is None and any(not r.startswith("uncommitted")
-                                for _, r in skipped):
+    if restored is None and any(
+      not r.startswith("uncommitted") for _, r in skipped
+    ):
       reasons = "\n".join(f"  step {s}: {r}" for s, r in skipped)
       raise NoUsableCheckpoint(
-          f"no checkpoint in {self.directory} can be restored:\n{reasons}\n"
-          "Nothing was deleted. Move the folder away (or use a fresh "
-          "output folder) to start over.")
+        f"no checkpoint in {self.directory} can be restored:\n{reasons}\n"
+        "Nothing was deleted. Move the folder away (or use a fresh "
+        "output folder) to start over."
+      )
     for step, reason in skipped:
       moved = self._set_aside(step)
-      log(f"skipping checkpoint step {step} in {self.directory}: {reason}; "
-          f"moved to {moved} (not deleted)")
+      log(
+        f"skipping checkpoint step {step} in {self.directory}: {reason}; "
+        f"moved to {moved} (not deleted)"
+      )
     if skipped:
       self._manager.reload()
     return restored
 
-  def _restore_checked(self, step, abstract_state, abstract_rng,
-                       abstract_extra, check) -> Restored:
+  def _restore_checked(
+    self, step, abstract_state, abstract_rng, abstract_extra, check
+  ) -> Restored:
     """Restores one step, raising `_Skip` with the reason it is unusable."""
     if not os.path.exists(os.path.join(self.step_dir(step), COMMIT_MARKER)):
       raise _Skip(f"uncommitted (no orbax commit marker {COMMIT_MARKER})")
@@ -256,12 +300,14 @@ class Checkpointer:
     if check is not None:
       check(step, metadata)
     try:
-      restored = self.restore(step, abstract_state,
-                              abstract_rng=abstract_rng,
-                              abstract_extra=abstract_extra)
+      restored = self.restore(
+        step,
+        abstract_state,
+        abstract_rng=abstract_rng,
+        abstract_extra=abstract_extra,
+      )
     except Exception as e:  # noqa: BLE001 - tensorstore raises many types.
-      raise _Skip(f"unreadable or failing orbax's checks ({_brief(e)})"
-                  ) from e
+      raise _Skip(f"unreadable or failing orbax's checks ({_brief(e)})") from e
     return restored._replace(metadata=metadata)
 
   def _set_aside(self, step: int) -> str:

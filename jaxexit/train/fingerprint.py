@@ -108,15 +108,15 @@ def to_jsonable(value: Any, path: str = "fingerprint") -> Any:
   if isinstance(value, os.PathLike):
     return os.fspath(value)
   if dataclasses.is_dataclass(value) and not isinstance(value, type):
-    value = {f.name: getattr(value, f.name)
-             for f in dataclasses.fields(value)}
+    value = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
   if isinstance(value, Mapping):
     return {str(k): to_jsonable(v, f"{path}.{k}") for k, v in value.items()}
   if isinstance(value, (list, tuple)):
     return [to_jsonable(v, f"{path}[{i}]") for i, v in enumerate(value)]
   raise TypeError(
-      f"{path} has no stable JSON form ({type(value).__name__}: "
-      f"{value!r:.80}); pass its configuration or a hash instead")
+    f"{path} has no stable JSON form ({type(value).__name__}: "
+    f"{value!r:.80}); pass its configuration or a hash instead"
+  )
 
 
 def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -128,8 +128,9 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
   return {prefix: tree}
 
 
-def differences(old: Mapping[str, Any], new: Mapping[str, Any]
-                ) -> list[tuple[str, Any, Any]]:
+def differences(
+  old: Mapping[str, Any], new: Mapping[str, Any]
+) -> list[tuple[str, Any, Any]]:
   """`(field, old, new)` for each leaf that differs, sorted by field.
 
   Leaves are compared by their JSON text, so NaN equals NaN and a tuple
@@ -144,14 +145,19 @@ def differences(old: Mapping[str, Any], new: Mapping[str, Any]
   return out
 
 
-def mismatch_error(step: int, directory: str,
-                   diffs: list[tuple[str, Any, Any]]) -> FingerprintMismatch:
+def mismatch_error(
+  step: int, directory: str, diffs: list[tuple[str, Any, Any]]
+) -> FingerprintMismatch:
   """The error for resuming under a changed configuration."""
-  lines = "\n".join(f"  {field}: {old!r} (checkpoint) != {new!r} (this run)"
-                    for field, old, new in diffs)
+  lines = "\n".join(
+    f"  {field}: {old!r} (checkpoint) != {new!r} (this run)"
+    for field, old, new in diffs
+  )
   return FingerprintMismatch(
-      f"the checkpoint at step {step} in {directory} was made with another "
-      f"configuration; differing fields:\n{lines}\n"
-      "Either write to a fresh output folder (a new --out / workdir), or "
-      "pass force_resume=True (--force-resume) to continue from this "
-      "checkpoint under the new settings knowingly.", diffs)
+    f"the checkpoint at step {step} in {directory} was made with another "
+    f"configuration; differing fields:\n{lines}\n"
+    "Either write to a fresh output folder (a new --out / workdir), or "
+    "pass force_resume=True (--force-resume) to continue from this "
+    "checkpoint under the new settings knowingly.",
+    diffs,
+  )

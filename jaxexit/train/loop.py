@@ -46,8 +46,9 @@ CHECKPOINT_DIR = "checkpoints"
 EVENTS_FILE = "events.log"
 
 
-def run_fingerprint(fingerprint: Mapping[str, Any] | None, *, num_steps: int,
-                    seed: int) -> dict[str, Any]:
+def run_fingerprint(
+  fingerprint: Mapping[str, Any] | None, *, num_steps: int, seed: int
+) -> dict[str, Any]:
   """The fingerprint `train` stores: the caller's, plus steps/seed/version.
 
   Args:
@@ -60,8 +61,9 @@ def run_fingerprint(fingerprint: Mapping[str, Any] | None, *, num_steps: int,
     A JSON-able dict (the loop's fields override the caller's).
   """
   out = fp_lib.to_jsonable(dict(fingerprint or {}))
-  out.update(num_steps=num_steps, seed=seed,
-             jaxexit_version=fp_lib.jaxexit_version())
+  out.update(
+    num_steps=num_steps, seed=seed, jaxexit_version=fp_lib.jaxexit_version()
+  )
   return out
 
 
@@ -74,17 +76,21 @@ def _event_logger(workdir: str) -> Callable[[str], None]:
     stamp = datetime.datetime.now().isoformat(timespec="seconds")
     with open(path, "a", encoding="utf-8") as f:
       f.write(f"{stamp} {message}\n")
+
   return log
 
 
 def _fingerprint_check(ckpt, fingerprint, force_resume, log):
   """`check(step, metadata)` for `restore_newest`: compare fingerprints."""
+
   def check(step: int, metadata: dict) -> None:
     old = metadata.get("fingerprint")
     if old is None:
-      log(f"warning: the checkpoint at step {step} in {ckpt.directory} has "
-          "no fingerprint (made before fingerprints); resuming without "
-          "checking that the configuration is the same")
+      log(
+        f"warning: the checkpoint at step {step} in {ckpt.directory} has "
+        "no fingerprint (made before fingerprints); resuming without "
+        "checking that the configuration is the same"
+      )
       return
     diffs = fp_lib.differences(old, fingerprint)
     if not diffs:
@@ -93,26 +99,39 @@ def _fingerprint_check(ckpt, fingerprint, force_resume, log):
     if not force_resume:
       raise err
     fields = ", ".join(f for f, _, _ in diffs)
-    log(f"force_resume: continuing from step {step} in {ckpt.directory} "
-        f"although these fields differ: {fields}")
+    log(
+      f"force_resume: continuing from step {step} in {ckpt.directory} "
+      f"although these fields differ: {fields}"
+    )
+
   return check
 
 
-def _resume(ckpt: Checkpointer, state, base, *, fingerprint, force_resume,
-            num_steps, log):
+def _resume(
+  ckpt: Checkpointer, state, base, *, fingerprint, force_resume, num_steps, log
+):
   """Returns (start_step, state) from the newest good checkpoint, if any."""
   restored = ckpt.restore_newest(
-      abstract_like(state), abstract_rng=abstract_like(base),
-      check=_fingerprint_check(ckpt, fingerprint, force_resume, log), log=log)
+    abstract_like(state),
+    abstract_rng=abstract_like(base),
+    check=_fingerprint_check(ckpt, fingerprint, force_resume, log),
+    log=log,
+  )
   if restored is None:
     return 0, state
   if not force_resume and not np.array_equal(
-      jax.random.key_data(restored.rng), jax.random.key_data(base)):
-    raise fp_lib.mismatch_error(restored.step, ckpt.directory, [
-        ("seed", "another seed", fingerprint["seed"])])
+    jax.random.key_data(restored.rng), jax.random.key_data(base)
+  ):
+    raise fp_lib.mismatch_error(
+      restored.step,
+      ckpt.directory,
+      [("seed", "another seed", fingerprint["seed"])],
+    )
   if restored.step >= num_steps:
-    log(f"reusing the finished checkpoint at step {restored.step} in "
-        f"{ckpt.directory}")
+    log(
+      f"reusing the finished checkpoint at step {restored.step} in "
+      f"{ckpt.directory}"
+    )
   return restored.step, restored.state
 
 
@@ -122,14 +141,23 @@ def _check_args(num_steps, checkpoint_every, log_every) -> None:
   checks.positive_int("log_every", log_every)
 
 
-def train(model: nnx.Module, tx: optax.GradientTransformation,
-          loss_fn: LossFn, batch_fn: Callable[[int], PyTree], *,
-          num_steps: int, workdir: str | os.PathLike, seed: int = 0,
-          checkpoint_every: int = 100, max_to_keep: int | None = 3,
-          log_every: int = 10, progress: bool | None = None,
-          mesh: Mesh | None = None,
-          fingerprint: Mapping[str, Any] | None = None,
-          force_resume: bool = False) -> tuple[nnx.Module, dict[str, Any]]:
+def train(
+  model: nnx.Module,
+  tx: optax.GradientTransformation,
+  loss_fn: LossFn,
+  batch_fn: Callable[[int], PyTree],
+  *,
+  num_steps: int,
+  workdir: str | os.PathLike,
+  seed: int = 0,
+  checkpoint_every: int = 100,
+  max_to_keep: int | None = 3,
+  log_every: int = 10,
+  progress: bool | None = None,
+  mesh: Mesh | None = None,
+  fingerprint: Mapping[str, Any] | None = None,
+  force_resume: bool = False,
+) -> tuple[nnx.Module, dict[str, Any]]:
   """Trains `model` for `num_steps` updates, resuming from `workdir`.
 
   Args:
@@ -171,35 +199,70 @@ def train(model: nnx.Module, tx: optax.GradientTransformation,
   if mesh is not None:
     state = sharding_lib.replicate(state, mesh)
   base = seed_lib.base_key(seed)
-  ckpt = Checkpointer(os.path.join(workdir, CHECKPOINT_DIR),
-                      save_every=checkpoint_every, max_to_keep=max_to_keep)
+  ckpt = Checkpointer(
+    os.path.join(workdir, CHECKPOINT_DIR),
+    save_every=checkpoint_every,
+    max_to_keep=max_to_keep,
+  )
   with ckpt:
-    start, state = _resume(ckpt, state, base, fingerprint=run_fp,
-                           force_resume=force_resume, num_steps=num_steps,
-                           log=log)
-    writer = MetricsWriter(os.path.join(workdir, METRICS_FILE),
-                           resume_step=start)
+    start, state = _resume(
+      ckpt,
+      state,
+      base,
+      fingerprint=run_fp,
+      force_resume=force_resume,
+      num_steps=num_steps,
+      log=log,
+    )
+    writer = MetricsWriter(
+      os.path.join(workdir, METRICS_FILE), resume_step=start
+    )
     bar = ProgressBar(num_steps, initial=start, enabled=progress)
     with writer, bar:
-      state, metrics = _run(graphdef, state, make_train_step(loss_fn),
-                            batch_fn, base, ckpt, writer, bar, mesh,
-                            start=start, num_steps=num_steps,
-                            log_every=log_every,
-                            metadata={"fingerprint": run_fp})
+      state, metrics = _run(
+        graphdef,
+        state,
+        make_train_step(loss_fn),
+        batch_fn,
+        base,
+        ckpt,
+        writer,
+        bar,
+        mesh,
+        start=start,
+        num_steps=num_steps,
+        log_every=log_every,
+        metadata={"fingerprint": run_fp},
+      )
   model, _ = nnx.merge(graphdef, state)
   return model, metrics
 
 
-def _run(graphdef, state, step_fn, batch_fn, base, ckpt, writer, bar, mesh,
-         *, start, num_steps, log_every, metadata):
+def _run(
+  graphdef,
+  state,
+  step_fn,
+  batch_fn,
+  base,
+  ckpt,
+  writer,
+  bar,
+  mesh,
+  *,
+  start,
+  num_steps,
+  log_every,
+  metadata,
+):
   """The step loop; returns the final state and last logged metrics."""
   logged = {}
   for step in range(start, num_steps):
     batch = batch_fn(step)
     if mesh is not None:
       batch = sharding_lib.shard_batch(batch, mesh)
-    state, metrics = step_fn(graphdef, state, batch,
-                             seed_lib.step_key(base, step))
+    state, metrics = step_fn(
+      graphdef, state, batch, seed_lib.step_key(base, step)
+    )
     done = step + 1
     last = done == num_steps
     if done % log_every == 0 or last:

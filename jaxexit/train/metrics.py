@@ -112,8 +112,9 @@ class MetricsWriter:
     self.close()
 
 
-def format_metrics(metrics: Mapping[str, Any], digits: int = 4
-                   ) -> dict[str, str]:
+def format_metrics(
+  metrics: Mapping[str, Any], digits: int = 4
+) -> dict[str, str]:
   """Formats scalar metrics compactly for a progress bar postfix."""
   out = {}
   for k, v in metrics.items():

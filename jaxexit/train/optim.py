@@ -68,33 +68,39 @@ class OptimConfig:
     _in("eps", self.eps, 0, float("inf"), low_open=True)
     _in("momentum", self.momentum, 0, 1, high_open=True)
     _in("end_lr", self.end_lr, 0, float("inf"))
-    checks.positive_int("OptimConfig.warmup_steps", self.warmup_steps,
-                        minimum=0)
+    checks.positive_int(
+      "OptimConfig.warmup_steps", self.warmup_steps, minimum=0
+    )
     if self.grad_clip is not None:
       _in("grad_clip", self.grad_clip, 0, float("inf"), low_open=True)
     if self.name == "adam" and self.weight_decay:
       raise ValueError(
-          f"OptimConfig.weight_decay={self.weight_decay!r} needs "
-          "name='adamw' (or 'sgd'); 'adam' has no weight decay")
+        f"OptimConfig.weight_decay={self.weight_decay!r} needs "
+        "name='adamw' (or 'sgd'); 'adam' has no weight decay"
+      )
     self._check_steps()
 
   def _check_steps(self):
     if self.schedule == "warmup_cosine" and self.warmup_steps < 1:
-      raise ValueError("OptimConfig.warmup_steps must be >= 1 for "
-                       f"schedule='warmup_cosine'; got {self.warmup_steps!r}")
+      raise ValueError(
+        "OptimConfig.warmup_steps must be >= 1 for "
+        f"schedule='warmup_cosine'; got {self.warmup_steps!r}"
+      )
     if self.schedule == "constant":
       return
     checks.positive_int("OptimConfig.total_steps", self.total_steps)
     if self.total_steps <= self.warmup_steps:
       raise ValueError(
-          f"OptimConfig.total_steps={self.total_steps} must exceed "
-          f"warmup_steps={self.warmup_steps} for schedule={self.schedule!r}")
+        f"OptimConfig.total_steps={self.total_steps} must exceed "
+        f"warmup_steps={self.warmup_steps} for schedule={self.schedule!r}"
+      )
 
 
 def _in(field: str, value, low, high, **kw) -> None:
   if isinstance(value, bool) or not isinstance(value, (int, float)):
-    raise ValueError(f"OptimConfig.{field} must be a number; got "
-                     f"OptimConfig.{field}={value!r}")
+    raise ValueError(
+      f"OptimConfig.{field} must be a number; got OptimConfig.{field}={value!r}"
+    )
   checks.in_range(f"OptimConfig.{field}", value, low, high, **kw)
 
 
@@ -114,19 +120,22 @@ def build_schedule(cfg: OptimConfig) -> optax.Schedule:
     decay = optax.linear_schedule(lr, cfg.end_lr, cfg.total_steps - warm)
   else:  # cosine, warmup_cosine
     decay = optax.cosine_decay_schedule(
-        lr, cfg.total_steps - warm, alpha=cfg.end_lr / lr)
+      lr, cfg.total_steps - warm, alpha=cfg.end_lr / lr
+    )
   if warm == 0:
     return decay
   return optax.join_schedules(
-      [optax.linear_schedule(0.0, lr, warm), decay], boundaries=[warm])
+    [optax.linear_schedule(0.0, lr, warm), decay], boundaries=[warm]
+  )
 
 
 def _base(cfg: OptimConfig) -> optax.GradientTransformation:
   """The optimizer of one group, without clipping."""
   lr = build_schedule(cfg)
   if cfg.name == "adamw":
-    return optax.adamw(lr, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
-                       weight_decay=cfg.weight_decay)
+    return optax.adamw(
+      lr, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay
+    )
   if cfg.name == "adam":
     return optax.adam(lr, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps)
   sgd = optax.sgd(lr, momentum=cfg.momentum or None)
@@ -156,9 +165,10 @@ class ParamGroup:
       raise ValueError(f"ParamGroup.name={self.name!r} is reserved or empty")
     if self.config.grad_clip is not None:
       raise ValueError(
-          f"ParamGroup {self.name!r}: config.grad_clip="
-          f"{self.config.grad_clip!r} must be None; clipping is global, "
-          "set grad_clip on the default config")
+        f"ParamGroup {self.name!r}: config.grad_clip="
+        f"{self.config.grad_clip!r} must be None; clipping is global, "
+        "set grad_clip on the default config"
+      )
 
 
 def path_contains(substring: str) -> Callable[[str], bool]:
@@ -190,17 +200,20 @@ def label_params(params, groups: Sequence[ParamGroup]):
     A pytree like `params` whose leaves are group names ("default" if none
     matches).
   """
+
   def label(key_path, _):
     path = param_path(key_path)
     for g in groups:
       if g.predicate(path):
         return g.name
     return DEFAULT_GROUP
+
   return jax.tree_util.tree_map_with_path(label, params)
 
 
-def build_optimizer(cfg: OptimConfig, groups: Sequence[ParamGroup] = ()
-                    ) -> optax.GradientTransformation:
+def build_optimizer(
+  cfg: OptimConfig, groups: Sequence[ParamGroup] = ()
+) -> optax.GradientTransformation:
   """Builds the optimizer: global clipping, then per-group optimizers.
 
   Args:
@@ -217,7 +230,8 @@ def build_optimizer(cfg: OptimConfig, groups: Sequence[ParamGroup] = ()
     transforms = {DEFAULT_GROUP: _base(cfg)}
     transforms.update({g.name: _base(g.config) for g in groups})
     tx = optax.multi_transform(
-        transforms, lambda params: label_params(params, groups))
+      transforms, lambda params: label_params(params, groups)
+    )
   else:
     tx = _base(cfg)
   if cfg.grad_clip is None:
@@ -225,18 +239,20 @@ def build_optimizer(cfg: OptimConfig, groups: Sequence[ParamGroup] = ()
   return optax.chain(optax.clip_by_global_norm(cfg.grad_clip), tx)
 
 
-def train_only(tx: optax.GradientTransformation,
-               predicate: Callable[[str], bool]
-               ) -> optax.GradientTransformation:
-  """Applies `tx` to parameters whose path matches `predicate`; freezes the rest.
+def train_only(
+  tx: optax.GradientTransformation, predicate: Callable[[str], bool]
+) -> optax.GradientTransformation:
+  """Applies `tx` to parameters whose path matches `predicate`, freezes others.
 
   Frozen parameters get a zero update (not a zero gradient fed to Adam),
   so neither momentum nor weight decay moves them (DeeBERT's second stage).
   """
+
   def labels(params):
     return jax.tree_util.tree_map_with_path(
-        lambda kp, _: "train" if predicate(param_path(kp)) else "frozen",
-        params)
+      lambda kp, _: "train" if predicate(param_path(kp)) else "frozen", params
+    )
 
   return optax.multi_transform(
-      {"train": tx, "frozen": optax.set_to_zero()}, labels)
+    {"train": tx, "frozen": optax.set_to_zero()}, labels
+  )

@@ -20,9 +20,15 @@ from jaxexit.train.metrics import format_metrics
 class ProgressBar:
   """Steps `initial..total` with an optional metrics postfix."""
 
-  def __init__(self, total: int, *, initial: int = 0,
-               enabled: bool | None = None, desc: str = "train",
-               line_every_s: float = 30.0):
+  def __init__(
+    self,
+    total: int,
+    *,
+    initial: int = 0,
+    enabled: bool | None = None,
+    desc: str = "train",
+    line_every_s: float = 30.0,
+  ):
     """Creates the bar.
 
     Args:
@@ -36,8 +42,11 @@ class ProgressBar:
     tty = sys.stderr.isatty()
     self.enabled = enabled is not False
     use_bar = enabled is True or (enabled is None and tty)
-    self._bar = tqdm.tqdm(total=total, initial=initial, desc=desc,
-                          dynamic_ncols=True) if use_bar else None
+    self._bar = (
+      tqdm.tqdm(total=total, initial=initial, desc=desc, dynamic_ncols=True)
+      if use_bar
+      else None
+    )
     self._lines = self.enabled and not use_bar
     self._desc, self._total, self._initial = desc, total, initial
     self._done = initial
@@ -53,14 +62,26 @@ class ProgressBar:
     left = self._total - self._done
     eta = elapsed / ran * left if ran else float("nan")
     pct = 100.0 * self._done / max(self._total, 1)
-    metrics = (" " + ", ".join(f"{k}={v}" for k, v in format_metrics(
-        self._metrics).items())) if self._metrics else ""
-    print(f"{self._desc}: step {self._done}/{self._total} ({pct:.0f}%), "
-          f"{format_duration(elapsed)} elapsed, ETA {format_duration(eta)}{metrics}",
-          flush=True)
+    metrics = (
+      (
+        " "
+        + ", ".join(
+          f"{k}={v}" for k, v in format_metrics(self._metrics).items()
+        )
+      )
+      if self._metrics
+      else ""
+    )
+    print(
+      f"{self._desc}: step {self._done}/{self._total} ({pct:.0f}%), "
+      f"{format_duration(elapsed)} elapsed, "
+      f"ETA {format_duration(eta)}{metrics}",
+      flush=True,
+    )
 
-  def update(self, n: int = 1, metrics: Mapping[str, Any] | None = None
-             ) -> None:
+  def update(
+    self, n: int = 1, metrics: Mapping[str, Any] | None = None
+  ) -> None:
     """Advances by `n` steps and, if given, shows `metrics` (fetches them)."""
     if self._lines:
       self._done += n

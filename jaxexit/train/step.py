@@ -30,15 +30,19 @@ from flax import nnx
 
 from jaxexit.typing import PRNGKeyArray, PyTree
 
-LossFn = Callable[[nnx.Module, PyTree, PRNGKeyArray],
-                  tuple[jax.Array, Mapping[str, Any]]]
+LossFn = Callable[
+  [nnx.Module, PyTree, PRNGKeyArray], tuple[jax.Array, Mapping[str, Any]]
+]
 EvalFn = Callable[[nnx.Module, PyTree], Mapping[str, Any]]
-TrainStep = Callable[[nnx.GraphDef, nnx.State, PyTree, PRNGKeyArray],
-                     tuple[nnx.State, dict[str, jax.Array]]]
+TrainStep = Callable[
+  [nnx.GraphDef, nnx.State, PyTree, PRNGKeyArray],
+  tuple[nnx.State, dict[str, jax.Array]],
+]
 
 
-def split_train_state(model: nnx.Module, tx: optax.GradientTransformation
-                      ) -> tuple[nnx.GraphDef, nnx.State]:
+def split_train_state(
+  model: nnx.Module, tx: optax.GradientTransformation
+) -> tuple[nnx.GraphDef, nnx.State]:
   """Wraps `tx` in an `nnx.Optimizer` over `nnx.Param` and splits both.
 
   Args:
@@ -52,8 +56,9 @@ def split_train_state(model: nnx.Module, tx: optax.GradientTransformation
   return nnx.split((model, optimizer))
 
 
-def merge_train_state(graphdef: nnx.GraphDef, state: nnx.State
-                      ) -> tuple[nnx.Module, nnx.Optimizer]:
+def merge_train_state(
+  graphdef: nnx.GraphDef, state: nnx.State
+) -> tuple[nnx.Module, nnx.Optimizer]:
   """Inverse of `split_train_state`: returns `(model, optimizer)`."""
   model, optimizer = nnx.merge(graphdef, state)
   return model, optimizer
@@ -70,7 +75,8 @@ def _loss_and_grads(loss_fn: LossFn, model: nnx.Module, batch, rng):
     return loss, (metrics, new_rest)
 
   (loss, (metrics, new_rest)), grads = jax.value_and_grad(
-      objective, has_aux=True)(params)
+    objective, has_aux=True
+  )(params)
   return loss, metrics, new_rest, grads
 
 
@@ -100,12 +106,10 @@ def make_train_step(loss_fn: LossFn, *, donate: bool = True) -> TrainStep:
   @functools.partial(jax.jit, donate_argnames=donate_argnames)
   def step(graphdef, state, batch, rng):
     model, optimizer = nnx.merge(graphdef, state)
-    loss, metrics, new_rest, grads = _loss_and_grads(
-        loss_fn, model, batch, rng)
+    loss, metrics, new_rest, grads = _loss_and_grads(loss_fn, model, batch, rng)
     nnx.update(model, new_rest)
     optimizer.update(model, grads)
-    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads),
-               **metrics}
+    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), **metrics}
     return nnx.state((model, optimizer)), metrics
 
   return step
@@ -125,6 +129,7 @@ def make_eval_step(eval_fn: EvalFn, *, eval_mode: bool = True):
     `eval_step(graphdef, state, batch)` taking either the train state of
     `split_train_state` or the split state of the model alone.
   """
+
   @jax.jit
   def eval_step(graphdef, state, batch):
     merged = nnx.merge(graphdef, state)

@@ -6,8 +6,9 @@ import sys
 import jax
 import pytest
 
-_PATH = (pathlib.Path(__file__).resolve().parents[2] / "benchmarks"
-         / "kernels.py")
+_PATH = (
+  pathlib.Path(__file__).resolve().parents[2] / "benchmarks" / "kernels.py"
+)
 
 
 def _load_benchmark():
@@ -23,20 +24,25 @@ bench = _load_benchmark()
 
 @pytest.mark.slow  # the quick benchmark run, ~10 s
 def test_interpret_quick_run_checks_both_kernels_on_both_lowerings(
-    tmp_path, capsys):
+  tmp_path, capsys
+):
   out = tmp_path / "kernels.json"
-  result = bench.main(["--backend", "interpret", "--quick", "--out",
-                       str(out)])
+  result = bench.main(["--backend", "interpret", "--quick", "--out", str(out)])
   records = result["records"]
-  ops = [("position_attention", "fwd"), ("position_attention", "fwd+bwd"),
-         ("selection_scores", "fwd")]
+  ops = [
+    ("position_attention", "fwd"),
+    ("position_attention", "fwd+bwd"),
+    ("selection_scores", "fwd"),
+  ]
   assert [(r["backend"], r["op"], r["pass"]) for r in records] == [
-      (backend, *op) for backend in ("gpu", "tpu") for op in ops]
+    (backend, *op) for backend in ("gpu", "tpu") for op in ops
+  ]
   assert all(r["interpret"] for r in records)
   assert all(r["ok"] and r["rel_err"] < 1e-5 for r in records)
   # Achieved rates are reported; no peak applies to the interpreters.
-  assert all(r["kernel_tflops"] > 0 and r["reference_gbps"] > 0
-             for r in records)
+  assert all(
+    r["kernel_tflops"] > 0 and r["reference_gbps"] > 0 for r in records
+  )
   assert all(r["kernel_peak_flops_frac"] is None for r in records)
   assert result["backend"] == "interpret" and result["peak"] is None
   assert "say nothing about kernel speed" in result["note"]
@@ -71,9 +77,16 @@ def test_committed_results_are_a_labelled_interpret_run():
   assert result["records"] and all(r["ok"] for r in result["records"])
 
 
-@pytest.mark.parametrize("field, value", [
-    ("batches", (0,)), ("dtypes", ("float16",)), ("kv_heads", 3),
-    ("head_dim", 0), ("warmup", -1)])
+@pytest.mark.parametrize(
+  "field, value",
+  [
+    ("batches", (0,)),
+    ("dtypes", ("float16",)),
+    ("kv_heads", 3),
+    ("head_dim", 0),
+    ("warmup", -1),
+  ],
+)
 def test_settings_reject_bad_values(field, value):
   with pytest.raises(ValueError, match=field):
     bench.Settings(**{field: value})

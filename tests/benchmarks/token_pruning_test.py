@@ -30,8 +30,10 @@ def test_quick_run_on_a_tiny_model(tmp_path):
   shutil.copy(_ROOT / "BENCHMARKS.md", md)
   before = md.read_text()
   out = tmp_path / "token_pruning.json"
-  bench.main(["--quick", "--out", str(out), "--markdown", str(md)],
-             base=configs.get_config("smoke"))
+  bench.main(
+    ["--quick", "--out", str(out), "--markdown", str(md)],
+    base=configs.get_config("smoke"),
+  )
   records = json.loads(out.read_text())
   assert [r["method"] for r in records] == list(configs.METHODS)
   full, hidrop = records[0], records[1]
@@ -58,13 +60,19 @@ def test_quick_run_on_a_tiny_model(tmp_path):
 
 def test_targets_line_states_each_target():
   records = [
-      {"method": "full", "schedule": "full"},
-      {"method": "hidrop", "schedule": "tok64", "train_step_speedup": 1.8,
-       "prefill_speedup": 1.5,
-       "targets_met": {"train_step": True, "prefill": False}}]
+    {"method": "full", "schedule": "full"},
+    {
+      "method": "hidrop",
+      "schedule": "tok64",
+      "train_step_speedup": 1.8,
+      "prefill_speedup": 1.5,
+      "targets_met": {"train_step": True, "prefill": False},
+    },
+  ]
   assert bench.targets_line(records) == (
-      "Targets on CPU: HiDrop `tok64`: train step 1.80x (≥ 1.7x: met), "
-      "prefill 1.50x (≥ 2x: NOT met).")
+    "Targets on CPU: HiDrop `tok64`: train step 1.80x (≥ 1.7x: met), "
+    "prefill 1.50x (≥ 2x: NOT met)."
+  )
 
 
 def test_flags():

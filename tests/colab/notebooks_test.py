@@ -29,19 +29,21 @@ EXTRA = "the `notebooks` extra: pip install -e '.[notebooks]'"
 # only trim what tests/experiments already runs whole at the smoke preset
 # (every method and seed); the notebook's own code runs unchanged.
 CI_PARAMETERS = {
-    "bring_your_own_model": {"STEPS": 200, "THRESHOLDS": (0.5, 0.9)},
-    "palbert_glue": {"METHODS": "palbert,pabee,full", "SEEDS": 1},
-    "hidrop": {"METHOD": "hidrop"},
+  "bring_your_own_model": {"STEPS": 200, "THRESHOLDS": (0.5, 0.9)},
+  "palbert_glue": {"METHODS": "palbert,pabee,full", "SEEDS": 1},
+  "hidrop": {"METHOD": "hidrop"},
 }
 
-by_notebook = pytest.mark.parametrize("path", NOTEBOOKS,
-                                      ids=[p.stem for p in NOTEBOOKS])
+by_notebook = pytest.mark.parametrize(
+  "path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS]
+)
 
 
 def need(module: str):
   """Imports `module`, or skips the test naming the extra that provides it."""
-  return pytest.importorskip(module, reason=f"{module} is missing; install "
-                             f"{EXTRA}")
+  return pytest.importorskip(
+    module, reason=f"{module} is missing; install {EXTRA}"
+  )
 
 
 def cells_of(nb) -> list[tuple[str, str]]:
@@ -61,11 +63,13 @@ def test_paired_with_markdown(path):
   from_md = jupytext.read(md)
   saved = nbformat.read(path, as_version=4)
   assert cells_of(from_md) == cells_of(saved), (
-      f"{path.name} is out of sync with {md.name}; edit the .md and run "
-      f"`jupytext --sync colab/{md.name}`")
+    f"{path.name} is out of sync with {md.name}; edit the .md and run "
+    f"`jupytext --sync colab/{md.name}`"
+  )
   formats = saved.metadata.get("jupytext", {}).get("formats", "")
   assert set(formats.split(",")) >= {"ipynb", "md"}, (
-      f"{path.name}: jupytext formats metadata is {formats!r}, want 'ipynb,md'")
+    f"{path.name}: jupytext formats metadata is {formats!r}, want 'ipynb,md'"
+  )
 
 
 @by_notebook
@@ -77,7 +81,8 @@ def test_saved_without_outputs(path):
       continue
     assert not cell.get("outputs"), f"{path.name}: cell {i} has outputs"
     assert cell.get("execution_count") is None, (
-        f"{path.name}: cell {i} has an execution count")
+      f"{path.name}: cell {i} has an execution count"
+    )
 
 
 def kernel_manager(kernel_dir: pathlib.Path):
@@ -92,30 +97,47 @@ def kernel_manager(kernel_dir: pathlib.Path):
 
   spec_dir = kernel_dir / "python3"
   spec_dir.mkdir(parents=True)
-  (spec_dir / "kernel.json").write_text(json.dumps({
-      "argv": [sys.executable, "-m", "ipykernel_launcher", "-f",
-               "{connection_file}"],
-      "display_name": "Python 3 (test interpreter)",
-      "language": "python",
-  }))
-  specs = KernelSpecManager(kernel_dirs=[str(kernel_dir)],
-                            ensure_native_kernel=False)
+  (spec_dir / "kernel.json").write_text(
+    json.dumps(
+      {
+        "argv": [
+          sys.executable,
+          "-m",
+          "ipykernel_launcher",
+          "-f",
+          "{connection_file}",
+        ],
+        "display_name": "Python 3 (test interpreter)",
+        "language": "python",
+      }
+    )
+  )
+  specs = KernelSpecManager(
+    kernel_dirs=[str(kernel_dir)], ensure_native_kernel=False
+  )
   return AsyncKernelManager(kernel_name="python3", kernel_spec_manager=specs)
 
 
 def parameters_cell(nb) -> int:
   """The index of the cell tagged `parameters`."""
-  return next(i for i, cell in enumerate(nb.cells)
-              if "parameters" in cell.metadata.get("tags", []))
+  return next(
+    i
+    for i, cell in enumerate(nb.cells)
+    if "parameters" in cell.metadata.get("tags", [])
+  )
 
 
 def inject_parameters(nb, path: pathlib.Path) -> None:
   """Inserts `CI_PARAMETERS[path.stem]` after the `parameters` cell."""
   nbformat = need("nbformat")
   params = CI_PARAMETERS[path.stem]
-  nb.cells.insert(parameters_cell(nb) + 1, nbformat.v4.new_code_cell(
+  nb.cells.insert(
+    parameters_cell(nb) + 1,
+    nbformat.v4.new_code_cell(
       "\n".join(f"{k} = {v!r}" for k, v in params.items()),
-      metadata={"tags": ["injected-parameters"]}))
+      metadata={"tags": ["injected-parameters"]},
+    ),
+  )
 
 
 @pytest.mark.parametrize("name", sorted(CI_PARAMETERS))
@@ -128,7 +150,8 @@ def test_ci_parameters_exist_in_the_notebook(name):
   source = "\n" + nb.cells[parameters_cell(nb)].source
   for param in CI_PARAMETERS[name]:
     assert f"\n{param} = " in source, (
-        f"{path.name}'s parameters cell does not set {param}")
+      f"{path.name}'s parameters cell does not set {param}"
+    )
 
 
 @pytest.mark.slow
@@ -139,8 +162,9 @@ def test_executes_at_smoke_preset(path, tmp_path):
   need("ipykernel")
   data_dir = os.environ.get("JAXEXIT_DATA")
   if not data_dir:
-    pytest.skip("JAXEXIT_DATA is unset; point it at the data dir to run "
-                "the notebooks")
+    pytest.skip(
+      "JAXEXIT_DATA is unset; point it at the data dir to run the notebooks"
+    )
   if not pathlib.Path(data_dir).is_dir():
     pytest.skip(f"JAXEXIT_DATA={data_dir} does not exist")
   workdir = tmp_path / "work"
@@ -150,23 +174,37 @@ def test_executes_at_smoke_preset(path, tmp_path):
     inject_parameters(nb, path)
   deadline = time.monotonic() + NOTEBOOK_TIMEOUT_S
   client = nbclient.NotebookClient(
-      nb, km=kernel_manager(tmp_path / "kernels"),
-      timeout=NOTEBOOK_TIMEOUT_S,
-      # One budget for the whole notebook: each cell gets what is left.
-      timeout_func=lambda cell: max(1, int(deadline - time.monotonic())),
-      resources={"metadata": {"path": str(workdir)}})
-  xla_flags = " ".join([
+    nb,
+    km=kernel_manager(tmp_path / "kernels"),
+    timeout=NOTEBOOK_TIMEOUT_S,
+    # One budget for the whole notebook: each cell gets what is left.
+    timeout_func=lambda cell: max(1, int(deadline - time.monotonic())),
+    resources={"metadata": {"path": str(workdir)}},
+  )
+  xla_flags = " ".join(
+    [
       os.environ.get("XLA_FLAGS", ""),
-      f"--xla_force_host_platform_device_count={NUM_DEVICES}"]).strip()
-  env = {**os.environ, "JAXEXIT_NOTEBOOK_PRESET": "smoke",
-         "JAXEXIT_DATA": data_dir, "JAX_PLATFORMS": "cpu",
-         "XLA_FLAGS": xla_flags}
+      f"--xla_force_host_platform_device_count={NUM_DEVICES}",
+    ]
+  ).strip()
+  env = {
+    **os.environ,
+    "JAXEXIT_NOTEBOOK_PRESET": "smoke",
+    "JAXEXIT_DATA": data_dir,
+    "JAX_PLATFORMS": "cpu",
+    "XLA_FLAGS": xla_flags,
+  }
   env.pop("JAXEXIT_SOURCE", None)  # the setup cell must use this checkout
   client.execute(env=env)  # Raises CellExecutionError on a failing cell.
-  errors = [out for cell in nb.cells for out in cell.get("outputs", [])
-            if out.get("output_type") == "error"]
+  errors = [
+    out
+    for cell in nb.cells
+    for out in cell.get("outputs", [])
+    if out.get("output_type") == "error"
+  ]
   assert not errors, errors
-  text = "".join(out.get("text", "") for cell in nb.cells
-                 for out in cell.get("outputs", []))
+  text = "".join(
+    out.get("text", "") for cell in nb.cells for out in cell.get("outputs", [])
+  )
   assert "jaxexit imports: not installing" in text, text[:2000]
   assert f"{NUM_DEVICES} device(s); mesh: {{'data': {NUM_DEVICES}}}" in text

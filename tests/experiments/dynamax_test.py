@@ -10,11 +10,21 @@ from experiments.dynamax import configs
 from jaxexit import train as train_lib
 
 DATA = pathlib.Path(__file__).resolve().parents[2].parent / "shared" / "data"
-DATA_DIR = os.environ.get("JAXEXIT_DATA") or (str(DATA) if DATA.exists()
-                                              else None)
-FIELDS = ("backbone", "classifier", "state_mode", "threshold", "avg_layers",
-          "flops_fraction", "consistency", "accuracy", "tokens_per_s",
-          "full_tokens_per_s")
+DATA_DIR = os.environ.get("JAXEXIT_DATA") or (
+  str(DATA) if DATA.exists() else None
+)
+FIELDS = (
+  "backbone",
+  "classifier",
+  "state_mode",
+  "threshold",
+  "avg_layers",
+  "flops_fraction",
+  "consistency",
+  "accuracy",
+  "tokens_per_s",
+  "full_tokens_per_s",
+)
 
 
 @pytest.mark.parametrize("preset", sorted(configs.PRESETS))
@@ -50,8 +60,19 @@ def test_paper_preset_needs_a_model_dir(tmp_path):
 @pytest.mark.skipif(DATA_DIR is None, reason="no data dir with the text sets")
 @pytest.mark.parametrize("backbone", configs.BACKBONES)
 def test_smoke_preset_writes_results(tmp_path, backbone):
-  experiment.main(["--preset", "smoke", "--backbone", backbone, "--out",
-                   str(tmp_path), "--no-progress", "--data-dir", DATA_DIR])
+  experiment.main(
+    [
+      "--preset",
+      "smoke",
+      "--backbone",
+      backbone,
+      "--out",
+      str(tmp_path),
+      "--no-progress",
+      "--data-dir",
+      DATA_DIR,
+    ]
+  )
   out = tmp_path / backbone
   for name in ("results.json", "results.md", "curves.png"):
     assert (out / name).is_file(), name

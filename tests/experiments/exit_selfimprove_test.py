@@ -22,19 +22,30 @@ def test_bad_arguments():
     configs.get_config("smoke", methods=("ppo",))
   with pytest.raises(ValueError, match="domain"):
     configs.get_config("smoke", domain="chess")
-  for argv in (["--method", "grpo,ppo"], ["--domain", "chess"],
-               ["--seeds", "0"], ["--preset", "paper", "--domain", "permsort"],
-               ["--domain", "math"]):
+  for argv in (
+    ["--method", "grpo,ppo"],
+    ["--domain", "chess"],
+    ["--seeds", "0"],
+    ["--preset", "paper", "--domain", "permsort"],
+    ["--domain", "math"],
+  ):
     with pytest.raises(SystemExit):
       experiment.parse_args(argv)
   args = experiment.parse_args(["--method", "all"])
-  assert args.method == ("base", "grpo", "curriculum", "improve", "diverge",
-                         "exit")
+  assert args.method == (
+    "base",
+    "grpo",
+    "curriculum",
+    "improve",
+    "diverge",
+    "exit",
+  )
 
 
 def test_paper_preset_writes_its_config(tmp_path, capsys):
-  experiment.main(["--preset", "paper", "--domain", "math", "--out",
-                   str(tmp_path)])
+  experiment.main(
+    ["--preset", "paper", "--domain", "math", "--out", str(tmp_path)]
+  )
   config = json.loads((tmp_path / "paper_config.json").read_text())
   assert config["model"] == "meta-llama/Llama-3.2-3B-Instruct"
   assert "runbook" in capsys.readouterr().out.lower()
@@ -42,8 +53,9 @@ def test_paper_preset_writes_its_config(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_smoke_preset_writes_results(tmp_path):
-  experiment.main(["--preset", "smoke", "--out", str(tmp_path),
-                   "--no-progress"])
+  experiment.main(
+    ["--preset", "smoke", "--out", str(tmp_path), "--no-progress"]
+  )
   for name in ("results.json", "results.md", "k_step.png", "training.png"):
     assert (tmp_path / name).is_file(), name
   results = json.loads((tmp_path / "results.json").read_text())

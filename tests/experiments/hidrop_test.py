@@ -7,9 +7,16 @@ from experiments.hidrop import __main__ as experiment
 from experiments.hidrop import configs, run
 from jaxexit.pruning import make_schedule
 
-FIELDS = ("method", "schedule", "avg_vision_tokens", "accuracy",
-          "accuracy_by_type", "flops_fraction", "train_step_speedup",
-          "prefill_speedup")
+FIELDS = (
+  "method",
+  "schedule",
+  "avg_vision_tokens",
+  "accuracy",
+  "accuracy_by_type",
+  "flops_fraction",
+  "train_step_speedup",
+  "prefill_speedup",
+)
 
 
 @pytest.mark.parametrize("preset", sorted(configs.PRESETS))
@@ -17,13 +24,15 @@ def test_presets_build_and_their_schedules_fit(preset):
   cfg = configs.get_config(preset)
   for method in configs.METHODS:
     for name in cfg.schedule_names(method):
-      schedule = make_schedule(method, name, cfg.model.text.num_layers,
-                               cfg.num_vision)
+      schedule = make_schedule(
+        method, name, cfg.model.text.num_layers, cfg.num_vision
+      )
       assert schedule.num_vision == cfg.num_vision
 
 
-@pytest.mark.parametrize("cfg, num_vision", [
-    (configs.get_config("cpu"), 64), (configs.BENCHMARK, 256)])
+@pytest.mark.parametrize(
+  "cfg, num_vision", [(configs.get_config("cpu"), 64), (configs.BENCHMARK, 256)]
+)
 def test_hidrop_tok64_scales_to_eight_layers(cfg, num_vision):
   s = make_schedule("hidrop", "tok64", 8, cfg.num_vision)
   assert cfg.num_vision == num_vision
@@ -37,8 +46,12 @@ def test_bad_arguments():
     configs.get_config("smoke", hidrop_schedules=("tok99",))
   with pytest.raises(ValueError, match="image_size"):
     configs.get_config("smoke", shapes=configs.BENCHMARK.shapes)
-  for flags in (["--method", "hidrop,topk"], ["--schedule", "tok50"],
-                ["--impl", "cuda"], ["--dataset", "mnist"]):
+  for flags in (
+    ["--method", "hidrop,topk"],
+    ["--schedule", "tok50"],
+    ["--impl", "cuda"],
+    ["--dataset", "mnist"],
+  ):
     with pytest.raises(SystemExit):
       experiment.parse_args(flags)
   args = experiment.parse_args(["--method", "fastv", "--schedule", "all"])
@@ -53,8 +66,9 @@ def test_paper_preset_is_config_only(tmp_path):
 
 @pytest.mark.slow
 def test_smoke_preset_writes_results(tmp_path):
-  experiment.main(["--preset", "smoke", "--out", str(tmp_path),
-                   "--no-progress"])
+  experiment.main(
+    ["--preset", "smoke", "--out", str(tmp_path), "--no-progress"]
+  )
   for name in ("results.json", "results.md", "tradeoff.png"):
     assert (tmp_path / name).is_file(), name
   records = json.loads((tmp_path / "results.json").read_text())

@@ -10,8 +10,9 @@ from experiments.jei_dnn import configs
 from experiments.vision_common import RESULT_FIELDS
 
 DATA = pathlib.Path(__file__).resolve().parents[2].parent / "shared" / "data"
-DATA_DIR = os.environ.get("JAXEXIT_DATA") or (str(DATA) if DATA.exists()
-                                              else None)
+DATA_DIR = os.environ.get("JAXEXIT_DATA") or (
+  str(DATA) if DATA.exists() else None
+)
 
 
 @pytest.mark.parametrize("preset", sorted(configs.PRESETS))
@@ -42,8 +43,15 @@ def test_default_out_and_gammas():
 @pytest.mark.slow
 @pytest.mark.skipif(DATA_DIR is None, reason="no data dir with CIFAR-10")
 def test_smoke_preset_writes_results_and_resumes(tmp_path):
-  argv = ["--preset", "smoke", "--out", str(tmp_path), "--no-progress",
-          "--data-dir", DATA_DIR]
+  argv = [
+    "--preset",
+    "smoke",
+    "--out",
+    str(tmp_path),
+    "--no-progress",
+    "--data-dir",
+    DATA_DIR,
+  ]
   experiment.main(argv)
   for name in ("results.json", "results.md", "curve.png"):
     assert (tmp_path / name).is_file(), name
@@ -55,16 +63,19 @@ def test_smoke_preset_writes_results_and_resumes(tmp_path):
   assert methods.count("max_softmax") == len(cfg.r_values)
   assert methods.count("fixed_exit") == 2  # tiny ViT: 3 blocks
   for r in records:
-    for field in RESULT_FIELDS + ("realised_speedup_batch1", "coverage",
-                                  "mean_set_size"):
-      assert r[field] is not None or field == "budget_or_threshold", (field,
-                                                                      r)
+    for field in RESULT_FIELDS + (
+      "realised_speedup_batch1",
+      "coverage",
+      "mean_set_size",
+    ):
+      assert r[field] is not None or field == "budget_or_threshold", (field, r)
     assert 0.0 <= r["accuracy"] <= 1.0 and r["realised_speedup"] > 0
     assert 0.0 < r["flops_fraction"] <= 1.01
   full = next(r for r in records if r["method"] == "full")
   assert full["flops_fraction"] == 1.0
-  assert [r["budget_or_threshold"] for r in records
-          if r["method"] == "jei_dnn"] == list(cfg.gammas)
+  assert [
+    r["budget_or_threshold"] for r in records if r["method"] == "jei_dnn"
+  ] == list(cfg.gammas)
   # The backbone and every exit and operating point beat the constant
   # predictor (the test subset's majority class, from the run's feature
   # cache) by 2 points; a collapsed backbone or inference module sits at or
@@ -75,8 +86,14 @@ def test_smoke_preset_writes_results_and_resumes(tmp_path):
   # A larger γ prices computation higher, so the gates must exit earlier;
   # catches gates that ignore γ (a dropped cost term). Smoke: flops fraction
   # 0.668 at γ=0.1 (all at exit 2), 0.334 at γ=1 (all at exit 1).
-  jei = [f for _, f in sorted((r["budget_or_threshold"], r["flops_fraction"])
-                              for r in records if r["method"] == "jei_dnn")]
+  jei = [
+    f
+    for _, f in sorted(
+      (r["budget_or_threshold"], r["flops_fraction"])
+      for r in records
+      if r["method"] == "jei_dnn"
+    )
+  ]
   assert all(a > b for a, b in zip(jei, jei[1:])), jei
   text = (tmp_path / "results.md").read_text()
   assert "Claims tested" in text and "94.95" in text

@@ -31,8 +31,9 @@ from jaxexit.data import ImageSplit
 from tests.tiers import slow
 
 DATA = pathlib.Path(__file__).resolve().parents[2].parent / "shared" / "data"
-DATA_DIR = os.environ.get("JAXEXIT_DATA") or (str(DATA) if DATA.exists()
-                                              else None)
+DATA_DIR = os.environ.get("JAXEXIT_DATA") or (
+  str(DATA) if DATA.exists() else None
+)
 PRESETS = ["smoke", pytest.param("cpu", marks=slow)]
 
 
@@ -45,15 +46,18 @@ def _finite(metrics: dict) -> None:
 def _images(n: int, seed: int = 0) -> ImageSplit:
   rng = np.random.default_rng(seed)
   return ImageSplit(
-      rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8),
-      (np.arange(n) % 10).astype(np.int32),
-      tuple(f"class{i}" for i in range(10)), None)
+    rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8),
+    (np.arange(n) % 10).astype(np.int32),
+    tuple(f"class{i}" for i in range(10)),
+    None,
+  )
 
 
 @pytest.mark.parametrize("preset", PRESETS)
 def test_palbert_glue(preset, tmp_path):
   from experiments.palbert_glue import configs, models, run
   from jaxexit.methods import encoder_exits
+
   cfg = configs.get_config(preset)
   encoder, _, pooling = models.load(cfg.model)
   method = encoder_exits.get_method("palbert")
@@ -61,13 +65,18 @@ def test_palbert_glue(preset, tmp_path):
   n, width = cfg.batch_size, cfg.train_bucket_widths[0]
   rng = np.random.default_rng(0)
   ids = rng.integers(1000, 2000, (n, width)).astype(np.int32)
-  data = run.Split(ids, np.zeros_like(ids), np.ones_like(ids),
-                   (np.arange(n) % 2).astype(np.int32))
+  data = run.Split(
+    ids,
+    np.zeros_like(ids),
+    np.ones_like(ids),
+    (np.arange(n) % 2).astype(np.int32),
+  )
   # One epoch of one batch: one step per training stage.
   cfg = dataclasses.replace(cfg, epochs=1.0)
   assert run.num_steps(cfg, len(data)) == 1
-  _, metrics = run.train_method(encoder, heads_cfg, method, data, cfg, 0,
-                                tmp_path, False)
+  _, metrics = run.train_method(
+    encoder, heads_cfg, method, data, cfg, 0, tmp_path, False
+  )
   _finite(metrics)
 
 
@@ -75,20 +84,30 @@ def test_palbert_glue(preset, tmp_path):
 def test_hidrop(preset, tmp_path):
   from experiments.hidrop import configs, run
   from jaxexit.pruning import make_schedule
+
   cfg = configs.get_config(preset)
   cfg = configs.get_config(preset, steps=2, train_examples=cfg.batch_size)
   name = cfg.schedule_names("hidrop")[0]
-  schedule = make_schedule("hidrop", name, cfg.model.text.num_layers,
-                           cfg.num_vision)
+  schedule = make_schedule(
+    "hidrop", name, cfg.model.text.num_layers, cfg.num_vision
+  )
   train_set = run.prompt_batch(run.load_split(cfg, "shapes", "train", None))
-  _, metrics = run.train_method(cfg, run.init_model(cfg), schedule, train_set,
-                                tmp_path, impl="xla", progress=False)
+  _, metrics = run.train_method(
+    cfg,
+    run.init_model(cfg),
+    schedule,
+    train_set,
+    tmp_path,
+    impl="xla",
+    progress=False,
+  )
   _finite(metrics)
 
 
 @pytest.mark.parametrize("preset", PRESETS)
 def test_jei_dnn(preset, tmp_path):
   from experiments.jei_dnn import configs, run
+
   cfg = configs.get_config(preset, steps=2, warmup_steps=1)
   model = run.train_backbone(cfg, _images(cfg.batch_size), tmp_path, False)
   leaves = jax.tree.leaves(model)
@@ -96,32 +115,44 @@ def test_jei_dnn(preset, tmp_path):
 
 
 @pytest.mark.parametrize("preset", PRESETS)
-@pytest.mark.parametrize("method", [pytest.param("dyn_perceiver", marks=slow),
-                                    "multi_exit_cnn"])
+@pytest.mark.parametrize(
+  "method", [pytest.param("dyn_perceiver", marks=slow), "multi_exit_cnn"]
+)
 def test_dynamic_perceiver(preset, method, tmp_path):
   from experiments.dynamic_perceiver import configs, run
+
   cfg = configs.get_config(preset, steps=2, warmup_steps=1)
-  model = run.train_model(method, cfg, _images(cfg.batch_size), tmp_path,
-                          False)
+  model = run.train_model(method, cfg, _images(cfg.batch_size), tmp_path, False)
   leaves = jax.tree.leaves(model)
   assert leaves and all(np.isfinite(np.asarray(x)).all() for x in leaves)
 
 
 @pytest.mark.skipif(DATA_DIR is None, reason="no data dir with the text sets")
 @pytest.mark.parametrize("preset", PRESETS)
-@pytest.mark.parametrize("kind", ["transformer",
-                                  pytest.param("mamba", marks=slow)])
+@pytest.mark.parametrize(
+  "kind", ["transformer", pytest.param("mamba", marks=slow)]
+)
 def test_dynamax(preset, kind, tmp_path):
   from experiments.dynamax import backbones, configs
+
   spec = getattr(configs.get_config(preset), kind)
   if spec.source != "scratch":
-    pytest.skip(f"the {preset} preset's {kind} is {spec.source}: not "
-                "trained by the experiment")
+    pytest.skip(
+      f"the {preset} preset's {kind} is {spec.source}: not "
+      "trained by the experiment"
+    )
   spec = dataclasses.replace(spec, steps=2)
-  backbone = backbones.load_backbone(kind, spec, out=tmp_path,
-                                     data_dir=DATA_DIR, model_dir=None,
-                                     seed=0, progress=False)
+  backbone = backbones.load_backbone(
+    kind,
+    spec,
+    out=tmp_path,
+    data_dir=DATA_DIR,
+    model_dir=None,
+    seed=0,
+    progress=False,
+  )
   from jaxexit import train as train_lib
+
   loss = train_lib.read_metrics(tmp_path / kind / "lm" / "metrics.jsonl")
   assert loss and math.isfinite(loss[-1]["loss"]), loss
   assert backbone.model is not None
@@ -135,17 +166,38 @@ def test_exit_selfimprove(preset):
   from jaxexit.exploratory_iteration.policy import policy_graphdef
   from jaxexit.exploratory_iteration.train import ExItConfig, seed_keys, train
   from jaxexit.exploratory_iteration.warm_start import warm_start
+
   cfg = configs.get_config(preset)
   domain = make_domain(cfg.domain, **dict(cfg.domain_kwargs))
   keys = seed_keys([0])
-  warm, losses = warm_start(domain, cfg.policy, keys, steps=1,
-                            batch=cfg.sft_batch, lr=cfg.sft_lr, chunks=1,
-                            progress=False)
+  warm, losses = warm_start(
+    domain,
+    cfg.policy,
+    keys,
+    steps=1,
+    batch=cfg.sft_batch,
+    lr=cfg.sft_lr,
+    chunks=1,
+    progress=False,
+  )
   assert np.isfinite(np.asarray(losses)).all()
-  run = ExItConfig(method="exit", iterations=1, prompts=cfg.prompts,
-                   grpo=cfg.grpo, learning_rate=cfg.learning_rate,
-                   buffer=cfg.buffer, p_div=cfg.p_div,
-                   improve_reward=cfg.improve_reward)
-  _, logs, _ = train(policy_graphdef(domain, cfg.policy), warm, keys,
-                     domain=domain, cfg=run, chunks=1, progress=False)
+  run = ExItConfig(
+    method="exit",
+    iterations=1,
+    prompts=cfg.prompts,
+    grpo=cfg.grpo,
+    learning_rate=cfg.learning_rate,
+    buffer=cfg.buffer,
+    p_div=cfg.p_div,
+    improve_reward=cfg.improve_reward,
+  )
+  _, logs, _ = train(
+    policy_graphdef(domain, cfg.policy),
+    warm,
+    keys,
+    domain=domain,
+    cfg=run,
+    chunks=1,
+    progress=False,
+  )
   _finite(logs)

@@ -11,8 +11,13 @@ import pytest
 
 from jaxexit import results_store
 
-EXPERIMENTS = ["dynamax", "dynamic_perceiver", "exit_selfimprove", "hidrop",
-               "jei_dnn"]
+EXPERIMENTS = [
+  "dynamax",
+  "dynamic_perceiver",
+  "exit_selfimprove",
+  "hidrop",
+  "jei_dnn",
+]
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
@@ -22,5 +27,4 @@ def test_second_run_into_a_held_out_is_refused(tmp_path, name):
     with pytest.raises(results_store.OutputLocked) as e:
       main(["--preset", "smoke", "--out", str(tmp_path), "--no-progress"])
   assert str(tmp_path / results_store.DIR_LOCK) in str(e.value)
-  assert sorted(p.name for p in tmp_path.iterdir()) == [
-      results_store.DIR_LOCK]
+  assert sorted(p.name for p in tmp_path.iterdir()) == [results_store.DIR_LOCK]

@@ -22,8 +22,8 @@ from jaxexit.models import BertConfig, BertEncoder
 T = 16
 VOCAB = 40
 NEUTRAL = np.arange(3, 30)  # tokens that say nothing about the label
-ANSWER = (30, 31)           # easy examples: the label, spelled out
-P, Q = 32, 33               # hard examples: label = has(P) XOR has(Q)
+ANSWER = (30, 31)  # easy examples: the label, spelled out
+P, Q = 32, 33  # hard examples: label = has(P) XOR has(Q)
 
 
 def _split(n: int, seed: int) -> run.Split:
@@ -55,31 +55,50 @@ def _split(n: int, seed: int) -> run.Split:
 
 
 CFG = dataclasses.replace(
-    configs.get_config("smoke"), max_len=T, bucket_widths=(T,),
-    batch_size=32, eval_batch_size=64, epochs=8.0, learning_rate=3e-3,
-    heads_learning_rate=3e-3, halting_learning_rate=3e-3,
-    checkpoint_every=1000)
+  configs.get_config("smoke"),
+  max_len=T,
+  bucket_widths=(T,),
+  batch_size=32,
+  eval_batch_size=64,
+  epochs=8.0,
+  learning_rate=3e-3,
+  heads_learning_rate=3e-3,
+  halting_learning_rate=3e-3,
+  checkpoint_every=1000,
+)
 TRAIN, HELDOUT, DEV = _split(640, 0), _split(256, 1), _split(256, 2)
 
 
 @pytest.fixture(scope="module")
 def encoder():
-  cfg = BertConfig(vocab_size=VOCAB, hidden_size=32, num_layers=4,
-                   num_heads=4, intermediate_size=64,
-                   max_position_embeddings=T)
+  cfg = BertConfig(
+    vocab_size=VOCAB,
+    hidden_size=32,
+    num_layers=4,
+    num_heads=4,
+    intermediate_size=64,
+    max_position_embeddings=T,
+  )
   return BertEncoder(cfg, rngs=nnx.Rngs(0))
 
 
 def _train_and_choose(encoder, name, tmp_path, cfg=CFG):
   method = get_method(name)
   heads = dataclasses.replace(method.heads(2), pooling="mean")
-  model, _ = run.train_method(encoder, heads, method, TRAIN, cfg, 7,
-                              tmp_path / name, progress=False)
+  model, _ = run.train_method(
+    encoder, heads, method, TRAIN, cfg, 7, tmp_path / name, progress=False
+  )
   key = __import__("jax").random.key(0)
-  held = run.sweep(method, run.per_layer_outputs(model, HELDOUT, CFG),
-                   HELDOUT.labels, "sst2", key)
-  chosen, degenerate = select.choose(held, tolerance=0.01,
-                                     fixed_depth=method.fixed_depth)
+  held = run.sweep(
+    method,
+    run.per_layer_outputs(model, HELDOUT, CFG),
+    HELDOUT.labels,
+    "sst2",
+    key,
+  )
+  chosen, degenerate = select.choose(
+    held, tolerance=0.01, fixed_depth=method.fixed_depth
+  )
   dev_out = run.per_layer_outputs(model, DEV, CFG)
   dev = run.sweep(method, dev_out, DEV.labels, "sst2", key)
   at = next(p for p in dev if p["param"] == chosen["param"])
@@ -116,8 +135,9 @@ def test_palbert_halting_depends_on_the_input(encoder, tmp_path):
   gives a spread of 0 and no gap. The bound 0.01 separates the two; the
   earlier 0.05 was one measurement on another package set."""
   cfg = dataclasses.replace(CFG, epochs=24.0)
-  at, degenerate, dev_out = _train_and_choose(encoder, "palbert_per_layer",
-                                              tmp_path, cfg)
+  at, degenerate, dev_out = _train_and_choose(
+    encoder, "palbert_per_layer", tmp_path, cfg
+  )
   assert run.halting_spread(dev_out) > 0.01
   p = np.asarray(exits.halting_distribution(dev_out.halt))
   depth = (p * np.arange(1, p.shape[-1] + 1)).sum(-1) / p.sum(-1)

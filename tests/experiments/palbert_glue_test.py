@@ -10,7 +10,9 @@ from jaxexit.methods.encoder_exits import METHODS
 from tests.tiers import slow
 
 DATA = pathlib.Path(__file__).resolve().parents[2].parent / "shared" / "data"
-DATA_DIR = os.environ.get("JAXEXIT_DATA") or (str(DATA) if DATA.exists() else None)
+DATA_DIR = os.environ.get("JAXEXIT_DATA") or (
+  str(DATA) if DATA.exists() else None
+)
 
 
 @pytest.mark.parametrize("preset", sorted(configs.PRESETS))
@@ -38,23 +40,30 @@ def test_bad_arguments():
 
 def test_unknown_model():
   from experiments.palbert_glue import models
+
   with pytest.raises(ValueError, match="model='not-a-model'"):
     models.load("not-a-model")
 
 
 @slow
 def test_local_albert_folder_with_sentencepiece_tokenizer(tmp_path):
-  """`--model <folder>`: an ALBERT checkpoint with its Unigram tokenizer.json."""
+  """`--model <folder>`: an ALBERT checkpoint with a Unigram tokenizer.json."""
   pytest.importorskip("transformers")
   from experiments.palbert_glue import models
   from jaxexit.models import AlbertEncoder
   from tests.jaxexit.data import tiny_tokenizers
   from tests.jaxexit.models import hf_tiny
-  folder = pathlib.Path(hf_tiny.save(hf_tiny.build("albert", num_layers=2),
-                                     str(tmp_path / "albert"), "safetensors"))
+
+  folder = pathlib.Path(
+    hf_tiny.save(
+      hf_tiny.build("albert", num_layers=2),
+      str(tmp_path / "albert"),
+      "safetensors",
+    )
+  )
   tiny_tokenizers.albert_like(
-      ["<pad>", "<unk>", "[CLS]", "[SEP]", "▁the", "▁cat", "▁"]).save(
-          str(folder / "tokenizer.json"))
+    ["<pad>", "<unk>", "[CLS]", "[SEP]", "▁the", "▁cat", "▁"]
+  ).save(str(folder / "tokenizer.json"))
   encoder, tok, pooling = models.load(str(folder))
   assert isinstance(encoder, AlbertEncoder)
   assert pooling == "cls_pooler"  # a plain HF folder: its trained pooler
@@ -68,18 +77,42 @@ def test_smoke_preset_all_methods(tmp_path):
   """The smoke run writes every file with the per-seed keys, and is not a
   collapsed model: the full model beats the majority class on SST-2 dev,
   and the threshold methods' exits vary across examples."""
-  experiment.main(["--preset", "smoke", "--task", "sst2", "--method", "all",
-                   "--out", str(tmp_path), "--no-progress",
-                   "--data-dir", DATA_DIR])
-  records = {r["method"]: r
-             for r in json.loads((tmp_path / "results.json").read_text())}
+  experiment.main(
+    [
+      "--preset",
+      "smoke",
+      "--task",
+      "sst2",
+      "--method",
+      "all",
+      "--out",
+      str(tmp_path),
+      "--no-progress",
+      "--data-dir",
+      DATA_DIR,
+    ]
+  )
+  records = {
+    r["method"]: r for r in json.loads((tmp_path / "results.json").read_text())
+  }
   assert set(records) == {"majority", *METHODS}
   for name in METHODS:
     r = records[name]
-    assert set(r) >= {"task", "method", "metric", "score", "avg_layers",
-                      "theoretical_speedup", "realised_speedup", "seeds",
-                      "score_mean", "score_ci", "avg_layers_mean",
-                      "avg_layers_std_over_examples", "verdict_vs"}
+    assert set(r) >= {
+      "task",
+      "method",
+      "metric",
+      "score",
+      "avg_layers",
+      "theoretical_speedup",
+      "realised_speedup",
+      "seeds",
+      "score_mean",
+      "score_ci",
+      "avg_layers_mean",
+      "avg_layers_std_over_examples",
+      "verdict_vs",
+    }
     assert len(r["seeds"]) == 2 and r["score"] == r["score_mean"]
   assert records["full"]["avg_layers"] == 6.0  # MiniLM-L6 runs every layer
   majority = records["majority"]
@@ -97,12 +130,24 @@ def test_smoke_preset_all_methods(tmp_path):
 def test_two_invocations_into_one_out_merge(tmp_path):
   """`--method static` after `--method full` keeps both; a rerun with
   changed settings is refused, naming the changed field."""
-  base = ["--preset", "smoke", "--task", "sst2", "--seeds", "1", "--out",
-          str(tmp_path), "--no-progress", "--data-dir", DATA_DIR]
+  base = [
+    "--preset",
+    "smoke",
+    "--task",
+    "sst2",
+    "--seeds",
+    "1",
+    "--out",
+    str(tmp_path),
+    "--no-progress",
+    "--data-dir",
+    DATA_DIR,
+  ]
   experiment.main(base + ["--method", "full"])
   experiment.main(base + ["--method", "static"])
-  methods = {r["method"] for r in json.loads(
-      (tmp_path / "results.json").read_text())}
+  methods = {
+    r["method"] for r in json.loads((tmp_path / "results.json").read_text())
+  }
   assert methods == {"majority", "full", "static"}
   with pytest.raises(ValueError, match="epochs"):
     experiment.main(base + ["--method", "full", "--epochs", "0.5"])
@@ -113,8 +158,12 @@ def test_readme_table_and_verdicts_come_from_committed_results():
   results.json, which has 3 seeds per method, a full model above the
   majority class and PALBERT exits that vary across examples."""
   from experiments.palbert_glue import tables
-  folder = pathlib.Path(__file__).resolve().parents[2] / "experiments" / (
-      "palbert_glue")
+
+  folder = (
+    pathlib.Path(__file__).resolve().parents[2]
+    / "experiments"
+    / ("palbert_glue")
+  )
   records = json.loads((folder / "results" / "results.json").read_text())
   readme = (folder / "README.md").read_text()
   assert tables.main_table(records) in readme

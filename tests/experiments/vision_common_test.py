@@ -26,9 +26,17 @@ def _logits(seed, n):
 
 def test_budget_curve_records():
   (vz, vy), (tz, ty) = _logits(0, 300), _logits(1, 300)
-  recs = curves.budget_curve("msdnet", vz, vy, tz, ty, COSTS, 100e6,
-                             budgeted.DYN_PERCEIVER_R_VALUES,
-                             rescale=budgeted.DYN_PERCEIVER_RESCALE)
+  recs = curves.budget_curve(
+    "msdnet",
+    vz,
+    vy,
+    tz,
+    ty,
+    COSTS,
+    100e6,
+    budgeted.DYN_PERCEIVER_R_VALUES,
+    rescale=budgeted.DYN_PERCEIVER_RESCALE,
+  )
   assert len(recs) == 33
   for rec in recs:
     assert set(vision_common.RESULT_FIELDS) <= rec.keys()
@@ -46,17 +54,23 @@ def test_fixed_and_gated_records():
   tz, ty = _logits(1, 200)
   fixed = curves.fixed_exit_records("static", tz, ty, COSTS, 100e6)
   assert [r["budget_or_threshold"] for r in fixed] == [
-      "exit0", "exit1", "exit2", "exit3"]
+    "exit0",
+    "exit1",
+    "exit2",
+    "exit3",
+  ]
   assert [r["avg_flops"] for r in fixed] == list(COSTS)
   acc = (tz.argmax(-1) == ty[:, None]).mean(0)
   np.testing.assert_allclose([r["accuracy"] for r in fixed], acc)
   exits = np.arange(200) % L
-  (gated,) = curves.gated_records("jei", tz, ty, exits, COSTS, 100e6,
-                                  budget_or_threshold=1.5)
+  (gated,) = curves.gated_records(
+    "jei", tz, ty, exits, COSTS, 100e6, budget_or_threshold=1.5
+  )
   assert gated["budget_or_threshold"] == 1.5
   assert gated["avg_flops"] == pytest.approx(np.mean(COSTS))
   assert gated["accuracy"] == pytest.approx(
-      (tz[np.arange(200), exits].argmax(-1) == ty).mean())
+    (tz[np.arange(200), exits].argmax(-1) == ty).mean()
+  )
   with pytest.raises(ValueError, match="test_exit"):
     curves.gated_records("jei", tz, ty, exits + 1, COSTS, 100e6)
   with pytest.raises(ValueError, match="exit_costs"):
@@ -65,15 +79,20 @@ def test_fixed_and_gated_records():
 
 def test_write_results(tmp_path):
   (vz, vy), (tz, ty) = _logits(0, 100), _logits(1, 100)
-  recs = curves.budget_curve("msdnet", vz, vy, tz, ty, COSTS, 100e6,
-                             [0.5, 1.0, 2.0])
+  recs = curves.budget_curve(
+    "msdnet", vz, vy, tz, ty, COSTS, 100e6, [0.5, 1.0, 2.0]
+  )
   recs += curves.fixed_exit_records("static", tz, ty, COSTS, 100e6)
   recs += [dict(recs[-1], method="full", realised_speedup=1.0)]
   probs = np.asarray(jax.nn.softmax(tz[:, -1]))
   bins = calibration.reliability_bins(probs.max(1), probs.argmax(1) == ty)
-  vision_common.write_results(tmp_path / "out", recs, title="toy",
-                              reliability={"full": bins},
-                              notes="Synthetic data.")
+  vision_common.write_results(
+    tmp_path / "out",
+    recs,
+    title="toy",
+    reliability={"full": bins},
+    notes="Synthetic data.",
+  )
   out = tmp_path / "out"
   assert json.loads((out / "results.json").read_text()) == recs
   md = (out / "results.md").read_text()
@@ -87,8 +106,9 @@ def test_write_results_rejects_incomplete_records(tmp_path):
   rec = {f: 0.0 for f in vision_common.RESULT_FIELDS}
   del rec["ece"]
   with pytest.raises(ValueError, match=r"records\[1\] lacks fields \['ece'\]"):
-    vision_common.write_results(tmp_path, [dict(rec, ece=0.1), rec],
-                                title="bad")
+    vision_common.write_results(
+      tmp_path, [dict(rec, ece=0.1), rec], title="bad"
+    )
   assert not (tmp_path / "results.json").exists()
 
 

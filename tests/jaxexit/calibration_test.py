@@ -19,22 +19,25 @@ def test_equal_mass_hand_example():
   np.testing.assert_array_equal(bins.count, [2, 2])
   np.testing.assert_allclose(bins.edges, [0.0, 0.7, 1.0])
   assert calibration.expected_calibration_error(
-      CONF, CORRECT, num_bins=2) == pytest.approx(0.2)
+    CONF, CORRECT, num_bins=2
+  ) == pytest.approx(0.2)
 
 
 def test_equal_width_hand_example():
   # [0, 0.5): {0.3} wrong -> 0.25·0.3; [0.5, 1]: conf 0.7667, acc 2/3.
   ece = calibration.expected_calibration_error(
-      CONF, CORRECT, num_bins=2, binning="equal_width")
+    CONF, CORRECT, num_bins=2, binning="equal_width"
+  )
   assert ece == pytest.approx(0.25 * 0.3 + 0.75 * (2.3 / 3 - 2 / 3))
-  bins = calibration.reliability_bins(CONF, CORRECT, num_bins=4,
-                                      binning="equal_width")
+  bins = calibration.reliability_bins(
+    CONF, CORRECT, num_bins=4, binning="equal_width"
+  )
   np.testing.assert_array_equal(bins.count, [0, 1, 1, 2])
   assert np.isnan(bins.accuracy[0]) and np.isnan(bins.confidence[0])
   # Confidence 1.0 falls in the last (closed) bin.
-  bins = calibration.reliability_bins(np.array([1.0, 0.0]), np.array([1, 0]),
-                                      num_bins=3,
-                                      binning="equal_width")
+  bins = calibration.reliability_bins(
+    np.array([1.0, 0.0]), np.array([1, 0]), num_bins=3, binning="equal_width"
+  )
   np.testing.assert_array_equal(bins.count, [1, 0, 1])
 
 
@@ -51,20 +54,25 @@ def test_perfect_and_worst_calibration():
   ones = np.ones(20)
   assert calibration.expected_calibration_error(ones, ones) == 0.0
   assert calibration.expected_calibration_error(
-      ones, 0 * ones) == pytest.approx(1.0)
+    ones, 0 * ones
+  ) == pytest.approx(1.0)
 
 
-@pytest.mark.parametrize("conf, correct, match", [
+@pytest.mark.parametrize(
+  "conf, correct, match",
+  [
     ([1.2, 0.5], [1, 0], "confidence"),
     ([-0.1, 0.5], [1, 0], "confidence"),
     ([0.5, 0.5], [1, 0, 1], "same length|one length"),
     ([], [], "non-empty"),
     ([0.5, 0.5], [2, 0], "correct"),
-])
+  ],
+)
 def test_rejects_bad_input(conf, correct, match):
   with pytest.raises(ValueError, match=match):
     unchecked(calibration.expected_calibration_error)(
-        np.array(conf), np.array(correct))
+      np.array(conf), np.array(correct)
+    )
 
 
 def test_rejects_bad_options():

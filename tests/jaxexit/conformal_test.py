@@ -32,11 +32,13 @@ def test_conformal_quantile_rejects_empty():
 
 def test_prediction_sets():
   probs = np.array([[0.7, 0.2, 0.1], [0.4, 0.35, 0.25]])
-  np.testing.assert_array_equal(conformal.prediction_sets(probs, 0.7),
-                                [[1, 0, 0], [1, 1, 0]])
   np.testing.assert_array_equal(
-      conformal.prediction_sets(probs, np.array([0.9, 0.6])),
-      [[1, 1, 1], [1, 0, 0]])
+    conformal.prediction_sets(probs, 0.7), [[1, 0, 0], [1, 1, 0]]
+  )
+  np.testing.assert_array_equal(
+    conformal.prediction_sets(probs, np.array([0.9, 0.6])),
+    [[1, 1, 1], [1, 0, 0]],
+  )
   assert conformal.prediction_sets(probs, 1.0).all()
 
 
@@ -66,15 +68,18 @@ def test_per_exit_fallback():
   exits = np.where(exits == 2, 1, exits)
   exits[:5] = 2  # only 5 validation examples exited at the last exit
   scores = 1 - probs[np.arange(400), :, labels]  # [N, L]
-  res = conformal.per_exit_conformal(probs, exits, labels,
-                                     *_split(rng, 50), alpha=0.1)
+  res = conformal.per_exit_conformal(
+    probs, exits, labels, *_split(rng, 50), alpha=0.1
+  )
   for k in (0, 1):
     assert res.qhat[k] == conformal.conformal_quantile(
-        scores[exits == k, k], 0.1)
+      scores[exits == k, k], 0.1
+    )
   assert res.qhat[2] == conformal.conformal_quantile(scores[:, 2], 0.1)
   assert res.qhat[2] != conformal.conformal_quantile(scores[:5, 2], 0.1)
-  res = conformal.per_exit_conformal(probs, exits, labels, *_split(rng, 50),
-                                     alpha=0.1, min_points=5)
+  res = conformal.per_exit_conformal(
+    probs, exits, labels, *_split(rng, 50), alpha=0.1, min_points=5
+  )
   assert res.qhat[2] == conformal.conformal_quantile(scores[:5, 2], 0.1)
 
 
@@ -82,25 +87,37 @@ def test_per_exit_coverage_counts_by_own_exit():
   # One class is certain at exit 1 and uniform at exit 0.
   probs = np.stack([np.full((40, 2), 0.5), np.tile([1.0, 0.0], (40, 1))], 1)
   labels = np.zeros(40, int)
-  res = conformal.per_exit_conformal(probs, np.ones(40, int), labels, probs,
-                                     np.ones(40, int), labels, alpha=0.1)
+  res = conformal.per_exit_conformal(
+    probs, np.ones(40, int), labels, probs, np.ones(40, int), labels, alpha=0.1
+  )
   assert res.coverage == 1.0 and res.mean_set_size == 1.0
-  res = conformal.per_exit_conformal(probs, np.zeros(40, int), labels, probs,
-                                     np.zeros(40, int), labels, alpha=0.1)
+  res = conformal.per_exit_conformal(
+    probs,
+    np.zeros(40, int),
+    labels,
+    probs,
+    np.zeros(40, int),
+    labels,
+    alpha=0.1,
+  )
   assert res.mean_set_size == 2.0
 
 
 def test_per_exit_rejects():
   probs, exits, labels = _split(np.random.default_rng(2), 30)
   with pytest.raises(ValueError, match="alpha"):
-    conformal.per_exit_conformal(probs, exits, labels, probs, exits, labels,
-                                 alpha=1.0)
+    conformal.per_exit_conformal(
+      probs, exits, labels, probs, exits, labels, alpha=1.0
+    )
   with pytest.raises(ValueError, match="test_exit"):
-    conformal.per_exit_conformal(probs, exits, labels, probs, exits + 3,
-                                 labels, alpha=0.1)
+    conformal.per_exit_conformal(
+      probs, exits, labels, probs, exits + 3, labels, alpha=0.1
+    )
   with pytest.raises(ValueError, match="val_labels"):
-    conformal.per_exit_conformal(probs, exits, labels + 10, probs, exits,
-                                 labels, alpha=0.1)
+    conformal.per_exit_conformal(
+      probs, exits, labels + 10, probs, exits, labels, alpha=0.1
+    )
   with pytest.raises(ValueError, match="share"):
     unchecked(conformal.per_exit_conformal)(
-        probs, exits, labels, probs[:, :2], exits % 2, labels, alpha=0.1)
+      probs, exits, labels, probs[:, :2], exits % 2, labels, alpha=0.1
+    )

@@ -72,8 +72,9 @@ def test_encoder_layer_flops_match_xla_cost_analysis():
     out = jnp.einsum("THK,HKD->TD", attended, wo)
     return (out @ w1) @ w2
 
-  xla = _xla_flops(layer, (t, d), (d, h, k), (d, h, k), (d, h, k), (h, k, d),
-                   (d, f), (f, d))
+  xla = _xla_flops(
+    layer, (t, d), (d, h, k), (d, h, k), (d, h, k), (h, k, d), (d, f), (f, d)
+  )
   assert xla == cost.encoder_layer_flops(t, d, h, f)
 
 
@@ -91,20 +92,33 @@ def test_decoder_layer_flops_match_xla_cost_analysis():
 
   # The K/V projections of the analytic count cover the T new tokens only;
   # this reference projects all S positions, so add the difference.
-  xla = _xla_flops(layer, (t, d), (s, d), (d, g, r, k), (d, g, k), (d, g, k),
-                   (g, r, k, d), (d, f), (d, f), (f, d))
+  xla = _xla_flops(
+    layer,
+    (t, d),
+    (s, d),
+    (d, g, r, k),
+    (d, g, k),
+    (d, g, k),
+    (g, r, k, d),
+    (d, f),
+    (d, f),
+    (f, d),
+  )
   elementwise_gate = t * f  # the `*` of SwiGLU, which the analytic count skips
   extra_kv = 2 * cost.linear_flops(d, g * k, s - t)
   want = cost.decoder_layer_flops(t, d, g * r, g, f, kv_len=s, head_dim=k)
   assert xla - elementwise_gate - extra_kv == want
 
 
-@pytest.mark.parametrize("sizes, match", [
+@pytest.mark.parametrize(
+  "sizes, match",
+  [
     ((0, 4, 2, 8), "seq_len=0"),
     ((2, -4, 2, 8), "d_model=-4"),
     ((2, 4, 3, 8), "d_model=4, num_heads=3"),
     ((2, 4, 2, 0), "d_ff=0"),
-])
+  ],
+)
 def test_encoder_layer_flops_rejects_bad_sizes(sizes, match):
   with pytest.raises(ValueError, match=match):
     cost.encoder_layer_flops(*sizes)
@@ -141,7 +155,8 @@ def test_cumulative_exit_flops_rejects_bad_input():
 def test_expected_flops_is_mean_cost_of_exits_taken():
   cum = [11.0, 23.0, 36.0]
   assert cost.expected_flops(np.array([0, 2, 2, 1]), cum) == pytest.approx(
-      (11 + 36 + 36 + 23) / 4)
+    (11 + 36 + 36 + 23) / 4
+  )
   # Token-level exits [B, T] average over every entry.
   assert cost.expected_flops(np.array([[0, 0], [2, 2]]), cum) == 23.5
 

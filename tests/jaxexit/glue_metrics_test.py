@@ -32,7 +32,8 @@ def test_f1_by_hand():
 def test_mcc_by_hand():
   # TP=2, FP=1, TN=2, FN=0: (2*2 - 1*0) / sqrt(3*2*3*2) = 4/6.
   assert gm.matthews_corrcoef(a(1, 1, 0, 0, 1), a(1, 0, 0, 0, 1)) == (
-      pytest.approx(2 / 3))
+    pytest.approx(2 / 3)
+  )
   assert gm.matthews_corrcoef(a(0, 1, 0, 1), a(0, 1, 0, 1)) == 1.0
   assert gm.matthews_corrcoef(a(1, 0, 1, 0), a(0, 1, 0, 1)) == -1.0
 
@@ -61,10 +62,12 @@ def test_pearson_by_hand():
 
 
 def test_rank_average_ties():
-  np.testing.assert_array_equal(gm.rank_average(a(10, 20, 20, 5, 20)),
-                                [2.0, 4.0, 4.0, 1.0, 4.0])
-  np.testing.assert_array_equal(gm.rank_average(a(3.0, 1.0, 2.0)),
-                                [3.0, 1.0, 2.0])
+  np.testing.assert_array_equal(
+    gm.rank_average(a(10, 20, 20, 5, 20)), [2.0, 4.0, 4.0, 1.0, 4.0]
+  )
+  np.testing.assert_array_equal(
+    gm.rank_average(a(3.0, 1.0, 2.0)), [3.0, 1.0, 2.0]
+  )
 
 
 def test_spearman_by_hand():
@@ -74,7 +77,8 @@ def test_spearman_by_hand():
   assert gm.pearson(x, y) < 0.99
   # Ranks (1, 2.5, 2.5, 4) vs (1, 2, 3, 4): Pearson = 4.5 / sqrt(4.5 * 5).
   assert gm.spearman(a(1, 2, 2, 3), a(1, 2, 3, 4)) == pytest.approx(
-      4.5 / math.sqrt(4.5 * 5))
+    4.5 / math.sqrt(4.5 * 5)
+  )
 
 
 @pytest.mark.parametrize("seed", range(3))
@@ -84,8 +88,7 @@ def test_correlations_match_scipy(seed):
   x = rng.integers(0, 6, size=50).astype(np.float64)  # many ties
   y = x + rng.normal(size=50)
   assert gm.pearson(x, y) == pytest.approx(stats.pearsonr(x, y)[0], abs=1e-12)
-  assert gm.spearman(x, y) == pytest.approx(stats.spearmanr(x, y)[0],
-                                            abs=1e-12)
+  assert gm.spearman(x, y) == pytest.approx(stats.spearmanr(x, y)[0], abs=1e-12)
   np.testing.assert_array_equal(gm.rank_average(x), stats.rankdata(x))
 
 
@@ -97,15 +100,18 @@ def test_classification_matches_sklearn(seed):
   preds = np.where(rng.random(40) < 0.7, labels, 1 - labels)
   assert gm.f1(preds, labels) == pytest.approx(metrics.f1_score(labels, preds))
   assert gm.matthews_corrcoef(preds, labels) == pytest.approx(
-      metrics.matthews_corrcoef(labels, preds))
+    metrics.matthews_corrcoef(labels, preds)
+  )
   three = rng.integers(0, 3, size=40)
   guess = np.where(rng.random(40) < 0.6, three, rng.integers(0, 3, size=40))
   assert gm.matthews_corrcoef(guess, three) == pytest.approx(
-      metrics.matthews_corrcoef(three, guess))
+    metrics.matthews_corrcoef(three, guess)
+  )
 
 
-@pytest.mark.parametrize("fn", [gm.accuracy, gm.f1, gm.matthews_corrcoef,
-                                gm.pearson, gm.spearman])
+@pytest.mark.parametrize(
+  "fn", [gm.accuracy, gm.f1, gm.matthews_corrcoef, gm.pearson, gm.spearman]
+)
 def test_empty_input_raises(fn):
   with pytest.raises(ValueError, match="empty"):
     fn(np.zeros(0, np.int32), np.zeros(0, np.int32))
@@ -132,22 +138,26 @@ def test_every_registry_metric_is_implemented():
 def test_glue_score_keys_and_selection():
   labels, preds = a(1, 0, 1, 1), a(1, 0, 0, 1)
   assert gm.glue_score("cola", preds, labels) == {
-      "mcc": pytest.approx(gm.matthews_corrcoef(preds, labels)),
-      "selection": pytest.approx(gm.matthews_corrcoef(preds, labels))}
+    "mcc": pytest.approx(gm.matthews_corrcoef(preds, labels)),
+    "selection": pytest.approx(gm.matthews_corrcoef(preds, labels)),
+  }
   mrpc = gm.glue_score("MRPC", preds, labels)
   assert set(mrpc) == {"accuracy", "f1", "selection"}
   assert mrpc["selection"] == pytest.approx((0.75 + 0.8) / 2)
   assert gm.glue_score("qqp", preds, labels) == mrpc
   for task in ("sst2", "qnli", "rte", "wnli"):
-    assert gm.glue_score(task, preds, labels) == {"accuracy": 0.75,
-                                                  "selection": 0.75}
+    assert gm.glue_score(task, preds, labels) == {
+      "accuracy": 0.75,
+      "selection": 0.75,
+    }
   mnli = gm.glue_score("mnli", a(0, 1, 2, 2), a(0, 1, 2, 1))
   assert mnli == {"accuracy": 0.75, "selection": 0.75}
   x, y = a(1.0, 2.0, 3.0, 4.0), a(0.0, 1.0, 4.0, 5.0)
   stsb = gm.glue_score("stsb", x, y)
   assert set(stsb) == {"pearson", "spearman", "selection"}
   assert stsb["selection"] == pytest.approx(
-      (gm.pearson(x, y) + gm.spearman(x, y)) / 2)
+    (gm.pearson(x, y) + gm.spearman(x, y)) / 2
+  )
 
 
 def test_glue_score_rejects_out_of_range_class_ids():

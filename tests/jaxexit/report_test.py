@@ -5,8 +5,12 @@ from jaxexit import report
 
 def test_markdown_table():
   text = report.markdown_table(["a", "b"], [[1, "x"], [2.5, None]])
-  assert text.splitlines() == ["| a | b |", "|---|---|", "| 1 | x |",
-                               "| 2.5 | None |"]
+  assert text.splitlines() == [
+    "| a | b |",
+    "|---|---|",
+    "| 1 | x |",
+    "| 2.5 | None |",
+  ]
 
 
 def test_write_section_replaces_only_its_block(tmp_path):

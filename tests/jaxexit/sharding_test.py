@@ -20,6 +20,7 @@ from tests.tiers import slow
 
 if __name__ == "__main__":  # The 8-device child checks shapes like conftest.
   from jaxtyping import install_import_hook
+
   install_import_hook(["jaxexit"], "beartype.beartype")
 
 from jaxexit import sharding  # noqa: E402
@@ -29,8 +30,9 @@ REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "../.."))
 
 def test_config_defaults_to_replicated_and_data_parallel_factory():
   cfg = sharding.ShardingConfig()
-  assert all(getattr(cfg, f.name) is None
-             for f in cfg.__dataclass_fields__.values())
+  assert all(
+    getattr(cfg, f.name) is None for f in cfg.__dataclass_fields__.values()
+  )
   dp = sharding.ShardingConfig.data_parallel()
   assert dp.batch_b == P("data") and dp.act_btd == P("data")
   assert dp.w_df is None
@@ -53,8 +55,9 @@ def test_single_device_mesh_and_errors():
 
 def test_time_data_parallel_on_one_device_times_one_row():
   model = nnx.Linear(6, 2, rngs=nnx.Rngs(0))
-  dp = sharding.time_data_parallel(lambda m, b: m(b), model,
-                                   jnp.ones((4, 6)), warmup=1, repeats=2)
+  dp = sharding.time_data_parallel(
+    lambda m, b: m(b), model, jnp.ones((4, 6)), warmup=1, repeats=2
+  )
   assert (dp.batch, dp.devices, dp.mesh, dp.speedup) == (4, 1, None, None)
   assert len(dp.one_device.seconds) == 2
   table = dp.markdown().splitlines()
@@ -62,7 +65,6 @@ def test_time_data_parallel_on_one_device_times_one_row():
 
 
 class Mlp(nnx.Module):
-
   def __init__(self, rngs: nnx.Rngs):
     self.hidden = nnx.Linear(6, 32, rngs=rngs)
     self.dropout = nnx.Dropout(0.25)
@@ -80,6 +82,7 @@ def _loss_fn(model, batch, rng):
 def _child_main() -> None:
   """Runs in the 8-device child: sharded step == single-device step."""
   from jaxexit.train import make_train_step, split_train_state  # noqa: PLC0415
+
   assert jax.device_count() == 8, jax.devices()
   mesh = sharding.data_parallel_mesh()
   x = jax.random.normal(jax.random.key(1), (32, 6))
@@ -120,8 +123,9 @@ def _child_main() -> None:
     raise AssertionError("indivisible batch did not raise")
   mlp = Mlp(nnx.Rngs(0))
   mlp.eval()  # dropout off: both runs must compute the same function
-  dp = sharding.time_data_parallel(lambda m, b: m(b["x"], None), mlp,
-                                   {"x": x}, mesh, warmup=1, repeats=2)
+  dp = sharding.time_data_parallel(
+    lambda m, b: m(b["x"], None), mlp, {"x": x}, mesh, warmup=1, repeats=2
+  )
   assert (dp.batch, dp.devices, dp.device_kind) == (32, 8, "cpu"), dp
   assert dp.mesh is not None and dp.speedup > 0, dp
   assert dp.max_abs_diff < 1e-5, dp.max_abs_diff
@@ -131,10 +135,19 @@ def _child_main() -> None:
 
 @slow
 def test_sharded_step_matches_single_device_in_8_device_child():
-  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO,
-             XLA_FLAGS="--xla_force_host_platform_device_count=8")
-  proc = subprocess.run([sys.executable, __file__, "--child"], env=env,
-                        capture_output=True, text=True, timeout=180)
+  env = dict(
+    os.environ,
+    JAX_PLATFORMS="cpu",
+    PYTHONPATH=REPO,
+    XLA_FLAGS="--xla_force_host_platform_device_count=8",
+  )
+  proc = subprocess.run(
+    [sys.executable, __file__, "--child"],
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=180,
+  )
   assert proc.returncode == 0 and "CHILD OK" in proc.stdout, proc.stderr
 
 

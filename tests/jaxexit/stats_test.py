@@ -76,11 +76,14 @@ def test_wilson_known_values():
   # z = Φ⁻¹(0.975) = 1.959964: 0/10 -> [0, z²/(n+z²)] exactly; 5/10 is
   # symmetric about 0.5.
   z2 = 1.959963984540054**2
-  assert stats.wilson_interval(0, 10).as_list() == [0.0, round(
-      z2 / (10 + z2), 6)]
+  assert stats.wilson_interval(0, 10).as_list() == [
+    0.0,
+    round(z2 / (10 + z2), 6),
+  ]
   assert stats.wilson_interval(0, 10).as_list() == [0.0, 0.277533]
-  np.testing.assert_allclose(stats.wilson_interval(5, 10).as_list(),
-                             [0.236593, 0.763407], atol=1e-6)
+  np.testing.assert_allclose(
+    stats.wilson_interval(5, 10).as_list(), [0.236593, 0.763407], atol=1e-6
+  )
   assert stats.wilson_interval(np.int64(10), 10).as_list() == [0.722467, 1.0]
 
 
@@ -96,9 +99,12 @@ def test_bootstrap_deterministic_and_covers():
   assert a.lo == pytest.approx(x.mean() - half, abs=0.03)
   assert a.hi == pytest.approx(x.mean() + half, abs=0.03)
   # Coverage sanity: the true mean 0 lies inside most of 40 intervals.
-  hits = sum(not stats.bootstrap_interval(
-      rng.normal(size=50), num_resamples=200, seed=i).excludes(0.0)
-             for i in range(40))
+  hits = sum(
+    not stats.bootstrap_interval(
+      rng.normal(size=50), num_resamples=200, seed=i
+    ).excludes(0.0)
+    for i in range(40)
+  )
   assert hits >= 33
 
 
@@ -106,8 +112,7 @@ def test_bootstrap_over_rows_and_custom_statistic():
   x = np.stack([np.arange(10.0), np.arange(10.0)], axis=1)  # [N=10, 2]
   iv = stats.bootstrap_interval(x, num_resamples=100)
   assert iv.n == 10 and iv.mean == pytest.approx(4.5)
-  med = stats.bootstrap_interval(np.arange(11.0), np.median,
-                                 num_resamples=100)
+  med = stats.bootstrap_interval(np.arange(11.0), np.median, num_resamples=100)
   assert med.mean == 5.0 and med.lo <= 5.0 <= med.hi
   single = stats.bootstrap_interval([1.0])
   assert single.mean == 1.0 and not single.defined
@@ -118,9 +123,11 @@ def test_paired_t_interval():
   b = a - np.array([0.05, 0.04, 0.06])
   got = stats.paired_t_interval(a, b)
   want = stats.t_interval(a - b)
-  assert (got.mean, got.lo, got.hi) == (pytest.approx(want.mean),
-                                        pytest.approx(want.lo),
-                                        pytest.approx(want.hi))
+  assert (got.mean, got.lo, got.hi) == (
+    pytest.approx(want.mean),
+    pytest.approx(want.lo),
+    pytest.approx(want.hi),
+  )
   assert got.kind == "paired_t" and got.excludes(0.0)
 
 
@@ -134,8 +141,10 @@ def test_paired_bootstrap_difference():
   assert got.mean == pytest.approx(method.mean() - base.mean())
   assert got.lo > 0.0
   # Pairing matters: the unpaired sum of two Wilson halves is wider.
-  wa, wb = stats.wilson_interval(int(method.sum()), 1000), \
-      stats.wilson_interval(int(base.sum()), 1000)
+  wa, wb = (
+    stats.wilson_interval(int(method.sum()), 1000),
+    stats.wilson_interval(int(base.sum()), 1000),
+  )
   assert got.hi - got.lo < (wa.hi - wa.lo) + (wb.hi - wb.lo)
   same = stats.paired_bootstrap_difference(base, base, num_resamples=50)
   assert (same.mean, same.lo, same.hi) == (0.0, 0.0, 0.0)
@@ -150,16 +159,19 @@ def test_pareto_front():
 
 
 def test_interpolate_on_grid():
-  got = stats.interpolate_on_grid([1.0, 3.0, 2.0], [0.5, 0.7, 0.4],
-                                  [0.5, 1.0, 2.0, 3.0, 3.5])
+  got = stats.interpolate_on_grid(
+    [1.0, 3.0, 2.0], [0.5, 0.7, 0.4], [0.5, 1.0, 2.0, 3.0, 3.5]
+  )
   np.testing.assert_allclose(got, [np.nan, 0.5, 0.6, 0.7, np.nan])
 
 
 def _curves(shift, seeds=3, noise=0.2, noise_seed=42):
   rng = np.random.default_rng(noise_seed)
   costs = np.linspace(4.0, 12.0, 9)
-  return [(costs, 60.0 + 2.0 * costs + shift + rng.normal(0, noise, 9))
-          for _ in range(seeds)]
+  return [
+    (costs, 60.0 + 2.0 * costs + shift + rng.normal(0, noise, 9))
+    for _ in range(seeds)
+  ]
 
 
 def test_matched_cost_difference_verdicts():
@@ -200,7 +212,8 @@ def test_matched_cost_grid_overlap():
   none = stats.matched_cost_difference(a, far)
   assert none.kind == "no_overlap" and math.isnan(none.mean)
   assert stats.verdict(none, paper_effect=1.0) == (
-      "inconclusive (no matched cost)")
+    "inconclusive (no matched cost)"
+  )
   assert none.format() == "no matched cost (n=1)"
 
 
@@ -217,23 +230,33 @@ def test_verdict_rules():
 
 
 def test_verdict_record_is_json():
-  rec = stats.verdict_record(stats.Interval(0.5, 0.1, 0.9, 5, "paired_t"),
-                             paper_effect=2.0)
-  assert rec == {"verdict": "reproduced", "diff_mean": 0.5,
-                 "diff_ci": [0.1, 0.9], "n": 5, "paper_effect": 2.0}
+  rec = stats.verdict_record(
+    stats.Interval(0.5, 0.1, 0.9, 5, "paired_t"), paper_effect=2.0
+  )
+  assert rec == {
+    "verdict": "reproduced",
+    "diff_mean": 0.5,
+    "diff_ci": [0.1, 0.9],
+    "n": 5,
+    "paper_effect": 2.0,
+  }
   rec = stats.verdict_record(stats.t_interval([1.0]), paper_effect=1)
   assert json.loads(json.dumps(rec))["diff_ci"] == [None, None]
 
 
-@pytest.mark.parametrize("call, name", [
+@pytest.mark.parametrize(
+  "call, name",
+  [
     (lambda: stats.t_interval([1.0, 2.0], confidence=1.0), "confidence"),
     (lambda: stats.t_interval([]), "values"),
     (lambda: stats.t_interval([1.0, math.nan]), "values"),
     (lambda: stats.t_quantile(0.0, 3), "p"),
     (lambda: stats.t_quantile(0.9, 0), "df"),
     (lambda: stats.paired_t_interval([1.0, 2.0], [1.0]), "len(b)"),
-    (lambda: stats.bootstrap_interval([1.0, 2.0], num_resamples=0),
-     "num_resamples"),
+    (
+      lambda: stats.bootstrap_interval([1.0, 2.0], num_resamples=0),
+      "num_resamples",
+    ),
     (lambda: stats.bootstrap_interval(np.zeros((0, 3))), "values"),
     (lambda: stats.paired_bootstrap_difference([1.0], [1.0, 2.0]), "len(a)"),
     (lambda: stats.wilson_interval(11, 10), "successes"),
@@ -241,16 +264,28 @@ def test_verdict_record_is_json():
     (lambda: stats.wilson_interval(0, 0), "trials"),
     (lambda: stats.pareto_front([1.0, 2.0], [1.0]), "scores"),
     (lambda: stats.matched_cost_difference([], []), "curves_a"),
-    (lambda: stats.matched_cost_difference(_curves(0.0), _curves(0.0, 2)),
-     "len(curves_b)"),
-    (lambda: stats.matched_cost_grid(_curves(0.0), _curves(0.0), 0),
-     "grid_size"),
-    (lambda: stats.verdict(stats.t_interval([1.0, 2.0]), paper_effect=1.0,
-                           direction=2), "direction"),
-    (lambda: stats.verdict(stats.t_interval([1.0, 2.0]), paper_effect=-1.0),
-     "paper_effect"),
-])
+    (
+      lambda: stats.matched_cost_difference(_curves(0.0), _curves(0.0, 2)),
+      "len(curves_b)",
+    ),
+    (
+      lambda: stats.matched_cost_grid(_curves(0.0), _curves(0.0), 0),
+      "grid_size",
+    ),
+    (
+      lambda: stats.verdict(
+        stats.t_interval([1.0, 2.0]), paper_effect=1.0, direction=2
+      ),
+      "direction",
+    ),
+    (
+      lambda: stats.verdict(stats.t_interval([1.0, 2.0]), paper_effect=-1.0),
+      "paper_effect",
+    ),
+  ],
+)
 def test_bad_input_names_the_argument(call, name):
-  with pytest.raises(ValueError, match=name.replace("(", r"\(").replace(
-      ")", r"\)")):
+  with pytest.raises(
+    ValueError, match=name.replace("(", r"\(").replace(")", r"\)")
+  ):
     call()

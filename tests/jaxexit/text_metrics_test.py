@@ -12,9 +12,13 @@ def test_rouge_l_known_values():
 
 
 def test_reference_accuracy():
-  assert reference_accuracy("seeds pass through you", ["The seeds pass through"],
-                            ["You grow watermelons"])
-  assert not reference_accuracy("you grow watermelons", ["seeds pass"],
-                                ["You grow watermelons"])
+  assert reference_accuracy(
+    "seeds pass through you",
+    ["The seeds pass through"],
+    ["You grow watermelons"],
+  )
+  assert not reference_accuracy(
+    "you grow watermelons", ["seeds pass"], ["You grow watermelons"]
+  )
   with pytest.raises(ValueError, match="correct and incorrect"):
     reference_accuracy("x", [], ["y"])

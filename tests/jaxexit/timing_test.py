@@ -33,11 +33,13 @@ def test_time_side_by_side_interleaves_candidates():
     def fn(x):
       order.append(name)
       return x * 2
+
     return fn
 
   x = jnp.ones((4,))
   result = timing.time_side_by_side(
-      {"a": (make("a"), (x,)), "b": (make("b"), (x,))}, warmup=1, repeats=3)
+    {"a": (make("a"), (x,)), "b": (make("b"), (x,))}, warmup=1, repeats=3
+  )
   assert list(result) == ["a", "b"]
   assert all(len(t.seconds) == 3 for t in result.values())
   # Warm-up round, then rounds whose first candidate rotates.

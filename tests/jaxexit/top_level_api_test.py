@@ -7,9 +7,18 @@ import sys
 
 import jaxexit as jx
 
-HEAVY = ("torch", "transformers", "safetensors", "gguf", "tokenizers",
-         "orbax.checkpoint", "matplotlib", "jaxexit.models", "jaxexit.train",
-         "jaxexit.data")
+HEAVY = (
+  "torch",
+  "transformers",
+  "safetensors",
+  "gguf",
+  "tokenizers",
+  "orbax.checkpoint",
+  "matplotlib",
+  "jaxexit.models",
+  "jaxexit.train",
+  "jaxexit.data",
+)
 
 
 def test_all_names_exist_and_version_is_set():
@@ -30,11 +39,14 @@ def test_subpackages_load_on_first_use():
 
 
 def test_import_is_cheap():
-  code = ("import sys, time; t = time.perf_counter(); import jaxexit; "
-          "import json; print(json.dumps([time.perf_counter() - t, "
-          f"[m for m in {HEAVY!r} if m in sys.modules]]))")
-  out = subprocess.run([sys.executable, "-c", code], capture_output=True,
-                       text=True, check=True).stdout
+  code = (
+    "import sys, time; t = time.perf_counter(); import jaxexit; "
+    "import json; print(json.dumps([time.perf_counter() - t, "
+    f"[m for m in {HEAVY!r} if m in sys.modules]]))"
+  )
+  out = subprocess.run(
+    [sys.executable, "-c", code], capture_output=True, text=True, check=True
+  ).stdout
   seconds, heavy = json.loads(out)
   assert heavy == [], f"import jaxexit pulled in {heavy}"
   # jax itself takes ~1.5 s cold on 2 cores; the rest must stay small.

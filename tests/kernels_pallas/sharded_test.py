@@ -77,13 +77,24 @@ _SCRIPT = textwrap.dedent("""
 
 
 def test_sharded_kernels_equal_unsharded_on_8_devices():
-  root = os.path.dirname(os.path.dirname(os.path.dirname(
-      os.path.abspath(__file__))))
-  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=root,
-             XLA_FLAGS="--xla_force_host_platform_device_count=8")
-  proc = subprocess.run([sys.executable, "-c", _SCRIPT], env=env, cwd=root,
-                        capture_output=True, text=True, timeout=600,
-                        check=False)
+  root = os.path.dirname(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  )
+  env = dict(
+    os.environ,
+    JAX_PLATFORMS="cpu",
+    PYTHONPATH=root,
+    XLA_FLAGS="--xla_force_host_platform_device_count=8",
+  )
+  proc = subprocess.run(
+    [sys.executable, "-c", _SCRIPT],
+    env=env,
+    cwd=root,
+    capture_output=True,
+    text=True,
+    timeout=600,
+    check=False,
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   result = json.loads(proc.stdout.strip().splitlines()[-1])
   assert result["devices"] == 8
@@ -98,5 +109,6 @@ def test_sharded_kernels_equal_unsharded_on_8_devices():
   for key in ("tpu/attention", "tpu/scores"):
     if key in result:
       np.testing.assert_allclose(result[key], 0, atol=1e-6, err_msg=key)
-  assert "q.shape[0]=2 is not divisible by the 4 devices" in (
-      result["indivisible"])
+  assert (
+    "q.shape[0]=2 is not divisible by the 4 devices" in (result["indivisible"])
+  )

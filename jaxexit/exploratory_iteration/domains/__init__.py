@@ -1,18 +1,22 @@
-"""ExIt synthetic domains and their registry (`exploratory_iteration.md` §11)."""
+"""ExIt synthetic domains and their registry (exploratory_iteration.md §11)."""
 
 from jaxexit import checks
 from jaxexit.exploratory_iteration.domains.base import (
-    MODE_BASE,
-    MODE_DIVERGE,
-    MODE_IMPROVE,
-    Domain,
-    SFTBatch,
+  MODE_BASE,
+  MODE_DIVERGE,
+  MODE_IMPROVE,
+  Domain,
+  SFTBatch,
 )
-from jaxexit.exploratory_iteration.domains.knapsack import (Knapsack,
-                                                            KnapsackTasks)
+from jaxexit.exploratory_iteration.domains.knapsack import (
+  Knapsack,
+  KnapsackTasks,
+)
 from jaxexit.exploratory_iteration.domains.permsort import PermSort
-from jaxexit.exploratory_iteration.domains.sortchain import (SortChain,
-                                                             SortChainTasks)
+from jaxexit.exploratory_iteration.domains.sortchain import (
+  SortChain,
+  SortChainTasks,
+)
 
 DOMAINS = {cls.name: cls for cls in (PermSort, Knapsack, SortChain)}
 
@@ -31,16 +35,16 @@ def make_domain(name: str, **cfg) -> Domain:
 
 
 __all__ = [
-    "DOMAINS",
-    "MODE_BASE",
-    "MODE_DIVERGE",
-    "MODE_IMPROVE",
-    "Domain",
-    "Knapsack",
-    "KnapsackTasks",
-    "PermSort",
-    "SFTBatch",
-    "SortChain",
-    "SortChainTasks",
-    "make_domain",
+  "DOMAINS",
+  "MODE_BASE",
+  "MODE_DIVERGE",
+  "MODE_IMPROVE",
+  "Domain",
+  "Knapsack",
+  "KnapsackTasks",
+  "PermSort",
+  "SFTBatch",
+  "SortChain",
+  "SortChainTasks",
+  "make_domain",
 ]

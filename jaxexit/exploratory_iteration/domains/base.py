@@ -103,45 +103,61 @@ class Domain(abc.ABC):
 
   def blank_answer(self, tasks: PyTree) -> Int[Array, "B A"]:
     """All -1: the previous answer of a base task (quality 0)."""
-    return jnp.full((self.num_tasks(tasks), *self.answer_shape), -1,
-                    jnp.int32)
+    return jnp.full((self.num_tasks(tasks), *self.answer_shape), -1, jnp.int32)
 
   @abc.abstractmethod
-  def build_prompt(self, tasks: PyTree, prev: Int[Array, "B A"],
-                   mode: Int[Array, "B"]) -> Int[Array, "B P"]:
+  def build_prompt(
+    self, tasks: PyTree, prev: Int[Array, "B A"], mode: Int[Array, "B"]
+  ) -> Int[Array, "B P"]:
     """The [B, P] int32 prompt tokens; `prev` is shown as BLANK where
     `mode` is MODE_BASE."""
 
   @abc.abstractmethod
-  def step_mask(self, tasks: PyTree, prev: Int[Array, "B A"],
-                mode: Int[Array, "B"], response: Int[Array, "B R"],
-                t: Int[Array, ""] | int) -> Bool[Array, "B V"]:
+  def step_mask(
+    self,
+    tasks: PyTree,
+    prev: Int[Array, "B A"],
+    mode: Int[Array, "B"],
+    response: Int[Array, "B R"],
+    t: Int[Array, ""] | int,
+  ) -> Bool[Array, "B V"]:
     """Tokens allowed at response step `t`, given `response[:, :t]` (later
     entries are ignored). Every row allows at least one token."""
 
-  def response_masks(self, tasks: PyTree, prev: Int[Array, "B A"],
-                     mode: Int[Array, "B"], response: Int[Array, "B R"]
-                     ) -> Bool[Array, "B R V"]:
+  def response_masks(
+    self,
+    tasks: PyTree,
+    prev: Int[Array, "B A"],
+    mode: Int[Array, "B"],
+    response: Int[Array, "B R"],
+  ) -> Bool[Array, "B R V"]:
     """`step_mask` at every step of a teacher-forced `response`."""
     steps = jnp.arange(self.response_len, dtype=jnp.int32)
-    masks = jax.vmap(
-        lambda t: self.step_mask(tasks, prev, mode, response, t))(steps)
+    masks = jax.vmap(lambda t: self.step_mask(tasks, prev, mode, response, t))(
+      steps
+    )
     return jnp.moveaxis(masks, 0, 1)  # [B, R, V]
 
   @abc.abstractmethod
-  def apply_response(self, tasks: PyTree, prev: Int[Array, "B A"],
-                     mode: Int[Array, "B"], response: Int[Array, "B R"]
-                     ) -> Int[Array, "B A"]:
+  def apply_response(
+    self,
+    tasks: PyTree,
+    prev: Int[Array, "B A"],
+    mode: Int[Array, "B"],
+    response: Int[Array, "B R"],
+  ) -> Int[Array, "B A"]:
     """The answer a (mask-valid) response encodes."""
 
   @abc.abstractmethod
-  def quality(self, tasks: PyTree, answer: Int[Array, "B A"]
-              ) -> Float[Array, "B"]:
+  def quality(
+    self, tasks: PyTree, answer: Int[Array, "B A"]
+  ) -> Float[Array, "B"]:
     """Verifier score in [0, 1] (0 for a blank answer)."""
 
   @abc.abstractmethod
-  def success(self, tasks: PyTree, answer: Int[Array, "B A"]
-              ) -> Bool[Array, "B"]:
+  def success(
+    self, tasks: PyTree, answer: Int[Array, "B A"]
+  ) -> Bool[Array, "B"]:
     """The answer is optimal."""
 
   @abc.abstractmethod
@@ -153,15 +169,17 @@ class Domain(abc.ABC):
     """`n` examples of the noisy-reviser warm-start mix."""
 
 
-def prompt_tail(prev_tokens: Int[Array, "B A"], mode: Int[Array, "B"]
-                ) -> Int[Array, "B _"]:
+def prompt_tail(
+  prev_tokens: Int[Array, "B A"], mode: Int[Array, "B"]
+) -> Int[Array, "B _"]:
   """`prev` tokens (BLANK under MODE_BASE) followed by the mode token."""
   shown = jnp.where((mode == MODE_BASE)[:, None], BLANK, prev_tokens)
   return jnp.concatenate([shown, (MODE_TOKEN_0 + mode)[:, None]], axis=1)
 
 
-def sample_modes(key: PRNGKeyArray, n: int,
-                 probs: tuple[float, ...]) -> Int[Array, "B"]:
+def sample_modes(
+  key: PRNGKeyArray, n: int, probs: tuple[float, ...]
+) -> Int[Array, "B"]:
   """`n` modes drawn with probabilities `probs` (base, improve, diverge)."""
   logits = jnp.log(jnp.asarray(probs, jnp.float32))
   return jax.random.categorical(key, logits, shape=(n,)).astype(jnp.int32)
@@ -169,10 +187,16 @@ def sample_modes(key: PRNGKeyArray, n: int,
 
 def check_mode_probs(name: str, probs: tuple[float, ...]) -> None:
   """Raises unless `probs` is NUM_MODES non-negative numbers summing to 1."""
-  if (not isinstance(probs, tuple) or len(probs) != NUM_MODES
-      or any(p < 0 for p in probs) or abs(sum(probs) - 1) > 1e-6):
-    raise ValueError(f"{name} must be a tuple of {NUM_MODES} non-negative "
-                     f"probabilities summing to 1; got {name}={probs!r}")
+  if (
+    not isinstance(probs, tuple)
+    or len(probs) != NUM_MODES
+    or any(p < 0 for p in probs)
+    or abs(sum(probs) - 1) > 1e-6
+  ):
+    raise ValueError(
+      f"{name} must be a tuple of {NUM_MODES} non-negative "
+      f"probabilities summing to 1; got {name}={probs!r}"
+    )
 
 
 def check_share(name: str, value: float) -> None:

@@ -58,7 +58,8 @@ class KnapsackTasks(NamedTuple):
 def all_masks(n: int) -> np.ndarray:
   """[2^n, n] int32 bit patterns (a trace-time constant)."""
   return ((np.arange(2**n)[:, None] >> np.arange(n)[None, :]) & 1).astype(
-      np.int32)
+    np.int32
+  )
 
 
 def local_moves(n: int) -> np.ndarray:
@@ -72,24 +73,27 @@ def local_moves(n: int) -> np.ndarray:
   return flips
 
 
-def totals(tasks: KnapsackTasks, sets: Int[Array, "B M I"]
-           ) -> tuple[Int[Array, "B M"], Int[Array, "B M"]]:
+def totals(
+  tasks: KnapsackTasks, sets: Int[Array, "B M I"]
+) -> tuple[Int[Array, "B M"], Int[Array, "B M"]]:
   """(weight, value) of each candidate set of each task."""
   weight = jnp.einsum("BMI,BI->BM", sets, tasks.weights)
   value = jnp.einsum("BMI,BI->BM", sets, tasks.values)
   return weight, value
 
 
-def set_quality(tasks: KnapsackTasks, sets: Int[Array, "B M I"]
-                ) -> Float[Array, "B M"]:
+def set_quality(
+  tasks: KnapsackTasks, sets: Int[Array, "B M I"]
+) -> Float[Array, "B M"]:
   """value / OPT of each candidate set, 0 where it does not fit."""
   weight, value = totals(tasks, sets)
   q = value.astype(jnp.float32) / tasks.opt[:, None].astype(jnp.float32)
   return jnp.where(weight <= tasks.capacity[:, None], q, 0.0)
 
 
-def noisy_greedy(key: PRNGKeyArray, tasks: KnapsackTasks,
-                 noise: float) -> Int[Array, "B I"]:
+def noisy_greedy(
+  key: PRNGKeyArray, tasks: KnapsackTasks, noise: float
+) -> Int[Array, "B I"]:
   """Greedy by value/weight ratio (× log-normal noise): take items in that
   order while they fit."""
   ratio = tasks.values / tasks.weights
@@ -127,10 +131,11 @@ class Knapsack(base.Domain):
   def __post_init__(self):
     checks.positive_int("Knapsack.n", self.n, minimum=2)
     if self.n > MAX_ITEMS:
-      raise ValueError(f"Knapsack.n must be <= {MAX_ITEMS} (OPT enumerates "
-                       f"2^n masks); got Knapsack.n={self.n}")
-    base.check_share("Knapsack.improve_random_share",
-                     self.improve_random_share)
+      raise ValueError(
+        f"Knapsack.n must be <= {MAX_ITEMS} (OPT enumerates "
+        f"2^n masks); got Knapsack.n={self.n}"
+      )
+    base.check_share("Knapsack.improve_random_share", self.improve_random_share)
     checks.in_range("Knapsack.greedy_noise", self.greedy_noise, 0, 10)
     base.check_mode_probs("Knapsack.sft_mode_probs", self.sft_mode_probs)
 
@@ -166,49 +171,72 @@ class Knapsack(base.Domain):
     opt = jnp.max(jnp.where(weight <= cap[:, None], value, 0), axis=1)
     return KnapsackTasks(weights=w, values=v, capacity=cap, opt=opt)
 
-  def build_prompt(self, tasks: KnapsackTasks, prev: Int[Array, "B I"],
-                   mode: Int[Array, "B"]) -> Int[Array, "B P"]:
+  def build_prompt(
+    self, tasks: KnapsackTasks, prev: Int[Array, "B I"], mode: Int[Array, "B"]
+  ) -> Int[Array, "B P"]:
     b = prev.shape[0]
     items = jnp.stack([tasks.weights, tasks.values], axis=2).reshape(b, -1)
     cap = jnp.stack([tasks.capacity // 10, tasks.capacity % 10], axis=1)
     prev_tokens = jnp.where(prev < 0, base.BLANK, BIT_0 + prev)
     sep = jnp.full((b, 1), base.SEP, jnp.int32)
-    return jnp.concatenate([
-        jnp.full((b, 1), base.BOS, jnp.int32), items, sep, cap, sep,
-        base.prompt_tail(prev_tokens.astype(jnp.int32), mode)],
-        axis=1).astype(jnp.int32)
+    return jnp.concatenate(
+      [
+        jnp.full((b, 1), base.BOS, jnp.int32),
+        items,
+        sep,
+        cap,
+        sep,
+        base.prompt_tail(prev_tokens.astype(jnp.int32), mode),
+      ],
+      axis=1,
+    ).astype(jnp.int32)
 
-  def step_mask(self, tasks: KnapsackTasks, prev: Int[Array, "B I"],
-                mode: Int[Array, "B"], response: Int[Array, "B R"],
-                t) -> Bool[Array, "B V"]:
+  def step_mask(
+    self,
+    tasks: KnapsackTasks,
+    prev: Int[Array, "B I"],
+    mode: Int[Array, "B"],
+    response: Int[Array, "B R"],
+    t,
+  ) -> Bool[Array, "B V"]:
     """Either bit, always (infeasible sets are allowed; they score 0)."""
     del tasks, mode, t
     ids = jnp.arange(self.vocab_size)[None, :]
     return jnp.broadcast_to(ids >= BIT_0, (prev.shape[0], self.vocab_size))
 
-  def apply_response(self, tasks: KnapsackTasks, prev: Int[Array, "B I"],
-                     mode: Int[Array, "B"], response: Int[Array, "B R"]
-                     ) -> Int[Array, "B I"]:
+  def apply_response(
+    self,
+    tasks: KnapsackTasks,
+    prev: Int[Array, "B I"],
+    mode: Int[Array, "B"],
+    response: Int[Array, "B R"],
+  ) -> Int[Array, "B I"]:
     del tasks, prev, mode
     return jnp.clip(response - BIT_0, 0, 1).astype(jnp.int32)
 
-  def quality(self, tasks: KnapsackTasks, answer: Int[Array, "B I"]
-              ) -> Float[Array, "B"]:
+  def quality(
+    self, tasks: KnapsackTasks, answer: Int[Array, "B I"]
+  ) -> Float[Array, "B"]:
     q = set_quality(tasks, jnp.maximum(answer, 0)[:, None])[:, 0]
     return jnp.where(jnp.any(answer < 0, axis=1), 0.0, q)
 
-  def success(self, tasks: KnapsackTasks, answer: Int[Array, "B I"]
-              ) -> Bool[Array, "B"]:
+  def success(
+    self, tasks: KnapsackTasks, answer: Int[Array, "B I"]
+  ) -> Bool[Array, "B"]:
     weight, value = totals(tasks, jnp.maximum(answer, 0)[:, None])
-    return ((weight[:, 0] <= tasks.capacity) & (value[:, 0] == tasks.opt)
-            & jnp.all(answer >= 0, axis=1))
+    return (
+      (weight[:, 0] <= tasks.capacity)
+      & (value[:, 0] == tasks.opt)
+      & jnp.all(answer >= 0, axis=1)
+    )
 
   def embed(self, answer: Int[Array, "B I"]) -> Float[Array, "B E"]:
     """The bit vector (a blank answer is all zeros)."""
     return jnp.maximum(answer, 0).astype(jnp.float32)
 
-  def _neighbours(self, prev: Int[Array, "B I"]
-                  ) -> tuple[Int[Array, "B M I"], Bool[Array, "B M"]]:
+  def _neighbours(
+    self, prev: Int[Array, "B I"]
+  ) -> tuple[Int[Array, "B M I"], Bool[Array, "B M"]]:
     """Local-move candidates of prev and which are legal moves."""
     flips = jnp.asarray(local_moves(self.n))  # [M, I]
     cand = prev[:, None, :] ^ flips[None]
@@ -242,36 +270,49 @@ class Knapsack(base.Domain):
     rand_set = jnp.take_along_axis(cand, rand[:, None, None], axis=1)[:, 0]
     swap = jax.random.bernoulli(ks[7], self.improve_random_share, (n,))
     improve = jnp.where(swap[:, None], rand_set, best_set)
-    diverge = self._diverge_target(jax.random.fold_in(key, 1), tasks, prev,
-                                   q_prev)
+    diverge = self._diverge_target(
+      jax.random.fold_in(key, 1), tasks, prev, q_prev
+    )
     m = mode[:, None]
-    target = jnp.select([m == base.MODE_BASE, m == base.MODE_IMPROVE],
-                        [greedy, improve], diverge)
+    target = jnp.select(
+      [m == base.MODE_BASE, m == base.MODE_IMPROVE], [greedy, improve], diverge
+    )
     prev = jnp.where(m == base.MODE_BASE, -1, prev)
-    return base.SFTBatch(tasks=tasks, prev=prev, mode=mode,
-                         target=(BIT_0 + target).astype(jnp.int32))
+    return base.SFTBatch(
+      tasks=tasks,
+      prev=prev,
+      mode=mode,
+      target=(BIT_0 + target).astype(jnp.int32),
+    )
 
-  def _diverge_target(self, key: PRNGKeyArray, tasks: KnapsackTasks,
-                      prev: Int[Array, "B I"], q_prev: Float[Array, "B"]
-                      ) -> Int[Array, "B I"]:
+  def _diverge_target(
+    self,
+    key: PRNGKeyArray,
+    tasks: KnapsackTasks,
+    prev: Int[Array, "B I"],
+    q_prev: Float[Array, "B"],
+  ) -> Int[Array, "B I"]:
     """A uniform different feasible set with q >= q_prev - DIVERGE_SLACK,
     else the best different feasible set."""
     b = prev.shape[0]
-    masks = jnp.broadcast_to(jnp.asarray(all_masks(self.n)),
-                             (b, 2**self.n, self.n))
+    masks = jnp.broadcast_to(
+      jnp.asarray(all_masks(self.n)), (b, 2**self.n, self.n)
+    )
     q = set_quality(tasks, masks)  # [B, M]
     weight, _ = totals(tasks, masks)
     other = jnp.any(masks != prev[:, None, :], axis=2)
     ok = other & (weight <= tasks.capacity[:, None])
     eligible = ok & (q >= q_prev[:, None] - DIVERGE_SLACK)
     fallback = jnp.argmax(jnp.where(ok, q, -1.0), axis=1)
-    pick = jnp.where(jnp.any(eligible, axis=1),
-                     _uniform_choice(key, eligible), fallback)
+    pick = jnp.where(
+      jnp.any(eligible, axis=1), _uniform_choice(key, eligible), fallback
+    )
     return jnp.take_along_axis(masks, pick[:, None, None], axis=1)[:, 0]
 
 
-def _uniform_choice(key: PRNGKeyArray, allowed: Bool[Array, "B M"]
-                    ) -> Int[Array, "B"]:
+def _uniform_choice(
+  key: PRNGKeyArray, allowed: Bool[Array, "B M"]
+) -> Int[Array, "B"]:
   """A uniform index among the allowed ones of each row."""
   logits = jnp.where(allowed, 0.0, -jnp.inf)
   return jax.random.categorical(key, logits, axis=1).astype(jnp.int32)

@@ -82,10 +82,12 @@ class SortChain(base.Domain):
   def __post_init__(self):
     checks.positive_int("SortChain.turns", self.turns)
     checks.positive_int("SortChain.per_turn", self.per_turn, minimum=2)
-    base.check_share("SortChain.improve_random_share",
-                     self.improve_random_share)
-    checks.positive_int("SortChain.max_base_passes", self.max_base_passes,
-                        minimum=0)
+    base.check_share(
+      "SortChain.improve_random_share", self.improve_random_share
+    )
+    checks.positive_int(
+      "SortChain.max_base_passes", self.max_base_passes, minimum=0
+    )
     base.check_mode_probs("SortChain.sft_mode_probs", self.sft_mode_probs)
 
   @property
@@ -125,33 +127,45 @@ class SortChain(base.Domain):
   def sample_tasks(self, key: PRNGKeyArray, n: int) -> SortChainTasks:
     """Fresh episodes at turn 0."""
     checks.positive_int("n", n)
-    digits = jax.random.randint(key, (n, self.slots), 0, base.NUM_DIGITS,
-                                jnp.int32)
+    digits = jax.random.randint(
+      key, (n, self.slots), 0, base.NUM_DIGITS, jnp.int32
+    )
     return SortChainTasks(
-        digits=digits, turn=jnp.zeros((n,), jnp.int32),
-        history=jnp.full((n, self.turns, self.slots), -1, jnp.int32))
+      digits=digits,
+      turn=jnp.zeros((n,), jnp.int32),
+      history=jnp.full((n, self.turns, self.slots), -1, jnp.int32),
+    )
 
-  def build_prompt(self, tasks: SortChainTasks, prev: Int[Array, "B L"],
-                   mode: Int[Array, "B"]) -> Int[Array, "B P"]:
+  def build_prompt(
+    self, tasks: SortChainTasks, prev: Int[Array, "B L"], mode: Int[Array, "B"]
+  ) -> Int[Array, "B P"]:
     m, b = self.per_turn, prev.shape[0]
     turn = self._turn(tasks)[:, None]
     parts = [jnp.full((b, 1), base.BOS, jnp.int32)]
     for u in range(self.turns):
-      digits = tasks.digits[:, u * m:(u + 1) * m]
-      iterate = tasks.history[:, u, :(u + 1) * m]
+      digits = tasks.digits[:, u * m : (u + 1) * m]
+      iterate = tasks.history[:, u, : (u + 1) * m]
       parts += [
-          jnp.full((b, 1), USER, jnp.int32),
-          jnp.where(turn >= u, digits, base.BLANK),
-          jnp.full((b, 1), base.SEP, jnp.int32),
-          jnp.where((turn > u) & (iterate >= 0), iterate, base.BLANK)]
+        jnp.full((b, 1), USER, jnp.int32),
+        jnp.where(turn >= u, digits, base.BLANK),
+        jnp.full((b, 1), base.SEP, jnp.int32),
+        jnp.where((turn > u) & (iterate >= 0), iterate, base.BLANK),
+      ]
     prev_tokens = jnp.where(prev < 0, base.BLANK, prev)
-    parts += [jnp.full((b, 1), base.SEP, jnp.int32),
-              base.prompt_tail(prev_tokens.astype(jnp.int32), mode)]
+    parts += [
+      jnp.full((b, 1), base.SEP, jnp.int32),
+      base.prompt_tail(prev_tokens.astype(jnp.int32), mode),
+    ]
     return jnp.concatenate(parts, axis=1).astype(jnp.int32)
 
-  def step_mask(self, tasks: SortChainTasks, prev: Int[Array, "B L"],
-                mode: Int[Array, "B"], response: Int[Array, "B R"],
-                t) -> Bool[Array, "B V"]:
+  def step_mask(
+    self,
+    tasks: SortChainTasks,
+    prev: Int[Array, "B L"],
+    mode: Int[Array, "B"],
+    response: Int[Array, "B R"],
+    t,
+  ) -> Bool[Array, "B V"]:
     """Unused pointers below ℓ_t while t < ℓ_t, then only PAD."""
     del prev, mode
     length = self.length(tasks)
@@ -163,31 +177,43 @@ class SortChain(base.Domain):
     """The latest iterate of the previous turn, then the new digits."""
     turn = self._turn(tasks)
     last = jnp.take_along_axis(
-        tasks.history, jnp.maximum(turn - 1, 0)[:, None, None], axis=1)[:, 0]
+      tasks.history, jnp.maximum(turn - 1, 0)[:, None, None], axis=1
+    )[:, 0]
     pos = jnp.arange(self.slots)[None, :]
     new = (pos >= (turn * self.per_turn)[:, None]) & (
-        pos < self.length(tasks)[:, None])
-    return jnp.where(new, tasks.digits,
-                     jnp.where(pos < (turn * self.per_turn)[:, None], last,
-                               -1))
+      pos < self.length(tasks)[:, None]
+    )
+    return jnp.where(
+      new,
+      tasks.digits,
+      jnp.where(pos < (turn * self.per_turn)[:, None], last, -1),
+    )
 
-  def apply_response(self, tasks: SortChainTasks, prev: Int[Array, "B L"],
-                     mode: Int[Array, "B"], response: Int[Array, "B R"]
-                     ) -> Int[Array, "B L"]:
-    source = jnp.where((mode == base.MODE_BASE)[:, None],
-                       self.base_source(tasks), prev)
+  def apply_response(
+    self,
+    tasks: SortChainTasks,
+    prev: Int[Array, "B L"],
+    mode: Int[Array, "B"],
+    response: Int[Array, "B R"],
+  ) -> Int[Array, "B L"]:
+    source = jnp.where(
+      (mode == base.MODE_BASE)[:, None], self.base_source(tasks), prev
+    )
     answer = permsort.gather(
-        source, jnp.clip(response - PTR_0, 0, self.slots - 1))
+      source, jnp.clip(response - PTR_0, 0, self.slots - 1)
+    )
     pos = jnp.arange(self.slots)[None, :]
     return jnp.where(pos < self.length(tasks)[:, None], answer, -1)
 
-  def quality(self, tasks: SortChainTasks, answer: Int[Array, "B L"]
-              ) -> Float[Array, "B"]:
+  def quality(
+    self, tasks: SortChainTasks, answer: Int[Array, "B L"]
+  ) -> Float[Array, "B"]:
     """Sortedness of the current turn's answer."""
     return permsort.sortedness(answer, self.length(tasks))
 
-  def success(self, tasks: SortChainTasks, answer: Int[Array, "B L"]
-              ) -> Bool[Array, "B"]:
+  def success(
+    self, tasks: SortChainTasks, answer: Int[Array, "B L"]
+  ) -> Bool[Array, "B"]:
     return self.quality(tasks, answer) == 1.0
 
   def embed(self, answer: Int[Array, "B L"]) -> Float[Array, "B E"]:
@@ -195,22 +221,29 @@ class SortChain(base.Domain):
     onehot = jax.nn.one_hot(answer, base.NUM_DIGITS, dtype=jnp.float32)
     return onehot.reshape(answer.shape[0], -1)
 
-  def next_turn(self, tasks: SortChainTasks, answer: Int[Array, "B L"]
-                ) -> SortChainTasks:
+  def next_turn(
+    self, tasks: SortChainTasks, answer: Int[Array, "B L"]
+  ) -> SortChainTasks:
     """Records `answer` as the current turn's iterate and moves on (rows
     already finished are unchanged)."""
     live = tasks.turn < self.turns
     rows = jnp.arange(answer.shape[0])
     history = tasks.history.at[rows, self._turn(tasks)].set(
-        jnp.where(live[:, None], answer,
-                  tasks.history[rows, self._turn(tasks)]))
-    return SortChainTasks(digits=tasks.digits,
-                          turn=tasks.turn + live.astype(jnp.int32),
-                          history=history)
+      jnp.where(live[:, None], answer, tasks.history[rows, self._turn(tasks)])
+    )
+    return SortChainTasks(
+      digits=tasks.digits,
+      turn=tasks.turn + live.astype(jnp.int32),
+      history=history,
+    )
 
-  def finish_episode(self, tasks: SortChainTasks, answer: Int[Array, "B L"],
-                     respond: RespondFn, key: PRNGKeyArray
-                     ) -> SortChainTasks:
+  def finish_episode(
+    self,
+    tasks: SortChainTasks,
+    answer: Int[Array, "B L"],
+    respond: RespondFn,
+    key: PRNGKeyArray,
+  ) -> SortChainTasks:
     """Records `answer` for the current turn, then plays every remaining
     turn with one base step of `respond(tasks, prev, mode, key)`.
 
@@ -231,15 +264,18 @@ class SortChain(base.Domain):
 
   def episode_return(self, tasks: SortChainTasks) -> Float[Array, "B"]:
     """Mean over turns of each final iterate's quality."""
-    q = [permsort.sortedness(
+    q = [
+      permsort.sortedness(
         tasks.history[:, u],
-        jnp.full(tasks.turn.shape, (u + 1) * self.per_turn, jnp.int32))
-         for u in range(self.turns)]
+        jnp.full(tasks.turn.shape, (u + 1) * self.per_turn, jnp.int32),
+      )
+      for u in range(self.turns)
+    ]
     return jnp.mean(jnp.stack(q, axis=1), axis=1)
 
-  def turn_prefixes(self, tasks: SortChainTasks
-                    ) -> tuple[SortChainTasks, Int[Array, "B T L"],
-                               Bool[Array, "B T"]]:
+  def turn_prefixes(
+    self, tasks: SortChainTasks
+  ) -> tuple[SortChainTasks, Int[Array, "B T L"], Bool[Array, "B T"]]:
     """The per-turn partial histories of (partly) played episodes (§3.2).
 
     Prefix u of history b is at turn u with the iterates of turns < u as
@@ -255,10 +291,12 @@ class SortChain(base.Domain):
     u = jnp.arange(self.turns, dtype=jnp.int32)
     keep = u[None, :, None, None] > u[None, None, :, None]  # [1, T, T, 1]
     prefixes = SortChainTasks(
-        digits=jnp.broadcast_to(tasks.digits[:, None],
-                                (b, self.turns, self.slots)),
-        turn=jnp.broadcast_to(u[None, :], (b, self.turns)),
-        history=jnp.where(keep, tasks.history[:, None], -1))
+      digits=jnp.broadcast_to(
+        tasks.digits[:, None], (b, self.turns, self.slots)
+      ),
+      turn=jnp.broadcast_to(u[None, :], (b, self.turns)),
+      history=jnp.where(keep, tasks.history[:, None], -1),
+    )
     return prefixes, tasks.history, u[None, :] < tasks.turn[:, None]
 
   def sft_examples(self, key: PRNGKeyArray, n: int) -> base.SFTBatch:
@@ -271,9 +309,13 @@ class SortChain(base.Domain):
       stage = tasks._replace(turn=jnp.full((n,), u, jnp.int32))
       src = self.base_source(stage)
       prev, _ = permsort.noisy_reviser(
-          jax.random.fold_in(k_hist, u), src, self.length(stage), improve,
-          max_base_passes=self.max_base_passes,
-          improve_random_share=self.improve_random_share)
+        jax.random.fold_in(k_hist, u),
+        src,
+        self.length(stage),
+        improve,
+        max_base_passes=self.max_base_passes,
+        improve_random_share=self.improve_random_share,
+      )
       done = (u < turn)[:, None]
       history = tasks.history.at[:, u].set(jnp.where(done, prev, -1))
       tasks = tasks._replace(history=history)
@@ -281,12 +323,17 @@ class SortChain(base.Domain):
     mode = base.sample_modes(k_mode, n, self.sft_mode_probs)
     length = self.length(tasks)
     prev, ptr = permsort.noisy_reviser(
-        k_rev, self.base_source(tasks), length, mode,
-        max_base_passes=self.max_base_passes,
-        improve_random_share=self.improve_random_share)
+      k_rev,
+      self.base_source(tasks),
+      length,
+      mode,
+      max_base_passes=self.max_base_passes,
+      improve_random_share=self.improve_random_share,
+    )
     pos = jnp.arange(self.slots)[None, :]
     target = jnp.where(pos < length[:, None], PTR_0 + ptr, PAD)
     prev = jnp.where(pos < length[:, None], prev, -1)
     prev = jnp.where((mode == base.MODE_BASE)[:, None], -1, prev)
-    return base.SFTBatch(tasks=tasks, prev=prev, mode=mode,
-                         target=target.astype(jnp.int32))
+    return base.SFTBatch(
+      tasks=tasks, prev=prev, mode=mode, target=target.astype(jnp.int32)
+    )

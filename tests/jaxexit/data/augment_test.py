@@ -32,7 +32,7 @@ def _placements(image, out, padding):
   found = []
   for dy in range(2 * padding + 1):
     for dx in range(2 * padding + 1):
-      window = padded[dy:dy + H, dx:dx + W]
+      window = padded[dy : dy + H, dx : dx + W]
       for mirrored in (False, True):
         if np.array_equal(window[:, ::-1] if mirrored else window, out):
           found.append((dy, dx, mirrored))
@@ -45,8 +45,9 @@ def _placements(image, out, padding):
 def test_normalize_matches_numpy():
   images = _images()[:, :, :, :1].repeat(3, axis=-1)
   out = augment.normalize(jnp.asarray(images))
-  ref = ((images / 255.0 - np.asarray(augment.CIFAR10_MEAN))
-         / np.asarray(augment.CIFAR10_STD))
+  ref = (images / 255.0 - np.asarray(augment.CIFAR10_MEAN)) / np.asarray(
+    augment.CIFAR10_STD
+  )
   assert out.dtype == jnp.float32 and out.shape == images.shape
   np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
 
@@ -57,10 +58,13 @@ def test_normalize_custom_stats_and_numpy_input():
   np.testing.assert_allclose(out[0, 0, 0], [1.0, 0.5])
 
 
-@pytest.mark.parametrize("kw,match", [
+@pytest.mark.parametrize(
+  "kw,match",
+  [
     ({"mean": (0.5,)}, "mean and std need 3"),
     ({"std": (1.0, 0.0, 1.0)}, "std"),
-])
+  ],
+)
 def test_normalize_bad_stats(kw, match):
   with pytest.raises(ValueError, match=match):
     augment.normalize(np.zeros((1, 2, 2, 3), np.uint8), **kw)
@@ -79,8 +83,9 @@ def test_normalize_bad_images():
 @slow
 def test_crop_flip_is_a_translation_and_mirror_of_the_padded_image():
   images = _images()
-  out = np.asarray(augment.random_crop_flip(jax.random.key(0),
-                                            jnp.asarray(images), padding=2))
+  out = np.asarray(
+    augment.random_crop_flip(jax.random.key(0), jnp.asarray(images), padding=2)
+  )
   assert out.dtype == np.uint8 and out.shape == images.shape
   placements = []
   for image, crop in zip(images, out):
@@ -103,8 +108,9 @@ def test_crop_flip_same_key_same_output_different_key_differs():
 
 def test_crop_without_flip_never_mirrors():
   images = _images(np.float32)
-  out = augment.random_crop_flip(jax.random.key(3), images, padding=1,
-                                 flip=False)
+  out = augment.random_crop_flip(
+    jax.random.key(3), images, padding=1, flip=False
+  )
   assert out.dtype == jnp.float32
   for image, crop in zip(images, np.asarray(out)):
     (found,) = _placements(image, crop, 1)
@@ -113,8 +119,9 @@ def test_crop_without_flip_never_mirrors():
 
 def test_flip_only_mirrors_or_keeps():
   images = _images()
-  out = np.asarray(augment.random_crop_flip(jax.random.key(4), images,
-                                            padding=0))
+  out = np.asarray(
+    augment.random_crop_flip(jax.random.key(4), images, padding=0)
+  )
   mirrored = np.all(out == images[:, :, ::-1], axis=(1, 2, 3))
   kept = np.all(out == images, axis=(1, 2, 3))
   assert np.all(mirrored | kept) and mirrored.any() and kept.any()
@@ -122,29 +129,36 @@ def test_flip_only_mirrors_or_keeps():
 
 def test_no_padding_no_flip_is_identity():
   images = _images()
-  out = augment.random_crop_flip(jax.random.key(5), images, padding=0,
-                                 flip=False)
+  out = augment.random_crop_flip(
+    jax.random.key(5), images, padding=0, flip=False
+  )
   np.testing.assert_array_equal(out, images)
 
 
 def test_crop_flip_jit_equals_eager():
   images = jnp.asarray(_images())
   key = jax.random.key(6)
-  jitted = jax.jit(augment.random_crop_flip,
-                   static_argnames=("padding", "flip"))
-  np.testing.assert_array_equal(jitted(key, images, padding=3),
-                                augment.random_crop_flip(key, images,
-                                                         padding=3))
+  jitted = jax.jit(
+    augment.random_crop_flip, static_argnames=("padding", "flip")
+  )
+  np.testing.assert_array_equal(
+    jitted(key, images, padding=3),
+    augment.random_crop_flip(key, images, padding=3),
+  )
 
 
-@pytest.mark.parametrize("images,padding,match", [
+@pytest.mark.parametrize(
+  "images,padding,match",
+  [
     (np.zeros((2, 4, 4, 3), np.uint8), -1, "padding=-1"),
     (np.zeros((4, 4, 3), np.uint8), 4, r"shape \(4, 4, 3\)"),
-])
+  ],
+)
 def test_crop_flip_errors(images, padding, match):
   with pytest.raises(ValueError, match=match):
-    _unchecked(augment.random_crop_flip)(jax.random.key(0), images,
-                                         padding=padding)
+    _unchecked(augment.random_crop_flip)(
+      jax.random.key(0), images, padding=padding
+    )
 
 
 # ---------------------------------------------------------------- resize
@@ -161,8 +175,10 @@ def test_resize_shape_and_dtype():
 def test_resize_float_matches_jax_image():
   images = jnp.asarray(_images(np.float32))
   np.testing.assert_allclose(
-      augment.resize(images, 3),
-      jax.image.resize(images, (B, 3, 3, C), "bilinear"), rtol=1e-6)
+    augment.resize(images, 3),
+    jax.image.resize(images, (B, 3, 3, C), "bilinear"),
+    rtol=1e-6,
+  )
 
 
 def test_resize_errors():

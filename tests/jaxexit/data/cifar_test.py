@@ -20,24 +20,30 @@ from tests.tiers import slow
 SHARED_DATA = Path(__file__).resolve().parents[3].parent / "shared" / "data"
 REAL_DATA = Path(os.environ.get(location.ENV_VAR) or SHARED_DATA)
 # Solid colours survive JPEG almost exactly, so pixels identify each image.
-COLOURS = {("cat", "0.jpg"): (200, 30, 30), ("cat", "1.jpg"): (30, 200, 30),
-           ("airplane", "0.jpg"): (30, 30, 200),
-           ("airplane", "1.jpg"): (220, 220, 40),
-           ("airplane", "2.jpg"): (40, 220, 220)}
+COLOURS = {
+  ("cat", "0.jpg"): (200, 30, 30),
+  ("cat", "1.jpg"): (30, 200, 30),
+  ("airplane", "0.jpg"): (30, 30, 200),
+  ("airplane", "1.jpg"): (220, 220, 40),
+  ("airplane", "2.jpg"): (40, 220, 220),
+}
 
 
 def _jpeg(colour=(0, 0, 0), size=32, mode="RGB") -> bytes:
   buf = io.BytesIO()
   Image.new(mode, (size, size), colour[0] if mode == "L" else colour).save(
-      buf, format="JPEG", quality=95)
+    buf, format="JPEG", quality=95
+  )
   return buf.getvalue()
 
 
 def _archive(root: Path, split: str = "train", members=None) -> Path:
   """Writes `<root>/cifar10/cifar10_<split>_jpg.tar.gz` from name -> bytes."""
   if members is None:
-    members = {f"{split}/{c}/{f}": _jpeg(rgb) for (c, f), rgb in
-               reversed(COLOURS.items())}  # archive order != sorted order
+    members = {
+      f"{split}/{c}/{f}": _jpeg(rgb)
+      for (c, f), rgb in reversed(COLOURS.items())
+    }  # archive order != sorted order
   path = root / "cifar10" / f"cifar10_{split}_jpg.tar.gz"
   path.parent.mkdir(parents=True, exist_ok=True)
   with tarfile.open(path, "w:gz") as tar:
@@ -50,8 +56,9 @@ def _archive(root: Path, split: str = "train", members=None) -> Path:
 
 def _load(root: Path, **kw) -> cifar.ImageSplit:
   kw.setdefault("split", "train")
-  return cifar.load_cifar("cifar10", data_dir=root,
-                          cache_dir=root / "cache", **kw)
+  return cifar.load_cifar(
+    "cifar10", data_dir=root, cache_dir=root / "cache", **kw
+  )
 
 
 # ---------------------------------------------------------------- decoding
@@ -122,7 +129,7 @@ def test_unreadable_cache_is_replaced(tmp_path):
 def test_truncated_archive(tmp_path):
   big = {f"train/c/{i}.jpg": os.urandom(4000) for i in range(20)}
   path = _archive(tmp_path, members=big)
-  path.write_bytes(path.read_bytes()[:len(path.read_bytes()) // 2])
+  path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
   with pytest.raises(cifar.CorruptDataError, match="truncated") as e:
     _load(tmp_path)
   assert str(path) in str(e.value) and "train/c/" in str(e.value)
@@ -140,15 +147,17 @@ def test_corrupt_gzip_body_is_detected(tmp_path):
   big = {f"train/c/{i}.jpg": os.urandom(4000) for i in range(20)}
   path = _archive(tmp_path, members=big)
   raw = bytearray(path.read_bytes())
-  raw[len(raw) // 2:len(raw) // 2 + 200] = bytes(200)
+  raw[len(raw) // 2 : len(raw) // 2 + 200] = bytes(200)
   path.write_bytes(bytes(raw))
   with pytest.raises(cifar.CorruptDataError, match=str(path)):
     _load(tmp_path)
 
 
 def test_garbage_member(tmp_path):
-  path = _archive(tmp_path, members={"train/a/good.jpg": _jpeg(),
-                                     "train/b/bad.jpg": b"garbage bytes"})
+  path = _archive(
+    tmp_path,
+    members={"train/a/good.jpg": _jpeg(), "train/b/bad.jpg": b"garbage bytes"},
+  )
   with pytest.raises(cifar.CorruptDataError, match="train/b/bad.jpg") as e:
     _load(tmp_path)
   assert str(path) in str(e.value)
@@ -161,8 +170,9 @@ def test_unexpected_image_size_or_mode(tmp_path, size, mode):
     _load(tmp_path)
 
 
-@pytest.mark.parametrize("name", ["train/loose.jpg", "test/a/0.jpg",
-                                  "train/a/b/0.jpg"])
+@pytest.mark.parametrize(
+  "name", ["train/loose.jpg", "test/a/0.jpg", "train/a/b/0.jpg"]
+)
 def test_unexpected_member_layout(tmp_path, name):
   _archive(tmp_path, members={name: _jpeg()})
   with pytest.raises(cifar.CorruptDataError, match=name):
@@ -189,8 +199,9 @@ def test_auto_without_files_or_tfds(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("source", ["files", "auto"])
-def test_bundled_subset_when_the_data_dir_lacks_cifar(tmp_path, monkeypatch,
-                                                      capsys, source):
+def test_bundled_subset_when_the_data_dir_lacks_cifar(
+  tmp_path, monkeypatch, capsys, source
+):
   monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)
   data = _load(tmp_path, split="test", source=source)
   assert data.images.shape == (1000, 32, 32, 3) and data.subset_of == 10000
@@ -216,8 +227,9 @@ def test_data_dir_wins_over_the_bundled_subset(tmp_path, capsys):
 
 
 @pytest.mark.skipif(
-    not (REAL_DATA / "cifar10" / "cifar10_test_jpg.tar.gz").is_file(),
-    reason="real CIFAR-10 archive not available")
+  not (REAL_DATA / "cifar10" / "cifar10_test_jpg.tar.gz").is_file(),
+  reason="real CIFAR-10 archive not available",
+)
 def test_bundled_subset_is_the_first_images_of_each_class(tmp_path):
   def members(path):
     with tarfile.open(path) as tar:
@@ -230,12 +242,15 @@ def test_bundled_subset_is_the_first_images_of_each_class(tmp_path):
   assert all(subset[n] == full[n] for n in subset)  # the JPEG bytes
 
 
-@pytest.mark.parametrize("kw,bad", [
+@pytest.mark.parametrize(
+  "kw,bad",
+  [
     ({"name": "cifar1000"}, "name='cifar1000'"),
     ({"split": "val"}, "split='val'"),
     ({"source": "web"}, "source='web'"),
     ({"name": "cifar100", "source": "files"}, "name='cifar100'"),
-])
+  ],
+)
 def test_bad_arguments(tmp_path, kw, bad):
   with pytest.raises(ValueError, match=bad):
     cifar.load_cifar(**{"data_dir": tmp_path, **kw})
@@ -273,8 +288,9 @@ def test_tfds_records_are_converted(monkeypatch):
 
   _fake_tfds(monkeypatch, data_source)
   data = cifar.load_cifar("cifar100", "test")  # auto: cifar100 is tfds-only
-  assert calls == [("cifar100", {"split": "test", "data_dir": None,
-                                 "download": False})]
+  assert calls == [
+    ("cifar100", {"split": "test", "data_dir": None, "download": False})
+  ]
   assert data.class_names == ("class00", "class01", "class02")
   np.testing.assert_array_equal(data.labels, [0, 1, 2, 0])
   np.testing.assert_array_equal(data.images[:, 0, 0, 0], [0, 1, 2, 3])
@@ -302,8 +318,9 @@ def _split(counts=(30, 20, 10)) -> cifar.ImageSplit:
   labels = np.repeat(np.arange(len(counts)), counts).astype(np.int32)
   images = np.arange(len(labels), dtype=np.uint8).reshape(-1, 1, 1, 1)
   images = np.broadcast_to(images, (len(labels), 2, 2, 3)).copy()
-  return cifar.ImageSplit(images, labels,
-                          tuple(f"c{i}" for i in range(len(counts))))
+  return cifar.ImageSplit(
+    images, labels, tuple(f"c{i}" for i in range(len(counts)))
+  )
 
 
 def test_image_split_take_and_checks():
@@ -370,11 +387,13 @@ def test_train_val_split_of_a_bundled_subset_scales_and_says_so(capsys):
 
 @slow
 @pytest.mark.skipif(
-    not (REAL_DATA / "cifar10" / "cifar10_test_jpg.tar.gz").is_file(),
-    reason="real CIFAR-10 archive not available")
+  not (REAL_DATA / "cifar10" / "cifar10_test_jpg.tar.gz").is_file(),
+  reason="real CIFAR-10 archive not available",
+)
 def test_real_cifar10_test_split(tmp_path):
-  data = cifar.load_cifar("cifar10", "test", data_dir=REAL_DATA,
-                          cache_dir=tmp_path, source="files")
+  data = cifar.load_cifar(
+    "cifar10", "test", data_dir=REAL_DATA, cache_dir=tmp_path, source="files"
+  )
   assert data.images.shape == (10000, 32, 32, 3)
   assert data.images.dtype == np.uint8
   assert data.class_names[:2] == ("airplane", "automobile")

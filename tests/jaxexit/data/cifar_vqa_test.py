@@ -61,8 +61,9 @@ def test_answers_are_right_and_balanced():
   assert np.bincount(data.question_types).tolist() == [150, 150]
   verify = [data.answer(i) for i in range(300) if data.type_name(i) == "verify"]
   assert Counter(verify) == {"yes": 75, "no": 75}
-  classes = Counter(data.answer(i) for i in range(300)
-                    if data.type_name(i) == "classify")
+  classes = Counter(
+    data.answer(i) for i in range(300) if data.type_name(i) == "classify"
+  )
   assert set(classes) == set(CIFAR10_CLASSES)
 
 
@@ -88,11 +89,14 @@ def test_subset_and_seed():
   assert np.ptp(np.bincount(a.question_types)) <= 1
 
 
-@pytest.mark.parametrize("kw,match", [
+@pytest.mark.parametrize(
+  "kw,match",
+  [
     ({"num_examples": 0}, "num_examples=0"),
     ({"num_examples": 301}, "num_examples=301"),
     ({"seed": -2}, "seed=-2"),
-])
+  ],
+)
 def test_bad_arguments(kw, match):
   with pytest.raises(ValueError, match=match):
     cifar_vqa.cifar_vqa(_split(), **kw)
@@ -107,8 +111,9 @@ def test_bad_class_names():
 
 def test_missing_data_dir(tmp_path):
   with pytest.raises(location.DataNotFoundError, match="cifar10"):
-    cifar_vqa.load_cifar_vqa("test", data_dir=tmp_path, source="files",
-                             use_bundled=False)
+    cifar_vqa.load_cifar_vqa(
+      "test", data_dir=tmp_path, source="files", use_bundled=False
+    )
 
 
 def test_bundled_subset_uses_all_it_has_and_says_so(capsys):
@@ -122,18 +127,26 @@ def test_bundled_subset_uses_all_it_has_and_says_so(capsys):
 
 @slow
 @pytest.mark.skipif(
-    not (REAL_DATA / "cifar10" / "cifar10_test_jpg.tar.gz").is_file(),
-    reason="real CIFAR-10 archive not available")
+  not (REAL_DATA / "cifar10" / "cifar10_test_jpg.tar.gz").is_file(),
+  reason="real CIFAR-10 archive not available",
+)
 def test_real_cifar10_test_split(tmp_path):
-  data = cifar_vqa.load_cifar_vqa("test", seed=0, num_examples=1000,
-                                  data_dir=REAL_DATA, cache_dir=tmp_path,
-                                  source="files")
+  data = cifar_vqa.load_cifar_vqa(
+    "test",
+    seed=0,
+    num_examples=1000,
+    data_dir=REAL_DATA,
+    cache_dir=tmp_path,
+    source="files",
+  )
   assert data.images.shape == (1000, 32, 32, 3)
   assert data.images.dtype == np.uint8
   assert np.bincount(data.question_types).tolist() == [500, 500]
-  classes = Counter(data.answer(i) for i in range(1000)
-                    if data.type_name(i) == "classify")
+  classes = Counter(
+    data.answer(i) for i in range(1000) if data.type_name(i) == "classify"
+  )
   assert set(classes) == set(CIFAR10_CLASSES)  # a shuffled, not sorted, draw
-  verify = Counter(data.answer(i) for i in range(1000)
-                   if data.type_name(i) == "verify")
+  verify = Counter(
+    data.answer(i) for i in range(1000) if data.type_name(i) == "verify"
+  )
   assert verify == {"yes": 250, "no": 250}

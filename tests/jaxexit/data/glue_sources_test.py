@@ -36,8 +36,9 @@ def test_data_dir_wins_over_the_bundled_copy(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("split,rows", [("train", 67349), ("dev", 872)])
-def test_bundled_copy_when_the_data_dir_lacks_it(tmp_path, monkeypatch,
-                                                 capsys, split, rows):
+def test_bundled_copy_when_the_data_dir_lacks_it(
+  tmp_path, monkeypatch, capsys, split, rows
+):
   _no_network(monkeypatch)
   monkeypatch.setenv(location.ENV_VAR, str(tmp_path))  # an empty data dir
   data = glue.load_glue("sst2", split)
@@ -48,8 +49,10 @@ def test_bundled_copy_when_the_data_dir_lacks_it(tmp_path, monkeypatch,
   assert "bundled with jaxexit" in err and bundled.SOURCES in err
 
 
-@pytest.mark.skipif(not (REAL_DATA / "glue" / "SST-2" / "dev.tsv").is_file(),
-                    reason="real SST-2 not available")
+@pytest.mark.skipif(
+  not (REAL_DATA / "glue" / "SST-2" / "dev.tsv").is_file(),
+  reason="real SST-2 not available",
+)
 @pytest.mark.parametrize("split", fast_only(["train", "dev"], "dev"))
 def test_bundled_copy_equals_the_data_dir(tmp_path, split):
   real = glue.load_glue("sst2", split, data_dir=REAL_DATA)
@@ -80,7 +83,8 @@ def test_online_fetches_into_the_data_dir_once(tmp_path, monkeypatch, capsys):
   train = glue.load_glue("rte", "train", data_dir=data_dir)
   assert train.texts_b == ["b"]
   assert (data_dir / "glue" / "RTE" / "train.tsv").read_text() == (
-      RTE_FILES["train.tsv"])
+    RTE_FILES["train.tsv"]
+  )
 
 
 def test_fetch_failure_reason_is_in_the_error(tmp_path, monkeypatch):

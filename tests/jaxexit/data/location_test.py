@@ -97,8 +97,11 @@ def test_missing_data_error_lists_paths_and_how_to_obtain(no_env):
   msg = str(err.value)
   assert isinstance(err.value, FileNotFoundError)
   assert "'sst2'" in msg
-  for path in (root / "glue" / "SST-2", root / "glue/SST-2/train.tsv",
-               root / "glue/SST-2/dev.tsv"):
+  for path in (
+    root / "glue" / "SST-2",
+    root / "glue/SST-2/train.tsv",
+    root / "glue/SST-2/dev.tsv",
+  ):
     assert str(path) in msg
   assert "tfds.load('glue/sst2')" in msg
   assert "https://dl.fbaipublicfiles.com/glue/data/SST-2.zip" in msg
@@ -153,36 +156,62 @@ def test_name_aliases():
 
 
 def test_registry_layouts():
-  glue = {"cola": "CoLA", "sst2": "SST-2", "mrpc": "MRPC", "stsb": "STS-B",
-          "qqp": "QQP", "mnli": "MNLI", "qnli": "QNLI", "rte": "RTE",
-          "wnli": "WNLI"}
+  glue = {
+    "cola": "CoLA",
+    "sst2": "SST-2",
+    "mrpc": "MRPC",
+    "stsb": "STS-B",
+    "qqp": "QQP",
+    "mnli": "MNLI",
+    "qnli": "QNLI",
+    "rte": "RTE",
+    "wnli": "WNLI",
+  }
   for key, folder in glue.items():
     spec = data.DATASETS[key]
     assert spec.subdir == f"glue/{folder}"
     assert spec.tfds_name == f"glue/{key}"
   assert data.DATASETS["mnli"].files == (
-      "train.tsv", "dev_matched.tsv", "dev_mismatched.tsv")
+    "train.tsv",
+    "dev_matched.tsv",
+    "dev_mismatched.tsv",
+  )
   assert data.DATASETS["cifar10"].files == (
-      "cifar10_train_jpg.tar.gz", "cifar10_test_jpg.tar.gz")
+    "cifar10_train_jpg.tar.gz",
+    "cifar10_test_jpg.tar.gz",
+  )
   assert data.DATASETS["truthfulqa"].files == ("TruthfulQA.csv",)
 
 
 @slow
 def test_importing_does_not_import_tensorflow_datasets():
   # A fresh interpreter: other tests in this process may import tfds.
-  code = ("import sys, jaxexit.data, jaxexit.cost; "
-          "sys.exit('tensorflow_datasets' in sys.modules)")
-  subprocess.run([sys.executable, "-c", code], check=True,
-                 env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  code = (
+    "import sys, jaxexit.data, jaxexit.cost; "
+    "sys.exit('tensorflow_datasets' in sys.modules)"
+  )
+  subprocess.run(
+    [sys.executable, "-c", code],
+    check=True,
+    env={**os.environ, "JAX_PLATFORMS": "cpu"},
+  )
 
 
-@pytest.mark.skipif(not SHARED_DATA.is_dir(),
-                    reason=f"no offline data at {SHARED_DATA}")
-@pytest.mark.parametrize("name, subdir", [
-    ("sst2", "glue/SST-2"), ("rte", "glue/RTE"), ("wnli", "glue/WNLI"),
-    ("gsm8k", "gsm8k"), ("commonsenseqa", "commonsenseqa"),
-    ("truthfulqa", "truthfulqa"), ("cifar10", "cifar10"),
-])
+@pytest.mark.skipif(
+  not SHARED_DATA.is_dir(), reason=f"no offline data at {SHARED_DATA}"
+)
+@pytest.mark.parametrize(
+  "name, subdir",
+  [
+    ("sst2", "glue/SST-2"),
+    ("rte", "glue/RTE"),
+    ("wnli", "glue/WNLI"),
+    ("gsm8k", "gsm8k"),
+    ("commonsenseqa", "commonsenseqa"),
+    ("truthfulqa", "truthfulqa"),
+    ("cifar10", "cifar10"),
+  ],
+)
 def test_real_shared_data_is_found(name, subdir, monkeypatch):
   monkeypatch.setenv(location.ENV_VAR, str(SHARED_DATA))
   folder = data.require(name)

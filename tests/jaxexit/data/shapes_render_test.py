@@ -52,13 +52,18 @@ def _random_scenes(rng, batch, slots, image_size, object_size, grid):
   return valid, shape, colour, top, left, background
 
 
-@pytest.mark.parametrize("image_size,object_size,grid",
-                         [(32, 5, 4), (64, 6, 4), (60, 13, 3)])
+@pytest.mark.parametrize(
+  "image_size,object_size,grid", [(32, 5, 4), (64, 6, 4), (60, 13, 3)]
+)
 def test_render_matches_reference(image_size, object_size, grid):
   rng = np.random.default_rng(image_size)
   arrays = _random_scenes(rng, 6, 5, image_size, object_size, grid)
-  kw = dict(image_size=image_size, object_size=object_size,
-            shape_names=SHAPES, colour_names=tuple(shapes_render.PALETTE))
+  kw = dict(
+    image_size=image_size,
+    object_size=object_size,
+    shape_names=SHAPES,
+    colour_names=tuple(shapes_render.PALETTE),
+  )
   fast = shapes_render.render_scenes(*arrays, **kw)
   ref = shapes_render.render_scenes_reference(*arrays, **kw)
   assert fast.dtype == np.uint8

@@ -17,8 +17,12 @@ from jaxexit.data.vqa_set import QUESTION_LEN
 from jaxexit.data.vqa_vocab import PLURALS
 
 SINGULAR = {p: s for s, p in PLURALS.items()}
-RELATIONS = {"left": ("col", -1), "right": ("col", 1), "above": ("row", -1),
-             "below": ("row", 1)}
+RELATIONS = {
+  "left": ("col", -1),
+  "right": ("col", 1),
+  "above": ("row", -1),
+  "below": ("row", 1),
+}
 
 
 def _unique(objects, colour, shape):
@@ -49,8 +53,9 @@ def _oracle(words, objects):
     return "colour", chosen[0]["colour"], chosen
   if words[:2] == ["is", "there"]:
     assert words[2] == ("an" if words[3][0] in "aeiou" else "a")
-    chosen = [o for o in objects if (o["colour"], o["shape"]) == (
-        words[3], words[4])]
+    chosen = [
+      o for o in objects if (o["colour"], o["shape"]) == (words[3], words[4])
+    ]
     return "exists", "yes" if chosen else "no", chosen
   assert words[:2] == ["is", "the"]
   a, b = _unique(objects, *words[2:4]), _unique(objects, *words[-3:-1])
@@ -81,8 +86,7 @@ def test_arrays_and_sizes(default_set):
   assert data.images.shape == (2000, 64, 64, 3)
   assert data.images.dtype == np.uint8
   assert data.question_ids.shape == (2000, QUESTION_LEN)
-  for name in ("question_ids", "question_lens", "answer_ids",
-               "question_types"):
+  for name in ("question_ids", "question_lens", "answer_ids", "question_types"):
     assert getattr(data, name).dtype == np.int32, name
   assert data.type_names == shapes_vqa.QUESTION_TYPES
   counts = data.scenes.valid.sum(axis=1)
@@ -95,8 +99,9 @@ def test_answers_are_balanced_within_each_type(default_set):
   types = Counter(data.type_name(i) for i in range(len(data)))
   assert set(types.values()) == {500}
   for name in config.question_types:
-    got = Counter(data.answer(i) for i in range(len(data))
-                  if data.type_name(i) == name)
+    got = Counter(
+      data.answer(i) for i in range(len(data)) if data.type_name(i) == name
+    )
     assert set(got) == set(config.answers(name)), name
     assert max(got.values()) - min(got.values()) <= 1, (name, got)
 
@@ -110,18 +115,19 @@ def _pixels_match_objects(data, noise):
     painted = np.zeros(image.shape[:2], bool)
     for o in scenes.objects(i):
       mask = shapes_render.shape_mask(o["shape"], k)
-      box = image[o["top"]:o["top"] + k, o["left"]:o["left"] + k]
+      box = image[o["top"] : o["top"] + k, o["left"] : o["left"] + k]
       assert box.shape[:2] == (k, k)
       rgb = np.asarray(shapes_render.PALETTE[o["colour"]])
       assert np.abs(box[mask] - rgb).max() <= noise, (i, o)
-      painted[o["top"]:o["top"] + k, o["left"]:o["left"] + k] |= mask
+      painted[o["top"] : o["top"] + k, o["left"] : o["left"] + k] |= mask
     background = image[~painted]
     assert np.ptp(background, axis=0).max() <= 2 * noise, i
     assert background.max() < shapes_vqa.BACKGROUND_MAX + noise
 
 
-@pytest.mark.parametrize("image_size,object_size", [(32, 5), (64, 6),
-                                                    (336, 34)])
+@pytest.mark.parametrize(
+  "image_size,object_size", [(32, 5), (64, 6), (336, 34)]
+)
 def test_images_show_the_objects(image_size, object_size):
   config = ShapesVQAConfig(image_size=image_size, noise=0)
   data = make_shapes_vqa(config, 12, 1)
@@ -132,7 +138,7 @@ def test_images_show_the_objects(image_size, object_size):
   edges = np.arange(config.grid + 1) * image_size // config.grid
   s = data.scenes
   for top, row in ((s.top, s.row), (s.left, s.col)):
-    inside = ((top >= edges[row]) & (top + object_size <= edges[row + 1]))
+    inside = (top >= edges[row]) & (top + object_size <= edges[row + 1])
     assert np.all(inside[s.valid])
 
 
@@ -147,10 +153,17 @@ def test_same_seed_same_set_other_seed_other_set():
   for f in dataclasses.fields(a):
     if f.name not in ("vocab", "scenes", "type_names"):
       np.testing.assert_array_equal(getattr(a, f.name), getattr(b, f.name))
-  for f in ("valid", "relevant", "row", "col", "shape", "colour", "top",
-            "left"):
-    np.testing.assert_array_equal(getattr(a.scenes, f),
-                                  getattr(b.scenes, f))
+  for f in (
+    "valid",
+    "relevant",
+    "row",
+    "col",
+    "shape",
+    "colour",
+    "top",
+    "left",
+  ):
+    np.testing.assert_array_equal(getattr(a.scenes, f), getattr(b.scenes, f))
   c = make_shapes_vqa(config, 50, 1)
   d = make_shapes_vqa(dataclasses.replace(config, seed=1), 50, 0)
   for other in (c, d):
@@ -160,8 +173,12 @@ def test_same_seed_same_set_other_seed_other_set():
 
 def _layouts(data):
   s = data.scenes
-  return {frozenset((o["row"], o["col"], o["shape"], o["colour"])
-                    for o in s.objects(i)) for i in range(len(data))}
+  return {
+    frozenset(
+      (o["row"], o["col"], o["shape"], o["colour"]) for o in s.objects(i)
+    )
+    for i in range(len(data))
+  }
 
 
 def test_splits_share_no_scene():
@@ -178,9 +195,15 @@ def test_splits_share_no_scene():
 
 def test_subset_config():
   config = ShapesVQAConfig(
-      image_size=48, grid=3, max_objects=3, shapes=("circle", "cross"),
-      colours=("orange", "blue"), question_types=("exists", "relative"),
-      num_splits=1, seed=4)
+    image_size=48,
+    grid=3,
+    max_objects=3,
+    shapes=("circle", "cross"),
+    colours=("orange", "blue"),
+    question_types=("exists", "relative"),
+    num_splits=1,
+    seed=4,
+  )
   data = make_shapes_vqa(config, 101, 0)
   assert data.type_names == ("exists", "relative")
   for i in range(len(data)):
@@ -197,8 +220,9 @@ def test_ten_thousand_examples():
   example (what depends on the count). Pixels are drawn per image, so 100
   rendered examples check the images (10,000 would take 123 MB)."""
   config = ShapesVQAConfig()
-  drawn = shapes_sampling.sample_split(np.random.default_rng(0), config,
-                                       10_000, 2)
+  drawn = shapes_sampling.sample_split(
+    np.random.default_rng(0), config, 10_000, 2
+  )
   assert drawn.valid.shape[0] == drawn.qtype.shape[0] == 10_000
   assert len(np.unique(drawn.qtype)) == 4
   questions, answers = shapes_sampling.question_words(config, drawn)
@@ -208,7 +232,9 @@ def test_ten_thousand_examples():
   assert len(np.unique(data.question_types)) == 4
 
 
-@pytest.mark.parametrize("kw,match", [
+@pytest.mark.parametrize(
+  "kw,match",
+  [
     ({"image_size": 16}, "image_size=16 is too small for grid=4"),
     ({"image_size": 40, "grid": 9}, "too small for grid=9"),
     ({"colours": ("red", "purple")}, r"unknown colours \['purple'\]"),
@@ -224,7 +250,8 @@ def test_ten_thousand_examples():
     ({"noise": 200}, "noise=200"),
     ({"num_splits": 0}, "num_splits=0"),
     ({"seed": -1}, "seed=-1"),
-])
+  ],
+)
 def test_bad_config(kw, match):
   with pytest.raises(ValueError, match=match):
     ShapesVQAConfig(**kw)

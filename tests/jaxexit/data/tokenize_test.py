@@ -17,17 +17,25 @@ SHARED_DATA = Path(__file__).resolve().parents[3].parent / "shared" / "data"
 REAL_DATA = Path(os.environ.get(location.ENV_VAR) or SHARED_DATA)
 
 TRICKY = [
-    "Hello, WORLD! It's a test.",
-    "H\u00e9llo na\u00efve caf\u00e9 \u00c5ngstr\u00f6m",
-    "\u6771\u4eac is in Japan \U0001F600",
-    "unaffable antidisestablishmentarianism " + "x" * 120,
-    "  leading  and\ttrailing   spaces  ",
-    'stray "quotes and -- dashes ... (brackets) [UNK] [SEP]',
-    "",
-    "the quick brown fox jumps over the lazy dog . " * 3,  # 30 tokens
+  "Hello, WORLD! It's a test.",
+  "H\u00e9llo na\u00efve caf\u00e9 \u00c5ngstr\u00f6m",
+  "\u6771\u4eac is in Japan \U0001f600",
+  "unaffable antidisestablishmentarianism " + "x" * 120,
+  "  leading  and\ttrailing   spaces  ",
+  'stray "quotes and -- dashes ... (brackets) [UNK] [SEP]',
+  "",
+  "the quick brown fox jumps over the lazy dog . " * 3,  # 30 tokens
 ]
-PAIRS_B = ["short", "b " * 10, "\u00bfQu\u00e9?", "x", "", "y z", "last one",
-           "and a second text"]
+PAIRS_B = [
+  "short",
+  "b " * 10,
+  "\u00bfQu\u00e9?",
+  "x",
+  "",
+  "y z",
+  "last one",
+  "and a second text",
+]
 
 
 @pytest.fixture(scope="module")
@@ -78,8 +86,9 @@ def test_pair_truncation_is_longest_first(tok):
   # 9 = 3 specials + 6 text tokens; the long text gives up tokens first.
   assert (types == 1).sum() == 3  # "x y [SEP]"
   assert (types == 0).sum() == 6  # "[CLS] a a a a [SEP]"
-  enc = tok.encode_batch([" ".join(["a"] * 6)], [" ".join(["b"] * 6)],
-                         max_len=9)
+  enc = tok.encode_batch(
+    [" ".join(["a"] * 6)], [" ".join(["b"] * 6)], max_len=9
+  )
   assert (enc.token_type_ids[0] == 1).sum() == 4  # 3 b + [SEP]
 
 
@@ -132,15 +141,20 @@ def _hf(cls_name):
   cls = getattr(transformers, cls_name, None)
   if cls is None:
     pytest.skip(f"transformers has no {cls_name}")
-  return cls.from_pretrained(str(tk.minilm_model_dir()),
-                             local_files_only=True)
+  return cls.from_pretrained(str(tk.minilm_model_dir()), local_files_only=True)
 
 
 def _assert_same_as_hf(ours, hf, texts_a, texts_b, max_len):
   got = ours.encode_batch(texts_a, texts_b, max_len=max_len)
-  want = hf(texts_a, texts_b, max_length=max_len, truncation="longest_first",
-            padding="max_length", return_token_type_ids=True,
-            return_attention_mask=True)
+  want = hf(
+    texts_a,
+    texts_b,
+    max_length=max_len,
+    truncation="longest_first",
+    padding="max_length",
+    return_token_type_ids=True,
+    return_attention_mask=True,
+  )
   np.testing.assert_array_equal(got.input_ids, want["input_ids"])
   np.testing.assert_array_equal(got.token_type_ids, want["token_type_ids"])
   np.testing.assert_array_equal(got.attention_mask, want["attention_mask"])
@@ -154,8 +168,7 @@ def test_matches_transformers_fast(tok, max_len, offline):
   _assert_same_as_hf(tok, hf, TRICKY, PAIRS_B, max_len)
 
 
-def test_matches_transformers_python_tokenizer_without_truncation(
-    tok, offline):
+def test_matches_transformers_python_tokenizer_without_truncation(tok, offline):
   # An independent (pure Python) WordPiece. Its pair truncation breaks ties
   # differently from the Rust one, so compare untruncated inputs only.
   hf = _hf("BertTokenizerLegacy")
@@ -182,8 +195,23 @@ def _save(tok, tmp_path) -> str:
 
 def test_sentencepiece_tokenizer_json_like_albert(tmp_path):
   sp = tiny_tokenizers.albert_like(
-      ["<pad>", "<unk>", "[CLS]", "[SEP]", "▁the", "▁cat", "▁sat", "▁",
-       "t", "h", "e", "c", "a", "s"])
+    [
+      "<pad>",
+      "<unk>",
+      "[CLS]",
+      "[SEP]",
+      "▁the",
+      "▁cat",
+      "▁sat",
+      "▁",
+      "t",
+      "h",
+      "e",
+      "c",
+      "a",
+      "s",
+    ]
+  )
   tok = tk.TextTokenizer.from_file(_save(sp, tmp_path))
   assert tok.pad_token == "<pad>" and tok.pad_id == 0
   enc = tok.encode_batch(["The cat"], ["sat"], max_len=8)
@@ -196,8 +224,8 @@ def test_sentencepiece_tokenizer_json_like_albert(tmp_path):
 
 def test_bpe_tokenizer_json_like_roberta(tmp_path):
   from tokenizers import Tokenizer, models, pre_tokenizers, processors
-  vocab = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3, "a": 4, "b": 5,
-           "ab": 6}
+
+  vocab = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3, "a": 4, "b": 5, "ab": 6}
   bpe = Tokenizer(models.BPE(vocab, [("a", "b")], unk_token="<unk>"))
   bpe.pre_tokenizer = pre_tokenizers.Whitespace()
   bpe.post_processor = processors.RobertaProcessing(("</s>", 2), ("<s>", 0))
@@ -215,7 +243,11 @@ def test_vocab_txt_needs_case(tmp_path):
 
 def test_no_pad_token(tmp_path):
   from tokenizers import Tokenizer, models
+
   with pytest.raises(ValueError, match="pad token"):
-    tk.TextTokenizer.from_file(_save(
+    tk.TextTokenizer.from_file(
+      _save(
         Tokenizer(models.WordLevel({"a": 0, "[UNK]": 1}, unk_token="[UNK]")),
-        tmp_path))
+        tmp_path,
+      )
+    )

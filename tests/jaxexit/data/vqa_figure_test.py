@@ -9,8 +9,9 @@ from jaxexit.data.vqa_figure import render_examples_png
 
 def test_writes_a_png(tmp_path):
   data = make_shapes_vqa(ShapesVQAConfig(image_size=32), 6, 0)
-  path = render_examples_png(data, tmp_path / "sub" / "examples.png", n=5,
-                             columns=3)
+  path = render_examples_png(
+    data, tmp_path / "sub" / "examples.png", n=5, columns=3
+  )
   assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
   with Image.open(path) as image:
     assert image.size[0] > image.size[1] > 100  # 2 rows of 3

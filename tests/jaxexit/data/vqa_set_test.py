@@ -11,14 +11,22 @@ from jaxexit.data.vqa_vocab import VQAVocab
 def _set(**overrides) -> VQASet:
   vocab = VQAVocab()
   ids, lens = vocab.encode_padded(
-      [["how", "many", "circles", "?"], ["is", "there", "a", "red",
-                                         "square", "?"], ["?"]], QUESTION_LEN)
+    [
+      ["how", "many", "circles", "?"],
+      ["is", "there", "a", "red", "square", "?"],
+      ["?"],
+    ],
+    QUESTION_LEN,
+  )
   fields = dict(
-      images=np.arange(3 * 4 * 4 * 3, dtype=np.uint8).reshape(3, 4, 4, 3),
-      question_ids=ids, question_lens=lens,
-      answer_ids=vocab.encode(["2", "no", "yes"]),
-      question_types=np.asarray([0, 1, 1], np.int32),
-      type_names=("count", "exists"), vocab=vocab)
+    images=np.arange(3 * 4 * 4 * 3, dtype=np.uint8).reshape(3, 4, 4, 3),
+    question_ids=ids,
+    question_lens=lens,
+    answer_ids=vocab.encode(["2", "no", "yes"]),
+    question_types=np.asarray([0, 1, 1], np.int32),
+    type_names=("count", "exists"),
+    vocab=vocab,
+  )
   return VQASet(**{**fields, **overrides})
 
 
@@ -37,8 +45,9 @@ class _Scenes:
     return _Scenes(self.ids[idx])
 
 
-@pytest.mark.parametrize("idx", [[2, 0], np.array([True, False, True]),
-                                 slice(0, 3, 2)])
+@pytest.mark.parametrize(
+  "idx", [[2, 0], np.array([True, False, True]), slice(0, 3, 2)]
+)
 def test_take(idx):
   data = _set(scenes=_Scenes([10, 11, 12]))
   part = data.take(idx)

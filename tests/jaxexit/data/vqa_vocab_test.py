@@ -9,10 +9,14 @@ from jaxexit.data.vqa_vocab import VQAVocab
 
 def test_specials_come_first_with_fixed_ids():
   vocab = VQAVocab()
-  assert vocab.words[:5] == ("<pad>", "<bos>", "<image>", "<answer>",
-                             "<unk>")
-  assert (vocab.pad_id, vocab.bos_id, vocab.image_id, vocab.sep_id,
-          vocab.unk_id) == (0, 1, 2, 3, 4)
+  assert vocab.words[:5] == ("<pad>", "<bos>", "<image>", "<answer>", "<unk>")
+  assert (
+    vocab.pad_id,
+    vocab.bos_id,
+    vocab.image_id,
+    vocab.sep_id,
+    vocab.unk_id,
+  ) == (0, 1, 2, 3, 4)
   # Ids are part of trained checkpoints: appending is fine, reordering not.
   assert len(vocab) == 66
   assert vocab.id("how") == 5 and vocab.id("?") == 27
@@ -22,10 +26,15 @@ def test_specials_come_first_with_fixed_ids():
 
 def test_every_dataset_word_is_in_the_vocabulary():
   vocab = VQAVocab()
-  for word in (vqa_vocab.SHAPES + tuple(vqa_vocab.PLURALS.values())
-               + vqa_vocab.COLOURS + vqa_vocab.NUMBERS
-               + vqa_vocab.CIFAR10_CLASSES + vqa_vocab.TEMPLATE_WORDS
-               + ("yes", "no")):
+  for word in (
+    vqa_vocab.SHAPES
+    + tuple(vqa_vocab.PLURALS.values())
+    + vqa_vocab.COLOURS
+    + vqa_vocab.NUMBERS
+    + vqa_vocab.CIFAR10_CLASSES
+    + vqa_vocab.TEMPLATE_WORDS
+    + ("yes", "no")
+  ):
     assert vocab.words[vocab.id(word)] == word
   assert len(set(vocab.words)) == len(vocab)
 
@@ -36,7 +45,8 @@ def test_answer_ids():
   assert ids.dtype == np.int32 and len(ids) == len(vqa_vocab.ANSWERS)
   assert vocab.decode(ids) == list(vqa_vocab.ANSWERS)
   assert {"yes", "no", "0", "6", "red", "cyan", "airplane"} <= set(
-      vocab.answers)
+    vocab.answers
+  )
   assert not set(vocab.decode(ids)) & set(vqa_vocab.SPECIALS)
   assert "how" not in vocab.answers and "?" not in vocab.answers
 
@@ -58,7 +68,8 @@ def test_unknown_words_are_named():
     vocab.id("purple")
   ids = vocab.encode(["a", "purple", "square"], allow_unknown=True)
   np.testing.assert_array_equal(
-      ids, [vocab.id("a"), vocab.unk_id, vocab.id("square")])
+    ids, [vocab.id("a"), vocab.unk_id, vocab.id("square")]
+  )
   with pytest.raises(ValueError, match="not one string"):
     vocab.encode("how many")
 
@@ -86,22 +97,29 @@ def test_article():
   assert vqa_vocab.article("red") == "a"
 
 
-@pytest.mark.parametrize("kw,match", [
+@pytest.mark.parametrize(
+  "kw,match",
+  [
     ({"words": ("<pad>", "x")}, "must start with"),
-    ({"words": vqa_vocab.SPECIALS + ("x", "y", "x"), "answers": ("y",)},
-     r"repeated: \['x'\]"),
-    ({"words": vqa_vocab.SPECIALS + ("x",), "answers": ("z",)},
-     r"\['z'\]"),
-    ({"words": vqa_vocab.SPECIALS + ("x",), "answers": ("<unk>",)},
-     "non-special"),
-])
+    (
+      {"words": vqa_vocab.SPECIALS + ("x", "y", "x"), "answers": ("y",)},
+      r"repeated: \['x'\]",
+    ),
+    ({"words": vqa_vocab.SPECIALS + ("x",), "answers": ("z",)}, r"\['z'\]"),
+    (
+      {"words": vqa_vocab.SPECIALS + ("x",), "answers": ("<unk>",)},
+      "non-special",
+    ),
+  ],
+)
 def test_bad_custom_vocabularies(kw, match):
   with pytest.raises(ValueError, match=match):
     VQAVocab(**kw)
 
 
 def test_custom_vocabulary():
-  vocab = VQAVocab(words=vqa_vocab.SPECIALS + ("yes", "no", "?"),
-                   answers=("yes", "no"))
+  vocab = VQAVocab(
+    words=vqa_vocab.SPECIALS + ("yes", "no", "?"), answers=("yes", "no")
+  )
   assert len(vocab) == 8
   np.testing.assert_array_equal(vocab.answer_ids, [5, 6])

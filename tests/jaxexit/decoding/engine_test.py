@@ -19,17 +19,35 @@ from tests.tiers import fast_only, slow as SLOW
 
 N = 10
 BACKBONES = {
-    "llama": lambda: LlamaLM(
-        LlamaConfig(vocab_size=32, d_model=16, num_layers=6, num_heads=4,
-                    num_kv_heads=2, mlp_hidden=32, max_position=64),
-        rngs=nnx.Rngs(0)),
-    "mamba": lambda: MambaLM(
-        MambaConfig(vocab_size=32, d_model=16, num_layers=6, d_state=4),
-        rngs=nnx.Rngs(0)),
-    "mamba2": lambda: Mamba2LM(
-        Mamba2Config(vocab_size=32, d_model=16, num_layers=6, d_state=4,
-                     num_heads=4, head_dim=8, n_groups=2, chunk_size=4),
-        rngs=nnx.Rngs(0)),
+  "llama": lambda: LlamaLM(
+    LlamaConfig(
+      vocab_size=32,
+      d_model=16,
+      num_layers=6,
+      num_heads=4,
+      num_kv_heads=2,
+      mlp_hidden=32,
+      max_position=64,
+    ),
+    rngs=nnx.Rngs(0),
+  ),
+  "mamba": lambda: MambaLM(
+    MambaConfig(vocab_size=32, d_model=16, num_layers=6, d_state=4),
+    rngs=nnx.Rngs(0),
+  ),
+  "mamba2": lambda: Mamba2LM(
+    Mamba2Config(
+      vocab_size=32,
+      d_model=16,
+      num_layers=6,
+      d_state=4,
+      num_heads=4,
+      head_dim=8,
+      n_groups=2,
+      chunk_size=4,
+    ),
+    rngs=nnx.Rngs(0),
+  ),
 }
 
 
@@ -54,8 +72,13 @@ def test_exits_disabled_equals_full_model(kind, mode):
   model = _model(kind)
   prompts, lengths = _prompts()
   full = generate_full(model, prompts, lengths, max_new_tokens=N)
-  cfg = DecodeConfig(exit_layers=(2, 4), state_mode=mode, exits_enabled=False,
-                     max_new_tokens=N, pending=3)
+  cfg = DecodeConfig(
+    exit_layers=(2, 4),
+    state_mode=mode,
+    exits_enabled=False,
+    max_new_tokens=N,
+    pending=3,
+  )
   out = generate(model, LMHeadExits(), prompts, lengths, 0.0, cfg)
   np.testing.assert_array_equal(out.tokens, full)
   assert (np.asarray(out.exit_layer) == 6).all()
@@ -67,43 +90,58 @@ def test_exits_disabled_sampling_equals_full_model(kind):
   model = _model(kind)
   prompts, lengths = _prompts()
   key = jax.random.key(3)
-  full = generate_full(model, prompts, lengths, max_new_tokens=N,
-                       temperature=0.7, key=key)
-  cfg = DecodeConfig(exit_layers=(3,), exits_enabled=False, max_new_tokens=N,
-                     temperature=0.7)
+  full = generate_full(
+    model, prompts, lengths, max_new_tokens=N, temperature=0.7, key=key
+  )
+  cfg = DecodeConfig(
+    exit_layers=(3,), exits_enabled=False, max_new_tokens=N, temperature=0.7
+  )
   out = generate(model, LMHeadExits(), prompts, lengths, 0.5, cfg, key=key)
   np.testing.assert_array_equal(out.tokens, full)
 
 
 def _sequence(prompts, lengths, generated):
-  rows = [np.concatenate([p[:n], g]) for p, n, g in
-          zip(prompts, lengths, np.asarray(generated))]
+  rows = [
+    np.concatenate([p[:n], g])
+    for p, n, g in zip(prompts, lengths, np.asarray(generated))
+  ]
   return np.stack(rows)
 
 
 @SLOW
-@pytest.mark.parametrize("kind, rule", [
-    ("llama", "max_softmax"), ("llama", "margin"), ("llama", "cosine"),
-    ("mamba", "max_softmax"), ("mamba2", "margin")])
+@pytest.mark.parametrize(
+  "kind, rule",
+  [
+    ("llama", "max_softmax"),
+    ("llama", "margin"),
+    ("llama", "cosine"),
+    ("mamba", "max_softmax"),
+    ("mamba2", "margin"),
+  ],
+)
 def test_oracle_equals_simulated_evaluation(kind, rule):
   model = _model(kind)
   prompts, lengths = _prompts()
   prompts, lengths = prompts[:1], lengths[:1]  # batch 1: per-token exits
-  cfg = DecodeConfig(exit_layers=(1, 2, 4), rule=rule, state_mode="oracle",
-                     max_new_tokens=N)
+  cfg = DecodeConfig(
+    exit_layers=(1, 2, 4), rule=rule, state_mode="oracle", max_new_tokens=N
+  )
   # A threshold inside the first exit's confidence range mixes the exits.
   probe = simulate_exits(model, LMHeadExits(), prompts, lengths, 1.0, cfg)
-  threshold = float(np.median(probe.exit_confidence[0, :lengths[0], 0]))
+  threshold = float(np.median(probe.exit_confidence[0, : lengths[0], 0]))
   out = generate(model, LMHeadExits(), prompts, lengths, threshold, cfg)
   seq = _sequence(prompts, lengths, out.tokens)
-  sim = simulate_exits(model, LMHeadExits(), seq, np.array([seq.shape[1]]), threshold,
-                       cfg)
+  sim = simulate_exits(
+    model, LMHeadExits(), seq, np.array([seq.shape[1]]), threshold, cfg
+  )
   start = lengths[0]
   # Token n+1 is predicted at position start + n; token 0 by the prefill.
   np.testing.assert_array_equal(
-      out.tokens[0, 1:], sim.prediction[0, start:start + N - 1])
+    out.tokens[0, 1:], sim.prediction[0, start : start + N - 1]
+  )
   np.testing.assert_array_equal(
-      out.exit_layer[0, 1:], sim.exit_layer[0, start:start + N - 1])
+    out.exit_layer[0, 1:], sim.exit_layer[0, start : start + N - 1]
+  )
   exits = np.asarray(out.exit_layer[0, 1:])
   assert len(set(exits.tolist())) > 1, f"no threshold mixes exits: {exits}"
 
@@ -118,12 +156,14 @@ def test_recompute_is_exact_like_oracle(kind):
   prompts, lengths = prompts[:1], lengths[:1]
   outs = {}
   for mode in ("oracle", "recompute"):
-    cfg = DecodeConfig(exit_layers=(1, 2, 4), state_mode=mode,
-                       max_new_tokens=N, pending=N)
+    cfg = DecodeConfig(
+      exit_layers=(1, 2, 4), state_mode=mode, max_new_tokens=N, pending=N
+    )
     outs[mode] = generate(model, LMHeadExits(), prompts, lengths, 0.3, cfg)
   np.testing.assert_array_equal(outs["recompute"].tokens, outs["oracle"].tokens)
-  np.testing.assert_array_equal(outs["recompute"].exit_layer,
-                                outs["oracle"].exit_layer)
+  np.testing.assert_array_equal(
+    outs["recompute"].exit_layer, outs["oracle"].exit_layer
+  )
   # Recompute did real skipping: fewer block applications than 6 per token
   # for early tokens, with the catch-up charged to later deep tokens.
   assert outs["recompute"].layers_computed[0, 1:].sum() < 6 * (N - 1) * 2
@@ -134,16 +174,18 @@ def test_recompute_is_exact_like_oracle(kind):
 def test_recompute_buffer_overflow_forces_full_pass(kind):
   model = _model(kind)
   prompts, lengths = _prompts()
-  cfg = DecodeConfig(exit_layers=(1,), state_mode="recompute",
-                     max_new_tokens=N, pending=2)
+  cfg = DecodeConfig(
+    exit_layers=(1,), state_mode="recompute", max_new_tokens=N, pending=2
+  )
   out = generate(model, LMHeadExits(), prompts[:1], lengths[:1], 0.0, cfg)
   layers = np.asarray(out.exit_layer[0, 1:])
   # λ = 0: every token would exit at block 1; every third one is forced deep.
   assert layers.tolist() == [1, 1, 6] * 3
 
 
-@pytest.mark.parametrize("mode", fast_only(["propagate", "freeze"],
-                                           "propagate"))
+@pytest.mark.parametrize(
+  "mode", fast_only(["propagate", "freeze"], "propagate")
+)
 def test_threshold_zero_exits_at_first_exit(mode):
   model = _model("llama")
   prompts, lengths = _prompts()
@@ -171,15 +213,17 @@ def test_eos_stops_rows():
   prompts, lengths = _prompts()
   full = np.asarray(generate_full(model, prompts, lengths, max_new_tokens=N))
   eos = int(full[0, 2])
-  cfg = DecodeConfig(exit_layers=(3,), exits_enabled=False, max_new_tokens=N,
-                     eos_id=eos)
+  cfg = DecodeConfig(
+    exit_layers=(3,), exits_enabled=False, max_new_tokens=N, eos_id=eos
+  )
   out = generate(model, LMHeadExits(), prompts, lengths, 1.0, cfg)
   first = list(full[0]).index(eos)
   assert (np.asarray(out.tokens[0, first:]) == eos).all()
-  assert not np.asarray(out.valid[0, first + 1:]).any()
+  assert not np.asarray(out.valid[0, first + 1 :]).any()
   np.testing.assert_array_equal(
-      out.tokens, generate_full(model, prompts, lengths, max_new_tokens=N,
-                                eos_id=eos))
+    out.tokens,
+    generate_full(model, prompts, lengths, max_new_tokens=N, eos_id=eos),
+  )
 
 
 def test_bad_input_errors():
@@ -191,8 +235,14 @@ def test_bad_input_errors():
   with pytest.raises(ValueError, match="max_len=8"):
     generate(model, LMHeadExits(), prompts, lengths, 0.5, cfg, max_len=8)
   with pytest.raises(ValueError, match="exit_layers"):
-    generate(model, LMHeadExits(), prompts, lengths, 0.5,
-             DecodeConfig(exit_layers=(6,), max_new_tokens=N))
+    generate(
+      model,
+      LMHeadExits(),
+      prompts,
+      lengths,
+      0.5,
+      DecodeConfig(exit_layers=(6,), max_new_tokens=N),
+    )
   with pytest.raises(ValueError, match="state_mode"):
     DecodeConfig(exit_layers=(2,), state_mode="skip")
   with pytest.raises(ValueError, match="exit_layers"):
@@ -200,9 +250,14 @@ def test_bad_input_errors():
 
   model.state_modes = ("oracle", "propagate")  # a backbone that cannot freeze
   with pytest.raises(ValueError, match="'freeze' is not supported by LlamaLM"):
-    generate(model, LMHeadExits(),
-             prompts, lengths, 0.5,
-             DecodeConfig(exit_layers=(2,), state_mode="freeze"))
+    generate(
+      model,
+      LMHeadExits(),
+      prompts,
+      lengths,
+      0.5,
+      DecodeConfig(exit_layers=(2,), state_mode="freeze"),
+    )
 
 
 @SLOW
@@ -210,10 +265,12 @@ def test_flops_fraction_counts_heads_and_skipping():
   model = _model("llama")
   prompts, lengths = _prompts()
   heads = LMHeadExits()
-  full_cfg = DecodeConfig(exit_layers=(2, 4), exits_enabled=False,
-                          max_new_tokens=N)
-  costs = decode_costs(model, heads, full_cfg.boundaries(6),
-                       cache_length(prompts.shape[1], N))
+  full_cfg = DecodeConfig(
+    exit_layers=(2, 4), exits_enabled=False, max_new_tokens=N
+  )
+  costs = decode_costs(
+    model, heads, full_cfg.boundaries(6), cache_length(prompts.shape[1], N)
+  )
   assert costs.block.min() > 0 and costs.head.min() > 0
   full = generate(model, heads, prompts, lengths, 0.0, full_cfg)
   assert decode_flops_fraction(full, costs) == pytest.approx(1.0)

@@ -14,7 +14,6 @@ L, B, D, C = 4, 6, 8, 3
 
 
 class Block(nnx.Module):
-
   def __init__(self, rngs: nnx.Rngs):
     self.linear = nnx.Linear(D, D, rngs=rngs)
 
@@ -28,8 +27,10 @@ def _head(rngs):
 
 def _list_model(seed=0):
   rngs = nnx.Rngs(seed)
-  return (nnx.List([Block(rngs) for _ in range(L)]),
-          nnx.List([_head(rngs) for _ in range(L)]))
+  return (
+    nnx.List([Block(rngs) for _ in range(L)]),
+    nnx.List([_head(rngs) for _ in range(L)]),
+  )
 
 
 def _stacked_model(seed=0):
@@ -65,24 +66,29 @@ def test_list_layout_matches_plain_loop_and_agrees_in_every_mode():
   stack, params = jx.exit_stack(blocks, heads)
   x = _x()
   res = jx.simulate(stack, jx.never(), params, x)
-  np.testing.assert_allclose(res.per_layer.logits,
-                             _plain_logits(blocks, heads, x), rtol=1e-6,
-                             atol=1e-6)
-  modes_check.assert_stack_modes_agree(stack, _median_rule(stack, params, x),
-                                       params, x)
+  np.testing.assert_allclose(
+    res.per_layer.logits, _plain_logits(blocks, heads, x), rtol=1e-6, atol=1e-6
+  )
+  modes_check.assert_stack_modes_agree(
+    stack, _median_rule(stack, params, x), params, x
+  )
 
 
 def test_stacked_layout_matches_the_same_weights_as_a_list():
   blocks, heads = _stacked_model()
   stack, params = jx.exit_stack(blocks, heads)
-  as_list = [nnx.List([adapter.layer_module(m, i) for i in range(L)])
-             for m in (blocks, heads)]
+  as_list = [
+    nnx.List([adapter.layer_module(m, i) for i in range(L)])
+    for m in (blocks, heads)
+  ]
   x = _x()
   res = jx.simulate(stack, jx.never(), params, x)
-  np.testing.assert_allclose(res.per_layer.logits, _plain_logits(*as_list, x),
-                             rtol=1e-6, atol=1e-6)
-  modes_check.assert_stack_modes_agree(stack, _median_rule(stack, params, x),
-                                       params, x)
+  np.testing.assert_allclose(
+    res.per_layer.logits, _plain_logits(*as_list, x), rtol=1e-6, atol=1e-6
+  )
+  modes_check.assert_stack_modes_agree(
+    stack, _median_rule(stack, params, x), params, x
+  )
 
 
 def test_shared_indexed_and_branches_layouts():
@@ -100,8 +106,9 @@ def test_shared_indexed_and_branches_layouts():
     for i in range(L):
       h = block(h)
       want.append(heads[0](h) * (i + 1))
-    np.testing.assert_allclose(res.per_layer.logits, jnp.stack(want, 1),
-                               rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(
+      res.per_layer.logits, jnp.stack(want, 1), rtol=1e-6, atol=1e-6
+    )
 
 
 def test_equal_stacks_share_one_compiled_runner():
@@ -112,7 +119,8 @@ def test_equal_stacks_share_one_compiled_runner():
   stack_b, _ = jx.exit_stack(blocks, heads)
   assert stack_a == stack_b and hash(stack_a) == hash(stack_b)
   assert jx.make_runner("compacted", stack_a, rule) is jx.make_runner(
-      "compacted", stack_b, rule)
+    "compacted", stack_b, rule
+  )
   other, _ = jx.exit_stack(*_stacked_model(seed=1))
   assert other == stack_a  # same graph, other weights: weights are params
 
@@ -127,17 +135,22 @@ def test_train_step_through_the_stack_updates_the_model():
     return -jnp.mean(jax.nn.log_softmax(logits)[jnp.arange(B), :, labels])
 
   grads = nnx.grad(loss, argnums=(0, 1))(blocks, heads)
-  norms = [float(jnp.linalg.norm(g["kernel"][...]))
-           for g in (grads[0][0]["linear"], grads[1][L - 1])]
+  norms = [
+    float(jnp.linalg.norm(g["kernel"][...]))
+    for g in (grads[0][0]["linear"], grads[1][L - 1])
+  ]
   assert all(n > 0 for n in norms), norms
 
 
-@pytest.mark.parametrize("layers, heads, match", [
+@pytest.mark.parametrize(
+  "layers, heads, match",
+  [
     ("not a module", None, "layers must be an nnx.Module"),
     (None, "heads", "heads must be an nnx.Module"),
     ("short", None, "disagree on the number of layers: 3 layers"),
     ("ragged", None, "stacked\\(\\) needs a module whose every parameter"),
-])
+  ],
+)
 def test_bad_sides_are_named(layers, heads, match):
   blocks, good_heads = _list_model()
   if layers == "short":

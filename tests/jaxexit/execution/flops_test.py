@@ -18,10 +18,10 @@ def test_exit_flops_per_example_and_cumulative():
   four = exit_flops(stack, params, toy_stack.inputs(4))
   np.testing.assert_allclose(one.layer, four.layer)
   d = toy_stack.D
-  assert one.layer[0] >= 2 * d * d          # the layer's matmul at least
+  assert one.layer[0] >= 2 * d * d  # the layer's matmul at least
   np.testing.assert_allclose(one.cumulative, np.cumsum(one.layer + one.head))
   assert one.full == pytest.approx(one.layer.sum() + one.head[-1])
-  assert one.fraction[-1] > 1.0             # heads on the way cost extra
+  assert one.fraction[-1] > 1.0  # heads on the way cost extra
 
 
 def test_xla_flops_is_zero_without_float_work():

@@ -15,8 +15,10 @@ def patience_like():
   """A stateful rule: exit after 2 consecutive layers with the same argmax."""
 
   def init(batch, rule_inputs):
-    return {"prev": jnp.full((batch,), -1, jnp.int32),
-            "count": jnp.zeros((batch,), jnp.int32)}
+    return {
+      "prev": jnp.full((batch,), -1, jnp.int32),
+      "count": jnp.zeros((batch,), jnp.int32),
+    }
 
   def update(state, out, layer):
     pred = jnp.argmax(out.logits, -1).astype(jnp.int32)
@@ -31,12 +33,12 @@ def halting_threshold():
 
 
 RULES = {
-    "never": (rules.never, None),
-    "always": (rules.always, None),
-    "fixed3": (lambda: rules.fixed_depth(3), None),
-    "preset": (rules.preset_depth, "depths"),
-    "patience_like": (patience_like, None),
-    "halt>0.7": (halting_threshold, None),
+  "never": (rules.never, None),
+  "always": (rules.always, None),
+  "fixed3": (lambda: rules.fixed_depth(3), None),
+  "preset": (rules.preset_depth, "depths"),
+  "patience_like": (patience_like, None),
+  "halt>0.7": (halting_threshold, None),
 }
 
 
@@ -47,7 +49,9 @@ def _run_all(rule_name, batch, seed=0, **compact_opts):
   rule = make_rule()
   rule_inputs = None
   if needs == "depths":
-    rule_inputs = jax.random.randint(jax.random.key(seed + 2), (batch,), 1, L + 1)
+    rule_inputs = jax.random.randint(
+      jax.random.key(seed + 2), (batch,), 1, L + 1
+    )
   results = {}
   for mode in execution.MODES:
     opts = compact_opts if mode == "compacted" else {}
@@ -61,9 +65,12 @@ def _assert_same(results):
   for mode, res in results.items():
     np.testing.assert_array_equal(res.exit_layer, ref.exit_layer, err_msg=mode)
     jax.tree.map(
-        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6,
-                                                err_msg=mode),
-        res.outputs, ref.outputs)
+      lambda a, b: np.testing.assert_allclose(
+        a, b, rtol=1e-6, atol=1e-6, err_msg=mode
+      ),
+      res.outputs,
+      ref.outputs,
+    )
 
 
 # The fast tier: every rule at batch 5 (the compaction options and random
@@ -80,8 +87,9 @@ def test_modes_agree(rule_name, batch):
 @pytest.mark.parametrize("segment_layers", [1, 2, 4])
 @pytest.mark.parametrize("buckets", ["pow2", "pow2_half", "exact", (3, 7)])
 def test_compacted_options_agree(segment_layers, buckets):
-  results, _ = _run_all("preset", 13, seed=3, segment_layers=segment_layers,
-                        buckets=buckets)
+  results, _ = _run_all(
+    "preset", 13, seed=3, segment_layers=segment_layers, buckets=buckets
+  )
   _assert_same(results)
 
 
@@ -117,8 +125,9 @@ def test_never_equals_full_model():
 
 def test_outputs_follow_examples_through_compaction():
   results, _ = _run_all("preset", 16, seed=7)
-  np.testing.assert_array_equal(results["compacted"].outputs.extra["tag"],
-                                np.arange(16))
+  np.testing.assert_array_equal(
+    results["compacted"].outputs.extra["tag"], np.arange(16)
+  )
 
 
 def test_simulate_per_layer_and_grad():
@@ -130,7 +139,7 @@ def test_simulate_per_layer_and_grad():
 
   def loss(p):
     r = execution.simulate(stack, rules.never(), p, carry)
-    return jnp.sum(r.per_layer.logits ** 2)
+    return jnp.sum(r.per_layer.logits**2)
 
   grads = jax.grad(loss)(params)
   assert all(np.isfinite(g).all() for g in jax.tree.leaves(grads))
@@ -153,17 +162,30 @@ def test_bucket_sizes():
   assert execution.bucket_sizes(24, "pow2") == (1, 2, 4, 8, 16, 24)
   assert execution.bucket_sizes(5, "exact") == (1, 2, 3, 4, 5)
   assert execution.bucket_sizes(32) == execution.bucket_sizes(32, "pow2_half")
-  assert execution.bucket_sizes(32, "pow2_half") == (1, 2, 3, 4, 6, 8, 12, 16,
-                                                     24, 32)
+  assert execution.bucket_sizes(32, "pow2_half") == (
+    1,
+    2,
+    3,
+    4,
+    6,
+    8,
+    12,
+    16,
+    24,
+    32,
+  )
   assert execution.bucket_sizes(10, (4, 64)) == (4, 10)
 
 
-@pytest.mark.parametrize("bad,match", [
+@pytest.mark.parametrize(
+  "bad,match",
+  [
     (dict(mode="fast"), "mode='fast'"),
     (dict(mode="compacted", segment_layers=0), "segment_layers=0"),
     (dict(mode="compacted", buckets="primes"), "buckets='primes'"),
     (dict(mode="compacted", buckets=(0, 4)), "bucket size=0"),
-])
+  ],
+)
 def test_bad_options(bad, match):
   stack, _ = toy_stack.make(L)
   with pytest.raises(ValueError, match=match.replace("(", r"\(")):
@@ -173,11 +195,27 @@ def test_bad_options(bad, match):
 def test_bad_carry_and_stack():
   stack, params = toy_stack.make(L)
   with pytest.raises(ValueError, match="batch axis first"):
-    execution.run("simulate", stack, rules.never(), params,
-                  {"h": jnp.zeros((4, 8)), "tag": jnp.zeros((3,), jnp.int32)})
+    execution.run(
+      "simulate",
+      stack,
+      rules.never(),
+      params,
+      {"h": jnp.zeros((4, 8)), "tag": jnp.zeros((3,), jnp.int32)},
+    )
   with pytest.raises(ValueError, match="num_layers"):
-    execution.run("simulate", stack._replace(num_layers=0), rules.never(),
-                  params, toy_stack.inputs(2))
+    execution.run(
+      "simulate",
+      stack._replace(num_layers=0),
+      rules.never(),
+      params,
+      toy_stack.inputs(2),
+    )
   with pytest.raises(ValueError, match="rule_inputs"):
-    execution.run("early_stop", stack, rules.preset_depth(), params,
-                  toy_stack.inputs(2), rule_inputs=jnp.ones((3,), jnp.int32))
+    execution.run(
+      "early_stop",
+      stack,
+      rules.preset_depth(),
+      params,
+      toy_stack.inputs(2),
+      rule_inputs=jnp.ones((3,), jnp.int32),
+    )

@@ -12,9 +12,9 @@ D, C = 8, 3
 def make(num_layers: int, key=jax.random.key(0)):
   k1, k2, k3 = jax.random.split(key, 3)
   params = {
-      "w": jax.random.normal(k1, (num_layers, D, D)) / jnp.sqrt(D),
-      "head": jax.random.normal(k2, (num_layers, D, C)),
-      "halt": jax.random.normal(k3, (num_layers, D)),
+    "w": jax.random.normal(k1, (num_layers, D, D)) / jnp.sqrt(D),
+    "head": jax.random.normal(k2, (num_layers, D, C)),
+    "halt": jax.random.normal(k3, (num_layers, D)),
   }
 
   def layer_fn(p, layer, carry):
@@ -25,13 +25,16 @@ def make(num_layers: int, key=jax.random.key(0)):
   def head_fn(p, layer, carry):
     h = carry["h"]
     return ExitHeadOutput(
-        logits=h @ p["head"][layer],
-        halt=jax.nn.sigmoid(h @ p["halt"][layer]),
-        extra={"tag": carry["tag"], "h": h})
+      logits=h @ p["head"][layer],
+      halt=jax.nn.sigmoid(h @ p["halt"][layer]),
+      extra={"tag": carry["tag"], "h": h},
+    )
 
   return ExitStack(layer_fn, head_fn, num_layers), params
 
 
 def inputs(batch: int, key=jax.random.key(1)):
-  return {"h": jax.random.normal(key, (batch, D)),
-          "tag": jnp.arange(batch, dtype=jnp.int32)}
+  return {
+    "h": jax.random.normal(key, (batch, D)),
+    "tag": jnp.arange(batch, dtype=jnp.int32),
+  }

@@ -18,16 +18,17 @@ def _logits(seed=0, shape=(B, L, C), scale=2.0):
 
 
 def test_entropy_hand_examples_and_deebert_formula():
-  np.testing.assert_allclose(confidence.entropy(jnp.zeros((2, 4))),
-                             np.log(4.0), rtol=1e-6)
+  np.testing.assert_allclose(
+    confidence.entropy(jnp.zeros((2, 4))), np.log(4.0), rtol=1e-6
+  )
   assert float(confidence.entropy(jnp.array([50.0, 0.0, 0.0]))) < 1e-6
   z = _logits()
-  deebert = (jax.nn.logsumexp(z, -1)
-             - jnp.sum(z * jax.nn.softmax(z, -1), -1))
+  deebert = jax.nn.logsumexp(z, -1) - jnp.sum(z * jax.nn.softmax(z, -1), -1)
   np.testing.assert_allclose(confidence.entropy(z), deebert, atol=1e-5)
   # Shift-invariant and finite for huge logits.
-  np.testing.assert_allclose(confidence.entropy(z + 1e4),
-                             confidence.entropy(z), atol=1e-3)
+  np.testing.assert_allclose(
+    confidence.entropy(z + 1e4), confidence.entropy(z), atol=1e-3
+  )
 
 
 def test_max_softmax_and_margin_hand_example():
@@ -97,21 +98,29 @@ def test_patience_exit_hand_example():
 def test_patience_exit_matches_loop_reference(patience):
   z = _logits(shape=(32, L, 2))  # two classes: many agreements
   assert confidence.patience_exit(z, patience).tolist() == (
-      _patience_reference(z, patience))
+    _patience_reference(z, patience)
+  )
   f = _logits(seed=1, shape=(32, L), scale=0.3)
   assert confidence.patience_exit(f, patience, regression_tol=0.3).tolist() == (
-      _patience_reference(f, patience, tol=0.3))
+    _patience_reference(f, patience, tol=0.3)
+  )
 
 
 def test_jit_equals_no_jit():
   z = _logits()
-  for fn, arg in ((confidence.entropy_exit, 0.8),
-                  (confidence.max_softmax_exit, 0.6),
-                  (confidence.patience_exit, 2)):
+  for fn, arg in (
+    (confidence.entropy_exit, 0.8),
+    (confidence.max_softmax_exit, 0.6),
+    (confidence.patience_exit, 2),
+  ):
     np.testing.assert_array_equal(
-        jax.jit(fn, static_argnums=1)(z, arg), fn(z, arg))
-  np.testing.assert_allclose(jax.jit(confidence.uncertainty_features)(z),
-                             confidence.uncertainty_features(z), rtol=1e-6)
+      jax.jit(fn, static_argnums=1)(z, arg), fn(z, arg)
+    )
+  np.testing.assert_allclose(
+    jax.jit(confidence.uncertainty_features)(z),
+    confidence.uncertainty_features(z),
+    rtol=1e-6,
+  )
 
 
 @pytest.mark.parametrize("case", ["random", "never", "always"])
@@ -134,8 +143,11 @@ def test_max_softmax_rule_matches_vectorised(case, threshold):
   confident = jnp.zeros_like(z).at[..., 0].set(30.0)
   z = {"random": z, "never": jnp.zeros_like(z), "always": confident}[case]
   want = confidence.max_softmax_exit(z, threshold)
-  got = drive(confidence.max_softmax_rule(threshold), ExitHeadOutput(logits=z),
-              traced_layer=True)
+  got = drive(
+    confidence.max_softmax_rule(threshold),
+    ExitHeadOutput(logits=z),
+    traced_layer=True,
+  )
   np.testing.assert_array_equal(got, want)
   if case != "random":
     assert got.tolist() == [L - 1 if case == "never" else 0] * B
@@ -153,8 +165,13 @@ def test_patience_rule_matches_vectorised(case, patience):
   got = drive(confidence.patience_rule(patience), ExitHeadOutput(logits=z))
   np.testing.assert_array_equal(got, want)
   np.testing.assert_array_equal(
-      drive(confidence.patience_rule(patience), ExitHeadOutput(logits=z),
-            traced_layer=True), want)
+    drive(
+      confidence.patience_rule(patience),
+      ExitHeadOutput(logits=z),
+      traced_layer=True,
+    ),
+    want,
+  )
   if case == "never":
     assert got.tolist() == [L - 1] * B
   if case == "always":
@@ -173,7 +190,8 @@ def test_patience_rule_regression_matches_vectorised(case):
   np.testing.assert_array_equal(drive(rule, ExitHeadOutput(logits=f)), want)
   # [B, L, 1] regression heads give the same answer.
   np.testing.assert_array_equal(
-      drive(rule, ExitHeadOutput(logits=f[..., None])), want)
+    drive(rule, ExitHeadOutput(logits=f[..., None])), want
+  )
 
 
 def test_bad_inputs_raise_value_error():

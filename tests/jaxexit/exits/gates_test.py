@@ -19,15 +19,18 @@ def _unit(seed=0, shape=(B, L)):
 
 def test_lte_targets_classification_and_regression():
   z = jnp.array([[[2.0, 0.0], [0.0, 2.0], [0.0, 2.0]]])  # preds 0, 1, 1
-  np.testing.assert_allclose(gates.lte_targets(z, jnp.array([1])),
-                             [[1.0, 0.0, 0.0]])
+  np.testing.assert_allclose(
+    gates.lte_targets(z, jnp.array([1])), [[1.0, 0.0, 0.0]]
+  )
   f = jnp.array([[0.5, 1.0, 3.0]])
   y = jnp.array([1.0])
   want = np.tanh(np.abs([0.5 - 1.0, 0.0, 2.0]))[None]
-  np.testing.assert_allclose(gates.lte_targets(f, y, regression=True), want,
-                             rtol=1e-6)
   np.testing.assert_allclose(
-      gates.lte_targets(f[..., None], y, regression=True), want, rtol=1e-6)
+    gates.lte_targets(f, y, regression=True), want, rtol=1e-6
+  )
+  np.testing.assert_allclose(
+    gates.lte_targets(f[..., None], y, regression=True), want, rtol=1e-6
+  )
   grad = jax.grad(lambda x: gates.lte_targets(x, y, regression=True).sum())(f)
   np.testing.assert_allclose(grad, 0.0)
 
@@ -66,14 +69,18 @@ def test_jei_probabilities_properties_and_sum_p_form():
   surv = 1 - np.concatenate([np.zeros((64, 1)), np.cumsum(pn, -1)[:, :-1]], -1)
   ok = surv > 1e-3
   want_c = pn / np.where(ok, surv, 1)
-  np.testing.assert_allclose(np.asarray(c)[ok], want_c[ok], rtol=1e-3,
-                             atol=1e-5)
+  np.testing.assert_allclose(
+    np.asarray(c)[ok], want_c[ok], rtol=1e-3, atol=1e-5
+  )
 
 
 def test_jei_grads_finite():
   g = _unit().at[:, 0].set(1.0)  # survival hits 0 after the first gate
-  grad = jax.grad(lambda x: jnp.sum(jnp.stack(
-      gates.jei_exit_probabilities(x)) * jnp.arange(L)[None, None]))(g)
+  grad = jax.grad(
+    lambda x: jnp.sum(
+      jnp.stack(gates.jei_exit_probabilities(x)) * jnp.arange(L)[None, None]
+    )
+  )(g)
   assert np.all(np.isfinite(np.asarray(grad)))
 
 
@@ -84,15 +91,17 @@ def test_jit_equals_no_jit():
   pj, cj = jax.jit(gates.jei_exit_probabilities)(g)
   np.testing.assert_allclose(pj, p, rtol=1e-6)
   np.testing.assert_allclose(cj, c, rtol=1e-6)
-  np.testing.assert_array_equal(jax.jit(gates.learned_exit)(g, 0.3),
-                                gates.learned_exit(g, 0.3))
+  np.testing.assert_array_equal(
+    jax.jit(gates.learned_exit)(g, 0.3), gates.learned_exit(g, 0.3)
+  )
 
 
 @slow
 def test_jei_exit_batch_dims_and_vmap():
   g = _unit(shape=(2, 3, L))
-  np.testing.assert_array_equal(gates.jei_exit(g),
-                                gates.jei_exit(g.reshape(6, L)).reshape(2, 3))
+  np.testing.assert_array_equal(
+    gates.jei_exit(g), gates.jei_exit(g.reshape(6, L)).reshape(2, 3)
+  )
   np.testing.assert_array_equal(jax.vmap(gates.jei_exit)(g), gates.jei_exit(g))
 
 
@@ -105,8 +114,9 @@ def test_jei_oracle_exit_and_targets():
   assert gates.jei_oracle_exit(ce, costs, 0.0).tolist() == [2, 0]
   assert gates.jei_oracle_exit(ce, costs, 10.0).tolist() == [0, 0]
   np.testing.assert_array_equal(
-      gates.jei_gate_targets(jnp.array([0, 2, 3]), 4),
-      [[1, 1, 1, 1], [0, 0, 1, 1], [0, 0, 0, 1]])
+    gates.jei_gate_targets(jnp.array([0, 2, 3]), 4),
+    [[1, 1, 1, 1], [0, 0, 1, 1], [0, 0, 0, 1]],
+  )
 
 
 @pytest.mark.parametrize("case", ["random", "never", "always"])
@@ -134,7 +144,8 @@ def test_jei_gate_rule_matches_vectorised(case, threshold):
   got = drive(gates.jei_gate_rule(threshold), out)
   np.testing.assert_array_equal(got, want)
   np.testing.assert_array_equal(
-      drive(gates.jei_gate_rule(threshold), out, traced_layer=True), want)
+    drive(gates.jei_gate_rule(threshold), out, traced_layer=True), want
+  )
   if case != "random":
     assert got.tolist() == [L - 1 if case == "never" else 0] * B
 
@@ -159,7 +170,9 @@ def test_bad_inputs_raise_value_error():
     gates.jei_gate_targets(jnp.array([0]), 0)
   with pytest.raises(ValueError, match="logits"):
     unchecked(gates.lte_targets)(jnp.zeros((3, L, 2)), jnp.zeros((4,), int))
-  with pytest.raises(ValueError, match=r"g must hold probabilities in \[0, 1\]"):
+  with pytest.raises(
+    ValueError, match=r"g must hold probabilities in \[0, 1\]"
+  ):
     gates.jei_exit(g.at[0, 0].set(jnp.nan))
   with pytest.raises(ValueError, match="score"):
     rule = gates.jei_gate_rule()

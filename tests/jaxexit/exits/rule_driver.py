@@ -18,8 +18,13 @@ def layer_output(per_layer: ExitHeadOutput, layer: int) -> ExitHeadOutput:
   return jax.tree.map(lambda x: x[:, layer], per_layer)
 
 
-def drive(rule: ExitRule, per_layer: ExitHeadOutput, *, rule_inputs=None,
-          traced_layer: bool = False) -> np.ndarray:
+def drive(
+  rule: ExitRule,
+  per_layer: ExitHeadOutput,
+  *,
+  rule_inputs=None,
+  traced_layer: bool = False,
+) -> np.ndarray:
   """Runs `rule` over every layer and returns the [B] int exit layers.
 
   Args:

@@ -28,8 +28,9 @@ def test_fixed_depth(k, traced):
 @pytest.mark.parametrize("traced", [False, True])
 def test_preset_depth(traced):
   depths = jnp.array([1, 3, 5, 2], jnp.int32)
-  got = drive(rules.preset_depth(), OUT, rule_inputs=depths,
-              traced_layer=traced)
+  got = drive(
+    rules.preset_depth(), OUT, rule_inputs=depths, traced_layer=traced
+  )
   np.testing.assert_array_equal(got, np.asarray(depths) - 1)
 
 

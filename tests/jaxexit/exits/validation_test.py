@@ -26,42 +26,106 @@ def _set(x, value):
 
 # (name, function of one array, a valid input, bad values, message regex)
 CASES = [
-    ("halting_distribution", exits.halting_distribution, LAM,
-     (1.5, -0.5, NAN, INF), r"lambdas must hold probabilities in \[0, 1\]"),
-    ("q_exit", lambda p: exits.q_exit(p, 0.5), LAM,
-     (NAN, INF, -INF, 1.5), r"p must hold probabilities"),
-    ("kl_divergence(p)", lambda p: exits.kl_divergence(p, LAM), LAM,
-     (NAN, 1.5), r"p must hold probabilities"),
-    ("kl_divergence(q)", lambda q: exits.kl_divergence(LAM, q), LAM,
-     (NAN, -0.1), r"q must hold probabilities"),
-    ("ponder_kl", lambda p: exits.ponder_kl(p, LAM[0]), LAM,
-     (NAN,), r"must hold probabilities"),
-    ("epsilon_floor", exits.epsilon_floor, LAM, (NAN, 2.0),
-     r"p must hold probabilities"),
-    ("learned_exit", lambda s: exits.learned_exit(s, 0.5), LAM, (NAN, -1.0),
-     r"scores must hold probabilities"),
-    ("jei_exit", exits.jei_exit, LAM, (NAN, 1.5),
-     r"g must hold probabilities"),
-    ("sampled_exit", lambda lam: exits.sampled_exit(jax.random.key(0), lam),
-     LAM, (NAN, 1.5), r"lambdas must hold probabilities"),
-    ("ponder_task_loss(loss)",
-     lambda loss: exits.ponder_task_loss(loss, LAM), LAM * 3, (NAN, INF),
-     r"per_layer_loss must be finite"),
-    ("entropy", exits.entropy, LOGITS, (NAN, INF),
-     r"logits must not hold NaN or \+inf"),
-    ("max_softmax", exits.max_softmax, LOGITS, (NAN, INF),
-     r"logits must not hold NaN or \+inf"),
-    ("entropy_exit", lambda z: exits.entropy_exit(z, 0.3), LOGITS, (NAN,),
-     r"logits must not hold NaN"),
-    ("max_softmax_exit", lambda z: exits.max_softmax_exit(z, 0.9), LOGITS,
-     (NAN,), r"logits must not hold NaN"),
+  (
+    "halting_distribution",
+    exits.halting_distribution,
+    LAM,
+    (1.5, -0.5, NAN, INF),
+    r"lambdas must hold probabilities in \[0, 1\]",
+  ),
+  (
+    "q_exit",
+    lambda p: exits.q_exit(p, 0.5),
+    LAM,
+    (NAN, INF, -INF, 1.5),
+    r"p must hold probabilities",
+  ),
+  (
+    "kl_divergence(p)",
+    lambda p: exits.kl_divergence(p, LAM),
+    LAM,
+    (NAN, 1.5),
+    r"p must hold probabilities",
+  ),
+  (
+    "kl_divergence(q)",
+    lambda q: exits.kl_divergence(LAM, q),
+    LAM,
+    (NAN, -0.1),
+    r"q must hold probabilities",
+  ),
+  (
+    "ponder_kl",
+    lambda p: exits.ponder_kl(p, LAM[0]),
+    LAM,
+    (NAN,),
+    r"must hold probabilities",
+  ),
+  (
+    "epsilon_floor",
+    exits.epsilon_floor,
+    LAM,
+    (NAN, 2.0),
+    r"p must hold probabilities",
+  ),
+  (
+    "learned_exit",
+    lambda s: exits.learned_exit(s, 0.5),
+    LAM,
+    (NAN, -1.0),
+    r"scores must hold probabilities",
+  ),
+  ("jei_exit", exits.jei_exit, LAM, (NAN, 1.5), r"g must hold probabilities"),
+  (
+    "sampled_exit",
+    lambda lam: exits.sampled_exit(jax.random.key(0), lam),
+    LAM,
+    (NAN, 1.5),
+    r"lambdas must hold probabilities",
+  ),
+  (
+    "ponder_task_loss(loss)",
+    lambda loss: exits.ponder_task_loss(loss, LAM),
+    LAM * 3,
+    (NAN, INF),
+    r"per_layer_loss must be finite",
+  ),
+  (
+    "entropy",
+    exits.entropy,
+    LOGITS,
+    (NAN, INF),
+    r"logits must not hold NaN or \+inf",
+  ),
+  (
+    "max_softmax",
+    exits.max_softmax,
+    LOGITS,
+    (NAN, INF),
+    r"logits must not hold NaN or \+inf",
+  ),
+  (
+    "entropy_exit",
+    lambda z: exits.entropy_exit(z, 0.3),
+    LOGITS,
+    (NAN,),
+    r"logits must not hold NaN",
+  ),
+  (
+    "max_softmax_exit",
+    lambda z: exits.max_softmax_exit(z, 0.9),
+    LOGITS,
+    (NAN,),
+    r"logits must not hold NaN",
+  ),
 ]
 IDS = [c[0] for c in CASES]
 
 
 @pytest.mark.parametrize("name,fn,good,bads,message", CASES, ids=IDS)
-def test_eager_bad_values_raise_naming_the_argument(name, fn, good, bads,
-                                                    message):
+def test_eager_bad_values_raise_naming_the_argument(
+  name, fn, good, bads, message
+):
   del name
   fn(good)  # the valid input passes
   for bad in bads:
@@ -72,8 +136,9 @@ def test_eager_bad_values_raise_naming_the_argument(name, fn, good, bads,
 
 
 @pytest.mark.parametrize("name,fn,good,bads,message", CASES, ids=IDS)
-def test_jit_with_debug_checks_finds_the_bad_value(name, fn, good, bads,
-                                                   message):
+def test_jit_with_debug_checks_finds_the_bad_value(
+  name, fn, good, bads, message
+):
   del name
   with jaxexit.debug_checks(True):
     run = jaxexit.checked(jax.jit(fn))
@@ -103,7 +168,7 @@ def test_debug_checks_flag_restores_and_retraces():
 
 def test_documented_examples_of_the_issue():
   with pytest.raises(ValueError, match=r"first 1\.5"):
-    exits.halting_distribution(jnp.array([[1.5, -.5, .2, .3]]))
+    exits.halting_distribution(jnp.array([[1.5, -0.5, 0.2, 0.3]]))
   with pytest.raises(ValueError, match="nan"):
     exits.kl_divergence(jnp.array([[0.5, NAN]]), jnp.array([0.5, 0.5]))
 
@@ -111,12 +176,14 @@ def test_documented_examples_of_the_issue():
 def test_entropy_allows_masked_classes():
   z = jnp.array([[0.0, -INF], [0.0, 0.0], [1.0, 1.0]])
   z3 = jnp.concatenate([z, jnp.array([[-INF], [-INF], [1.0]])], axis=-1)
-  np.testing.assert_allclose(exits.entropy(z3), [0.0, np.log(2), np.log(3)],
-                             atol=1e-6)
+  np.testing.assert_allclose(
+    exits.entropy(z3), [0.0, np.log(2), np.log(3)], atol=1e-6
+  )
   grads = jax.grad(lambda x: exits.entropy(x).sum())(z3)
   assert np.isfinite(np.asarray(grads)[np.isfinite(np.asarray(z3))]).all()
-  np.testing.assert_allclose(exits.max_softmax(z3), [1.0, 0.5, 1 / 3],
-                             rtol=1e-6)
+  np.testing.assert_allclose(
+    exits.max_softmax(z3), [1.0, 0.5, 1 / 3], rtol=1e-6
+  )
   with pytest.raises(ValueError, match="-inf for every class"):
     exits.entropy(jnp.array([[-INF, -INF]]))
 

@@ -21,8 +21,9 @@ def _reference(emb, eps=1e-6):
 
 def test_matches_reference():
   emb = jax.random.normal(jax.random.key(0), (4, 8, 5))
-  np.testing.assert_allclose(diversity_coefficients(emb), _reference(emb),
-                             rtol=1e-5)
+  np.testing.assert_allclose(
+    diversity_coefficients(emb), _reference(emb), rtol=1e-5
+  )
   jitted = jax.jit(diversity_coefficients)(emb)
   np.testing.assert_allclose(jitted, _reference(emb), rtol=1e-5)
 
@@ -30,8 +31,9 @@ def test_matches_reference():
 def test_hand_example_is_unbounded():
   # 1-D points 0, 1, 5: centroid 2, distances 2, 1, 3, range 2.
   emb = jnp.array([[[0.0], [1.0], [5.0]]])
-  np.testing.assert_allclose(diversity_coefficients(emb), [[1.0, 0.5, 1.5]],
-                             rtol=1e-5)
+  np.testing.assert_allclose(
+    diversity_coefficients(emb), [[1.0, 0.5, 1.5]], rtol=1e-5
+  )
 
 
 def test_degenerate_range_gives_one():

@@ -13,8 +13,9 @@ N, P, G, L = 16, 8, 3, 4
 
 
 def _config(**kw):
-  return buf.BufferConfig(**{**dict(capacity=N, min_fill=4, replay_prob=1.0,
-                                    kappa=5.0), **kw})
+  return buf.BufferConfig(
+    **{**dict(capacity=N, min_fill=4, replay_prob=1.0, kappa=5.0), **kw}
+  )
 
 
 def _fresh(seed, p=P):
@@ -33,10 +34,17 @@ def _stocked(n_entries, depth, config=None):
   # Always N candidates (one compiled insert), the first n_entries valid.
   items = _fresh(99, N)
   items["prev"] = items["x"] + 100
-  b, _ = buf.insert_batch(b, items, jnp.linspace(0.0, 0.2, N),
-                          jnp.full(N, depth), jnp.full(N, -1),
-                          jnp.full(N, ep.MODE_IMPROVE),
-                          jnp.arange(N) < n_entries, 0, dedupe=False)
+  b, _ = buf.insert_batch(
+    b,
+    items,
+    jnp.linspace(0.0, 0.2, N),
+    jnp.full(N, depth),
+    jnp.full(N, -1),
+    jnp.full(N, ep.MODE_IMPROVE),
+    jnp.arange(N) < n_entries,
+    0,
+    dedupe=False,
+  )
   return b
 
 
@@ -52,8 +60,9 @@ def test_min_fill_gates_replay():
   np.testing.assert_array_equal(low.mode, ep.MODE_BASE)
   full = ep.select_starts(key, _stocked(4, 1), cfg, _fresh(1), 0.5)
   assert np.all(full.from_buffer)
-  off = ep.select_starts(key, _stocked(4, 1), cfg, _fresh(1), 0.5,
-                         allow_replay=False)
+  off = ep.select_starts(
+    key, _stocked(4, 1), cfg, _fresh(1), 0.5, allow_replay=False
+  )
   assert not np.any(off.from_buffer)
 
 
@@ -65,10 +74,12 @@ def test_replayed_starts_copy_entries_and_modes():
   assert 0.4 < rep.mean() < 0.6
   idx = np.asarray(starts.buffer_idx)
   np.testing.assert_array_equal(starts.items["x"][rep], b.items["x"][idx[rep]])
-  np.testing.assert_array_equal(starts.items["prev"][rep],
-                                b.items["prev"][idx[rep]])
-  np.testing.assert_array_equal(starts.items["x"][~rep],
-                                _fresh(1, 400)["x"][~rep])
+  np.testing.assert_array_equal(
+    starts.items["prev"][rep], b.items["prev"][idx[rep]]
+  )
+  np.testing.assert_array_equal(
+    starts.items["x"][~rep], _fresh(1, 400)["x"][~rep]
+  )
   np.testing.assert_array_equal(starts.depth[rep], 2)
   mode = np.asarray(starts.mode)
   assert set(mode[rep]) == {ep.MODE_IMPROVE, ep.MODE_DIVERGE}
@@ -93,25 +104,26 @@ def test_curriculum_only_never_improves():
 
 def test_children_inherit_scores():
   b = _stocked(4, 1)
-  starts = ep.select_starts(jax.random.key(0), b, _config(replay_prob=0.5),
-                            _fresh(5), 0.0)
+  starts = ep.select_starts(
+    jax.random.key(0), b, _config(replay_prob=0.5), _fresh(5), 0.0
+  )
   responses = jax.random.randint(jax.random.key(1), (P, G, L), 0, 10)
   scores = jnp.arange(P) * 0.01
   parent = jnp.where(starts.from_buffer, starts.buffer_idx, 7)
   valid = jnp.ones((P, G), bool).at[0, 1].set(False)
-  kids = ep.expand_children(make_child, starts, responses, scores, parent,
-                            valid=valid)
+  kids = ep.expand_children(
+    make_child, starts, responses, scores, parent, valid=valid
+  )
   assert kids.scores.shape == (P * G,)
   group = np.repeat(np.arange(P), G)
   np.testing.assert_allclose(kids.scores, np.asarray(scores)[group])
-  np.testing.assert_array_equal(kids.depth, np.asarray(starts.depth)[group]
-                                + 1)
+  np.testing.assert_array_equal(kids.depth, np.asarray(starts.depth)[group] + 1)
   np.testing.assert_array_equal(kids.parent, np.asarray(parent)[group])
   np.testing.assert_array_equal(kids.mode, np.asarray(starts.mode)[group])
-  np.testing.assert_array_equal(kids.items["prev"],
-                                responses.reshape(P * G, L))
-  np.testing.assert_array_equal(kids.items["x"],
-                                np.asarray(starts.items["x"])[group])
+  np.testing.assert_array_equal(kids.items["prev"], responses.reshape(P * G, L))
+  np.testing.assert_array_equal(
+    kids.items["x"], np.asarray(starts.items["x"])[group]
+  )
   assert not kids.valid[1] and kids.valid.sum() == P * G - 1
 
 
@@ -123,13 +135,15 @@ def test_update_buffer_links_children_to_parents():
   assert rep.any() and (~rep).any()
   responses = jax.random.randint(jax.random.key(1), (P, G, L), 10, 20)
   scores = 0.01 * (1 + jnp.arange(P))
-  expand = lambda parent: ep.expand_children(make_child, starts, responses,
-                                             scores, parent)
+  expand = lambda parent: ep.expand_children(
+    make_child, starts, responses, scores, parent
+  )
   out = ep.update_buffer(b, starts, scores, 9, dedupe=True, expand=expand)
   idx = np.asarray(starts.buffer_idx)
   for i in np.flatnonzero(rep):
-    np.testing.assert_allclose(out.score[idx[i]],
-                               scores[idx == idx[i]].mean(), rtol=1e-6)
+    np.testing.assert_allclose(
+      out.score[idx[i]], scores[idx == idx[i]].mean(), rtol=1e-6
+    )
   assert buf.buffer_size(out) == 4 + (~rep).sum() + P * G
   new = np.asarray(out.inserted_at) == 9
   base = new & (np.asarray(out.depth) == 0)
@@ -142,52 +156,64 @@ def test_update_buffer_links_children_to_parents():
   np.testing.assert_array_equal(out.depth[par] + 1, out.depth[kids])
   group = np.asarray(jnp.repeat(jnp.arange(P), G))
   order = np.argsort(np.flatnonzero(kids))  # kids were inserted in order
-  np.testing.assert_allclose(out.score[kids][order], scores[group],
-                             rtol=1e-6)
-  drawn_once = np.isin(par, idx[rep][np.unique(idx[rep], return_counts=True)
-                                     [1][np.searchsorted(
-                                         np.unique(idx[rep]), idx[rep])] == 1])
+  np.testing.assert_allclose(out.score[kids][order], scores[group], rtol=1e-6)
+  drawn_once = np.isin(
+    par,
+    idx[rep][
+      np.unique(idx[rep], return_counts=True)[1][
+        np.searchsorted(np.unique(idx[rep]), idx[rep])
+      ]
+      == 1
+    ],
+  )
   fresh_parent = ~np.isin(par, idx[rep])
   single = drawn_once | fresh_parent
-  np.testing.assert_allclose(out.score[kids][single], out.score[par][single],
-                             rtol=1e-6)
+  np.testing.assert_allclose(
+    out.score[kids][single], out.score[par][single], rtol=1e-6
+  )
 
 
 def make_prefixes(start, response):
   # Turn t's prefix keeps the first t + 1 entries of the response; turn 2
   # only exists when the task's first digit is even.
   keep = jnp.arange(L)[None] <= jnp.arange(3)[:, None]  # [T, L]
-  items = {"x": jnp.broadcast_to(start["x"], (3, L)),
-           "prev": jnp.where(keep, response[None], -1)}
+  items = {
+    "x": jnp.broadcast_to(start["x"], (3, L)),
+    "prev": jnp.where(keep, response[None], -1),
+  }
   return items, jnp.array([True, True, start["x"][0] % 2 == 0])
 
 
 def test_expand_prefixes_flattens_turns():
-  starts = ep.select_starts(jax.random.key(0), _stocked(4, 1), _config(),
-                            _fresh(5), 0.0)
+  starts = ep.select_starts(
+    jax.random.key(0), _stocked(4, 1), _config(), _fresh(5), 0.0
+  )
   responses = jax.random.randint(jax.random.key(1), (P, G, L), 10, 20)
   scores = jnp.arange(P) * 0.01
   valid = jnp.ones((P, G), bool).at[2].set(False)
-  cands = ep.expand_prefixes(make_prefixes, starts, responses, scores,
-                             starts.buffer_idx, valid=valid)
+  cands = ep.expand_prefixes(
+    make_prefixes, starts, responses, scores, starts.buffer_idx, valid=valid
+  )
   assert cands.scores.shape == (P * G * 3,)
   group = np.repeat(np.arange(P), G * 3)
   turn = np.tile(np.arange(3), P * G)
   np.testing.assert_allclose(cands.scores, np.asarray(scores)[group])
   np.testing.assert_array_equal(cands.depth, 2)
   even = np.asarray(cands.items["x"][:, 0]) % 2 == 0
-  np.testing.assert_array_equal(cands.valid,
-                                (group != 2) & ((turn < 2) | even))
+  np.testing.assert_array_equal(cands.valid, (group != 2) & ((turn < 2) | even))
   rollout = responses.reshape(P * G, L)[np.repeat(np.arange(P * G), 3)]
   prev = np.asarray(cands.items["prev"])
   np.testing.assert_array_equal(prev[turn == 0, 0], rollout[turn == 0, 0])
   np.testing.assert_array_equal(prev[turn == 0, 1:], -1)
   np.testing.assert_array_equal(prev[turn == 2, :3], rollout[turn == 2, :3])
   flat = ep.flatten_turns(
-      {"a": jnp.arange(6).reshape(2, 3)}, jnp.array([[1, 0, 1], [1, 1, 0]],
-                                                    bool),
-      jnp.array([0.1, 0.2]), jnp.array([1, 2]), jnp.array([5, 6]),
-      jnp.array([1, 2]))
+    {"a": jnp.arange(6).reshape(2, 3)},
+    jnp.array([[1, 0, 1], [1, 1, 0]], bool),
+    jnp.array([0.1, 0.2]),
+    jnp.array([1, 2]),
+    jnp.array([5, 6]),
+    jnp.array([1, 2]),
+  )
   np.testing.assert_array_equal(flat.items["a"], np.arange(6))
   np.testing.assert_array_equal(flat.parent, [5, 5, 5, 6, 6, 6])
   np.testing.assert_array_equal(flat.valid, [1, 0, 1, 1, 1, 0])
@@ -196,15 +222,19 @@ def test_expand_prefixes_flattens_turns():
 def _iteration(key, b, cfg, step):
   """One ExIt buffer iteration on random rollouts (jit- and vmap-safe)."""
   k_fresh, k_start, k_resp, k_score = jax.random.split(key, 4)
-  fresh = {"x": jax.random.randint(k_fresh, (P, L), 0, 3),
-           "prev": jnp.full((P, L), -1)}
+  fresh = {
+    "x": jax.random.randint(k_fresh, (P, L), 0, 3),
+    "prev": jnp.full((P, L), -1),
+  }
   starts = ep.select_starts(k_start, b, cfg, fresh, 0.2)
   responses = jax.random.randint(k_resp, (P, G, L), 0, 3)
   scores = jax.random.uniform(k_score, (P,), maxval=0.25)
-  expand = lambda parent: ep.expand_children(make_child, starts, responses,
-                                             scores, parent)
-  b = ep.update_buffer(b, starts, scores, step, dedupe=cfg.dedupe,
-                       expand=expand)
+  expand = lambda parent: ep.expand_children(
+    make_child, starts, responses, scores, parent
+  )
+  b = ep.update_buffer(
+    b, starts, scores, step, dedupe=cfg.dedupe, expand=expand
+  )
   return b, starts
 
 
@@ -231,8 +261,9 @@ def test_jit_vmap_over_seeds_equals_eager_loop():
     for step, k in enumerate(jax.random.split(seeds[s], 3)):
       b, starts = _iteration(k, b, cfg, step)
       np.testing.assert_array_equal(depths[s, step], starts.depth)
-    jax.tree.map(lambda x, y, s=s: np.testing.assert_array_equal(x[s], y),
-                 batched, b)
+    jax.tree.map(
+      lambda x, y, s=s: np.testing.assert_array_equal(x[s], y), batched, b
+    )
   assert np.all(batched.filled) and np.max(depths) >= 1
 
 
@@ -241,9 +272,17 @@ def test_bad_input():
   with pytest.raises(ValueError, match="p_div"):
     ep.select_starts(jax.random.key(0), b, _config(), _fresh(1), 1.5)
   with pytest.raises(ValueError, match="fresh_items"):
-    ep.select_starts(jax.random.key(0), b, _config(), {"x": _fresh(1)["x"]},
-                     0.1)
+    ep.select_starts(
+      jax.random.key(0), b, _config(), {"x": _fresh(1)["x"]}, 0.1
+    )
   with pytest.raises(ValueError, match="fresh_items"):
-    ep.select_starts(jax.random.key(0), b, _config(),
-                     {"x": jnp.zeros((P, L + 1), jnp.int32),
-                      "prev": jnp.zeros((P, L), jnp.int32)}, 0.1)
+    ep.select_starts(
+      jax.random.key(0),
+      b,
+      _config(),
+      {
+        "x": jnp.zeros((P, L + 1), jnp.int32),
+        "prev": jnp.zeros((P, L), jnp.int32),
+      },
+      0.1,
+    )

@@ -7,10 +7,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxexit.exploratory_iteration.domains import (MODE_BASE, MODE_DIVERGE,
-                                                   MODE_IMPROVE, Knapsack,
-                                                   KnapsackTasks, base,
-                                                   knapsack)
+from jaxexit.exploratory_iteration.domains import (
+  MODE_BASE,
+  MODE_DIVERGE,
+  MODE_IMPROVE,
+  Knapsack,
+  KnapsackTasks,
+  base,
+  knapsack,
+)
 from tests.tiers import slow
 
 
@@ -30,22 +35,29 @@ def test_opt_matches_brute_force():
   np.testing.assert_array_equal(tasks.capacity, w.sum(1) // 2)
   assert w.min() >= 1 and w.max() <= 9 and v.min() >= 1 and v.max() <= 9
   np.testing.assert_array_equal(
-      tasks.opt, [_brute_opt(*args) for args in
-                  zip(w, v, np.asarray(tasks.capacity))])
+    tasks.opt,
+    [_brute_opt(*args) for args in zip(w, v, np.asarray(tasks.capacity))],
+  )
 
 
 def test_quality_and_success():
-  tasks = KnapsackTasks(weights=jnp.array([[4, 3, 2, 1]]),
-                        values=jnp.array([[5, 4, 3, 1]]),
-                        capacity=jnp.array([5]), opt=jnp.array([8]))
+  tasks = KnapsackTasks(
+    weights=jnp.array([[4, 3, 2, 1]]),
+    values=jnp.array([[5, 4, 3, 1]]),
+    capacity=jnp.array([5]),
+    opt=jnp.array([8]),
+  )
   d = Knapsack(n=4)
-  answers = jnp.array([[0, 1, 1, 0], [1, 0, 0, 1], [1, 1, 0, 0],
-                       [0, 0, 1, 1], [-1, -1, -1, -1]])
+  answers = jnp.array(
+    [[0, 1, 1, 0], [1, 0, 0, 1], [1, 1, 0, 0], [0, 0, 1, 1], [-1, -1, -1, -1]]
+  )
   t = jax.tree.map(lambda x: jnp.repeat(x, 5, axis=0), tasks)
-  np.testing.assert_allclose(d.quality(t, answers),
-                             [7 / 8, 6 / 8, 0.0, 4 / 8, 0.0], rtol=1e-6)
-  np.testing.assert_array_equal(d.success(t, answers),
-                                [False, False, False, False, False])
+  np.testing.assert_allclose(
+    d.quality(t, answers), [7 / 8, 6 / 8, 0.0, 4 / 8, 0.0], rtol=1e-6
+  )
+  np.testing.assert_array_equal(
+    d.success(t, answers), [False, False, False, False, False]
+  )
   best = jnp.array([[1, 0, 0, 1]])
   tasks = tasks._replace(opt=jnp.array([6]))
   np.testing.assert_array_equal(d.success(tasks, best), [True])
@@ -70,15 +82,36 @@ def test_local_moves_and_prompt():
   assert flips.shape == (5 + 10, 5)
   np.testing.assert_array_equal(flips.sum(1), [1] * 5 + [2] * 10)
   d = Knapsack(n=3)
-  tasks = KnapsackTasks(weights=jnp.array([[1, 9, 4]]),
-                        values=jnp.array([[2, 3, 7]]),
-                        capacity=jnp.array([7]), opt=jnp.array([9]))
-  prompt = d.build_prompt(tasks, jnp.array([[1, 0, 1]]),
-                          jnp.array([MODE_IMPROVE]))
+  tasks = KnapsackTasks(
+    weights=jnp.array([[1, 9, 4]]),
+    values=jnp.array([[2, 3, 7]]),
+    capacity=jnp.array([7]),
+    opt=jnp.array([9]),
+  )
+  prompt = d.build_prompt(
+    tasks, jnp.array([[1, 0, 1]]), jnp.array([MODE_IMPROVE])
+  )
   b0, b1 = knapsack.BIT_0, knapsack.BIT_0 + 1
-  np.testing.assert_array_equal(prompt[0], [
-      base.BOS, 1, 2, 9, 3, 4, 7, base.SEP, 0, 7, base.SEP, b1, b0, b1,
-      base.MODE_TOKEN_0 + 1])
+  np.testing.assert_array_equal(
+    prompt[0],
+    [
+      base.BOS,
+      1,
+      2,
+      9,
+      3,
+      4,
+      7,
+      base.SEP,
+      0,
+      7,
+      base.SEP,
+      b1,
+      b0,
+      b1,
+      base.MODE_TOKEN_0 + 1,
+    ],
+  )
   assert prompt.shape == (1, d.prompt_len)
 
 
@@ -86,16 +119,19 @@ def test_bit_responses_and_masks():
   d = Knapsack(n=5)
   tasks = d.sample_tasks(jax.random.key(3), 4)
   mode = jnp.zeros((4,), jnp.int32)
-  response = knapsack.BIT_0 + jax.random.randint(jax.random.key(4), (4, 5),
-                                                 0, 2)
+  response = knapsack.BIT_0 + jax.random.randint(
+    jax.random.key(4), (4, 5), 0, 2
+  )
   masks = d.response_masks(tasks, d.blank_answer(tasks), mode, response)
   assert masks.shape == (4, 5, d.vocab_size)
   np.testing.assert_array_equal(masks.sum(-1), 2)
   np.testing.assert_array_equal(
-      d.apply_response(tasks, d.blank_answer(tasks), mode, response),
-      response - knapsack.BIT_0)
-  np.testing.assert_array_equal(d.embed(response - knapsack.BIT_0),
-                                response - knapsack.BIT_0)
+    d.apply_response(tasks, d.blank_answer(tasks), mode, response),
+    response - knapsack.BIT_0,
+  )
+  np.testing.assert_array_equal(
+    d.embed(response - knapsack.BIT_0), response - knapsack.BIT_0
+  )
 
 
 @slow

@@ -8,9 +8,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxexit.exploratory_iteration.domains import (MODE_BASE, MODE_DIVERGE,
-                                                   MODE_IMPROVE, PermSort, base,
-                                                   make_domain, permsort)
+from jaxexit.exploratory_iteration.domains import (
+  MODE_BASE,
+  MODE_DIVERGE,
+  MODE_IMPROVE,
+  PermSort,
+  base,
+  make_domain,
+  permsort,
+)
 from tests.tiers import slow
 
 
@@ -28,8 +34,9 @@ def random_responses(domain, tasks, prev, mode, key):
 
 
 def _inversions_brute(row, length):
-  return sum(row[i] > row[j]
-             for i, j in itertools.combinations(range(length), 2))
+  return sum(
+    row[i] > row[j] for i, j in itertools.combinations(range(length), 2)
+  )
 
 
 def test_inversions_and_quality_match_brute_force():
@@ -40,8 +47,9 @@ def test_inversions_and_quality_match_brute_force():
   want = [_inversions_brute(v, n) for v, n in zip(values, length)]
   np.testing.assert_array_equal(got, want)
   q = permsort.sortedness(jnp.asarray(values), jnp.asarray(length))
-  np.testing.assert_allclose(q, 1 - np.array(want) / (length * (length - 1)
-                                                      / 2), rtol=1e-6)
+  np.testing.assert_allclose(
+    q, 1 - np.array(want) / (length * (length - 1) / 2), rtol=1e-6
+  )
 
 
 def test_quality_success_and_blank():
@@ -60,8 +68,9 @@ def test_odd_even_passes_sort_in_n_passes_like_a_python_network():
   x = rng.integers(0, 10, (32, 6)).astype(np.int32)
   length = np.full(32, 6, np.int32)
   parity = rng.integers(0, 2, 32).astype(np.int32)
-  src = permsort.odd_even_pass(jnp.asarray(x), jnp.asarray(parity),
-                               jnp.asarray(length))
+  src = permsort.odd_even_pass(
+    jnp.asarray(x), jnp.asarray(parity), jnp.asarray(length)
+  )
   got = np.take_along_axis(x, np.asarray(src), axis=1)
   for row, p, out in zip(x, parity, got):
     want = row.copy()
@@ -69,10 +78,16 @@ def test_odd_even_passes_sort_in_n_passes_like_a_python_network():
       if want[i] > want[i + 1]:
         want[i], want[i + 1] = want[i + 1], want[i]
     np.testing.assert_array_equal(out, want)
-  order = permsort.passes_order(jnp.asarray(x), jnp.asarray(length),
-                                jnp.asarray(parity), jnp.asarray(length), 6)
+  order = permsort.passes_order(
+    jnp.asarray(x),
+    jnp.asarray(length),
+    jnp.asarray(parity),
+    jnp.asarray(length),
+    6,
+  )
   np.testing.assert_array_equal(
-      np.take_along_axis(x, np.asarray(order), axis=1), np.sort(x, axis=1))
+    np.take_along_axis(x, np.asarray(order), axis=1), np.sort(x, axis=1)
+  )
 
 
 @slow
@@ -81,13 +96,15 @@ def test_pointer_responses_are_permutations_of_the_source(mode):
   d = PermSort(n=6)
   key = jax.random.key(2)
   x = d.sample_tasks(key, 64)
-  prev = jax.random.permutation(jax.random.fold_in(key, 1), x, axis=1,
-                                independent=True)
+  prev = jax.random.permutation(
+    jax.random.fold_in(key, 1), x, axis=1, independent=True
+  )
   modes = jnp.full((64,), mode, jnp.int32)
   response = random_responses(d, x, prev, modes, jax.random.fold_in(key, 2))
   ptr = np.asarray(response) - permsort.PTR_0
-  np.testing.assert_array_equal(np.sort(ptr, axis=1),
-                                np.broadcast_to(np.arange(6), ptr.shape))
+  np.testing.assert_array_equal(
+    np.sort(ptr, axis=1), np.broadcast_to(np.arange(6), ptr.shape)
+  )
   answer = d.apply_response(x, prev, modes, response)
   source = x if mode == MODE_BASE else prev
   np.testing.assert_array_equal(np.sort(answer, 1), np.sort(source, 1))
@@ -102,8 +119,7 @@ def test_identity_pointers_keep_the_previous_answer():
   prev = jnp.flip(x, axis=1)
   identity = jnp.broadcast_to(permsort.PTR_0 + jnp.arange(6), (8, 6))
   mode = jnp.full((8,), MODE_IMPROVE, jnp.int32)
-  np.testing.assert_array_equal(d.apply_response(x, prev, mode, identity),
-                                prev)
+  np.testing.assert_array_equal(d.apply_response(x, prev, mode, identity), prev)
 
 
 def test_prompt_layout():
@@ -114,9 +130,13 @@ def test_prompt_layout():
   prompt = np.asarray(d.build_prompt(x, prev, mode))
   assert prompt.shape == (2, d.prompt_len)
   b = base
-  np.testing.assert_array_equal(prompt, [
+  np.testing.assert_array_equal(
+    prompt,
+    [
       [b.BOS, 3, 1, 2, 0, b.SEP] + [b.BLANK] * 4 + [b.MODE_TOKEN_0],
-      [b.BOS, 5, 6, 7, 8, b.SEP, 8, 7, 6, 5, b.MODE_TOKEN_0 + 2]])
+      [b.BOS, 5, 6, 7, 8, b.SEP, 8, 7, 6, 5, b.MODE_TOKEN_0 + 2],
+    ],
+  )
 
 
 @functools.partial(jax.jit, static_argnums=(0, 2))
@@ -133,8 +153,7 @@ def test_sft_examples_are_valid_and_follow_the_mix():
   d = PermSort(n=6, improve_random_share=0.0)
   batch, answer, ok = _sft(d, jax.random.key(4), 512)
   assert bool(ok)
-  np.testing.assert_array_equal(np.sort(answer, 1),
-                                np.sort(batch.tasks, 1))
+  np.testing.assert_array_equal(np.sort(answer, 1), np.sort(batch.tasks, 1))
   mode = np.asarray(batch.mode)
   assert set(np.unique(mode)) == {MODE_BASE, MODE_IMPROVE, MODE_DIVERGE}
   np.testing.assert_array_equal(np.asarray(batch.prev)[mode == MODE_BASE], -1)

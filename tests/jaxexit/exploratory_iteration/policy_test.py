@@ -13,10 +13,12 @@ from jaxexit.exploratory_iteration.domains import Knapsack, PermSort, SortChain
 from jaxexit.models.llama import LlamaLM
 from tests.tiers import slow
 
-TINY = policy.PolicyConfig(d_model=16, num_layers=1, num_heads=2,
-                           mlp_hidden=32)
-DOMAINS = {"permsort": PermSort(n=5), "knapsack": Knapsack(n=5),
-           "sortchain": SortChain(turns=2, per_turn=2)}
+TINY = policy.PolicyConfig(d_model=16, num_layers=1, num_heads=2, mlp_hidden=32)
+DOMAINS = {
+  "permsort": PermSort(n=5),
+  "knapsack": Knapsack(n=5),
+  "sortchain": SortChain(turns=2, per_turn=2),
+}
 
 
 def _setup(name, n=16):
@@ -30,10 +32,14 @@ def _setup(name, n=16):
 def _sample_and_score(graphdef, params, batch, key, *, d, temperature):
   """(response, sampler logp, teacher-forced logp)."""
   m = nnx.merge(graphdef, params)
-  r, lp = policy.sample_responses(m, d, batch.tasks, batch.prev, batch.mode,
-                                  key, temperature)
-  return r, lp, policy.response_logprobs(m, d, batch.tasks, batch.prev,
-                                         batch.mode, r)
+  r, lp = policy.sample_responses(
+    m, d, batch.tasks, batch.prev, batch.mode, key, temperature
+  )
+  return (
+    r,
+    lp,
+    policy.response_logprobs(m, d, batch.tasks, batch.prev, batch.mode, r),
+  )
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "d"))
@@ -42,8 +48,10 @@ def _response_logits(graphdef, params, batch, response, *, d):
   prompt = d.build_prompt(batch.tasks, batch.prev, batch.mode)
   tokens = jnp.concatenate([prompt, response[:, :-1]], axis=1)
   logits = nnx.merge(graphdef, params)(tokens).logits
-  return (logits[:, prompt.shape[1] - 1:],
-          d.response_masks(batch.tasks, batch.prev, batch.mode, response))
+  return (
+    logits[:, prompt.shape[1] - 1 :],
+    d.response_masks(batch.tasks, batch.prev, batch.mode, response),
+  )
 
 
 @slow
@@ -51,8 +59,9 @@ def _response_logits(graphdef, params, batch, response, *, d):
 def test_sampler_logp_matches_teacher_forcing_and_is_valid(name):
   d, model, batch = _setup(name)
   graphdef, params = nnx.split(model)
-  r, lp, lp_tf = _sample_and_score(graphdef, params, batch,
-                                   jax.random.key(2), d=d, temperature=1.0)
+  r, lp, lp_tf = _sample_and_score(
+    graphdef, params, batch, jax.random.key(2), d=d, temperature=1.0
+  )
   assert r.shape == lp.shape == (16, d.response_len)
   assert r.dtype == jnp.int32 and lp.dtype == jnp.float32
   np.testing.assert_allclose(lp, lp_tf, atol=1e-5)
@@ -86,13 +95,15 @@ def test_vmap_over_seeds_and_grad():
   graphdef = policy.policy_graphdef(d, TINY)
   keys = jax.random.split(jax.random.key(5), 2)
   params = jax.vmap(
-      lambda k: nnx.state(policy.make_policy(d, TINY, nnx.Rngs(k))))(keys)
+    lambda k: nnx.state(policy.make_policy(d, TINY, nnx.Rngs(k)))
+  )(keys)
   batch = jax.jit(d.sft_examples, static_argnums=1)(jax.random.key(6), 8)
 
   def sample(params, key):
     m = nnx.merge(graphdef, params)
-    return policy.sample_responses(m, d, batch.tasks, batch.prev,
-                                   batch.mode, key, 1.0)
+    return policy.sample_responses(
+      m, d, batch.tasks, batch.prev, batch.mode, key, 1.0
+    )
 
   r, lp = jax.jit(jax.vmap(sample))(params, keys)
   assert r.shape == (2, 8, d.response_len)
@@ -103,8 +114,9 @@ def test_vmap_over_seeds_and_grad():
 
   def objective(params):
     m = nnx.merge(graphdef, params)
-    return jnp.sum(policy.response_logprobs(m, d, batch.tasks, batch.prev,
-                                            batch.mode, r1))
+    return jnp.sum(
+      policy.response_logprobs(m, d, batch.tasks, batch.prev, batch.mode, r1)
+    )
 
   grads = jax.jit(jax.grad(objective))(one)
   norms = [float(jnp.abs(g).sum()) for g in jax.tree.leaves(grads)]
@@ -114,19 +126,28 @@ def test_vmap_over_seeds_and_grad():
 def test_policy_config_and_bad_input():
   d = DOMAINS["permsort"]
   model = nnx.eval_shape(
-      lambda: policy.make_policy(d, policy.PolicyConfig(), nnx.Rngs(0)))
+    lambda: policy.make_policy(d, policy.PolicyConfig(), nnx.Rngs(0))
+  )
   assert isinstance(model, LlamaLM)
   assert model.cfg.vocab_size == d.vocab_size
   assert model.cfg.max_position == d.prompt_len + d.response_len
   assert (model.cfg.d_model, model.cfg.num_layers, model.cfg.num_heads) == (
-      64, 2, 4)
+    64,
+    2,
+    4,
+  )
   n_params = sum(x.size for x in jax.tree.leaves(nnx.state(model)))
   assert 80_000 < n_params < 120_000
   with pytest.raises(ValueError, match="PolicyConfig.num_layers"):
     policy.PolicyConfig(num_layers=0)
   tasks = d.sample_tasks(jax.random.key(0), 2)
   with pytest.raises(ValueError, match="temperature"):
-    policy.sample_responses(policy.make_policy(d, TINY, nnx.Rngs(0)), d,
-                            tasks, d.blank_answer(tasks),
-                            jnp.zeros((2,), jnp.int32), jax.random.key(0),
-                            -1.0)
+    policy.sample_responses(
+      policy.make_policy(d, TINY, nnx.Rngs(0)),
+      d,
+      tasks,
+      d.blank_answer(tasks),
+      jnp.zeros((2,), jnp.int32),
+      jax.random.key(0),
+      -1.0,
+    )

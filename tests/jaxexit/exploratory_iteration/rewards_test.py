@@ -32,8 +32,9 @@ def test_jit_and_errors():
   q_prev = jax.random.uniform(jax.random.key(1), (4, 1))
   f = jax.jit(improvement_reward, static_argnums=2)
   np.testing.assert_allclose(
-      f(q_new, q_prev, "normalized_delta"),
-      improvement_reward(q_new, q_prev, "normalized_delta"))
+    f(q_new, q_prev, "normalized_delta"),
+    improvement_reward(q_new, q_prev, "normalized_delta"),
+  )
   with pytest.raises(ValueError, match="kind"):
     improvement_reward(q_new, q_prev, "delta")
   with pytest.raises(ValueError, match="q_prev"):

@@ -9,11 +9,19 @@ from flax import nnx
 
 from jaxexit.exploratory_iteration.buffer import BufferConfig
 from jaxexit.exploratory_iteration.domains import make_domain
-from jaxexit.exploratory_iteration.policy import (PolicyConfig, make_policy,
-                                                  policy_graphdef)
-from jaxexit.exploratory_iteration.train import (METHODS, ExItConfig,
-                                                 init_state, seed_keys, train,
-                                                 train_iteration)
+from jaxexit.exploratory_iteration.policy import (
+  PolicyConfig,
+  make_policy,
+  policy_graphdef,
+)
+from jaxexit.exploratory_iteration.train import (
+  METHODS,
+  ExItConfig,
+  init_state,
+  seed_keys,
+  train,
+  train_iteration,
+)
 from jaxexit.rl.grpo import GRPOConfig
 from tests.tiers import slow
 
@@ -23,16 +31,22 @@ TRAINED = [m for m in METHODS if METHODS[m] is not None]
 
 
 def _cfg(method, **kw):
-  return ExItConfig(method=method, iterations=4, prompts=4,
-                    grpo=GRPOConfig(num_generations=4, epochs=2),
-                    buffer=BufferConfig(capacity=16, min_fill=4), **kw)
+  return ExItConfig(
+    method=method,
+    iterations=4,
+    prompts=4,
+    grpo=GRPOConfig(num_generations=4, epochs=2),
+    buffer=BufferConfig(capacity=16, min_fill=4),
+    **kw,
+  )
 
 
 @pytest.fixture(scope="module")
 def warm():
   graphdef = policy_graphdef(DOMAIN, POLICY)
-  params = jax.vmap(lambda k: nnx.split(make_policy(
-      DOMAIN, POLICY, nnx.Rngs(k)))[1])(seed_keys(2))
+  params = jax.vmap(
+    lambda k: nnx.split(make_policy(DOMAIN, POLICY, nnx.Rngs(k)))[1]
+  )(seed_keys(2))
   return graphdef, params
 
 
@@ -41,9 +55,18 @@ def warm():
 @pytest.fixture(scope="module")
 def runs(warm):
   graphdef, params = warm
-  return {m: train(graphdef, params, seed_keys(2), domain=DOMAIN,
-                   cfg=_cfg(m), chunks=2, progress=False)
-          for m in TRAINED}
+  return {
+    m: train(
+      graphdef,
+      params,
+      seed_keys(2),
+      domain=DOMAIN,
+      cfg=_cfg(m),
+      chunks=2,
+      progress=False,
+    )
+    for m in TRAINED
+  }
 
 
 @slow
@@ -99,21 +122,24 @@ def test_jitted_iteration_equals_eager(warm):
   with jax.disable_jit():
     eager, m_eager = step(state, key)
   for name in ("quality", "reward", "learnability", "buffer_size"):
-    np.testing.assert_allclose(m_jit[name], m_eager[name], rtol=1e-5,
-                               atol=1e-6)
+    np.testing.assert_allclose(m_jit[name], m_eager[name], rtol=1e-5, atol=1e-6)
   np.testing.assert_array_equal(jitted.buffer.filled, eager.buffer.filled)
-  for a, b in zip(jax.tree.leaves(jitted.params),
-                  jax.tree.leaves(eager.params)):
+  for a, b in zip(
+    jax.tree.leaves(jitted.params), jax.tree.leaves(eager.params)
+  ):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("kw, match", [
+@pytest.mark.parametrize(
+  "kw, match",
+  [
     (dict(method="base"), "method"),
     (dict(method="nope"), "method"),
     (dict(method="exit", p_div=1.5), "p_div"),
     (dict(method="exit", score_on="x"), "score_on"),
     (dict(method="exit", iterations=0), "iterations"),
-])
+  ],
+)
 def test_bad_settings(kw, match):
   with pytest.raises(ValueError, match=match):
     ExItConfig(**kw)

@@ -7,13 +7,15 @@ import pytest
 from flax import nnx
 
 from jaxexit.exploratory_iteration import policy
-from jaxexit.exploratory_iteration.domains import (MODE_IMPROVE, PermSort,
-                                                   permsort)
+from jaxexit.exploratory_iteration.domains import (
+  MODE_IMPROVE,
+  PermSort,
+  permsort,
+)
 from jaxexit.exploratory_iteration.warm_start import sft_loss, warm_start
 from tests.tiers import slow
 
-TINY = policy.PolicyConfig(d_model=32, num_layers=1, num_heads=2,
-                           mlp_hidden=64)
+TINY = policy.PolicyConfig(d_model=32, num_layers=1, num_heads=2, mlp_hidden=64)
 DOMAIN = PermSort(n=6)
 
 
@@ -27,9 +29,9 @@ def _evaluate(params, held_out):
   loss, metrics = sft_loss(_model(params), DOMAIN, held_out)
   prev = jnp.where(held_out.prev < 0, held_out.tasks, held_out.prev)
   mode = jnp.full(held_out.mode.shape, MODE_IMPROVE, jnp.int32)
-  response, _ = policy.sample_responses(_model(params), DOMAIN,
-                                        held_out.tasks, prev, mode,
-                                        jax.random.key(8), 0.0)
+  response, _ = policy.sample_responses(
+    _model(params), DOMAIN, held_out.tasks, prev, mode, jax.random.key(8), 0.0
+  )
   kept = jnp.mean(response - permsort.PTR_0 == jnp.arange(6)[None, :])
   return loss, metrics, kept
 
@@ -37,11 +39,20 @@ def _evaluate(params, held_out):
 @slow
 def test_sft_lowers_loss_and_teaches_identity_ish_revisions():
   init = nnx.state(policy.make_policy(DOMAIN, TINY, nnx.Rngs(0)))
-  params, losses = warm_start(DOMAIN, TINY, jax.random.key(0), steps=120,
-                              batch=128, lr=3e-3, chunks=1, progress=False)
+  params, losses = warm_start(
+    DOMAIN,
+    TINY,
+    jax.random.key(0),
+    steps=120,
+    batch=128,
+    lr=3e-3,
+    chunks=1,
+    progress=False,
+  )
   assert losses.shape == (120,)
   held_out = jax.jit(DOMAIN.sft_examples, static_argnums=1)(
-      jax.random.key(99), 256)
+    jax.random.key(99), 256
+  )
   before, _, kept_before = _evaluate(init, held_out)
   after, metrics, kept_after = _evaluate(params, held_out)
   assert float(after) < 0.6 * float(before)

@@ -16,8 +16,15 @@ from tests.tiers import fast_only, slow
 
 
 def _backbone():
-  cfg = LlamaConfig(vocab_size=32, d_model=16, num_layers=6, num_heads=4,
-                    num_kv_heads=2, mlp_hidden=32, max_position=64)
+  cfg = LlamaConfig(
+    vocab_size=32,
+    d_model=16,
+    num_layers=6,
+    num_heads=4,
+    num_kv_heads=2,
+    mlp_hidden=32,
+    max_position=64,
+  )
   return LlamaLM(cfg, rngs=nnx.Rngs(0))
 
 
@@ -57,29 +64,42 @@ def test_mamba_classifier_is_causal_and_steps_like_the_sequence():
   whole, _ = heads(backbone, 0, h, state0, positions, valid)
   state, steps = state0, []
   for t in range(7):
-    logits, state = heads(backbone, 0, h[:, t:t + 1], state,
-                          positions[:, t:t + 1], valid[:, t:t + 1])
+    logits, state = heads(
+      backbone,
+      0,
+      h[:, t : t + 1],
+      state,
+      positions[:, t : t + 1],
+      valid[:, t : t + 1],
+    )
     steps.append(logits)
   np.testing.assert_allclose(jnp.concatenate(steps, 1), whole, atol=1e-4)
   # advance = the state half of a call; an invalid step leaves it alone.
   adv = heads.advance(backbone, 0, h, state0, positions, valid)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5),
-               adv, state)
+  jax.tree.map(
+    lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), adv, state
+  )
   frozen = heads.advance(backbone, 0, h, state0, positions, ~valid)
   jax.tree.map(np.testing.assert_array_equal, frozen, state0)
 
 
 @pytest.mark.parametrize("kind", fast_only(KINDS, "lm_head"))
-@pytest.mark.parametrize("mode", fast_only(["propagate", "recompute", "freeze"],
-                                           "propagate"))
+@pytest.mark.parametrize(
+  "mode", fast_only(["propagate", "recompute", "freeze"], "propagate")
+)
 def test_exits_disabled_equals_full_model_with_trained_kinds(kind, mode):
   backbone = _backbone()
   heads = _perturbed_mamba_heads() if kind == "mamba" else _classifiers(kind)
   prompts = np.array([[3, 7, 1, 9, 4], [5, 8, 2, 0, 0]], np.int32)
   lengths = np.array([5, 3], np.int32)
   full = generate_full(backbone, prompts, lengths, max_new_tokens=6)
-  cfg = DecodeConfig(exit_layers=(2, 4), state_mode=mode, exits_enabled=False,
-                     max_new_tokens=6, pending=2)
+  cfg = DecodeConfig(
+    exit_layers=(2, 4),
+    state_mode=mode,
+    exits_enabled=False,
+    max_new_tokens=6,
+    pending=2,
+  )
   out = generate(backbone, heads, prompts, lengths, 0.0, cfg)
   np.testing.assert_array_equal(out.tokens, full)
 
@@ -89,8 +109,9 @@ def test_training_lowers_the_loss_and_keeps_the_backbone(tmp_path):
   backbone = _backbone()
   before = jax.tree.map(np.asarray, nnx.state(backbone))
   tokens = np.tile(np.arange(12, dtype=np.int32), (16, 1)) % 5  # learnable
-  feats = dynamax_train.exit_features(backbone, tokens, np.full(16, 12),
-                                      (2, 4), batch_size=8, progress=False)
+  feats = dynamax_train.exit_features(
+    backbone, tokens, np.full(16, 12), (2, 4), batch_size=8, progress=False
+  )
   assert feats.hidden.shape == (16, 12, 2, 16)
   assert not feats.mask[:, -1].any() and feats.mask[:, :-1].all()
   heads = _classifiers("mlp")
@@ -99,13 +120,24 @@ def test_training_lowers_the_loss_and_keeps_the_backbone(tmp_path):
   batch = jax.tree.map(jnp.asarray, batch)
   loss0, _ = dynamax_train.dynamax_loss(model, batch, None)
   heads, metrics = dynamax_train.train_exit_classifiers(
-      backbone, heads, feats, optim=train_lib.OptimConfig(learning_rate=3e-2),
-      num_steps=30, batch_size=8, workdir=tmp_path, progress=False)
+    backbone,
+    heads,
+    feats,
+    optim=train_lib.OptimConfig(learning_rate=3e-2),
+    num_steps=30,
+    batch_size=8,
+    workdir=tmp_path,
+    progress=False,
+  )
   loss1, _ = dynamax_train.dynamax_loss(
-      dynamax_train.DynamaxTrainer(backbone, heads), batch, None)
+    dynamax_train.DynamaxTrainer(backbone, heads), batch, None
+  )
   assert float(loss1) < 0.9 * float(loss0)
-  jax.tree.map(np.testing.assert_array_equal, before,
-               jax.tree.map(np.asarray, nnx.state(backbone)))
+  jax.tree.map(
+    np.testing.assert_array_equal,
+    before,
+    jax.tree.map(np.asarray, nnx.state(backbone)),
+  )
 
 
 def test_bad_configs():
@@ -115,8 +147,15 @@ def test_bad_configs():
     ExitClassifierConfig(kind="mlp", num_exits=0, d_model=16)
   heads = _classifiers("mlp")
   with pytest.raises(ValueError, match="num_exits=2"):
-    generate(_backbone(), heads, np.array([[1, 2]]), np.array([2]), 0.5,
-             DecodeConfig(exit_layers=(1, 2, 3), max_new_tokens=2))
+    generate(
+      _backbone(),
+      heads,
+      np.array([[1, 2]]),
+      np.array([2]),
+      0.5,
+      DecodeConfig(exit_layers=(1, 2, 3), max_new_tokens=2),
+    )
   with pytest.raises(ValueError, match="weights are all 0"):
-    dynamax_train.DynamaxLossConfig(ce_weight=0.0, kl_weight=0.0,
-                                    score_weight=0.0)
+    dynamax_train.DynamaxLossConfig(
+      ce_weight=0.0, kl_weight=0.0, score_weight=0.0
+    )

@@ -31,7 +31,8 @@ def vit_stack():
   # Gate l reads the standardised max-softmax of IM l: g = σ(3 z), so about
   # half of the examples pass each gate.
   maxprob = confidence.uncertainty_features(
-      heads.im_logits(model.cls_per_block(images)[:, :-1]))[..., 0]  # [B, G]
+    heads.im_logits(model.cls_per_block(images)[:, :-1])
+  )[..., 0]  # [B, G]
   scale = 3.0 / jnp.std(maxprob, axis=0)
   kernel = jnp.zeros((G, 4, 1)).at[:, 0, 0].set(scale)
   heads.gates.kernel[...] = kernel
@@ -44,19 +45,23 @@ def vit_stack():
 @slow
 def test_modes_agree_with_the_jei_gate_rule(vit_stack):
   model, heads, images, stack, params, carry = vit_stack
-  ref = modes_check.assert_stack_modes_agree(stack, gates.jei_gate_rule(),
-                                             params, carry)
+  ref = modes_check.assert_stack_modes_agree(
+    stack, gates.jei_gate_rule(), params, carry
+  )
   # The vectorised exit on simulate's per-layer gates is the rule's exit.
-  np.testing.assert_array_equal(gates.jei_exit(ref.per_layer.score),
-                                ref.exit_layer)
+  np.testing.assert_array_equal(
+    gates.jei_exit(ref.per_layer.score), ref.exit_layer
+  )
   # And the cached-feature path (training/evaluation) gives the same.
   feats = model.cls_per_block(images)[:, :-1]
   gate_logits = heads.gate_logits(heads.im_logits(feats))
-  np.testing.assert_allclose(jax.nn.sigmoid(gate_logits),
-                             ref.per_layer.score[:, :-1], rtol=1e-4,
-                             atol=1e-5)
-  np.testing.assert_array_equal(jei_dnn.gated_exit(gate_logits),
-                                ref.exit_layer)
+  np.testing.assert_allclose(
+    jax.nn.sigmoid(gate_logits),
+    ref.per_layer.score[:, :-1],
+    rtol=1e-4,
+    atol=1e-5,
+  )
+  np.testing.assert_array_equal(jei_dnn.gated_exit(gate_logits), ref.exit_layer)
 
 
 @slow
@@ -70,9 +75,11 @@ def test_modes_agree_with_a_thresholds_rule(vit_stack):
   # batch sizes (compacted runs smaller batches).
   thresholds = budgeted.fit_thresholds(np.asarray(conf), q) - 1e-4
   ref = modes_check.assert_stack_modes_agree(
-      stack, budgeted.thresholds_rule(thresholds), params, carry)
+    stack, budgeted.thresholds_rule(thresholds), params, carry
+  )
   np.testing.assert_array_equal(
-      budgeted.budgeted_exit(np.asarray(conf), thresholds), ref.exit_layer)
+    budgeted.budgeted_exit(np.asarray(conf), thresholds), ref.exit_layer
+  )
 
 
 @slow
@@ -104,17 +111,20 @@ def test_gate_pos_weight_cap_and_floor():
 def test_gate_loss_matches_torch_bce_with_pos_weight():
   torch = pytest.importorskip("torch")
   x = jax.random.normal(jax.random.key(0), (5, 3))
-  t = jnp.array([[0, 1, 1], [0, 0, 1], [1, 1, 1], [0, 0, 0], [0, 1, 1]],
-                jnp.float32)
+  t = jnp.array(
+    [[0, 1, 1], [0, 0, 1], [1, 1, 1], [0, 0, 0], [0, 1, 1]], jnp.float32
+  )
   w = jnp.array([0.5, 2.0, 5.0])
   want = torch.nn.functional.binary_cross_entropy_with_logits(
-      torch.tensor(np.asarray(x)), torch.tensor(np.asarray(t)),
-      pos_weight=torch.tensor(np.asarray(w)))
-  np.testing.assert_allclose(jei_dnn.gate_loss(x, t, w), want.item(),
-                             rtol=1e-5)
+    torch.tensor(np.asarray(x)),
+    torch.tensor(np.asarray(t)),
+    pos_weight=torch.tensor(np.asarray(w)),
+  )
+  np.testing.assert_allclose(jei_dnn.gate_loss(x, t, w), want.item(), rtol=1e-5)
   # Hand value at x = 0: w·log 2 for positives, log 2 for negatives.
-  zero = jei_dnn.gate_loss(jnp.zeros((1, 2)), jnp.array([[0.0, 1.0]]),
-                           jnp.array([1.0, 3.0]))
+  zero = jei_dnn.gate_loss(
+    jnp.zeros((1, 2)), jnp.array([[0.0, 1.0]]), jnp.array([1.0, 3.0])
+  )
   np.testing.assert_allclose(zero, (1 + 3) / 2 * math.log(2), rtol=1e-6)
 
 
@@ -124,16 +134,18 @@ def test_classifier_loss_value_is_the_unweighted_ce():
   labels = jnp.array([0, 1, 2, 3, 4, 0])
   probs = jax.random.dirichlet(jax.random.key(1), jnp.ones(5), (6,))[:, :4]
   ce = cross_entropy_per_exit(im, labels)
-  np.testing.assert_allclose(jei_dnn.classifier_loss(im, labels, probs),
-                             jnp.mean(ce), rtol=1e-5)
+  np.testing.assert_allclose(
+    jei_dnn.classifier_loss(im, labels, probs), jnp.mean(ce), rtol=1e-5
+  )
   # r_x is not stop-gradient'ed, so each row is Σ_l CE_l as a function and
   # the gradient equals the unweighted one (the P weighting cancels).
   grad = jax.grad(jei_dnn.classifier_loss)(im, labels, probs)
   want = jax.grad(lambda z: jnp.mean(cross_entropy_per_exit(z, labels)))(im)
   np.testing.assert_allclose(grad, want, rtol=1e-4, atol=1e-7)
   # No gradient reaches P, and P = 0 rows give 0 without NaN.
-  assert np.all(jax.grad(jei_dnn.classifier_loss, argnums=2)(
-      im, labels, probs) == 0)
+  assert np.all(
+    jax.grad(jei_dnn.classifier_loss, argnums=2)(im, labels, probs) == 0
+  )
   zero = jei_dnn.classifier_loss(im, labels, jnp.zeros((6, 4)))
   assert zero == 0.0
 

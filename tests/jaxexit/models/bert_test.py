@@ -11,13 +11,20 @@ from jaxexit.models import BertConfig, BertEncoder, from_pretrained, mean_pool
 from tests.jaxexit.models import hf_tiny, modes_check
 from tests.tiers import fast_only, slow
 
-TINY = BertConfig(vocab_size=100, hidden_size=32, num_layers=3, num_heads=4,
-                  intermediate_size=64, max_position_embeddings=40)
+TINY = BertConfig(
+  vocab_size=100,
+  hidden_size=32,
+  num_layers=3,
+  num_heads=4,
+  intermediate_size=64,
+  max_position_embeddings=40,
+)
 
 
 @pytest.mark.parametrize("model_type", ["bert", "roberta"])
-@pytest.mark.parametrize("fmt", fast_only(["safetensors", "bin"],
-                                          "safetensors"))
+@pytest.mark.parametrize(
+  "fmt", fast_only(["safetensors", "bin"], "safetensors")
+)
 def test_matches_transformers_every_layer(model_type, fmt, tmp_path):
   pytest.importorskip("torch")
   pytest.importorskip("transformers")
@@ -32,18 +39,25 @@ def test_matches_transformers_every_layer(model_type, fmt, tmp_path):
   hs_j, pooled_j = hf_tiny.jax_forward(ours, ids, mask, types)
   assert hs_j.shape == hs_t.shape == (4, 3, 12, 32)
   for layer in range(hs_t.shape[0]):
-    np.testing.assert_allclose(hs_j[layer], hs_t[layer], rtol=1e-5, atol=1e-5,
-                               err_msg=f"hidden state {layer}")
+    np.testing.assert_allclose(
+      hs_j[layer],
+      hs_t[layer],
+      rtol=1e-5,
+      atol=1e-5,
+      err_msg=f"hidden state {layer}",
+    )
   np.testing.assert_allclose(pooled_j, pooled_t, rtol=1e-5, atol=1e-5)
 
 
 def test_roberta_positions_skip_padding():
-  cfg = dataclasses.replace(TINY, model_type="roberta", pad_token_id=1,
-                            type_vocab_size=1)
+  cfg = dataclasses.replace(
+    TINY, model_type="roberta", pad_token_id=1, type_vocab_size=1
+  )
   model = BertEncoder(cfg, rngs=nnx.Rngs(0))
   ids = jnp.array([[5, 6, 7, 1, 1], [1, 5, 6, 1, 7]])
-  np.testing.assert_array_equal(model.position_ids(ids),
-                                [[2, 3, 4, 1, 1], [1, 2, 3, 1, 4]])
+  np.testing.assert_array_equal(
+    model.position_ids(ids), [[2, 3, 4, 1, 1], [1, 2, 3, 1, 4]]
+  )
   bert = BertEncoder(TINY, rngs=nnx.Rngs(0))
   np.testing.assert_array_equal(bert.position_ids(ids)[1], np.arange(5))
 
@@ -70,10 +84,10 @@ def test_backbone_matches_call_and_jits():
   jitted = jax.jit(layer_fn)
   for layer in range(num_layers):
     carry = (layer_fn if layer % 2 else jitted)(params, layer, carry)
-    np.testing.assert_allclose(carry["h"], hs[layer + 1], rtol=1e-5,
-                               atol=1e-5)
-  np.testing.assert_allclose(model.pool(carry["h"]), pooled, rtol=1e-5,
-                             atol=1e-6)
+    np.testing.assert_allclose(carry["h"], hs[layer + 1], rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(
+    model.pool(carry["h"]), pooled, rtol=1e-5, atol=1e-6
+  )
   hs_jit, _ = nnx.jit(lambda m, *a: m(*a))(model, j(ids), j(types), j(mask))
   np.testing.assert_allclose(hs_jit, hs, rtol=1e-5, atol=1e-5)
 
@@ -87,33 +101,52 @@ def test_padding_does_not_change_real_tokens():
   longer_mask = np.pad(mask, ((0, 0), (0, 4)))
   hs2, _ = model(j(longer), None, j(longer_mask))
   m = mask.astype(bool)
-  np.testing.assert_allclose(hs2[:, :, :12][:, m], hs[:, m], rtol=1e-5,
-                             atol=1e-5)
-  np.testing.assert_allclose(mean_pool(hs2[-1], j(longer_mask) > 0),
-                             mean_pool(hs[-1], j(mask) > 0), atol=1e-5)
+  np.testing.assert_allclose(
+    hs2[:, :, :12][:, m], hs[:, m], rtol=1e-5, atol=1e-5
+  )
+  np.testing.assert_allclose(
+    mean_pool(hs2[-1], j(longer_mask) > 0),
+    mean_pool(hs[-1], j(mask) > 0),
+    atol=1e-5,
+  )
 
 
-@pytest.mark.parametrize("bad, match", [
+@pytest.mark.parametrize(
+  "bad, match",
+  [
     (dict(hidden_size=30), "hidden_size=30 must be divisible by num_heads=4"),
     (dict(num_layers=0), "num_layers"),
     (dict(hidden_act="gelu_fast2"), "hidden_act"),
     (dict(model_type="gpt2"), "model_type"),
     (dict(layer_norm_eps=0.0), "layer_norm_eps"),
-])
+  ],
+)
 def test_bad_config(bad, match):
   with pytest.raises(ValueError, match=match):
     dataclasses.replace(TINY, **bad)
 
 
 def test_from_hf_config():
-  hf = {"model_type": "roberta", "vocab_size": 50265, "hidden_size": 768,
-        "num_hidden_layers": 12, "num_attention_heads": 12,
-        "intermediate_size": 3072, "max_position_embeddings": 514,
-        "type_vocab_size": 1, "layer_norm_eps": 1e-5, "pad_token_id": 1,
-        "hidden_act": "gelu"}
+  hf = {
+    "model_type": "roberta",
+    "vocab_size": 50265,
+    "hidden_size": 768,
+    "num_hidden_layers": 12,
+    "num_attention_heads": 12,
+    "intermediate_size": 3072,
+    "max_position_embeddings": 514,
+    "type_vocab_size": 1,
+    "layer_norm_eps": 1e-5,
+    "pad_token_id": 1,
+    "hidden_act": "gelu",
+  }
   cfg = BertConfig.from_hf_config(hf)
-  assert (cfg.model_type, cfg.pad_token_id, cfg.layer_norm_eps,
-          cfg.max_position_embeddings) == ("roberta", 1, 1e-5, 514)
+  assert (
+    cfg.model_type,
+    cfg.pad_token_id,
+    cfg.layer_norm_eps,
+    cfg.max_position_embeddings,
+  ) == ("roberta", 1, 1e-5, 514)
   with pytest.raises(ValueError, match="position_embedding_type"):
     BertConfig.from_hf_config({**hf, "position_embedding_type": "relative_key"})
   with pytest.raises(ValueError, match="num_attention_heads|divisible"):

@@ -18,14 +18,16 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 TOL = dict(rtol=1e-5, atol=1e-5)
 # Width 48 on 4 heads (K = 12), 16 patches of 8 x 8.
-TINY = ClipVisionConfig(image_size=32, patch_size=8, width=48, num_layers=3,
-                        num_heads=4, mlp_dim=96)
+TINY = ClipVisionConfig(
+  image_size=32, patch_size=8, width=48, num_layers=3, num_heads=4, mlp_dim=96
+)
 
 
 def perturb(model):
   """HF sets LayerNorm to (1, 0) and biases to 0, which would hide a swapped
   scale/bias or a dropped bias: add noise to every tensor."""
   import torch
+
   torch.manual_seed(1)
   with torch.no_grad():
     for p in model.parameters():
@@ -38,9 +40,15 @@ def hf_clip(hidden_act: str = "quick_gelu"):
   tf = pytest.importorskip("transformers")
   torch.manual_seed(0)
   cfg = tf.CLIPVisionConfig(
-      hidden_size=48, intermediate_size=96, num_hidden_layers=3,
-      num_attention_heads=4, image_size=32, patch_size=8,
-      hidden_act=hidden_act, attn_implementation="eager")
+    hidden_size=48,
+    intermediate_size=96,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    image_size=32,
+    patch_size=8,
+    hidden_act=hidden_act,
+    attn_implementation="eager",
+  )
   return perturb(tf.CLIPVisionModel(cfg))
 
 
@@ -53,9 +61,11 @@ def images(b: int = 2, size: int = 32, seed: int = 0) -> np.ndarray:
 def hf_forward(hf, x: np.ndarray):
   """(hidden states, pooled) of NHWC images as numpy."""
   import torch
+
   with torch.no_grad():
-    out = hf(torch.as_tensor(x.transpose(0, 3, 1, 2)),
-             output_hidden_states=True)
+    out = hf(
+      torch.as_tensor(x.transpose(0, 3, 1, 2)), output_hidden_states=True
+    )
   return [h.numpy() for h in out.hidden_states], out.pooler_output.numpy()
 
 
@@ -66,7 +76,8 @@ def test_matches_transformers(act):
   assert cfg == dataclasses.replace(TINY, hidden_act=act)
   ours = ClipVision(cfg, rngs=nnx.Rngs(0))
   load_clip_vision_state_dict(
-      ours, {k: v.numpy() for k, v in hf.state_dict().items()})
+    ours, {k: v.numpy() for k, v in hf.state_dict().items()}
+  )
   x = images()
   hidden, pooled = hf_forward(hf, x)
   out = jax.jit(ours.__call__)(jnp.asarray(x))
@@ -88,13 +99,17 @@ def test_features_are_hidden_states(tiny, layer):
   feats = tiny.features(x, layer)
   assert feats.shape == (2, TINY.num_patches, TINY.width)
   np.testing.assert_allclose(feats, full[:, 1:], **TOL)
-  np.testing.assert_allclose(tiny.features(x, layer, drop_cls=False), full,
-                             **TOL)
+  np.testing.assert_allclose(
+    tiny.features(x, layer, drop_cls=False), full, **TOL
+  )
 
 
 def test_wrong_image_size_is_named(tiny):
-  with pytest.raises(ValueError, match=r"images must be \[B, 32, 32, 3\].*"
-                     r"images.shape=\(1, 16, 16, 3\)"):
+  with pytest.raises(
+    ValueError,
+    match=r"images must be \[B, 32, 32, 3\].*"
+    r"images.shape=\(1, 16, 16, 3\)",
+  ):
     tiny(jnp.zeros((1, 16, 16, 3)))
   # Channels first: jaxtyping's hook (tests only) may catch it first.
   with pytest.raises((ValueError, jaxtyping.TypeCheckError)):
@@ -110,13 +125,16 @@ def test_bad_feature_layer(tiny, layer):
     TINY.blocks_before(1.0)
 
 
-@pytest.mark.parametrize("bad, match", [
+@pytest.mark.parametrize(
+  "bad, match",
+  [
     (dict(patch_size=6), "image_size=32 must be divisible by patch_size=6"),
     (dict(num_heads=5), "width=48 must be divisible by num_heads=5"),
     (dict(hidden_act="gelu_fast"), "hidden_act"),
     (dict(layer_norm_eps=0.0), "layer_norm_eps"),
     (dict(num_layers=0), "num_layers"),
-])
+  ],
+)
 def test_config_errors(bad, match):
   with pytest.raises(ValueError, match=match):
     dataclasses.replace(TINY, **bad)

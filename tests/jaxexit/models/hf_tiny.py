@@ -9,8 +9,13 @@ import os
 import jax.numpy as jnp
 import numpy as np
 
-SIZES = dict(hidden_size=32, num_attention_heads=4, intermediate_size=64,
-             vocab_size=100, attn_implementation="eager")
+SIZES = dict(
+  hidden_size=32,
+  num_attention_heads=4,
+  intermediate_size=64,
+  vocab_size=100,
+  attn_implementation="eager",
+)
 
 
 def build(model_type: str, num_layers: int = 3):
@@ -21,18 +26,25 @@ def build(model_type: str, num_layers: int = 3):
   """
   import torch
   import transformers as tf
+
   torch.manual_seed(0)
   if model_type == "bert":
     cfg = tf.BertConfig(num_hidden_layers=num_layers, **SIZES)
     model = tf.BertModel(cfg)
   elif model_type == "roberta":
-    cfg = tf.RobertaConfig(num_hidden_layers=num_layers, pad_token_id=1,
-                           max_position_embeddings=40, type_vocab_size=1,
-                           layer_norm_eps=1e-5, **SIZES)
+    cfg = tf.RobertaConfig(
+      num_hidden_layers=num_layers,
+      pad_token_id=1,
+      max_position_embeddings=40,
+      type_vocab_size=1,
+      layer_norm_eps=1e-5,
+      **SIZES,
+    )
     model = tf.RobertaModel(cfg)
   else:
-    cfg = tf.AlbertConfig(num_hidden_layers=num_layers, embedding_size=16,
-                          **SIZES)
+    cfg = tf.AlbertConfig(
+      num_hidden_layers=num_layers, embedding_size=16, **SIZES
+    )
     model = tf.AlbertModel(cfg)
   with torch.no_grad():
     for p in model.parameters():
@@ -43,6 +55,7 @@ def build(model_type: str, num_layers: int = 3):
 def save(model, folder: str, fmt: str) -> str:
   """Saves as `model.safetensors` (save_pretrained) or `pytorch_model.bin`."""
   import torch
+
   if fmt == "safetensors":
     model.save_pretrained(folder)
   else:
@@ -67,11 +80,15 @@ def inputs(pad_id: int, batch: int = 3, length: int = 12, seed: int = 0):
 def torch_forward(model, ids, mask, types=None):
   """(hidden_states [L+1, B, T, D], pooled [B, D]) as numpy."""
   import torch
+
   t = lambda x: torch.as_tensor(x)
   with torch.no_grad():
-    out = model(input_ids=t(ids), attention_mask=t(mask),
-                token_type_ids=None if types is None else t(types),
-                output_hidden_states=True)
+    out = model(
+      input_ids=t(ids),
+      attention_mask=t(mask),
+      token_type_ids=None if types is None else t(types),
+      output_hidden_states=True,
+    )
   hs = np.stack([h.numpy() for h in out.hidden_states])
   return hs, out.pooler_output.numpy()
 

@@ -8,17 +8,37 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxexit.models import (AlbertConfig, AlbertEncoder, BertConfig,
-                            BertEncoder, export_hf_state_dict, from_pretrained,
-                            load_hf_weights, load_minilm, mean_pool,
-                            read_state_dict)
+from jaxexit.models import (
+  AlbertConfig,
+  AlbertEncoder,
+  BertConfig,
+  BertEncoder,
+  export_hf_state_dict,
+  from_pretrained,
+  load_hf_weights,
+  load_minilm,
+  mean_pool,
+  read_state_dict,
+)
 from tests.tiers import slow
 
-BERT = BertConfig(vocab_size=100, hidden_size=32, num_layers=2, num_heads=4,
-                  intermediate_size=64, max_position_embeddings=40)
-ALBERT = AlbertConfig(vocab_size=100, embedding_size=16, hidden_size=32,
-                      num_layers=3, num_heads=4, intermediate_size=64,
-                      max_position_embeddings=40)
+BERT = BertConfig(
+  vocab_size=100,
+  hidden_size=32,
+  num_layers=2,
+  num_heads=4,
+  intermediate_size=64,
+  max_position_embeddings=40,
+)
+ALBERT = AlbertConfig(
+  vocab_size=100,
+  embedding_size=16,
+  hidden_size=32,
+  num_layers=3,
+  num_heads=4,
+  intermediate_size=64,
+  max_position_embeddings=40,
+)
 IDS = jnp.array([[3, 5, 7, 9, 0], [4, 6, 0, 0, 0]], jnp.int32)
 MASK = (IDS != 0).astype(jnp.int32)
 
@@ -37,8 +57,9 @@ def test_export_load_round_trip(cfg):
   prefixed["classifier.weight"] = np.zeros((2, 32), np.float32)
   unused = load_hf_weights(dst, prefixed)
   assert unused == ["classifier.weight"]
-  np.testing.assert_array_equal(dst(IDS, None, MASK)[0],
-                                src(IDS, None, MASK)[0])
+  np.testing.assert_array_equal(
+    dst(IDS, None, MASK)[0], src(IDS, None, MASK)[0]
+  )
 
 
 @slow
@@ -51,9 +72,18 @@ def test_safetensors_file_and_folder(tmp_path):
     loaded = read_state_dict(path)
     assert sorted(loaded) == sorted(state)
   with open(tmp_path / "config.json", "w") as f:
-    json.dump({"model_type": "bert", "vocab_size": 100, "hidden_size": 32,
-               "num_hidden_layers": 2, "num_attention_heads": 4,
-               "intermediate_size": 64, "max_position_embeddings": 40}, f)
+    json.dump(
+      {
+        "model_type": "bert",
+        "vocab_size": 100,
+        "hidden_size": 32,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "intermediate_size": 64,
+        "max_position_embeddings": 40,
+      },
+      f,
+    )
   model = from_pretrained(tmp_path)
   np.testing.assert_array_equal(model(IDS)[1], src(IDS)[1])
 
@@ -62,9 +92,10 @@ def test_missing_tensor_is_named():
   src, dst = _pair(BERT)
   state = export_hf_state_dict(src)
   del state["encoder.layer.1.attention.output.dense.bias"]
-  with pytest.raises(ValueError,
-                     match="missing tensor 'encoder.layer.1.attention.output"
-                     ".dense.bias'"):
+  with pytest.raises(
+    ValueError,
+    match="missing tensor 'encoder.layer.1.attention.output.dense.bias'",
+  ):
     load_hf_weights(dst, state)
   with pytest.raises(ValueError, match="embeddings.word_embeddings.weight"):
     load_hf_weights(dst, {"foo": np.zeros(3)})
@@ -75,25 +106,32 @@ def test_misshaped_tensor_is_named():
   state = export_hf_state_dict(src)
   name = "encoder.albert_layer_groups.0.albert_layers.0.ffn.weight"
   state[name] = state[name].T
-  with pytest.raises(ValueError, match=rf"{name}' has shape \(32, 64\); "
-                     r"expected \(64, 32\)"):
+  with pytest.raises(
+    ValueError,
+    match=rf"{name}' has shape \(32, 64\); "
+    r"expected \(64, 32\)",
+  ):
     load_hf_weights(dst, state)
 
 
 def test_wrong_depth_is_reported():
   src, _ = _pair(BERT)
-  deeper = BertEncoder(dataclasses.replace(BERT, num_layers=3),
-                       rngs=nnx.Rngs(0))
+  deeper = BertEncoder(
+    dataclasses.replace(BERT, num_layers=3), rngs=nnx.Rngs(0)
+  )
   with pytest.raises(ValueError, match="missing tensor 'encoder.layer.2."):
     load_hf_weights(deeper, export_hf_state_dict(src))
 
 
 def test_old_layernorm_names_and_optional_pooler():
   src, dst = _pair(BERT)
-  state = {k.replace("LayerNorm.weight", "LayerNorm.gamma")
-           .replace("LayerNorm.bias", "LayerNorm.beta"): v
-           for k, v in export_hf_state_dict(src).items()
-           if not k.startswith("pooler.")}
+  state = {
+    k.replace("LayerNorm.weight", "LayerNorm.gamma").replace(
+      "LayerNorm.bias", "LayerNorm.beta"
+    ): v
+    for k, v in export_hf_state_dict(src).items()
+    if not k.startswith("pooler.")
+  }
   with pytest.raises(ValueError, match="pooler.dense.weight"):
     load_hf_weights(dst, state)
   load_hf_weights(dst, state, require_pooler=False)
@@ -129,8 +167,10 @@ def test_truncated_bin_is_named(tmp_path):
     read_state_dict(tmp_path)
 
 
-SENTENCES = ["The cat sits on the mat.",
-             "Early exits make transformers cheaper at inference time."]
+SENTENCES = [
+  "The cat sits on the mat.",
+  "Early exits make transformers cheaper at inference time.",
+]
 
 
 def _minilm_tokens():
@@ -156,10 +196,12 @@ def test_minilm_matches_transformers():
   hs, _ = model(jnp.asarray(ids, jnp.int32), None, jnp.asarray(mask, jnp.int32))
   ours = np.asarray(mean_pool(hs[-1], jnp.asarray(mask) > 0))
   hf = transformers.BertModel.from_pretrained(
-      path, local_files_only=True, attn_implementation="eager").eval()
+    path, local_files_only=True, attn_implementation="eager"
+  ).eval()
   with torch.no_grad():
-    out = hf(input_ids=torch.as_tensor(ids),
-             attention_mask=torch.as_tensor(mask)).last_hidden_state
+    out = hf(
+      input_ids=torch.as_tensor(ids), attention_mask=torch.as_tensor(mask)
+    ).last_hidden_state
   m = torch.as_tensor(mask, dtype=torch.float32)[..., None]
   ref = (out * m).sum(1) / m.sum(1)
   ref = torch.nn.functional.normalize(ref, dim=-1).numpy()
@@ -173,7 +215,7 @@ def test_truncated_safetensors_names_the_file(tmp_path):
   path = tmp_path / "model.safetensors"
   safetensors_numpy.save_file(export_hf_state_dict(_pair(BERT)[0]), str(path))
   data = path.read_bytes()
-  path.write_bytes(data[:len(data) // 2])
+  path.write_bytes(data[: len(data) // 2])
   with pytest.raises(ValueError, match=r"model\.safetensors: cannot read"):
     read_state_dict(tmp_path)
 

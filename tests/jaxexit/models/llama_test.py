@@ -24,17 +24,26 @@ TINY = LLAMA_CONFIGS["tiny"]
 # name -> (model_type, HF config kwargs). Every case has rope_theta != 1e4
 # except mistral, so a dropped theta shows; sliding_window=4 < T.
 CASES = {
-    "llama_gqa_untied": ("llama", dict(num_key_value_heads=2,
-                                       rope_theta=500.0)),
-    "llama_mha_tied": ("llama", dict(num_key_value_heads=4,
-                                     tie_word_embeddings=True,
-                                     rope_theta=2000.0)),
-    "mistral_window": ("mistral", dict(num_key_value_heads=2,
-                                       sliding_window=4)),
-    "llama3_rope": ("llama", dict(num_key_value_heads=1, rope_parameters=dict(
-        rope_type="llama3", rope_theta=10000.0, factor=8.0,
-        low_freq_factor=1.0, high_freq_factor=4.0,
-        original_max_position_embeddings=64))),
+  "llama_gqa_untied": ("llama", dict(num_key_value_heads=2, rope_theta=500.0)),
+  "llama_mha_tied": (
+    "llama",
+    dict(num_key_value_heads=4, tie_word_embeddings=True, rope_theta=2000.0),
+  ),
+  "mistral_window": ("mistral", dict(num_key_value_heads=2, sliding_window=4)),
+  "llama3_rope": (
+    "llama",
+    dict(
+      num_key_value_heads=1,
+      rope_parameters=dict(
+        rope_type="llama3",
+        rope_theta=10000.0,
+        factor=8.0,
+        low_freq_factor=1.0,
+        high_freq_factor=4.0,
+        original_max_position_embeddings=64,
+      ),
+    ),
+  ),
 }
 
 
@@ -45,10 +54,17 @@ def hf_model(case: str):
   tf = pytest.importorskip("transformers")
   model_type, kw = CASES[case]
   torch.manual_seed(0)
-  sizes = dict(vocab_size=100, hidden_size=32, num_hidden_layers=3,
-               num_attention_heads=4, intermediate_size=64,
-               max_position_embeddings=64, rms_norm_eps=1e-5,
-               attn_implementation="eager", **kw)
+  sizes = dict(
+    vocab_size=100,
+    hidden_size=32,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    intermediate_size=64,
+    max_position_embeddings=64,
+    rms_norm_eps=1e-5,
+    attn_implementation="eager",
+    **kw,
+  )
   if model_type == "llama":
     model = tf.LlamaForCausalLM(tf.LlamaConfig(**sizes))
   else:
@@ -61,17 +77,21 @@ def hf_model(case: str):
 
 def ours_from(hf) -> LlamaLM:
   model = LlamaLM(LlamaConfig.from_hf(hf.config.to_dict()), rngs=nnx.Rngs(0))
-  load_llama_state_dict(model, {k: v.numpy()
-                                for k, v in hf.state_dict().items()})
+  load_llama_state_dict(
+    model, {k: v.numpy() for k, v in hf.state_dict().items()}
+  )
   return model
 
 
 def hf_forward(hf, ids, mask=None):
   import torch
+
   with torch.no_grad():
-    out = hf(torch.as_tensor(np.asarray(ids)),
-             attention_mask=None if mask is None else torch.as_tensor(mask),
-             output_hidden_states=True)
+    out = hf(
+      torch.as_tensor(np.asarray(ids)),
+      attention_mask=None if mask is None else torch.as_tensor(mask),
+      output_hidden_states=True,
+    )
   return out.logits.numpy(), [h.numpy() for h in out.hidden_states]
 
 
@@ -79,8 +99,9 @@ def token_ids(b: int, t: int, seed: int = 0) -> np.ndarray:
   return np.random.default_rng(seed).integers(0, 100, (b, t)).astype(np.int32)
 
 
-@pytest.mark.parametrize("case", fast_only(CASES, "llama_mha_tied",
-                                           "mistral_window"))
+@pytest.mark.parametrize(
+  "case", fast_only(CASES, "llama_mha_tied", "mistral_window")
+)
 def test_prefill_matches_transformers(case):
   hf = hf_model(case)
   ours = ours_from(hf)
@@ -123,15 +144,21 @@ def test_cached_decode_matches_full_forward(case):
   step = _decode_fn(ours)
   caches = ours.init_cache(2, 16)
   pos = jnp.broadcast_to(jnp.arange(5, dtype=jnp.int32), (2, 5))
-  logits, caches = step(jnp.asarray(ids[:, :5]), caches, pos,
-                        jnp.ones((2, 5), bool))
+  logits, caches = step(
+    jnp.asarray(ids[:, :5]), caches, pos, jnp.ones((2, 5), bool)
+  )
   np.testing.assert_allclose(logits, ref[:, :5], **TOL)
   one = jnp.ones((2, 1), bool)
   for p in range(5, 11):
-    logits, caches = step(jnp.asarray(ids[:, p:p + 1]), caches,
-                          jnp.full((2, 1), p, jnp.int32), one)
-    np.testing.assert_allclose(logits[:, 0], ref[:, p], err_msg=f"step {p}",
-                               **TOL)
+    logits, caches = step(
+      jnp.asarray(ids[:, p : p + 1]),
+      caches,
+      jnp.full((2, 1), p, jnp.int32),
+      one,
+    )
+    np.testing.assert_allclose(
+      logits[:, 0], ref[:, p], err_msg=f"step {p}", **TOL
+    )
 
 
 @slow
@@ -180,18 +207,21 @@ def test_propagate_writes_what_layer_writes(tiny):
   for a, b in zip(by_layer, by_propagate):
     np.testing.assert_array_equal(a, b)
   np.testing.assert_array_equal(
-      by_layer.valid[1], np.isin(np.arange(10), [3, 1, 8]))
+    by_layer.valid[1], np.isin(np.arange(10), [3, 1, 8])
+  )
 
 
 def test_invalid_rows_leave_cache_untouched(tiny):
   model = tiny
   h = _random_h(1, 1, 3)
   full = model.init_cache(1, 6)[0]
-  _, full = model.layer(0, h, full, jnp.array([[0, 1, 2]], jnp.int32),
-                        jnp.ones((1, 3), bool))
+  _, full = model.layer(
+    0, h, full, jnp.array([[0, 1, 2]], jnp.int32), jnp.ones((1, 3), bool)
+  )
   h2 = _random_h(2, 1, 3)
-  _, same = model.layer(0, h2, full, jnp.array([[0, 1, 5]], jnp.int32),
-                        jnp.zeros((1, 3), bool))
+  _, same = model.layer(
+    0, h2, full, jnp.array([[0, 1, 5]], jnp.int32), jnp.zeros((1, 3), bool)
+  )
   for a, b in zip(same, full):
     np.testing.assert_array_equal(a, b)
   # A valid and an invalid row aimed at one slot: the valid one wins.
@@ -210,11 +240,13 @@ def test_freeze_equals_attention_without_that_key(tiny):
   pos = jnp.arange(6, dtype=jnp.int32)[None]
   fresh = model.init_cache(1, 8)[0]
   _, cache = model.layer(0, h, fresh, pos, jnp.ones((1, 6), bool))
-  frozen = model.freeze(0, cache, jnp.array([[2, 5]], jnp.int32),
-                        jnp.array([[True, False]]))
+  frozen = model.freeze(
+    0, cache, jnp.array([[2, 5]], jnp.int32), jnp.array([[True, False]])
+  )
   np.testing.assert_array_equal(frozen.k, cache.k)
-  np.testing.assert_array_equal(frozen.valid[0, :6],
-                                [True, True, False, True, True, True])
+  np.testing.assert_array_equal(
+    frozen.valid[0, :6], [True, True, False, True, True, True]
+  )
   _, never = model.layer(0, h, fresh, pos, pos != 2)
   at6 = jnp.array([[6]], jnp.int32)
   one = jnp.ones((1, 1), bool)
@@ -236,8 +268,7 @@ def test_init_cache_shapes_and_errors(tiny):
 
 
 def test_call_input_errors():
-  model = LlamaLM(dataclasses.replace(TINY, max_position=8),
-                  rngs=nnx.Rngs(0))
+  model = LlamaLM(dataclasses.replace(TINY, max_position=8), rngs=nnx.Rngs(0))
   with pytest.raises(ValueError, match="max_position=8"):
     model(jnp.zeros((1, 9), jnp.int32))
   # jaxtyping's hook (tests only) catches the mismatch first.
@@ -245,46 +276,69 @@ def test_call_input_errors():
     model(jnp.zeros((1, 4), jnp.int32), jnp.ones((1, 3), bool))
 
 
-@pytest.mark.parametrize("bad, match", [
+@pytest.mark.parametrize(
+  "bad, match",
+  [
     (dict(num_kv_heads=3), "num_heads=4 must be divisible by num_kv_heads=3"),
     (dict(d_model=0), "d_model"),
-    (dict(d_model=30, head_dim=None),
-     "d_model=30 must be divisible by num_heads=4"),
+    (
+      dict(d_model=30, head_dim=None),
+      "d_model=30 must be divisible by num_heads=4",
+    ),
     (dict(head_dim=7), "head_dim=7"),
     (dict(sliding_window=0), "sliding_window"),
     (dict(rms_norm_eps=0.0), "rms_norm_eps"),
-])
+  ],
+)
 def test_config_errors(bad, match):
   with pytest.raises(ValueError, match=match):
     dataclasses.replace(TINY, **bad)
 
 
 def test_rope_scaling_must_be_the_dataclass():
-  with pytest.raises((ValueError, jaxtyping.TypeCheckError),
-                     match="rope_scaling"):
+  with pytest.raises(
+    (ValueError, jaxtyping.TypeCheckError), match="rope_scaling"
+  ):
     dataclasses.replace(TINY, rope_scaling={"factor": 8.0})
 
 
 def test_rope_scaling_errors():
   with pytest.raises(ValueError, match="high_freq_factor"):
-    Llama3RopeScaling(factor=8.0, low_freq_factor=4.0, high_freq_factor=1.0,
-                      original_max_position=64)
+    Llama3RopeScaling(
+      factor=8.0,
+      low_freq_factor=4.0,
+      high_freq_factor=1.0,
+      original_max_position=64,
+    )
 
 
-HF_TINY = dict(model_type="llama", vocab_size=100, hidden_size=32,
-               num_hidden_layers=2, num_attention_heads=4,
-               intermediate_size=64)
+HF_TINY = dict(
+  model_type="llama",
+  vocab_size=100,
+  hidden_size=32,
+  num_hidden_layers=2,
+  num_attention_heads=4,
+  intermediate_size=64,
+)
 
 
-@pytest.mark.parametrize("extra, match", [
+@pytest.mark.parametrize(
+  "extra, match",
+  [
     (dict(model_type="gpt2"), "model_type='gpt2'"),
     (dict(hidden_act="gelu"), "hidden_act='gelu'"),
     (dict(attention_bias=True), "attention_bias"),
     (dict(rope_scaling=dict(rope_type="yarn", factor=4.0)), "'yarn'"),
-    (dict(rope_parameters=dict(rope_type="default", rope_theta=1e4,
-                               partial_rotary_factor=0.5)),
-     "partial_rotary_factor"),
-])
+    (
+      dict(
+        rope_parameters=dict(
+          rope_type="default", rope_theta=1e4, partial_rotary_factor=0.5
+        )
+      ),
+      "partial_rotary_factor",
+    ),
+  ],
+)
 def test_from_hf_errors(extra, match):
   with pytest.raises(ValueError, match=match):
     LlamaConfig.from_hf({**HF_TINY, **extra})

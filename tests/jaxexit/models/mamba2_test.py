@@ -11,23 +11,45 @@ from flax import nnx
 
 from jaxexit.decoding.backbone import DecoderBackbone
 from jaxexit.models.mamba import MAMBA_CONFIGS
-from jaxexit.models.mamba2 import (MAMBA2_CONFIGS, Mamba2Config, Mamba2LM,
-                                   ssd_chunked, ssd_step)
+from jaxexit.models.mamba2 import (
+  MAMBA2_CONFIGS,
+  Mamba2Config,
+  Mamba2LM,
+  ssd_chunked,
+  ssd_step,
+)
 from jaxexit.models.mamba_weights import load_mamba2_state_dict
 from tests.jaxexit.models.mamba_test import (
-    MASKS, check_bad_inputs, check_functional_jit, check_hf_parity,
-    check_masked_noop, check_parallel_matches_sequential,
-    check_prefill_then_decode, check_right_padding, load_from_hf, perturbed)
+  MASKS,
+  check_bad_inputs,
+  check_functional_jit,
+  check_hf_parity,
+  check_masked_noop,
+  check_parallel_matches_sequential,
+  check_prefill_then_decode,
+  check_right_padding,
+  load_from_hf,
+  perturbed,
+)
 from tests.tiers import slow
 
 TINY = MAMBA2_CONFIGS["tiny"]
 # chunk_size 4 with T = 10: two full chunks and a zero-padded one in HF's
 # torch path and here. The Δ limit binds for some steps, so the clamp (HF:
 # prefill path only) is exercised.
-HF_SIZES = dict(vocab_size=64, hidden_size=32, state_size=8,
-                num_hidden_layers=2, expand=2, conv_kernel=4, num_heads=8,
-                head_dim=8, n_groups=2, chunk_size=4,
-                time_step_limit=(0.01, 0.5))
+HF_SIZES = dict(
+  vocab_size=64,
+  hidden_size=32,
+  state_size=8,
+  num_hidden_layers=2,
+  expand=2,
+  conv_kernel=4,
+  num_heads=8,
+  head_dim=8,
+  n_groups=2,
+  chunk_size=4,
+  time_step_limit=(0.01, 0.5),
+)
 
 
 @pytest.fixture(scope="module")
@@ -36,6 +58,7 @@ def pair():
   pytest.importorskip("torch")
   tf = pytest.importorskip("transformers")
   import torch
+
   torch.manual_seed(0)
   hf = perturbed(tf.Mamba2ForCausalLM(tf.Mamba2Config(**HF_SIZES)))
   cfg = Mamba2Config.from_hf(hf.config.to_dict())
@@ -94,8 +117,8 @@ def test_ssd_chunks_match_recurrence(chunk):
       return state, y_t
 
     ref_last, ref = jax.lax.scan(
-        body, h0, tuple(v.swapaxes(0, 1) for v in
-                        (x, dt, bc[0], bc[1], valid)))
+      body, h0, tuple(v.swapaxes(0, 1) for v in (x, dt, bc[0], bc[1], valid))
+    )
     return y, last, ref.swapaxes(0, 1), ref_last
 
   y, last, ref, ref_last = both(x, dt, bc, h0)
@@ -107,8 +130,9 @@ def test_ssd_chunks_match_recurrence(chunk):
 def test_random_init_and_functional_jit():
   model = Mamba2LM(TINY, rngs=nnx.Rngs(0))
   mixer = model.layers.mixer
-  np.testing.assert_allclose(mixer.A_log[...][0], np.log(np.arange(1, 9)),
-                             rtol=1e-6)
+  np.testing.assert_allclose(
+    mixer.A_log[...][0], np.log(np.arange(1, 9)), rtol=1e-6
+  )
   np.testing.assert_array_equal(mixer.D[...], 1.0)
   dt = jax.nn.softplus(mixer.dt_bias[...])
   assert dt.min() >= TINY.dt_min * 0.999 and dt.max() <= TINY.dt_max * 1.001
@@ -118,11 +142,15 @@ def test_random_init_and_functional_jit():
 def test_codestral_config():
   cfg = MAMBA2_CONFIGS["codestral-mamba-7b"]
   assert (cfg.d_inner, cfg.conv_dim, cfg.num_heads * cfg.head_dim) == (
-      8192, 8192 + 2 * 8 * 128, 8192)
+    8192,
+    8192 + 2 * 8 * 128,
+    8192,
+  )
   model = nnx.eval_shape(lambda: Mamba2LM(cfg, rngs=nnx.Rngs(0)))
   params = nnx.state(model, nnx.Param)
   assert sum(math.prod(p.shape) for p in jax.tree.leaves(params)) == (
-      7_285_403_648)
+    7_285_403_648
+  )
   assert model.cache_shapes(2) == ((2, 10240, 3), (2, 128, 64, 128))
   # Trace a block at paper size: decode and a 300-token prefill (two SSD
   # chunks of 256, the second zero-padded), shapes only.
@@ -131,31 +159,48 @@ def test_codestral_config():
 
   def layer(state, h, cache, valid):
     return nnx.merge(graphdef, state).layer(
-        63, h, cache, jnp.zeros(valid.shape, jnp.int32), valid)
+      63, h, cache, jnp.zeros(valid.shape, jnp.int32), valid
+    )
 
   for t in (1, 300):
     out, new = jax.eval_shape(
-        layer, state, jax.ShapeDtypeStruct((2, t, 4096), jnp.float32), cache,
-        jax.ShapeDtypeStruct((2, t), bool))
+      layer,
+      state,
+      jax.ShapeDtypeStruct((2, t, 4096), jnp.float32),
+      cache,
+      jax.ShapeDtypeStruct((2, t), bool),
+    )
     assert out.shape == (2, t, 4096)
     assert jax.tree.map(lambda x: x.shape, new) == model.cache_shapes(2)
 
 
-@pytest.mark.parametrize("kw,match", [
+@pytest.mark.parametrize(
+  "kw,match",
+  [
     (dict(expand=3), "num_heads \\* head_dim"),
     (dict(n_groups=3), "n_groups=3"),
     (dict(dt_limit=(0.5, 0.1)), "dt_limit"),
     (dict(chunk_size=0), "chunk_size"),
-    (dict(layer_norm_eps=-1.0), "layer_norm_eps")])
+    (dict(layer_norm_eps=-1.0), "layer_norm_eps"),
+  ],
+)
 def test_config_errors(kw, match):
   with pytest.raises(ValueError, match=match):
     dataclasses.replace(TINY, **kw)
 
 
 def test_from_hf():
-  hf = {"model_type": "mamba2", "vocab_size": 64, "hidden_size": 32,
-        "num_hidden_layers": 2, "num_heads": 8, "head_dim": 8,
-        "state_size": 8, "n_groups": 2, "time_step_limit": [0.0, math.inf]}
+  hf = {
+    "model_type": "mamba2",
+    "vocab_size": 64,
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_heads": 8,
+    "head_dim": 8,
+    "state_size": 8,
+    "n_groups": 2,
+    "time_step_limit": [0.0, math.inf],
+  }
   cfg = Mamba2Config.from_hf(hf, chunk_size=4)
   assert cfg == TINY
   with pytest.raises(ValueError, match="norm_before_gate=True"):

@@ -11,11 +11,13 @@ import sys
 import numpy as np
 import pytest
 
-from jaxexit.models.torch_pickle import (LEGACY_MAGIC_NUMBER,
-                                         LEGACY_PROTOCOL_VERSION,
-                                         CorruptCheckpointError,
-                                         UnsupportedCheckpointError,
-                                         load_torch_state_dict)
+from jaxexit.models.torch_pickle import (
+  LEGACY_MAGIC_NUMBER,
+  LEGACY_PROTOCOL_VERSION,
+  CorruptCheckpointError,
+  UnsupportedCheckpointError,
+  load_torch_state_dict,
+)
 from tests.tiers import slow
 
 torch = pytest.importorskip("torch")
@@ -32,29 +34,34 @@ def _tricky_state_dict() -> collections.OrderedDict:
   """Dtypes, strided views, offsets and storages shared between entries."""
   base = torch.arange(24, dtype=torch.float32).reshape(4, 6)
   longs = torch.arange(-5, 5, dtype=torch.int64)
-  return collections.OrderedDict([
+  return collections.OrderedDict(
+    [
       ("f32", base),
-      ("transposed", base.t()),                  # shares base's storage
-      ("sliced", base[1:3, 2:5]),                # storage offset 8
+      ("transposed", base.t()),  # shares base's storage
+      ("sliced", base[1:3, 2:5]),  # storage offset 8
       ("strided", base[::2, ::3]),
       ("f16", torch.linspace(-2, 2, 7).half()),
       ("bf16", torch.tensor([1.5, -3.25, 1e-3]).bfloat16()),
       ("i64", longs),
-      ("i64_tail", longs[7:]),                   # shares longs' storage
+      ("i64_tail", longs[7:]),  # shares longs' storage
       ("bool", torch.tensor([True, False, True])),
       ("scalar", torch.tensor(7, dtype=torch.int64)),
       ("empty", torch.zeros(0, 3)),
       ("param", torch.nn.Parameter(torch.full((2, 2), 0.5))),
-      ("expanded", torch.tensor([1.0, 2.0]).expand(3, 2)),   # stride 0
-  ])
+      ("expanded", torch.tensor([1.0, 2.0]).expand(3, 2)),  # stride 0
+    ]
+  )
 
 
 def _assert_same(ours: dict, theirs: dict):
   assert list(ours) == list(theirs)
   for name, tensor in theirs.items():
     tensor = tensor.detach()
-    want = (tensor.float().numpy() if tensor.dtype == torch.bfloat16
-            else tensor.numpy())
+    want = (
+      tensor.float().numpy()
+      if tensor.dtype == torch.bfloat16
+      else tensor.numpy()
+    )
     got = ours[name]
     assert got.shape == want.shape, name
     assert got.flags.c_contiguous, name
@@ -78,8 +85,9 @@ def test_reads_views_dtypes_and_shared_storages_exactly(tmp_path, fmt):
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_reads_a_module_state_dict_and_unwraps_state_dict_key(tmp_path, fmt):
   torch.manual_seed(0)
-  module = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3),
-                               torch.nn.BatchNorm2d(4), torch.nn.Linear(5, 2))
+  module = torch.nn.Sequential(
+    torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Linear(5, 2)
+  )
   state = module.state_dict()
   path = _save({"epoch": 3, "state_dict": state}, tmp_path / "ckpt.pt", fmt)
   _assert_same(load_torch_state_dict(path), state)
@@ -88,12 +96,15 @@ def test_reads_a_module_state_dict_and_unwraps_state_dict_key(tmp_path, fmt):
 @slow
 def test_does_not_import_torch(tmp_path):
   path = _save(_tricky_state_dict(), tmp_path / "sd.pt", "legacy")
-  code = ("import sys; from jaxexit.models.torch_pickle import "
-          f"load_torch_state_dict as f; sd = f({path!r}); "
-          "assert 'torch' not in sys.modules, 'torch was imported'; "
-          "print(len(sd))")
-  out = subprocess.run([sys.executable, "-c", code], capture_output=True,
-                       text=True, check=False)
+  code = (
+    "import sys; from jaxexit.models.torch_pickle import "
+    f"load_torch_state_dict as f; sd = f({path!r}); "
+    "assert 'torch' not in sys.modules, 'torch was imported'; "
+    "print(len(sd))"
+  )
+  out = subprocess.run(
+    [sys.executable, "-c", code], capture_output=True, text=True, check=False
+  )
   assert out.returncode == 0, out.stderr
   assert out.stdout.strip() == str(len(_tricky_state_dict()))
 
@@ -115,8 +126,11 @@ def test_legacy_storage_bytes_cut_short_names_the_storage(tmp_path):
   data = pathlib.Path(path).read_bytes()
   bad = tmp_path / "short.pt"
   bad.write_bytes(data[:-8])
-  with pytest.raises(CorruptCheckpointError, match=r"short.pt.*storage .*"
-                     r"holds 392 bytes; 100 elements of float32 need 400"):
+  with pytest.raises(
+    CorruptCheckpointError,
+    match=r"short.pt.*storage .*"
+    r"holds 392 bytes; 100 elements of float32 need 400",
+  ):
     load_torch_state_dict(bad)
 
 
@@ -131,13 +145,18 @@ def test_zip_bad_crc_is_corrupt(tmp_path):
     load_torch_state_dict(bad)
 
 
-@pytest.mark.parametrize("content, match", [
+@pytest.mark.parametrize(
+  "content, match",
+  [
     (b"", "neither a zip archive nor a legacy pickle"),
     (b"hello world", "neither a zip archive nor a legacy pickle"),
     (pickle.dumps(12345, protocol=2), "bad magic number 12345"),
-    (pickle.dumps(LEGACY_MAGIC_NUMBER, protocol=2) + pickle.dumps(7),
-     "unknown protocol version 7"),
-])
+    (
+      pickle.dumps(LEGACY_MAGIC_NUMBER, protocol=2) + pickle.dumps(7),
+      "unknown protocol version 7",
+    ),
+  ],
+)
 def test_malformed_headers_are_corrupt(tmp_path, content, match):
   bad = tmp_path / "bad.pt"
   bad.write_bytes(content)
@@ -147,17 +166,22 @@ def test_malformed_headers_are_corrupt(tmp_path, content, match):
 
 def test_big_endian_legacy_is_unsupported(tmp_path):
   bad = tmp_path / "be.pt"
-  bad.write_bytes(pickle.dumps(LEGACY_MAGIC_NUMBER, protocol=2)
-                  + pickle.dumps(LEGACY_PROTOCOL_VERSION, protocol=2)
-                  + pickle.dumps({"little_endian": False}, protocol=2))
+  bad.write_bytes(
+    pickle.dumps(LEGACY_MAGIC_NUMBER, protocol=2)
+    + pickle.dumps(LEGACY_PROTOCOL_VERSION, protocol=2)
+    + pickle.dumps({"little_endian": False}, protocol=2)
+  )
   with pytest.raises(UnsupportedCheckpointError, match="little-endian"):
     load_torch_state_dict(bad)
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_disallowed_global_is_refused_by_name(tmp_path, fmt):
-  path = _save({"w": torch.ones(2), "when": datetime.date(2020, 1, 2)},
-               tmp_path / "sd.pt", fmt)
+  path = _save(
+    {"w": torch.ones(2), "when": datetime.date(2020, 1, 2)},
+    tmp_path / "sd.pt",
+    fmt,
+  )
   with pytest.raises(UnsupportedCheckpointError, match="datetime.date"):
     load_torch_state_dict(path)
 

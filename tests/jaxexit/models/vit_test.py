@@ -22,13 +22,17 @@ class LinearHeads(nnx.Module):
   """One Linear per intermediate block, plus a constant score."""
 
   def __init__(self, cfg: ViTConfig, *, rngs: nnx.Rngs):
-    self.kernel = nnx.Param(jax.random.normal(
-        rngs.params(), (cfg.depth - 1, cfg.width, cfg.num_classes)))
+    self.kernel = nnx.Param(
+      jax.random.normal(
+        rngs.params(), (cfg.depth - 1, cfg.width, cfg.num_classes)
+      )
+    )
 
   def __call__(self, layer, features):
     logits = features @ self.kernel[...][layer]
-    return ExitHeadOutput(logits=logits,
-                          score=jnp.zeros(features.shape[:1], jnp.float32))
+    return ExitHeadOutput(
+      logits=logits, score=jnp.zeros(features.shape[:1], jnp.float32)
+    )
 
 
 def _model(cfg=CFG, seed=0):
@@ -36,8 +40,9 @@ def _model(cfg=CFG, seed=0):
 
 
 def _images(cfg=CFG, seed=1):
-  return jax.random.normal(jax.random.key(seed),
-                           (B, cfg.image_size, cfg.image_size, 3))
+  return jax.random.normal(
+    jax.random.key(seed), (B, cfg.image_size, cfg.image_size, 3)
+  )
 
 
 @slow
@@ -55,8 +60,9 @@ def test_shapes():
 def test_forward_is_head_on_last_block_features_and_jit_matches():
   model, x = _model(), _images()
   feats = model.cls_per_block(x)
-  np.testing.assert_allclose(model.head(feats[:, -1]), model(x), rtol=1e-5,
-                             atol=1e-5)
+  np.testing.assert_allclose(
+    model.head(feats[:, -1]), model(x), rtol=1e-5, atol=1e-5
+  )
   jitted = nnx.jit(lambda m, x: m(x))(model, x)
   np.testing.assert_allclose(jitted, model(x), rtol=1e-5, atol=1e-5)
 
@@ -66,7 +72,8 @@ def test_patch_embedding_is_a_strided_convolution():
   p, d = CFG.patch_size, CFG.width
   kernel = model.patch_embed.kernel[...].reshape(p, p, 3, d)  # HWIO
   conv = jax.lax.conv_general_dilated(
-      x, kernel, (p, p), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    x, kernel, (p, p), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")
+  )
   conv = conv.reshape(B, -1, d) + model.patch_embed.bias[...][None, None]
   got = model.embed(x)["h"][:, 1:] - model.pos_embed[...][:, 1:]
   np.testing.assert_allclose(got, conv, rtol=1e-4, atol=1e-5)
@@ -91,10 +98,12 @@ def test_exit_stack_heads_then_backbone_head():
   res = execution.simulate(stack, rules.never(), params, model.embed(x))
   feats = model.cls_per_block(x)
   want = jnp.einsum("BLD,LDC->BLC", feats[:, :-1], heads.kernel[...])
-  np.testing.assert_allclose(res.per_layer.logits[:, :-1], want, rtol=1e-4,
-                             atol=1e-4)
-  np.testing.assert_allclose(res.per_layer.logits[:, -1], model(x),
-                             rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(
+    res.per_layer.logits[:, :-1], want, rtol=1e-4, atol=1e-4
+  )
+  np.testing.assert_allclose(
+    res.per_layer.logits[:, -1], model(x), rtol=1e-4, atol=1e-4
+  )
   # The last block's score is ones (every mode exits there).
   np.testing.assert_array_equal(res.per_layer.score[:, -1], 1.0)
   np.testing.assert_array_equal(res.per_layer.score[:, :-1], 0.0)
@@ -111,8 +120,7 @@ def test_configs_are_valid(name):
 
 def test_t2t_vit_7_like_sizes():
   cfg = VIT_CONFIGS["t2t_vit_7_like"]
-  assert (cfg.width, cfg.depth, cfg.num_heads, cfg.mlp_dim) == (256, 7, 4,
-                                                                512)
+  assert (cfg.width, cfg.depth, cfg.num_heads, cfg.mlp_dim) == (256, 7, 4, 512)
   assert cfg.num_patches == 196
 
 

@@ -9,8 +9,15 @@ from jaxexit.exits import rules
 from jaxexit.nn.encoder import EncoderConfig, ExitEncoder
 from tests.tiers import slow
 
-CFG = EncoderConfig(num_layers=3, d_model=16, num_heads=4, d_ff=32,
-                    vocab_size=50, max_len=12, num_classes=3)
+CFG = EncoderConfig(
+  num_layers=3,
+  d_model=16,
+  num_heads=4,
+  d_ff=32,
+  vocab_size=50,
+  max_len=12,
+  num_classes=3,
+)
 
 
 def _model_and_tokens(batch=4):
@@ -32,20 +39,28 @@ def test_per_layer_logits_match_manual_forward():
     state = jax.tree.map(lambda w: w[layer], nnx.state(block))
     one = nnx.merge(nnx.graphdef(block), state)
     h = one(h, carry["mask"])
-    head = nnx.merge(nnx.graphdef(model.heads),
-                     jax.tree.map(lambda w: w[layer], nnx.state(model.heads)))
-    np.testing.assert_allclose(res.per_layer.logits[:, layer], head(h),
-                               rtol=1e-5, atol=1e-5)
+    head = nnx.merge(
+      nnx.graphdef(model.heads),
+      jax.tree.map(lambda w: w[layer], nnx.state(model.heads)),
+    )
+    np.testing.assert_allclose(
+      res.per_layer.logits[:, layer], head(h), rtol=1e-5, atol=1e-5
+    )
 
 
 def test_padding_does_not_change_outputs():
   model, tokens = _model_and_tokens()
   stack, params = model.exit_stack()
   longer = jnp.concatenate([tokens, jnp.zeros((4, 2), tokens.dtype)], axis=1)
-  a = execution.simulate(stack, rules.never(), params, model.embed_tokens(tokens))
-  b = execution.simulate(stack, rules.never(), params, model.embed_tokens(longer))
-  np.testing.assert_allclose(a.per_layer.logits, b.per_layer.logits,
-                             rtol=1e-5, atol=1e-5)
+  a = execution.simulate(
+    stack, rules.never(), params, model.embed_tokens(tokens)
+  )
+  b = execution.simulate(
+    stack, rules.never(), params, model.embed_tokens(longer)
+  )
+  np.testing.assert_allclose(
+    a.per_layer.logits, b.per_layer.logits, rtol=1e-5, atol=1e-5
+  )
 
 
 @slow
@@ -54,14 +69,17 @@ def test_modes_agree_on_encoder():
   stack, params = model.exit_stack()
   carry = model.embed_tokens(tokens)
   depths = jnp.array([1, 3, 2, 1, 3, 3, 2, 1])
-  ref = execution.run("simulate", stack, rules.preset_depth(), params, carry,
-                      rule_inputs=depths)
+  ref = execution.run(
+    "simulate", stack, rules.preset_depth(), params, carry, rule_inputs=depths
+  )
   for mode in ("early_stop", "compacted"):
-    res = execution.run(mode, stack, rules.preset_depth(), params, carry,
-                        rule_inputs=depths)
+    res = execution.run(
+      mode, stack, rules.preset_depth(), params, carry, rule_inputs=depths
+    )
     np.testing.assert_array_equal(res.exit_layer, ref.exit_layer)
-    np.testing.assert_allclose(res.outputs.logits, ref.outputs.logits,
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+      res.outputs.logits, ref.outputs.logits, rtol=1e-5, atol=1e-5
+    )
 
 
 def test_bad_config():

@@ -15,12 +15,14 @@ SCHEDULE = hidrop_from_stages(6, 8, 1, 5, (2, 3), (4, 2))
 
 def _loss_and_grads(lm, case, selection):
   graphdef, state = nnx.split(lm)
-  labels = jax.random.randint(jax.random.key(3), case.inputs.text_pos.shape,
-                              0, lm.vocab_size)
+  labels = jax.random.randint(
+    jax.random.key(3), case.inputs.text_pos.shape, 0, lm.vocab_size
+  )
 
   def loss(s):
-    out = pruned_forward(nnx.merge(graphdef, s), case.inputs, SCHEDULE,
-                         selection=selection)
+    out = pruned_forward(
+      nnx.merge(graphdef, s), case.inputs, SCHEDULE, selection=selection
+    )
     logp = jax.nn.log_softmax(out.logits)
     nll = -jnp.take_along_axis(logp, labels[..., None], -1)[..., 0]
     return jnp.mean(nll), out.logits
@@ -47,8 +49,12 @@ def test_jit_grad_hard_and_soft():
       assert np.abs(_kernel(g, i, "q_proj")).max() > 0, i
   # Only the soft mode routes gradient through the selection: the scoring
   # block 3 gets an extra term, block 5 (never scores) does not.
-  assert not np.allclose(_kernel(g_hard, 3, "k_proj"),
-                         _kernel(g_soft, 3, "k_proj"))
-  np.testing.assert_allclose(_kernel(g_hard, 5, "k_proj"),
-                             _kernel(g_soft, 5, "k_proj"), rtol=1e-5,
-                             atol=1e-7)
+  assert not np.allclose(
+    _kernel(g_hard, 3, "k_proj"), _kernel(g_soft, 3, "k_proj")
+  )
+  np.testing.assert_allclose(
+    _kernel(g_hard, 5, "k_proj"),
+    _kernel(g_soft, 5, "k_proj"),
+    rtol=1e-5,
+    atol=1e-7,
+  )

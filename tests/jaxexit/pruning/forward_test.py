@@ -6,11 +6,20 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxexit.pruning import (VisionSchedule, fastv_schedule, full_schedule,
-                             hidrop_from_stages, pruned_forward,
-                             pyramiddrop_schedule)
-from tests.jaxexit.pruning.tiny import (make_case, masked_reference,
-                                        tiny_lm, vanilla_logits)
+from jaxexit.pruning import (
+  VisionSchedule,
+  fastv_schedule,
+  full_schedule,
+  hidrop_from_stages,
+  pruned_forward,
+  pyramiddrop_schedule,
+)
+from tests.jaxexit.pruning.tiny import (
+  make_case,
+  masked_reference,
+  tiny_lm,
+  vanilla_logits,
+)
 from tests.tiers import fast_only, slow
 
 TOL = dict(rtol=1e-5, atol=1e-5)
@@ -38,12 +47,13 @@ def test_keep_all_equals_vanilla(impl):
 
 
 SCHEDULES = {
-    # late injection at 1, drops after 2 and 3, exit at 5 (HiDrop shape).
-    "hidrop": hidrop_from_stages(6, 8, 1, 5, (2, 3), (4, 2)),
-    "hidrop_current": VisionSchedule(keep=(0, 8, 8, 3, 3, 0), num_vision=8,
-                                     score_layer="current"),
-    "fastv": fastv_schedule(6, 8, k=2),
-    "pyramiddrop": pyramiddrop_schedule(6, 8, num_stages=3),
+  # late injection at 1, drops after 2 and 3, exit at 5 (HiDrop shape).
+  "hidrop": hidrop_from_stages(6, 8, 1, 5, (2, 3), (4, 2)),
+  "hidrop_current": VisionSchedule(
+    keep=(0, 8, 8, 3, 3, 0), num_vision=8, score_layer="current"
+  ),
+  "fastv": fastv_schedule(6, 8, k=2),
+  "pyramiddrop": pyramiddrop_schedule(6, 8, num_stages=3),
 }
 
 
@@ -71,8 +81,7 @@ def test_compacted_equals_masked_reference(name, impl):
   for got_idx, want_idx in zip(out.kept_indices, kept):
     np.testing.assert_array_equal(got_idx, want_idx)
   np.testing.assert_allclose(out.logits[v], want[v], **TOL)
-  np.testing.assert_array_equal(np.asarray(out.text_pos)[v],
-                                np.asarray(pos)[v])
+  np.testing.assert_array_equal(np.asarray(out.text_pos)[v], np.asarray(pos)[v])
 
 
 @slow
@@ -82,10 +91,12 @@ def test_pyramiddrop_renumbers_positions():
   out = pruned_forward(lm, case.inputs, schedule)
   # Last layers: prefix 0..2, two vision tokens at 3, 4, suffix 5..9.
   np.testing.assert_array_equal(out.text_pos[0], [0, 1, 2, 5, 6, 7, 8, 9])
-  persistent = pruned_forward(lm, case.inputs, VisionSchedule(
-      keep=schedule.keep, num_vision=8))
-  np.testing.assert_array_equal(persistent.text_pos[0],
-                                [0, 1, 2, 11, 12, 13, 14, 15])
+  persistent = pruned_forward(
+    lm, case.inputs, VisionSchedule(keep=schedule.keep, num_vision=8)
+  )
+  np.testing.assert_array_equal(
+    persistent.text_pos[0], [0, 1, 2, 11, 12, 13, 14, 15]
+  )
   assert not np.allclose(out.logits, persistent.logits, atol=1e-3)
 
 
@@ -97,8 +108,10 @@ def test_dropping_unattended_tokens_changes_nothing():
   vision_pos = np.array([3, 4, 5, 6, 100, 101, 102, 103])
   case = make_case(prefix=3, num_vision=8, suffix=5, vision_pos=vision_pos)
   full = pruned_forward(lm, case.inputs, full_schedule(6, 8))
-  for schedule in (hidrop_from_stages(6, 8, 0, 6, (1,), (4,)),
-                   fastv_schedule(6, 8, k=1)):
+  for schedule in (
+    hidrop_from_stages(6, 8, 0, 6, (1,), (4,)),
+    fastv_schedule(6, 8, k=1),
+  ):
     out = pruned_forward(lm, case.inputs, schedule)
     np.testing.assert_array_equal(out.kept_indices[0], [[0, 1, 2, 3]] * 2)
     np.testing.assert_allclose(out.logits, full.logits, **TOL)
@@ -108,17 +121,21 @@ def test_bad_inputs():
   lm = tiny_lm()
   case = make_case()
   x = case.inputs
-  with pytest.raises(ValueError, match="len\\(keep\\)=4 counts but the "
-                     "model has num_layers=6"):
+  with pytest.raises(
+    ValueError, match="len\\(keep\\)=4 counts but the model has num_layers=6"
+  ):
     pruned_forward(lm, x, full_schedule(4, 8))
-  with pytest.raises(ValueError, match="vision_emb must have shape "
-                     r"\(2, 6, 32\)"):
+  with pytest.raises(
+    ValueError,
+    match="vision_emb must have shape "
+    r"\(2, 6, 32\)",
+  ):
     pruned_forward(lm, x, full_schedule(6, 6))
   bad = {
-      "text_pos": (x.text_pos[:, :-1], r"text_pos must have shape \(2, 8\)"),
-      "text_emb": (x.text_emb[..., :16], r"text_emb must be \[B, T, D=32\]"),
-      "vision_pos": (x.vision_pos[:1], "vision_pos must have shape"),
-      "query_valid": (x.query_valid[:, :0], "shapes must match"),
+    "text_pos": (x.text_pos[:, :-1], r"text_pos must have shape \(2, 8\)"),
+    "text_emb": (x.text_emb[..., :16], r"text_emb must be \[B, T, D=32\]"),
+    "vision_pos": (x.vision_pos[:1], "vision_pos must have shape"),
+    "query_valid": (x.query_valid[:, :0], "shapes must match"),
   }
   for field, (value, match) in bad.items():
     fields = {**vars(x), field: value}

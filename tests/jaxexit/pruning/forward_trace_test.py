@@ -4,8 +4,12 @@ import jax
 import pytest
 from flax import nnx
 
-from jaxexit.pruning import (forward, full_schedule, hidrop_from_stages,
-                             pruned_forward)
+from jaxexit.pruning import (
+  forward,
+  full_schedule,
+  hidrop_from_stages,
+  pruned_forward,
+)
 from tests.jaxexit.pruning.tiny import make_case, tiny_lm
 from tests.tiers import slow
 
@@ -48,7 +52,8 @@ def test_eager_traces_once_per_stage_shape(block_traces):
 def test_jit_traces_once_per_stage_shape(block_traces):
   lm, case = tiny_lm(), make_case(suffix=6)
   graphdef, state = nnx.split(lm)
-  fn = jax.jit(lambda s, x: pruned_forward(nnx.merge(graphdef, s), x,
-                                           SCHEDULE).logits)
+  fn = jax.jit(
+    lambda s, x: pruned_forward(nnx.merge(graphdef, s), x, SCHEDULE).logits
+  )
   fn.lower(state, case.inputs)  # traces the whole forward, no compile
   assert len(block_traces) == 4

@@ -8,8 +8,12 @@ from flax import nnx
 
 from jaxexit.models.llava import LLAVA_CONFIGS, LlavaLM
 from jaxexit.pruning import full_schedule, hidrop_from_stages, pruned_forward
-from jaxexit.pruning.prompt import (llava_pruned_inputs, merged_prompt,
-                                    prompt_positions, question_suffix)
+from jaxexit.pruning.prompt import (
+  llava_pruned_inputs,
+  merged_prompt,
+  prompt_positions,
+  question_suffix,
+)
 from tests.tiers import slow
 
 
@@ -23,8 +27,9 @@ def test_question_suffix_puts_the_cue_after_each_question():
 @pytest.mark.parametrize("lens", [[0, 1], [5, 1]])
 def test_question_suffix_rejects_bad_lengths(lens):
   with pytest.raises(ValueError, match="question_lens"):
-    question_suffix(np.zeros((2, 4), np.int32), np.array(lens), cue_id=9,
-                    pad_id=0)
+    question_suffix(
+      np.zeros((2, 4), np.int32), np.array(lens), cue_id=9, pad_id=0
+    )
 
 
 def test_prompt_positions_are_the_unpruned_ids():
@@ -48,16 +53,18 @@ def _case():
 @slow
 def test_full_schedule_matches_the_unpruned_llava_at_the_answer():
   cfg, model, images, prefix, suffix, lens = _case()
-  inputs = llava_pruned_inputs(model, images, *map(jnp.asarray,
-                                                    (prefix, suffix, lens)))
+  inputs = llava_pruned_inputs(
+    model, images, *map(jnp.asarray, (prefix, suffix, lens))
+  )
   n = cfg.num_image_tokens
   np.testing.assert_array_equal(inputs.query_index[:, 0], [5, 3])
-  out = pruned_forward(model.lm, inputs,
-                       full_schedule(cfg.text.num_layers, n))
-  got = jnp.take_along_axis(out.logits, inputs.query_index[..., None],
-                            axis=1)[:, 0]  # [B, V]
-  tokens, valid, answer = merged_prompt(prefix, suffix, lens, num_image=n,
-                                        image_id=cfg.image_token_id)
+  out = pruned_forward(model.lm, inputs, full_schedule(cfg.text.num_layers, n))
+  got = jnp.take_along_axis(out.logits, inputs.query_index[..., None], axis=1)[
+    :, 0
+  ]  # [B, V]
+  tokens, valid, answer = merged_prompt(
+    prefix, suffix, lens, num_image=n, image_id=cfg.image_token_id
+  )
   assert tokens.shape == (2, 2 + n + 5)
   want = model(jnp.asarray(tokens), images, jnp.asarray(valid)).logits
   want = want[np.arange(2), answer]  # [B, V]

@@ -3,10 +3,18 @@
 import pytest
 
 from jaxexit.models.llama import LlamaConfig
-from jaxexit.pruning import (SCHEDULES, Stage, VisionSchedule, fastv_schedule,
-                             full_schedule, prefill_flops_fraction,
-                             hidrop_from_stages, hidrop_schedule,
-                             make_schedule, pyramiddrop_schedule)
+from jaxexit.pruning import (
+  SCHEDULES,
+  Stage,
+  VisionSchedule,
+  fastv_schedule,
+  full_schedule,
+  prefill_flops_fraction,
+  hidrop_from_stages,
+  hidrop_schedule,
+  make_schedule,
+  pyramiddrop_schedule,
+)
 
 VICUNA_7B = LlamaConfig()  # LLaVA-1.5-7B's decoder (the defaults).
 
@@ -15,8 +23,9 @@ def test_released_tok64_layer_by_layer():
   s = hidrop_schedule("tok64")
   # Spec §2.3 in 1-indexed layers: 9–10: 576, 11–14: 215, 15–16: 10,
   # 17–18: 5, 19–24: 1, the rest 0.
-  want = ([0] * 8 + [576] * 2 + [215] * 4 + [10] * 2 + [5] * 2 + [1] * 6
-          + [0] * 8)
+  want = (
+    [0] * 8 + [576] * 2 + [215] * 4 + [10] * 2 + [5] * 2 + [1] * 6 + [0] * 8
+  )
   assert s.keep == tuple(want)
   assert (s.inject_layer, s.exit_layer) == (8, 24)
   assert s.drop_layers == (9, 13, 15, 17)
@@ -24,8 +33,9 @@ def test_released_tok64_layer_by_layer():
   assert s.position_mode == "persistent" and s.score_layer == "next"
 
 
-@pytest.mark.parametrize("name,avg", [("tok48", 48.0), ("tok64", 64.0),
-                                      ("tok80", 2561 / 32)])
+@pytest.mark.parametrize(
+  "name,avg", [("tok48", 48.0), ("tok64", 64.0), ("tok80", 2561 / 32)]
+)
 def test_released_averages(name, avg):
   s = hidrop_schedule(name)
   assert s.avg_vision_tokens == avg
@@ -35,8 +45,14 @@ def test_released_averages(name, avg):
 def test_tok80_stages():
   s = hidrop_schedule("tok80")
   assert [(st.start, st.stop, st.count) for st in s.stages] == [
-      (0, 8, 0), (8, 10, 576), (10, 13, 453), (13, 16, 10), (16, 19, 5),
-      (19, 24, 1), (24, 32, 0)]
+    (0, 8, 0),
+    (8, 10, 576),
+    (10, 13, 453),
+    (13, 16, 10),
+    (16, 19, 5),
+    (19, 24, 1),
+    (24, 32, 0),
+  ]
 
 
 def test_hidrop_from_stages_matches_release():
@@ -93,11 +109,14 @@ def test_full_and_registry():
   assert make_schedule("hidrop", "tok64", 32, 576) == hidrop_schedule("tok64")
 
 
-@pytest.mark.parametrize("text_len,row", [
+@pytest.mark.parametrize(
+  "text_len,row",
+  [
     (40, (0.14, 0.17, 0.19, 0.50, 0.55)),
     (64, (0.17, 0.20, 0.22, 0.52, 0.57)),
     (100, (0.22, 0.24, 0.26, 0.54, 0.59)),
-])
+  ],
+)
 def test_flops_fraction_matches_spec_table(text_len, row):
   schedules = [hidrop_schedule(n) for n in ("tok48", "tok64", "tok80")]
   schedules += [pyramiddrop_schedule(32, 576), fastv_schedule(32, 576)]
@@ -107,15 +126,23 @@ def test_flops_fraction_matches_spec_table(text_len, row):
 
 
 def test_flops_fraction_full_is_one_and_scoring_counts():
-  cfg = LlamaConfig(d_model=64, num_layers=4, num_heads=4, num_kv_heads=2,
-                    mlp_hidden=128, vocab_size=10)
+  cfg = LlamaConfig(
+    d_model=64,
+    num_layers=4,
+    num_heads=4,
+    num_kv_heads=2,
+    mlp_hidden=128,
+    vocab_size=10,
+  )
   assert prefill_flops_fraction(full_schedule(4, 16), 8, cfg) == 1.0
   one = prefill_flops_fraction(fastv_schedule(4, 16), 8, cfg)
   two = prefill_flops_fraction(fastv_schedule(4, 16), 8, cfg, num_queries=2)
   assert 0.5 < one < two < 1.0
 
 
-@pytest.mark.parametrize("keep,match", [
+@pytest.mark.parametrize(
+  "keep,match",
+  [
     ((), "one count per layer"),
     ((4, -1), r"keep\[1\] must be an integer >= 0"),
     ((0, 0), "non-zero count"),
@@ -123,7 +150,8 @@ def test_flops_fraction_full_is_one_and_scoring_counts():
     ((4, 5), r"keep\[1\]=5 exceeds the num_vision=4"),
     ((4, 2, 3), r"keep\[2\]=3 exceeds the keep\[1\]=2 vision tokens"),
     ((4, 0, 2), r"keep\[2\]=2 exceeds the keep\[1\]=0"),
-])
+  ],
+)
 def test_bad_schedules(keep, match):
   with pytest.raises(ValueError, match=match):
     VisionSchedule(keep=keep, num_vision=4)
@@ -136,7 +164,9 @@ def test_bad_modes():
     VisionSchedule(keep=(2,), num_vision=2, score_layer="previous")
 
 
-@pytest.mark.parametrize("kw,match", [
+@pytest.mark.parametrize(
+  "kw,match",
+  [
     (dict(inject_layer=5, exit_layer=3), "exit_layer=3 must lie after"),
     (dict(inject_layer=8), "inject_layer=8 must be < num_layers"),
     (dict(exit_layer=9), r"exit_layer=9 .* <= num_layers=8"),
@@ -146,10 +176,17 @@ def test_bad_modes():
     (dict(drop_after=(2,)), "one entry per drop"),
     (dict(keep_counts=(2, 3)), r"keep\[4\]=3 exceeds the keep\[3\]=2"),
     (dict(keep_counts=(5, 1)), r"exceeds the num_vision=4"),
-])
+  ],
+)
 def test_bad_hidrop_stages(kw, match):
-  args = dict(num_layers=8, num_vision=4, inject_layer=1, exit_layer=6,
-              drop_after=(2, 3), keep_counts=(2, 1))
+  args = dict(
+    num_layers=8,
+    num_vision=4,
+    inject_layer=1,
+    exit_layer=6,
+    drop_after=(2, 3),
+    keep_counts=(2, 1),
+  )
   with pytest.raises(ValueError, match=match):
     hidrop_from_stages(**{**args, **kw})
 

@@ -5,16 +5,24 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxexit.pruning import (importance_scores, soft_topk_mask,
-                             straight_through_topk_mask, topk_indices)
+from jaxexit.pruning import (
+  importance_scores,
+  soft_topk_mask,
+  straight_through_topk_mask,
+  topk_indices,
+)
 from tests.jaxexit.pruning.tiny import dense_scores, make_case, tiny_lm
 from tests.tiers import slow
 
 
 def test_topk_ties_go_to_lower_index_and_sorted():
-  scores = jnp.array([[0.1, 0.5, 0.5, 0.2, 0.5, 0.5],
-                      [0.0, 0.0, 0.0, 0.0, 0.0, 0.0],
-                      [0.9, 0.1, 0.8, 0.3, 0.7, 0.2]])
+  scores = jnp.array(
+    [
+      [0.1, 0.5, 0.5, 0.2, 0.5, 0.5],
+      [0.0, 0.0, 0.0, 0.0, 0.0, 0.0],
+      [0.9, 0.1, 0.8, 0.3, 0.7, 0.2],
+    ]
+  )
   idx = topk_indices(scores, 3)
   assert idx.dtype == jnp.int32
   np.testing.assert_array_equal(idx, [[1, 2, 4], [0, 1, 2], [0, 2, 4]])
@@ -41,15 +49,17 @@ def test_soft_mask_thresholds_to_hard_topk(k):
 def test_soft_mask_formula():
   scores = jnp.array([[3.0, 1.0, 2.0, 0.0]])
   # c' = (4, 2, 3, 1) / 4, a = 1 - 2/4; m = sigmoid(λ·4·(c' - a)).
-  want = jax.nn.sigmoid(2.0 * 4 * (jnp.array([1, .5, .75, .25]) - 0.5))
-  np.testing.assert_allclose(soft_topk_mask(scores, 2, lam=2.0)[0], want,
-                             rtol=1e-6)
+  want = jax.nn.sigmoid(2.0 * 4 * (jnp.array([1, 0.5, 0.75, 0.25]) - 0.5))
+  np.testing.assert_allclose(
+    soft_topk_mask(scores, 2, lam=2.0)[0], want, rtol=1e-6
+  )
 
 
 def test_straight_through_forward_and_gradient():
   scores = jax.random.normal(jax.random.key(1), (2, 12))
-  np.testing.assert_array_equal(straight_through_topk_mask(scores, 4),
-                                soft_topk_mask(scores, 4))
+  np.testing.assert_array_equal(
+    straight_through_topk_mask(scores, 4), soft_topk_mask(scores, 4)
+  )
   grad_soft = jax.grad(lambda s: soft_topk_mask(s, 4).sum())(scores)
   grad_st = jax.grad(lambda s: straight_through_topk_mask(s, 4).sum())(scores)
   assert not np.asarray(grad_soft).any()  # the hard rank is a step
@@ -72,16 +82,26 @@ def test_importance_scores_match_dense_attention(num_queries, pad):
   # Buffer [text | vision] in the two-stream layout.
   h = jnp.concatenate([x.text_emb, x.vision_emb], axis=1)
   pos = jnp.concatenate([x.text_pos, x.vision_pos], axis=1)
-  valid = jnp.concatenate([x.text_valid, jnp.ones_like(x.vision_pos, bool)],
-                          axis=1)
+  valid = jnp.concatenate(
+    [x.text_valid, jnp.ones_like(x.vision_pos, bool)], axis=1
+  )
   t, nv = x.text_pos.shape[1], x.vision_pos.shape[1]
-  got = importance_scores(lm.layers[1], h, pos, valid, x.query_index,
-                          x.query_valid, span_start=t, span_len=nv,
-                          inv_freq=lm._inv_freq())
+  got = importance_scores(
+    lm.layers[1],
+    h,
+    pos,
+    valid,
+    x.query_index,
+    x.query_valid,
+    span_start=t,
+    span_len=nv,
+    inv_freq=lm._inv_freq(),
+  )
   # The same tokens in sequence order, scored from the full attention map.
   merged_rows = jnp.asarray(case.text_rows)[x.query_index]
-  want = dense_scores(lm, 1, case.merged_h, case.merged_pos,
-                      case.merged_valid, merged_rows)[:, case.vision_rows]
+  want = dense_scores(
+    lm, 1, case.merged_h, case.merged_pos, case.merged_valid, merged_rows
+  )[:, case.vision_rows]
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
   assert got.shape == (2, nv) and got.dtype == jnp.float32
 
@@ -95,10 +115,18 @@ def test_importance_scores_stop_gradient():
   valid = jnp.ones(pos.shape, bool)
 
   def total(h, stop):
-    return importance_scores(lm.layers[0], h, pos, valid, x.query_index,
-                             x.query_valid, span_start=8, span_len=8,
-                             inv_freq=lm._inv_freq(),
-                             stop_gradient=stop).sum()
+    return importance_scores(
+      lm.layers[0],
+      h,
+      pos,
+      valid,
+      x.query_index,
+      x.query_valid,
+      span_start=8,
+      span_len=8,
+      inv_freq=lm._inv_freq(),
+      stop_gradient=stop,
+    ).sum()
 
   assert not np.asarray(jax.grad(total)(h, True)).any()
   assert np.abs(jax.grad(total)(h, False)).max() > 0
@@ -109,6 +137,14 @@ def test_importance_scores_bad_span():
   x = make_case().inputs
   pos = x.text_pos
   with pytest.raises(ValueError, match="span"):
-    importance_scores(lm.layers[0], x.text_emb, pos, x.text_valid,
-                      x.query_index, x.query_valid, span_start=4,
-                      span_len=8, inv_freq=lm._inv_freq())
+    importance_scores(
+      lm.layers[0],
+      x.text_emb,
+      pos,
+      x.text_valid,
+      x.query_index,
+      x.query_valid,
+      span_start=4,
+      span_len=8,
+      inv_freq=lm._inv_freq(),
+    )

@@ -18,13 +18,19 @@ from flax import nnx
 from jaxexit.models.llama import LlamaConfig, LlamaLM
 from jaxexit.pruning import PrunedInputs, VisionSchedule
 
-CFG = LlamaConfig(vocab_size=64, d_model=32, num_layers=6, num_heads=4,
-                  num_kv_heads=2, mlp_hidden=64, max_position=4096)
+CFG = LlamaConfig(
+  vocab_size=64,
+  d_model=32,
+  num_layers=6,
+  num_heads=4,
+  num_kv_heads=2,
+  mlp_hidden=64,
+  max_position=4096,
+)
 
 
 @functools.cache
-def tiny_lm(num_layers: int = 6, seed: int = 0,
-            noise: float = 0.15) -> LlamaLM:
+def tiny_lm(num_layers: int = 6, seed: int = 0, noise: float = 0.15) -> LlamaLM:
   """Random weights with noise on every tensor (norm scales too), so
   attention is peaked and selection gaps are far above float noise.
   Cached: callers must not mutate it (every pruning function is pure)."""
@@ -32,8 +38,10 @@ def tiny_lm(num_layers: int = 6, seed: int = 0,
   graphdef, state = nnx.split(LlamaLM(cfg, rngs=nnx.Rngs(seed)))
   leaves, treedef = jax.tree.flatten(state)
   keys = jax.random.split(jax.random.key(seed + 1), len(leaves))
-  leaves = [x + noise * jax.random.normal(k, x.shape, x.dtype)
-            for x, k in zip(leaves, keys)]
+  leaves = [
+    x + noise * jax.random.normal(k, x.shape, x.dtype)
+    for x, k in zip(leaves, keys)
+  ]
   return nnx.merge(graphdef, jax.tree.unflatten(treedef, leaves))
 
 
@@ -49,18 +57,26 @@ class Case:
   vision_rows: np.ndarray  # [Nv]
 
 
-def make_case(batch: int = 2, prefix: int = 3, num_vision: int = 8,
-              suffix: int = 5, pad: tuple[int, ...] = (0, 0),
-              num_queries: int = 1, vision_pos: np.ndarray | None = None,
-              seed: int = 0, d_model: int = CFG.d_model) -> Case:
+def make_case(
+  batch: int = 2,
+  prefix: int = 3,
+  num_vision: int = 8,
+  suffix: int = 5,
+  pad: tuple[int, ...] = (0, 0),
+  num_queries: int = 1,
+  vision_pos: np.ndarray | None = None,
+  seed: int = 0,
+  d_model: int = CFG.d_model,
+) -> Case:
   """Row b has `pad[b]` right-padding tokens at the end of its suffix;
   the query rows are the last `num_queries` valid text tokens."""
   k1, k2 = jax.random.split(jax.random.key(seed))
   t = prefix + suffix
   text_emb = jax.random.normal(k1, (batch, t, d_model))
   vision_emb = jax.random.normal(k2, (batch, num_vision, d_model))
-  text_rows = np.concatenate([np.arange(prefix),
-                              prefix + num_vision + np.arange(suffix)])
+  text_rows = np.concatenate(
+    [np.arange(prefix), prefix + num_vision + np.arange(suffix)]
+  )
   vision_rows = prefix + np.arange(num_vision)
   if vision_pos is None:
     vision_pos = vision_rows
@@ -68,25 +84,37 @@ def make_case(batch: int = 2, prefix: int = 3, num_vision: int = 8,
   text_valid = np.arange(t)[None, :] < lengths[:, None]  # [B, T]
   query = lengths[:, None] - num_queries + np.arange(num_queries)
   inputs = PrunedInputs(
-      text_emb=text_emb,
-      text_pos=jnp.broadcast_to(jnp.asarray(text_rows, jnp.int32),
-                                (batch, t)),
-      text_valid=jnp.asarray(text_valid),
-      vision_emb=vision_emb,
-      vision_pos=jnp.broadcast_to(jnp.asarray(vision_pos, jnp.int32),
-                                  (batch, num_vision)),
-      query_index=jnp.asarray(query, jnp.int32),
-      query_valid=jnp.ones((batch, num_queries), bool))
+    text_emb=text_emb,
+    text_pos=jnp.broadcast_to(jnp.asarray(text_rows, jnp.int32), (batch, t)),
+    text_valid=jnp.asarray(text_valid),
+    vision_emb=vision_emb,
+    vision_pos=jnp.broadcast_to(
+      jnp.asarray(vision_pos, jnp.int32), (batch, num_vision)
+    ),
+    query_index=jnp.asarray(query, jnp.int32),
+    query_valid=jnp.ones((batch, num_queries), bool),
+  )
   n = t + num_vision
-  merged_h = jnp.zeros((batch, n, d_model)).at[:, text_rows].set(
-      text_emb).at[:, vision_rows].set(vision_emb)
+  merged_h = (
+    jnp.zeros((batch, n, d_model))
+    .at[:, text_rows]
+    .set(text_emb)
+    .at[:, vision_rows]
+    .set(vision_emb)
+  )
   merged_pos = np.zeros((batch, n), np.int32)
   merged_pos[:, text_rows] = text_rows
   merged_pos[:, vision_rows] = vision_pos
   merged_valid = np.ones((batch, n), bool)
   merged_valid[:, text_rows] = text_valid
-  return Case(inputs, merged_h, jnp.asarray(merged_pos),
-              jnp.asarray(merged_valid), text_rows, vision_rows)
+  return Case(
+    inputs,
+    merged_h,
+    jnp.asarray(merged_pos),
+    jnp.asarray(merged_valid),
+    text_rows,
+    vision_rows,
+  )
 
 
 def run_layer(lm: LlamaLM, i: int, h, pos, valid):
@@ -144,12 +172,16 @@ def masked_reference(lm: LlamaLM, case: Case, schedule: VisionSchedule):
       idx = jax.lax.top_k(jnp.where(present, scores, -jnp.inf), after)[1]
       idx = jnp.sort(idx, axis=-1)
       kept.append(idx)
-      present = jnp.zeros_like(present).at[
-          jnp.arange(b)[:, None], idx].set(True)
+      present = (
+        jnp.zeros_like(present).at[jnp.arange(b)[:, None], idx].set(True)
+      )
     elif after == 0:
       present = jnp.zeros_like(present)
-    if (schedule.position_mode == "reindex" and after < keep[l]
-        and l + 1 < num_layers):
+    if (
+      schedule.position_mode == "reindex"
+      and after < keep[l]
+      and l + 1 < num_layers
+    ):
       # Merged order is sequence order: id = valid tokens before it.
       now = text_valid.at[:, vis_cols].set(present).astype(jnp.int32)
       pos = jnp.cumsum(now, axis=1) - now

@@ -45,8 +45,10 @@ def test_roundtrip_state_rng_extra(tmp_path):
   _, other = _state(seed=5)
   with ckpt_lib.Checkpointer(tmp_path) as ckpt:
     restored = ckpt.restore_latest(
-        ckpt_lib.abstract_like(other), abstract_rng=ckpt_lib.abstract_like(rng),
-        abstract_extra=ckpt_lib.abstract_like(extra))
+      ckpt_lib.abstract_like(other),
+      abstract_rng=ckpt_lib.abstract_like(rng),
+      abstract_extra=ckpt_lib.abstract_like(extra),
+    )
   assert restored.step == 7
   _assert_tree_equal(restored.state, state)
   _assert_tree_equal(restored.extra, extra)
@@ -91,10 +93,13 @@ def test_restore_honours_abstract_sharding(tmp_path):
   assert all(x.devices() == {device} for x in jax.tree.leaves(restored.state))
 
 
-@pytest.mark.parametrize("kwargs, match", [
+@pytest.mark.parametrize(
+  "kwargs, match",
+  [
     (dict(save_every=0), "save_every=0"),
     (dict(max_to_keep=0), "max_to_keep=0"),
-])
+  ],
+)
 def test_bad_arguments(tmp_path, kwargs, match):
   with pytest.raises(ValueError, match=match):
     ckpt_lib.Checkpointer(os.fspath(tmp_path), **kwargs)

@@ -27,9 +27,17 @@ def _params(model):
 def _train(workdir, num_steps, **kw):
   model, tx = resume_job.build()
   kw.setdefault("log_every", 2)
-  return loop.train(model, tx, resume_job.loss_fn,
-                    resume_job.make_batch_fn(0.0), num_steps=num_steps,
-                    workdir=workdir, seed=7, progress=False, **kw)
+  return loop.train(
+    model,
+    tx,
+    resume_job.loss_fn,
+    resume_job.make_batch_fn(0.0),
+    num_steps=num_steps,
+    workdir=workdir,
+    seed=7,
+    progress=False,
+    **kw,
+  )
 
 
 @slow
@@ -43,8 +51,9 @@ def test_continuing_a_run_equals_one_long_run(tmp_path):
   assert metrics_a == metrics_b and set(metrics_a) >= {"loss", "grad_norm"}
   for x, y in zip(_params(model_a), _params(model_b)):
     assert np.array_equal(x, y)
-  assert ((a / "metrics.jsonl").read_bytes()
-          == (b / "metrics.jsonl").read_bytes())
+  assert (a / "metrics.jsonl").read_bytes() == (
+    b / "metrics.jsonl"
+  ).read_bytes()
   steps = [r["step"] for r in metrics_lib.read_metrics(a / "metrics.jsonl")]
   assert steps == list(range(2, 21, 2))
   # A finished run restarted does nothing and returns the final model.
@@ -54,11 +63,14 @@ def test_continuing_a_run_equals_one_long_run(tmp_path):
     assert np.array_equal(x, y)
 
 
-@pytest.mark.parametrize("kwargs, match", [
+@pytest.mark.parametrize(
+  "kwargs, match",
+  [
     (dict(num_steps=0), "num_steps=0"),
     (dict(num_steps=5, checkpoint_every=0), "checkpoint_every=0"),
     (dict(num_steps=5, log_every=-2), "log_every=-2"),
-])
+  ],
+)
 def test_bad_arguments(tmp_path, kwargs, match):
   with pytest.raises(ValueError, match=match):
     _train(tmp_path, **kwargs)
@@ -68,17 +80,37 @@ def test_other_seed_in_same_workdir_raises(tmp_path):
   _train(tmp_path, 4, checkpoint_every=2)
   model, tx = resume_job.build()
   with pytest.raises(train_lib.FingerprintMismatch) as e:
-    loop.train(model, tx, resume_job.loss_fn, resume_job.make_batch_fn(0.0),
-               num_steps=4, workdir=tmp_path, seed=8, progress=False)
+    loop.train(
+      model,
+      tx,
+      resume_job.loss_fn,
+      resume_job.make_batch_fn(0.0),
+      num_steps=4,
+      workdir=tmp_path,
+      seed=8,
+      progress=False,
+    )
   assert e.value.differences == [("seed", 7, 8)]
 
 
 def _job(workdir, *extra):
   env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
   return subprocess.Popen(
-      [sys.executable, JOB, os.fspath(workdir), "--num-steps", "60",
-       "--checkpoint-every", "5", *extra],
-      env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    [
+      sys.executable,
+      JOB,
+      os.fspath(workdir),
+      "--num-steps",
+      "60",
+      "--checkpoint-every",
+      "5",
+      *extra,
+    ],
+    env=env,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+  )
 
 
 def _wait_for_checkpoint(proc, ckpt_dir, min_step, timeout=60.0):
@@ -86,8 +118,11 @@ def _wait_for_checkpoint(proc, ckpt_dir, min_step, timeout=60.0):
   while time.monotonic() < deadline:
     if proc.poll() is not None:
       raise AssertionError(f"job exited early: {proc.communicate()[1]}")
-    steps = [int(d) for d in os.listdir(ckpt_dir) if d.isdigit()] if (
-        os.path.isdir(ckpt_dir)) else []
+    steps = (
+      [int(d) for d in os.listdir(ckpt_dir) if d.isdigit()]
+      if (os.path.isdir(ckpt_dir))
+      else []
+    )
     if max(steps, default=0) >= min_step:
       return
     time.sleep(0.02)
@@ -120,8 +155,9 @@ def test_sigkill_and_resume_equals_uninterrupted_run(tmp_path):
   for k in final.files:
     assert np.array_equal(final[k], final_ref[k]), k
   assert int(final["step"]) == 60
-  assert ((killed / "metrics.jsonl").read_bytes()
-          == (ref / "metrics.jsonl").read_bytes())
+  assert (killed / "metrics.jsonl").read_bytes() == (
+    ref / "metrics.jsonl"
+  ).read_bytes()
 
 
 @slow

@@ -83,13 +83,15 @@ def test_seed_keys_depend_only_on_seed_and_step():
   base = seed_lib.base_key(3)
   k5 = seed_lib.step_key(base, 5)
   np.testing.assert_array_equal(
-      jax.random.key_data(k5),
-      jax.random.key_data(seed_lib.step_key(seed_lib.base_key(3), 5)))
+    jax.random.key_data(k5),
+    jax.random.key_data(seed_lib.step_key(seed_lib.base_key(3), 5)),
+  )
   jitted = jax.jit(seed_lib.step_key)(base, jnp.int32(5))
-  np.testing.assert_array_equal(jax.random.key_data(k5),
-                                jax.random.key_data(jitted))
+  np.testing.assert_array_equal(
+    jax.random.key_data(k5), jax.random.key_data(jitted)
+  )
   assert not np.array_equal(
-      jax.random.key_data(k5),
-      jax.random.key_data(seed_lib.step_key(base, 6)))
+    jax.random.key_data(k5), jax.random.key_data(seed_lib.step_key(base, 6))
+  )
   with pytest.raises(ValueError, match="seed=-1"):
     seed_lib.base_key(-1)

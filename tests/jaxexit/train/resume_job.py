@@ -58,15 +58,23 @@ def make_batch_fn(sleep: float):
     x = jax.random.normal(k, (BATCH, D_IN))
     y = jnp.stack([x[:, 0] * 2.0, x[:, 1] - x[:, 2], jnp.sin(x[:, 3])], -1)
     return {"x": x, "y": y}
+
   return batch_fn
 
 
 def build():
   model = DropoutMLP(rngs=nnx.Rngs(0))
-  tx = train_lib.build_optimizer(train_lib.OptimConfig(
-      name="adamw", learning_rate=1e-2, weight_decay=1e-4,
-      schedule="warmup_cosine", warmup_steps=5, total_steps=60,
-      grad_clip=1.0))
+  tx = train_lib.build_optimizer(
+    train_lib.OptimConfig(
+      name="adamw",
+      learning_rate=1e-2,
+      weight_decay=1e-4,
+      schedule="warmup_cosine",
+      warmup_steps=5,
+      total_steps=60,
+      grad_clip=1.0,
+    )
+  )
   return model, tx
 
 
@@ -76,8 +84,9 @@ def dump_final(workdir: str) -> None:
   ckpt = train_lib.Checkpointer(os.path.join(workdir, "checkpoints"))
   with ckpt:
     restored = ckpt.restore_latest(
-        train_lib.abstract_like(state),
-        abstract_rng=train_lib.abstract_like(jax.random.key(0)))
+      train_lib.abstract_like(state),
+      abstract_rng=train_lib.abstract_like(jax.random.key(0)),
+    )
   leaves = jax.tree_util.tree_leaves_with_path(restored.state)
   arrays = {jax.tree_util.keystr(p): np.asarray(x) for p, x in leaves}
   arrays["rng"] = np.asarray(jax.random.key_data(restored.rng))
@@ -108,14 +117,25 @@ def main():
   if args.kill_in_save is not None:
     _kill_at_commit(args.kill_in_save)
   ckpt_dir = os.path.join(args.workdir, "checkpoints")
-  steps = [int(d) for d in os.listdir(ckpt_dir) if d.isdigit()] if (
-      os.path.isdir(ckpt_dir)) else []
+  steps = (
+    [int(d) for d in os.listdir(ckpt_dir) if d.isdigit()]
+    if (os.path.isdir(ckpt_dir))
+    else []
+  )
   print(f"start_step={max(steps, default=0)}", flush=True)
   model, tx = build()
-  train_lib.train(model, tx, loss_fn, make_batch_fn(args.sleep),
-                  num_steps=args.num_steps, workdir=args.workdir, seed=7,
-                  checkpoint_every=args.checkpoint_every, log_every=1,
-                  progress=False)
+  train_lib.train(
+    model,
+    tx,
+    loss_fn,
+    make_batch_fn(args.sleep),
+    num_steps=args.num_steps,
+    workdir=args.workdir,
+    seed=7,
+    checkpoint_every=args.checkpoint_every,
+    log_every=1,
+    progress=False,
+  )
   dump_final(args.workdir)
 
 

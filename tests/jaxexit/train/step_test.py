@@ -16,7 +16,6 @@ class Counter(nnx.Variable):
 
 
 class Net(nnx.Module):
-
   def __init__(self, *, rngs: nnx.Rngs, dropout: float = 0.0):
     self.hidden = nnx.Linear(4, 16, rngs=rngs)
     self.dropout = nnx.Dropout(dropout)
@@ -46,8 +45,7 @@ def test_step_matches_hand_written_optax_update():
   batch = _batch()
 
   def pure_loss(p):
-    m = nnx.merge(nnx.graphdef(model), p, nnx.state(model, Counter),
-                  copy=True)
+    m = nnx.merge(nnx.graphdef(model), p, nnx.state(model, Counter), copy=True)
     return loss_fn(m, batch, None)[0]
 
   loss_ref, grads = jax.value_and_grad(pure_loss)(params)
@@ -56,13 +54,16 @@ def test_step_matches_hand_written_optax_update():
 
   graphdef, state = step_lib.split_train_state(model, tx)
   state, metrics = step_lib.make_train_step(loss_fn)(
-      graphdef, state, batch, jax.random.key(0))
+    graphdef, state, batch, jax.random.key(0)
+  )
   new_model, opt = step_lib.merge_train_state(graphdef, state)
   np.testing.assert_allclose(metrics["loss"], loss_ref, rtol=1e-6)
-  np.testing.assert_allclose(metrics["grad_norm"], optax.tree.norm(grads),
-                             rtol=1e-6)
-  for a, b in zip(jax.tree.leaves(nnx.state(new_model, nnx.Param)),
-                  jax.tree.leaves(expected)):
+  np.testing.assert_allclose(
+    metrics["grad_norm"], optax.tree.norm(grads), rtol=1e-6
+  )
+  for a, b in zip(
+    jax.tree.leaves(nnx.state(new_model, nnx.Param)), jax.tree.leaves(expected)
+  ):
     np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
   assert int(opt.step[...]) == 1
   # The non-Param counter was mutated in the loss and written back.
@@ -108,15 +109,17 @@ def test_eval_step_is_deterministic_and_pure():
   model = Net(rngs=nnx.Rngs(0), dropout=0.5)
   graphdef, state = step_lib.split_train_state(model, optax.sgd(1e-2))
   eval_step = step_lib.make_eval_step(
-      lambda m, b: {"loss": loss_fn(m, b, None)[0]})
+    lambda m, b: {"loss": loss_fn(m, b, None)[0]}
+  )
   batch = _batch()
   out = eval_step(graphdef, state, batch)
   # Model-only state works too, and gives the same (dropout-free) value.
   mg, ms = nnx.split(model)
   np.testing.assert_array_equal(out["loss"], eval_step(mg, ms, batch)["loss"])
   no_drop = Net(rngs=nnx.Rngs(0), dropout=0.0)
-  np.testing.assert_allclose(out["loss"],
-                             loss_fn(no_drop, batch, None)[0], rtol=1e-6)
+  np.testing.assert_allclose(
+    out["loss"], loss_fn(no_drop, batch, None)[0], rtol=1e-6
+  )
   assert int(step_lib.merge_train_state(graphdef, state)[0].calls[...]) == 0
 
 
@@ -136,8 +139,8 @@ def test_jit_step_equals_eager_maths():
 def test_non_scalar_loss_raises(bad):
   del bad
   graphdef, state = step_lib.split_train_state(
-      Net(rngs=nnx.Rngs(0)), optax.sgd(0.1))
-  step = step_lib.make_train_step(
-      lambda m, b, r: (m(b["x"]), {}), donate=False)
+    Net(rngs=nnx.Rngs(0)), optax.sgd(0.1)
+  )
+  step = step_lib.make_train_step(lambda m, b, r: (m(b["x"]), {}), donate=False)
   with pytest.raises(TypeError, match="scalar"):
     step(graphdef, state, _batch(), jax.random.key(0))
