@@ -12,11 +12,20 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 CI = ROOT / ".ci" / "run"
 
 
-def _readme_test_command() -> str:
+def _readme_command(comment: str) -> str:
+  """The README command line that ends with `# <comment>`."""
   readme = (ROOT / "README.md").read_text()
-  lines = [l for l in readme.splitlines() if l.endswith("# the tests")]
+  lines = [
+    l
+    for l in readme.splitlines()
+    if l.split("#")[-1].strip().startswith(comment)
+  ]
   assert len(lines) == 1, lines
   return lines[0].split("#")[0].strip()
+
+
+def _readme_test_command() -> str:
+  return _readme_command("the tests")
 
 
 def _function_body(script: str, name: str) -> str:
@@ -30,6 +39,13 @@ def test_primary_phase_runs_readme_command_on_312():
   command = _readme_test_command()
   assert any(l.strip() == command for l in primary.splitlines()), command
   assert "python312" in primary and ".venv312" in primary
+
+
+def test_primary_phase_runs_readme_lint_command():
+  primary = _function_body(CI.read_text(), "primary")
+  command = _readme_command("lint")
+  assert command.startswith("ruff check")
+  assert any(l.strip() == command for l in primary.splitlines()), command
 
 
 def test_readme_test_command_runs_every_tier():
