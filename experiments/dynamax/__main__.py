@@ -1,4 +1,4 @@
-"""python -m experiments.dynamax: DYNAMAX exits for Transformer and Mamba LMs.
+"""python -m experiments.dynamax — DYNAMAX exits for Transformer and Mamba LMs.
 
 Loads (or trains) the backbone, extracts its hidden states at the exits on
 GSM8K + CommonsenseQA text, trains each exit classifier kind with the

@@ -1,4 +1,4 @@
-"""python -m experiments.exit_selfimprove: ExIt for K-step self-improvement.
+"""python -m experiments.exit_selfimprove — ExIt for K-step self-improvement.
 
 Warm-starts one tiny policy per seed on the domain's noisy-reviser data,
 trains every compared method from it with the same rollouts and updates per

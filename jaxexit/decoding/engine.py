@@ -1,3 +1,4 @@
+# Over 400 lines: 397 before ruff format; prefill and decode loop.
 """Early-exit generation with real layer skipping, for any `DecoderBackbone`.
 
 Spec: `llm_exits.md` §1.1–1.2 (missing state, CALM's segments), §5.1–5.2

@@ -1,3 +1,4 @@
+# Over 400 lines: 397 before ruff format; maths and their rule twins.
 """PonderNet / PALBERT halting maths: distributions, priors, KL, exit rules.
 
 Papers: PonderNet (Banino et al., 2021) and PALBERT (Balagansky & Gavrilov,

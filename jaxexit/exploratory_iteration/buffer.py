@@ -1,3 +1,4 @@
+# Over 400 lines: 366 before ruff format; state and pure updates.
 """ExIt's task buffer: a fixed-capacity top-N store of partial histories.
 
 Paper: ExIt (Jiang, Lupu & Bachrach, arXiv:2509.04575) Algorithm 1; spec

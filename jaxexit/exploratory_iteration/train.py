@@ -1,3 +1,4 @@
+# Over 400 lines: 354 before ruff format; one iteration and config.
 """The ExIt / GRPO training loop on a synthetic domain (spec §4 of
 `exploratory_iteration.md`).
 

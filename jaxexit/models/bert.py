@@ -1,3 +1,4 @@
+# Over 400 lines: 362 before ruff format; one encoder family.
 """BERT and RoBERTa encoders as backbones for early-exit methods.
 
 Devlin et al. 2019 (BERT), Liu et al. 2019 (RoBERTa): post-LN Transformer

@@ -1,3 +1,4 @@
+# Over 400 lines: 345 before ruff format; CNN and multi-exit baseline.
 """A small staged CNN (stem + 4 stages) and its multi-exit baseline.
 
 The feature-branch interface that `dyn_perceiver.DynPerceiver` builds on

@@ -1,3 +1,4 @@
+# Over 400 lines: 340 before ruff format; one name map per family.
 """Hugging Face checkpoints → `BertEncoder` / `AlbertEncoder` parameters.
 
 Reads `model.safetensors` with `safetensors.numpy` and `pytorch_model.bin`

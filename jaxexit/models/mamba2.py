@@ -1,3 +1,4 @@
+# Over 400 lines: 338 before ruff format; one model's block and scan.
 """Mamba-2 language model (Codestral Mamba) with masked scans.
 
 Dao & Gu 2024, "Transformers are SSMs" (SSD): per head a scalar decay,

@@ -1,3 +1,4 @@
+# Over 400 lines: 387 before ruff format; the LM shell of both Mambas.
 """What Mamba-1 (`jaxexit.models.mamba`) and Mamba-2 (`jaxexit.models.mamba2`)
 share: the block cache and output types, config checks, the masked depthwise
 causal conv, the pre-norm residual block and `MambaLMBase` (embeddings,

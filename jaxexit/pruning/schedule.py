@@ -1,3 +1,4 @@
+# Over 400 lines: 396 before ruff format; three schedules, one type.
 """Vision-token schedules over decoder depth: HiDrop, PyramidDrop, FastV.
 
 A `VisionSchedule` says how many vision tokens are present in each decoder
