@@ -8,28 +8,33 @@ runs every tier, as the README's test command and CI do; `-m slow` runs the
 slow tier alone. An explicit `-m` expression replaces the default (so
 `-m "not gpu"` runs slow tests too), and a test named by node id
 (`path::test_name[param]`) always runs. `slow` marks what takes more than
-~5 s on 2 cores or runs a whole experiment, notebook, benchmark or
-pretrained model.
+~1.5 s of CPU on 2 cores (most parametrized families keep one fast case,
+see tests/tiers.py) or runs a whole experiment, notebook, benchmark,
+GGUF/pretrained model or subprocess check.
 
 Compiled programs and memory maps. Every XLA:CPU executable that JAX's
 caches keep alive holds its own memory mappings, and a process may hold at
-most `vm.max_map_count` of them (65530 by default); past that, mmap fails.
-That was the known flake of 2026-11-29: in the full suite under `-n auto`,
-one xdist worker died three times with a native crash inside XLA's CPU
-compiler, and on the fourth run first raised MemoryError / "failed to map
-segment from shared object" in every test, then aborted. Measured 2026-12
-(fast tier, one process, `-n 0`, 108 modules): without any cache clearing
-the process held 29,770 mappings and 3.1 GB RSS at the end (about 275
-mappings and 20 MB per module; the full tier compiles several times more),
-with `jax.clear_caches()` after every module 1,400-1,700 mappings and
-1.3-1.8 GB. But clearing after every module also recompiles, in each
-module, the small programs every module uses (eager ops, the same tiny
-models): about RECOMPILE_COST of the fast tier's CPU time. So a module now
-ends with `jax.clear_caches()` and a garbage collection only when the
-process holds more than a quarter of `vm.max_map_count` mappings or more
-than 2.5 GiB RSS (where /proc is missing, e.g. macOS, after every module as
-before). pyproject's addopts still rerun a test once when its worker
-crashed (`--only-rerun crashed`), never an ordinary failure.
+most `vm.max_map_count` of them (65530 by default); past that, mmap fails
+with ENOMEM. That explains the flake of 2026-11-29: in the full suite under
+`-n auto`, one xdist worker died three times with a native crash inside
+XLA's CPU compiler, and on the fourth run first raised MemoryError /
+"failed to map segment from shared object" in every test, then aborted (RAM
+was not short). Measured 2026-12-06 on the fast tier in one process (`-n
+0`, 108 modules, VmRSS and /proc/self/maps after each test): with no cache
+clearing the process ended with 29,770 mappings and 3.1 GB RSS (about 275
+mappings and 20 MB per module; the slow tier compiles several times more
+per module, so a worker of the full suite reaches the limit); with
+`jax.clear_caches()` after every module it stayed at 1,400-1,780 mappings
+and at most 1.7 GB. Clearing after every module also recompiles, in every
+module, the small programs they share (eager ops, the same tiny models):
+377 s of CPU against 309 s for the same 1,242 tests when clearing only as
+below. So a module ends with `jax.clear_caches()` and a garbage collection
+only when the process holds more than a quarter of `vm.max_map_count`
+mappings (16,382 by default) or more than 4 GiB RSS, and after every module
+where /proc is missing (macOS); measured: at most 16,400 mappings and two
+clears in that run. `jaxexit.debug_checks` clears the caches itself when
+its flag changes. pyproject's addopts still rerun a test once when its
+worker crashed (`--only-rerun crashed`), never an ordinary failure.
 """
 
 import gc
@@ -123,7 +128,7 @@ def _memory_maps() -> int | None:
 
 
 _MAX_MAPS = (_proc_number("/proc/sys/vm/max_map_count") or 65530) // 4
-_MAX_RSS_KB = int(2.5 * 2**20)
+_MAX_RSS_KB = 4 * 2**20
 
 
 def _holds_too_much() -> bool:

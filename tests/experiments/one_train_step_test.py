@@ -10,12 +10,12 @@ the run); nothing else of the preset changes. The `paper` presets need an
 accelerator or model downloads: each experiment's own test checks their
 configs.
 
-Tiers (measured on 2 busy cores): the smoke presets are the fast tier where
-a step costs up to ~13 s of compiling (PALBERT, HiDrop, JEI-DNN, the
-multi-exit CNN of dynamic_perceiver, dynamax's transformer); Dynamic
-Perceiver itself (~33 s), dynamax's Mamba (~12 s), ExIt's warm start plus
-one iteration (~20 s) and every `cpu` preset (full-size models) are the
-slow tier.
+Tiers (CPU seconds on 2 busy cores, mostly compiling): the smoke presets
+of PALBERT (~11 s), JEI-DNN (~9 s), dynamic_perceiver's multi-exit CNN
+(~5-8 s) and dynamax's transformer (~6 s) are the fast tier; HiDrop
+(~12 s), Dynamic Perceiver itself (~33 s), dynamax's Mamba (~12 s), ExIt's
+warm start plus one iteration (~20 s) and every `cpu` preset (full-size
+models) are the slow tier.
 """
 
 import dataclasses
@@ -80,6 +80,7 @@ def test_palbert_glue(preset, tmp_path):
   _finite(metrics)
 
 
+@slow
 @pytest.mark.parametrize("preset", PRESETS)
 def test_hidrop(preset, tmp_path):
   from experiments.hidrop import configs, run

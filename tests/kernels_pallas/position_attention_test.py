@@ -177,13 +177,12 @@ def test_buffer_order_does_not_matter():
   np.testing.assert_allclose(out, shuffled, atol=1e-5, rtol=1e-5)
 
 
+@slow
 @pytest.mark.parametrize(
   "backend, t, blocks",
   [
     ("gpu", 64, BLOCKS["gpu"]),
-    pytest.param(
-      "tpu", 256, PositionAttentionBlocks(block_q=128, block_k=128), marks=slow
-    ),
+    ("tpu", 256, PositionAttentionBlocks(block_q=128, block_k=128)),
   ],
 )
 def test_in_order_buffer_skips_blocks_and_is_causal(backend, t, blocks):

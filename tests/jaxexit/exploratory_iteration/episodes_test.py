@@ -66,6 +66,7 @@ def test_min_fill_gates_replay():
   assert not np.any(off.from_buffer)
 
 
+@slow
 def test_replayed_starts_copy_entries_and_modes():
   b = _stocked(6, 2)
   cfg = _config(replay_prob=0.5)

@@ -99,6 +99,7 @@ def test_matches_plain_loop_reference(temperature):
   np.testing.assert_array_equal(r.sample_success, s)
 
 
+@slow
 def test_greedy_is_bit_exact_and_key_independent():
   model = policy.make_policy(DOMAIN, TINY, nnx.Rngs(6))
   tasks = DOMAIN.sample_tasks(jax.random.key(7), 6)

@@ -14,8 +14,8 @@ from jaxexit.models.exit_classifier import (
 from tests.tiers import fast_only, slow
 
 L = 4
-# The fast tier checks one method per property (PABEE; PALBERT's rule
-# through every execution mode); every method runs in the slow tier.
+# The fast tier checks one method (PABEE) for the vectorised exit and the
+# execution modes; every method runs in the slow tier.
 METHODS = list(encoder_exits.METHODS)
 
 
@@ -86,7 +86,7 @@ def test_loss_is_finite_with_finite_grads(name):
       "berxit",
       "static",
     ],
-    "palbert",
+    "pabee",
   ),
 )
 def test_modes_agree_for_each_method(kind, name):

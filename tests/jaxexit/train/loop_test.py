@@ -76,6 +76,7 @@ def test_bad_arguments(tmp_path, kwargs, match):
     _train(tmp_path, **kwargs)
 
 
+@slow
 def test_other_seed_in_same_workdir_raises(tmp_path):
   _train(tmp_path, 4, checkpoint_every=2)
   model, tx = resume_job.build()
