@@ -118,6 +118,7 @@ def test_multi_exit_modes_agree_and_match_plain_forward(multi_exit):
   assert_modes_agree(multi_exit, _images())
 
 
+@slow
 def test_multi_exit_flops_grow_per_exit(multi_exit):
   model = multi_exit
   stack, params = model.exit_stack()
