@@ -88,7 +88,9 @@ def test_hidrop(preset, tmp_path):
   from jaxexit.pruning import make_schedule
 
   cfg = configs.get_config(preset)
-  cfg = configs.get_config(preset, steps=2, train_examples=cfg.batch_size)
+  cfg = configs.get_config(
+    preset, steps=2, warmup_steps=1, train_examples=cfg.batch_size
+  )
   name = cfg.schedule_names("hidrop")[0]
   schedule = make_schedule(
     "hidrop", name, cfg.model.text.num_layers, cfg.num_vision
