@@ -2,9 +2,9 @@
 test tiers.
 
 Tiers. A plain `python -m pytest` runs the fast tier, the development loop
-(unit tests, tiny-config parity, training steps; measured 2026-12-06:
-1,232 tests, 330 s of CPU with two xdist workers, so about 170 s on 2 free
-cores; 336 s of wall time at nice 19 beside a load average of 4-6): every
+(unit tests, tiny-config parity, training steps; measured 2026-12-06 on 2
+idle cores: 1,224 tests in 162 s wall, 287 s of CPU with two xdist
+workers): every
 test marked `slow` is deselected. `python -m pytest --all`
 runs every tier, as the README's test command and CI do; `-m slow` runs the
 slow tier alone. An explicit `-m` expression replaces the default (so

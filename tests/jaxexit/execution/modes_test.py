@@ -148,6 +148,7 @@ def test_simulate_per_layer_and_grad():
   assert all(np.isfinite(g).all() for g in jax.tree.leaves(grads))
 
 
+@slow
 def test_compacted_program_count_is_bounded():
   stack, params = toy_stack.make(L)
   runner = execution.CompactedRunner(stack, rules.preset_depth())

@@ -89,6 +89,7 @@ def test_loss_is_finite_with_finite_grads(name):
     "pabee",
   ),
 )
+@slow  # the fast tier has modes_test and adapter_test for the modes
 def test_modes_agree_for_each_method(kind, name):
   method = encoder_exits.get_method(name)
   model = ExitClassifier(_encoder(kind), method.heads(2), rngs=nnx.Rngs(1))

@@ -83,6 +83,7 @@ def test_masked_step_is_noop(pair):
   check_masked_noop(pair[0])
 
 
+@slow  # Mamba-1's twin stays in the fast tier
 @pytest.mark.parametrize("mask", MASKS.values(), ids=MASKS.keys())
 def test_parallel_matches_sequential(pair, mask):
   check_parallel_matches_sequential(pair[0], mask)

@@ -48,6 +48,7 @@ def test_per_layer_logits_match_manual_forward():
     )
 
 
+@slow
 def test_padding_does_not_change_outputs():
   model, tokens = _model_and_tokens()
   stack, params = model.exit_stack()
