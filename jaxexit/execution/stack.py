@@ -8,8 +8,9 @@ pytree, so the same model runs in every mode of `jaxexit.execution`:
 
 `layer` is 0-based; it is a Python int when a mode unrolls layers (compacted
 segments) and a traced int32 scalar inside `lax.scan`/`lax.while_loop`, so a
-stacked parameter tree is indexed with `jax.tree.map(lambda w: w[layer], ...)`
-(a static slice or a dynamic slice, as the case may be).
+stacked parameter tree is indexed with `adapter.layer_slice(tree, layer)` (a
+static slice or a dynamic slice, as the case may be). `adapter.exit_stack`
+builds both functions from NNX modules.
 
 `carry` is any pytree whose leaves all have the batch axis first
 (`[B, T, D]` hidden states, `[B, T]` padding masks, a `[B, D]` pooled vector
