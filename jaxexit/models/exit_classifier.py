@@ -247,11 +247,11 @@ def exit_head_output(
   layer, `score` [B] (u_n) with a learned-exit head."""
   heads, pooler = parts["heads"], parts["pooler"]
   cfg = heads.cfg
+  features = pooling_features(cfg.pooling, carry["h"], carry["mask"])
   if cfg.classifier == "offramp":
-    features = pooling_features(cfg.pooling, carry["h"], carry["mask"])
     pooled = jnp.tanh(layer_module(heads.poolers, layer)(features))
   else:
-    pooled = pool_hidden(cfg.pooling, carry["h"], carry["mask"], pooler)
+    pooled = pool_features(cfg.pooling, features, pooler)
   key = None if dropout_key is None else jax.random.fold_in(dropout_key, layer)
   x = dropout(pooled, cfg.dropout, key)
   if cfg.classifier == "shared":
@@ -263,7 +263,7 @@ def exit_head_output(
     halt = heads.halting(x)
   elif cfg.halting == "linear_cat":
     # pooled_{n-1} for the Lambda layer at layer n; pooled_0 := 0.
-    prev = _pool_features(cfg.pooling, carry["prev_features"], pooler)
+    prev = pool_features(cfg.pooling, carry["prev_features"], pooler)
     prev = jnp.where(jnp.asarray(layer) == 0, 0.0, prev).astype(x.dtype)
     prev_key = None if key is None else jax.random.fold_in(key, 1)
     halt = heads.halting(
@@ -286,21 +286,9 @@ def pooling_features(
   return h[:, 0]
 
 
-def _pool_features(
+def pool_features(
   pooling: str, features: Float[Array, "B D"], pooler: nnx.Linear
 ) -> Float[Array, "B D"]:
+  """`pooling_features` finished as `pooling` (see `POOLINGS`): tanh of the
+  checkpoint's pooler for "cls_pooler", unchanged otherwise."""
   return jnp.tanh(pooler(features)) if pooling == "cls_pooler" else features
-
-
-def pool_hidden(
-  pooling: str, h: Float[Array, "B T D"], mask: Array, pooler: nnx.Linear | None
-) -> Float[Array, "B D"]:
-  """One layer's hidden states pooled as `pooling` (see `POOLINGS`).
-
-  Args:
-    pooling: "cls_pooler", "mean" or "cls".
-    h: [B, T, D] hidden states.
-    mask: [B, T] validity (1/True for real tokens); "mean" averages over it.
-    pooler: the checkpoint's pooler Linear ("cls_pooler" only).
-  """
-  return _pool_features(pooling, pooling_features(pooling, h, mask), pooler)
