@@ -50,10 +50,10 @@ def feature_branch(cfg) -> nnx.Module:
   if cfg.feature_branch == "cnn":
     return StagedCNN(cfg.cnn_config(), rngs=_rngs(cfg.seed))
   # pylint: disable-next=import-outside-toplevel
-  from jaxexit.models.efficientnet_lite import load_efficientnet_lite0
+  from jaxexit.models.efficientnet_lite import load_efficientnet_lite
 
-  branch = load_efficientnet_lite0(
-    num_classes=NUM_CLASSES, rngs=_rngs(cfg.seed)
+  branch = load_efficientnet_lite(
+    "lite0", num_classes=NUM_CLASSES, rngs=_rngs(cfg.seed)
   )
   branch.train()
   return branch

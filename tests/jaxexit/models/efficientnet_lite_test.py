@@ -103,12 +103,12 @@ class TorchLite0(torch.nn.Module):
 
 @pytest.fixture(scope="module")
 def path():
-  return enl.lite0_checkpoint_path()
+  return enl.checkpoint_path()
 
 
 @pytest.fixture(scope="module")
 def model(path):
-  return enl.load_efficientnet_lite0(path)
+  return enl.load_efficientnet_lite("lite0", path)
 
 
 @pytest.fixture(scope="module")
@@ -228,7 +228,9 @@ def test_train_mode_uses_batch_stats_and_dropout(model):
 
 @slow
 def test_fresh_classifier_for_other_class_counts(path, model):
-  small = enl.load_efficientnet_lite0(path, num_classes=10, rngs=nnx.Rngs(3))
+  small = enl.load_efficientnet_lite(
+    "lite0", path, num_classes=10, rngs=nnx.Rngs(3)
+  )
   assert small.fc.kernel.shape == (1280, 10)
   np.testing.assert_array_equal(
     small.head_conv.conv.kernel[...], model.head_conv.conv.kernel[...]
@@ -278,7 +280,7 @@ def test_corrupt_checkpoint_file(tmp_path):
   bad = tmp_path / "lite0.pth"
   bad.write_bytes(b"\x80\x02garbage")
   with pytest.raises(CorruptCheckpointError, match="lite0.pth"):
-    enl.load_efficientnet_lite0(bad)
+    enl.load_efficientnet_lite("lite0", bad)
 
 
 def test_preprocess():
