@@ -1,34 +1,35 @@
-"""Records of `python -m experiments.jei_dnn`: accuracy, cost, ECE, conformal
-sets and realised speed-ups of every method on CIFAR-10 test.
+"""Per-seed records of `python -m experiments.jei_dnn` on CIFAR-10 test.
 
 Exits are decided from cached features (exact: the backbone is frozen):
 
-  full          the backbone head only (cost = the bare backbone).
-  fixed_exit    every example at IM k, k < L − 1 (blocks 0..k + IM k).
-  max_softmax   warmed-up IMs + backbone head, MSDNet budgeted thresholds
-                fitted on the validation split, one record per r (§7).
-  jei_dnn       IMs + gates trained for γ, first c_l ≥ 0.5, one per γ.
+  full                  the final exit only (the backbone + its probe).
+  fixed_exit            every example at warmed-up IM k, k < 4.
+  jei_dnn               IMs + gates trained for γ; first c_l ≥ 0.5 (§8.3).
+  max_softmax_same_ims  the same IMs as `jei_dnn` at that γ, exits decided
+                        by max-softmax thresholds fitted on validation to
+                        the exit shares JEI-DNN's gates give validation
+                        (MSDNet's fit, §7): same modules and cost, only the
+                        exit decision differs.
+  max_softmax           MSDNet's budget sweep over r on the default γ's
+                        IMs (the curve of the figure).
 
-Costs are XLA-counted FLOPs (`execution.exit_flops`) of the ViT + JEI heads
-stack: exiting at l pays blocks 0..l and every IM + gate on the way.
-Realised speed-ups time the rule on the same stack against the full
-backbone: `compacted` at the eval batch size and `early_stop` at batch 1.
+Every record carries its seed, accuracy, cost, ECE (15 equal-mass bins) and
+split-conformal coverage and set size over `cfg.conformal_splits` random
+halvings of the test set into calibration and test (mean and 5th
+percentile of coverage). JEI-DNN records also carry the diagnostics of gate
+collapse: the validation oracle exit shares under γ and the gates'
+positive-class weights.
+
+Costs are XLA-counted FLOPs of the live stack (`backbone.exit_flops`).
+
+Axes: Nv / Nt validation / test examples, L exits, C classes.
 """
 
-import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
-from experiments.jei_dnn import run
-from experiments.vision_common import (
-  budget_curve,
-  fixed_exit_records,
-  gated_records,
-)
-from jaxexit import execution
-from jaxexit.calibration import reliability_bins
+from experiments.vision_common import budget_curve, gated_records
 from jaxexit.conformal import per_exit_conformal
-from jaxexit.exits import budgeted, confidence, gates, rules
+from jaxexit.exits import budgeted
 from jaxexit.methods import jei_dnn
 
 
@@ -38,210 +39,168 @@ def _probs(logits: np.ndarray) -> np.ndarray:
   return e / e.sum(-1, keepdims=True)
 
 
-def _conformal(
-  rec: dict,
-  cfg,
-  val_logits,
-  val_exit,
-  val_labels,
-  test_logits,
-  test_exit,
-  test_labels,
-) -> None:
-  res = per_exit_conformal(
-    _probs(val_logits),
-    val_exit,
-    val_labels,
-    _probs(test_logits),
-    test_exit,
-    test_labels,
-    alpha=cfg.alpha,
-  )
-  rec.update(
-    coverage=res.coverage, mean_set_size=res.mean_set_size, alpha=cfg.alpha
-  )
+def _max_softmax(logits: np.ndarray) -> np.ndarray:
+  """[N, L] float32 max-softmax, as `thresholds_rule` compares it."""
+  return _probs(logits.astype(np.float32)).max(-1).astype(np.float32)
 
 
-def _reliability(logits: np.ndarray, exit_layer: np.ndarray, labels):
-  p = _probs(np.take_along_axis(logits, exit_layer[:, None, None], 1)[:, 0])
-  return reliability_bins(p.max(-1), p.argmax(-1) == labels, num_bins=15)
+def conformal_over_splits(
+  logits: np.ndarray,
+  exits: np.ndarray,
+  labels: np.ndarray,
+  *,
+  alpha: float,
+  splits: int,
+  seed: int,
+) -> dict:
+  """Split conformal (one q̂ per exit, §8.5) over random test halvings.
 
+  Each split calibrates on a random half of the test set and measures the
+  other half.
 
-class Timer:
-  """Times exit rules on the ViT + JEI heads stack against the backbone."""
-
-  def __init__(self, model, heads, test_images: np.ndarray, cfg):
-    self.stack, self.params = model.exit_stack(heads)
-    self.cfg = cfg
-    size, b = model.cfg.image_size, cfg.eval_batch_size
-    embed = nnx.jit(lambda m, x: m.embed(run.model_inputs(x, size)))
-    self.big = [
-      embed(model, jnp.asarray(test_images[i * b : (i + 1) * b]))
-      for i in range(cfg.timing_batches)
-    ]
-    self.one = [
-      embed(model, jnp.asarray(test_images[i : i + 1]))
-      for i in range(cfg.batch1_examples)
-    ]
-
-  def flops(self) -> execution.ExitFlops:
-    return execution.exit_flops(self.stack, self.params, self.one[0])
-
-  def speedups(self, heads, rule: rules.ExitRule, inputs=None) -> dict:
-    """realised_speedup (compacted) and realised_speedup_batch1."""
-    params = {**self.params, "exits": nnx.state(heads)}
-    out = {}
-    for key, mode, batches in (
-      ("realised_speedup", "compacted", self.big),
-      ("realised_speedup_batch1", "early_stop", self.one),
-    ):
-      rep = execution.measure_speedup(
-        self.stack,
-        rule,
-        params,
-        batches,
-        mode=mode,
-        rule_inputs=None
-        if inputs is None
-        else [inputs(c["h"].shape[0]) for c in batches],
-        repeats=self.cfg.timing_repeats,
-      )
-      out[key] = rep.realised_speedup
-    return out
-
-
-def _full_and_fixed(cfg, flops, warm_test, warm_val, labels, timer, warm):
-  """The backbone alone, then each fixed IM exit."""
-  num_exits = flops.layer.size
-  fixed_costs = np.cumsum(flops.layer) + flops.head  # one head, no others
-  records, rule = [], rules.preset_depth()
-  for rec in (
-    gated_records(
-      "full",
-      warm_test.logits,
-      labels["test"],
-      np.full(labels["test"].shape, num_exits - 1),
-      fixed_costs,
-      flops.full,
+  Returns:
+    {"coverage", "coverage_p5", "set_size"}: mean coverage, its 5th
+    percentile over splits, and the mean set size.
+  """
+  probs = _probs(logits)
+  rng = np.random.default_rng(seed)
+  n = len(labels)
+  coverage, size = [], []
+  for _ in range(splits):
+    perm = rng.permutation(n)
+    cal, test = perm[: n // 2], perm[n // 2 :]
+    res = per_exit_conformal(
+      probs[cal],
+      exits[cal],
+      labels[cal],
+      probs[test],
+      exits[test],
+      labels[test],
+      alpha=alpha,
     )
-    + fixed_exit_records(
-      "fixed_exit", warm_test.logits, labels["test"], fixed_costs, flops.full
-    )[:-1]
-  ):
-    k = (
-      num_exits - 1
-      if rec["method"] == "full"
-      else int(rec["budget_or_threshold"][4:])
-    )
-    _conformal(
-      rec,
-      cfg,
-      warm_val.logits,
-      np.full(labels["val"].shape, k),
-      labels["val"],
-      warm_test.logits,
-      np.full(labels["test"].shape, k),
-      labels["test"],
-    )
-    if rec["method"] == "full":  # the baseline of every timing: 1 by design
-      rec.update(realised_speedup=1.0, realised_speedup_batch1=1.0)
-    else:
-      rec.update(
-        timer.speedups(
-          warm, rule, lambda b, k=k: jnp.full((b,), k + 1, jnp.int32)
-        )
-      )
-    records.append(rec)
-  return records
-
-
-def _max_softmax(cfg, flops, warm_test, warm_val, labels, timer, warm):
-  records = budget_curve(
-    "max_softmax",
-    warm_val.logits,
-    labels["val"],
-    warm_test.logits,
-    labels["test"],
-    flops.cumulative,
-    flops.full,
-    cfg.r_values,
-  )
-  val_conf = np.asarray(confidence.max_softmax(jnp.asarray(warm_val.logits)))
-  test_conf = np.asarray(confidence.max_softmax(jnp.asarray(warm_test.logits)))
-  rule, exits = budgeted.thresholds_input_rule(), {}
-  for rec in records:
-    t = np.asarray(rec["thresholds"])
-    val_exit = budgeted.budgeted_exit(val_conf, t)
-    exits[rec["budget_or_threshold"]] = budgeted.budgeted_exit(test_conf, t)
-    _conformal(
-      rec,
-      cfg,
-      warm_val.logits,
-      val_exit,
-      labels["val"],
-      warm_test.logits,
-      exits[rec["budget_or_threshold"]],
-      labels["test"],
-    )
-    rec.update(
-      timer.speedups(warm, rule, lambda b, t=t: jnp.asarray(t, jnp.float32))
-    )
-  return records, exits
-
-
-def _jei(cfg, flops, trained, feats, labels, timer):
-  records, outputs, rule = [], {}, gates.jei_gate_rule()
-  for gamma, heads in trained.items():
-    test = jei_dnn.jei_outputs(heads, feats["test"])
-    val = jei_dnn.jei_outputs(heads, feats["val"])
-    rec = gated_records(
-      "jei_dnn",
-      test.logits,
-      labels["test"],
-      test.exit_layer,
-      flops.cumulative,
-      flops.full,
-      budget_or_threshold=float(gamma),
-    )[0]
-    _conformal(
-      rec,
-      cfg,
-      val.logits,
-      val.exit_layer,
-      labels["val"],
-      test.logits,
-      test.exit_layer,
-      labels["test"],
-    )
-    rec.update(timer.speedups(heads, rule))
-    records.append(rec)
-    outputs[gamma] = test
-  return records, outputs
-
-
-def evaluate(cfg, model, warm, trained, feats, timer: Timer, flops):
-  """(records, reliability bins of one JEI-DNN and one max-softmax point)."""
-  labels = {k: feats[k].labels for k in ("val", "test")}
-  warm_test = jei_dnn.jei_outputs(warm, feats["test"])
-  warm_val = jei_dnn.jei_outputs(warm, feats["val"])
-  fixed = _full_and_fixed(cfg, flops, warm_test, warm_val, labels, timer, warm)
-  soft, soft_exits = _max_softmax(
-    cfg, flops, warm_test, warm_val, labels, timer, warm
-  )
-  jei, jei_outputs = _jei(cfg, flops, trained, feats, labels, timer)
-  # Representative points: the JEI-DNN γ nearest 0.6 of the full cost (the
-  # paper's 0.5–0.75 range) and the max-softmax r nearest it in cost.
-  rep = min(jei, key=lambda r: abs(r["flops_fraction"] - 0.6))
-  near = min(
-    soft, key=lambda r: abs(r["flops_fraction"] - rep["flops_fraction"])
-  )
-  out = jei_outputs[rep["budget_or_threshold"]]
-  reliability = {
-    f"jei_dnn γ={rep['budget_or_threshold']:g}": _reliability(
-      out.logits, out.exit_layer, labels["test"]
-    ),
-    f"max_softmax r={near['budget_or_threshold']:g}": _reliability(
-      warm_test.logits, soft_exits[near["budget_or_threshold"]], labels["test"]
-    ),
+    coverage.append(res.coverage)
+    size.append(res.mean_set_size)
+  return {
+    "coverage": float(np.mean(coverage)),
+    "coverage_p5": float(np.percentile(coverage, 5)),
+    "set_size": float(np.mean(size)),
   }
-  return fixed + soft + jei, reliability
+
+
+class SeedEvaluator:
+  """Scores one seed's heads on the cached validation and test features."""
+
+  def __init__(self, cfg, seed: int, feats: dict, flops):
+    self.cfg, self.seed = cfg, seed
+    self.val, self.test = feats["val"], feats["test"]
+    self.costs = np.asarray(flops.cumulative, np.float64)
+    # A fixed exit pays the layers up to it and its own head only.
+    self.fixed_costs = np.cumsum(flops.layer) + np.asarray(flops.head)
+    self.full = float(flops.full)
+    self.norm_costs = jei_dnn.exit_costs(flops)
+
+  def point(self, method: str, key, logits, exits, costs=None) -> dict:
+    """One operating point's record (test exits given; `costs` [L] default
+    to the gated stack's cumulative FLOPs)."""
+    rec = gated_records(
+      method,
+      logits,
+      self.test.labels,
+      np.asarray(exits, np.int32),
+      self.costs if costs is None else costs,
+      self.full,
+      budget_or_threshold=key,
+    )[0]
+    rec["seed"] = self.seed
+    rec.update(
+      conformal_over_splits(
+        logits,
+        np.asarray(exits),
+        self.test.labels,
+        alpha=self.cfg.alpha,
+        splits=self.cfg.conformal_splits,
+        seed=self.seed,
+      )
+    )
+    return rec
+
+  def fixed(self, warm: jei_dnn.JeiHeads) -> list[dict]:
+    """The final exit alone ("full") and each warmed-up IM alone."""
+    out = jei_dnn.jei_outputs(warm, self.test)
+    n, num_exits = len(self.test.labels), out.logits.shape[1]
+    c = self.fixed_costs
+    records = [
+      self.point("full", "final", out.logits, np.full(n, num_exits - 1), c)
+    ]
+    for k in range(num_exits - 1):
+      records.append(
+        self.point("fixed_exit", f"exit{k}", out.logits, np.full(n, k), c)
+      )
+    return records
+
+  def _diagnostics(self, heads, val_out, gamma: float) -> dict:
+    """Gate-collapse evidence on validation under γ."""
+    im = val_out.logits[:, :-1]
+    oracle = np.asarray(
+      jei_dnn.oracle_exit(
+        im,
+        val_out.logits[:, -1],
+        self.val.labels,
+        np.asarray(self.norm_costs, np.float32),
+        gamma,
+      )
+    )
+    num_exits = val_out.logits.shape[1]
+    return {
+      "oracle_fractions": (
+        np.bincount(oracle, minlength=num_exits) / oracle.size
+      ).tolist(),
+      "pos_weight": np.asarray(
+        jei_dnn.gate_pos_weight(oracle, heads.num_gates)
+      ).tolist(),
+    }
+
+  def gamma_points(self, gamma: float, heads) -> list[dict]:
+    """JEI-DNN at γ and max-softmax on the same IMs at the same shares."""
+    val_out = jei_dnn.jei_outputs(heads, self.val)
+    test_out = jei_dnn.jei_outputs(heads, self.test)
+    jei = self.point("jei_dnn", gamma, test_out.logits, test_out.exit_layer)
+    jei.update(self._diagnostics(heads, val_out, gamma))
+    num_exits = val_out.logits.shape[1]
+    shares = np.bincount(val_out.exit_layer, minlength=num_exits)
+    shares = shares / shares.sum()
+    thresholds = budgeted.fit_thresholds(_max_softmax(val_out.logits), shares)
+    test_exit = budgeted.budgeted_exit(
+      _max_softmax(test_out.logits), thresholds
+    )
+    soft = self.point("max_softmax_same_ims", gamma, test_out.logits, test_exit)
+    soft["thresholds"] = thresholds.tolist()
+    return [jei, soft]
+
+  def budget_sweep(self, heads) -> list[dict]:
+    """MSDNet's r sweep of max-softmax thresholds on `heads`' IMs."""
+    val_out = jei_dnn.jei_outputs(heads, self.val)
+    test_out = jei_dnn.jei_outputs(heads, self.test)
+    records = budget_curve(
+      "max_softmax",
+      val_out.logits,
+      self.val.labels,
+      test_out.logits,
+      self.test.labels,
+      self.costs,
+      self.full,
+      self.cfg.r_values,
+    )
+    for rec in records:
+      rec["seed"] = self.seed
+    return records
+
+
+def seed_records(cfg, seed: int, feats: dict, flops, warm, trained) -> list:
+  """Every record of one seed (see the module docstring)."""
+  ev = SeedEvaluator(cfg, seed, feats, flops)
+  records = ev.fixed(warm)
+  for gamma, heads in trained.items():
+    records += ev.gamma_points(gamma, heads)
+  records += ev.budget_sweep(trained[cfg.default_gamma])
+  return records

@@ -11,22 +11,41 @@ import numpy as np  # noqa: E402
 from jaxexit.calibration import ReliabilityBins, ece_from_bins  # noqa: E402
 
 
+def _errors(rows: list[dict], field: str, scale: float) -> np.ndarray | None:
+  """[2, n] distances from the mean to a 95 % interval's ends, or None."""
+  cis = [r.get(f"{field}_ci") for r in rows]
+  if any(ci is None or None in ci for ci in cis):
+    return None
+  mean = np.array([r[field] for r in rows]) / scale
+  lo, hi = (np.array(x) / scale for x in zip(*cis))
+  return np.stack([mean - lo, hi - mean])
+
+
 def _curve_panel(ax, records: list[dict]) -> None:
-  """Accuracy vs MFLOPs, one line per method, "full" as a dashed line."""
+  """Accuracy vs MFLOPs, one line per method, "full" and constant rows as
+  dashed lines; 95 % intervals over seeds as error bars when present."""
   for method in dict.fromkeys(r["method"] for r in records):
     rows = [r for r in records if r["method"] == method]
-    if method == "full":
+    if method in ("full", "majority"):
       ax.axhline(
         rows[0]["accuracy"],
-        color="k",
+        color="k" if method == "full" else "gray",
         linestyle="--",
         linewidth=1,
-        label=f"full model ({rows[0]['accuracy']:.3f})",
+        label=f"{method} ({rows[0]['accuracy']:.3f})",
       )
       continue
-    pts = sorted((r["avg_flops"] / 1e6, r["accuracy"]) for r in rows)
-    xs, ys = zip(*pts)
-    ax.plot(xs, ys, marker="o", markersize=4, label=method)
+    rows = sorted(rows, key=lambda r: r["avg_flops"])
+    ax.errorbar(
+      [r["avg_flops"] / 1e6 for r in rows],
+      [r["accuracy"] for r in rows],
+      xerr=_errors(rows, "avg_flops", 1e6),
+      yerr=_errors(rows, "accuracy", 1.0),
+      marker="o",
+      markersize=4,
+      capsize=2,
+      label=method,
+    )
   ax.set_xlabel("average MFLOPs per example")
   ax.set_ylabel("test accuracy")
   ax.grid(alpha=0.3)

@@ -31,8 +31,13 @@ def _check_records(records: list[dict]) -> None:
       raise ValueError(f"records[{i}] lacks fields {missing}: {rec!r}")
 
 
-def _cell(field: str, value) -> str:
-  """Rounds for reading: FLOPs in M, ratios to 4 digits."""
+def _cell(field: str, value, ci=None) -> str:
+  """Rounds for reading: FLOPs in M, ratios to 4 digits; a 95 % interval
+  over seeds (`ci` = [lo, hi]) in brackets after the mean."""
+  if ci is not None and None not in ci and value is not None:
+    return (
+      f"{_cell(field, value)} [{_cell(field, ci[0])}, {_cell(field, ci[1])}]"
+    )
   if value is None:
     return "–"
   if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -73,11 +78,15 @@ def write_results(
   records = results_store.merge_records(
     out / "results.json", records, RESULT_KEY
   )
-  rows = [[_cell(f, rec[f]) for f in RESULT_FIELDS] for rec in records]
+  rows = [
+    [_cell(f, rec[f], rec.get(f"{f}_ci")) for f in RESULT_FIELDS]
+    for rec in records
+  ]
   body = (
     f"# {title}\n\n{report.markdown_table(RESULT_FIELDS, rows)}\n\n"
     "avg_flops: mean cumulative FLOPs of the exit taken per example; "
-    "ece: 15 equal-mass bins of the gated prediction's max-probability."
+    "ece: 15 equal-mass bins of the gated prediction's max-probability; "
+    "[lo, hi]: 95 % t interval over the record's seeds."
     "\n"
   )
   if notes:

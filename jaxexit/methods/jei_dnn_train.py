@@ -51,10 +51,11 @@ class JeiTrainConfig:
 
   Attributes:
     batch_size: examples per step (paper 64).
-    warmup_steps: IM warm-up steps. The paper warms up for ≤ 3 epochs with
-      per-IM early stopping (patience 2 on validation accuracy, best IM
-      restored and frozen); here every IM trains for the fixed number of
-      steps (simplification).
+    warmup_steps: most IM warm-up steps (the paper: ≤ 3 epochs).
+    warmup_eval_every: with validation data, steps between the per-IM
+      early-stopping checks (the paper checks once per epoch).
+    warmup_patience: checks without a better validation accuracy after
+      which an IM stops and its best weights are restored (paper 2).
     steps: steps of the alternating GATE/CLASSIFIER phase.
     alternate_every: steps per phase before switching (paper 200).
     learning_rate: peak SGD learning rate (paper 0.01).
@@ -66,6 +67,8 @@ class JeiTrainConfig:
 
   batch_size: int = 64
   warmup_steps: int = 2000
+  warmup_eval_every: int = 500
+  warmup_patience: int = 2
   steps: int = 10000
   alternate_every: int = 200
   learning_rate: float = 0.01
@@ -75,7 +78,14 @@ class JeiTrainConfig:
   seed: int = 322
 
   def __post_init__(self):
-    for name in ("batch_size", "warmup_steps", "steps", "alternate_every"):
+    for name in (
+      "batch_size",
+      "warmup_steps",
+      "warmup_eval_every",
+      "warmup_patience",
+      "steps",
+      "alternate_every",
+    ):
       checks.positive_int(f"JeiTrainConfig.{name}", getattr(self, name))
     checks.in_range(
       "JeiTrainConfig.learning_rate",
@@ -122,9 +132,23 @@ def _part_loss(graphdef, state, part, loss_of):
   jax.jit, static_argnames=("graphdef", "part", "kind", "cfg", "total")
 )
 def _step(
-  graphdef, state, trace, batch, step, extra, *, part, kind, cfg, total
+  graphdef,
+  state,
+  trace,
+  batch,
+  step,
+  extra,
+  active=None,
+  *,
+  part,
+  kind,
+  cfg,
+  total,
 ):
-  """One SGD step on `state[part]`; returns (state, trace, loss)."""
+  """One SGD step on `state[part]`; returns (state, trace, loss).
+
+  `active` ([G] bool, optional): only those stacked modules move.
+  """
   feats, final, labels = batch
 
   def loss_of(heads):
@@ -145,7 +169,27 @@ def _step(
   )
   lr = _cosine(cfg, total)(step)
   new, trace = _sgd(state[part], trace, grads, lr, cfg)
+  if active is not None:
+    new = _where_active(active, new, state[part])
   return nnx.State({**state, part: new}), trace, loss
+
+
+def _where_active(active, new, old):
+  """`new` for the active stacked modules (leading axis G), else `old`."""
+
+  def pick(n, o):
+    mask = active.reshape((-1,) + (1,) * (n.ndim - 1))
+    return jnp.where(mask, n, o)
+
+  return jax.tree.map(pick, new, old)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef",))
+def _im_val_accuracy(graphdef, state, val):
+  """[G] validation accuracy of every IM."""
+  feats, _, labels = val
+  im = nnx.merge(graphdef, state).im_logits(feats)
+  return jnp.mean(jnp.argmax(im, -1) == labels[:, None], axis=0)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef",))
@@ -178,19 +222,31 @@ def warm_up(
   train: CachedFeatures,
   cfg: JeiTrainConfig,
   *,
+  val: CachedFeatures | None = None,
   progress: bool | None = None,
 ) -> JeiHeads:
   """Trains the IMs with `warmup_loss` (gates untouched); returns new heads.
 
+  With `val`, every `cfg.warmup_eval_every` steps each IM's validation
+  accuracy is checked; an IM that has not improved for
+  `cfg.warmup_patience` checks stops (its updates are masked), and every
+  IM ends with its best checked weights (§8.4.1's per-IM early stopping).
+  Without `val` every IM trains for `cfg.warmup_steps`.
+
   Args:
     heads: initial heads (not modified).
     train: cached training features.
-    cfg: the schedule (`warmup_steps`, batch size, SGD settings).
+    cfg: the schedule (`warmup_*`, batch size, SGD settings).
+    val: cached validation features for early stopping, or None.
     progress: progress bar (None: only on a terminal).
   """
   graphdef, state = nnx.split(heads)
   data = _device(train)
+  val_data = None if val is None else _device(val)
   trace = jax.tree.map(jnp.zeros_like, state["ims"])
+  active = jnp.ones((heads.num_gates,), bool)
+  best_acc = jnp.full((heads.num_gates,), -1.0)
+  best, waited = state["ims"], jnp.zeros((heads.num_gates,), jnp.int32)
   with ProgressBar(
     cfg.warmup_steps, enabled=progress, desc="JEI warm-up"
   ) as bar:
@@ -202,12 +258,25 @@ def warm_up(
         _batch(data, s, cfg, 0),
         s,
         None,
+        active if val is not None else None,
         part="ims",
         kind="warmup",
         cfg=cfg,
         total=cfg.warmup_steps,
       )
       bar.update(1, {"loss": loss} if s % 50 == 0 else None)
+      last = s + 1 == cfg.warmup_steps
+      if val is not None and ((s + 1) % cfg.warmup_eval_every == 0 or last):
+        acc = _im_val_accuracy(graphdef, state, val_data)
+        better = active & (acc > best_acc)
+        best = _where_active(better, state["ims"], best)
+        best_acc = jnp.where(better, acc, best_acc)
+        waited = jnp.where(better, 0, waited + active)
+        active = active & (waited < cfg.warmup_patience)
+        if not bool(jnp.any(active)):
+          break
+  if val is not None:
+    state = nnx.State({**state, "ims": best})
   return nnx.merge(graphdef, state)
 
 

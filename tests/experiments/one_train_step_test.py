@@ -12,7 +12,7 @@ configs.
 
 Tiers (CPU seconds on 2 busy cores, mostly compiling): the smoke presets
 of palbert_glue, the main job (~11 s), and dynamax's transformer (~6 s) are
-the fast tier; HiDrop (~12 s), JEI-DNN (~9 s), dynamic_perceiver's
+the fast tier; HiDrop (~12 s), JEI-DNN's heads (~3 s), dynamic_perceiver's
 multi-exit CNN (~5-8 s) and Dynamic Perceiver (~33 s), dynamax's Mamba
 (~12 s), ExIt's warm start plus one iteration (~20 s) and every `cpu`
 preset (full-size models) are the slow tier, to keep the fast tier under
@@ -112,10 +112,24 @@ def test_hidrop(preset, tmp_path):
 @pytest.mark.parametrize("preset", PRESETS)
 def test_jei_dnn(preset, tmp_path):
   from experiments.jei_dnn import configs, run
+  from jaxexit.methods import jei_dnn
 
-  cfg = configs.get_config(preset, steps=2, warmup_steps=1)
-  model = run.train_backbone(cfg, _images(cfg.batch_size), tmp_path, False)
-  leaves = jax.tree.leaves(model)
+  base = configs.get_config(preset)
+  jei = dataclasses.replace(base.jei, warmup_steps=1, steps=2)
+  cfg = configs.get_config(
+    preset, jei=jei, gammas=(base.default_gamma,), max_jei_train=None
+  )
+  rng = np.random.default_rng(0)
+  n, gates, width = jei.batch_size, 4, 320
+  feats = jei_dnn.CachedFeatures(
+    rng.normal(size=(n, gates, width)).astype(np.float32),
+    rng.normal(size=(n, 10)).astype(np.float32),
+    rng.integers(0, 10, n).astype(np.int32),
+  )
+  split = {"train": feats, "val": feats}
+  costs = np.array([0.2, 0.35, 0.65, 0.95, 1.0])
+  warm, trained = run.train_seed(cfg, 0, split, costs, tmp_path, False)
+  leaves = jax.tree.leaves((warm, trained))
   assert leaves and all(np.isfinite(np.asarray(x)).all() for x in leaves)
 
 

@@ -61,3 +61,38 @@ def test_bad_config():
     jei_dnn_train.JeiTrainConfig(steps=0)
   with pytest.raises(ValueError, match="end_lr"):
     jei_dnn_train.JeiTrainConfig(learning_rate=0.01, end_lr=0.1)
+
+
+def _cfg(**kw):
+  return jei_dnn_train.JeiTrainConfig(
+    batch_size=32, steps=1, learning_rate=0.05, end_lr=1e-3, **kw
+  )
+
+
+def _im_accuracy(heads, data):
+  im = heads.im_logits(jnp.asarray(data.features))
+  return np.asarray((im.argmax(-1) == data.labels[:, None]).mean(0))
+
+
+def test_warmup_keeps_each_ims_best_checked_weights():
+  train, val = _synthetic(256, 0), _synthetic(128, 1)
+  heads = jei_dnn.JeiHeads(8, 3, 2, rngs=nnx.Rngs(0))
+  # One check at the last step: the same weights as no early stopping.
+  once = _cfg(warmup_steps=30, warmup_eval_every=30)
+  plain = jei_dnn_train.warm_up(heads, train, once, progress=False)
+  checked = jei_dnn_train.warm_up(heads, train, once, val=val, progress=False)
+  np.testing.assert_allclose(
+    checked.ims.kernel[...], plain.ims.kernel[...], rtol=1e-6
+  )
+  # Patience 1: every IM ends at least as good as at the first check.
+  first = jei_dnn_train.warm_up(
+    heads, train, _cfg(warmup_steps=5), progress=False
+  )
+  stopped = jei_dnn_train.warm_up(
+    heads,
+    train,
+    _cfg(warmup_steps=60, warmup_eval_every=5, warmup_patience=1),
+    val=val,
+    progress=False,
+  )
+  assert np.all(_im_accuracy(stopped, val) >= _im_accuracy(first, val))
