@@ -238,11 +238,17 @@ def merge_embeddings(
 
 class Projector(nnx.Module):
   """LLaVA-1.5's `mlp2x_gelu`: linear_2(act(linear_1(x))), with biases
-  (HF `multi_modal_projector.linear_1/linear_2`)."""
+  (HF `multi_modal_projector.linear_1/linear_2`).
 
-  def __init__(self, cfg: LlavaConfig, *, rngs: nnx.Rngs):
+  `cfg` is a `LlavaConfig`, or any config with `text` and
+  `projector_act` when `in_width` gives Dv (features of another backbone,
+  `jaxexit.models.feature_llava`).
+  """
+
+  def __init__(self, cfg, *, rngs: nnx.Rngs, in_width: int | None = None):
     d = cfg.text.d_model
-    self.linear_1 = make_linear(cfg.text, cfg.vision.width, d, rngs)
+    in_width = cfg.vision.width if in_width is None else in_width
+    self.linear_1 = make_linear(cfg.text, in_width, d, rngs)
     self.linear_2 = make_linear(cfg.text, d, d, rngs)
     self.act = cfg.projector_act
 
