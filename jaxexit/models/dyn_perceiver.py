@@ -265,12 +265,41 @@ class Isc(nnx.Module):
     return jax.nn.relu(self.norm(self.linear(logits)))
 
 
-def _z2x(
+def z2x(
   layer: AttentionLayer, x: Float[Array, "B H W C"], z: Float[Array, "B T D"]
 ) -> Float[Array, "B H W C"]:
   """Every pixel of X queries the latents Z."""
   b, h, w, c = x.shape
   return layer(x.reshape(b, h * w, c), z).reshape(b, h, w, c)
+
+
+def pooled_keys(
+  dwc: nnx.Conv, x: Float[Array, "B H W C"], pool_size: int
+) -> Float[Array, "B N C"]:
+  """x2z keys/values: AvgPool_to_≤pool_size²(DWConv(X) + X) as tokens."""
+  b, h, w, c = x.shape
+  kv = jnp.einsum(
+    "BHWC,hH,wW->BhwC",
+    dwc(x) + x,
+    adaptive_pool_matrix(h, min(pool_size, h)),
+    adaptive_pool_matrix(w, min(pool_size, w)),
+  )
+  return kv.reshape(b, -1, c)  # [B, N, C]
+
+
+def latent_stage(
+  dwc: nnx.Conv,
+  x2z: AttentionLayer,
+  sa: Sequence[AttentionLayer],
+  x: Float[Array, "B H W C"],
+  z: Float[Array, "B T D"],
+  pool_size: int,
+) -> Float[Array, "B T D"]:
+  """One latent stage: Z queries the pooled map X (x2z), then SA on Z."""
+  z = x2z(z, pooled_keys(dwc, x, pool_size))
+  for layer in sa:
+    z = layer(z)
+  return z
 
 
 class DynPerceiver(nnx.Module):
@@ -369,25 +398,15 @@ class DynPerceiver(nnx.Module):
 
   def _latent_stage(self, s: int, x: Array, z: Array) -> Array:
     """x2z cross-attention from Z to the pooled map, then SA on Z."""
-    b, h, w, d = x.shape
-    size = self.cfg.pool_size
-    kv = self.dwc[s](x) + x
-    kv = jnp.einsum(
-      "BHWD,hH,wW->BhwD",
-      kv,
-      adaptive_pool_matrix(h, min(size, h)),
-      adaptive_pool_matrix(w, min(size, w)),
+    return latent_stage(
+      self.dwc[s], self.x2z[s], self.sa[s], x, z, self.cfg.pool_size
     )
-    z = self.x2z[s](z, kv.reshape(b, -1, d))  # [B, N, D] keys
-    for layer in self.sa[s]:
-      z = layer(z)
-    return z
 
   def _between(self, s: int, x: Array, z: Array) -> tuple[Array, Array]:
     """After CNN stage s: token mixer, expander, z2x into the map."""
     z = self.mixers[s](jnp.swapaxes(z, 1, 2))  # [B, D, T'] over tokens
     z = self.expanders[s](jnp.swapaxes(z, 1, 2))  # [B, T', D']
-    return _z2x(self.z2x[s], x, z), z
+    return z2x(self.z2x[s], x, z), z
 
   def _y_e3(self, z: Array) -> Array:
     return self.early3(jnp.mean(z, axis=1))
@@ -401,7 +420,7 @@ class DynPerceiver(nnx.Module):
     return self.cnn.classifier(self.cnn.head_features(x))
 
   def _y_merge(self, x: Array, z: Array, y_att: Array) -> Array:
-    x = _z2x(self.z2x[NUM_STAGES - 1], x, z)
+    x = z2x(self.z2x[NUM_STAGES - 1], x, z)
     f = jnp.concatenate(
       [jnp.mean(x, axis=(1, 2)), jnp.mean(z, axis=1), self.isc4(y_att)], axis=-1
     )
@@ -471,7 +490,7 @@ class DynPerceiver(nnx.Module):
       z = self._latent_stage(s, x, z)
       x, z = self._between(s, self.cnn.stage(s, x), z)
     z = self._latent_stage(2, x, z)
-    return _put(carry, 0, self._y_e3(z), x3_in=x, z3=z)
+    return put_logits(carry, 0, self._y_e3(z), x3_in=x, z3=z)
 
   def _segment1(self, carry: dict) -> dict:
     """CNN stage 3, latent stage 4 -> y_att."""
@@ -479,17 +498,17 @@ class DynPerceiver(nnx.Module):
     x, z = self._between(2, x, carry["z3"])
     z = self._latent_stage(3, x, z)
     y = self._y_att(z, carry["logits"][:, 0])
-    return _put(carry, 1, y, x4_in=x, z4=z)
+    return put_logits(carry, 1, y, x4_in=x, z4=z)
 
   def _segment2(self, carry: dict) -> dict:
     """CNN stage 4 -> y_cnn."""
     x = self.cnn.stage(3, carry["x4_in"])
-    return _put(carry, 2, self._y_cnn(x), x4_out=x)
+    return put_logits(carry, 2, self._y_cnn(x), x4_out=x)
 
   def _segment3(self, carry: dict) -> dict:
     """Last z2x + merge head -> y_merge."""
     y = self._y_merge(carry["x4_out"], carry["z4"], carry["logits"][:, 1])
-    return _put(carry, 3, y)
+    return put_logits(carry, 3, y)
 
   def exit_stack(self) -> tuple[ExitStack, nnx.State]:
     """`(stack, params)`: 4 segments, eval-mode BatchNorm (see module doc).
@@ -501,7 +520,7 @@ class DynPerceiver(nnx.Module):
     """
     return exit_stack(
       branches(self, NUM_STAGES, _segment),
-      indexed(nnx.Dict(), NUM_STAGES, _carried_exit),
+      indexed(nnx.Dict(), NUM_STAGES, carried_exit),
     )
 
 
@@ -513,7 +532,7 @@ def _segment(model: DynPerceiver, k: int, carry: dict) -> dict:
   return getattr(model, _SEGMENTS[k])(carry)
 
 
-def _carried_exit(no_params: nnx.Dict, layer, carry: dict) -> ExitHeadOutput:
+def carried_exit(no_params: nnx.Dict, layer, carry: dict) -> ExitHeadOutput:
   del no_params
   logits = jax.lax.dynamic_index_in_dim(
     carry["logits"], layer, axis=1, keepdims=False
@@ -523,7 +542,7 @@ def _carried_exit(no_params: nnx.Dict, layer, carry: dict) -> ExitHeadOutput:
   )
 
 
-def _put(carry: dict, k: int, logits: Array, **maps) -> dict:
+def put_logits(carry: dict, k: int, logits: Array, **maps) -> dict:
   """`carry` with exit k's logits and the given intermediates written."""
   all_logits = carry["logits"].at[:, k].set(logits.astype(jnp.float32))
   return {**carry, **maps, "logits": all_logits}
