@@ -1,15 +1,16 @@
 """python -m experiments.dynamic_perceiver — Dynamic Perceiver on CIFAR-10.
 
-Trains Dynamic Perceiver (dual-branch CNN + latent classification branch, 4
-exits; Han et al., ICCV 2023) and the same CNN with a max-softmax exit after
-every stage, evaluates both with the MSDNet budgeted protocol (thresholds
-fitted on a held-out split of train, applied to test), and measures each
-operating point's realised speed-up against the full model in the same run.
-Writes into --out: results.json (merged by (method, budget_or_threshold)
-with earlier runs into this --out), results.md, curve.png (and train/, the
-resumable checkpoints).
+Headline presets (smoke, cpu, paper): Dynamic Perceiver's latent branch on a
+frozen ImageNet EfficientNet-Lite0 whose stage maps are cached, against the
+same frozen CNN with linear exits on its pooled stage maps and head
+(`frozen.py`), over several seeds: thresholds fitted with the budgeted
+protocol on a held-out split of train and applied to test, mean and 95 %
+t-interval over seeds, a paired matched-FLOPs verdict, and the realised
+speed-up of chosen operating points with the live backbone. Joint presets
+(joint_*): the end-to-end path with z2x feedback (`joint.py`).
 
-Presets and commands: configs.py.
+Writes into --out: results.json, results.md, curve.png (and train/, the
+resumable checkpoints). Presets and commands: configs.py.
 """
 
 import argparse
@@ -19,47 +20,14 @@ import time
 
 import numpy as np
 
-from experiments.dynamic_perceiver import configs, run
-from experiments.vision_common.results import write_results
+from experiments.dynamic_perceiver import configs, frozen, joint, report
+from experiments.vision_common.features import split_features
+from experiments.vision_common.seeds import aggregate_seeds, seed_curves
 from experiments.vision_common.splits import load_splits
-from jaxexit import results_store
+from jaxexit import execution, results_store, stats
 from jaxexit.data import add_data_dir_flag
 
-PAPER_NOTE = """\
-## The paper's numbers (ImageNet, not comparable in absolute terms)
-
-Reported by Han et al. (ICCV 2023) on ImageNet top-1 (encoder_exits.md §9.4),
-released `_t128` checkpoints, per exit (y_e3 / y_att / y_cnn / y_merge):
-RegNetY-800MF 68.62 / 78.32 / 79.15 / 79.86; ResNet-50 (0.375 width)
-72.93 / 77.52 / 74.32 / 77.70; MobileNetV3-0.75 53.13 / 71.65 / 71.89 / 74.59.
-Budgeted curves: the RegNet family spans ≈ 74 % at ≈ 0.35 GFLOPs to ≈ 82 % at
-≈ 3.4 GFLOPs, 4.8x fewer FLOPs than RegNetY at ≈ 79.4 %, 1.4-2.6x fewer than
-other early-exit networks (MSDNet, RANet, ...).
-"""
-
-PROTOCOL_NOTE = """\
-## Protocol
-
-* Thresholds: MSDNet budgeted protocol over {num_r} ratios r (q_k ∝ r^k;
-  Dynamic Perceiver's 33 in the cpu and paper presets; DP's rescale
-  (0.85, 1, 0.5, 1) for dyn_perceiver, plain q for multi_exit_cnn), fitted
-  on a class-stratified held-out split of CIFAR-10 train ({num_val} images,
-  never trained on) and applied to the test set. The official code fits them
-  on ~101 batches of the *augmented training* loader; this run does not.
-* flops_fraction divides by the model's own full FLOPs: Dynamic Perceiver's
-  last exit (y_merge, everything computed) for dyn_perceiver, the plain CNN
-  (all stages + its classifier) for multi_exit_cnn. avg_flops is absolute
-  (XLA-counted per example, exit heads on the way included), so the two
-  curves share one axis. Full models: {full}.
-* realised_speedup: the record's thresholds in `compacted` at batch
-  {batch} (buckets {buckets}) vs `make_full_model` of the same stack, over
-  {timing} test batches; realised_speedup_batch1: `early_stop` at batch 1
-  over {batch1} test images. Medians of {repeats} interleaved rounds.
-* Training: both models {steps} steps of batch {batch_size}, AdamW (lr
-  {lr}, wd {wd}, warm-up + cosine), random crop + flip. Loss:
-  dyn_perceiver 1·CE(y_cnn) + 0.5·(CE(y_att) + CE(y_e3)) + 1·CE(y_merge) +
-  {kd}·KL from y_merge (T = {temp}); multi_exit_cnn Σ_k CE_k{baseline_kd}.
-"""
+SPLITS = ("train", "val", "test")
 
 
 def parse_args(argv=None):
@@ -67,9 +35,8 @@ def parse_args(argv=None):
     prog="python -m experiments.dynamic_perceiver",
     description=__doc__.splitlines()[0].split(" — ")[1],
   )
-  parser.add_argument(
-    "--preset", default="cpu", choices=sorted(configs.PRESETS)
-  )
+  presets = sorted({**configs.PRESETS, **configs.JOINT_PRESETS})
+  parser.add_argument("--preset", default="cpu", choices=presets)
   parser.add_argument(
     "--out",
     type=pathlib.Path,
@@ -80,157 +47,179 @@ def parse_args(argv=None):
     "--feature-branch",
     default=None,
     choices=configs.FEATURE_BRANCHES,
-    help="override the preset's feature branch",
+    help="joint_* presets: override the feature branch",
   )
   parser.add_argument("--no-progress", action="store_true")
   add_data_dir_flag(parser)
   args = parser.parse_args(argv)
   if args.out is None:
     args.out = pathlib.Path(f"runs/dynamic_perceiver_{args.preset}")
+  if args.feature_branch and args.preset in configs.PRESETS:
+    parser.error("--feature-branch applies to the joint_* presets only")
   return args
-
-
-def flops_to_reach(records: list[dict], method: str, target: float):
-  """Fewest average FLOPs of a method's budgeted points with accuracy ≥
-  target, or None."""
-  hits = [
-    r["avg_flops"]
-    for r in records
-    if r["method"] == method
-    and not isinstance(r["budget_or_threshold"], str)
-    and r["accuracy"] >= target
-  ]
-  return min(hits) if hits else None
-
-
-def claim_section(records: list[dict]) -> str:
-  """The claim, tested at accuracies both budgeted curves reach."""
-  curve = lambda m: [
-    r["accuracy"]
-    for r in records
-    if r["method"] == m and not isinstance(r["budget_or_threshold"], str)
-  ]
-  lo = max(min(curve(m)) for m in run.METHODS)
-  hi = min(max(curve(m)) for m in run.METHODS)
-  rows, held = [], 0
-  for target in np.linspace(lo, hi, 3) if hi >= lo else []:
-    dp, cnn = (flops_to_reach(records, m, target) for m in run.METHODS)
-    rows.append(
-      f"| {target:.4f} | {dp / 1e6:.2f} | {cnn / 1e6:.2f} | {cnn / dp:.2f}x |"
-    )
-    held += dp < cnn
-  if not rows:
-    return (
-      "## Claim\n\nThe two budgeted curves share no accuracy range, so "
-      "the claim cannot be tested at equal accuracy in this run.\n"
-    )
-  return (
-    "## Claim\n\nDynamic Perceiver's early exits reach a given "
-    "accuracy at fewer FLOPs than the same backbone with max-softmax "
-    "exits. Measured here (fewest average MFLOPs among each method's "
-    "budgeted points reaching the accuracy):\n\n"
-    "| test accuracy ≥ | dyn_perceiver MFLOPs | multi_exit_cnn MFLOPs "
-    "| CNN / DP |\n|---|---|---|---|\n"
-    + "\n".join(rows)
-    + f"\n\nThe claim holds at {held} of {len(rows)} accuracies "
-    "(CNN / DP > 1 means Dynamic Perceiver is cheaper).\n"
-  )
-
-
-def notes(records, summaries, cfg, seconds) -> str:
-  full = ", ".join(
-    f"{s['model']} {s['full_flops'] / 1e6:.2f} MFLOPs" for s in summaries
-  )
-  protocol = PROTOCOL_NOTE.format(
-    num_r=len(cfg.r_values),
-    num_val=cfg.num_val,
-    full=full,
-    batch=cfg.eval_batch_size,
-    buckets=tuple(b for b in cfg.buckets if b < cfg.eval_batch_size),
-    timing=cfg.timing_batches,
-    batch1=cfg.batch1_examples,
-    repeats=cfg.timing_repeats,
-    steps=cfg.steps,
-    batch_size=cfg.batch_size,
-    lr=cfg.learning_rate,
-    wd=cfg.weight_decay,
-    kd=cfg.kd_weight,
-    temp=cfg.temperature,
-    baseline_kd=(
-      f" + the same {cfg.kd_weight}·KL from its last exit"
-      if cfg.baseline_kd
-      else ""
-    ),
-  )
-  exits = "\n".join(
-    f"| {s['model']} | "
-    + " | ".join(f"{a:.4f}" for a in s["exit_accuracy"])
-    + " | "
-    + " | ".join(f"{f / 1e6:.2f}" for f in s["exit_flops"])
-    + " |"
-    for s in summaries
-  )
-  return (
-    claim_section(records) + "\n## Exits\n\n| model | acc exit1 | acc "
-    "exit2 | acc exit3 | acc exit4 | MFLOPs exit1 | exit2 | exit3 | "
-    "exit4 |\n|---|---|---|---|---|---|---|---|---|\n"
-    + exits
-    + f"\n\nWall time of the whole run: {seconds / 60:.1f} min.\n\n"
-    + protocol
-    + "\n"
-    + PAPER_NOTE
-  )
 
 
 def main(argv=None):
   args = parse_args(argv)
   # A second run into the same --out is refused before it trains anything.
   with results_store.lock_output_dir(args.out):
-    _main(args)
+    if args.preset in configs.JOINT_PRESETS:
+      joint.run_joint(args)
+    else:
+      run_headline(args)
 
 
-def _main(args):
-  overrides = (
-    {}
-    if args.feature_branch is None
-    else {"feature_branch": args.feature_branch}
-  )
-  cfg = configs.get_config(args.preset, **overrides)
+def majority_record(train_labels, test_labels) -> dict:
+  """The constant predictor: the most frequent training class."""
+  major = np.bincount(train_labels).argmax()
+  return {
+    "method": "majority",
+    "budget_or_threshold": "constant",
+    "model": "majority",
+    "accuracy": float(np.mean(test_labels == major)),
+    "avg_flops": 0.0,
+    "flops_fraction": 0.0,
+    "ece": None,
+    "realised_speedup": None,
+  }
+
+
+def exits_used(records: list[dict], share: float = 0.05) -> dict:
+  """Per method, the most exits taking ≥ `share` of test at any budget."""
+  out = {}
+  for r in records:
+    if isinstance(r["budget_or_threshold"], float):
+      used = sum(f >= share for f in r["exit_fractions"])
+      out[r["method"]] = max(out.get(r["method"], 0), used)
+  return out
+
+
+def run_headline(args):
+  cfg = configs.get_config(args.preset)
+  progress = False if args.no_progress else None
   start = time.time()
-  splits = load_splits(cfg, args.data_dir)
-  print(
-    f"train {len(splits.train)}, val {len(splits.val)}, test "
-    f"{len(splits.test)} images",
-    flush=True,
+  splits = load_splits(cfg.split_args(), args.data_dir)
+  sizes = {n: len(getattr(splits, n)) for n in SPLITS}
+  print(f"images {sizes}; features of {cfg.variant} at {cfg.resolution}px")
+  feats = split_features(
+    splits, variant=cfg.variant, resolution=cfg.resolution, progress=progress
   )
-  records, summaries = [], []
-  for method in run.METHODS:
-    print(f"== {method}: training", flush=True)
-    model = run.train_model(
-      method,
-      cfg,
-      splits.train,
-      args.out / "train" / method,
-      False if args.no_progress else None,
-    )
-    print(f"== {method}: evaluating", flush=True)
-    recs, summary = run.evaluate(method, model, splits, cfg)
-    print(json.dumps(summary), flush=True)
-    records += recs
-    summaries.append(summary)
-  title = (
-    f"Dynamic Perceiver vs multi-exit CNN, CIFAR-10 "
-    f"({args.preset}, {cfg.feature_branch})"
+  labels = {n: np.asarray(getattr(splits, n).labels) for n in SPLITS}
+  runs = {
+    s: [majority_record(labels["train"], labels["test"])] for s in cfg.seeds
+  }
+  costs, timing, checks = {}, [], {}
+  for method in frozen.METHODS:
+    for seed in cfg.seeds:
+      t0 = time.time()
+      model = frozen.train_method(
+        method,
+        cfg,
+        feats["train"],
+        labels["train"],
+        seed,
+        args.out / "train" / f"{method}_seed{seed}",
+        progress,
+      )
+      logits = {
+        n: frozen.cached_logits(model, method, feats[n], cfg)
+        for n in ("val", "test")
+      }
+      print(f"== {method} seed {seed}: {time.time() - t0:.0f} s", flush=True)
+      if method not in costs:
+        live = frozen.live_model(method, model, cfg, seed)
+        stack, params = live.exit_stack()
+        x = frozen.live_inputs(splits.test.images[:8], cfg)
+        fl = execution.exit_flops(stack, params, live.init_carry(x))
+        costs[method] = (np.asarray(fl.cumulative), float(fl.full))
+        checks["cnn_macs_analytic"] = sum(
+          live.cnn.flops_per_stage(cfg.resolution)
+        )
+        checks[method] = float(
+          np.abs(np.asarray(live(x)) - logits["test"][:8]).max()
+        )
+      recs = frozen.evaluate(method, cfg, logits, labels, *costs[method])
+      runs[seed] += recs
+      if seed == cfg.seeds[0]:
+        t0 = time.time()
+        targets = frozen.timing_targets(recs, method, cfg.timing_points)
+        timing += frozen.time_points(
+          targets, live, splits.test.images, logits["test"], *costs[method], cfg
+        )
+        print(f"== {method}: timed in {time.time() - t0:.0f} s", flush=True)
+  records = aggregate_seeds(runs)
+  extra = summarise(cfg, runs, records, costs, checks, sizes)
+  extra.update(
+    title=f"Dynamic Perceiver (frozen Lite0, {cfg.resolution}px) vs linear "
+    f"exits, CIFAR-10 ({args.preset})",
+    timing=timing,
+    timing_seed=cfg.seeds[0],
+    wall_seconds=round(time.time() - start, 1),
   )
-  write_results(
-    args.out,
-    records,
-    title=title,
-    notes=notes(records, summaries, cfg, time.time() - start),
+  report.write(args.out, records, extra, notes(extra))
+  print(json.dumps({k: extra[k] for k in ("verdict", "latent_flops")}))
+  print(f"wrote {args.out} ({(time.time() - start) / 60:.1f} min)")
+
+
+def summarise(cfg, runs, records, costs, checks, sizes) -> dict:
+  """Verdict, FLOPs split, per-exit accuracies and the collapse check."""
+  not_full = lambda r: r["method"] != "full"
+  diff = stats.matched_cost_difference(
+    seed_curves(runs, "dyn_perceiver", keep=not_full),
+    seed_curves(runs, "linear_exits", keep=not_full),
   )
-  print(
-    f"wrote {args.out}/results.json, results.md, curve.png "
-    f"({(time.time() - start) / 60:.1f} min)"
+  cnn_full = costs["linear_exits"][1]
+  dp_cum, dp_full = costs["dyn_perceiver"]
+  per_exit = {
+    m: [
+      r["accuracy"]
+      for r in records
+      if r["model"] == m
+      and r["method"] == m
+      and str(r["budget_or_threshold"]).startswith("exit")
+    ]
+    for m in frozen.METHODS
+  }
+  return {
+    "verdict": stats.verdict_record(
+      diff, paper_effect=cfg.paper_effect, direction=+1
+    ),
+    "matched_flops_diff": diff.format(scale=100, digits=2),
+    "latent_flops": {
+      "cnn_full_flops": cnn_full,
+      "dyn_perceiver_full_flops": dp_full,
+      "latent_fraction_of_cnn": (dp_full - cnn_full) / cnn_full,
+      "cnn_macs_analytic": checks.pop("cnn_macs_analytic"),
+      "dyn_perceiver_exit_flops": dp_cum.tolist(),
+      "linear_exits_exit_flops": costs["linear_exits"][0].tolist(),
+    },
+    "exit_accuracy": per_exit,
+    "exits_used": exits_used(records),
+    "live_vs_cached_max_abs_logit": checks,
+    "sizes": sizes,
+    "config": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__},
+  }
+
+
+def notes(extra: dict) -> str:
+  v, lf = extra["verdict"], extra["latent_flops"]
+  latent = (lf["dyn_perceiver_full_flops"] - lf["cnn_full_flops"]) / 1e6
+  acc = extra["exit_accuracy"]
+  return (
+    "## Verdict\n\nClaim: Dynamic Perceiver's exits reach equal accuracy at "
+    "fewer FLOPs than the CNN's own exits. Accuracy gap (dyn_perceiver − "
+    "linear_exits) averaged over the FLOPs both Pareto fronts reach, paired "
+    f"over seeds: {extra['matched_flops_diff']} points -> **{v['verdict']}** "
+    f"(`jaxexit.stats.verdict_record`, paper effect {v['paper_effect']}).\n\n"
+    f"Latent branch FLOPs: {lf['latent_fraction_of_cnn'] * 100:.1f} % of "
+    f"the CNN's ({latent:.2f}"
+    f" of {lf['cnn_full_flops'] / 1e6:.2f} MFLOPs, XLA count).\n\n"
+    "Per-exit test accuracy (mean over seeds): dyn_perceiver (y_e3, y_att, "
+    f"y_cnn, y_merge) {' / '.join(f'{a:.4f}' for a in acc['dyn_perceiver'])};"
+    " linear_exits (pooled0, pooled1, pooled2, head) "
+    f"{' / '.join(f'{a:.4f}' for a in acc['linear_exits'])}.\n\n"
+    f"Most exits taking ≥ 5 % of test at some budget: {extra['exits_used']}."
+    f"\n\nWall time of the run: {extra['wall_seconds'] / 60:.1f} min.\n"
   )
 
 

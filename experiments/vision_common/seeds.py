@@ -95,3 +95,60 @@ def seed_curves(
       )
     )
   return curves
+
+
+def by_seed(records: Sequence[Mapping]) -> dict[int, list[dict]]:
+  """Flat records with a "seed" field -> {seed: that seed's records}."""
+  out: dict[int, list[dict]] = {}
+  for rec in records:
+    if "seed" not in rec:
+      raise ValueError(f"record has no 'seed' field: {rec!r}")
+    out.setdefault(rec["seed"], []).append(
+      {k: v for k, v in rec.items() if k != "seed"}
+    )
+  return out
+
+
+def paired_gap(
+  records: Sequence[Mapping],
+  method: str,
+  baseline: str,
+  field: str,
+  *,
+  knobs: Sequence | None = None,
+) -> stats.Interval:
+  """t interval over seeds of mean_k(method_k − baseline_k) on `field`.
+
+  Points are paired by knob ("budget_or_threshold") and seed: each seed
+  contributes the mean over knobs of its differences, so the interval is
+  over independent training runs.
+
+  Args:
+    records: flat per-seed records (with "seed") of both methods.
+    method: the claimed method's name.
+    baseline: the baseline's name (same knobs).
+    field: e.g. "accuracy" or "ece".
+    knobs: the knobs to pair (default: every knob of `method`).
+
+  Raises:
+    ValueError: if a knob lacks either method for some seed.
+  """
+  runs = by_seed(records)
+  per_seed = []
+  for s in sorted(runs):
+    points = {(r["method"], r["budget_or_threshold"]): r for r in runs[s]}
+    use = knobs
+    if use is None:
+      use = [k for (m, k) in points if m == method]
+    gaps = []
+    for knob in use:
+      a, b = points.get((method, knob)), points.get((baseline, knob))
+      if a is None or b is None:
+        raise ValueError(
+          f"seed {s} lacks {method!r} or {baseline!r} at knob {knob!r}"
+        )
+      gaps.append(a[field] - b[field])
+    if not gaps:
+      raise ValueError(f"seed {s} has no {method!r} records")
+    per_seed.append(float(np.mean(gaps)))
+  return stats.t_interval(np.asarray(per_seed))

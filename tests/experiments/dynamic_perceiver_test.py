@@ -6,9 +6,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 from experiments.dynamic_perceiver import __main__ as experiment
-from experiments.dynamic_perceiver import configs, run
+from experiments.dynamic_perceiver import configs, frozen, run
 from experiments.vision_common.results import RESULT_FIELDS
 from jaxexit.exits import budgeted
 from jaxexit.exits.budgeted import thresholds_rule
@@ -22,7 +23,18 @@ DATA_DIR = os.environ.get("JAXEXIT_DATA") or (
 
 
 @pytest.mark.parametrize("preset", sorted(configs.PRESETS))
-def test_presets_build(preset):
+def test_headline_presets_build(preset):
+  cfg = configs.get_config(preset)
+  latent = cfg.latent_config(
+    ((24, 24, 24), (12, 12, 40), (6, 6, 112), (3, 3, 320)), 1280
+  )
+  assert latent.widths == cfg.widths and cfg.r_values
+  assert cfg.steps > cfg.warmup_steps and len(cfg.seeds) >= 2
+  assert cfg.split_args().seed == cfg.split_seed
+
+
+@pytest.mark.parametrize("preset", sorted(configs.JOINT_PRESETS))
+def test_joint_presets_build(preset):
   cfg = configs.get_config(preset)
   assert cfg.cnn_config().num_classes == configs.NUM_CLASSES
   assert cfg.perceiver_config().image_size == cfg.image_size
@@ -37,29 +49,37 @@ def test_bad_arguments_are_named():
     match=r"feature_branch='resnet'.*\['cnn', "
     r"'efficientnet_lite0'\]",
   ):
-    configs.get_config("smoke", feature_branch="resnet")
+    configs.get_config("joint_smoke", feature_branch="resnet")
   with pytest.raises(
     ValueError, match="warmup_steps=20 must be below steps=20"
   ):
-    configs.get_config("smoke", warmup_steps=20)
+    configs.get_config("joint_smoke", warmup_steps=20)
+  with pytest.raises(ValueError, match="warmup_steps=80 must be below"):
+    configs.get_config("smoke", warmup_steps=80)
+  with pytest.raises(ValueError, match=r"seeds=\(0, 0\)"):
+    configs.get_config("smoke", seeds=(0, 0))
   with pytest.raises(ValueError, match="method='vit'"):
-    run.build_model("vit", configs.get_config("smoke"))
+    run.build_model("vit", configs.get_config("joint_smoke"))
+  with pytest.raises(ValueError, match="method='vit'"):
+    frozen.build("vit", configs.get_config("smoke"), {}, 0)
   with pytest.raises(SystemExit):
     experiment.parse_args(["--feature-branch", "resnet"])
+  with pytest.raises(SystemExit):  # headline presets have one branch
+    experiment.parse_args(["--preset", "cpu", "--feature-branch", "cnn"])
 
 
 @slow
 def test_image_size_the_cnn_cannot_take_is_named():
-  cfg = configs.get_config("smoke", image_size=36)
+  cfg = configs.get_config("joint_smoke", image_size=36)
   with pytest.raises(ValueError, match="height=36 .*total stride 16"):
     run.build_model("multi_exit_cnn", cfg)
 
 
 def test_default_out_and_feature_branch_override():
   args = experiment.parse_args(
-    ["--preset", "smoke", "--feature-branch", "efficientnet_lite0"]
+    ["--preset", "joint_smoke", "--feature-branch", "efficientnet_lite0"]
   )
-  assert args.out == pathlib.Path("runs/dynamic_perceiver_smoke")
+  assert args.out == pathlib.Path("runs/dynamic_perceiver_joint_smoke")
   assert args.feature_branch == "efficientnet_lite0"
 
 
@@ -95,12 +115,60 @@ def test_operating_thresholds_of_fixed_exits_and_full():
   )
 
 
+def test_standardized_head_folds_into_one_linear():
+  linear = nnx.Linear(6, 3, rngs=nnx.Rngs(0))
+  x = np.random.default_rng(0).standard_normal((5, 6)).astype(np.float32)
+  mean, std = frozen.feature_stats({"f": 3 * x + 1}, "f")
+  head = frozen.Standardized(linear, mean, std)
+  np.testing.assert_allclose(
+    head.folded()(3 * x + 1), head(3 * x + 1), rtol=1e-5, atol=1e-5
+  )
+
+
+def test_timing_targets_span_flops_and_add_full():
+  recs = [
+    {"method": "m", "budget_or_threshold": float(r), "avg_flops": r}
+    for r in range(9)
+  ] + [{"method": "full", "budget_or_threshold": "m", "avg_flops": 9}]
+  picks = frozen.timing_targets(recs, "m", 2)
+  assert [p["avg_flops"] for p in picks] == [3, 5, 9]
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(DATA_DIR is None, reason="no data dir with CIFAR-10")
-def test_smoke_preset_writes_results_and_resumes(tmp_path):
+def test_headline_smoke_spreads_exits_and_beats_majority(tmp_path):
+  """The smoke preset end to end (own feature pass, 2 seeds, timing)."""
+  experiment.main(
+    ["--preset", "smoke", "--out", str(tmp_path), "--no-progress"]
+    + ["--data-dir", DATA_DIR]
+  )
+  data = json.loads((tmp_path / "results.json").read_text())
+  for name in ("results.md", "curve.png"):
+    assert (tmp_path / name).is_file(), name
+  recs = data["records"]
+  assert all(r["seeds"] == [0, 1] and "accuracy_ci" in r for r in recs)
+  major = [r for r in recs if r["method"] == "majority"][0]["accuracy"]
+  full = {r["budget_or_threshold"]: r for r in recs if r["method"] == "full"}
+  # Not collapsed: at some budget >= 2 exits each take >= 5 % of test, and
+  # the full models are well above the majority class (smoke: 0.09 vs
+  # ~0.6); the verdict word comes from jaxexit.stats.
+  assert min(data["exits_used"].values()) >= 2
+  assert all(r["accuracy"] > major + 0.2 for r in full.values())
+  assert data["verdict"]["verdict"].split(" (")[0] in (
+    "reproduced",
+    "contradicted",
+    "inconclusive",
+  )
+  assert 0 < data["latent_flops"]["latent_fraction_of_cnn"] < 0.15
+  assert len(data["timing"]) == 4
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(DATA_DIR is None, reason="no data dir with CIFAR-10")
+def test_joint_smoke_preset_writes_results_and_resumes(tmp_path):
   argv = [
     "--preset",
-    "smoke",
+    "joint_smoke",
     "--out",
     str(tmp_path),
     "--no-progress",
@@ -111,7 +179,7 @@ def test_smoke_preset_writes_results_and_resumes(tmp_path):
   for name in ("results.json", "results.md", "curve.png"):
     assert (tmp_path / name).is_file(), name
   records = json.loads((tmp_path / "results.json").read_text())
-  cfg = configs.get_config("smoke")
+  cfg = configs.get_config("joint_smoke")
   methods = [r["method"] for r in records]
   assert methods.count("full") == 2
   for method in run.METHODS:
