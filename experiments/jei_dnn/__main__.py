@@ -141,19 +141,27 @@ def _majority(test_labels: np.ndarray, cfg) -> dict:
   }
 
 
+def _expected_methods(cfg) -> set[str]:
+  names = {"full", "fixed_exit", "max_softmax"}
+  for counts in cfg.weight_counts:
+    names.update(configs.method_names(counts))
+  return names
+
+
 def _train_and_score(cfg, args, feats, flops, stages):
-  """Per-seed records (runs.json), resuming finished seeds."""
+  """Per-seed records (runs.json); a seed whose records are all there is
+  not scored again (its heads come back from their checkpoints)."""
   out, progress = args.out, False if args.no_progress else None
   done = results_store.read_records(out / "runs.json")
-  have = {r["seed"] for r in done}
   costs = jei_dnn.exit_costs(flops)
   heads = {}
   for seed in cfg.seeds:
     warm, trained = run.train_seed(
       cfg, seed, feats, costs, out / "heads" / f"seed{seed}", progress
     )
-    heads[seed] = trained
-    if seed not in have:
+    heads[seed] = trained[cfg.weight_counts[0]]
+    have = {r["method"] for r in done if r["seed"] == seed}
+    if not _expected_methods(cfg) <= have:
       recs = evaluate.seed_records(cfg, seed, feats, flops, warm, trained)
       done = results_store.merge_records(out / "runs.json", recs, RUN_KEY)
     stages.done(f"seed {seed}")
@@ -161,25 +169,23 @@ def _train_and_score(cfg, args, feats, flops, stages):
 
 
 def _time(cfg, inputs, heads, summary, per_seed, test_images):
-  """Timing rows of the default γ's JEI-DNN point and its max-softmax
-  baseline (the first seed's heads and thresholds)."""
-  seed = cfg.seeds[0]
-  model = backbone.load_model(
-    cfg.variant, inputs, heads[seed][cfg.default_gamma]
-  )
+  """Timing rows of the headline's default-γ point and its same-IM
+  max-softmax baseline (the first seed's heads and thresholds)."""
+  seed, gamma = cfg.seeds[0], cfg.default_gamma
+  jei_name, soft_name = configs.method_names(cfg.weight_counts[0])
+  model = backbone.load_model(cfg.variant, inputs, heads[seed][gamma])
   timer = timing.Timer(cfg, model, test_images)
   points = {(r["method"], r["budget_or_threshold"]): r for r in summary}
-  gamma = cfg.default_gamma
-  pairs = [(points[("jei_dnn", gamma)], timer.jei(heads[seed][gamma]))]
+  pairs = [(points[(jei_name, gamma)], timer.jei(heads[seed][gamma]))]
   soft = next(
     r
     for r in per_seed
-    if r["method"] == "max_softmax_same_ims"
-    and r["budget_or_threshold"] == cfg.default_gamma
+    if r["method"] == soft_name
+    and r["budget_or_threshold"] == gamma
     and r["seed"] == seed
   )
-  timed = timer.max_softmax(heads[seed][cfg.default_gamma], soft["thresholds"])
-  pairs.append((points[("max_softmax_same_ims", cfg.default_gamma)], timed))
+  timed = timer.max_softmax(heads[seed][gamma], soft["thresholds"])
+  pairs.append((points[(soft_name, gamma)], timed))
   return timing.speed_rows(pairs)
 
 
@@ -223,7 +229,11 @@ def _main(args):
   )
   stages.done("stage 2: final-exit probe and FLOP count")
   per_seed, heads = _train_and_score(cfg, args, inputs.splits, flops, stages)
-  summary = seeds.summarize(per_seed) + [_majority(labels["test"], cfg)]
+  summary = seeds.aggregate_seeds(
+    seeds.by_seed(per_seed),
+    ci_fields=("accuracy", "flops_fraction", "avg_flops", "ece"),
+    mean_fields=("coverage", "coverage_p5", "set_size"),
+  ) + [_majority(labels["test"], cfg)]
   claims, verdicts = notes.claims(per_seed, summary, cfg)
   stages.done(f"stages 3-4: {len(cfg.seeds)} seeds x {len(cfg.gammas)} γ")
   speed = _time(cfg, inputs, heads, summary, per_seed, splits.test.images)

@@ -22,6 +22,7 @@ import dataclasses
 
 from jaxexit import checks
 from jaxexit.exits.budgeted import DYN_PERCEIVER_R_VALUES
+from jaxexit.methods.jei_dnn import POS_WEIGHT_COUNTS
 from jaxexit.methods.jei_dnn_train import JeiTrainConfig
 
 PAPER_GAMMAS = (
@@ -39,6 +40,9 @@ PAPER_GAMMAS = (
   5.0,
   7.0,
 )
+# MSDNet's r grid as Dynamic Perceiver's code lists it, without its
+# repeated r = 1.
+R_VALUES = tuple(dict.fromkeys(DYN_PERCEIVER_R_VALUES))
 # Steps per epoch of the paper's batch 64 on 45,000 training images.
 EPOCH = 703
 
@@ -58,6 +62,10 @@ class Config:
     probe_steps: AdamW steps of the final exit's linear probe.
     max_jei_train: cached training examples the heads see (None: all).
     jei: the IM/gate schedule (its `seed` is replaced by each of `seeds`).
+    weight_counts: how the gates' positive-class weights count validation
+      oracle exits, one JEI-DNN run per entry (`jei_dnn.gate_pos_weight`):
+      "cumulative" (each gate's own positives, the fix of the gates'
+      collapse) and "exact" (the paper's code). The first is the headline.
     gammas: γ values, one JEI-DNN point each.
     default_gamma: the operating point timed end to end and reported
       first (one of `gammas`).
@@ -81,9 +89,10 @@ class Config:
   probe_steps: int = 3000
   max_jei_train: int | None = None
   jei: JeiTrainConfig = JeiTrainConfig()
+  weight_counts: tuple[str, ...] = ("cumulative", "exact")
   gammas: tuple[float, ...] = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
   default_gamma: float = 0.5
-  r_values: tuple[float, ...] = DYN_PERCEIVER_R_VALUES
+  r_values: tuple[float, ...] = R_VALUES
   alpha: float = 0.05
   conformal_splits: int = 100
   feature_batch: int = 128
@@ -106,6 +115,17 @@ class Config:
     if not self.seeds or len(set(self.seeds)) != len(self.seeds):
       raise ValueError(
         f"Config.seeds must be distinct and non-empty; got {self.seeds!r}"
+      )
+    if len(set(self.r_values)) != len(self.r_values):
+      raise ValueError(
+        f"Config.r_values must be distinct; got {self.r_values!r}"
+      )
+    if not self.weight_counts or not set(self.weight_counts) <= set(
+      POS_WEIGHT_COUNTS
+    ):
+      raise ValueError(
+        f"Config.weight_counts must be a non-empty tuple of "
+        f"{POS_WEIGHT_COUNTS}; got {self.weight_counts!r}"
       )
     checks.positive_int("Config.conformal_splits", self.conformal_splits)
     checks.in_range("Config.alpha", self.alpha, 0.0, 1.0, low_open=True)
@@ -160,6 +180,13 @@ PRESETS = {
     timing_repeats=5,
   ),
 }
+
+
+def method_names(counts: str) -> tuple[str, str]:
+  """(JEI-DNN, its same-IM max-softmax baseline) record names of one
+  `weight_counts` entry; "cumulative" keeps the plain names."""
+  suffix = "" if counts == "cumulative" else f"_{counts}"
+  return f"jei_dnn{suffix}", f"max_softmax_same_ims{suffix}"
 
 
 def get_config(preset: str = "cpu", **overrides) -> Config:

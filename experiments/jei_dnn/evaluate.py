@@ -4,7 +4,8 @@ Exits are decided from cached features (exact: the backbone is frozen):
 
   full                  the final exit only (the backbone + its probe).
   fixed_exit            every example at warmed-up IM k, k < 4.
-  jei_dnn               IMs + gates trained for γ; first c_l ≥ 0.5 (§8.3).
+  jei_dnn               IMs + gates trained for γ; first c_l ≥ 0.5 (§8.3);
+                        `jei_dnn_exact` with the paper's positive weights.
   max_softmax_same_ims  the same IMs as `jei_dnn` at that γ, exits decided
                         by max-softmax thresholds fitted on validation to
                         the exit shares JEI-DNN's gates give validation
@@ -27,6 +28,7 @@ Axes: Nv / Nt validation / test examples, L exits, C classes.
 
 import numpy as np
 
+from experiments.jei_dnn import configs
 from experiments.vision_common import budget_curve, gated_records
 from jaxexit.conformal import per_exit_conformal
 from jaxexit.exits import budgeted
@@ -160,11 +162,12 @@ class SeedEvaluator:
       ).tolist(),
     }
 
-  def gamma_points(self, gamma: float, heads) -> list[dict]:
-    """JEI-DNN at γ and max-softmax on the same IMs at the same shares."""
+  def gamma_points(self, gamma: float, heads, names) -> list[dict]:
+    """JEI-DNN at γ and max-softmax on the same IMs at the same shares,
+    named `names` = (JEI-DNN, baseline)."""
     val_out = jei_dnn.jei_outputs(heads, self.val)
     test_out = jei_dnn.jei_outputs(heads, self.test)
-    jei = self.point("jei_dnn", gamma, test_out.logits, test_out.exit_layer)
+    jei = self.point(names[0], gamma, test_out.logits, test_out.exit_layer)
     jei.update(self._diagnostics(heads, val_out, gamma))
     num_exits = val_out.logits.shape[1]
     shares = np.bincount(val_out.exit_layer, minlength=num_exits)
@@ -173,7 +176,7 @@ class SeedEvaluator:
     test_exit = budgeted.budgeted_exit(
       _max_softmax(test_out.logits), thresholds
     )
-    soft = self.point("max_softmax_same_ims", gamma, test_out.logits, test_exit)
+    soft = self.point(names[1], gamma, test_out.logits, test_exit)
     soft["thresholds"] = thresholds.tolist()
     return [jei, soft]
 
@@ -197,10 +200,14 @@ class SeedEvaluator:
 
 
 def seed_records(cfg, seed: int, feats: dict, flops, warm, trained) -> list:
-  """Every record of one seed (see the module docstring)."""
+  """Every record of one seed (see the module docstring); `trained` maps
+  each weight-counts entry to {γ: heads}."""
   ev = SeedEvaluator(cfg, seed, feats, flops)
   records = ev.fixed(warm)
-  for gamma, heads in trained.items():
-    records += ev.gamma_points(gamma, heads)
-  records += ev.budget_sweep(trained[cfg.default_gamma])
+  for counts, by_gamma in trained.items():
+    names = configs.method_names(counts)
+    for gamma, heads in by_gamma.items():
+      records += ev.gamma_points(gamma, heads, names)
+  headline = trained[cfg.weight_counts[0]]
+  records += ev.budget_sweep(headline[cfg.default_gamma])
   return records

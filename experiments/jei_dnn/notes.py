@@ -4,6 +4,7 @@ paper's)."""
 
 import numpy as np
 
+from experiments.jei_dnn import configs
 from experiments.vision_common import seeds
 from jaxexit import report, stats
 
@@ -17,7 +18,6 @@ PAPER = (
 )
 # The paper's accuracy gap over max-softmax baselines (lower end, ≈ 2 points).
 PAPER_ACC_EFFECT = 0.02
-METHOD, BASELINE = "jei_dnn", "max_softmax_same_ims"
 
 
 def _ci(rec: dict, field: str, digits: int = 3) -> str:
@@ -30,16 +30,17 @@ def _ci(rec: dict, field: str, digits: int = 3) -> str:
   return f"{mean:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
 
 
-def _gap(records, field: str, knob) -> stats.Interval:
-  return seeds.paired_gap(records, METHOD, BASELINE, field, knobs=[knob])
+def _gap(records, names, field: str, knob) -> stats.Interval:
+  return seeds.paired_gap(records, *names, field, knobs=[knob])
 
 
-def verdicts(per_seed: list[dict]) -> dict:
-  """The two claims, each a `stats.verdict_record` over seeds (the mean
-  over γ of JEI-DNN − max-softmax on the same IMs, per seed)."""
-  acc = seeds.paired_gap(per_seed, METHOD, BASELINE, "accuracy")
-  ece = seeds.paired_gap(per_seed, METHOD, BASELINE, "ece")
-  cost = seeds.paired_gap(per_seed, METHOD, BASELINE, "flops_fraction")
+def verdicts(per_seed: list[dict], names: tuple[str, str]) -> dict:
+  """The two claims for one (JEI-DNN, baseline) pair, each a
+  `stats.verdict_record` over seeds (the mean over γ of JEI-DNN −
+  max-softmax on the same IMs, per seed)."""
+  acc = seeds.paired_gap(per_seed, *names, "accuracy")
+  ece = seeds.paired_gap(per_seed, *names, "ece")
+  cost = seeds.paired_gap(per_seed, *names, "flops_fraction")
   return {
     "accuracy_at_matched_cost": stats.verdict_record(
       acc, paper_effect=PAPER_ACC_EFFECT
@@ -49,33 +50,35 @@ def verdicts(per_seed: list[dict]) -> dict:
   }
 
 
-def _collapse(summary: list[dict], default_gamma: float) -> str:
-  jei = {r["budget_or_threshold"]: r for r in summary if r["method"] == METHOD}
-  rec = jei[default_gamma]
-  shares = np.asarray(rec["exit_fractions"])
-  used = int(np.sum(shares >= 0.05))
-  full = next(r for r in summary if r["method"] == "full")
-  majority = next(r for r in summary if r["method"] == "majority")
+def _collapse(summary: list[dict], cfg) -> str:
+  """Exit spread at the default γ of every variant, full vs majority."""
+  gamma = cfg.default_gamma
+  points = {(r["method"], r["budget_or_threshold"]): r for r in summary}
+  lines = []
+  for counts in cfg.weight_counts:
+    name = configs.method_names(counts)[0]
+    shares = np.asarray(points[(name, gamma)]["exit_fractions"])
+    lines.append(
+      f"`{name}` ({counts} counts) sends ≥ 5 % of the test examples to "
+      f"{int(np.sum(shares >= 0.05))} of {shares.size} exits (mean shares "
+      f"{np.round(shares, 3).tolist()})"
+    )
+  full, majority = points[("full", "final")], points[("majority", "constant")]
   return (
-    f"Collapse checks. At the default γ = {default_gamma:g} the test "
-    f"examples leave at {used} of {shares.size} exits with ≥ 5 % each "
-    f"(mean shares {np.round(shares, 3).tolist()}). The full model "
-    f"({_ci(full, 'accuracy', 4)}) against the majority class "
-    f"({majority['accuracy']:.4f})."
+    f"Collapse checks at the default γ = {gamma:g}: "
+    + "; ".join(lines)
+    + f". The full model ({_ci(full, 'accuracy', 4)}) against the majority "
+    f"class ({majority['accuracy']:.4f})."
   )
 
 
-def claims(per_seed: list[dict], summary: list[dict], cfg) -> tuple[str, dict]:
-  """(Markdown of the claims section, the verdict records)."""
-  points = {
-    (r["method"], r["budget_or_threshold"]): r
-    for r in summary
-    if r["method"] in (METHOD, BASELINE)
-  }
+def _table(per_seed, summary, cfg, names) -> str:
+  points = {(r["method"], r["budget_or_threshold"]): r for r in summary}
   rows = []
   for gamma in cfg.gammas:
-    j, m = points[(METHOD, gamma)], points[(BASELINE, gamma)]
-    acc, ece = _gap(per_seed, "accuracy", gamma), _gap(per_seed, "ece", gamma)
+    j, m = points[(names[0], gamma)], points[(names[1], gamma)]
+    acc = _gap(per_seed, names, "accuracy", gamma)
+    ece = _gap(per_seed, names, "ece", gamma)
     rows.append(
       [
         f"{gamma:g}",
@@ -89,9 +92,10 @@ def claims(per_seed: list[dict], summary: list[dict], cfg) -> tuple[str, dict]:
         f"{j['coverage']:.3f} / {j['coverage_p5']:.3f}",
         f"{m['coverage']:.3f} / {m['coverage_p5']:.3f}",
         f"{j['set_size']:.2f} / {m['set_size']:.2f}",
+        str(np.round(j["exit_fractions"], 2).tolist()),
       ]
     )
-  table = report.markdown_table(
+  return report.markdown_table(
     [
       "γ",
       "cost",
@@ -104,29 +108,47 @@ def claims(per_seed: list[dict], summary: list[dict], cfg) -> tuple[str, dict]:
       "JEI coverage mean / p5",
       "max-softmax coverage mean / p5",
       "set size JEI / max-softmax",
+      "JEI exit shares",
     ],
     rows,
   )
-  v = verdicts(per_seed)
+
+
+def _verdict_lines(v: dict) -> str:
   acc, ece = v["accuracy_at_matched_cost"], v["ece_lower"]
-  text = (
-    "## Claims tested\n\n"
-    f"Seeds {list(cfg.seeds)}; every interval is a 95 % t interval over "
-    "seeds (paired by seed for Δ). `max_softmax_same_ims` uses the very IMs "
-    "JEI-DNN trained at that γ, with max-softmax thresholds fitted on the "
-    "validation split to JEI-DNN's validation exit shares, so the only "
-    "difference is the exit decision and the costs match (mean cost gap "
-    f"{v['cost_gap']['diff_mean']:+.4f}). Conformal: α = {cfg.alpha}, "
-    f"{cfg.conformal_splits} random calibration/test halvings of the test "
-    "set; coverage target 0.95.\n\n"
-    f"{table}\n\n"
+  return (
     f"- **Claim 1, higher accuracy at equal cost**: {acc['verdict']} "
     f"(mean over γ of Δ accuracy {acc['diff_mean']:+.4f}, 95 % CI "
     f"[{acc['diff_ci'][0]:+.4f}, {acc['diff_ci'][1]:+.4f}] over seeds; "
     f"the paper's effect ≈ +{PAPER_ACC_EFFECT:.2f}).\n"
     f"- **Claim 2, lower ECE**: {ece['verdict']} (mean Δ ECE "
     f"{ece['diff_mean']:+.4f}, 95 % CI [{ece['diff_ci'][0]:+.4f}, "
-    f"{ece['diff_ci'][1]:+.4f}]).\n\n"
-    f"{_collapse(summary, cfg.default_gamma)}\n\n{PAPER}\n"
+    f"{ece['diff_ci'][1]:+.4f}]; mean cost gap "
+    f"{v['cost_gap']['diff_mean']:+.4f}).\n"
   )
-  return text, v
+
+
+def claims(per_seed: list[dict], summary: list[dict], cfg) -> tuple[str, dict]:
+  """(Markdown of the claims section, {method: verdict records})."""
+  text = (
+    "## Claims tested\n\n"
+    f"Seeds {list(cfg.seeds)}; every interval is a 95 % t interval over "
+    "seeds (paired by seed for Δ). The baseline of each JEI-DNN run uses "
+    "the very IMs JEI-DNN trained at that γ, with max-softmax thresholds "
+    "fitted on the validation split to JEI-DNN's validation exit shares, so "
+    "the only difference is the exit decision and the costs match. "
+    f"Conformal: α = {cfg.alpha}, {cfg.conformal_splits} random "
+    "calibration/test halvings of the test set; coverage target "
+    f"{1 - cfg.alpha:.2f}.\n"
+  )
+  out = {}
+  for counts in cfg.weight_counts:
+    names = configs.method_names(counts)
+    out[names[0]] = verdicts(per_seed, names)
+    text += (
+      f"\n### `{names[0]}` vs `{names[1]}` ({counts} positive-weight "
+      f"counts)\n\n{_table(per_seed, summary, cfg, names)}\n\n"
+      f"{_verdict_lines(out[names[0]])}"
+    )
+  text += f"\n{_collapse(summary, cfg)}\n\n{PAPER}\n"
+  return text, out

@@ -51,9 +51,10 @@ def train_seed(
   workdir: pathlib.Path,
   progress: bool | None,
 ):
-  """(warmed-up heads, {γ: JEI-DNN heads}) of one seed.
+  """(warmed-up heads, {weight counts: {γ: JEI-DNN heads}}) of one seed.
 
-  The seed sets the heads' initialisation and the batch order.
+  The seed sets the heads' initialisation and the batch order; every
+  `cfg.weight_counts` entry starts from the same warmed-up IMs.
   """
   train = subset(feats["train"], cfg.max_jei_train)
   num_gates, width = train.features.shape[1:]
@@ -67,18 +68,22 @@ def train_seed(
     ),
   )
   trained = {}
-  for gamma in cfg.gammas:
-    trained[gamma] = _restore_or_run(
-      workdir / f"gamma_{gamma:g}",
-      template,
-      lambda g=gamma: jei_dnn_train.train_gated(
-        warm,
-        train,
-        feats["val"],
-        jnp.asarray(costs, jnp.float32),
-        g,
-        jei_cfg,
-        progress=progress,
-      ),
-    )
+  for counts in cfg.weight_counts:
+    counts_cfg = dataclasses.replace(jei_cfg, pos_weight_counts=counts)
+    trained[counts] = {
+      gamma: _restore_or_run(
+        workdir / counts / f"gamma_{gamma:g}",
+        template,
+        lambda g=gamma, c=counts_cfg: jei_dnn_train.train_gated(
+          warm,
+          train,
+          feats["val"],
+          jnp.asarray(costs, jnp.float32),
+          g,
+          c,
+          progress=progress,
+        ),
+      )
+      for gamma in cfg.gammas
+    }
   return warm, trained

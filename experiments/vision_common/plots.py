@@ -18,7 +18,7 @@ def _errors(rows: list[dict], field: str, scale: float) -> np.ndarray | None:
     return None
   mean = np.array([r[field] for r in rows]) / scale
   lo, hi = (np.array(x) / scale for x in zip(*cis))
-  return np.stack([mean - lo, hi - mean])
+  return np.maximum(np.stack([mean - lo, hi - mean]), 0.0)
 
 
 def _curve_panel(ax, records: list[dict]) -> None:
@@ -100,7 +100,7 @@ def curve_figure(
   _curve_panel(axes[0, 0], records)
   for ax, (name, bins) in zip(axes[0, 1:], reliability.items()):
     _reliability_panel(ax, name, bins)
-  fig.suptitle(title)
+  fig.suptitle(title, fontsize=9)
   fig.tight_layout()
   fig.savefig(path)
   plt.close(fig)

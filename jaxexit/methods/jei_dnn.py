@@ -137,24 +137,37 @@ def warmup_loss(
   return weighted_exit_loss(ce, weights) + jnp.mean(ce_final)
 
 
+POS_WEIGHT_COUNTS = ("exact", "cumulative")
+
+
 def gate_pos_weight(
-  val_oracle_exit: Int[Array, "N"], num_gates: int
+  val_oracle_exit: Int[Array, "N"], num_gates: int, counts: str = "exact"
 ) -> Float[Array, "G"]:
   """Positive-class weights w_l = min((n − n_l) / n_l, 5) (§8.4.2).
 
-  n_l counts the validation examples whose oracle exit is exactly l,
-  floored at 0.1; n is the number of examples.
+  With `counts="exact"` (the paper's code) n_l counts the validation
+  examples whose oracle exit is exactly l. Gate l's targets are cumulative,
+  1[l ≥ l*], so its positives are the examples with l* ≤ l, usually many
+  more than n_l: the weight then over-weights the positives, up to the
+  cap. `counts="cumulative"` counts gate l's own positives (l* ≤ l), which
+  balances each gate's loss. n_l is floored at 0.1; n is the number of
+  examples.
 
   Args:
     val_oracle_exit: [N] oracle exits in [0, G] (G = the final exit).
     num_gates: G.
+    counts: "exact" or "cumulative".
 
   Returns:
     [G] float32 weights in [0, 5].
   """
   checks.positive_int("num_gates", num_gates)
+  checks.one_of("counts", counts, POS_WEIGHT_COUNTS)
   gates = jnp.arange(num_gates, dtype=jnp.int32)
-  hits = val_oracle_exit[:, None] == gates[None]  # [N, G]
+  if counts == "exact":
+    hits = val_oracle_exit[:, None] == gates[None]  # [N, G]
+  else:
+    hits = val_oracle_exit[:, None] <= gates[None]
   n_l = jnp.maximum(jnp.sum(hits, axis=0).astype(jnp.float32), MIN_EXIT_COUNT)
   n = jnp.float32(val_oracle_exit.shape[0])
   return jnp.minimum((n - n_l) / n_l, MAX_POS_WEIGHT)

@@ -31,6 +31,7 @@ from jaxexit import checks
 from jaxexit.data.batching import shuffled_batch_indices
 from jaxexit.exits.gates import jei_exit_probabilities, jei_gate_targets
 from jaxexit.methods.jei_dnn import (
+  POS_WEIGHT_COUNTS,
   CachedFeatures,
   JeiHeads,
   classifier_loss,
@@ -62,6 +63,9 @@ class JeiTrainConfig:
     end_lr: cosine floor (paper 2e-4).
     weight_decay: L2 added to the gradient (paper 5e-4).
     momentum: SGD momentum (paper 0.9).
+    pos_weight_counts: how the gates' positive-class weights count
+      examples (`jei_dnn.gate_pos_weight`): "exact" as the paper's code,
+      "cumulative" the gate's own positives.
     seed: batch order.
   """
 
@@ -75,6 +79,7 @@ class JeiTrainConfig:
   end_lr: float = 2e-4
   weight_decay: float = 5e-4
   momentum: float = 0.9
+  pos_weight_counts: str = "exact"
   seed: int = 322
 
   def __post_init__(self):
@@ -104,6 +109,11 @@ class JeiTrainConfig:
       "JeiTrainConfig.momentum", self.momentum, 0.0, 1.0, high_open=True
     )
     checks.positive_int("JeiTrainConfig.seed", self.seed, minimum=0)
+    checks.one_of(
+      "JeiTrainConfig.pos_weight_counts",
+      self.pos_weight_counts,
+      POS_WEIGHT_COUNTS,
+    )
 
 
 def _cosine(cfg: JeiTrainConfig, total: int) -> optax.Schedule:
@@ -192,12 +202,12 @@ def _im_val_accuracy(graphdef, state, val):
   return jnp.mean(jnp.argmax(im, -1) == labels[:, None], axis=0)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef",))
-def _val_pos_weight(graphdef, state, val, costs, gamma):
+@functools.partial(jax.jit, static_argnames=("graphdef", "counts"))
+def _val_pos_weight(graphdef, state, val, costs, gamma, counts):
   heads = nnx.merge(graphdef, state)
   feats, final, labels = val
   oracle = oracle_exit(heads.im_logits(feats), final, labels, costs, gamma)
-  return gate_pos_weight(oracle, heads.num_gates)
+  return gate_pos_weight(oracle, heads.num_gates, counts)
 
 
 def _batch(data, step: int, cfg: JeiTrainConfig, salt: int):
@@ -326,7 +336,9 @@ def train_gated(
     for s in range(cfg.steps):
       gate_phase = (s // cfg.alternate_every) % 2 == 0
       if gate_phase and s % cfg.alternate_every == 0:
-        pos_weight = _val_pos_weight(graphdef, state, val_data, costs, gamma)
+        pos_weight = _val_pos_weight(
+          graphdef, state, val_data, costs, gamma, cfg.pos_weight_counts
+        )
       part = "gates" if gate_phase else "ims"
       state, traces[part], loss = _step(
         graphdef,
