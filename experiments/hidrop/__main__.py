@@ -17,28 +17,18 @@ Presets and commands: configs.py.
 """
 
 import argparse
+import dataclasses
 import pathlib
 import time
 
 import numpy as np
 
 from experiments.cli import comma_choices
-from experiments.hidrop import configs, evaluate, plots, run
+from experiments.hidrop import configs, evaluate, plots, run, summary
 from jaxexit import report, results_store
 from jaxexit.data import add_data_dir_flag
 from jaxexit.pruning import IMPLS, make_schedule, prefill_flops_fraction
 
-TABLE = (
-  "method",
-  "schedule",
-  "avg_vision_tokens",
-  "accuracy",
-  "flops_fraction",
-  "train_step_speedup",
-  "prefill_speedup",
-  "train_step_ms",
-  "prefill_ms",
-)
 # What identifies a record in results.json across invocations into one --out.
 RESULT_KEY = ("dataset", "method", "schedule")
 
@@ -93,6 +83,64 @@ def _runs(cfg, methods):
   return [(m, s) for m in methods for s in cfg.schedule_names(m)]
 
 
+def _ci_cell(rec: dict, mean_key: str, ci_key: str, name=None) -> str:
+  mean, ci = rec[mean_key], rec[ci_key]
+  if name is not None:
+    mean, ci = mean[name], ci[name]
+  lo, hi = ci
+  if lo is None:
+    return f"{mean:.3f}"
+  return f"{mean:.3f} [{lo:.3f}, {hi:.3f}]"
+
+
+def _speed(rec: dict, kind: str) -> str:
+  if f"{kind}_ms" not in rec:
+    return "-"
+  return f"{rec[f'{kind}_ms']:.1f} ms ({rec[f'{kind}_speedup']:.2f}x)"
+
+
+def results_markdown(records: list[dict], title: str, notes: str) -> str:
+  """results.md: accuracy [CI], per type [CI], verdicts and speed-ups."""
+  types = list(records[0]["type_accuracy"])
+  head = ["method", "schedule", "vision tokens / layer", "accuracy"]
+  head += types + ["compared types", "train step", "prefill", "FLOPs"]
+  rows = []
+  for r in records:
+    rows.append(
+      [r["method"], r["schedule"], _cell(r.get("avg_vision_tokens", "-"))]
+      + [_ci_cell(r, "accuracy", "accuracy_ci")]
+      + [_ci_cell(r, "type_accuracy", "type_accuracy_ci", t) for t in types]
+      + [
+        _ci_cell(r, "accuracy_compared", "accuracy_compared_ci")
+        if r.get("accuracy_compared") is not None
+        else "-",
+        _speed(r, "train_step"),
+        _speed(r, "prefill"),
+        _cell(r.get("flops_fraction", "-")),
+      ]
+    )
+  verdicts = [
+    [
+      r["method"],
+      r["schedule"],
+      f"{r['vs_full']['diff_mean']:+.4f}",
+      "[{:+.4f}, {:+.4f}]".format(*r["vs_full"]["diff_ci"]),
+      r["vs_full"]["verdict"],
+    ]
+    for r in records
+    if r.get("vs_full")
+  ]
+  return (
+    f"# {title}\n\n{report.markdown_table(head, rows)}\n\n"
+    "## Within 1 point of the full model? (paired over seeds, compared "
+    f"types)\n\n"
+    + report.markdown_table(
+      ["method", "schedule", "method - full", "95 % CI", "verdict"], verdicts
+    )
+    + f"\n\n{notes}\n"
+  )
+
+
 def _cell(value) -> str:
   if isinstance(value, float):
     return f"{value:.3g}"
@@ -100,25 +148,13 @@ def _cell(value) -> str:
 
 
 def write_results(
-  out: pathlib.Path, records: list[dict], *, title: str, notes: str
+  out: pathlib.Path, records: list[dict], *, title: str, notes: str, extra
 ) -> None:
   out.mkdir(parents=True, exist_ok=True)
   records = results_store.merge_records(
-    out / "results.json", records, RESULT_KEY
+    out / "results.json", records, RESULT_KEY, extra=extra
   )
-  rows = [[_cell(r[f]) for f in TABLE] for r in records]
-  types = list(records[0]["accuracy_by_type"])
-  by_type = [
-    [r["method"], r["schedule"]]
-    + [f"{r['accuracy_by_type'][t]:.3f}" for t in types]
-    for r in records
-  ]
-  (out / "results.md").write_text(
-    f"# {title}\n\n{report.markdown_table(TABLE, rows)}\n\n"
-    f"## Accuracy per question type\n\n"
-    f"{report.markdown_table(['method', 'schedule'] + types, by_type)}"
-    f"\n\n{notes}\n"
-  )
+  (out / "results.md").write_text(results_markdown(records, title, notes))
   plots.write_tradeoff(out / "tradeoff.png", records, title)
 
 
@@ -142,6 +178,71 @@ def main(argv=None):
     _main(args)
 
 
+def _load(cfg, args, log, progress):
+  """(train VQASet, test VQASet, train batch, test batch); the batches
+  carry backbone features in place of images on the feature path."""
+  train_vqa = run.load_split(cfg, args.dataset, "train", args.data_dir)
+  test_vqa = run.load_split(cfg, args.dataset, "test", args.data_dir)
+  log(f"data: {args.dataset}, {len(train_vqa)} train / {len(test_vqa)} test")
+  tf = time.perf_counter()
+  sets = [
+    run.add_features(cfg, run.prompt_batch(v), split, progress=progress)
+    for v, split in ((train_vqa, "train"), (test_vqa, "test"))
+  ]
+  if cfg.vision != "clip":
+    log(
+      f"{cfg.vision} {cfg.feature_map} features at {cfg.feature_resolution}"
+      f" px: {sets[0]['features'].shape[1:]} per image, "
+      f"{time.perf_counter() - tf:.0f} s (cached after the first pass)"
+    )
+    # Training reads random rows: hold the float16 maps in memory.
+    sets = [s | {"features": np.asarray(s["features"])} for s in sets]
+  return train_vqa, test_vqa, *sets
+
+
+def _train_all(cfg, args, runs, train_set, test_set, types, log, progress):
+  """{label: [per-seed run dict]}, {label: seed-0 model}, {label: sched}."""
+  num_layers = cfg.model.text.num_layers
+  per_seed, models, schedules = {}, {}, {}
+  for seed in cfg.seeds:
+    scfg = dataclasses.replace(cfg, seed=seed)
+    for method, name in runs:
+      label = f"{method}/{name}"
+      schedule = make_schedule(method, name, num_layers, cfg.num_vision)
+      tr = time.perf_counter()
+      model, metrics = run.train_method(
+        scfg,
+        run.init_model(scfg),
+        schedule,
+        train_set,
+        args.out / "train" / f"{label.replace('/', '_')}_seed{seed}",
+        impl=args.impl,
+        progress=progress,
+      )
+      train_s = time.perf_counter() - tr
+      right = evaluate.correct(scfg, model, schedule, test_set, impl=args.impl)
+      by_type = summary.type_accuracy(right, test_set["qtype"], types)
+      loss = metrics.get("loss", float("nan"))
+      log(
+        f"seed {seed} {label}: accuracy {right.mean():.3f} "
+        + " ".join(f"{k} {v:.3f}" for k, v in by_type.items())
+        + f", loss {loss:.3f}, trained in {train_s:.0f} s"
+      )
+      per_seed.setdefault(label, []).append(
+        dict(
+          seed=seed,
+          right=right,
+          qtype=test_set["qtype"],
+          type_accuracy=by_type,
+          final_loss=None if loss != loss else float(loss),
+          train_seconds=train_s,
+        )
+      )
+      if seed == cfg.seeds[0]:
+        models[label], schedules[label] = model, schedule
+  return per_seed, models, schedules
+
+
 def _main(args):
   overrides = {"hidrop_schedules": args.schedule} if args.schedule else {}
   cfg = configs.get_config(args.preset, **overrides)
@@ -150,93 +251,118 @@ def _main(args):
   log = lambda msg: print(
     f"[{time.perf_counter() - t0:5.0f} s] {msg}", flush=True
   )
-  train_vqa = run.load_split(cfg, args.dataset, "train", args.data_dir)
-  test_vqa = run.load_split(cfg, args.dataset, "test", args.data_dir)
-  train_set, test_set = run.prompt_batch(train_vqa), run.prompt_batch(test_vqa)
-  log(f"data: {args.dataset}, {len(train_vqa)} train / {len(test_vqa)} test")
+  train_vqa, test_vqa, train_set, test_set = _load(cfg, args, log, progress)
+  types = tuple(test_vqa.type_names)
   text_len = train_set["prefix"].shape[1] + train_set["suffix"].shape[1]
-  num_layers = cfg.model.text.num_layers
-  models, schedules, records = {}, {}, []
-  for method, name in _runs(cfg, args.method):
-    label = f"{method}/{name}"
-    schedule = make_schedule(method, name, num_layers, cfg.num_vision)
-    tr = time.perf_counter()
-    model, metrics = run.train_method(
-      cfg,
-      run.init_model(cfg),
-      schedule,
-      train_set,
-      args.out / "train" / label.replace("/", "_"),
-      impl=args.impl,
-      progress=progress,
-    )
-    train_s = time.perf_counter() - tr
-    acc, by_type = evaluate.accuracy(
-      cfg, model, schedule, test_set, test_vqa.type_names, impl=args.impl
-    )
-    log(
-      f"{label}: keep {schedule.keep}, accuracy {acc:.3f} "
-      f"{by_type}, loss {metrics.get('loss', float('nan')):.3f}, "
-      f"trained in {train_s:.0f} s"
-    )
-    models[label], schedules[label] = model, schedule
-    records.append(
-      {
-        "method": method,
-        "schedule": name,
-        "keep": list(schedule.keep),
-        "avg_vision_tokens": schedule.avg_vision_tokens,
-        "accuracy": acc,
-        "accuracy_by_type": by_type,
-        "flops_fraction": prefill_flops_fraction(
-          schedule, text_len, cfg.model.text
-        ),
-        "final_loss": metrics.get("loss"),
-        "train_seconds": train_s,
-      }
-    )
+  runs = _runs(cfg, args.method)
+  per_seed, models, schedules = _train_all(
+    cfg, args, runs, train_set, test_set, types, log, progress
+  )
+  constant, _ = summary.constant_record(train_set, test_set, types)
+  answers = {t: _num_answers(cfg, args.dataset, t) for t in types}
+  chance = summary.chance_levels(answers, constant["type_accuracy"])
+  learn = summary.learnable_types(per_seed["full/full"], test_set, chance)
+  compared = tuple(i for i, t in enumerate(types) if learn[t]["learnable"])
+  log(
+    "learnable (full model's CI above chance): "
+    + ", ".join(f"{t} {v['learnable']}" for t, v in learn.items())
+  )
   idx = np.arange(cfg.timing_batch) % len(test_set["answer"])
   times = evaluate.time_methods(
     cfg, models, schedules, run.take(test_set, idx), impl=args.impl
   )
+  records = []
   full = "full/full"
-  for rec, label in zip(records, models):
+  full_comp = None
+  for label, seed_runs in per_seed.items():
+    method, name = label.split("/")
+    schedule = schedules[label]
+    rec = {"method": method, "schedule": name}
+    rec |= summary.method_record(seed_runs, types, compared)
+    if label == full:
+      full_comp = rec["accuracy_compared_per_seed"]
+    elif compared and len(cfg.seeds) >= 2:
+      rec["vs_full"] = summary.non_inferiority(
+        rec["accuracy_compared_per_seed"], full_comp
+      )
+    rec |= {
+      "keep": list(schedule.keep),
+      "avg_vision_tokens": schedule.avg_vision_tokens,
+      "flops_fraction": prefill_flops_fraction(
+        schedule, text_len, cfg.model.text
+      ),
+    }
     for kind in ("train_step", "prefill"):
       t = times[kind]
       rec[f"{kind}_ms"] = 1e3 * t[label].median
       rec[f"full_{kind}_ms"] = 1e3 * t[full].median
       rec[f"{kind}_speedup"] = t[full].median / t[label].median
-    rec.update(dataset=args.dataset, num_test=len(test_vqa), impl=args.impl)
+    records.append(rec)
+  records.append(constant)
   elapsed = time.perf_counter() - t0
-  m = cfg.model
-  notes = (
-    f"Model: LLaVA-style, from scratch: CLIP-style ViT ({m.vision.num_layers}"
-    f" blocks, width {m.vision.width}, {m.vision.image_size} px, patch "
-    f"{m.vision.patch_size} -> {cfg.num_vision} vision tokens), 2-layer "
-    f"GELU projector, Llama decoder ({num_layers} layers, d="
-    f"{m.text.d_model}, {m.text.num_heads} heads). Each method trained "
-    f"{cfg.steps} steps at batch {cfg.batch_size} (AdamW, lr "
-    f"{cfg.learning_rate:g}, warmup + cosine) with its pruning active, "
-    f"same initialisation and data order; {len(train_vqa)} training "
-    f"examples of `{args.dataset}`, accuracy = exact match of the argmax "
-    f"answer word on {len(test_vqa)} held-out examples. Prompt: <bos>, "
-    f"{cfg.num_vision} image tokens, question, <answer> (text length "
-    f"{text_len}). Speed-ups: training step (forward, backward, AdamW) and "
-    f"prefill (image tower + decoder up to the answer logits) at batch "
-    f"{cfg.timing_batch}, every method and the full model timed "
-    f"interleaved in this run (median of {cfg.timing_repeats} rounds "
-    f"after {cfg.timing_warmup} warm-up), impl `{args.impl}`. "
-    f"flops_fraction: analytic decoder prefill FLOPs over the full "
-    f"model's (`jaxexit.pruning.prefill_flops_fraction`; the image tower "
-    f"is not counted). Total wall time {elapsed:.0f} s."
-  )
+  for rec in records:
+    rec.update(
+      dataset=args.dataset,
+      num_test=len(test_vqa),
+      impl=args.impl,
+      vision=cfg.vision,
+      wall_seconds=elapsed,
+    )
   write_results(
     args.out,
     records,
-    notes=notes,
+    notes=_notes(cfg, args, train_vqa, test_vqa, text_len, elapsed),
     title=f"HiDrop and baselines, `{args.dataset}` (preset `{args.preset}`)",
+    extra={"learnability": learn, "preset": args.preset},
   )
   log(f"wrote {args.out}/results.json, results.md, tradeoff.png")
+
+
+def _num_answers(cfg, dataset: str, qtype: str) -> int:
+  if dataset == "shapes":
+    return len(cfg.shapes.answers(qtype))
+  return 10  # CIFAR-10's one question type: the class.
+
+
+def _notes(cfg, args, train_vqa, test_vqa, text_len, elapsed) -> str:
+  m = cfg.model
+  if cfg.vision == "clip":
+    vision = (
+      f"CLIP-style ViT trained from scratch ({m.vision.num_layers} blocks, "
+      f"width {m.vision.width}, {m.vision.image_size} px, patch "
+      f"{m.vision.patch_size})"
+    )
+  else:
+    vision = (
+      f"frozen ImageNet EfficientNet-Lite0 `{cfg.feature_map}` map at "
+      f"{cfg.feature_resolution} px ({m.grid} x {m.grid} x "
+      f"{m.feature_dim}, cached once per split), learned position table"
+    )
+  return (
+    f"Model: LLaVA-style: {vision} -> {cfg.num_vision} vision tokens, "
+    f"2-layer GELU projector, Llama decoder ({m.text.num_layers} layers, "
+    f"d={m.text.d_model}, {m.text.num_heads} heads). Each method trained "
+    f"{cfg.steps} steps at batch {cfg.batch_size} (AdamW, lr "
+    f"{cfg.learning_rate:g}, warmup + cosine) with its pruning active, "
+    f"seeds {list(cfg.seeds)} (seed = initialisation and data order, "
+    f"shared by the methods); {len(train_vqa)} training examples of "
+    f"`{args.dataset}`, accuracy = exact match of the argmax answer word "
+    f"on {len(test_vqa)} held-out examples. Brackets: 95 % t intervals "
+    f"over seeds (constant row: Wilson over test examples). Compared "
+    f"types: those the full model learns (t interval above chance). "
+    f"Verdict: paired t interval of (method - full) over seeds on the "
+    f"compared types, non-inferiority margin {summary.MARGIN:g} "
+    f"(`experiments/hidrop/summary.py`). Prompt: <bos>, {cfg.num_vision} "
+    f"image tokens, question, <answer> (text length {text_len}). "
+    f"Speed-ups: training step (forward, backward, AdamW) and prefill "
+    f"(vision side + decoder up to the answer logits) at batch "
+    f"{cfg.timing_batch}, seed-{cfg.seeds[0]} models, all methods timed "
+    f"interleaved in this run (median of {cfg.timing_repeats} rounds "
+    f"after {cfg.timing_warmup} warm-up), impl `{args.impl}`. "
+    f"flops_fraction: analytic decoder prefill FLOPs over the full "
+    f"model's (`jaxexit.pruning.prefill_flops_fraction`). Total wall time "
+    f"{elapsed:.0f} s."
+  )
 
 
 if __name__ == "__main__":

@@ -2,17 +2,36 @@
 
 import numpy as np
 
-from experiments.hidrop import run
+from experiments.hidrop import run, summary
 from experiments.hidrop.configs import Config
 from jaxexit import timing
 from jaxexit.data import eval_batches
+from jaxexit.models.feature_llava import FeatureLlavaLM
 from jaxexit.models.llava import LlavaLM
 from jaxexit.pruning import VisionSchedule
 
 
+def correct(
+  cfg: Config,
+  model: LlavaLM | FeatureLlavaLM,
+  schedule: VisionSchedule,
+  test_set: run.Batch,
+  *,
+  impl: str,
+) -> np.ndarray:
+  """[N] bool: exact match of the argmax answer word, per test example."""
+  prefill, params = run.make_prefill(model, schedule, impl=impl)
+  num = len(test_set["answer"])
+  preds = np.empty(num, np.int32)
+  for idx, valid in eval_batches(num, cfg.eval_batch):
+    out = np.asarray(prefill(params, run.take(test_set, idx)).argmax(-1))
+    preds[idx[:valid]] = out[:valid]
+  return preds == test_set["answer"]
+
+
 def accuracy(
   cfg: Config,
-  model: LlavaLM,
+  model: LlavaLM | FeatureLlavaLM,
   schedule: VisionSchedule,
   test_set: run.Batch,
   type_names: tuple[str, ...],
@@ -24,18 +43,8 @@ def accuracy(
   Returns:
     (accuracy, {type name: accuracy}) over the whole `test_set`.
   """
-  prefill, params = run.make_prefill(model, schedule, impl=impl)
-  num = len(test_set["answer"])
-  preds = np.empty(num, np.int32)
-  for idx, valid in eval_batches(num, cfg.eval_batch):
-    out = np.asarray(prefill(params, run.take(test_set, idx)).argmax(-1))
-    preds[idx[:valid]] = out[:valid]
-  right = preds == test_set["answer"]
-  by_type = {
-    name: float(right[test_set["qtype"] == t].mean())
-    for t, name in enumerate(type_names)
-    if np.any(test_set["qtype"] == t)
-  }
+  right = correct(cfg, model, schedule, test_set, impl=impl)
+  by_type = summary.type_accuracy(right, test_set["qtype"], type_names)
   return float(right.mean()), by_type
 
 

@@ -9,15 +9,25 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 
 def write_tradeoff(path: pathlib.Path, records: list[dict], title: str) -> None:
-  """Left: accuracy vs average vision tokens per layer, one point per
-  method/schedule, the full model as a dashed reference. Right: measured
-  training-step and prefill speed-ups over the full model."""
+  """Left: accuracy (mean over seeds, 95 % CI bars) vs average vision
+  tokens per layer, one point per method/schedule, the full model dashed
+  and the constant answer dotted. Right: measured training-step and
+  prefill speed-ups over the full model."""
   fig, axes = plt.subplots(1, 2, figsize=(12, 4.6))
   full = next((r for r in records if r["method"] == "full"), None)
+  const = next((r for r in records if r["method"] == "constant"), None)
   for r in records:
+    if "avg_vision_tokens" not in r:
+      continue
     x = r["avg_vision_tokens"]
     label = f"{r['method']} / {r['schedule']}"
-    axes[0].scatter(x, r["accuracy"], s=40, label=label)
+    lo, hi = r.get("accuracy_ci") or (None, None)
+    err = None
+    if lo is not None:
+      err = [[r["accuracy"] - lo], [hi - r["accuracy"]]]
+    axes[0].errorbar(
+      x, r["accuracy"], yerr=err, fmt="o", capsize=3, label=label
+    )
     axes[0].annotate(
       r["method"],
       (x, r["accuracy"]),
@@ -41,6 +51,14 @@ def write_tradeoff(path: pathlib.Path, records: list[dict], title: str) -> None:
       linestyle="--",
       linewidth=1,
       label=f"full model ({full['accuracy']:.3f})",
+    )
+  if const is not None:
+    axes[0].axhline(
+      const["accuracy"],
+      color="gray",
+      linestyle=":",
+      linewidth=1,
+      label=f"constant answer ({const['accuracy']:.3f})",
     )
   axes[1].axhline(1.0, color="gray", linestyle=":", linewidth=1)
   axes[1].scatter([], [], marker="o", color="C0", label="training step")

@@ -28,9 +28,11 @@ from jaxexit.data import (
   resize,
   shuffled_batch_indices,
 )
+from jaxexit.models.efficientnet_features import lite_features
+from jaxexit.models.feature_llava import FeatureLlavaLM
 from jaxexit.models.llava import LlavaLM
 from jaxexit.pruning import VisionSchedule, pruned_forward
-from jaxexit.pruning.prompt import llava_pruned_inputs, question_suffix
+from jaxexit.pruning.prompt import make_pruned_inputs, question_suffix
 from jaxexit.typing import Array
 
 Batch = dict[str, np.ndarray]
@@ -67,6 +69,36 @@ def prompt_batch(vset: VQASet) -> Batch:
   }
 
 
+def add_features(
+  cfg: Config,
+  batch: Batch,
+  split: str,
+  *,
+  progress: bool | None = None,
+) -> Batch:
+  """`batch` with its images replaced by frozen backbone features.
+
+  With `cfg.vision == "clip"` the batch is returned as is. Otherwise the
+  images go once through the frozen EfficientNet-Lite0 at
+  `cfg.feature_resolution` (cached on disk, keyed by the images' hash) and
+  `batch["features"]` is the `cfg.feature_map` map, a float16 memmap
+  [N, h, w, C].
+  """
+  if cfg.vision == "clip":
+    return batch
+  name = cfg.feature_map
+  feats = lite_features(
+    batch["images"],
+    f"hidrop-{split}",
+    variant=cfg.vision.rsplit("_", 1)[1],
+    resolution=cfg.feature_resolution,
+    outputs=(name,),
+    progress=progress,
+  )[name]
+  out = {k: v for k, v in batch.items() if k != "images"}
+  return out | {"features": feats}
+
+
 def take(batch: Batch, idx) -> Batch:
   return {k: v[idx] for k, v in batch.items()}
 
@@ -81,10 +113,22 @@ def pixels(images: Array, size: int) -> Array:
 def answer_logits(
   model: LlavaLM, batch, schedule: VisionSchedule, *, impl: str
 ) -> Array:
-  """[B, V] float32 logits at the `<answer>` position."""
-  images = pixels(batch["images"], model.cfg.vision.image_size)
-  inputs = llava_pruned_inputs(
-    model, images, batch["prefix"], batch["suffix"], batch["suffix_lens"]
+  """[B, V] float32 logits at the `<answer>` position.
+
+  The image tokens come from `batch["features"]` (a `FeatureLlavaLM`) or
+  from `batch["images"]` through the CLIP tower (a `LlavaLM`).
+  """
+  if "features" in batch:
+    vision = model.image_embeddings(batch["features"])
+  else:
+    images = pixels(batch["images"], model.cfg.vision.image_size)
+    vision = model.image_embeddings(images)
+  embed = model.lm.embed
+  inputs = make_pruned_inputs(
+    embed(batch["prefix"]),
+    embed(batch["suffix"]),
+    batch["suffix_lens"],
+    vision,
   )
   out = pruned_forward(model.lm, inputs, schedule, impl=impl)
   return jnp.take_along_axis(out.logits, inputs.query_index[..., None], axis=1)[
@@ -120,9 +164,10 @@ def optimizer(cfg: Config) -> optax.GradientTransformation:
   )
 
 
-def init_model(cfg: Config) -> LlavaLM:
+def init_model(cfg: Config) -> LlavaLM | FeatureLlavaLM:
   """The shared initialisation (same seed for every method)."""
-  return LlavaLM(cfg.model, rngs=nnx.Rngs(cfg.seed))
+  cls = LlavaLM if cfg.vision == "clip" else FeatureLlavaLM
+  return cls(cfg.model, rngs=nnx.Rngs(cfg.seed))
 
 
 def train_method(

@@ -95,7 +95,12 @@ def test_hidrop(preset, tmp_path):
   schedule = make_schedule(
     "hidrop", name, cfg.model.text.num_layers, cfg.num_vision
   )
-  train_set = run.prompt_batch(run.load_split(cfg, "shapes", "train", None))
+  train_set = run.add_features(
+    cfg,
+    run.prompt_batch(run.load_split(cfg, "shapes", "train", None)),
+    "train",
+    progress=False,
+  )
   _, metrics = run.train_method(
     cfg,
     run.init_model(cfg),
