@@ -3,8 +3,9 @@
 `generate` (real skipping, every state mode), `generate_full` (the plain
 reference), `simulate_exits` (teacher-forced evaluation), `decode_costs` /
 `decode_flops_fraction` (XLA-counted FLOPs per token), `decode_metrics` (exit
-depth, FLOPs and consistency of a run). A backbone is anything that follows
-`DecoderBackbone`; exit classifiers follow `DecoderExitHeads`.
+depth, FLOPs and consistency of a run), `generate_self_speculative` (LayerSkip
+draft-and-verify, lossless under greedy decoding). A backbone is anything
+that follows `DecoderBackbone`; exit classifiers follow `DecoderExitHeads`.
 """
 
 from jaxexit.decoding.backbone import DecoderBackbone
@@ -24,6 +25,11 @@ from jaxexit.decoding.engine import (
 )
 from jaxexit.decoding.exit_heads import DecoderExitHeads, LMHeadExits
 from jaxexit.decoding.full import generate_full
+from jaxexit.decoding.self_speculative import (
+  SelfSpeculativeOutput,
+  generate_self_speculative,
+)
+from jaxexit.decoding.speculative import SelfSpeculativeCost
 from jaxexit.decoding.simulate import SimulatedExits, simulate_exits
 from jaxexit.decoding.metrics import decode_metrics
 
@@ -36,6 +42,8 @@ __all__ = [
   "DecoderBackbone",
   "DecoderExitHeads",
   "LMHeadExits",
+  "SelfSpeculativeCost",
+  "SelfSpeculativeOutput",
   "SimulatedExits",
   "cache_length",
   "decode_costs",
@@ -43,6 +51,7 @@ __all__ = [
   "decode_metrics",
   "generate",
   "generate_full",
+  "generate_self_speculative",
   "prefill",
   "sample",
   "simulate_exits",
