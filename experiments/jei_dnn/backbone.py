@@ -123,12 +123,13 @@ class LiteJeiModel(nnx.Module):
     pooled = jnp.pad(
       pooled, ((0, 0), (0, self.mean.shape[1] - pooled.shape[1]))
     )
-    return (pooled - self.mean[k]) / self.std[k]
+    return (pooled - self.mean[k][None]) / self.std[k][None]
 
   def final_logits(self, head: jax.Array) -> jax.Array:
     """Head features [B, F] -> probe logits [B, C]."""
-    z = (head.astype(jnp.float32) - self.probe_mean[...]) / self.probe_std[...]
-    return z @ self.probe_kernel[...] + self.probe_bias[...]
+    mean, std = self.probe_mean[...][None], self.probe_std[...][None]
+    z = (head.astype(jnp.float32) - mean) / std
+    return z @ self.probe_kernel[...] + self.probe_bias[...][None]
 
   def init_carry(self, images: np.ndarray, resolution: int) -> dict:
     """uint8 [B, H, W, 3] -> the stack's input: the preprocessed images at

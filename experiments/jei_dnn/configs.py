@@ -40,9 +40,6 @@ PAPER_GAMMAS = (
   5.0,
   7.0,
 )
-# MSDNet's r grid as Dynamic Perceiver's code lists it, without its
-# repeated r = 1.
-R_VALUES = tuple(dict.fromkeys(DYN_PERCEIVER_R_VALUES))
 # Steps per epoch of the paper's batch 64 on 45,000 training images.
 EPOCH = 703
 
@@ -92,7 +89,7 @@ class Config:
   weight_counts: tuple[str, ...] = ("cumulative", "exact")
   gammas: tuple[float, ...] = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
   default_gamma: float = 0.5
-  r_values: tuple[float, ...] = R_VALUES
+  r_values: tuple[float, ...] = DYN_PERCEIVER_R_VALUES
   alpha: float = 0.05
   conformal_splits: int = 100
   feature_batch: int = 128

@@ -26,6 +26,7 @@ Costs are XLA-counted FLOPs of the live stack (`backbone.exit_flops`).
 Axes: Nv / Nt validation / test examples, L exits, C classes.
 """
 
+import jax.numpy as jnp
 import numpy as np
 
 from experiments.jei_dnn import configs
@@ -140,35 +141,35 @@ class SeedEvaluator:
       )
     return records
 
-  def _diagnostics(self, heads, val_out, gamma: float) -> dict:
-    """Gate-collapse evidence on validation under γ."""
-    im = val_out.logits[:, :-1]
-    oracle = np.asarray(
-      jei_dnn.oracle_exit(
-        im,
-        val_out.logits[:, -1],
-        self.val.labels,
-        np.asarray(self.norm_costs, np.float32),
-        gamma,
-      )
+  def _diagnostics(self, heads, val_out, gamma: float, counts: str) -> dict:
+    """Gate-collapse evidence on validation under γ: the oracle exit
+    shares and the gates' positive weights (counted as `counts`)."""
+    logits = jnp.asarray(val_out.logits)
+    oracle = jei_dnn.oracle_exit(
+      logits[:, :-1],
+      logits[:, -1],
+      jnp.asarray(self.val.labels),
+      jnp.asarray(self.norm_costs, jnp.float32),
+      gamma,
     )
     num_exits = val_out.logits.shape[1]
     return {
       "oracle_fractions": (
-        np.bincount(oracle, minlength=num_exits) / oracle.size
+        np.bincount(np.asarray(oracle), minlength=num_exits) / oracle.size
       ).tolist(),
       "pos_weight": np.asarray(
-        jei_dnn.gate_pos_weight(oracle, heads.num_gates)
+        jei_dnn.gate_pos_weight(oracle, heads.num_gates, counts)
       ).tolist(),
     }
 
-  def gamma_points(self, gamma: float, heads, names) -> list[dict]:
-    """JEI-DNN at γ and max-softmax on the same IMs at the same shares,
-    named `names` = (JEI-DNN, baseline)."""
+  def gamma_points(self, gamma: float, heads, counts: str) -> list[dict]:
+    """JEI-DNN at γ (gates trained with `counts` weights) and max-softmax
+    on the same IMs at the same shares (`configs.method_names`)."""
+    names = configs.method_names(counts)
     val_out = jei_dnn.jei_outputs(heads, self.val)
     test_out = jei_dnn.jei_outputs(heads, self.test)
     jei = self.point(names[0], gamma, test_out.logits, test_out.exit_layer)
-    jei.update(self._diagnostics(heads, val_out, gamma))
+    jei.update(self._diagnostics(heads, val_out, gamma, counts))
     num_exits = val_out.logits.shape[1]
     shares = np.bincount(val_out.exit_layer, minlength=num_exits)
     shares = shares / shares.sum()
@@ -205,9 +206,8 @@ def seed_records(cfg, seed: int, feats: dict, flops, warm, trained) -> list:
   ev = SeedEvaluator(cfg, seed, feats, flops)
   records = ev.fixed(warm)
   for counts, by_gamma in trained.items():
-    names = configs.method_names(counts)
     for gamma, heads in by_gamma.items():
-      records += ev.gamma_points(gamma, heads, names)
+      records += ev.gamma_points(gamma, heads, counts)
   headline = trained[cfg.weight_counts[0]]
   records += ev.budget_sweep(headline[cfg.default_gamma])
   return records

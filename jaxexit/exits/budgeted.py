@@ -31,8 +31,12 @@ Vector = Real[ArrayLike, "L"] | Sequence[float]
 # Dynamic Perceiver's `generate_distribution`: r = (i+4)/20 for i = 0..16
 # (0.2 … 1.0), then 20/(i+4) for i = 16 down to 1 (1.0 … 4.0). The official
 # loop reads 33 of its 34 slots, so r = 1 appears twice and r = 5 is unused.
+# The official list holds r = 1 twice ((16 + 4) / 20 and 20 / (16 + 4));
+# it is kept once here, so a sweep never scores one operating point twice.
 DYN_PERCEIVER_R_VALUES = tuple(
-  [(i + 4) / 20 for i in range(17)] + [20 / (i + 4) for i in range(16, 0, -1)]
+  dict.fromkeys(
+    [(i + 4) / 20 for i in range(17)] + [20 / (i + 4) for i in range(16, 0, -1)]
+  )
 )
 # Fewer exits at the CNN-only first exit and at the third exit (§7).
 DYN_PERCEIVER_RESCALE = (0.85, 1.0, 0.5, 1.0)

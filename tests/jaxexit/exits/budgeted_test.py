@@ -24,8 +24,9 @@ def _rescale_reference(r, rescale):
 
 def test_dyn_perceiver_constants():
   r = budgeted.DYN_PERCEIVER_R_VALUES
-  assert len(r) == 33
-  assert r[0] == 0.2 and r[16] == r[17] == 1.0 and r[-1] == 4.0
+  # The official 33 ratios hold r = 1 twice; it is kept once.
+  assert len(r) == 32 == len(set(r))
+  assert r[0] == 0.2 and r[16] == 1.0 and r[-1] == 4.0
   assert list(r) == sorted(r)
   assert budgeted.DYN_PERCEIVER_RESCALE == (0.85, 1.0, 0.5, 1.0)
 
