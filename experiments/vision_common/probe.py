@@ -114,7 +114,7 @@ def fit_linear_probe(
   @jax.jit
   def step(params, opt_state, idx):
     def loss(p):
-      logits = data[idx] @ p["kernel"] + p["bias"]
+      logits = data[idx] @ p["kernel"] + p["bias"][None]
       ce = optax.softmax_cross_entropy_with_integer_labels(logits, targets[idx])
       return jnp.mean(ce)
 
