@@ -27,7 +27,7 @@ import numpy as np
 from flax import nnx
 
 from experiments.dynamic_perceiver.configs import NUM_CLASSES
-from experiments.dynamic_perceiver.run import operating_thresholds
+from experiments.dynamic_perceiver.run import operating_thresholds, optimizer
 from experiments.vision_common import curves
 from jaxexit import execution, exits, train
 from jaxexit.data import eval_batches, resize, shuffled_batch_indices
@@ -169,17 +169,7 @@ def train_method(
       "labels": labels[idx],
     }
 
-  tx = train.build_optimizer(
-    train.OptimConfig(
-      name="adamw",
-      learning_rate=cfg.learning_rate,
-      weight_decay=cfg.weight_decay,
-      schedule="warmup_cosine",
-      warmup_steps=cfg.warmup_steps,
-      total_steps=cfg.steps,
-      end_lr=cfg.end_lr,
-    )
-  )
+  tx = optimizer(cfg)
   model, _ = train.train(
     model,
     tx,

@@ -38,6 +38,21 @@ from jaxexit.models.dyn_perceiver import (
 METHODS = ("dyn_perceiver", "multi_exit_cnn")
 
 
+def optimizer(cfg):
+  """AdamW with linear warm-up then cosine decay, from `cfg`'s fields."""
+  return train.build_optimizer(
+    train.OptimConfig(
+      name="adamw",
+      learning_rate=cfg.learning_rate,
+      weight_decay=cfg.weight_decay,
+      schedule="warmup_cosine",
+      warmup_steps=cfg.warmup_steps,
+      total_steps=cfg.steps,
+      end_lr=cfg.end_lr,
+    )
+  )
+
+
 def _rngs(seed: int) -> nnx.Rngs:
   # RBG keys: random init compiles one program per kernel shape, and those
   # of threefry keys take several times longer to compile on CPU.
@@ -118,17 +133,7 @@ def train_model(
     idx = shuffled_batch_indices(step, len(data), cfg.batch_size, cfg.seed)
     return {"images": data.images[idx], "labels": data.labels[idx]}
 
-  tx = train.build_optimizer(
-    train.OptimConfig(
-      name="adamw",
-      learning_rate=cfg.learning_rate,
-      weight_decay=cfg.weight_decay,
-      schedule="warmup_cosine",
-      warmup_steps=cfg.warmup_steps,
-      total_steps=cfg.steps,
-      end_lr=cfg.end_lr,
-    )
-  )
+  tx = optimizer(cfg)
   model, _ = train.train(
     model,
     tx,
