@@ -39,6 +39,7 @@ prefill is the same for every method):
 import argparse
 import dataclasses
 import functools
+import json
 import os
 import pathlib
 import platform
@@ -551,7 +552,10 @@ def main():
   log("done")
   text = render(records, descriptions, settings, args.quick)
   print(text)
-  report.write_json(out, records)
+  # Keep what benchmarks/self_speculative_decoding.py merged into the file.
+  old = json.loads(out.read_text()) if out.exists() else []
+  kept = [r for r in old if r.get("state_mode") == "self_speculative"]
+  report.write_json(out, records + kept)
   if not args.quick:
     report.write_section(BENCHMARKS_MD, "early_exit_decoding", text)
 

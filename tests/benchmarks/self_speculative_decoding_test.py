@@ -1,0 +1,77 @@
+import importlib.util
+import json
+import pathlib
+import sys
+
+import numpy as np
+from flax import nnx
+
+from jaxexit.models.llama import LlamaConfig, LlamaLM
+from tests.tiers import slow
+
+_PATH = (
+  pathlib.Path(__file__).resolve().parents[2]
+  / "benchmarks"
+  / "self_speculative_decoding.py"
+)
+
+
+def _load_benchmark():
+  spec = importlib.util.spec_from_file_location(
+    "self_speculative_decoding", _PATH
+  )
+  module = importlib.util.module_from_spec(spec)
+  sys.modules[spec.name] = module
+  spec.loader.exec_module(module)
+  return module
+
+
+bench = _load_benchmark()
+
+
+def test_merge_replaces_only_self_speculative_records(tmp_path):
+  path = tmp_path / "r.json"
+  old = [
+    {"state_mode": "propagate", "x": 1},
+    {"state_mode": "self_speculative", "x": 2},
+  ]
+  path.write_text(json.dumps(old))
+  bench.merge(path, [{"state_mode": "self_speculative", "x": 3}])
+  got = json.loads(path.read_text())
+  assert got == [old[0], {"state_mode": "self_speculative", "x": 3}]
+
+
+@slow  # compiles two decoders (~10 s on 2 cores)
+def test_measure_writes_the_required_fields():
+  model = LlamaLM(
+    LlamaConfig(
+      vocab_size=32,
+      d_model=16,
+      num_layers=4,
+      num_heads=2,
+      num_kv_heads=1,
+      mlp_hidden=32,
+      max_position=32,
+    ),
+    rngs=nnx.Rngs(0),
+  )
+  prompts = np.array([[1, 2, 3, 4]], np.int32)
+  records = bench.measure(
+    model, prompts, np.array([4], np.int32), "toy", ((2, 2),), 6, 1
+  )
+  (r,) = records
+  for field in (
+    "backbone",
+    "batch",
+    "tokens_per_s",
+    "full_tokens_per_s",
+    "realised_speedup",
+    "theoretical_speedup",
+    "consistency",
+    "identical_to_full",
+    "acceptance_rate",
+  ):
+    assert field in r
+  assert r["state_mode"] == "self_speculative" and r["batch"] == 1
+  assert r["identical_to_full"] and r["consistency"] == 1.0
+  assert "| toy | 2 | 2 |" in bench.render(records, "toy", True, 1)
