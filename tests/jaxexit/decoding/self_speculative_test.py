@@ -67,6 +67,52 @@ class WrongVocabHead(LMHeadExits):
     return logits[..., :7], state
 
 
+class CountingHead(LMHeadExits):
+  """A stateful draft head: its state counts the positions it absorbed per
+  row. Called at position p with a count other than p (a rejected draft not
+  rolled back, or a position missed) it drafts token 0 instead of the LM
+  head's choice, so its runs match `LMHeadExits` runs only if the state is
+  rolled back exactly."""
+
+  def init_state(self, num_exits, batch, max_len):
+    return (jnp.zeros((batch,), jnp.int32),) * num_exits
+
+  def __call__(self, backbone, e, h, state, positions, valid):
+    logits, _ = super().__call__(backbone, e, h, state, positions, valid)
+    ok = state == positions[:, 0]  # [B]
+    wrong = jnp.zeros(logits.shape[-1]).at[0].set(1e4)
+    logits = logits + jnp.where(ok[:, None, None], 0.0, wrong[None, None, :])
+    return logits, self.advance(backbone, e, h, state, positions, valid)
+
+  def advance(self, backbone, e, h, state, positions, valid):
+    return state + jnp.sum(valid, axis=1, dtype=jnp.int32)
+
+
+@slow
+def test_stateful_exit_head_is_rolled_back_to_the_accepted_length():
+  model = _llama()
+  prompts, lengths = _prompts()
+  runs = [
+    generate_self_speculative(
+      model,
+      prompts,
+      lengths,
+      exit_layer=2,
+      draft_len=3,
+      max_new_tokens=N,
+      exit_head=head,
+    )
+    for head in (None, CountingHead())
+  ]
+  assert np.any(
+    np.asarray(runs[0].accepted) < 3 * np.asarray(runs[0].row_rounds)
+  )
+  for field in ("tokens", "accepted", "row_rounds"):
+    np.testing.assert_array_equal(
+      getattr(runs[0], field), getattr(runs[1], field)
+    )
+
+
 GRID = fast_only([(3, 3, 3), (1, 1, 2), (5, 2, 3), (2, 4, 3)], (3, 3, 3))
 
 
