@@ -24,7 +24,8 @@ def write_tradeoff(path: pathlib.Path, records: list[dict], title: str) -> None:
     lo, hi = r.get("accuracy_ci") or (None, None)
     err = None
     if lo is not None:
-      err = [[r["accuracy"] - lo], [hi - r["accuracy"]]]
+      # as_list() rounds to 6 decimals: clip the rounding below 0.
+      err = [[max(r["accuracy"] - lo, 0.0)], [max(hi - r["accuracy"], 0.0)]]
     axes[0].errorbar(
       x, r["accuracy"], yerr=err, fmt="o", capsize=3, label=label
     )

@@ -191,3 +191,20 @@ def non_inferiority(method: list[float], full: list[float]) -> dict:
     "jaxexit.stats.verdict_record(paper_effect=0, direction=+1)",
   )
   return rec
+
+
+def untested(method: list[float], full: list[float]) -> dict:
+  """When no question type is learnable: the paired t interval of
+  (method - full) over seeds on all types, descriptive only (no verdict:
+  a difference between models that learned nothing tests no claim)."""
+  diff = stats.paired_t_interval(method, full)
+  return {
+    "verdict": None,
+    "diff_mean": round(float(diff.mean), 6),
+    "diff_ci": diff.as_list(),
+    "n": diff.n,
+    "margin": MARGIN,
+    "on": "all question types (descriptive)",
+    "rule": "not tested: the full model learns no question type above "
+    "chance (learnability in results.json)",
+  }
