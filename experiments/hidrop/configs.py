@@ -338,6 +338,34 @@ BENCHMARK = Config(
 )
 
 
+# The old `smoke` at toy size with the from-scratch CLIP tower: the CLIP
+# path's quick checks (benchmarks/token_pruning.py's test).
+SMOKE_CLIP = Config(
+  model=_word_llava(
+    image_size=32,
+    patch_size=4,
+    vision_width=32,
+    vision_layers=1,
+    d_model=32,
+    num_layers=4,
+    num_heads=4,
+    mlp_hidden=64,
+  ),
+  shapes=ShapesVQAConfig(
+    image_size=32, grid=3, max_objects=3, object_scale=0.16
+  ),
+  train_examples=256,
+  test_examples=64,
+  steps=6,
+  batch_size=8,
+  warmup_steps=1,
+  eval_batch=32,
+  timing_batch=32,
+  timing_warmup=1,
+  timing_repeats=1,
+)
+
+
 def get_config(preset: str = "cpu", **overrides) -> Config:
   """The named preset with `overrides` applied."""
   if preset not in PRESETS:

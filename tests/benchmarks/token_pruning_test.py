@@ -32,7 +32,7 @@ def test_quick_run_on_a_tiny_model(tmp_path):
   out = tmp_path / "token_pruning.json"
   bench.main(
     ["--quick", "--out", str(out), "--markdown", str(md)],
-    base=configs.get_config("smoke"),
+    base=configs.SMOKE_CLIP,
   )
   records = json.loads(out.read_text())
   assert [r["method"] for r in records] == list(configs.METHODS)
