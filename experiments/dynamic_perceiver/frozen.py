@@ -27,7 +27,11 @@ import numpy as np
 from flax import nnx
 
 from experiments.dynamic_perceiver.configs import NUM_CLASSES
-from experiments.dynamic_perceiver.run import operating_thresholds, optimizer
+from experiments.dynamic_perceiver.run import (
+  operating_thresholds,
+  optimizer,
+  with_fixed_and_full,
+)
 from experiments.vision_common import curves
 from jaxexit import execution, exits, train
 from jaxexit.data import eval_batches, resize, shuffled_batch_indices
@@ -234,20 +238,9 @@ def evaluate(method, cfg, logits: dict, labels: dict, costs, full) -> list:
     cfg.r_values,
     rescale=rescale,
   )
-  fixed = curves.fixed_exit_records(
-    method, logits["test"], labels["test"], costs, full
+  return with_fixed_and_full(
+    records, method, logits["test"], labels["test"], costs, full
   )
-  whole = dict(
-    fixed[-1],
-    method="full",
-    budget_or_threshold=method,
-    avg_flops=full,
-    flops_fraction=1.0,
-  )
-  records += fixed + [whole]
-  for rec in records:
-    rec["model"] = method
-  return records
 
 
 def timing_targets(records: list[dict], method: str, count: int) -> list:

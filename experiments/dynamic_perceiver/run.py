@@ -38,6 +38,21 @@ from jaxexit.models.dyn_perceiver import (
 METHODS = ("dyn_perceiver", "multi_exit_cnn")
 
 
+def with_fixed_and_full(records, method, test_logits, labels, costs, full):
+  """`records` plus each fixed exit and the full model, all tagged with
+  "model" = `method`. The full model runs every stage but evaluates only
+  its last head, so it costs `full`, not the last exit's cumulative cost."""
+  fixed = curves.fixed_exit_records(method, test_logits, labels, costs, full)
+  whole = dict(
+    fixed[-1],
+    method="full",
+    budget_or_threshold=method,
+    avg_flops=full,
+    flops_fraction=1.0,
+  )
+  return [dict(rec, model=method) for rec in records + fixed + [whole]]
+
+
 def optimizer(cfg):
   """AdamW with linear warm-up then cosine decay, from `cfg`'s fields."""
   return train.build_optimizer(
@@ -241,20 +256,9 @@ def evaluate(method: str, model, splits: Splits, cfg) -> tuple[list, dict]:
     cfg.r_values,
     rescale=rescale,
   )
-  fixed = curves.fixed_exit_records(
-    method, test, splits.test.labels, costs, full
+  records = with_fixed_and_full(
+    records, method, test, splits.test.labels, costs, full
   )
-  # The full model runs every stage but evaluates only its last head.
-  whole = dict(
-    fixed[-1],
-    method="full",
-    budget_or_threshold=method,
-    avg_flops=full,
-    flops_fraction=1.0,
-  )
-  records += fixed + [whole]
-  for rec in records:
-    rec["model"] = method
   time_records(records, model, stack, params, splits.test, cfg)
   summary = {
     "model": method,
