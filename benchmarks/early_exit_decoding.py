@@ -33,7 +33,9 @@ prefill is the same for every method):
 * layer_speedup = L / avg_layers (ignores the exit heads);
 * realised = (t_full − t_prefill) / (t_mode − t_prefill) on medians;
   realised_min the same on each candidate's fastest round; realised_e2e =
-  t_full / t_mode (prefill included); ratio = realised / theoretical.
+  t_full / t_mode (prefill included); ratio = realised / theoretical;
+* exits_disabled_overhead = t(generate with exits disabled) / t_full − 1:
+  the engine's own cost over `generate_full` (same tokens).
 """
 
 import argparse
@@ -282,7 +284,16 @@ def timed_candidates(
     config=prefill_config,
     max_len=max_len,
   )
-  fns = {"full": full, "prefill": prefill}
+  disabled = functools.partial(
+    generate,
+    model,
+    heads,
+    threshold=1.0,
+    config=DecodeConfig(
+      exit_layers=exit_layers, exits_enabled=False, max_new_tokens=n
+    ),
+  )
+  fns = {"full": full, "prefill": prefill, "exits_disabled": disabled}
   for (mode, _), (lam, _, _) in chosen.items():
     config = DecodeConfig(
       exit_layers=exit_layers, state_mode=mode, max_new_tokens=n
@@ -413,6 +424,10 @@ def make_record(
     "seconds": mode_t.median,
     "full_seconds": full.median,
     "prefill_seconds": prefill.median,
+    # The engine's cost with exits disabled over `generate_full`'s.
+    "exits_disabled_overhead": round(
+      times["exits_disabled"].median / full.median - 1.0, 4
+    ),
     "load_avg_1m": [round(x, 2) for x in load],
   }
 

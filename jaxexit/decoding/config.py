@@ -8,9 +8,9 @@ sweep reuses one compiled program.
 import dataclasses
 
 from jaxexit import checks
+from jaxexit.decoding.rules import RuleSpec, check_rule_spec
 
 STATE_MODES = ("oracle", "propagate", "recompute", "freeze")
-RULES = ("max_softmax", "margin", "cosine", "learned")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -21,10 +21,12 @@ class DecodeConfig:
     exit_layers: block counts after which an exit head sits, increasing, each
       in [1, L-1] (e.g. (8, 16, 24) for L = 32). The final layer is always the
       last "exit".
-    rule: confidence of an exit: `max_softmax` (top-1 probability),
-      `margin` (top-1 − top-2 probability), `cosine` (cosine similarity of
-      the hidden state entering and leaving the segment before the exit;
-      CALM's "state"), `learned` (the exit heads' `score` method, in [0, 1]).
+    rule: the exit rule (`jaxexit.decoding.rules`): a name, `max_softmax`
+      (top-1 probability ≥ λ), `margin` (top-1 − top-2 probability),
+      `cosine` (cosine similarity of the hidden state entering and leaving
+      the segment before the exit; CALM's "state"), `learned` (the exit
+      heads' `score` method, in [0, 1]); or any `jaxexit.exits.ExitRule`,
+      or a factory `λ -> ExitRule` (patience, entropy, your own).
     state_mode: what the blocks skipped by an early token keep for later
       tokens: `oracle` (compute every block anyway, emit the early token:
       exact states, no saving), `propagate` (CALM: the exit hidden state fills
@@ -43,7 +45,7 @@ class DecodeConfig:
   """
 
   exit_layers: tuple[int, ...]
-  rule: str = "max_softmax"
+  rule: RuleSpec = "max_softmax"
   state_mode: str = "propagate"
   exits_enabled: bool = True
   pending: int = 8
@@ -61,7 +63,7 @@ class DecodeConfig:
         "exit_layers must be strictly increasing ints >= 1; "
         f"got exit_layers={layers!r}"
       )
-    checks.one_of("rule", self.rule, RULES)
+    check_rule_spec(self.rule)
     checks.one_of("state_mode", self.state_mode, STATE_MODES)
     checks.positive_int("pending", self.pending)
     checks.positive_int("max_new_tokens", self.max_new_tokens)

@@ -5,11 +5,13 @@ write, each exit head, the final norm + LM head) is compiled alone at batch 1
 with a `max_len` cache and costed by `xla_flops`. A token's cost is then
 
   layers_computed · block + layers_propagated · propagate
-    + Σ_{exits evaluated} head[e]  (+ final head if it reached layer L)
+    + exit_projections · head + scores_computed · score
+    (+ final head if it reached layer L)
 
 which counts the exit heads (a full-vocabulary projection per exit is not
-free, pitfall 3) and the catch-up work of `recompute` (inside
-`layers_computed`). The full model costs L · block + final head. Attention
+free, pitfall 3; heads and score heads are costed at their mean over the
+exits) and the catch-up work of `recompute` (inside `layers_computed`).
+The full model costs L · block + final head. Attention
 cost depends on the cache length, so costs are for one `max_len`.
 """
 
@@ -31,6 +33,7 @@ class DecodeCosts:
     block: [L] each block.
     propagate: [L] each block's `propagate`.
     head: [E] each exit head (logits for one position).
+    score: [E] each exit's `score` head (zeros for heads without one).
     final: final norm + LM head.
     boundaries: segment edges (0, e_1, …, L).
   """
@@ -38,6 +41,7 @@ class DecodeCosts:
   block: np.ndarray
   propagate: np.ndarray
   head: np.ndarray
+  score: np.ndarray
   final: float
   boundaries: tuple[int, ...]
 
@@ -74,6 +78,16 @@ def decode_costs(backbone, heads, boundaries, max_len: int) -> DecodeCosts:
 
     return xla_flops(fn, params, hstates[e])
 
+  def score(e):
+    if not hasattr(heads, "score"):
+      return 0.0
+
+    def fn(p):
+      bb, hd = merged(p)
+      return hd.score(bb, e, h)
+
+    return xla_flops(fn, params)
+
   def final(p):
     bb, _ = merged(p)
     return bb.lm_head(bb.final_norm(h))
@@ -83,6 +97,7 @@ def decode_costs(backbone, heads, boundaries, max_len: int) -> DecodeCosts:
     block=np.array([block(i, "layer") for i in layers]),
     propagate=np.array([block(i, "propagate") for i in layers]),
     head=np.array([head(e) for e in range(num_exits)]),
+    score=np.array([score(e) for e in range(num_exits)]),
     final=xla_flops(final, params),
     boundaries=tuple(boundaries),
   )
@@ -95,12 +110,13 @@ def token_flops(out: DecodeOutput, costs: DecodeCosts) -> np.ndarray:
   backbone); the first token, produced by the prefill, counts as a full
   step.
   """
-  head_cum = np.concatenate([[0.0], np.cumsum(costs.head)])
   reached_final = np.asarray(out.segments_run) == len(costs.head) + 1
+  mean = lambda x: float(np.mean(x)) if len(x) else 0.0
   flops = (
     np.asarray(out.layers_computed) * costs.block.mean()
     + np.asarray(out.layers_propagated) * costs.propagate.mean()
-    + head_cum[np.asarray(out.exits_evaluated)]
+    + np.asarray(out.exit_projections) * mean(costs.head)
+    + np.asarray(out.scores_computed) * mean(costs.score)
     + reached_final * costs.final
   )
   flops[:, 0] = costs.full

@@ -16,7 +16,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxexit.decoding.config import DecodeConfig
-from jaxexit.decoding.confidence import token_confidence
+from jaxexit.decoding.rules import final_confidence, resolve_rule
+from jaxexit.exits import ExitHeadOutput
 from jaxtyping import ArrayLike
 
 from jaxexit.typing import Array, Float, Int
@@ -30,9 +31,10 @@ class SimulatedExits:
   Attributes:
     exit_layer: [B, T] int32 blocks used to predict token t+1 (L: final).
     prediction: [B, T] int32 greedy next-token id at that exit.
-    confidence: [B, T] float32 confidence at that exit.
+    confidence: [B, T] float32 the rule's measure at that exit.
     full_prediction: [B, T] int32 the final layer's greedy prediction.
-    exit_confidence: [B, T, E+1] every exit's confidence (the final last).
+    exit_confidence: [B, T, E+1] every exit's measure (the final last; 0
+      for rules without a measure).
   """
 
   exit_layer: Int[Array, "B T"]
@@ -45,6 +47,7 @@ class SimulatedExits:
 @functools.partial(jax.jit, static_argnames=("graphdefs", "config"))
 def _simulate(graphdefs, params, tokens, lengths, threshold, *, config):
   backbone, heads = (nnx.merge(g, p) for g, p in zip(graphdefs, params))
+  rule = resolve_rule(config.rule, threshold)
   batch, length = tokens.shape
   bounds = config.boundaries(backbone.num_layers)
   num_exits = len(bounds) - 2
@@ -52,36 +55,38 @@ def _simulate(graphdefs, params, tokens, lengths, threshold, *, config):
   valid = positions < lengths[:, None]
   caches = list(backbone.init_cache(batch, length))
   hstates = heads.init_state(num_exits, batch, length)
+  flat = lambda x: x.reshape(batch * length, *x.shape[2:])
+  rule_state = rule.init(batch * length, None)
   h = backbone.embed(tokens)
-  preds, confs = [], []
+  preds, confs, exits = [], [], []
   for s in range(num_exits + 1):
     h_in = h
     for i in range(bounds[s], bounds[s + 1]):
       h, caches[i] = backbone.layer(i, h, caches[i], positions, valid)
-    score = None
+    extra = {"h_in": flat(h_in), "h_out": flat(h)}
     if s < num_exits:
       logits, _ = heads(backbone, s, h, hstates[s], positions, valid)
-      if config.rule == "learned":
-        score = heads.score(backbone, s, h)
+      score = None
+      if "score" in rule.reads:
+        score = flat(heads.score(backbone, s, h))
+      out = ExitHeadOutput(logits=flat(logits), score=score, extra=extra)
+      rule_state, exit_now = rule.update(rule_state, out, s)
+      exits.append(jnp.asarray(exit_now, bool) & config.exits_enabled)
+      conf = (
+        jnp.zeros((batch * length,), jnp.float32)
+        if rule.measure is None
+        else rule.measure(out)
+      )
     else:
       logits = backbone.lm_head(backbone.final_norm(h))
-      if config.rule == "learned":
-        score = jnp.ones(tokens.shape, jnp.float32)
-    flat = lambda x: x.reshape(batch * length, -1)
-    conf = token_confidence(
-      config.rule,
-      flat(logits),
-      flat(h_in),
-      flat(h),
-      None if score is None else score.reshape(-1),
-    )
+      exits.append(jnp.ones((batch * length,), bool))
+      conf = final_confidence(rule, flat(logits), extra)
     preds.append(jnp.argmax(logits, axis=-1).astype(jnp.int32))
     confs.append(conf.reshape(batch, length))
   preds = jnp.stack(preds, axis=-1)  # [B, T, E+1]
   confs = jnp.stack(confs, axis=-1)
-  ok = (confs >= threshold) & config.exits_enabled
-  ok = ok.at[..., -1].set(True)
-  chosen = jnp.argmax(ok, axis=-1)  # first confident exit
+  ok = jnp.stack(exits, axis=-1).reshape(batch, length, num_exits + 1)
+  chosen = jnp.argmax(ok, axis=-1)  # first exit the rule takes
   pick = lambda x: jnp.take_along_axis(x, chosen[..., None], axis=-1)[..., 0]
   return SimulatedExits(
     exit_layer=jnp.asarray(bounds[1:], jnp.int32)[chosen],
@@ -100,7 +105,11 @@ def simulate_exits(
   threshold: float,
   config: DecodeConfig,
 ) -> SimulatedExits:
-  """Exit decisions of `config` (rule, exits) on a teacher-forced sequence."""
+  """Exit decisions of `config` (rule, exits) on a teacher-forced sequence.
+
+  The rule sees every position independently (batch B·T), so it equals
+  `generate` in `oracle` mode at batch 1.
+  """
   config.boundaries(backbone.num_layers)
   graphdefs, params = zip(*(nnx.split(m) for m in (backbone, heads)))
   return _simulate(

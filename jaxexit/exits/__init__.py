@@ -16,10 +16,13 @@ from jaxexit.exits.budgeted import (
   thresholds_rule,
 )
 from jaxexit.exits.confidence import (
+  cosine_rule,
   entropy,
   entropy_exit,
   entropy_rule,
+  hidden_cosine,
   margin,
+  margin_rule,
   max_softmax,
   max_softmax_exit,
   max_softmax_rule,
@@ -36,6 +39,7 @@ from jaxexit.exits.gates import (
   learned_exit,
   learned_exit_rule,
   lte_targets,
+  score_rule,
 )
 from jaxexit.exits.halting import (
   PRIOR_SETTINGS,
@@ -64,6 +68,7 @@ from jaxexit.exits.outputs import ExitHeadOutput
 from jaxexit.exits.rules import (
   ExitRule,
   always,
+  at_least,
   fixed_depth,
   memoryless,
   never,

@@ -2,7 +2,8 @@
 
 Papers: DeeBERT (Xin et al., ACL 2020; spec `encoder_exits.md` §5), the
 classic max-softmax threshold (§7), PABEE (Zhou et al., NeurIPS 2020; §4),
-and JEI-DNN's gate input features (Regol et al., ICLR 2024; §8.2).
+JEI-DNN's gate input features (Regol et al., ICLR 2024; §8.2), and CALM's
+softmax-margin and hidden-state confidences (`llm_exits.md` §5.1).
 
 Axes: per-layer logits are `[*b, L, C]` (exit axis L right after the batch
 axes, classes C last); single-layer logits are `[*b, C]`. Layer indices are
@@ -11,7 +12,8 @@ maths is float32 (inputs are cast).
 
 Vectorised exits and their incremental `rules.ExitRule` twins:
 `entropy_exit` ↔ `entropy_rule`, `max_softmax_exit` ↔ `max_softmax_rule`,
-`patience_exit` ↔ `patience_rule`.
+`patience_exit` ↔ `patience_rule`. `margin_rule` and `cosine_rule` are
+incremental only (early-exit decoding uses them).
 """
 
 from typing import NamedTuple
@@ -22,7 +24,7 @@ import numpy as np
 from jaxtyping import ArrayLike, Real
 
 from jaxexit import checks
-from jaxexit.exits.rules import ExitRule, memoryless
+from jaxexit.exits.rules import ExitRule, at_least, memoryless
 from jaxexit.exits.select import first_exit
 from jaxexit.typing import Array, Float, Int
 
@@ -229,9 +231,51 @@ def max_softmax_rule(threshold: ScalarLike) -> ExitRule:
     threshold: T ∈ [0, 1].
   """
   _check_prob_threshold(threshold)
-  return memoryless(
-    lambda out, layer: max_softmax(_head_logits(out)) >= threshold
+  return at_least(
+    lambda out: max_softmax(_head_logits(out)), threshold, reads=("logits",)
   )
+
+
+def margin_rule(threshold: ScalarLike) -> ExitRule:
+  """Exit where top-1 − top-2 probability ≥ T (CALM's softmax margin).
+
+  Args:
+    threshold: T ∈ [0, 1].
+  """
+  _check_prob_threshold(threshold)
+  return at_least(
+    lambda out: margin(_head_logits(out)), threshold, reads=("logits",)
+  )
+
+
+def hidden_cosine(out) -> Array:
+  """[B] cosine of `out.extra["h_in"]` and `out.extra["h_out"]` ([B, D]).
+
+  CALM's "state" confidence: the hidden state entering and leaving the
+  layers before an exit; close to 1 when they changed little.
+  """
+  if not isinstance(out.extra, dict) or not {"h_in", "h_out"} <= set(out.extra):
+    raise ValueError(
+      "this rule reads ExitHeadOutput.extra['h_in'] and ['h_out'] (the "
+      f"hidden states around the exit's layers); got extra={out.extra!r}"
+    )
+  a = jnp.asarray(out.extra["h_in"], jnp.float32)
+  b = jnp.asarray(out.extra["h_out"], jnp.float32)
+  norms = jnp.linalg.norm(a, axis=-1) * jnp.linalg.norm(b, axis=-1)
+  return jnp.sum(a * b, axis=-1) / jnp.maximum(norms, 1e-12)
+
+
+def cosine_rule(threshold: ScalarLike) -> ExitRule:
+  """Exit where the hidden state's cosine across the exit's layers ≥ T.
+
+  Reads `extra` (`hidden_cosine`), no logits: an exit that only checks it
+  needs no vocabulary projection.
+
+  Args:
+    threshold: T ∈ [-1, 1].
+  """
+  checks.in_range("threshold", threshold, -1.0, 1.0)
+  return at_least(hidden_cosine, threshold, reads=("extra",))
 
 
 class PatienceState(NamedTuple):
@@ -281,4 +325,4 @@ def patience_rule(
     new = PatienceState(cur, counter, jnp.ones_like(state.has_prev))
     return new, counter == patience
 
-  return ExitRule(init, update)
+  return ExitRule(init, update, reads=("logits",))

@@ -31,7 +31,7 @@ from jaxtyping import ArrayLike, Real
 
 from jaxexit import checks
 from jaxexit.exits.outputs import ExitHeadOutput
-from jaxexit.exits.rules import ExitRule, memoryless
+from jaxexit.exits.rules import ExitRule, at_least, memoryless
 from jaxexit.exits.select import first_exit
 from jaxexit.typing import Array, Float, Int
 
@@ -243,7 +243,23 @@ def learned_exit_rule(threshold: ScalarLike) -> ExitRule:
     threshold: τ ∈ [0, 1].
   """
   _check_tau(threshold)
-  return memoryless(lambda out, layer: _score(out) < threshold)
+  return memoryless(
+    lambda out, layer: _score(out) < threshold, reads=("score",)
+  )
+
+
+def score_rule(threshold: ScalarLike) -> ExitRule:
+  """Exit where a learned confidence score is ≥ τ; reads `score`.
+
+  The score is a probability that exiting is safe (CALM's meta classifier,
+  DYNAMAX's consistency head: P(exit prediction = final prediction)), the
+  opposite sense of BERxiT's uncertainty in `learned_exit_rule`.
+
+  Args:
+    threshold: τ ∈ [0, 1].
+  """
+  _check_tau(threshold)
+  return at_least(_score, threshold, reads=("score",))
 
 
 class JeiGateState(NamedTuple):
@@ -276,4 +292,4 @@ def jei_gate_rule(threshold: ScalarLike = 0.5) -> ExitRule:
     carry, (_, c) = _jei_step(tuple(state), _score(head_out))
     return JeiGateState(*carry), c >= threshold
 
-  return ExitRule(init, update)
+  return ExitRule(init, update, reads=("score",))

@@ -388,7 +388,7 @@ def q_exit_rule(q: ScalarLike) -> ExitRule:
     survival = state.survival * (1.0 - lam)
     return QExitState(survival, cdf), cdf > _f32(q)
 
-  return ExitRule(init, update)
+  return ExitRule(init, update, reads=("halt",))
 
 
 class SampledExitState(NamedTuple):
@@ -418,4 +418,4 @@ def sampled_exit_rule() -> ExitRule:
     u = jax.vmap(lambda k: _uniform_at(k, layer))(state.keys)  # [B]
     return state, u < lam
 
-  return ExitRule(init, update)
+  return ExitRule(init, update, reads=("halt",))

@@ -16,6 +16,12 @@ Contract:
     scalar), `exit_now` is `[B]` bool. The execution mode forces an exit at
     the last layer and keeps the first exit of each example; a rule never
     needs to remember that an example already left.
+  * `rule.reads` names the `ExitHeadOutput` fields `update` reads, so a
+    caller can skip computing the others (early-exit decoding computes an
+    exit's vocabulary projection only for rules that read `logits`).
+  * `rule.measure`, when set, is `head_out -> [B] float32`: the scalar a
+    threshold rule compares with its threshold, for reports and for
+    calibrating the threshold (None for rules that are not one threshold).
 
 This file holds the protocol and the generic rules. Each paper's rule
 factory lives beside its vectorised twin over all layers at once
@@ -37,13 +43,19 @@ from jaxexit.typing import Array, PyTree
 RuleState = PyTree
 
 
+# The `ExitHeadOutput` fields a rule may read.
+FIELDS = ("logits", "halt", "score", "extra")
+
+
 class ExitRule(NamedTuple):
-  """A pair of pure functions deciding exits one layer at a time."""
+  """Pure functions deciding exits one layer at a time (see the contract)."""
 
   init: Callable[[int, Any], RuleState]
   update: Callable[
     [RuleState, ExitHeadOutput, Array | int], tuple[RuleState, Array]
   ]
+  reads: tuple[str, ...] = ("logits",)
+  measure: Callable[[ExitHeadOutput], Array] | None = None
 
 
 def _no_state(batch_size: int, rule_inputs=None) -> RuleState:
@@ -54,27 +66,52 @@ def _no_state(batch_size: int, rule_inputs=None) -> RuleState:
 
 def memoryless(
   condition: Callable[[ExitHeadOutput, Array | int], Array],
+  *,
+  reads: tuple[str, ...] = ("logits",),
 ) -> ExitRule:
   """A rule whose decision depends only on the current layer's output.
 
   Args:
     condition: `(head_out, layer) -> [B] bool`.
+    reads: the `ExitHeadOutput` fields `condition` reads.
   """
 
   def update(state, head_out, layer):
     return state, jnp.asarray(condition(head_out, layer), bool)
 
-  return ExitRule(_no_state, update)
+  return ExitRule(_no_state, update, _check_reads(reads))
+
+
+def at_least(
+  measure: Callable[[ExitHeadOutput], Array],
+  threshold,
+  *,
+  reads: tuple[str, ...],
+) -> ExitRule:
+  """Exit where `measure(head_out) >= threshold` (a confidence threshold).
+
+  Args:
+    measure: `head_out -> [B]` float32 confidence.
+    threshold: a scalar; may be traced (a threshold sweep under `jit` then
+      reuses one compiled program).
+    reads: the `ExitHeadOutput` fields `measure` reads.
+  """
+  rule = memoryless(lambda out, layer: measure(out) >= threshold, reads=reads)
+  return rule._replace(measure=measure)
 
 
 def never() -> ExitRule:
   """Exits disabled: every example runs all layers (the full model)."""
-  return memoryless(lambda out, layer: jnp.zeros(_batch_shape(out), bool))
+  return memoryless(
+    lambda out, layer: jnp.zeros(_batch_shape(out), bool), reads=()
+  )
 
 
 def always() -> ExitRule:
   """Every example exits at the first layer."""
-  return memoryless(lambda out, layer: jnp.ones(_batch_shape(out), bool))
+  return memoryless(
+    lambda out, layer: jnp.ones(_batch_shape(out), bool), reads=()
+  )
 
 
 def fixed_depth(num_layers_used: int) -> ExitRule:
@@ -83,7 +120,8 @@ def fixed_depth(num_layers_used: int) -> ExitRule:
   return memoryless(
     lambda out, layer: jnp.full(
       _batch_shape(out), jnp.asarray(layer) >= num_layers_used - 1
-    )
+    ),
+    reads=(),
   )
 
 
@@ -107,7 +145,14 @@ def preset_depth() -> ExitRule:
     del head_out
     return depth, jnp.asarray(layer) >= depth - 1
 
-  return ExitRule(init, update)
+  return ExitRule(init, update, reads=())
+
+
+def _check_reads(reads) -> tuple[str, ...]:
+  reads = tuple(reads)
+  for name in reads:
+    checks.one_of("ExitRule.reads", name, FIELDS)
+  return reads
 
 
 def _batch_shape(out: ExitHeadOutput) -> tuple[int, ...]:

@@ -2,13 +2,16 @@ import jax
 import numpy as np
 import pytest
 
+from jaxexit import exits
 from jaxexit.decoding import config as config_lib
 from jaxexit.decoding.config import DecodeConfig
 from jaxexit.decoding.cost import decode_costs, decode_flops_fraction
 from jaxexit.decoding.engine import cache_length, generate
 from jaxexit.decoding.exit_heads import LMHeadExits
 from jaxexit.decoding.full import generate_full
+from jaxexit.decoding.rules import resolve_rule
 from jaxexit.decoding.simulate import simulate_exits
+from jaxexit.methods.dynamax import ExitClassifierConfig, ExitClassifiers
 from flax import nnx
 
 from jaxexit.models.llama import LlamaConfig, LlamaLM
@@ -108,6 +111,37 @@ def _sequence(prompts, lengths, generated):
   return np.stack(rows)
 
 
+def _patience(threshold):
+  del threshold  # PABEE: two consecutive exits agree
+  return exits.patience_rule(1)
+
+
+def _mamba_classifiers():
+  """DYNAMAX's stateful Mamba exit classifiers with scores, perturbed off
+  the shared LM head so their logits differ from it."""
+  heads = ExitClassifiers(
+    ExitClassifierConfig(kind="mamba", num_exits=3, d_model=16, mamba_width=8),
+    rngs=nnx.Rngs(1),
+  )
+  for i, e in enumerate(heads.exits):
+    e.up.kernel[...] = jax.random.normal(
+      jax.random.key(5 + i), e.up.kernel[...].shape
+    )
+  return heads
+
+
+# name: (DecodeConfig.rule, exit heads). Named rules, a factory of a
+# stateful encoder rule, and a rule that reads only the heads' score (the
+# projection then runs at the exit taken alone, through a stateful head).
+RULE_CASES = {
+  "max_softmax": ("max_softmax", LMHeadExits),
+  "margin": ("margin", LMHeadExits),
+  "cosine": ("cosine", LMHeadExits),
+  "patience": (_patience, LMHeadExits),
+  "learned": ("learned", _mamba_classifiers),
+}
+
+
 @SLOW
 @pytest.mark.parametrize(
   "kind, rule",
@@ -115,24 +149,28 @@ def _sequence(prompts, lengths, generated):
     ("llama", "max_softmax"),
     ("llama", "margin"),
     ("llama", "cosine"),
+    ("llama", "patience"),
+    ("llama", "learned"),
     ("mamba", "max_softmax"),
     ("mamba2", "margin"),
   ],
 )
 def test_oracle_equals_simulated_evaluation(kind, rule):
   model = _model(kind)
+  spec, make_heads = RULE_CASES[rule]
+  heads = make_heads()
   prompts, lengths = _prompts()
   prompts, lengths = prompts[:1], lengths[:1]  # batch 1: per-token exits
   cfg = DecodeConfig(
-    exit_layers=(1, 2, 4), rule=rule, state_mode="oracle", max_new_tokens=N
+    exit_layers=(1, 2, 4), rule=spec, state_mode="oracle", max_new_tokens=N
   )
   # A threshold inside the first exit's confidence range mixes the exits.
-  probe = simulate_exits(model, LMHeadExits(), prompts, lengths, 1.0, cfg)
+  probe = simulate_exits(model, heads, prompts, lengths, 1.0, cfg)
   threshold = float(np.median(probe.exit_confidence[0, : lengths[0], 0]))
-  out = generate(model, LMHeadExits(), prompts, lengths, threshold, cfg)
+  out = generate(model, heads, prompts, lengths, threshold, cfg)
   seq = _sequence(prompts, lengths, out.tokens)
   sim = simulate_exits(
-    model, LMHeadExits(), seq, np.array([seq.shape[1]]), threshold, cfg
+    model, heads, seq, np.array([seq.shape[1]]), threshold, cfg
   )
   start = lengths[0]
   # Token n+1 is predicted at position start + n; token 0 by the prefill.
@@ -142,8 +180,15 @@ def test_oracle_equals_simulated_evaluation(kind, rule):
   np.testing.assert_array_equal(
     out.exit_layer[0, 1:], sim.exit_layer[0, start : start + N - 1]
   )
-  exits = np.asarray(out.exit_layer[0, 1:])
-  assert len(set(exits.tolist())) > 1, f"no threshold mixes exits: {exits}"
+  exit_layer = np.asarray(out.exit_layer[0, 1:])
+  assert len(set(exit_layer.tolist())) > 1, f"no mix of exits: {exit_layer}"
+  # The vocabulary projection runs at every exit only for rules that read
+  # logits; otherwise once, at the exit taken (none at the final layer).
+  projections = np.asarray(out.exit_projections[0, 1:])
+  if "logits" in resolve_rule(spec, threshold).reads:
+    assert (projections == 3).all(), projections  # oracle: every exit
+  else:
+    np.testing.assert_array_equal(projections, exit_layer < 6)
 
 
 @SLOW
@@ -247,6 +292,23 @@ def test_bad_input_errors():
     DecodeConfig(exit_layers=(2,), state_mode="skip")
   with pytest.raises(ValueError, match="exit_layers"):
     DecodeConfig(exit_layers=(3, 2))
+
+  for rule, match in [
+    ("learned", "needs exit heads with a `score` method; LMHeadExits"),
+    (exits.q_exit_rule(0.5), r"fields \['halt'\], which early-exit decoding"),
+    (lambda t: 0.5, "returned float, not an ExitRule"),
+  ]:
+    with pytest.raises(ValueError, match=match):
+      generate(
+        model,
+        LMHeadExits(),
+        prompts,
+        lengths,
+        0.5,
+        DecodeConfig(exit_layers=(2,), rule=rule),
+      )
+  with pytest.raises(ValueError, match="rule must be one of"):
+    DecodeConfig(exit_layers=(2,), rule="sometimes")
 
   model.state_modes = ("oracle", "propagate")  # a backbone that cannot freeze
   with pytest.raises(ValueError, match="'freeze' is not supported by LlamaLM"):
