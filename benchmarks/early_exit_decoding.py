@@ -23,9 +23,13 @@ ignored so every run decodes exactly `max_new_tokens` tokens.
 
 Writes `benchmarks/results/early_exit_decoding.json` (`--quick`:
 `early_exit_decoding_quick.json`, and BENCHMARKS.md is left alone): records
-`{"backbone", "state_mode", "avg_layers_fraction", "theoretical_speedup",
-"realised_speedup", "ratio", ...}`. Speed-ups are over decode steps (the
-prefill is the same for every method):
+`{"backbone", "state_mode", "batch", "avg_layers_fraction",
+"theoretical_speedup", "realised_speedup", "ratio", "consistency",
+"identical_to_full", "tokens_per_s", "full_tokens_per_s", ...}`, plus the
+transformer's `state_mode="self_speculative"` records at
+`SELF_SPECULATIVE_GRID` (`benchmarks/self_speculative_decoding.py`'s
+`measure`, same prompts). Speed-ups are over decode steps (the prefill is
+the same for every method):
 
 * theoretical = 1 / flops_fraction: XLA-counted FLOPs per decode step, every
   exit head evaluated and the propagate / catch-up work included
@@ -40,8 +44,8 @@ prefill is the same for every method):
 
 import argparse
 import dataclasses
+import importlib.util
 import functools
-import json
 import os
 import pathlib
 import platform
@@ -118,6 +122,9 @@ class Settings:
 
 
 FULL = Settings()
+# (E, d) of the self-speculative records (LayerSkip; the best setting of
+# `benchmarks/self_speculative_decoding.py` on SmolLM2, BENCHMARKS.md).
+SELF_SPECULATIVE_GRID = ((22, 3),)
 QUICK = Settings(
   backbones=("transformer",),
   num_prompts=(1,),
@@ -126,6 +133,15 @@ QUICK = Settings(
   search_steps=4,
   tolerance=0.04,
 )
+
+
+def self_speculative_bench():
+  """The sibling script `self_speculative_decoding.py`, as a module."""
+  path = HERE / "self_speculative_decoding.py"
+  spec = importlib.util.spec_from_file_location(path.stem, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
 
 
 def threshold_grid(conf: np.ndarray) -> np.ndarray:
@@ -370,6 +386,7 @@ def measure_backbone(
       tokens=prompts.shape[0] * n,
       load=load,
     )
+    | {"identical_to_full": bool(np.array_equal(stack([out]), full))}
     for (mode, target), (lam, out, steps) in chosen.items()
   ]
 
@@ -404,6 +421,7 @@ def make_record(
   return {
     "backbone": name,
     "state_mode": mode,
+    "batch": 1,
     "target_fraction": target,
     "threshold": lam,
     "search_runs": steps,
@@ -552,10 +570,11 @@ def main():
     f"[{time.perf_counter() - start:5.0f} s] {msg}", flush=True
   )
   tokenizer = GGUFTokenizer.from_gguf(smollm2_gguf_path())
-  records, descriptions = [], {}
+  records, descriptions, loaded = [], {}, {}
   for name, count in zip(settings.backbones, settings.num_prompts):
     prompts, lengths = chat_prompts(tokenizer, count)
     model, exit_layers, about = load_backbone(name)
+    loaded[name] = (model, prompts, lengths)
     descriptions[name] = (
       f"{about}, exits after {exit_layers}, {count} "
       f"TruthfulQA prompt(s) of {lengths.tolist()} tokens"
@@ -565,12 +584,23 @@ def main():
       name, model, prompts, lengths, exit_layers, settings, log=log
     )
   log("done")
-  text = render(records, descriptions, settings, args.quick)
+  text = render(
+    [r for r in records if r["state_mode"] != "self_speculative"],
+    descriptions,
+    settings,
+    args.quick,
+  )
   print(text)
-  # Keep what benchmarks/self_speculative_decoding.py merged into the file.
-  old = json.loads(out.read_text()) if out.exists() else []
-  kept = [r for r in old if r.get("state_mode") == "self_speculative"]
-  report.write_json(out, records + kept)
+  if "transformer" in loaded:  # the same prompts, timed against full again
+    records += self_speculative_bench().measure(
+      *loaded["transformer"],
+      "transformer",
+      SELF_SPECULATIVE_GRID,
+      settings.max_new_tokens,
+      settings.repeats,
+      log,
+    )
+  report.write_json(out, records)
   if not args.quick:
     report.write_section(BENCHMARKS_MD, "early_exit_decoding", text)
 
