@@ -20,6 +20,8 @@ Axes: n sequences, B batch, T tokens, E exits, D width, V vocabulary.
 import dataclasses
 import functools
 import os
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -218,11 +220,16 @@ def train_exit_classifiers(
   seed: int = 0,
   checkpoint_every: int = 100,
   progress: bool | None = None,
+  fingerprint: Mapping[str, Any] | None = None,
 ) -> tuple[ExitClassifiers, dict]:
   """Trains `classifiers` on `features` with the backbone frozen.
 
   Batches are drawn by `jaxexit.data.batching.shuffled_batch_indices`, a
   pure function of (seed, step), so a resumed run sees the same batches.
+  `fingerprint` (e.g. a hash of the backbone's weights and of the training
+  tokens) is stored with every checkpoint; resuming classifiers trained
+  for another backbone or data raises `FingerprintMismatch`, naming the
+  field (`jaxexit.train.train`).
 
   Returns:
     `classifiers` (updated in place) and the last logged metrics.
@@ -245,9 +252,56 @@ def train_exit_classifiers(
     seed=seed,
     checkpoint_every=checkpoint_every,
     progress=progress,
+    fingerprint=fingerprint,
   )
   # The train step donates its state: hand the (unchanged) backbone arrays
   # and the trained classifier arrays back to the caller's modules.
   nnx.update(backbone, nnx.state(model.backbone))
   nnx.update(classifiers, nnx.state(model.classifiers))
   return classifiers, metrics
+
+
+@functools.partial(jax.jit, static_argnames=("graphdefs",))
+def _agreement_counts(graphdefs, params, hidden, final, mask):
+  backbone, classifiers = (nnx.merge(g, p) for g, p in zip(graphdefs, params))
+  top = jnp.argmax(backbone.lm_head(backbone.final_norm(final)), axis=-1)
+  batch, length = mask.shape
+  positions = jnp.broadcast_to(jnp.arange(length), (batch, length))
+  states = classifiers.init_state(hidden.shape[2], batch, length)
+  counts = []
+  for e in range(hidden.shape[2]):
+    logits, _ = classifiers(
+      backbone, e, hidden[:, :, e], states[e], positions, mask
+    )
+    same = jnp.argmax(logits, axis=-1) == top
+    counts.append(jnp.sum(same & mask))
+  return jnp.stack(counts)
+
+
+def exit_agreement(
+  backbone,
+  classifiers: ExitClassifiers,
+  features: ExitFeatures,
+  *,
+  batch_size: int = 8,
+) -> np.ndarray:
+  """[E] top-1 agreement of each exit with the final layer.
+
+  The fraction of valid positions (`features.mask`) where the classifier's
+  argmax at exit e equals the frozen final layer's argmax; fresh
+  classifiers of any kind give the shared LM head's agreement.
+  """
+  graphdefs, params = zip(*(nnx.split(m) for m in (backbone, classifiers)))
+  total = np.zeros(features.hidden.shape[2], np.int64)
+  for start in range(0, len(features.mask), batch_size):
+    rows = slice(start, start + batch_size)
+    total += np.asarray(
+      _agreement_counts(
+        tuple(graphdefs),
+        tuple(params),
+        features.hidden[rows],
+        features.final[rows],
+        features.mask[rows],
+      )
+    )
+  return total / max(int(features.mask.sum()), 1)

@@ -1,0 +1,54 @@
+import importlib.util
+import pathlib
+import sys
+
+import numpy as np
+import pytest
+
+from jaxexit.train.fingerprint import FingerprintMismatch
+from tests.tiers import slow
+
+_ROOT = pathlib.Path(__file__).resolve().parents[2]
+_PATH = _ROOT / "benchmarks" / "exit_adapters.py"
+
+
+def _load_benchmark():
+  spec = importlib.util.spec_from_file_location("exit_adapters", _PATH)
+  module = importlib.util.module_from_spec(spec)
+  sys.modules[spec.name] = module
+  spec.loader.exec_module(module)
+  return module
+
+
+bench = _load_benchmark()
+
+
+@slow
+def test_quick_run_trains_adapters_that_draft_better_and_stay_lossless(
+  tmp_path,
+):
+  records, _ = bench.run(True, tmp_path, log=lambda msg: None)
+  assert {r["head"] for r in records} == {"shared_head", "adapter"}
+  for r in records:
+    assert r["identical_to_full"], r  # greedy self-speculation is lossless
+    # KL distillation raises held-out agreement with the final layer.
+    assert r["agreement_after"] > r["agreement_before"] + 0.05, r
+  by = {(r["exit_layer"], r["head"]): r["acceptance_rate"] for r in records}
+  for layer in bench.QUICK.exit_layers:
+    assert by[(layer, "adapter")] > by[(layer, "shared_head")]
+
+
+def test_adapters_of_another_backbone_are_refused(tmp_path):
+  settings = bench.QUICK
+  model, rows, _, _ = bench.backbone_and_text(True, settings)
+  features = bench.dynamax_train.exit_features(
+    model,
+    rows[:8],
+    np.full(8, settings.seq_len, np.int32),
+    settings.exit_layers,
+    progress=False,
+  )
+  tiny = bench.dataclasses.replace(settings, steps=2, batch_size=2)
+  bench.train_adapter(model, features, 0, 2, tiny, tmp_path, "weights-a")
+  with pytest.raises(FingerprintMismatch, match="backbone"):
+    bench.train_adapter(model, features, 0, 2, tiny, tmp_path, "weights-b")
