@@ -334,6 +334,9 @@ def test_flops_fraction_counts_heads_and_skipping():
     model, heads, full_cfg.boundaries(6), cache_length(prompts.shape[1], N)
   )
   assert costs.block.min() > 0 and costs.head.min() > 0
+  blocks = costs.in_blocks()
+  assert blocks["head"][0] == pytest.approx(costs.head[0] / costs.block.mean())
+  assert blocks["score"] == [0.0, 0.0]  # the shared head has no score
   full = generate(model, heads, prompts, lengths, 0.0, full_cfg)
   assert decode_flops_fraction(full, costs) == pytest.approx(1.0)
   cfg = DecodeConfig(exit_layers=(2, 4), state_mode="freeze", max_new_tokens=N)
