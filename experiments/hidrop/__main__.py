@@ -25,6 +25,7 @@ import numpy as np
 
 from experiments.cli import comma_choices
 from experiments.hidrop import configs, evaluate, plots, run, summary
+from experiments.vision_common.probe import Standardizer
 from jaxexit import report, results_store
 from jaxexit.data import add_data_dir_flag
 from jaxexit.pruning import IMPLS, make_schedule, prefill_flops_fraction
@@ -197,7 +198,23 @@ def _load(cfg, args, log, progress):
     )
     # Training reads random rows: hold the float16 maps in memory.
     sets = [s | {"features": np.asarray(s["features"])} for s in sets]
+    if cfg.standardize_features:
+      sets = _standardized(sets)
+      log("features standardised per channel (training split statistics)")
   return train_vqa, test_vqa, *sets
+
+
+def _standardized(sets: list[dict]) -> list[dict]:
+  """The [N, h, w, C] feature maps of (train, test) standardised per
+  channel with the training split's statistics, as float16."""
+  channels = sets[0]["features"].shape[-1]
+  std = Standardizer.fit(sets[0]["features"].reshape(-1, channels))
+  out = []
+  for s in sets:
+    f = s["features"]
+    z = std(f.reshape(-1, channels)).reshape(f.shape).astype(np.float16)
+    out.append(s | {"features": z})
+  return out
 
 
 def _train_all(cfg, args, runs, train_set, test_set, types, log, progress):
