@@ -17,6 +17,9 @@ them):
   glue/MNLI/{train,dev_matched,dev_mismatched}.tsv
   gsm8k/{train,test}.jsonl
   commonsenseqa/{train,dev}_rand_split.jsonl
+  math500/test.jsonl                (not staged here; fields: problem,
+  aime2024/test.jsonl                solution, answer, subject, level /
+                                     id, problem, solution, answer, url)
   truthfulqa/TruthfulQA.csv
   cifar10/cifar10_{train,test}_jpg.tar.gz
 
@@ -132,6 +135,26 @@ def _build_registry() -> dict[str, DatasetSpec]:
       source_url="https://www.tau-nlp.org/commonsenseqa",
       obtain="download train_rand_split.jsonl and dev_rand_split.jsonl "
       "(v1.11) into <data dir>/commonsenseqa/",
+    ),
+    DatasetSpec(
+      name="math500",
+      title="MATH-500 (the PRM800K test subset of Hendrycks MATH)",
+      subdir="math500",
+      splits={"test": "test.jsonl"},
+      tfds_name=None,
+      source_url="https://huggingface.co/datasets/HuggingFaceH4/MATH-500",
+      obtain="save the test split as JSON lines with the fields problem, "
+      "solution, answer, subject, level into <data dir>/math500/test.jsonl",
+    ),
+    DatasetSpec(
+      name="aime2024",
+      title="AIME 2024",
+      subdir="aime2024",
+      splits={"test": "test.jsonl"},
+      tfds_name=None,
+      source_url="https://huggingface.co/datasets/Maxwell-Jia/AIME_2024",
+      obtain="save the 30 problems as JSON lines with the fields id, "
+      "problem, solution, answer, url into <data dir>/aime2024/test.jsonl",
     ),
     DatasetSpec(
       name="truthfulqa",
