@@ -84,7 +84,7 @@ class CueState:
   buffer: Int[Array, "B K"]
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)  # hashed by identity (static)
 class CueDetector:
   """`step(state, token) -> (state, event)` for a fixed tokenizer and cues.
 

@@ -1,0 +1,364 @@
+"""LYNX online: exits from chain-of-thought decided inside the decoding loop.
+
+Paper: LYNX (Akgül et al., arXiv 2512.05325; spec `llm_exits.md` §2.9).
+The official code replays events over finished rollouts; `generate_lynx`
+decides them online, greedily, in one `lax.while_loop` with static shapes.
+Each row is a state machine:
+
+  REASON   feed the last token; when it is a cue token (`CueDetector`),
+           the probe reads the features this step computed anyway (the
+           hidden states of `feature_layers` at the cue position) and the
+           conformal rule decides; on exit the cue's cache slot is reused
+           (the cache index rolls back by one: the cue leaves the prefix)
+           and the row turns to
+  FORCING  teacher-force the pre-tokenised exit cue, then
+  ANSWERING greedy-decode ≤ K answer tokens until `stop_ids` (e.g. "}" or
+           EOS), then
+  DONE     idle (its cache writes are masked).
+
+A row that reaches EOS or `max_reason` tokens without exiting keeps its
+full trace. `replay_lynx` is the offline reference (the official
+procedure): the full greedy trace, events by `reference_events`, features
+from one teacher-forced pass, the first exiting event, a greedy completion
+of the truncated prompt. Tests check that the two agree token for token
+and decision for decision.
+
+Features follow Hugging Face's `hidden_states` numbering: 0 = the
+embeddings, i = the output of block i, L = the last block's output after
+the final norm.
+
+Axes: B batch, T prompt, N = max_reason + len(exit cue) + K tokens, F
+features, D width.
+"""
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jaxexit.decoding.full import generate_full
+from jaxexit.methods import lynx_conformal
+from jaxexit.methods.lynx_cues import CueDetector, CueState, reference_events
+from jaxexit.methods.lynx_probe import LynxProbe
+from jaxexit.typing import Array, Bool, Float, Int
+
+REASON, FORCING, ANSWERING, DONE = 0, 1, 2, 3
+
+
+@dataclasses.dataclass(frozen=True)
+class LynxConfig:
+  """Static settings of a LYNX run.
+
+  Attributes:
+    feature_layers: hidden-state indices (0 = embeddings, L = final norm).
+    exit_ids: the exit cue, pre-tokenised (e.g. `</think> Final Answer:
+      \\boxed{`).
+    stop_ids: answer tokens that end a row (e.g. "}" and EOS).
+    max_reason: reasoning tokens at most (the first from the prefill).
+    answer_len: K, answer tokens at most after the exit cue.
+    eos_id: ends a reasoning trace (None: never).
+  """
+
+  feature_layers: tuple[int, ...]
+  exit_ids: tuple[int, ...]
+  stop_ids: tuple[int, ...]
+  max_reason: int
+  answer_len: int
+  eos_id: int | None = None
+
+  @property
+  def max_tokens(self) -> int:
+    """N: the longest continuation a row can produce."""
+    return self.max_reason + len(self.exit_ids) + self.answer_len
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class LynxOutput:
+  """Continuations after the prompt and the exit decisions.
+
+  Attributes:
+    tokens: [B, N] the continuation (prompt + tokens[:length] is the final
+      context; an exited row holds reasoning, exit cue, answer).
+    length: [B] tokens of the continuation.
+    exited: [B] the row exited early.
+    exit_event: [B] continuation index of the cue token that exited (-1).
+    events: [B, N] bool, a cue event was evaluated at this continuation
+      index.
+    p_hat: [B, N] the probe's output at evaluated events (0 elsewhere).
+  """
+
+  tokens: Int[Array, "B N"]
+  length: Int[Array, "B"]
+  exited: Bool[Array, "B"]
+  exit_event: Int[Array, "B"]
+  events: Bool[Array, "B N"]
+  p_hat: Float[Array, "B N"]
+
+
+def _forward(backbone, tokens, positions, valid, caches, layers):
+  """Logits [B, T, V], features [B, T, F] and caches."""
+  h = backbone.embed(tokens)
+  kept = {0: h} if 0 in layers else {}
+  caches = list(caches)
+  last = backbone.num_layers
+  for i in range(last):
+    h, caches[i] = backbone.layer(i, h, caches[i], positions, valid)
+    if i + 1 in layers and i + 1 < last:
+      kept[i + 1] = h
+  normed = backbone.final_norm(h)
+  if last in layers:
+    kept[last] = normed
+  feats = jnp.concatenate([kept[i] for i in layers], axis=-1)
+  return backbone.lm_head(normed), feats, tuple(caches)
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class _Rows:
+  token: Int[Array, "B"]  # the token fed at `pos`
+  pos: Int[Array, "B"]
+  mode: Int[Array, "B"]
+  cue: Bool[Array, "B"]  # `token` completes a cue
+  forced: Int[Array, "B"]  # exit-cue tokens fed so far
+  answered: Int[Array, "B"]
+  reasoned: Int[Array, "B"]  # reasoning tokens in the continuation
+  detector: CueState
+  caches: tuple
+  out: LynxOutput
+
+
+@functools.partial(jax.jit, static_argnames=("graphdefs", "cfg", "detector"))
+def _generate(graphdefs, params, prompts, lengths, q0, q1, *, cfg, detector):
+  backbone, probe = (nnx.merge(g, p) for g, p in zip(graphdefs, params))
+  batch, prompt_len = prompts.shape
+  n_max = cfg.max_tokens
+  caches = backbone.init_cache(batch, prompt_len + n_max)
+  positions = jnp.broadcast_to(jnp.arange(prompt_len), prompts.shape)
+  logits, _, caches = _forward(
+    backbone,
+    prompts,
+    positions,
+    positions < lengths[:, None],
+    caches,
+    cfg.feature_layers,
+  )
+  last = jnp.take_along_axis(logits, (lengths - 1)[:, None, None], axis=1)
+  first = jnp.argmax(last[:, 0], axis=-1).astype(jnp.int32)
+  det, cue = detector.step(detector.init(batch), first)
+  exit_ids = jnp.asarray(cfg.exit_ids, jnp.int32)
+  stop_ids = jnp.asarray(cfg.stop_ids, jnp.int32)
+  eos = -1 if cfg.eos_id is None else cfg.eos_id
+  zeros = jnp.zeros((batch,), jnp.int32)
+  out = LynxOutput(
+    tokens=jnp.zeros((batch, n_max), jnp.int32).at[:, 0].set(first),
+    length=zeros + 1,
+    exited=jnp.zeros((batch,), bool),
+    exit_event=zeros - 1,
+    events=jnp.zeros((batch, n_max), bool),
+    p_hat=jnp.zeros((batch, n_max), jnp.float32),
+  )
+  rule = lynx_conformal.ConformalExit(q0, q1, 0.0, 0, 0)
+  reason_done = (first == eos) | (cfg.max_reason == 1)
+  rows = _Rows(
+    token=first,
+    pos=lengths,
+    mode=jnp.where(reason_done, DONE, REASON),
+    cue=cue,
+    forced=zeros,
+    answered=zeros,
+    reasoned=zeros + 1,
+    detector=det,
+    caches=caches,
+    out=out,
+  )
+
+  def cond(rows):
+    return jnp.any(rows.mode != DONE)
+
+  def body(r):
+    live = r.mode != DONE
+    logits, feats, caches = _forward(
+      backbone,
+      r.token[:, None],
+      r.pos[:, None],
+      live[:, None],
+      r.caches,
+      cfg.feature_layers,
+    )
+    greedy = jnp.argmax(logits[:, 0], axis=-1).astype(jnp.int32)
+    idx = r.pos - lengths  # continuation index of the fed token
+    # REASON at a cue: the probe and the rule.
+    check = (r.mode == REASON) & r.cue
+    p = probe(feats[:, 0])
+    go = check & lynx_conformal.exits(rule, p)
+    put = lambda a, i, v, m: a.at[jnp.arange(batch), i].set(
+      jnp.where(m, v, a[jnp.arange(batch), i])
+    )
+    out = dataclasses.replace(
+      r.out,
+      events=put(r.out.events, idx, True, check),
+      p_hat=put(r.out.p_hat, idx, p, check),
+      exited=r.out.exited | go,
+      exit_event=jnp.where(go, idx, r.out.exit_event),
+    )
+    # The next token and where it goes.
+    in_force = (r.mode == FORCING) | go
+    forced = jnp.where(go, 0, r.forced)
+    more_cue = forced + 1 < len(cfg.exit_ids)
+    nxt = jnp.where(
+      go,
+      exit_ids[0],
+      jnp.where(
+        in_force & more_cue,
+        exit_ids[jnp.minimum(forced + 1, len(exit_ids) - 1)],
+        greedy,
+      ),
+    )
+    pos = jnp.where(go, r.pos, r.pos + 1)  # exit: reuse the cue's slot
+    mode = r.mode
+    mode = jnp.where(go, FORCING, mode)
+    forced = jnp.where(in_force & ~go, forced + 1, forced)
+    mode = jnp.where((r.mode == FORCING) & ~more_cue, ANSWERING, mode)
+    answered = r.answered + (
+      (r.mode == ANSWERING) | ((r.mode == FORCING) & ~more_cue)
+    ).astype(jnp.int32)
+    stop = jnp.any(nxt[:, None] == stop_ids[None, :], axis=1)
+    end_answer = (mode == ANSWERING) & (stop | (answered >= cfg.answer_len))
+    reasoning = r.mode == REASON
+    reasoned = r.reasoned + (reasoning & ~go).astype(jnp.int32)
+    end_reason = reasoning & ~go & ((nxt == eos) | (reasoned >= cfg.max_reason))
+    mode = jnp.where(live & (end_answer | end_reason), DONE, mode)
+    mode = jnp.where(live, mode, DONE)
+    nidx = pos - lengths
+    write = live & (nidx < n_max)
+    out = dataclasses.replace(
+      out,
+      tokens=put(out.tokens, jnp.minimum(nidx, n_max - 1), nxt, write),
+      length=jnp.where(write, nidx + 1, out.length),
+    )
+    det, cue = detector.step(r.detector, nxt)
+    det = jax.tree.map(
+      lambda a, b: jnp.where(live[:, None], a, b), det, r.detector
+    )
+    return _Rows(
+      token=jnp.where(live, nxt, r.token),
+      pos=jnp.where(live, pos, r.pos),
+      mode=mode,
+      cue=cue & (mode == REASON),
+      forced=forced,
+      answered=answered,
+      reasoned=reasoned,
+      detector=det,
+      caches=caches,
+      out=out,
+    )
+
+  return jax.lax.while_loop(cond, body, rows).out
+
+
+def generate_lynx(
+  backbone,
+  probe: LynxProbe,
+  rule: lynx_conformal.ConformalExit,
+  detector: CueDetector,
+  prompts,
+  lengths,
+  cfg: LynxConfig,
+) -> LynxOutput:
+  """Greedy decoding with LYNX exits decided online (see the module doc).
+
+  Raises:
+    ValueError: if the probe reads other layers or another width than
+      `cfg.feature_layers` give.
+  """
+  width = backbone.d_model * len(cfg.feature_layers)
+  probe.check_features(cfg.feature_layers, width)
+  graphdefs, params = zip(*(nnx.split(m) for m in (backbone, probe)))
+  return _generate(
+    tuple(graphdefs),
+    tuple(params),
+    jnp.asarray(prompts, jnp.int32),
+    jnp.asarray(lengths, jnp.int32),
+    jnp.float32(rule.q0),
+    jnp.float32(rule.q1),
+    cfg=cfg,
+    detector=detector,
+  )
+
+
+def replay_lynx(
+  backbone,
+  probe: LynxProbe,
+  rule: lynx_conformal.ConformalExit,
+  decode_token,
+  prompt: np.ndarray,
+  cfg: LynxConfig,
+  cues=None,
+) -> dict:
+  """The offline reference for one prompt (the official procedure).
+
+  Returns:
+    {"tokens": continuation list, "events": continuation indices of the
+    events, "p_hat": probe outputs there, "exit_event": the index that
+    exited or -1}.
+  """
+  prompt = np.asarray(prompt, np.int32)[None]
+  t = prompt.shape[1]
+  trace = np.asarray(
+    generate_full(
+      backbone,
+      prompt,
+      np.array([t]),
+      max_new_tokens=cfg.max_reason,
+      eos_id=cfg.eos_id,
+    )
+  )[0].tolist()
+  if cfg.eos_id is not None and cfg.eos_id in trace:
+    trace = trace[: trace.index(cfg.eos_id) + 1]
+  kw = {} if cues is None else {"cues": cues}
+  events = reference_events([decode_token(i) for i in trace], **kw)
+  seq = np.concatenate([prompt[0], trace])[None]
+  positions = np.arange(seq.shape[1])[None]
+  _, feats, _ = _forward(
+    backbone,
+    jnp.asarray(seq),
+    jnp.asarray(positions),
+    jnp.ones(seq.shape, bool),
+    backbone.init_cache(1, seq.shape[1]),
+    cfg.feature_layers,
+  )
+  # Event at continuation index e: the cue token is the input at t + e.
+  # The last token of a trace (EOS, or the max_reason-th) is never fed.
+  evaluable = [e for e in events if e < len(trace) - 1]
+  p_hat = [float(probe(feats[:, t + e])[0]) for e in evaluable]
+  go = [bool(lynx_conformal.exits(rule, jnp.float32(p))) for p in p_hat]
+  if not any(go):
+    return {
+      "tokens": trace,
+      "events": evaluable,
+      "p_hat": p_hat,
+      "exit_event": -1,
+    }
+  k = go.index(True)
+  e = evaluable[k]
+  head = trace[:e] + list(cfg.exit_ids)
+  ctx = np.concatenate([prompt[0], head])[None]
+  answer = np.asarray(
+    generate_full(
+      backbone, ctx, np.array([ctx.shape[1]]), max_new_tokens=cfg.answer_len
+    )
+  )[0].tolist()
+  for i, tok in enumerate(answer):
+    if tok in cfg.stop_ids:
+      answer = answer[: i + 1]
+      break
+  return {
+    "tokens": head + answer,
+    "events": evaluable[: k + 1],
+    "p_hat": p_hat[: k + 1],
+    "exit_event": e,
+  }
