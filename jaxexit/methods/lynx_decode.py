@@ -290,6 +290,23 @@ def generate_lynx(
   )
 
 
+def forward_features(
+  backbone, tokens: np.ndarray, layers: tuple[int, ...]
+) -> Float[Array, "B T F"]:
+  """Teacher-forced features of whole sequences [B, T] (one pass)."""
+  tokens = jnp.asarray(tokens, jnp.int32)
+  positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
+  _, feats, _ = _forward(
+    backbone,
+    tokens,
+    positions,
+    jnp.ones(tokens.shape, bool),
+    backbone.init_cache(tokens.shape[0], tokens.shape[1]),
+    layers,
+  )
+  return feats
+
+
 def replay_lynx(
   backbone,
   probe: LynxProbe,
@@ -322,15 +339,7 @@ def replay_lynx(
   kw = {} if cues is None else {"cues": cues}
   events = reference_events([decode_token(i) for i in trace], **kw)
   seq = np.concatenate([prompt[0], trace])[None]
-  positions = np.arange(seq.shape[1])[None]
-  _, feats, _ = _forward(
-    backbone,
-    jnp.asarray(seq),
-    jnp.asarray(positions),
-    jnp.ones(seq.shape, bool),
-    backbone.init_cache(1, seq.shape[1]),
-    cfg.feature_layers,
-  )
+  feats = forward_features(backbone, seq, cfg.feature_layers)
   # Event at continuation index e: the cue token is the input at t + e.
   # The last token of a trace (EOS, or the max_reason-th) is never fed.
   evaluable = [e for e in events if e < len(trace) - 1]
