@@ -3,8 +3,10 @@
 Paper: LYNX (Akgül et al., arXiv 2512.05325; spec `llm_exits.md` §2.9).
 The official code replays events over finished rollouts; `generate_lynx`
 decides them online, greedily, in one `lax.while_loop` with static shapes.
-Each row is a state machine:
+B slots work through a queue of Q problems; each slot is a state machine:
 
+  PROMPT   feed the problem's prompt, one token per step (so a slot can
+           take a new problem while the others decode), then
   REASON   feed the last token; when it is a cue token (`CueDetector`),
            the probe reads the features this step computed anyway (the
            hidden states of `feature_layers` at the cue position) and the
@@ -14,7 +16,11 @@ Each row is a state machine:
   FORCING  teacher-force the pre-tokenised exit cue, then
   ANSWERING greedy-decode ≤ K answer tokens until `stop_ids` (e.g. "}" or
            EOS), then
-  DONE     idle (its cache writes are masked).
+  DONE     take the next queued problem (slot refill: tokens saved become
+           throughput) or, with the queue empty, idle (cache writes
+           masked). A new problem overwrites the slot's cache from
+           position 0 on; attention reads only positions ≤ the query's,
+           which are all rewritten by then.
 
 A row that reaches EOS or `max_reason` tokens without exiting keeps its
 full trace. `replay_lynx` is the offline reference (the official
@@ -27,8 +33,8 @@ Features follow Hugging Face's `hidden_states` numbering: 0 = the
 embeddings, i = the output of block i, L = the last block's output after
 the final norm.
 
-Axes: B batch, T prompt, N = max_reason + len(exit cue) + K tokens, F
-features, D width.
+Axes: B slots, Q queued problems, T prompt, N = max_reason + len(exit
+cue) + K tokens, F features, D width.
 """
 
 import dataclasses
@@ -39,13 +45,14 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxexit import checks
 from jaxexit.decoding.full import generate_full
 from jaxexit.methods import lynx_conformal
 from jaxexit.methods.lynx_cues import CueDetector, CueState, reference_events
 from jaxexit.methods.lynx_probe import LynxProbe
 from jaxexit.typing import Array, Bool, Float, Int
 
-REASON, FORCING, ANSWERING, DONE = 0, 1, 2, 3
+PROMPT, REASON, FORCING, ANSWERING, DONE = 0, 1, 2, 3, 4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,6 +86,8 @@ class LynxConfig:
 @dataclasses.dataclass(frozen=True)
 class LynxOutput:
   """Continuations after the prompt and the exit decisions.
+
+  One row per queued problem (B in the annotations below is Q).
 
   Attributes:
     tokens: [B, N] the continuation (prompt + tokens[:length] is the final
@@ -118,66 +127,65 @@ def _forward(backbone, tokens, positions, valid, caches, layers):
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
-class _Rows:
-  token: Int[Array, "B"]  # the token fed at `pos`
+class _Slots:
+  """The loop carry: B slots working through a queue of Q problems."""
+
+  problem: Int[Array, "B"]  # the queue index a slot works on
+  token: Int[Array, "B"]  # the token fed at `pos` this step
   pos: Int[Array, "B"]
   mode: Int[Array, "B"]
   cue: Bool[Array, "B"]  # `token` completes a cue
   forced: Int[Array, "B"]  # exit-cue tokens fed so far
   answered: Int[Array, "B"]
   reasoned: Int[Array, "B"]  # reasoning tokens in the continuation
+  next_problem: Int[Array, ""]
   detector: CueState
   caches: tuple
-  out: LynxOutput
+  out: LynxOutput  # [Q, ...]
 
 
-@functools.partial(jax.jit, static_argnames=("graphdefs", "cfg", "detector"))
-def _generate(graphdefs, params, prompts, lengths, q0, q1, *, cfg, detector):
+@functools.partial(
+  jax.jit, static_argnames=("graphdefs", "cfg", "detector", "slots")
+)
+def _generate(
+  graphdefs, params, prompts, lengths, q0, q1, *, cfg, detector, slots
+):
   backbone, probe = (nnx.merge(g, p) for g, p in zip(graphdefs, params))
-  batch, prompt_len = prompts.shape
+  queue, prompt_len = prompts.shape
   n_max = cfg.max_tokens
-  caches = backbone.init_cache(batch, prompt_len + n_max)
-  positions = jnp.broadcast_to(jnp.arange(prompt_len), prompts.shape)
-  logits, _, caches = _forward(
-    backbone,
-    prompts,
-    positions,
-    positions < lengths[:, None],
-    caches,
-    cfg.feature_layers,
-  )
-  last = jnp.take_along_axis(logits, (lengths - 1)[:, None, None], axis=1)
-  first = jnp.argmax(last[:, 0], axis=-1).astype(jnp.int32)
-  det, cue = detector.step(detector.init(batch), first)
+  rows = jnp.arange(slots)
   exit_ids = jnp.asarray(cfg.exit_ids, jnp.int32)
   stop_ids = jnp.asarray(cfg.stop_ids, jnp.int32)
   eos = -1 if cfg.eos_id is None else cfg.eos_id
-  zeros = jnp.zeros((batch,), jnp.int32)
-  out = LynxOutput(
-    tokens=jnp.zeros((batch, n_max), jnp.int32).at[:, 0].set(first),
-    length=zeros + 1,
-    exited=jnp.zeros((batch,), bool),
-    exit_event=zeros - 1,
-    events=jnp.zeros((batch, n_max), bool),
-    p_hat=jnp.zeros((batch, n_max), jnp.float32),
-  )
   rule = lynx_conformal.ConformalExit(q0, q1, 0.0, 0, 0)
-  reason_done = (first == eos) | (cfg.max_reason == 1)
-  rows = _Rows(
-    token=first,
-    pos=lengths,
-    mode=jnp.where(reason_done, DONE, REASON),
-    cue=cue,
+  zeros = jnp.zeros((slots,), jnp.int32)
+  fresh = detector.init(slots)
+  first_problem = jnp.minimum(rows, queue - 1)
+  out = LynxOutput(
+    tokens=jnp.zeros((queue, n_max), jnp.int32),
+    length=jnp.zeros((queue,), jnp.int32),
+    exited=jnp.zeros((queue,), bool),
+    exit_event=jnp.full((queue,), -1, jnp.int32),
+    events=jnp.zeros((queue, n_max), bool),
+    p_hat=jnp.zeros((queue, n_max), jnp.float32),
+  )
+  state = _Slots(
+    problem=first_problem,
+    token=prompts[first_problem, 0],
+    pos=zeros,
+    mode=jnp.where(rows < queue, PROMPT, DONE),
+    cue=jnp.zeros((slots,), bool),
     forced=zeros,
     answered=zeros,
-    reasoned=zeros + 1,
-    detector=det,
-    caches=caches,
+    reasoned=zeros,
+    next_problem=jnp.int32(min(slots, queue)),
+    detector=fresh,
+    caches=backbone.init_cache(slots, prompt_len + n_max),
     out=out,
   )
 
-  def cond(rows):
-    return jnp.any(rows.mode != DONE)
+  def cond(r):
+    return jnp.any(r.mode != DONE)
 
   def body(r):
     live = r.mode != DONE
@@ -190,74 +198,89 @@ def _generate(graphdefs, params, prompts, lengths, q0, q1, *, cfg, detector):
       cfg.feature_layers,
     )
     greedy = jnp.argmax(logits[:, 0], axis=-1).astype(jnp.int32)
-    idx = r.pos - lengths  # continuation index of the fed token
+    length = lengths[r.problem]
+    idx = r.pos - length  # continuation index of the fed token
+    in_prompt = r.mode == PROMPT
+    last_prompt = in_prompt & (r.pos == length - 1)
     # REASON at a cue: the probe and the rule.
-    check = (r.mode == REASON) & r.cue
+    check = (r.mode == REASON) & r.cue & live
     p = probe(feats[:, 0])
     go = check & lynx_conformal.exits(rule, p)
-    put = lambda a, i, v, m: a.at[jnp.arange(batch), i].set(
-      jnp.where(m, v, a[jnp.arange(batch), i])
-    )
-    out = dataclasses.replace(
-      r.out,
-      events=put(r.out.events, idx, True, check),
-      p_hat=put(r.out.p_hat, idx, p, check),
-      exited=r.out.exited | go,
-      exit_event=jnp.where(go, idx, r.out.exit_event),
+    o = r.out
+
+    def put(a, i, v, m):
+      i = jnp.clip(i, 0, n_max - 1)
+      return a.at[r.problem, i].set(jnp.where(m, v, a[r.problem, i]))
+
+    o = dataclasses.replace(
+      o,
+      events=put(o.events, idx, True, check),
+      p_hat=put(o.p_hat, idx, p, check),
+      exited=o.exited.at[r.problem].set(o.exited[r.problem] | go),
+      exit_event=o.exit_event.at[r.problem].set(
+        jnp.where(go, idx, o.exit_event[r.problem])
+      ),
     )
     # The next token and where it goes.
     in_force = (r.mode == FORCING) | go
     forced = jnp.where(go, 0, r.forced)
     more_cue = forced + 1 < len(cfg.exit_ids)
-    nxt = jnp.where(
-      go,
-      exit_ids[0],
-      jnp.where(
-        in_force & more_cue,
-        exit_ids[jnp.minimum(forced + 1, len(exit_ids) - 1)],
-        greedy,
-      ),
-    )
+    cue_next = exit_ids[jnp.minimum(forced + 1, len(cfg.exit_ids) - 1)]
+    nxt = jnp.where(in_force & more_cue, cue_next, greedy)
+    nxt = jnp.where(go, exit_ids[0], nxt)
+    next_prompt = prompts[r.problem, jnp.minimum(r.pos + 1, prompt_len - 1)]
+    nxt = jnp.where(in_prompt & ~last_prompt, next_prompt, nxt)
     pos = jnp.where(go, r.pos, r.pos + 1)  # exit: reuse the cue's slot
-    mode = r.mode
-    mode = jnp.where(go, FORCING, mode)
+    mode = jnp.where(go, FORCING, r.mode)
+    mode = jnp.where(last_prompt, REASON, mode)
     forced = jnp.where(in_force & ~go, forced + 1, forced)
     mode = jnp.where((r.mode == FORCING) & ~more_cue, ANSWERING, mode)
-    answered = r.answered + (
-      (r.mode == ANSWERING) | ((r.mode == FORCING) & ~more_cue)
-    ).astype(jnp.int32)
+    answering = (r.mode == ANSWERING) | ((r.mode == FORCING) & ~more_cue)
+    answered = r.answered + answering.astype(jnp.int32)
     stop = jnp.any(nxt[:, None] == stop_ids[None, :], axis=1)
     end_answer = (mode == ANSWERING) & (stop | (answered >= cfg.answer_len))
-    reasoning = r.mode == REASON
-    reasoned = r.reasoned + (reasoning & ~go).astype(jnp.int32)
+    reasoning = (r.mode == REASON) | last_prompt
+    reasoned = jnp.where(last_prompt, 0, r.reasoned)
+    reasoned = reasoned + (reasoning & ~go).astype(jnp.int32)
     end_reason = reasoning & ~go & ((nxt == eos) | (reasoned >= cfg.max_reason))
-    mode = jnp.where(live & (end_answer | end_reason), DONE, mode)
-    mode = jnp.where(live, mode, DONE)
-    nidx = pos - lengths
-    write = live & (nidx < n_max)
-    out = dataclasses.replace(
-      out,
-      tokens=put(out.tokens, jnp.minimum(nidx, n_max - 1), nxt, write),
-      length=jnp.where(write, nidx + 1, out.length),
+    done = live & (end_answer | end_reason)
+    nidx = pos - length
+    write = live & ~(in_prompt & ~last_prompt) & (nidx < n_max)
+    o = dataclasses.replace(
+      o,
+      tokens=put(o.tokens, nidx, nxt, write),
+      length=o.length.at[r.problem].set(
+        jnp.where(write, nidx + 1, o.length[r.problem])
+      ),
     )
-    det, cue = detector.step(r.detector, nxt)
-    det = jax.tree.map(
-      lambda a, b: jnp.where(live[:, None], a, b), det, r.detector
+    det_in = jax.tree.map(
+      lambda f, d: jnp.where(last_prompt[:, None], f, d), fresh, r.detector
     )
-    return _Rows(
-      token=jnp.where(live, nxt, r.token),
-      pos=jnp.where(live, pos, r.pos),
+    det, cue = detector.step(det_in, nxt)
+    # Slot refill: a slot that finished takes the next queued problem.
+    rank = jnp.cumsum(done.astype(jnp.int32)) - 1
+    new_problem = r.next_problem + rank
+    refill = done & (new_problem < queue)
+    problem = jnp.where(refill, new_problem, r.problem)
+    mode = jnp.where(done, DONE, mode)
+    mode = jnp.where(refill, PROMPT, jnp.where(live, mode, DONE))
+    reset = lambda new, old: jnp.where(refill, new, old)  # noqa: E731
+    return _Slots(
+      problem=problem,
+      token=reset(prompts[problem, 0], jnp.where(live, nxt, r.token)),
+      pos=reset(0, jnp.where(live, pos, r.pos)),
       mode=mode,
       cue=cue & (mode == REASON),
-      forced=forced,
-      answered=answered,
-      reasoned=reasoned,
+      forced=reset(0, forced),
+      answered=reset(0, answered),
+      reasoned=reset(0, reasoned),
+      next_problem=r.next_problem + jnp.sum(done, dtype=jnp.int32),
       detector=det,
       caches=caches,
-      out=out,
+      out=o,
     )
 
-  return jax.lax.while_loop(cond, body, rows).out
+  return jax.lax.while_loop(cond, body, state).out
 
 
 def generate_lynx(
@@ -268,25 +291,46 @@ def generate_lynx(
   prompts,
   lengths,
   cfg: LynxConfig,
+  *,
+  slots: int | None = None,
 ) -> LynxOutput:
   """Greedy decoding with LYNX exits decided online (see the module doc).
 
+  Args:
+    backbone: a Transformer `DecoderBackbone`.
+    probe: trained on `cfg.feature_layers`.
+    rule: the calibrated conformal rule.
+    detector: the cue detector of the backbone's tokenizer.
+    prompts: [Q, T] right-padded prompt ids (the queue).
+    lengths: [Q] prompt lengths (≥ 1).
+    cfg: static settings.
+    slots: B rows decoded together (default Q: one static batch). With
+      B < Q a row that finishes takes the next queued problem (its prompt
+      is fed one token per step), so tokens saved become throughput.
+
+  Returns:
+    A `LynxOutput` with one row per queued problem.
+
   Raises:
     ValueError: if the probe reads other layers or another width than
-      `cfg.feature_layers` give.
+      `cfg.feature_layers` give, or slots < 1.
   """
   width = backbone.d_model * len(cfg.feature_layers)
   probe.check_features(cfg.feature_layers, width)
+  prompts = jnp.asarray(prompts, jnp.int32)
+  slots = prompts.shape[0] if slots is None else slots
+  checks.positive_int("slots", slots)
   graphdefs, params = zip(*(nnx.split(m) for m in (backbone, probe)))
   return _generate(
     tuple(graphdefs),
     tuple(params),
-    jnp.asarray(prompts, jnp.int32),
+    prompts,
     jnp.asarray(lengths, jnp.int32),
     jnp.float32(rule.q0),
     jnp.float32(rule.q1),
     cfg=cfg,
     detector=detector,
+    slots=slots,
   )
 
 

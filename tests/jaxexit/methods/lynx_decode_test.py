@@ -90,3 +90,29 @@ def test_probe_of_other_layers_is_refused():
   never = lynx_conformal.ConformalExit(2.0, 1.0, 0.1, 10, 10)
   with pytest.raises(ValueError, match="layers"):
     generate_lynx(model, other, never, detector, prompts, lengths, cfg)
+
+
+def test_slot_refill_equals_replay_for_every_queued_problem():
+  model, probe, detector, cfg, _, _ = _setup()
+  prompts = np.array(
+    [[1, 2, 3, 4], [5, 6, 0, 0], [7, 1, 3, 0], [2, 2, 0, 0], [3, 0, 0, 0]],
+    np.int32,
+  )
+  lengths = np.array([4, 2, 3, 2, 1], np.int32)
+  never = lynx_conformal.ConformalExit(2.0, 1.0, 0.1, 10, 10)
+  probes = [
+    replay_lynx(model, probe, never, DECODE, p[:n], cfg, cues=CUES)
+    for p, n in zip(prompts, lengths)
+  ]
+  rule = _rule_between(np.concatenate([r["p_hat"] for r in probes]))
+  out = generate_lynx(
+    model, probe, rule, detector, prompts, lengths, cfg, slots=2
+  )
+  lengths_out = np.asarray(out.length)
+  for b, (p, n) in enumerate(zip(prompts, lengths)):
+    ref = replay_lynx(model, probe, rule, DECODE, p[:n], cfg, cues=CUES)
+    got = np.asarray(out.tokens[b, : lengths_out[b]]).tolist()
+    assert got == ref["tokens"], b
+    assert int(out.exit_event[b]) == ref["exit_event"], b
+  # Exits make rows finish at different times, which refill exploits.
+  assert len(set(lengths_out.tolist())) > 1
