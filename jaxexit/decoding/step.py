@@ -1,3 +1,4 @@
+# Over 400 lines: one decode step (segments, rule, projection, fill).
 """One early-exit decode step: segments, exit decisions, skipped-block state.
 
 Spec: `llm_exits.md` §1.1–1.2 (missing state, CALM's segments), §5.1–5.2

@@ -23,7 +23,7 @@ B slots work through a queue of Q problems; each slot is a state machine:
            which are all rewritten by then.
 
 A row that reaches EOS or `max_reason` tokens without exiting keeps its
-full trace. `replay_lynx` is the offline reference (the official
+full trace. `lynx_replay.replay_lynx` is the offline reference (the official
 procedure): the full greedy trace, events by `reference_events`, features
 from one teacher-forced pass, the first exiting event, a greedy completion
 of the truncated prompt. Tests check that the two agree token for token
@@ -46,9 +46,8 @@ import numpy as np
 from flax import nnx
 
 from jaxexit import checks
-from jaxexit.decoding.full import generate_full
 from jaxexit.methods import lynx_conformal
-from jaxexit.methods.lynx_cues import CueDetector, CueState, reference_events
+from jaxexit.methods.lynx_cues import CueDetector, CueState
 from jaxexit.methods.lynx_probe import LynxProbe
 from jaxexit.typing import Array, Bool, Float, Int
 
@@ -349,69 +348,3 @@ def forward_features(
     layers,
   )
   return feats
-
-
-def replay_lynx(
-  backbone,
-  probe: LynxProbe,
-  rule: lynx_conformal.ConformalExit,
-  decode_token,
-  prompt: np.ndarray,
-  cfg: LynxConfig,
-  cues=None,
-) -> dict:
-  """The offline reference for one prompt (the official procedure).
-
-  Returns:
-    {"tokens": continuation list, "events": continuation indices of the
-    events, "p_hat": probe outputs there, "exit_event": the index that
-    exited or -1}.
-  """
-  prompt = np.asarray(prompt, np.int32)[None]
-  t = prompt.shape[1]
-  trace = np.asarray(
-    generate_full(
-      backbone,
-      prompt,
-      np.array([t]),
-      max_new_tokens=cfg.max_reason,
-      eos_id=cfg.eos_id,
-    )
-  )[0].tolist()
-  if cfg.eos_id is not None and cfg.eos_id in trace:
-    trace = trace[: trace.index(cfg.eos_id) + 1]
-  kw = {} if cues is None else {"cues": cues}
-  events = reference_events([decode_token(i) for i in trace], **kw)
-  seq = np.concatenate([prompt[0], trace])[None]
-  feats = forward_features(backbone, seq, cfg.feature_layers)
-  # Event at continuation index e: the cue token is the input at t + e.
-  # The last token of a trace (EOS, or the max_reason-th) is never fed.
-  evaluable = [e for e in events if e < len(trace) - 1]
-  p_hat = [float(probe(feats[:, t + e])[0]) for e in evaluable]
-  go = [bool(lynx_conformal.exits(rule, jnp.float32(p))) for p in p_hat]
-  if not any(go):
-    return {
-      "tokens": trace,
-      "events": evaluable,
-      "p_hat": p_hat,
-      "exit_event": -1,
-    }
-  k = go.index(True)
-  e = evaluable[k]
-  head = trace[:e] + list(cfg.exit_ids)
-  ctx = np.concatenate([prompt[0], head])[None]
-  answer = np.asarray(
-    generate_full(
-      backbone, ctx, np.array([ctx.shape[1]]), max_new_tokens=cfg.answer_len
-    )
-  )[0].tolist()
-  for i, tok in enumerate(answer):
-    if tok in cfg.stop_ids:
-      answer = answer[: i + 1]
-      break
-  return {
-    "tokens": head + answer,
-    "events": evaluable[: k + 1],
-    "p_hat": p_hat[: k + 1],
-    "exit_event": e,
-  }

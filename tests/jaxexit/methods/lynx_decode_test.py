@@ -7,7 +7,8 @@ from flax import nnx
 
 from jaxexit.methods import lynx_conformal
 from jaxexit.methods.lynx_cues import CueDetector
-from jaxexit.methods.lynx_decode import LynxConfig, generate_lynx, replay_lynx
+from jaxexit.methods.lynx_decode import LynxConfig, generate_lynx
+from jaxexit.methods.lynx_replay import replay_lynx
 from jaxexit.methods.lynx_probe import LynxProbe
 from jaxexit.models.llama import LlamaConfig, LlamaLM
 
