@@ -256,9 +256,11 @@ def evaluate(method: str, model, splits: Splits, cfg) -> tuple[list, dict]:
     cfg.r_values,
     rescale=rescale,
   )
+  num_budget = len(records)
   records = with_fixed_and_full(
     records, method, test, splits.test.labels, costs, full
   )
+  fixed = records[num_budget:-1]  # one per exit; the full model is last
   time_records(records, model, stack, params, splits.test, cfg)
   summary = {
     "model": method,
