@@ -303,9 +303,10 @@ def generate_lynx(
     prompts: [Q, T] right-padded prompt ids (the queue).
     lengths: [Q] prompt lengths (≥ 1).
     cfg: static settings.
-    slots: B rows decoded together (default Q: one static batch). With
-      B < Q a row that finishes takes the next queued problem (its prompt
-      is fed one token per step), so tokens saved become throughput.
+    slots: B rows decoded together (default Q: one static batch; at most
+      Q are used). With B < Q a row that finishes takes the next queued
+      problem (its prompt is fed one token per step), so tokens saved
+      become throughput.
 
   Returns:
     A `LynxOutput` with one row per queued problem.
@@ -319,6 +320,9 @@ def generate_lynx(
   prompts = jnp.asarray(prompts, jnp.int32)
   slots = prompts.shape[0] if slots is None else slots
   checks.positive_int("slots", slots)
+  # More slots than problems would leave two slots on one problem (their
+  # scatters into the output would race): the extra slots have no work.
+  slots = min(slots, prompts.shape[0])
   graphdefs, params = zip(*(nnx.split(m) for m in (backbone, probe)))
   return _generate(
     tuple(graphdefs),
