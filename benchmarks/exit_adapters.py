@@ -21,10 +21,9 @@ identical to full).
   python benchmarks/exit_adapters.py           # SmolLM2, BENCHMARKS.md
 
 Writes `benchmarks/results/exit_adapters{_quick}.json`: one record per
-(E, d, head) `{"backbone", "exit_layer", "draft_len", "head",
-"agreement_before", "agreement_after", "acceptance_rate", "tokens_per_s",
-"full_tokens_per_s", "realised_speedup", "theoretical_speedup",
-"identical_to_full"}`.
+(E, d, draft head) of `self_speculative_decoding.measure` (acceptance,
+tokens/s, realised and theoretical speed-up, identical to full, ...) plus
+`"agreement_before"` and `"agreement_after"` of its E.
 """
 
 import argparse
@@ -39,12 +38,9 @@ import jax
 import numpy as np
 from flax import nnx
 
-from jaxexit import report, timing
+from jaxexit import report
 from jaxexit import train as train_lib
 from jaxexit.data import text
-from jaxexit.decoding.full import generate_full
-from jaxexit.decoding.self_speculative import generate_self_speculative
-from jaxexit.decoding.speculative import SelfSpeculativeCost
 from jaxexit.methods import dynamax_train
 from jaxexit.methods.dynamax import ExitClassifierConfig, ExitClassifiers
 from jaxexit.train.fingerprint import fingerprint_array
@@ -154,8 +150,15 @@ def backbone_and_text(quick: bool, settings: Settings, data_dir=None):
   return model, train, held_out, (prompts, lengths, about)
 
 
-def train_adapter(model, features, e_index, layer, settings, workdir, key):
-  """A one-exit `mlp` adapter at `layer`, trained (or resumed) by KL."""
+def train_adapter(
+  model, features, e_index, layer, settings, workdir, fingerprint
+):
+  """A one-exit `mlp` adapter at `layer`, trained (or resumed) by KL.
+
+  `fingerprint` (the backbone's weights and the training tokens) is stored
+  with the checkpoints; resuming under another one raises
+  `FingerprintMismatch`.
+  """
   one = dataclasses.replace(
     features, hidden=features.hidden[:, :, e_index : e_index + 1]
   )
@@ -180,61 +183,9 @@ def train_adapter(model, features, e_index, layer, settings, workdir, key):
       ce_weight=0.0, kl_weight=1.0, score_weight=0.0
     ),
     checkpoint_every=max(settings.steps // 4, 1),
-    fingerprint={"backbone": key, "exit_layer": layer, "kind": "mlp"},
+    fingerprint=dict(fingerprint, exit_layer=layer, kind="mlp"),
   )
   return adapter
-
-
-def measure(model, prompts, lengths, heads, settings):
-  """Times full and every (E, d, head) side by side; returns records."""
-  spec = _sibling("self_speculative_decoding")
-  n = settings.max_new_tokens
-  full_fn = functools.partial(generate_full, model, max_new_tokens=n)
-  fns = {
-    (e, d, name): functools.partial(
-      generate_self_speculative,
-      model,
-      exit_layer=e,
-      draft_len=d,
-      max_new_tokens=n,
-      exit_head=head,
-    )
-    for (e, name), head in heads.items()
-    for d in settings.draft_lens
-  }
-  full = np.concatenate(spec.one_by_one(full_fn, prompts, lengths))
-  outs = {k: spec.one_by_one(fn, prompts, lengths) for k, fn in fns.items()}
-  candidates = {"full": (spec.one_by_one, (full_fn, prompts, lengths))}
-  for k, fn in fns.items():
-    candidates[str(k)] = (spec.one_by_one, (fn, prompts, lengths))
-  times = timing.time_side_by_side(
-    candidates, warmup=1, repeats=settings.repeats
-  )
-  tokens = prompts.shape[0] * n
-  records = []
-  for (e, d, name), runs in outs.items():
-    got = np.concatenate([np.asarray(o.tokens) for o in runs])
-    accepted = sum(int(np.sum(o.accepted)) for o in runs)
-    rounds = sum(int(np.sum(o.row_rounds)) for o in runs)
-    rate = accepted / max(rounds, 1)
-    cost = SelfSpeculativeCost(
-      num_layers=model.num_layers, exit_layer=e, draft_len=d, accepted=rate
-    )
-    t, t_full = times[str((e, d, name))].median, times["full"].median
-    records.append(
-      {
-        "exit_layer": e,
-        "draft_len": d,
-        "head": name,
-        "acceptance_rate": round(rate, 4),
-        "tokens_per_s": round(tokens / t, 2),
-        "full_tokens_per_s": round(tokens / t_full, 2),
-        "realised_speedup": round(t_full / t, 4),
-        "theoretical_speedup": round(cost.theoretical_speedup, 4),
-        "identical_to_full": bool(np.array_equal(got, full)),
-      }
-    )
-  return records
 
 
 def run(quick: bool, workdir: pathlib.Path, log=print) -> tuple[list, str]:
@@ -243,9 +194,13 @@ def run(quick: bool, workdir: pathlib.Path, log=print) -> tuple[list, str]:
   model, train_rows, eval_rows, (prompts, lengths, about) = backbone_and_text(
     quick, settings
   )
-  key = fingerprint_array(
-    np.asarray(jax.tree.leaves(nnx.state(model, nnx.Param))[0])
-  )
+  leaves = jax.tree.leaves(nnx.state(model, nnx.Param))
+  fingerprint = {
+    "backbone": fingerprint_array(
+      np.array([fingerprint_array(np.asarray(x)) for x in leaves])
+    ),
+    "tokens": fingerprint_array(train_rows),
+  }
   extract = functools.partial(
     dynamax_train.exit_features,
     model,
@@ -258,7 +213,9 @@ def run(quick: bool, workdir: pathlib.Path, log=print) -> tuple[list, str]:
   log(f"{about}: features of {len(train_rows)} + {len(eval_rows)} rows")
   heads, agreement = {}, {}
   for i, layer in enumerate(settings.exit_layers):
-    adapter = train_adapter(model, train_f, i, layer, settings, workdir, key)
+    adapter = train_adapter(
+      model, train_f, i, layer, settings, workdir, fingerprint
+    )
     one = dataclasses.replace(eval_f, hidden=eval_f.hidden[:, :, i : i + 1])
     fresh = ExitClassifiers(adapter.config, rngs=nnx.Rngs(0))
     agreement[layer] = (
@@ -269,9 +226,18 @@ def run(quick: bool, workdir: pathlib.Path, log=print) -> tuple[list, str]:
       f"  exit {layer}: held-out agreement {agreement[layer][0]:.3f} -> "
       f"{agreement[layer][1]:.3f}"
     )
-    heads[(layer, "shared_head")] = None
-    heads[(layer, "adapter")] = adapter
-  records = measure(model, prompts, lengths, heads, settings)
+    heads[layer] = {"shared_head": None, "adapter": adapter}
+  records = _sibling("self_speculative_decoding").measure(
+    model,
+    prompts,
+    lengths,
+    "tiny_llama" if quick else "transformer",
+    [(e, d) for e in settings.exit_layers for d in settings.draft_lens],
+    settings.max_new_tokens,
+    settings.repeats,
+    log,
+    draft_heads=heads,
+  )
   for r in records:
     before, after = agreement[r["exit_layer"]]
     r |= {"agreement_before": before, "agreement_after": after}

@@ -92,31 +92,53 @@ def one_by_one(fn, prompts, lengths):
   return jax.block_until_ready(outs)
 
 
-def measure(model, prompts, lengths, name, grid, tokens, repeats, log=print):
-  """Times the full model and each (E, d); returns one record per (E, d)."""
+def measure(
+  model,
+  prompts,
+  lengths,
+  name,
+  grid,
+  tokens,
+  repeats,
+  log=print,
+  draft_heads=None,
+):
+  """Times the full model and each (E, d, draft head) side by side.
+
+  Args:
+    draft_heads: {E: {head name: `DecoderExitHeads` or None}}; None (the
+      default, and any E it leaves out) drafts through the shared head
+      only, named "shared_head".
+
+  Returns:
+    One record per (E, d, draft head).
+  """
   full_fn = functools.partial(generate_full, model, max_new_tokens=tokens)
+  heads = lambda e: (draft_heads or {}).get(e, {"shared_head": None})
   spec_fns = {
-    (e, d): functools.partial(
+    (e, d, head): functools.partial(
       generate_self_speculative,
       model,
       exit_layer=e,
       draft_len=d,
       max_new_tokens=tokens,
+      exit_head=module,
     )
     for e, d in grid
+    for head, module in heads(e).items()
   }
   full = np.concatenate(one_by_one(full_fn, prompts, lengths))
   outs = {k: one_by_one(fn, prompts, lengths) for k, fn in spec_fns.items()}
-  log(f"  compiled full + {len(grid)} settings")
+  log(f"  compiled full + {len(spec_fns)} settings")
   candidates = {"full": (one_by_one, (full_fn, prompts, lengths))}
-  for (e, d), fn in spec_fns.items():
-    candidates[f"E{e}d{d}"] = (one_by_one, (fn, prompts, lengths))
+  for key, fn in spec_fns.items():
+    candidates[str(key)] = (one_by_one, (fn, prompts, lengths))
   load = [os.getloadavg()[0]]
   times = timing.time_side_by_side(candidates, warmup=1, repeats=repeats)
   load.append(os.getloadavg()[0])
   n_tokens = prompts.shape[0] * tokens
   records = []
-  for (e, d), runs in outs.items():
+  for (e, d, head), runs in outs.items():
     got = np.concatenate([np.asarray(o.tokens) for o in runs])
     accepted = sum(int(np.sum(o.accepted)) for o in runs)
     rounds = sum(int(np.sum(o.row_rounds)) for o in runs)
@@ -124,7 +146,7 @@ def measure(model, prompts, lengths, name, grid, tokens, repeats, log=print):
     cost = SelfSpeculativeCost(
       num_layers=model.num_layers, exit_layer=e, draft_len=d, accepted=rate
     )
-    t, t_full = times[f"E{e}d{d}"].median, times["full"].median
+    t, t_full = times[str((e, d, head))].median, times["full"].median
     records.append(
       {
         "backbone": name,
@@ -132,6 +154,7 @@ def measure(model, prompts, lengths, name, grid, tokens, repeats, log=print):
         "batch": 1,
         "exit_layer": e,
         "draft_len": d,
+        "head": head,
         "num_layers": model.num_layers,
         "max_new_tokens": tokens,
         "prompts": int(prompts.shape[0]),

@@ -18,11 +18,11 @@ file, the line and the fields expected.
 """
 
 import dataclasses
-import json
 import os
 
 from jaxexit import checks
 from jaxexit.data import location
+from jaxexit.data.text import read_jsonl
 
 # eval name -> (dataset, default split, fields every record needs, grader)
 SETS = {
@@ -48,7 +48,7 @@ class Problem:
   """One evaluation problem.
 
   Attributes:
-    id: a stable id (the record's own, or "<set>-<line>").
+    id: a stable id (the record's own, or "<set>-<record number>").
     question: the prompt text (CSQA: the stem and lettered choices).
     answer: the gold answer as a string (a number, a LaTeX expression or a
       choice letter).
@@ -59,26 +59,6 @@ class Problem:
   question: str
   answer: str
   grader: str
-
-
-def _records(path, needed: tuple[str, ...]) -> list[tuple[int, dict]]:
-  rows = []
-  with open(path, encoding="utf-8") as f:
-    for n, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      try:
-        row = json.loads(line)
-      except json.JSONDecodeError as err:
-        raise ValueError(f"{path}:{n} is not valid JSON: {err}") from None
-      missing = [k for k in needed if k not in row]
-      if missing:
-        raise ValueError(
-          f"{path}:{n} lacks the field(s) {missing}; every record needs "
-          f"{list(needed)}"
-        )
-      rows.append((n, row))
-  return rows
 
 
 def _problem(name: str, n: int, row: dict, grader: str) -> Problem:
@@ -116,4 +96,5 @@ def load_problems(
   path = location.require_file(
     dataset, split or default_split, data_dir=data_dir
   )
-  return [_problem(name, n, row, grader) for n, row in _records(path, needed)]
+  rows = read_jsonl(path, needed)
+  return [_problem(name, n, row, grader) for n, row in enumerate(rows, 1)]

@@ -30,15 +30,29 @@ LM_SOURCES = ("gsm8k", "commonsenseqa")
 _CALCULATOR = re.compile(r"<<[^>]*>>")
 
 
-def _jsonl(path) -> list[dict]:
+def read_jsonl(path, needed: Sequence[str] = ()) -> list[dict]:
+  """The records of a JSON-lines file (blank lines skipped).
+
+  Raises:
+    ValueError: naming `path:line` for a line that is not JSON or lacks a
+      field of `needed`.
+  """
   rows = []
   with open(path, encoding="utf-8") as f:
     for n, line in enumerate(f, 1):
-      if line.strip():
-        try:
-          rows.append(json.loads(line))
-        except json.JSONDecodeError as err:
-          raise ValueError(f"{path}:{n} is not valid JSON: {err}") from None
+      if not line.strip():
+        continue
+      try:
+        row = json.loads(line)
+      except json.JSONDecodeError as err:
+        raise ValueError(f"{path}:{n} is not valid JSON: {err}") from None
+      missing = [k for k in needed if k not in row]
+      if missing:
+        raise ValueError(
+          f"{path}:{n} lacks the field(s) {missing}; every record needs "
+          f"{list(needed)}"
+        )
+      rows.append(row)
   return rows
 
 
@@ -68,7 +82,7 @@ def lm_texts(
   for source in sources:
     checks.one_of("source", source, LM_SOURCES)
     path = location.require_file(source, split, data_dir=data_dir)
-    texts += [format_row[source](row) for row in _jsonl(path)]
+    texts += [format_row[source](row) for row in read_jsonl(path)]
   return texts
 
 

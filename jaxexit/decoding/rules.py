@@ -114,10 +114,16 @@ def final_confidence(rule: ExitRule, logits, extra: dict | None = None):
     always safe), 0 without a measure or when the measure reads `extra` and
     there is none, else the measure.
   """
-  batch = logits.shape[:1]
+  batch = logits.shape[0]
   if "score" in rule.reads:
-    return jnp.ones(batch, jnp.float32)
-  if rule.measure is None or ("extra" in rule.reads and extra is None):
-    return jnp.zeros(batch, jnp.float32)
-  out = ExitHeadOutput(logits=logits, extra=extra)
-  return jnp.asarray(rule.measure(out), jnp.float32)
+    return jnp.ones((batch,), jnp.float32)
+  if "extra" in rule.reads and extra is None:
+    return jnp.zeros((batch,), jnp.float32)
+  return exit_measure(rule, ExitHeadOutput(logits=logits, extra=extra), batch)
+
+
+def exit_measure(rule: ExitRule, head_out: ExitHeadOutput, batch: int):
+  """[B] float32 `rule.measure(head_out)`, or zeros for rules without one."""
+  if rule.measure is None:
+    return jnp.zeros((batch,), jnp.float32)
+  return jnp.asarray(rule.measure(head_out), jnp.float32)

@@ -16,7 +16,11 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxexit.decoding.config import DecodeConfig
-from jaxexit.decoding.rules import final_confidence, resolve_rule
+from jaxexit.decoding.rules import (
+  exit_measure,
+  final_confidence,
+  resolve_rule,
+)
 from jaxexit.exits import ExitHeadOutput
 from jaxtyping import ArrayLike
 
@@ -72,11 +76,7 @@ def _simulate(graphdefs, params, tokens, lengths, threshold, *, config):
       out = ExitHeadOutput(logits=flat(logits), score=score, extra=extra)
       rule_state, exit_now = rule.update(rule_state, out, s)
       exits.append(jnp.asarray(exit_now, bool) & config.exits_enabled)
-      conf = (
-        jnp.zeros((batch * length,), jnp.float32)
-        if rule.measure is None
-        else rule.measure(out)
-      )
+      conf = exit_measure(rule, out, batch * length)
     else:
       logits = backbone.lm_head(backbone.final_norm(h))
       exits.append(jnp.ones((batch * length,), bool))

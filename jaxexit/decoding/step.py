@@ -42,7 +42,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxexit.decoding.config import DecodeConfig
-from jaxexit.decoding.rules import final_confidence
+from jaxexit.decoding.rules import exit_measure, final_confidence
 from jaxexit.exits import ExitHeadOutput, ExitRule
 from jaxexit.typing import Array, Bool, Float, Int, PyTree
 
@@ -337,7 +337,7 @@ class DecodeStep:
       rule_state, exit_now = self.rule.update(rule_state, head_out, k)
       exit_now = jnp.asarray(exit_now, bool)
       confident = ~force & jnp.all(exit_now | ~row_valid)
-      conf = self._measure(head_out)
+      conf = exit_measure(self.rule, head_out, h_out.shape[0])
     else:
       confident, conf = jnp.array(False), walk.emit_conf
     pick = lambda new, old: jnp.where(frontier, new, old)
@@ -357,12 +357,6 @@ class DecodeStep:
       emit_conf=pick(conf, walk.emit_conf),
       emit_h=pick(h_out[:, -1:], walk.emit_h),
     )
-
-  def _measure(self, head_out) -> Float[Array, "B"]:
-    batch = head_out.extra["h_out"].shape[0]
-    if self.rule.measure is None:
-      return jnp.zeros((batch,), jnp.float32)
-    return jnp.asarray(self.rule.measure(head_out), jnp.float32)
 
   def _project_taken(self, walk, pre, positions, valid):
     """Logits at the exit taken, for rules that did not read them."""

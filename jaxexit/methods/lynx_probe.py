@@ -100,22 +100,17 @@ class ProbeReport:
 
 
 def roc_auc(scores, labels) -> float:
-  """ROC AUC = P(score of a positive > score of a negative), ties 1/2."""
+  """ROC AUC = P(score of a positive > score of a negative), ties 1/2
+  (Mann–Whitney U from average ranks); NaN without both classes."""
   s, y = np.asarray(scores, np.float64), np.asarray(labels).astype(bool)
-  pos, neg = s[y], s[~y]
-  if not pos.size or not neg.size:
+  n_pos, n_neg = int(y.sum()), int((~y).sum())
+  if not n_pos or not n_neg:
     return float("nan")
-  order = np.argsort(np.concatenate([pos, neg]), kind="mergesort")
-  ranks = np.empty(order.size)
-  ranks[order] = np.arange(1, order.size + 1)
-  allv = np.concatenate([pos, neg])
-  for v in np.unique(allv):  # average ranks of ties
-    tie = allv == v
-    ranks[tie] = ranks[tie].mean()
-  return float(
-    (ranks[: pos.size].sum() - pos.size * (pos.size + 1) / 2)
-    / (pos.size * neg.size)
-  )
+  _, tie, counts = np.unique(s, return_inverse=True, return_counts=True)
+  last = np.cumsum(counts)  # 1-based rank of each distinct score's last
+  ranks = (last - (counts - 1) / 2.0)[tie]  # average rank over ties
+  rank_sum = ranks[y].sum()
+  return float((rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
 def _balanced_bce(probe, x, y, w):

@@ -12,8 +12,9 @@ import numpy as np
 
 from jaxexit.decoding.full import generate_full
 from jaxexit.methods import lynx_conformal
-from jaxexit.methods.lynx_cues import reference_events
-from jaxexit.methods.lynx_decode import LynxConfig, forward_features
+from jaxexit.methods.lynx_cues import DEFAULT_CUES
+from jaxexit.methods.lynx_decode import LynxConfig
+from jaxexit.methods.lynx_labels import event_features, rollout_events
 from jaxexit.methods.lynx_probe import LynxProbe
 
 
@@ -46,14 +47,15 @@ def replay_lynx(
   )[0].tolist()
   if cfg.eos_id is not None and cfg.eos_id in trace:
     trace = trace[: trace.index(cfg.eos_id) + 1]
-  kw = {} if cues is None else {"cues": cues}
-  events = reference_events([decode_token(i) for i in trace], **kw)
-  seq = np.concatenate([prompt[0], trace])[None]
-  feats = forward_features(backbone, seq, cfg.feature_layers)
-  # Event at continuation index e: the cue token is the input at t + e.
-  # The last token of a trace (EOS, or the max_reason-th) is never fed.
-  evaluable = [e for e in events if e < len(trace) - 1]
-  p_hat = [float(probe(feats[:, t + e])[0]) for e in evaluable]
+  # The cue events, none at the trace's last token (EOS, or the
+  # max_reason-th), which is never fed; p̂ at each cue token.
+  evaluable, _ = rollout_events(
+    [decode_token(i) for i in trace], cues or DEFAULT_CUES, synthetic=False
+  )
+  feats = event_features(
+    backbone, prompt[0].tolist(), trace, evaluable, cfg.feature_layers
+  )
+  p_hat = [float(p) for p in np.asarray(probe(jnp.asarray(feats)))]
   go = [bool(lynx_conformal.exits(rule, jnp.float32(p))) for p in p_hat]
   if not any(go):
     return {

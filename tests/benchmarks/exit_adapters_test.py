@@ -49,6 +49,10 @@ def test_adapters_of_another_backbone_are_refused(tmp_path):
     progress=False,
   )
   tiny = bench.dataclasses.replace(settings, steps=2, batch_size=2)
-  bench.train_adapter(model, features, 0, 2, tiny, tmp_path, "weights-a")
+  bench.train_adapter(
+    model, features, 0, 2, tiny, tmp_path, {"backbone": "weights-a"}
+  )
   with pytest.raises(FingerprintMismatch, match="backbone"):
-    bench.train_adapter(model, features, 0, 2, tiny, tmp_path, "weights-b")
+    bench.train_adapter(
+      model, features, 0, 2, tiny, tmp_path, {"backbone": "weights-b"}
+    )

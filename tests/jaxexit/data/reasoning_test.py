@@ -3,11 +3,15 @@
 staged)."""
 
 import json
+from pathlib import Path
 
 import pytest
 
 from jaxexit import answers
 from jaxexit.data import location, reasoning
+
+# The staged data beside the repository (../shared/data), as CI has it.
+SHARED_DATA = Path(__file__).resolve().parents[3].parent / "shared" / "data"
 
 
 def _write(path, rows):
@@ -48,10 +52,10 @@ def test_math500_and_aime_fixtures(tmp_path):
 
 
 def test_staged_gsm8k_and_csqa_have_gold_answers():
-  gsm = reasoning.load_problems("gsm8k")
+  gsm = reasoning.load_problems("gsm8k", data_dir=SHARED_DATA)
   assert len(gsm) == 1319 and all(p.answer for p in gsm)
   assert all(answers._to_float(p.answer) is not None for p in gsm)
-  csqa = reasoning.load_problems("csqa")
+  csqa = reasoning.load_problems("csqa", data_dir=SHARED_DATA)
   assert len(csqa) == 1221
   assert {p.answer for p in csqa} == set("ABCDE")
   assert "(A)" in csqa[0].question
