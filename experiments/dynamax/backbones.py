@@ -16,12 +16,10 @@ import numpy as np
 from flax import nnx
 
 from experiments.dynamax.configs import BackboneSpec
-from jaxexit import train as train_lib
 from jaxexit.data import text
-from jaxexit.data.batching import shuffled_batch_indices
 from jaxexit.models.llama import LlamaConfig, LlamaLM
 from jaxexit.models.mamba import MambaLM
-from jaxexit.train.lm import causal_lm_loss
+from jaxexit.train.lm import train_causal_lm
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,33 +72,16 @@ def _train_scratch(
     tok.encode, tok.bos_id, tok.eos_id, spec.seq_len, data_dir, seed
   )
   cls = LlamaLM if isinstance(spec.arch, LlamaConfig) else MambaLM
-  model = cls(spec.arch, rngs=nnx.Rngs(seed))
-  optim = train_lib.OptimConfig(
+  model, loss = train_causal_lm(
+    cls(spec.arch, rngs=nnx.Rngs(seed)),
+    rows,
+    steps=spec.steps,
+    batch_size=spec.batch_size,
     learning_rate=spec.learning_rate,
-    weight_decay=0.01,
-    schedule="warmup_cosine",
-    warmup_steps=max(spec.steps // 20, 1),
-    total_steps=spec.steps,
-    grad_clip=1.0,
-  )
-  batch_fn = lambda step: {
-    "tokens": rows[
-      shuffled_batch_indices(step, len(rows), spec.batch_size, seed)
-    ]
-  }
-  model, _ = train_lib.train(
-    model,
-    train_lib.build_optimizer(optim),
-    causal_lm_loss,
-    batch_fn,
-    num_steps=spec.steps,
     workdir=workdir,
     seed=seed,
-    checkpoint_every=max(spec.steps // 4, 1),
     progress=progress,
   )
-  # The log, not the return value: a resumed finished run trains no step.
-  loss = train_lib.read_metrics(workdir / "metrics.jsonl")[-1]["loss"]
   return model, (
     f"{cls.__name__} trained from scratch ({spec.arch.num_layers}"
     f" blocks, d={spec.arch.d_model}, byte tokens) for "

@@ -7,11 +7,11 @@ For each finished rollout (prompt + reasoning trace):
   without any cue, one synthetic event at 70 % of its length (training
   and calibration data only);
 * `event_features`: the hidden states of the chosen layers at each event's
-  cue token, from one teacher-forced pass (`lynx_decode` numbering:
-  0 = embeddings, L = after the final norm);
+  cue token, from teacher-forced passes over batches of rollouts
+  (`lynx_decode` numbering: 0 = embeddings, L = after the final norm);
 * `forced_exit_labels`: truncate the trace before the cue token (the cue
   is dropped), append the pre-tokenised exit cue, greedy-complete up to K
-  tokens (all events of a rollout in one batch), grade the completion
+  tokens (the events of many rollouts batched together), grade the completion
   (`jaxexit.answers.is_correct`): y = 1 when a forced exit there answers
   correctly.
 
@@ -48,62 +48,109 @@ def rollout_events(
   return [min(int(SYNTHETIC_AT * len(pieces)), len(pieces) - 2)], True
 
 
+def padded_rows(rows: Sequence[Sequence[int]], width: int | None = None):
+  """([n, width] right-padded int32 ids, [n] lengths); width defaults to
+  the longest row (a fixed width keeps one compiled program)."""
+  width = max(len(r) for r in rows) if width is None else width
+  if any(len(r) > width for r in rows):
+    raise ValueError(
+      f"a row of {max(len(r) for r in rows)} tokens exceeds width={width}"
+    )
+  ids = np.zeros((len(rows), width), np.int32)
+  for i, r in enumerate(rows):
+    ids[i, : len(r)] = r
+  return ids, np.array([len(r) for r in rows], np.int32)
+
+
+def _chunks(n: int, batch: int):
+  return [range(i, min(i + batch, n)) for i in range(0, n, batch)]
+
+
 def event_features(
   backbone,
-  prompt: Sequence[int],
-  trace: Sequence[int],
-  events: Sequence[int],
+  prompts: Sequence[Sequence[int]],
+  traces: Sequence[Sequence[int]],
+  events: Sequence[Sequence[int]],
   layers: tuple[int, ...],
-) -> np.ndarray:
-  """[n, F] features at each event's cue token (one teacher-forced pass)."""
-  seq = np.asarray([*prompt, *trace], np.int32)[None]
-  feats = forward_features(backbone, seq, layers)[0]  # [T, F]
-  return np.asarray(feats)[[len(prompt) + e for e in events]]
+  *,
+  batch: int = 32,
+  width: int | None = None,
+) -> list[np.ndarray]:
+  """Per rollout, [n_r, F] features at each event's cue token, from
+  teacher-forced passes over `batch` right-padded rollouts at a time
+  (padding after a row's end changes none of its causal features)."""
+  rows = [[*p, *t] for p, t in zip(prompts, traces)]
+  ids, _ = padded_rows(rows, width)
+  out = []
+  for chunk in _chunks(len(rows), batch):
+    block = ids[list(chunk)]
+    if len(chunk) < batch:  # keep the compiled batch size
+      block = np.concatenate([block, np.zeros_like(ids[: batch - len(chunk)])])
+    feats = np.asarray(forward_features(backbone, block, layers))
+    for j, r in enumerate(chunk):
+      at = [len(prompts[r]) + e for e in events[r]]
+      out.append(feats[j, at])
+  return out
 
 
 def forced_exit_labels(
   backbone,
-  prompt: Sequence[int],
-  trace: Sequence[int],
-  events: Sequence[int],
+  prompts: Sequence[Sequence[int]],
+  traces: Sequence[Sequence[int]],
+  events: Sequence[Sequence[int]],
   *,
   exit_ids: Sequence[int],
   answer_len: int,
   decode: Callable[[Sequence[int]], str],
-  gold: str,
-  grader: str,
+  golds: Sequence[str],
+  graders: Sequence[str],
   exit_text: str = "",
-) -> tuple[np.ndarray, list[str]]:
-  """([n] int labels, [n] completions) of forcing an exit at each event.
+  batch: int = 32,
+  width: int | None = None,
+) -> tuple[list[np.ndarray], list[list[str]]]:
+  """Per rollout, ([n_r] int labels, [n_r] completions) of forcing an exit
+  at each event, greedy-completed `batch` rows at a time.
 
   Args:
     backbone: the frozen LM.
-    prompt, trace: the rollout's token ids.
-    events: continuation indices of the cue tokens.
+    prompts, traces: each rollout's token ids.
+    events: each rollout's continuation indices of the cue tokens.
     exit_ids: the exit cue, pre-tokenised.
     answer_len: K, greedy tokens after the cue.
     decode: ids -> text.
-    gold, grader: the reference answer and how to grade
+    golds, graders: each rollout's reference answer and how to grade it
       (`jaxexit.answers.is_correct`).
     exit_text: the exit cue's text, prepended to each completion before
       grading (so `\\boxed{` opened by the cue counts).
+    batch: rows per generation call; width: their padded length (default
+      the longest).
   """
-  if not events:
-    return np.zeros((0,), np.int32), []
-  rows = [[*prompt, *trace[:e], *exit_ids] for e in events]
-  width = max(len(r) for r in rows)
-  ids = np.zeros((len(rows), width), np.int32)
-  for i, r in enumerate(rows):
-    ids[i, : len(r)] = r
-  lengths = np.array([len(r) for r in rows], np.int32)
-  completions = np.asarray(
-    generate_full(backbone, ids, lengths, max_new_tokens=answer_len)
-  )
-  texts = [exit_text + decode(c.tolist()) for c in completions]
-  labels = np.array(
-    [answers.is_correct(t, gold, grader) for t in texts], np.int32
-  )
-  return labels, texts
+  owner = [r for r, ev in enumerate(events) for _ in ev]
+  rows = [
+    [*prompts[r], *traces[r][:e], *exit_ids]
+    for r, ev in enumerate(events)
+    for e in ev
+  ]
+  texts: list[str] = []
+  if rows:
+    ids, lengths = padded_rows(rows, width)
+    for chunk in _chunks(len(rows), batch):
+      idx = list(chunk) + [chunk[0]] * (batch - len(chunk))
+      completions = np.asarray(
+        generate_full(
+          backbone, ids[idx], lengths[idx], max_new_tokens=answer_len
+        )
+      )[: len(chunk)]
+      texts += [exit_text + decode(c.tolist()) for c in completions]
+  ok = [
+    answers.is_correct(t, golds[r], graders[r]) for t, r in zip(texts, owner)
+  ]
+  labels, completions, i = [], [], 0
+  for ev in events:
+    labels.append(np.array(ok[i : i + len(ev)], np.int32))
+    completions.append(texts[i : i + len(ev)])
+    i += len(ev)
+  return labels, completions
 
 
 def exit_cue_boundary(

@@ -52,8 +52,8 @@ def replay_lynx(
   evaluable, _ = rollout_events(
     [decode_token(i) for i in trace], cues or DEFAULT_CUES, synthetic=False
   )
-  feats = event_features(
-    backbone, prompt[0].tolist(), trace, evaluable, cfg.feature_layers
+  (feats,) = event_features(
+    backbone, [prompt[0].tolist()], [trace], [evaluable], cfg.feature_layers
   )
   p_hat = [float(p) for p in np.asarray(probe(jnp.asarray(feats)))]
   go = [bool(lynx_conformal.exits(rule, jnp.float32(p))) for p in p_hat]

@@ -1,15 +1,19 @@
 # Over 400 lines: one model family's config, blocks, caches and backbone API
 # (attention and RoPE already live in llama_attention.py).
-"""Llama / Mistral decoder LM as a `DecoderBackbone` with explicit KV caches.
+"""Llama / Mistral / Qwen2 decoder LM as a `DecoderBackbone` with explicit
+KV caches.
 
-Touvron et al. 2023 (Llama 2), Jiang et al. 2023 (Mistral 7B), SmolLM2: a
-pre-norm decoder with RMSNorm, rotary position embeddings (Su et al. 2021,
-in Hugging Face's `rotate_half` layout: the two halves of a head, not
-interleaved pairs), grouped-query attention (Ainslie et al. 2023), a SwiGLU
-MLP (Shazeer 2020), optional sliding-window attention (Mistral) and optional
-tied input/output embeddings (SmolLM2). In float32 the logits and every
-hidden state match HF `LlamaForCausalLM` / `MistralForCausalLM` within 1e-5
-(tests).
+Touvron et al. 2023 (Llama 2), Jiang et al. 2023 (Mistral 7B), SmolLM2, Qwen2
+(Yang et al. 2024; e.g. DeepSeek-R1-Distill-Qwen-1.5B): a pre-norm decoder
+with RMSNorm, rotary position embeddings (Su et al. 2021, in Hugging Face's
+`rotate_half` layout: the two halves of a head, not interleaved pairs),
+grouped-query attention (Ainslie et al. 2023), a SwiGLU MLP (Shazeer 2020),
+optional biases on the q/k/v projections (Qwen2), optional sliding-window
+attention (Mistral) and optional tied input/output embeddings (SmolLM2).
+Qwen2 is the same network plus those three biases, so it is a config of this
+model (`qkv_bias`), not a separate one. In float32 the logits and every
+hidden state match HF `LlamaForCausalLM` / `MistralForCausalLM` /
+`Qwen2ForCausalLM` within 1e-5 (tests).
 
 The model implements `jaxexit.decoding.backbone.DecoderBackbone`: each block
 is a separate module called by a static index, with one `KVCache` of S slots
@@ -48,13 +52,13 @@ from jaxexit.models.llama_attention import (
 )
 from jaxexit.typing import Array, Bool, Float, Int, PyTree
 
-MODEL_TYPES = ("llama", "mistral")
+MODEL_TYPES = ("llama", "mistral", "qwen2")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class LlamaConfig:
-  """Sizes of `LlamaLM` (HF `LlamaConfig`/`MistralConfig` names in
-  parentheses where they differ).
+  """Sizes of `LlamaLM` (HF `LlamaConfig`/`MistralConfig`/`Qwen2Config`
+  names in parentheses where they differ).
 
   `num_kv_heads` and `head_dim` are filled in at construction, so a
   `dataclasses.replace` that changes `num_heads` or `d_model` must pass
@@ -73,6 +77,8 @@ class LlamaConfig:
     rope_scaling: Llama 3.1 frequency scaling, or None (plain RoPE).
     tie_embeddings: the LM head reuses the embedding table
       (`tie_word_embeddings`).
+    qkv_bias: the q/k/v projections have biases (Qwen2; implied by its
+      model_type); o_proj and the MLP never do.
     sliding_window: Mistral's attention window W (a query at p sees keys at
       p - W < s ≤ p), or None for full causal attention.
     max_position: longest sequence (`max_position_embeddings`); RoPE itself
@@ -92,6 +98,7 @@ class LlamaConfig:
   rope_theta: float = 10000.0
   rope_scaling: Llama3RopeScaling | None = None
   tie_embeddings: bool = False
+  qkv_bias: bool = False
   sliding_window: int | None = None
   max_position: int = 4096
   dtype: DTypeLike = jnp.float32
@@ -147,18 +154,26 @@ class LlamaConfig:
 
   @classmethod
   def from_hf(cls, hf: dict, **overrides) -> "LlamaConfig":
-    """Reads a Hugging Face `config.json` dict of a Llama or Mistral model.
+    """Reads a Hugging Face `config.json` dict of a Llama, Mistral or
+    Qwen2 model.
 
     Accepts both the transformers 5 `rope_parameters` dict and the older
-    top-level `rope_theta` + `rope_scaling`.
+    top-level `rope_theta` + `rope_scaling`. Qwen2 always has q/k/v biases
+    (HF ignores `attention_bias` / `mlp_bias` there, and so does this) and
+    a sliding window only where `use_sliding_window` is set, on the layers
+    whose `layer_types` entry is "sliding_attention" (by default those
+    numbered ≥ `max_window_layers`); a window on all layers or on none maps
+    exactly, a mix is refused.
 
     Args:
       hf: the parsed `config.json`.
       **overrides: fields to set instead (`dtype`, ...).
 
     Raises:
-      ValueError: for another model_type, activation, biases, partial
-        rotary embeddings or a RoPE type other than default / llama3.
+      ValueError: for another model_type, activation, biases (Llama /
+        Mistral), partial rotary embeddings, a RoPE type other than
+        default / llama3, or (Qwen2) M-RoPE or a sliding window on only
+        some layers.
     """
     model_type = hf.get("model_type")
     if model_type not in MODEL_TYPES:
@@ -170,11 +185,17 @@ class LlamaConfig:
       raise ValueError(
         f"hidden_act={hf['hidden_act']!r} unsupported; only 'silu' (SwiGLU)"
       )
-    for key in ("attention_bias", "mlp_bias"):
+    qwen2 = model_type == "qwen2"
+    bias_keys = () if qwen2 else ("attention_bias", "mlp_bias")
+    for key in bias_keys:
       if hf.get(key):
         raise ValueError(
           f"{key}={hf[key]!r} unsupported; only bias-free projections"
         )
+    if qwen2 and hf.get("use_mrope"):
+      raise ValueError(
+        f"use_mrope={hf['use_mrope']!r} unsupported; only 1-D RoPE"
+      )
     rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
     if rope.get("partial_rotary_factor", 1.0) != 1.0:
       raise ValueError(
@@ -192,11 +213,45 @@ class LlamaConfig:
       rope_theta=float(rope.get("rope_theta", hf.get("rope_theta", 1e4))),
       rope_scaling=_rope_scaling_from_hf(rope),
       tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
-      sliding_window=hf.get("sliding_window"),
+      qkv_bias=qwen2,
+      sliding_window=(
+        _qwen2_sliding_window(hf) if qwen2 else hf.get("sliding_window")
+      ),
       max_position=hf.get("max_position_embeddings", 2048),
     )
     kw.update(overrides)
     return cls(**kw)
+
+
+def _qwen2_sliding_window(hf: dict) -> int | None:
+  """The window of HF `Qwen2Config` if every layer uses it, None if none
+  does (`use_sliding_window` false, the R1-Distill case, or every layer
+  below `max_window_layers`); refuses a mix, which one window cannot
+  express."""
+  window = hf.get("sliding_window") if hf.get("use_sliding_window") else None
+  if window is None:
+    return None
+  n = hf["num_hidden_layers"]
+  first = hf.get("max_window_layers", 28)  # HF Qwen2Config's default
+  types = hf.get("layer_types") or [
+    "sliding_attention" if i >= first else "full_attention" for i in range(n)
+  ]
+  unknown = set(types) - {"sliding_attention", "full_attention"}
+  if unknown:
+    raise ValueError(f"layer_types {sorted(unknown)} unsupported")
+  sliding = [t == "sliding_attention" for t in types]
+  if all(sliding):
+    return window
+  if not any(sliding):
+    return None
+  raise ValueError(
+    f"use_sliding_window=True with sliding_window={window}, "
+    f"max_window_layers={first}, "
+    f"num_hidden_layers={n} puts the window on layers "
+    f"{[i for i, s in enumerate(sliding) if s]} only (layer_types="
+    f"{hf.get('layer_types')}); LlamaConfig.sliding_window applies to "
+    "every layer, so only a window on all layers or on none is supported"
+  )
 
 
 def _rope_scaling_from_hf(rope: dict) -> Llama3RopeScaling | None:
@@ -216,12 +271,16 @@ def _rope_scaling_from_hf(rope: dict) -> Llama3RopeScaling | None:
 
 
 def _linear(
-  cfg: LlamaConfig, d_in: int, d_out: int, rngs: nnx.Rngs
+  cfg: LlamaConfig,
+  d_in: int,
+  d_out: int,
+  rngs: nnx.Rngs,
+  use_bias: bool = False,
 ) -> nnx.Linear:
   return nnx.Linear(
     d_in,
     d_out,
-    use_bias=False,
+    use_bias=use_bias,
     dtype=cfg.dtype,
     param_dtype=cfg.param_dtype,
     kernel_init=nnx.initializers.normal(0.02),
@@ -240,13 +299,14 @@ def _rms_norm(cfg: LlamaConfig, rngs: nnx.Rngs) -> nnx.RMSNorm:
 
 
 class LlamaAttention(nnx.Module):
-  """Bias-free q/k/v/o projections of one block (HF `LlamaAttention`)."""
+  """The q/k/v/o projections of one block (HF `LlamaAttention`): q/k/v
+  with biases when `cfg.qkv_bias` (HF `Qwen2Attention`), o never."""
 
   def __init__(self, cfg: LlamaConfig, *, rngs: nnx.Rngs):
-    d, k = cfg.d_model, cfg.head_dim
-    self.q_proj = _linear(cfg, d, cfg.num_heads * k, rngs)
-    self.k_proj = _linear(cfg, d, cfg.num_kv_heads * k, rngs)
-    self.v_proj = _linear(cfg, d, cfg.num_kv_heads * k, rngs)
+    d, k, bias = cfg.d_model, cfg.head_dim, cfg.qkv_bias
+    self.q_proj = _linear(cfg, d, cfg.num_heads * k, rngs, bias)
+    self.k_proj = _linear(cfg, d, cfg.num_kv_heads * k, rngs, bias)
+    self.v_proj = _linear(cfg, d, cfg.num_kv_heads * k, rngs, bias)
     self.o_proj = _linear(cfg, cfg.num_heads * k, d, rngs)
     self.head_dim = k
 
@@ -346,7 +406,7 @@ class LlamaOutput:
 
 
 class LlamaLM(nnx.Module):
-  """Llama / Mistral causal LM implementing `DecoderBackbone`.
+  """Llama / Mistral / Qwen2 causal LM implementing `DecoderBackbone`.
 
   Every method is pure: caches go in and come out, NNX state is never
   mutated, so the decoding engine may call `layer(i, ...)` (static `i`)

@@ -1,11 +1,13 @@
-"""Hugging Face Llama / Mistral checkpoints ↔ `LlamaLM` parameters.
+"""Hugging Face Llama / Mistral / Qwen2 checkpoints ↔ `LlamaLM` parameters.
 
-Maps the `LlamaForCausalLM` / `MistralForCausalLM` tensor names
-(`model.embed_tokens.weight`, `model.layers.{i}.self_attn.q_proj.weight`,
-..., `model.norm.weight`, `lm_head.weight`) onto the NNX modules of
-`jaxexit.models.llama`. Torch `nn.Linear.weight` is `[out, in]` and NNX
-`Linear.kernel` is `[in, out]`, so linear weights are transposed. Files are
-read by `hf_weights.read_state_dict` (safetensors, sharded index files,
+Maps the `LlamaForCausalLM` / `MistralForCausalLM` / `Qwen2ForCausalLM`
+tensor names (`model.embed_tokens.weight`,
+`model.layers.{i}.self_attn.q_proj.weight`, Qwen2's
+`model.layers.{i}.self_attn.{q,k,v}_proj.bias`, ..., `model.norm.weight`,
+`lm_head.weight`) onto the NNX modules of `jaxexit.models.llama`. Torch
+`nn.Linear.weight` is `[out, in]` and NNX `Linear.kernel` is `[in, out]`,
+so linear weights are transposed (biases are not). Files are read by
+`hf_weights.read_state_dict` (safetensors, sharded index files,
 `pytorch_model.bin`, no torch needed).
 
 `LLAMA_CONFIGS` holds the sizes of the checkpoints the experiments use and a
@@ -60,10 +62,26 @@ LLAMA_CONFIGS = {
     tie_embeddings=True,
     max_position=8192,
   ),
+  # Qwen2 (q/k/v biases); config.json's sliding_window=4096 is unused
+  # (use_sliding_window=false).
+  "deepseek-r1-distill-qwen-1.5b": LlamaConfig(
+    vocab_size=151936,
+    d_model=1536,
+    num_layers=28,
+    num_heads=12,
+    num_kv_heads=2,
+    mlp_hidden=8960,
+    rms_norm_eps=1e-6,
+    rope_theta=10000.0,
+    tie_embeddings=False,
+    qkv_bias=True,
+    max_position=131072,
+  ),
 }
 
 # Buffers some checkpoints carry; RoPE is recomputed from the config.
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
+_QKV_BIAS_SUFFIXES = tuple(f"self_attn.{p}_proj.bias" for p in "qkv")
 
 
 def hf_layout(cfg: LlamaConfig) -> list[tuple[str, str, bool]]:
@@ -79,6 +97,15 @@ def hf_layout(cfg: LlamaConfig) -> list[tuple[str, str, bool]]:
       )
       for p in "qkvo"
     ]
+    if cfg.qkv_bias:
+      rows += [
+        (
+          f"{ours}self_attn.{p}_proj.bias",
+          f"{hf}self_attn.{p}_proj.bias",
+          False,
+        )
+        for p in "qkv"
+      ]
     rows += [
       (f"{ours}mlp.{p}_proj.kernel", f"{hf}mlp.{p}_proj.weight", True)
       for p in ("gate", "up", "down")
@@ -125,12 +152,14 @@ def load_llama_state_dict(model: LlamaLM, state: StateDict) -> None:
   Args:
     model: a `LlamaLM` (possibly abstract, from `nnx.eval_shape`) whose
       config matches the checkpoint.
-    state: `{HF name: array}` of a `LlamaForCausalLM`/`MistralForCausalLM`.
+    state: `{HF name: array}` of a `LlamaForCausalLM`/`MistralForCausalLM`/
+      `Qwen2ForCausalLM`.
 
   Raises:
     ValueError: naming each missing tensor, each tensor with its actual and
       expected shapes, and each unused tensor (`*.rotary_emb.inv_freq`
-      buffers excepted).
+      buffers excepted; q/k/v biases in a checkpoint for a model without
+      `qkv_bias` are unused, and the message says so).
   """
   problems: list[str] = []
   used: set[str] = set()
@@ -156,6 +185,12 @@ def load_llama_state_dict(model: LlamaLM, state: StateDict) -> None:
   )
   if unused:
     problems.append(f"unused tensors {unused}")
+    if not model.cfg.qkv_bias and any(
+      n.endswith(_QKV_BIAS_SUFFIXES) for n in unused
+    ):
+      problems.append(
+        "q/k/v projection biases need LlamaConfig.qkv_bias=True (Qwen2)"
+      )
   if problems:
     raise ValueError(
       "checkpoint does not match LlamaLM: " + "; ".join(problems)

@@ -39,16 +39,19 @@ def test_forced_labels_complete_the_truncated_prefix_and_match_online():
   )
   assert len(events) >= 3 and not synthetic
   decode = lambda ids: "".join(DECODE(i) for i in ids)  # noqa: E731
-  labels, texts = lynx_labels.forced_exit_labels(
+  # Batched with a second rollout (a row of padding-sensitive width): the
+  # first rollout's completions must not depend on its batch mates.
+  (labels, _), (texts, _) = lynx_labels.forced_exit_labels(
     model,
-    prompt,
-    trace,
-    events,
+    [prompt, prompt[:2]],
+    [trace, trace[:3]],
+    [events, [1]],
     exit_ids=cfg.exit_ids,
     answer_len=cfg.answer_len,
     decode=decode,
-    gold="x",
-    grader="letter",
+    golds=["x", "y"],
+    graders=["letter", "letter"],
+    batch=2,
   )
   assert labels.shape == (len(events),)
   for e, text in zip(events, texts):
@@ -74,9 +77,14 @@ def test_event_features_are_the_cue_positions():
   model, _, _, cfg, prompts, lengths = _setup()
   prompt = prompts[1, : lengths[1]].tolist()
   trace = [3, 4, 5, 6, 7]
-  feats = lynx_labels.event_features(model, prompt, trace, [1, 3], (2, 4))
-  assert feats.shape == (2, 32)
-  assert not np.allclose(feats[0], feats[1])
+  feats = lynx_labels.event_features(
+    model, [prompt, prompt[:1]], [trace, trace[:2]], [[1, 3], [0]], (2, 4)
+  )
+  assert [f.shape for f in feats] == [(2, 32), (1, 32)]
+  assert not np.allclose(feats[0][0], feats[0][1])
+  # Padding after a row changes none of its features (one pass per row).
+  alone = lynx_labels.event_features(model, [prompt], [trace], [[1, 3]], (2, 4))
+  np.testing.assert_allclose(alone[0], feats[0], rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("prefix", ["So 3 + 4 = 7.", "x = 12\n", "wait"])
