@@ -1,6 +1,7 @@
 """Command-line pieces every experiment shares."""
 
 import argparse
+import pathlib
 from collections.abc import Callable, Sequence
 
 
@@ -26,3 +27,17 @@ def comma_choices(
     return items
 
   return parse
+
+
+class Log:
+  """Prints to stdout and appends to `<out>/log.txt`."""
+
+  def __init__(self, path: pathlib.Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115
+
+  def __call__(self, *parts) -> None:
+    line = " ".join(str(p) for p in parts)
+    print(line, flush=True)
+    self._file.write(line + "\n")
+    self._file.flush()

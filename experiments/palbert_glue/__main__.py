@@ -27,6 +27,7 @@ import time
 import jax
 import numpy as np
 
+from experiments.cli import Log
 from experiments.palbert_glue import (
   configs,
   models,
@@ -140,20 +141,6 @@ def config(args) -> configs.Config:
     extra = range(max(base.seeds) + 1, max(base.seeds) + 1 + args.seeds)
     overrides["seeds"] = tuple((list(base.seeds) + list(extra))[: args.seeds])
   return dataclasses.replace(base, **overrides)
-
-
-class Log:
-  """Prints to stdout and appends to `<out>/log.txt`."""
-
-  def __init__(self, path: pathlib.Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115
-
-  def __call__(self, *parts) -> None:
-    line = " ".join(str(p) for p in parts)
-    print(line, flush=True)
-    self._file.write(line + "\n")
-    self._file.flush()
 
 
 def tokenise(tokenizer, task: str, split: str, cfg, data_dir, log):

@@ -86,7 +86,8 @@ def to_jsonable(value: Any, path: str = "fingerprint") -> Any:
   """Turns a fingerprint (or part of one) into plain JSON values.
 
   Args:
-    value: a dataclass, mapping, sequence, scalar, enum or numpy array.
+    value: a dataclass, mapping, sequence, scalar, enum, dtype (as its
+      name) or numpy array.
     path: where `value` sits, for the error message.
 
   Returns:
@@ -113,6 +114,11 @@ def to_jsonable(value: Any, path: str = "fingerprint") -> Any:
     return {str(k): to_jsonable(v, f"{path}.{k}") for k, v in value.items()}
   if isinstance(value, (list, tuple)):
     return [to_jsonable(v, f"{path}[{i}]") for i, v in enumerate(value)]
+  if isinstance(value, (type, np.dtype)):  # a dtype (jnp.float32, ...)
+    try:
+      return np.dtype(value).name
+    except TypeError:
+      pass
   raise TypeError(
     f"{path} has no stable JSON form ({type(value).__name__}: "
     f"{value!r:.80}); pass its configuration or a hash instead"
