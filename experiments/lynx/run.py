@@ -9,6 +9,7 @@ Axes: n events, F features, Q problems.
 
 import dataclasses
 import time
+import types
 import warnings
 
 import jax.numpy as jnp
@@ -20,7 +21,7 @@ from experiments.lynx.models import LM
 from jaxexit import answers
 from jaxexit.decoding.full import generate_full
 from jaxexit.methods import lynx_conformal
-from jaxexit.methods.lynx_decode import LynxConfig, LynxOutput, generate_lynx
+from jaxexit.methods.lynx_decode import LynxConfig, generate_lynx
 from jaxexit.methods.lynx_labels import (
   event_features,
   forced_exit_labels,
@@ -219,7 +220,7 @@ def fit_seed(
 class Online:
   """One online LYNX evaluation of a problem set."""
 
-  out: LynxOutput  # numpy leaves
+  out: types.SimpleNamespace  # `LynxOutput`'s fields as numpy arrays
   correct: np.ndarray  # [Q] bool
   seconds: float
 
@@ -250,8 +251,11 @@ def run_online(
   out = generate_lynx(
     lm.model, probe, rule, lm.detector, ids, lengths, lcfg, slots=slots
   )
-  out = LynxOutput(
-    *(np.asarray(getattr(out, f.name)) for f in dataclasses.fields(out))
+  # On the host: the same fields as numpy arrays.
+  out = types.SimpleNamespace(
+    **{
+      f.name: np.asarray(getattr(out, f.name)) for f in dataclasses.fields(out)
+    }
   )
   seconds = time.perf_counter() - t0
   correct = np.array(

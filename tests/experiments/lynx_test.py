@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -85,3 +86,70 @@ def test_smoke_preset_writes_results(tmp_path):
   assert top["exit_rate"] > 0, "no problem exited at the largest δ"
   assert top["lynx_tokens"] < top["baseline_tokens"]
   assert np.isfinite(top["event_premature_mean"])
+
+
+# The staged data beside the repository (../shared/data), as CI has it.
+SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+
+
+def _write(path, rows):
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+
+
+@pytest.mark.slow
+def test_smollm2_on_math500_and_aime_layouts(tmp_path):
+  """SmolLM2 through the whole pipeline on a data dir holding MATH-500
+  and AIME 2024 in their stated layouts (and the staged GSM8K train split
+  for the probe): every eval set gets its records and cue statistics."""
+  data = tmp_path / "data"
+  (data / "gsm8k").mkdir(parents=True)
+  (data / "gsm8k" / "train.jsonl").symlink_to(
+    SHARED_DATA / "gsm8k" / "train.jsonl"
+  )
+  _write(
+    data / "math500" / "test.jsonl",
+    [
+      {
+        "problem": f"What is {a} + {a}?",
+        "solution": f"$\\boxed{{{2 * a}}}$",
+        "answer": str(2 * a),
+        "subject": "Prealgebra",
+        "level": 1,
+      }
+      for a in (3, 7, 11, 20)
+    ],
+  )
+  _write(
+    data / "aime2024" / "test.jsonl",
+    [
+      {
+        "id": f"2024-I-{a}",
+        "problem": f"Find {a} times 3.",
+        "solution": str(3 * a),
+        "answer": str(3 * a),
+        "url": "https://artofproblemsolving.com/",
+      }
+      for a in (2, 5, 9, 12)
+    ],
+  )
+  out = tmp_path / "out"
+  experiment.main(
+    [
+      "--preset",
+      "smoke",
+      "--model",
+      "smollm2",
+      "--eval-data",
+      "math500,aime2024",
+      "--data-dir",
+      str(data),
+      "--out",
+      str(out),
+      "--no-progress",
+    ]
+  )
+  got = json.loads((out / "results.json").read_text())
+  assert {r["eval"] for r in got["records"]} == {"math500", "aime2024"}
+  assert [c["set"] for c in got["cues"]][1:] == ["math500", "aime2024"]
+  assert all(c["mean_trace_tokens"] > 0 for c in got["cues"])
