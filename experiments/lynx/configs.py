@@ -77,7 +77,7 @@ class Config:
   lm: LlamaConfig | None = None
   problems: SyntheticReasoningConfig = SyntheticReasoningConfig()
   lm_problems: int = 20000
-  lm_steps: int = 3000
+  lm_steps: int = 2500
   lm_batch: int = 32
   lm_seq_len: int = 128
   lm_learning_rate: float = 3e-3
@@ -158,8 +158,10 @@ def _synthetic_lm(
   )
 
 
-_SMOKE_PROBLEMS = SyntheticReasoningConfig(max_steps=2, max_value=12)
-_CPU_PROBLEMS = SyntheticReasoningConfig(max_steps=5, max_value=20)
+_SMOKE_PROBLEMS = SyntheticReasoningConfig(
+  min_steps=2, max_steps=4, max_value=16, max_operand=5, max_checks=1
+)
+_CPU_PROBLEMS = SyntheticReasoningConfig()
 PRESETS = {
   "smoke": Config(
     lm=_synthetic_lm(64, 2, 2, _SMOKE_PROBLEMS),
@@ -167,10 +169,10 @@ PRESETS = {
     lm_problems=4000,
     lm_steps=400,
     lm_batch=16,
-    lm_seq_len=64,
+    lm_seq_len=128,
     probe_problems=64,
     eval_problems=32,
-    max_reason=80,
+    max_reason=96,
     deltas=(0.1, 0.2),
     seeds=(0, 1),
     splits=20,

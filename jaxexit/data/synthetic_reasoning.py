@@ -1,13 +1,20 @@
 """Procedural arithmetic word problems with overthinking reasoning traces.
 
 LYNX's small reasoning LM (spec `llm_exits.md` §2; issue "LYNX" 6b) is
-trained from scratch on these. Each problem is a start value and 1 to
-`max_steps` gains or losses; the trace works the steps out one by one,
-states the answer, then re-checks it 1 to `max_checks` times before the
-final `\\boxed{}`. Overthinking exists by construction: after "so the
-answer is N ." every later token is redundant, and a forced exit there
-answers correctly, while a forced exit before the last step cannot know
-the answer. Cue words ("hmm", "wait") occur both before the answer is
+trained from scratch on these. Each problem is a start value x, an odd
+gain a and 1 to `max_steps` rounds of the rule "if x is even, keep half;
+if odd, get a more" (a Collatz-like map: each round is one table lookup,
+but which one depends on the value the previous round produced, so the
+answer has to be worked out round by round). The trace works the rounds
+out one by one, states the answer, then re-checks it 1 to `max_checks`
+times before the final `\\boxed{}`. Overthinking exists by construction:
+after "so the answer is N ." every later token is redundant, and a forced
+exit there answers correctly, while a forced exit before the last round
+must guess the rounds not yet written out. (A first version summed the
+question's gains and losses: a 4-layer LM learned to add them up without
+the trace, so forced exits were right at 99.8 % of cues, also before the
+answer was stated, and no exit could be premature; experiments/lynx
+README.) Cue words ("hmm", "wait") occur both before the answer is
 settled (with probability `cue_rate` before each step after the first) and
 at the start of every re-check, so the word alone does not tell a probe
 whether exiting is safe. The step count is drawn uniformly, so some traces
@@ -16,11 +23,12 @@ settle early and some late.
 Text is whitespace-separated words; `WordTokenizer` maps each word to one
 id (numbers 0..`max_value` are single tokens), so a cue is one token:
 
-  prompt  <bos> Q: Ann has 7 coins . Ann gets 5 . Ann loses 3 . how many
-          coins ? <think>
-  trace   7 + 5 = 12 . hmm , 12 - 3 = 9 . so the answer is 9 . wait , let
-          me check . 7 + 5 = 12 . 12 - 3 = 9 . yes 9 . </think> Final
-          Answer: \\boxed{ 9 }
+  prompt  <bos> Q: Ann has 7 coins . each round : if even , Ann keeps half
+          ; if odd , Ann gets 5 more . after 2 rounds how many coins ?
+          <think>
+  trace   7 odd + 5 = 12 . hmm , 12 even / 2 = 6 . so the answer is 6 .
+          wait , let me check . 7 odd + 5 = 12 . 12 even / 2 = 6 . yes 6
+          . </think> Final Answer: \\boxed{ 6 }
 
 Problems are a pure function of (seed, index), so train, calibration and
 evaluation sets drawn from disjoint index ranges never overlap.
@@ -40,14 +48,25 @@ _WORDS = (
   "Q:",
   "has",
   "gets",
-  "loses",
+  "keeps",
+  "half",
+  "more",
+  "each",
+  "round",
+  "rounds",
+  "after",
+  "if",
+  "even",
+  "odd",
+  ":",
+  ";",
+  "/",
   "how",
   "many",
   "?",
   ".",
   ",",
   "+",
-  "-",
   "=",
   "<think>",
   "</think>",
@@ -74,10 +93,11 @@ class SyntheticReasoningConfig:
   """How problems are drawn.
 
   Attributes:
-    min_steps, max_steps: gains/losses per problem (uniform).
-    max_value: every running value stays in [0, max_value].
-    max_operand: each gain/loss is in [1, max_operand].
-    cue_rate: P(a "hmm ," or "wait ," before each step after the first).
+    min_steps, max_steps: rounds per problem (uniform).
+    max_value: every value stays in [1, max_value] (the start is at most
+      max_value - max_operand).
+    max_operand: the gain is odd, in [1, max_operand].
+    cue_rate: P(a "hmm ," or "wait ," before each round after the first).
     max_checks: re-checks after the answer (uniform in [1, max_checks]).
   """
 
@@ -107,7 +127,7 @@ class SyntheticProblem:
     trace: the reference reasoning and final answer (ends with "}"; a
       language model's rows add "<eos>", `jaxexit.data.text.pack_documents`).
     answer: the gold answer, a number as text.
-    steps: gains/losses (the difficulty).
+    steps: rounds (the difficulty).
     settled: words of `trace` up to and including the first statement of
       the answer ("so the answer is N ."): a cue after it is redundant.
   """
@@ -162,13 +182,15 @@ class WordTokenizer:
     return " ".join(out)
 
 
-def _steps_text(start: int, ops: list[int]) -> tuple[list[str], int]:
+def _rounds_text(start: int, gain: int, rounds: int) -> tuple[list[str], int]:
   value, parts = start, []
-  for op in ops:
-    new = value + op
-    sign = "+" if op > 0 else "-"
-    parts.append(f"{value} {sign} {abs(op)} = {new} .")
-    value = new
+  for _ in range(rounds):
+    if value % 2:
+      parts.append(f"{value} odd + {gain} = {value + gain} .")
+      value += gain
+    else:
+      parts.append(f"{value} even / 2 = {value // 2} .")
+      value //= 2
   return parts, value
 
 
@@ -179,23 +201,14 @@ def make_problem(
   rng = np.random.default_rng([seed, index])
   steps = int(rng.integers(cfg.min_steps, cfg.max_steps + 1))
   name, item = rng.choice(NAMES), rng.choice(ITEMS)
-  value = int(rng.integers(1, cfg.max_value // 2 + 1))
-  start, ops = value, []
-  for _ in range(steps):
-    gains = min(cfg.max_operand, cfg.max_value - value)
-    losses = min(cfg.max_operand, value)
-    if losses and (not gains or rng.random() < 0.5):
-      op = -int(rng.integers(1, losses + 1))
-    else:
-      op = int(rng.integers(1, gains + 1))
-    ops.append(op)
-    value += op
-  words = [f"Q: {name} has {start} {item} ."]
-  for op in ops:
-    verb = "gets" if op > 0 else "loses"
-    words.append(f"{name} {verb} {abs(op)} .")
-  question = " ".join([*words, f"how many {item} ? <think>"])
-  parts, answer = _steps_text(start, ops)
+  gain = int(rng.choice(np.arange(1, cfg.max_operand + 1, 2)))
+  start = int(rng.integers(1, cfg.max_value - cfg.max_operand + 1))
+  question = (
+    f"Q: {name} has {start} {item} . each round : if even , {name} keeps "
+    f"half ; if odd , {name} gets {gain} more . after {steps} "
+    f"{'round' if steps == 1 else 'rounds'} how many {item} ? <think>"
+  )
+  parts, answer = _rounds_text(start, gain, steps)
   trace = []
   for i, part in enumerate(parts):
     if i and rng.random() < cfg.cue_rate:

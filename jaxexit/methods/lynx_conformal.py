@@ -130,7 +130,9 @@ def premature_exit_rates(
 
   Each split calibrates on a random `calibration_fraction` of the events
   and measures, on the rest, the fraction of label-0 events the rule lets
-  exit. The conformal guarantee bounds the mean over splits by δ.
+  exit. The conformal guarantee bounds the mean over splits by δ. A split
+  whose calibration half lacks a class gets no rule (`calibrate` refuses),
+  i.e. never exits: rate 0.
 
   Returns:
     [splits] float64 rates (NaN where a test half has no label-0 event).
@@ -153,8 +155,12 @@ def premature_exit_rates(
     for i in range(splits):
       order = rng.permutation(len(p))
       cal, test = order[:n_cal], order[n_cal:]
-      rule = calibrate(p[cal], y[cal], delta)
       wrong = test[y[test] == 0]
-      if wrong.size:
-        rates[i] = float(np.mean(np.asarray(exits(rule, p[wrong]))))
+      if not wrong.size:
+        continue
+      if len(np.unique(y[cal])) < 2:  # refused: the rule never exits
+        rates[i] = 0.0
+        continue
+      rule = calibrate(p[cal], y[cal], delta)
+      rates[i] = float(np.mean(np.asarray(exits(rule, p[wrong]))))
   return rates

@@ -18,10 +18,9 @@ def _replay(question: str) -> int:
   """The answer recomputed from the question's words alone."""
   words = question.split()
   value = int(words[words.index("has") + 1])
-  for i, w in enumerate(words):
-    if w in ("gets", "loses"):
-      n = int(words[i + 1])
-      value += n if w == "gets" else -n
+  gain = int(words[words.index("gets") + 1])
+  for _ in range(int(words[words.index("after") + 1])):
+    value = value // 2 if value % 2 == 0 else value + gain
   return value
 
 
@@ -29,7 +28,7 @@ def test_answers_follow_the_question_and_stay_in_range():
   for p in make_problems(3, 0, 300, CFG):
     assert int(p.answer) == _replay(p.question)
     values = [int(w) for w in re.findall(r"\d+", p.trace)]
-    assert all(0 <= v <= CFG.max_value for v in values)
+    assert all(1 <= v <= CFG.max_value for v in values)
     assert answers.is_correct(p.trace, p.answer, p.grader)
     assert CFG.min_steps <= p.steps <= CFG.max_steps
 
