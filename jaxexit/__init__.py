@@ -53,6 +53,7 @@ except importlib.metadata.PackageNotFoundError:  # a source tree, not installed
   __version__ = "0+unknown"
 
 _SUBPACKAGES = (
+  "answers",
   "calibration",
   "checks",
   "conformal",
@@ -70,6 +71,7 @@ _SUBPACKAGES = (
   "report",
   "results_store",
   "rl",
+  "serve",
   "sharding",
   "stats",
   "text_metrics",
