@@ -2,8 +2,15 @@
 `docs/papers/llm_exits.md` §4).
 
 Submodules, imported explicitly (this file imports nothing heavy):
-`split` (the model split at layer k: edge blocks + exit head, cloud
-catch-up), `wire` (the hidden states' quantised wire format), `sessions`
-(the cloud's per-session
-context store), `netshape` (a TCP proxy that emulates an edge link).
+
+* model: `split` (the backbone split at layer k: edge blocks + exit head,
+  exact cloud catch-up), `wire` (the hidden states' quantised wire
+  format), `models` (the served models and their weight hash);
+* cloud: `protocol` (framing and status mapping), `auth` (per-client
+  tokens), `sessions` (the per-session context store), `cloud_exec`,
+  `cloud_service`, `cloud` (the gRPC server; `python -m
+  jaxexit.serve.cloud`);
+* edge: `edge_link` (channel, deadlines, background uploads), `edge` (the
+  client: standalone, collaborative and cloud-only modes, fall-back);
+* network: `netshape` (a TCP proxy that emulates an edge link).
 """

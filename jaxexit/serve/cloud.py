@@ -220,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     from jaxexit.serve import split
 
     split.check_split(backbone.num_layers, args.split_layer)
-  except (ValueError, OSError) as e:
+  except (ValueError, OSError, ImportError) as e:
     print(f"cloud: {e}", file=sys.stderr, flush=True)
     return 2
   stop = threading.Event()

@@ -88,8 +88,10 @@ def test_quantised_transport_sends_fewer_bytes(server, quant):
   ans = _gen(sh.client(server.target, quant=quant))
   sent = lambda a: sum(s.bytes_sent for s in a.stats)
   assert sent(ans) < sent(exact)
+  # The random tiny model's top logits lie ~1e-3 apart: int8's error
+  # (~3e-3, split_test) flips some greedy choices, fp16's (~1e-4) none.
   agree = np.mean(np.array(ans.tokens) == np.array(exact.tokens))
-  assert agree >= 0.5, (ans.tokens, exact.tokens)  # Usually 1.0.
+  assert agree >= (1.0 if quant == "fp16" else 0.5), (ans.tokens, exact)
 
 
 def test_evicted_session_is_reopened_and_context_reuploaded():
@@ -164,6 +166,8 @@ def test_stop_drains_the_call_in_flight():
   infer, result = client.link.infer, {}
 
   def slow_then_stop(*args, **kw):
+    if result:
+      return infer(*args, **kw)
     # Hold the cloud's compute, start its stop, then let the call finish.
     stopper = threading.Thread(target=handle.stop, args=(10.0,))
     with handle.service._compute:
@@ -184,3 +188,28 @@ def test_stop_drains_the_call_in_flight():
   assert ans.stats[0].source == "cloud" and ans.fallback_at == 1
   assert "UNAVAILABLE" in ans.fallback
   assert ans.tokens == sh.reference(sh.PROMPT, 3, lambda s, p: s >= 1)[0]
+
+
+def test_restarted_cloud_gets_the_context_again():
+  """The cloud restarts (same port, sessions forgotten) between two
+  requests: the edge's session is unknown there, so it opens a new one,
+  re-uploads the whole context and the answer stays exact."""
+  handles = [sh.start()]
+  client = sh.client(handles[0].target)
+  infer, calls = client.link.infer, []
+
+  def restart_before_third(*args, **kw):
+    calls.append(1)
+    if len(calls) == 3:
+      handles[-1].stop(0)
+      handles.append(sh.start(port=handles[0].port))
+    return infer(*args, **kw)
+
+  client.link.infer = restart_before_third
+  try:
+    ans = _gen(client)
+  finally:
+    handles[-1].stop(0)
+  assert ans.tokens == sh.full_reference()
+  assert ans.reuploads == 1 and ans.fallback is None
+  assert handles[-1].service.counters["Open"] == 1

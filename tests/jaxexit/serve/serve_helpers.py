@@ -33,13 +33,14 @@ def tiny():
   return model, models.weights_hash(model)
 
 
-def start(**config) -> cloud.ServerHandle:
+def start(port=0, **config) -> cloud.ServerHandle:
   """An in-process server of the tiny model with ALICE's and BOB's tokens."""
   model, digest = tiny()
   config = dict(dict(max_len=MAX_LEN, buckets=BUCKETS), **config)
   return cloud.start_server(
     model,
     K,
+    port=port,
     tokens=TOKENS,
     config=cloud_service.ServerConfig(**config),
     model_hash=digest,
@@ -77,8 +78,8 @@ def _logits(graphdef, params, ids, length):
       outs.append(h)
     h, _ = model.layer(i, h, caches[i], positions, valid)
   outs.append(h)
-  last = [o[0, length - 1] for o in outs]  # [D] each
-  return [model.lm_head(model.final_norm(x[None]))[0] for x in last]
+  last = [jax.lax.dynamic_slice_in_dim(o, length - 1, 1, 1) for o in outs]
+  return [model.lm_head(model.final_norm(x))[0, 0] for x in last]  # [V]
 
 
 def reference(prompt, n, use_edge, theta_margin=None):
