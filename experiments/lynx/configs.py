@@ -77,7 +77,7 @@ class Config:
   lm: LlamaConfig | None = None
   problems: SyntheticReasoningConfig = SyntheticReasoningConfig()
   lm_problems: int = 20000
-  lm_steps: int = 2500
+  lm_steps: int = 2000
   lm_batch: int = 32
   lm_seq_len: int = 128
   lm_learning_rate: float = 3e-3

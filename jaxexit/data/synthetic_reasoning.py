@@ -15,9 +15,13 @@ question's gains and losses: a 4-layer LM learned to add them up without
 the trace, so forced exits were right at 99.8 % of cues, also before the
 answer was stated, and no exit could be premature; experiments/lynx
 README.) Cue words ("hmm", "wait") occur both before the answer is
-settled (with probability `cue_rate` before each step after the first) and
-at the start of every re-check, so the word alone does not tell a probe
-whether exiting is safe. The step count is drawn uniformly, so some traces
+settled ("hmm ," before every round after the first whose value is odd)
+and at the start of every re-check, so the word alone does not tell a
+probe whether exiting is safe. The early cues follow a rule the LM can
+learn, not a coin flip: greedy decoding never emits a token whose
+probability is only 0.3, and with random early cues (a second version)
+the greedy rollouts held no early cue at all, so every forced exit was
+right. The step count is drawn uniformly, so some traces
 settle early and some late.
 
 Text is whitespace-separated words; `WordTokenizer` maps each word to one
@@ -97,7 +101,6 @@ class SyntheticReasoningConfig:
     max_value: every value stays in [1, max_value] (the start is at most
       max_value - max_operand).
     max_operand: the gain is odd, in [1, max_operand].
-    cue_rate: P(a "hmm ," or "wait ," before each round after the first).
     max_checks: re-checks after the answer (uniform in [1, max_checks]).
   """
 
@@ -105,7 +108,6 @@ class SyntheticReasoningConfig:
   max_steps: int = 6
   max_value: int = 40
   max_operand: int = 9
-  cue_rate: float = 0.3
   max_checks: int = 2
 
   def __post_init__(self):
@@ -113,7 +115,6 @@ class SyntheticReasoningConfig:
     checks.positive_int("max_steps", self.max_steps, minimum=self.min_steps)
     checks.positive_int("max_operand", self.max_operand)
     checks.positive_int("max_value", self.max_value, minimum=self.max_operand)
-    checks.in_range("cue_rate", self.cue_rate, 0.0, 1.0)
     checks.positive_int("max_checks", self.max_checks)
 
 
@@ -211,8 +212,8 @@ def make_problem(
   parts, answer = _rounds_text(start, gain, steps)
   trace = []
   for i, part in enumerate(parts):
-    if i and rng.random() < cfg.cue_rate:
-      trace.append(str(rng.choice(["hmm ,", "wait ,"])))
+    if i and int(part.split()[0]) % 2:  # hesitate before an odd round
+      trace.append("hmm ,")
     trace.append(part)
   trace.append(f"so the answer is {answer} .")
   settled = len(" ".join(trace).split())

@@ -77,5 +77,5 @@ def test_word_tokenizer_round_trips_and_names_unknown_words():
 def test_bad_config_names_the_value():
   with pytest.raises(ValueError, match="max_steps"):
     SyntheticReasoningConfig(min_steps=3, max_steps=2)
-  with pytest.raises(ValueError, match="cue_rate"):
-    SyntheticReasoningConfig(cue_rate=1.5)
+  with pytest.raises(ValueError, match="max_checks"):
+    SyntheticReasoningConfig(max_checks=0)
