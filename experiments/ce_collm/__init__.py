@@ -1,0 +1,2 @@
+"""CE-CoLLM: edge/cloud collaborative LLM inference (`python -m
+experiments.ce_collm`; presets in configs.py)."""
