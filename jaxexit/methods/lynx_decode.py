@@ -46,6 +46,7 @@ import numpy as np
 from flax import nnx
 
 from jaxexit import checks
+from jaxexit.decoding.inputs import check_inputs
 from jaxexit.methods import lynx_conformal
 from jaxexit.methods.lynx_cues import CueDetector, CueState
 from jaxexit.methods.lynx_probe import LynxProbe
@@ -74,6 +75,13 @@ class LynxConfig:
   max_reason: int
   answer_len: int
   eos_id: int | None = None
+
+  def __post_init__(self):
+    for name in ("feature_layers", "exit_ids", "stop_ids"):
+      if not getattr(self, name):
+        raise ValueError(f"LynxConfig.{name} must not be empty")
+    checks.positive_int("LynxConfig.max_reason", self.max_reason)
+    checks.positive_int("LynxConfig.answer_len", self.answer_len)
 
   @property
   def max_tokens(self) -> int:
@@ -317,6 +325,11 @@ def generate_lynx(
   """
   width = backbone.d_model * len(cfg.feature_layers)
   probe.check_features(cfg.feature_layers, width)
+  # The static length N = max_reason + len(exit cue) + K after the
+  # longest prompt must fit the backbone (ids in range, ≤ max_position).
+  check_inputs(
+    backbone, prompts, lengths, max_new_tokens=cfg.max_tokens, eos_id=cfg.eos_id
+  )
   prompts = jnp.asarray(prompts, jnp.int32)
   slots = prompts.shape[0] if slots is None else slots
   checks.positive_int("slots", slots)

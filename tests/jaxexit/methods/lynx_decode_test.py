@@ -117,3 +117,22 @@ def test_slot_refill_equals_replay_for_every_queued_problem():
     assert int(out.exit_event[b]) == ref["exit_event"], b
   # Exits make rows finish at different times, which refill exploits.
   assert len(set(lengths_out.tolist())) > 1
+
+
+def test_bad_lynx_settings_name_the_value():
+  with pytest.raises(ValueError, match="exit_ids"):
+    LynxConfig(
+      feature_layers=(1,),
+      exit_ids=(),
+      stop_ids=(1,),
+      max_reason=4,
+      answer_len=2,
+    )
+  with pytest.raises(ValueError, match="answer_len"):
+    LynxConfig(
+      feature_layers=(1,),
+      exit_ids=(3,),
+      stop_ids=(1,),
+      max_reason=4,
+      answer_len=0,
+    )
