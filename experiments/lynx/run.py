@@ -25,6 +25,7 @@ from jaxexit.methods.lynx_decode import LynxConfig, generate_lynx
 from jaxexit.methods.lynx_labels import (
   event_features,
   forced_exit_labels,
+  padded_chunks,
   padded_rows,
   rollout_events,
 )
@@ -54,22 +55,12 @@ class Rollouts:
     return np.array([len(t) for t in self.traces])
 
 
-def _chunked(n: int, batch: int) -> list[tuple[list[int], int]]:
-  """(index list of `batch` rows, rows that are real): the last chunk is
-  padded with repeats so every call has the compiled batch size."""
-  out = []
-  for i in range(0, n, batch):
-    idx = list(range(i, min(i + batch, n)))
-    out.append((idx + [idx[0]] * (batch - len(idx)), len(idx)))
-  return out
-
-
 def rollout(lm: LM, problems, cfg: Config) -> Rollouts:
   """Greedy full traces (≤ `max_reason` tokens, to EOS)."""
   prompts = [lm.prompt_ids(p.question) for p in problems]
   ids, lengths = padded_rows(prompts)
   traces: list[list[int]] = []
-  for idx, real in _chunked(len(prompts), cfg.batch):
+  for idx, real in padded_chunks(len(prompts), cfg.batch):
     out = np.asarray(
       generate_full(
         lm.model,

@@ -62,8 +62,15 @@ def padded_rows(rows: Sequence[Sequence[int]], width: int | None = None):
   return ids, np.array([len(r) for r in rows], np.int32)
 
 
-def _chunks(n: int, batch: int):
-  return [range(i, min(i + batch, n)) for i in range(0, n, batch)]
+def padded_chunks(n: int, batch: int) -> list[tuple[list[int], int]]:
+  """(index list of `batch` rows, how many are real) covering 0..n-1; the
+  last chunk repeats its first row so every call keeps the compiled
+  batch size."""
+  out = []
+  for i in range(0, n, batch):
+    idx = list(range(i, min(i + batch, n)))
+    out.append((idx + [idx[0]] * (batch - len(idx)), len(idx)))
+  return out
 
 
 def event_features(
@@ -82,12 +89,9 @@ def event_features(
   rows = [[*p, *t] for p, t in zip(prompts, traces)]
   ids, _ = padded_rows(rows, width)
   out = []
-  for chunk in _chunks(len(rows), batch):
-    block = ids[list(chunk)]
-    if len(chunk) < batch:  # keep the compiled batch size
-      block = np.concatenate([block, np.zeros_like(ids[: batch - len(chunk)])])
-    feats = np.asarray(forward_features(backbone, block, layers))
-    for j, r in enumerate(chunk):
+  for idx, real in padded_chunks(len(rows), batch):
+    feats = np.asarray(forward_features(backbone, ids[idx], layers))
+    for j, r in enumerate(idx[:real]):
       at = [len(prompts[r]) + e for e in events[r]]
       out.append(feats[j, at])
   return out
@@ -134,13 +138,12 @@ def forced_exit_labels(
   texts: list[str] = []
   if rows:
     ids, lengths = padded_rows(rows, width)
-    for chunk in _chunks(len(rows), batch):
-      idx = list(chunk) + [chunk[0]] * (batch - len(chunk))
+    for idx, real in padded_chunks(len(rows), batch):
       completions = np.asarray(
         generate_full(
           backbone, ids[idx], lengths[idx], max_new_tokens=answer_len
         )
-      )[: len(chunk)]
+      )[:real]
       texts += [exit_text + decode(c.tolist()) for c in completions]
   ok = [
     answers.is_correct(t, golds[r], graders[r]) for t, r in zip(texts, owner)
