@@ -138,7 +138,12 @@ def _decode_fn(model: LlamaLM):
 @pytest.mark.parametrize("case", ["llama_gqa_untied", "mistral_window"])
 def test_cached_decode_matches_full_forward(case):
   hf = hf_model(case)
-  ours = ours_from(hf)
+  assert_cached_decode_matches(ours_from(hf), hf)
+
+
+def assert_cached_decode_matches(ours, hf):
+  """A 5-token prefill then 6 one-token steps through the cache equal the
+  HF model's full forward (float32, TOL)."""
   ids = token_ids(2, 11, seed=1)
   ref, _ = hf_forward(hf, ids)
   step = _decode_fn(ours)

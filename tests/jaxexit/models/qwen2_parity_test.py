@@ -18,7 +18,11 @@ from jaxexit.models.llama_weights import (
   llama_from_pretrained,
   load_llama_state_dict,
 )
-from tests.jaxexit.models.llama_test import _decode_fn, hf_forward, token_ids
+from tests.jaxexit.models.llama_test import (
+  assert_cached_decode_matches,
+  hf_forward,
+  token_ids,
+)
 from tests.tiers import slow
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -170,27 +174,7 @@ def test_window_on_every_layer_matches_transformers():
 @pytest.mark.parametrize("case", list(CASES))
 def test_cached_decode_matches_full_forward(case):
   hf = qwen2_model(case)
-  ours = llama_from_pretrained_state(hf)
-  ids = token_ids(2, 11, seed=1)
-  ref, _ = hf_forward(hf, ids)
-  step = _decode_fn(ours)
-  caches = ours.init_cache(2, 16)
-  pos = jnp.broadcast_to(jnp.arange(5, dtype=jnp.int32), (2, 5))
-  logits, caches = step(
-    jnp.asarray(ids[:, :5]), caches, pos, jnp.ones((2, 5), bool)
-  )
-  np.testing.assert_allclose(logits, ref[:, :5], **TOL)
-  one = jnp.ones((2, 1), bool)
-  for p in range(5, 11):
-    logits, caches = step(
-      jnp.asarray(ids[:, p : p + 1]),
-      caches,
-      jnp.full((2, 1), p, jnp.int32),
-      one,
-    )
-    np.testing.assert_allclose(
-      logits[:, 0], ref[:, p], err_msg=f"step {p}", **TOL
-    )
+  assert_cached_decode_matches(llama_from_pretrained_state(hf), hf)
 
 
 TINY_QWEN2 = dataclasses.replace(LLAMA_CONFIGS["tiny"], qkv_bias=True)
