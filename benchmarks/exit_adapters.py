@@ -36,14 +36,10 @@ import time
 
 import jax
 import numpy as np
-from flax import nnx
 
 from jaxexit import report
-from jaxexit import train as train_lib
 from jaxexit.data import text
-from jaxexit.methods import dynamax_train
-from jaxexit.methods.dynamax import ExitClassifierConfig, ExitClassifiers
-from jaxexit.train.fingerprint import fingerprint_array
+from jaxexit.methods import dynamax_train, exit_adapter
 
 HERE = pathlib.Path(__file__).resolve().parent
 BENCHMARKS_MD = HERE.parent / "BENCHMARKS.md"
@@ -134,58 +130,15 @@ def backbone_and_text(quick: bool, settings: Settings, data_dir=None):
   model, prompts, lengths, about = spec.smollm2(settings.prompts)
   tok = GGUFTokenizer.from_gguf(smollm2_gguf_path())
 
-  def rows(sources, split, n, seed):
-    docs = text.lm_texts(sources, split=split, data_dir=data_dir)
-    order = np.random.default_rng(seed).permutation(len(docs))
-    packed = text.pack_documents(
-      [tok.encode(docs[i]) for i in order[: 4 * n]],
-      settings.seq_len,
-      bos_id=tok.bos_id,
-      eos_id=tok.eos_id,
-    )
-    return packed[:n]
-
-  train = rows(text.LM_SOURCES, "train", settings.train_rows, 0)
-  held_out = rows(("gsm8k",), "test", settings.eval_rows, 1)
+  rows = functools.partial(
+    exit_adapter.text_rows,
+    tok,
+    seq_len=settings.seq_len,
+    data_dir=data_dir,
+  )
+  train = rows(text.LM_SOURCES, "train", settings.train_rows, seed=0)
+  held_out = rows(("gsm8k",), "test", settings.eval_rows, seed=1)
   return model, train, held_out, (prompts, lengths, about)
-
-
-def train_adapter(
-  model, features, e_index, layer, settings, workdir, fingerprint
-):
-  """A one-exit `mlp` adapter at `layer`, trained (or resumed) by KL.
-
-  `fingerprint` (the backbone's weights and the training tokens) is stored
-  with the checkpoints; resuming under another one raises
-  `FingerprintMismatch`.
-  """
-  one = dataclasses.replace(
-    features, hidden=features.hidden[:, :, e_index : e_index + 1]
-  )
-  adapter = ExitClassifiers(
-    ExitClassifierConfig(kind="mlp", num_exits=1, d_model=model.d_model),
-    rngs=nnx.Rngs(0),
-  )
-  adapter, _ = dynamax_train.train_exit_classifiers(
-    model,
-    adapter,
-    one,
-    optim=train_lib.OptimConfig(
-      learning_rate=settings.learning_rate,
-      schedule="warmup_cosine",
-      warmup_steps=max(settings.steps // 10, 1),
-      total_steps=settings.steps,
-    ),
-    num_steps=settings.steps,
-    batch_size=settings.batch_size,
-    workdir=workdir / f"exit{layer}",
-    weights=dynamax_train.DynamaxLossConfig(
-      ce_weight=0.0, kl_weight=1.0, score_weight=0.0
-    ),
-    checkpoint_every=max(settings.steps // 4, 1),
-    fingerprint=dict(fingerprint, exit_layer=layer, kind="mlp"),
-  )
-  return adapter
 
 
 def run(quick: bool, workdir: pathlib.Path, log=print) -> tuple[list, str]:
@@ -194,13 +147,12 @@ def run(quick: bool, workdir: pathlib.Path, log=print) -> tuple[list, str]:
   model, train_rows, eval_rows, (prompts, lengths, about) = backbone_and_text(
     quick, settings
   )
-  leaves = jax.tree.leaves(nnx.state(model, nnx.Param))
-  fingerprint = {
-    "backbone": fingerprint_array(
-      np.array([fingerprint_array(np.asarray(x)) for x in leaves])
-    ),
-    "tokens": fingerprint_array(train_rows),
-  }
+  tied_to = exit_adapter.fingerprint(model, train_rows)
+  training = exit_adapter.AdapterTraining(
+    steps=settings.steps,
+    batch_size=settings.batch_size,
+    learning_rate=settings.learning_rate,
+  )
   extract = functools.partial(
     dynamax_train.exit_features,
     model,
@@ -213,14 +165,16 @@ def run(quick: bool, workdir: pathlib.Path, log=print) -> tuple[list, str]:
   log(f"{about}: features of {len(train_rows)} + {len(eval_rows)} rows")
   heads, agreement = {}, {}
   for i, layer in enumerate(settings.exit_layers):
-    adapter = train_adapter(
-      model, train_f, i, layer, settings, workdir, fingerprint
+    adapter = exit_adapter.train_exit_adapter(
+      model,
+      exit_adapter.one_exit(train_f, i),
+      layer,
+      training,
+      workdir,
+      tied_to,
     )
-    one = dataclasses.replace(eval_f, hidden=eval_f.hidden[:, :, i : i + 1])
-    fresh = ExitClassifiers(adapter.config, rngs=nnx.Rngs(0))
-    agreement[layer] = (
-      float(dynamax_train.exit_agreement(model, fresh, one)[0]),
-      float(dynamax_train.exit_agreement(model, adapter, one)[0]),
+    agreement[layer] = exit_adapter.agreement(
+      model, adapter, exit_adapter.one_exit(eval_f, i)
     )
     log(
       f"  exit {layer}: held-out agreement {agreement[layer][0]:.3f} -> "

@@ -34,7 +34,7 @@ import signal
 import tempfile
 import time
 
-from experiments.ce_collm import configs, plots, run, summary
+from experiments.ce_collm import configs, edge_head, plots, run, summary
 from experiments.ce_collm import report as ce_report
 from experiments.cli import Log
 from jaxexit import results_store
@@ -89,6 +89,13 @@ def parse_args(argv=None):
     "--bandwidth-mbit", type=_floats("--bandwidth-mbit", _positive)
   )
   p.add_argument("--quant", choices=wire.MODES, default=None)
+  p.add_argument(
+    "--edge-head",
+    choices=configs.EDGE_HEADS,
+    default=None,
+    help="the edge's exit head: an adapter trained at k (default) or the "
+    "shared LM head",
+  )
   p.add_argument("--clients", type=int, default=None, help="load test, ≤ 32")
   p.add_argument("--out", type=pathlib.Path, default=None)
   p.add_argument("--no-progress", action="store_true")
@@ -128,6 +135,8 @@ def _config(args) -> configs.Config:
     over["naive_thetas"] = (max(below),) if below else ()
   if args.quant:
     over["quant"] = args.quant
+  if args.edge_head:
+    over["edge_head"] = args.edge_head
   if args.clients is not None:
     over["clients"] = args.clients
   return configs.get_config(args.preset, **over)
@@ -175,6 +184,17 @@ def _main(args, cfg: configs.Config) -> None:
       )
       model = run.load_model(cfg)  # While the cloud loads and compiles.
       prompts = run.load_prompts(cfg, model, args.data_dir)
+      model = dataclasses.replace(
+        model,
+        edge=edge_head.build(
+          cfg,
+          model.backbone,
+          model.tokenizer,
+          out / "edge_head",
+          args.data_dir,
+          lambda msg: log(stamp(), msg),
+        ),
+      )
       log(
         stamp(),
         f"model: {model.description}, k={cfg.split_layer}; "
@@ -284,6 +304,12 @@ def _write(args, cfg, model, prompts, runs, processes, log, stamp) -> None:
   heads = summary.headline(records, cfg.comparable_quality)
   extra = {
     "model": model.description,
+    "edge_head": {
+      "kind": model.edge.kind,
+      "agreement_before": model.edge.agreement_before,
+      "agreement_after": model.edge.agreement_after,
+      "description": model.edge.description,
+    },
     "prompts": [
       {"set": p.set, "id": p.id, "tokens": len(p.ids)} for p in prompts
     ],

@@ -7,13 +7,16 @@
   python -m experiments.ce_collm --preset paper --out runs/ce_collm_paper
 
 `smoke`: the seeded random 4-block `tiny` Llama split at k=2, random
-prompts, one network setting. Its exit head's probabilities sit near
-1/V ≈ 0.01 (random weights), so its θ sweep brackets that value.
+prompts, one network setting, an exit adapter trained for 40 steps on
+random rows. Its exit head's probabilities sit near 1/V ≈ 0.01 (random
+weights), so its θ sweep brackets that value.
 `cpu`: SmolLM2-135M-Instruct split at k=15 of 30, GSM8K and TruthfulQA
 prompts (chat template), RTT 20 ms / 100 Mbit/s and 100 ms / 10 Mbit/s,
 θ ∈ {1, 0.9, 0.8, 0.6, 0.4}, fp16 transport. The edge's exit head is
-the backbone's own final norm + LM head on the layer-k state
-(`LMHeadExits`, CALM's shared head), not a trained exit head.
+an `mlp` exit adapter at k trained by KL to the final layer on 1024 rows
+of 64 tokens of GSM8K + CommonsenseQA training text (400 steps x 8
+rows; `experiments.ce_collm.edge_head`); `--edge-head shared` uses the
+backbone's own final norm + LM head on the layer-k state instead.
 `paper`: LLaMA-2-7B split after layer 16 of 32 (the third-party
 re-implementation's split), θ ∈ {0.8, 0.9, 1.0}; it needs an
 accelerator and weights not staged here, so the command writes the
@@ -23,11 +26,13 @@ config and prints a runbook only.
 import dataclasses
 
 from jaxexit import checks
+from jaxexit.methods.exit_adapter import AdapterTraining
 from jaxexit.serve import wire
 
 MODELS = ("tiny", "smollm2", "llama2-7b")
 NUM_LAYERS = {"tiny": 4, "smollm2": 30, "llama2-7b": 32}
 PROMPT_SETS = ("random", "gsm8k", "truthfulqa")
+EDGE_HEADS = ("trained", "shared")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -53,6 +58,12 @@ class Config:
       which a collaborative θ counts as "comparable quality".
     deadline_s: deadline of every call, seconds.
     quant_probe_prompts: prompts of the transport-quantisation check.
+    edge_head: "trained" (an exit adapter at k trained by KL to the
+      final layer, `experiments.ce_collm.edge_head`) or "shared" (the
+      backbone's own final norm + LM head at k).
+    head_training: the adapter's steps, batch size and learning rate.
+    head_rows, head_eval_rows, head_seq_len: its training and held-out
+      text rows (tokens per row).
   """
 
   model: str
@@ -71,9 +82,17 @@ class Config:
   comparable_quality: float = 0.9
   deadline_s: float = 30.0
   quant_probe_prompts: int = 4
+  edge_head: str = "trained"
+  head_training: AdapterTraining = AdapterTraining()
+  head_rows: int = 512
+  head_eval_rows: int = 64
+  head_seq_len: int = 64
 
   def __post_init__(self):
     checks.one_of("Config.model", self.model, MODELS)
+    checks.one_of("Config.edge_head", self.edge_head, EDGE_HEADS)
+    for name in ("head_rows", "head_eval_rows", "head_seq_len"):
+      checks.positive_int(f"Config.{name}", getattr(self, name))
     check_split_layer(self.model, self.split_layer)
     if not self.thetas:
       raise ValueError("Config.thetas must hold at least one θ")
@@ -130,6 +149,10 @@ PRESETS = {
     max_len=64,
     load_tokens=6,
     deadline_s=20.0,
+    head_training=AdapterTraining(steps=40, batch_size=8, learning_rate=3e-3),
+    head_rows=64,
+    head_eval_rows=16,
+    head_seq_len=32,
   ),
   "cpu": Config(
     model="smollm2",
@@ -144,6 +167,8 @@ PRESETS = {
     max_len=256,
     load_tokens=8,
     deadline_s=60.0,
+    head_training=AdapterTraining(steps=400, batch_size=8, learning_rate=1e-3),
+    head_rows=1024,
   ),
   "paper": Config(
     model="llama2-7b",

@@ -114,9 +114,8 @@ def markdown(preset, cfg, model, records, heads, extra) -> str:
       f"# CE-CoLLM (preset `{preset}`)",
       "",
       f"Model: {model.description}, split after block k = "
-      f"{cfg.split_layer} of {cfg.num_layers}; edge exit head: the "
-      "backbone's own final norm + LM head on the layer-k state "
-      "(`LMHeadExits`), not a trained exit head. "
+      f"{cfg.split_layer} of {cfg.num_layers}; edge exit head: "
+      f"{model.edge.description}. "
       f"{len(extra['prompts'])} prompts ({', '.join(cfg.prompt_sets)}), "
       f"≤ {cfg.max_new_tokens} greedy tokens, {cfg.quant} transport. Cloud "
       "and shaping proxy are separate processes; latency is measured at the "

@@ -12,6 +12,7 @@ import time
 import numpy as np
 
 from experiments.ce_collm.configs import Config
+from experiments.ce_collm.edge_head import EdgeHead
 from jaxexit.serve import edge, edge_link, edge_naive, models, split, wire
 
 MODES = ("standalone", "collaborative", "naive", "cloud_only")
@@ -19,13 +20,14 @@ MODES = ("standalone", "collaborative", "naive", "cloud_only")
 
 @dataclasses.dataclass(frozen=True)
 class Model:
-  """The edge's copy of the served model."""
+  """The edge's copy of the served model and its exit head."""
 
   backbone: object
   tokenizer: object | None
   digest: str
   eos_id: int | None
   description: str
+  edge: EdgeHead = EdgeHead(None, "shared")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,7 +136,12 @@ def make_client(model, cfg, mode, theta, *, target=None, token=None):
     )
   cls = edge_naive.NaiveEdgeClient if mode == "naive" else edge.EdgeClient
   return cls(
-    model.backbone, cfg.split_layer, config=ecfg, link=link, max_len=cfg.max_len
+    model.backbone,
+    cfg.split_layer,
+    config=ecfg,
+    link=link,
+    max_len=cfg.max_len,
+    heads=model.edge.heads,
   )
 
 

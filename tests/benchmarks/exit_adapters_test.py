@@ -2,10 +2,6 @@ import importlib.util
 import pathlib
 import sys
 
-import numpy as np
-import pytest
-
-from jaxexit.train.fingerprint import FingerprintMismatch
 from tests.tiers import slow
 
 _ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -36,23 +32,3 @@ def test_quick_run_trains_adapters_that_draft_better_and_stay_lossless(
   by = {(r["exit_layer"], r["head"]): r["acceptance_rate"] for r in records}
   for layer in bench.QUICK.exit_layers:
     assert by[(layer, "adapter")] > by[(layer, "shared_head")]
-
-
-def test_adapters_of_another_backbone_are_refused(tmp_path):
-  settings = bench.QUICK
-  model, rows, _, _ = bench.backbone_and_text(True, settings)
-  features = bench.dynamax_train.exit_features(
-    model,
-    rows[:8],
-    np.full(8, settings.seq_len, np.int32),
-    settings.exit_layers,
-    progress=False,
-  )
-  tiny = bench.dataclasses.replace(settings, steps=2, batch_size=2)
-  bench.train_adapter(
-    model, features, 0, 2, tiny, tmp_path, {"backbone": "weights-a"}
-  )
-  with pytest.raises(FingerprintMismatch, match="backbone"):
-    bench.train_adapter(
-      model, features, 0, 2, tiny, tmp_path, {"backbone": "weights-b"}
-    )

