@@ -9,11 +9,15 @@ this process in every mode, and stops the processes in a `finally`
 collaborative per θ (the context manager: states uploaded in the
 background, exact catch-up), naive per θ (no context manager: the whole
 context on each request, `jaxexit.serve.edge_naive`) and cloud_only (the
-baseline). Each mode also runs once straight to the cloud (unshaped) to
-price the §4.2 formula. Writes into --out:
+baseline), and latency-aware per c (collaborative, θ = 1 as the floor,
+the threshold lowered by the measured request time:
+`jaxexit.serve.edge.latency_aware_theta`). Each mode but latency-aware
+also runs once straight to the cloud (unshaped) to price the §4.2
+formula. Writes into --out:
 
   results.json  {"records": one per mode × θ × network setting: mode,
-                theta, rtt_ms, bandwidth_mbit, quant, latency_per_token_ms,
+                theta, error_cost_s, theta_in_force_mean, rtt_ms,
+                bandwidth_mbit, quant, latency_per_token_ms,
                 bytes_per_token, cloud_request_rate, cloud_flops_fraction,
                 quality, quality_ci, agreement_with_cloud_only,
                 predicted_latency_per_token_ms, latency_change and
@@ -33,6 +37,8 @@ import pathlib
 import signal
 import tempfile
 import time
+
+import numpy as np
 
 from experiments.ce_collm import configs, edge_head, plots, run, summary
 from experiments.ce_collm import report as ce_report
@@ -155,9 +161,14 @@ def main(argv=None) -> int:
   return 0
 
 
-def _plan(cfg) -> list[tuple[str, float | None]]:
+def _plan(cfg, shaped=True) -> list[tuple[str, float | None]]:
+  """(mode, θ — or c for latency_aware) per run. The unshaped pass skips
+  latency_aware: its decisions depend on the link, so they would not be
+  the shaped run's."""
   plan = [("cloud_only", None)]
   plan += [("collaborative", t) for t in cfg.thetas]
+  if shaped:
+    plan += [("latency_aware", c) for c in cfg.error_costs_s]
   return plan + [("naive", t) for t in cfg.naive_thetas]
 
 
@@ -224,15 +235,19 @@ def _measure(model, cfg, prompts, target, proxies, token, log, stamp) -> dict:
   eos = model.eos_id
   runs = {}
 
-  def go(mode, theta, net, where):
-    c = run.make_client(model, cfg, mode, theta, target=where, token=token)
+  def go(mode, value, net, where):
+    c = run.make_client(model, cfg, mode, value, target=where, token=token)
     rs = run.run_all(c, prompts, cfg, eos)
-    runs[(mode, theta, net)] = rs
+    runs[(mode, value, net)] = rs
     n = sum(len(r.tokens) for r in rs)
     cloud = sum(sum(r.cloud) for r in rs)
+    what = "-" if value is None else f"{value:g}"
+    if mode == "latency_aware":
+      thetas = [t for r in rs for t in r.thetas]
+      what = f"1, c={value:g} s (mean θ {np.mean(thetas):.3f})"
     log(
       stamp(),
-      f"{mode:13s} θ={'-' if theta is None else f'{theta:g}':6s} "
+      f"{mode:13s} θ={what:6s} "
       f"{'unshaped' if net is None else f'{net[0]:g} ms/{net[1]:g} Mbit':16s}"
       f" {1e3 * sum(r.wall_s for r in rs) / n:7.1f} ms/token, "
       f"{cloud}/{n} cloud, {sum(r.bytes for r in rs) / n:8.0f} B/token"
@@ -249,7 +264,7 @@ def _measure(model, cfg, prompts, target, proxies, token, log, stamp) -> dict:
     run.make_client(model, cfg, "standalone", None), prompts, cfg, eos
   )
   go("standalone", None, None, None)
-  for mode, theta in _plan(cfg):
+  for mode, theta in _plan(cfg, shaped=False):
     go(mode, theta, None, target)
   for net, where in proxies.items():
     for mode, theta in _plan(cfg):
@@ -273,16 +288,16 @@ def _write(args, cfg, model, prompts, runs, processes, log, stamp) -> None:
     )
   ]
   for net in nets:
-    for mode, theta in _plan(cfg):
+    for mode, value in _plan(cfg):
       records.append(
         summary.record(
           mode,
-          theta,
+          value,
           net,
-          runs[(mode, theta, net)],
+          runs[(mode, value, net)],
           ref,
           cfg,
-          unshaped=runs[(mode, theta, None)],
+          unshaped=runs.get((mode, value, None)),
         )
       )
   summary.add_verdicts(records)
@@ -318,6 +333,7 @@ def _write(args, cfg, model, prompts, runs, processes, log, stamp) -> None:
       {
         "mode": h["mode"],
         "theta": h["theta"],
+        "error_cost_s": h["error_cost_s"],
         "rtt_ms": h["rtt_ms"],
         "bandwidth_mbit": h["bandwidth_mbit"],
       }

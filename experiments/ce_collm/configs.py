@@ -45,6 +45,9 @@ class Config:
     split_layer: k, 1 ≤ k ≤ L - 1: the edge runs blocks 1..k.
     thetas: θ sweep of the collaborative mode, each in [0, 1].
     naive_thetas: θ values of the naive scheme (no context manager).
+    error_costs_s: latency-aware runs (θ = 1 floor, threshold min(1,
+      1 − R / c) from the measured request time R; `jaxexit.serve.edge`),
+      one per c in seconds.
     networks: (RTT ms, bandwidth Mbit/s) per network setting.
     quant: wire mode of the uploaded states (`wire.MODES`).
     prompt_sets: where prompts come from (`PROMPT_SETS`).
@@ -71,6 +74,7 @@ class Config:
   thetas: tuple[float, ...]
   naive_thetas: tuple[float, ...]
   networks: tuple[tuple[float, float], ...]
+  error_costs_s: tuple[float, ...] = ()
   quant: str = "fp16"
   prompt_sets: tuple[str, ...] = ("random",)
   prompts_per_set: int = 6
@@ -98,6 +102,8 @@ class Config:
       raise ValueError("Config.thetas must hold at least one θ")
     for t in (*self.thetas, *self.naive_thetas):
       check_theta(t)
+    for c in self.error_costs_s:
+      checks.in_range("error_cost_s", c, 0.0, 1e6, low_open=True)
     if not self.networks:
       raise ValueError("Config.networks must hold at least one setting")
     for rtt, bw in self.networks:
@@ -143,6 +149,7 @@ PRESETS = {
     thetas=(1.0, 0.0105, 0.0),
     naive_thetas=(0.0105,),
     networks=((20.0, 100.0),),
+    error_costs_s=(1.0,),
     prompts_per_set=4,
     max_prompt_tokens=12,
     max_new_tokens=10,
@@ -160,6 +167,7 @@ PRESETS = {
     thetas=(1.0, 0.9, 0.8, 0.6, 0.4),
     naive_thetas=(0.8,),
     networks=((20.0, 100.0), (100.0, 10.0)),
+    error_costs_s=(0.5,),
     prompt_sets=("gsm8k", "truthfulqa"),
     prompts_per_set=8,
     max_prompt_tokens=192,

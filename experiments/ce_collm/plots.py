@@ -40,15 +40,17 @@ def write_tradeoff(path: pathlib.Path, records: list[dict], title: str) -> None:
       for r in collab:
         ax.annotate(f"θ={r['theta']:g}", (r["quality"], r[key]), fontsize=7)
       for r in mine:
-        if r["mode"] in ("cloud_only", "naive"):
-          mark = "*" if r["mode"] == "cloud_only" else "s"
-          ax.plot(r["quality"], r[key], mark, color=color, markersize=11)
+        if r["mode"] in ("cloud_only", "naive", "latency_aware"):
+          mark = {"cloud_only": "*", "naive": "s"}.get(r["mode"], "D")
+          ax.plot(r["quality"], r[key], mark, color=color, markersize=9)
     for r in records:
       if r["mode"] == "standalone":
         ax.plot(r["quality"], r[key], "kx", markersize=9, label="standalone")
     ax.set_xlabel("quality: token agreement with cloud-only")
     ax.set_ylabel(label)
-    ax.set_title(f"{label} (★ cloud-only, ■ naive)", fontsize=9)
+    ax.set_title(
+      f"{label} (★ cloud-only, ■ naive, ◆ latency-aware)", fontsize=9
+    )
   axes[0].legend(fontsize=7)
   fig.suptitle(title, fontsize=9)
   fig.tight_layout()

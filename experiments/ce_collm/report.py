@@ -73,9 +73,15 @@ def _headline(heads, records) -> list[str]:
       == (c["rtt_ms"], c["bandwidth_mbit"])
       == (h["rtt_ms"], h["bandwidth_mbit"])
     ]
+    what = f"θ = {h['theta']:g}"
+    if h.get("error_cost_s") is not None:
+      what = (
+        f"latency-aware c = {h['error_cost_s']:g} s (mean θ "
+        f"{h['theta_in_force_mean']:.3f})"
+      )
     lines.append(
-      f"* {h['rtt_ms']:g} ms / {h['bandwidth_mbit']:g} Mbit/s, θ = "
-      f"{h['theta']:g} (quality {h['quality']:.3f}): latency "
+      f"* {h['rtt_ms']:g} ms / {h['bandwidth_mbit']:g} Mbit/s, {what} "
+      f"(quality {h['quality']:.3f}): latency "
       f"{100 * lat['diff_mean']:+.1f} % → **{lat['verdict']}** (paper "
       f"−13.8 %); cloud compute {100 * cc['diff_mean']:+.1f} % → "
       f"**{cc['verdict']}** (paper −84.6 %)."

@@ -15,7 +15,7 @@ from experiments.ce_collm.configs import Config
 from experiments.ce_collm.edge_head import EdgeHead
 from jaxexit.serve import edge, edge_link, edge_naive, models, split, wire
 
-MODES = ("standalone", "collaborative", "naive", "cloud_only")
+MODES = ("standalone", "collaborative", "latency_aware", "naive", "cloud_only")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +50,7 @@ class PromptRun:
     bytes: frame bytes sent + received on the link.
     fallback: why it fell back to standalone, or None.
     reuploads: sessions re-opened after an eviction.
+    thetas: per token, the exit threshold in force.
   """
 
   prompt_len: int
@@ -59,6 +60,7 @@ class PromptRun:
   bytes: int
   fallback: str | None
   reuploads: int
+  thetas: list
 
   def cloud_layer_positions(self, mode: str, num_layers: int, k: int) -> int:
     """Blocks × positions the cloud ran for this answer (§4.2's cost)."""
@@ -117,13 +119,17 @@ def load_prompts(cfg: Config, model: Model, data_dir) -> list[Prompt]:
   return out
 
 
-def make_client(model, cfg, mode, theta, *, target=None, token=None):
-  """An edge client of `mode` (naive: collaborative without the context
-  manager) whose link goes to `target`."""
+def make_client(model, cfg, mode, value, *, target=None, token=None):
+  """An edge client of `mode` whose link goes to `target`. `value` is θ,
+  or c (seconds) for "latency_aware" (collaborative with θ = 1 as the
+  floor and `EdgeConfig.error_cost_s` = c); "naive" is collaborative
+  without the context manager."""
+  aware = mode == "latency_aware"
   ecfg = edge.EdgeConfig(
-    mode="collaborative" if mode == "naive" else mode,
-    theta=1.0 if theta is None else theta,
+    mode="collaborative" if mode in ("naive", "latency_aware") else mode,
+    theta=1.0 if value is None or aware else value,
     quant=cfg.quant,
+    error_cost_s=value if aware else None,
   )
   link = None
   if mode != "standalone":
@@ -162,6 +168,7 @@ def answer(client, prompt: Prompt, cfg: Config, eos_id) -> PromptRun:
     after - before,
     ans.fallback,
     ans.reuploads,
+    [s.theta for s in ans.stats],
   )
 
 

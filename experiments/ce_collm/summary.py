@@ -53,8 +53,11 @@ def predicted_s(unshaped, rtt_ms: float, bandwidth_mbit: float) -> float:
   )
 
 
-def record(mode, theta, net, runs, cloud_ref, cfg, unshaped=None) -> dict:
-  """One results.json record (see `__main__`'s docstring)."""
+def record(mode, value, net, runs, cloud_ref, cfg, unshaped=None) -> dict:
+  """One results.json record (see `__main__`'s docstring); `value` is θ,
+  or c (seconds) for latency_aware, whose θ floor is 1."""
+  aware = mode == "latency_aware"
+  theta = 1.0 if aware else value
   L, k = cfg.num_layers, cfg.split_layer
   tokens = sum(len(r.tokens) for r in runs)
   base = [r.cloud_layer_positions("cloud_only", L, k) for r in cloud_ref]
@@ -66,6 +69,10 @@ def record(mode, theta, net, runs, cloud_ref, cfg, unshaped=None) -> dict:
   rec = {
     "mode": mode,
     "theta": theta,
+    "error_cost_s": value if aware else None,
+    "theta_in_force_mean": float(np.mean([t for r in runs for t in r.thetas]))
+    if tokens
+    else None,
     "rtt_ms": None if net is None else net[0],
     "bandwidth_mbit": None if net is None else net[1],
     "quant": cfg.quant,
@@ -101,7 +108,7 @@ def add_verdicts(records: list[dict]) -> None:
   """Latency and cloud compute vs cloud-only in the same network setting:
   per-prompt relative change, bootstrap CI, `stats.verdict_record`."""
   for rec in records:
-    if rec["mode"] not in ("collaborative", "naive"):
+    if rec["mode"] not in ("collaborative", "latency_aware", "naive"):
       continue
     ref = next(
       r
@@ -128,8 +135,9 @@ def add_verdicts(records: list[dict]) -> None:
 
 
 def headline(records: list[dict], comparable: float) -> list[dict]:
-  """Per network setting, the fastest collaborative θ whose quality is at
-  least `comparable` (chosen after seeing the results: a best-case pick)."""
+  """Per network setting, the fastest collaborative θ (or latency-aware
+  c) whose quality is at least `comparable` (chosen after seeing the
+  results: a best-case pick)."""
   out = []
   nets = {
     (r["rtt_ms"], r["bandwidth_mbit"])
@@ -140,13 +148,20 @@ def headline(records: list[dict], comparable: float) -> list[dict]:
     ok = [
       r
       for r in records
-      if r["mode"] == "collaborative"
+      if r["mode"] in ("collaborative", "latency_aware")
       and (r["rtt_ms"], r["bandwidth_mbit"]) == net
       and r["quality"] >= comparable
     ]
     if ok:
       out.append(min(ok, key=lambda r: r["latency_per_token_ms"]))
   return out
+
+
+def _theta(r) -> str:
+  """θ, or the latency-aware c with the mean threshold it set."""
+  if r.get("error_cost_s") is not None:
+    return f"c = {r['error_cost_s']:g} s (θ̄ {r['theta_in_force_mean']:.3f})"
+  return "-" if r["theta"] is None else f"{r['theta']:g}"
 
 
 def _f(x, fmt="{:.1f}") -> str:
@@ -178,7 +193,7 @@ def results_table(records: list[dict]) -> str:
     rows.append(
       [
         r["mode"],
-        "-" if r["theta"] is None else f"{r['theta']:g}",
+        _theta(r),
         net,
         _f(r["latency_per_token_ms"]),
         _f(r.get("predicted_latency_per_token_ms")),

@@ -12,6 +12,13 @@ head's max probability (greedy decoding):
   not yet sent and sends them with an inference request, and the cloud's
   catch-up answers. θ = 1 never exits at the edge (the spec's "1.0 ≈
   never"), so the answer equals the full model's; θ = 0 always exits.
+  Latency-aware (CE-CoLLM v2's "latency-aware early exit"; the rule is
+  ours, the paper's is not public): with `error_cost_s` = c, the seconds
+  of latency one token that may differ from the cloud's is worth, the
+  threshold in force is `latency_aware_theta` = min(θ, 1 − R / c), R the
+  link's measured request time (`CloudLink.round_trip_s`): the edge keeps
+  its token when the expected price of a wrong one, (1 − p) · c, is below
+  what asking would cost. A slow link lowers the threshold by itself.
 * cloud_only (the baseline): the edge sends token ids and the cloud runs
   the whole model (`Generate`).
 
@@ -51,16 +58,23 @@ class EdgeConfig:
     theta: exit threshold θ in [0, 1] on the exit head's max probability.
     quant: wire mode of the uploaded states ("fp32", "fp16", "int8").
     max_reuploads: session re-opens per answer before falling back.
+    error_cost_s: latency-aware exits: seconds of latency that one token
+      differing from the cloud's is worth (None: θ alone).
   """
 
   mode: str = "collaborative"
   theta: float = 0.9
   quant: str = "fp16"
   max_reuploads: int = 2
+  error_cost_s: float | None = None
 
   def __post_init__(self):
     checks.one_of("mode", self.mode, MODES)
     checks.in_range("theta", self.theta, 0.0, 1.0)
+    if self.error_cost_s is not None:
+      checks.in_range(
+        "error_cost_s", self.error_cost_s, 0.0, float("inf"), low_open=True
+      )
     checks.one_of("quant", self.quant, wire.MODES)
     checks.positive_int("max_reuploads", self.max_reuploads, minimum=0)
 
@@ -76,6 +90,7 @@ class TokenStat:
       the background thread included), bytes.
     bytes_received: frame bytes received during this token, bytes.
     wall_s: wall time of this token, seconds.
+    theta: the exit threshold in force for this token.
   """
 
   source: str
@@ -83,6 +98,7 @@ class TokenStat:
   bytes_sent: int
   bytes_received: int
   wall_s: float
+  theta: float
 
 
 @dataclasses.dataclass
@@ -191,16 +207,25 @@ class EdgeClient:
     link = self.link
     sent, got = (link.bytes_sent, link.bytes_received) if link else (0, 0)
     t0 = time.perf_counter()
-    token, prob, source = self._step(run, answer)
+    theta = self.theta_now()
+    token, prob, source = self._step(run, answer, theta)
     wall = time.perf_counter() - t0
     if link:
       sent, got = link.bytes_sent - sent, link.bytes_received - got
     answer.tokens.append(token)
-    answer.stats.append(TokenStat(source, prob, sent, got, wall))
+    answer.stats.append(TokenStat(source, prob, sent, got, wall, theta))
     run.ids.append(token)
     return token
 
-  def _step(self, run: _Run, answer: Answer) -> tuple[int, float, str]:
+  def theta_now(self) -> float:
+    """The exit threshold in force: θ, or `latency_aware_theta` of the
+    link's measured request time when `config.error_cost_s` is set."""
+    cfg, link = self.config, self.link
+    if cfg.error_cost_s is None or link is None or link.round_trip_s is None:
+      return cfg.theta
+    return latency_aware_theta(cfg.theta, link.round_trip_s, cfg.error_cost_s)
+
+  def _step(self, run, answer, theta: float) -> tuple[int, float, str]:
     upto, mode = len(run.ids), self.config.mode
     if mode == "cloud_only" and run.live:
       reply = self._guarded(run, answer, lambda: self._ask_full(run, upto))
@@ -209,7 +234,7 @@ class EdgeClient:
     token, prob = self._edge(run, upto)
     if not run.live:
       return token, prob, "edge"
-    if self.config.theta < 1 and prob >= self.config.theta:
+    if theta < 1 and prob >= theta:
       run.uploader.submit(upto)
       return token, prob, "edge"
     reply = self._guarded(run, answer, lambda: self._ask_split(run, upto))
@@ -286,6 +311,25 @@ class EdgeClient:
       threading.Thread(
         target=_close_quietly, args=(self.link, sid), daemon=True
       ).start()
+
+
+def latency_aware_theta(
+  theta: float, round_trip_s: float, error_cost_s: float
+) -> float:
+  """min(θ, 1 − R / c), floored at 0: the exit threshold when asking the
+  cloud costs R seconds and a token that may differ costs c seconds.
+
+  Args:
+    theta: the quality floor θ in [0, 1] (never raised).
+    round_trip_s: R ≥ 0, the measured request time.
+    error_cost_s: c > 0.
+  """
+  checks.in_range("theta", theta, 0.0, 1.0)
+  checks.in_range("round_trip_s", round_trip_s, 0.0, float("inf"))
+  checks.in_range(
+    "error_cost_s", error_cost_s, 0.0, float("inf"), low_open=True
+  )
+  return min(theta, max(0.0, 1.0 - round_trip_s / error_cost_s))
 
 
 def _close_quietly(link, session_id: str) -> None:

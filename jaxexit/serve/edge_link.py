@@ -14,6 +14,7 @@ Axes: R positions, D width.
 """
 
 import threading
+import time
 from typing import NamedTuple
 
 import grpc
@@ -84,6 +85,9 @@ class CloudLink:
     self._lock = threading.Lock()
     self.bytes_sent = 0  # Frame bytes (headers + payloads), all threads.
     self.bytes_received = 0
+    # Smoothed wall time of a request (Open, Infer, Generate), seconds:
+    # the measured price of asking the cloud (None before the first).
+    self.round_trip_s: float | None = None
 
   def _count(self, sent: int, received: int) -> None:
     with self._lock:
@@ -97,6 +101,7 @@ class CloudLink:
   def _call(self, name: str, header: dict, body: bytes = b"", timeout=None):
     frame = protocol.encode(header, body)
     self._count(len(frame), 0)
+    t0 = time.perf_counter()
     try:
       reply = self._calls[name](
         frame,
@@ -105,7 +110,14 @@ class CloudLink:
       )
     except grpc.RpcError as e:
       raise protocol.from_rpc_error(e) from None
+    if name != "Close":
+      self._measured(time.perf_counter() - t0)
     return self._reply(reply)
+
+  def _measured(self, seconds: float) -> None:
+    """Folds one request's wall time into `round_trip_s` (EWMA, 1/2)."""
+    old = self.round_trip_s
+    self.round_trip_s = seconds if old is None else 0.5 * (old + seconds)
 
   def _ids(self, session_id: str) -> dict:
     return dict(session_id=session_id, model_hash=self.model_hash)

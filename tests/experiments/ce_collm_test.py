@@ -119,6 +119,12 @@ def test_smoke_run_end_to_end(tmp_path):
   same = next(r for r in collab if r["theta"] == naive["theta"])
   assert naive["bytes_per_token"] > same["bytes_per_token"]
   assert naive["cloud_flops_fraction"] > same["cloud_flops_fraction"]
+  # Latency-aware: θ = 1 lowered by the measured request time R (tens of
+  # ms through the 20 ms proxy) at c = 1 s: strictly between 0.5 and 1.
+  aware = next(r for r in recs if r["mode"] == "latency_aware")
+  assert aware["theta"] == 1.0 and aware["error_cost_s"] == 1.0
+  assert 0.5 < aware["theta_in_force_mean"] < 1.0
+  assert res["edge_head"]["kind"] == "trained"
   assert res["load"]["mismatched"] == 0
   procs = res["processes"]
   assert len(procs["pids"]) == 2 and not procs["left"]

@@ -59,6 +59,32 @@ def test_theta_zero_equals_standalone(server):
   assert {s.source for s in collab.stats} == {"edge"}
 
 
+def test_latency_aware_theta_is_the_expected_cost_rule():
+  assert edge.latency_aware_theta(0.9, 0.1, 1.0) == pytest.approx(0.9)
+  assert edge.latency_aware_theta(1.0, 0.1, 1.0) == pytest.approx(0.9)
+  assert edge.latency_aware_theta(1.0, 0.02, 1.0) == pytest.approx(0.98)
+  assert edge.latency_aware_theta(1.0, 3.0, 1.0) == 0.0  # Floored at 0.
+  with pytest.raises(ValueError, match="error_cost_s"):
+    edge.latency_aware_theta(1.0, 0.1, 0.0)
+  with pytest.raises(ValueError, match="error_cost_s"):
+    edge.EdgeConfig(error_cost_s=-1.0)
+
+
+def test_latency_aware_exits_follow_the_measured_request_time(server):
+  """A request time far above c drives the threshold to 0 (the edge
+  answers alone after the session is open); far below it keeps θ = 1
+  (the full model's answer). The stats record the threshold used."""
+  cheap = _gen(sh.client(server.target, theta=1.0, error_cost_s=1e-9))
+  assert cheap.tokens == sh.edge_reference()
+  assert {s.source for s in cheap.stats} == {"edge"}
+  assert {s.theta for s in cheap.stats} == {0.0}
+  client = sh.client(server.target, theta=1.0, error_cost_s=1e9)
+  dear = _gen(client)
+  assert dear.tokens == sh.full_reference()
+  assert client.link.round_trip_s > 0
+  assert all(0.99 < s.theta < 1.0 for s in dear.stats)
+
+
 def _mixed_theta():
   """A θ between the exit probabilities that splits the steps, at least
   1e-5 from every probability met on the way (no near-tie decision)."""

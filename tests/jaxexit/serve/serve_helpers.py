@@ -55,10 +55,14 @@ def link(target, token=ALICE, deadline_s=10.0, **kw) -> edge_link.CloudLink:
   )
 
 
-def client(target, mode="collaborative", theta=1.0, quant="fp32", **kw):
+def client(
+  target, mode="collaborative", theta=1.0, quant="fp32", error_cost_s=None, **kw
+):
   """An `EdgeClient` of the tiny model (link keywords in `kw`)."""
   model, _ = tiny()
-  cfg = edge.EdgeConfig(mode=mode, theta=theta, quant=quant)
+  cfg = edge.EdgeConfig(
+    mode=mode, theta=theta, quant=quant, error_cost_s=error_cost_s
+  )
   lk = None if mode == "standalone" else link(target, **kw)
   return edge.EdgeClient(model, K, config=cfg, link=lk, max_len=MAX_LEN)
 
