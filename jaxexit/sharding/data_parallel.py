@@ -1,13 +1,10 @@
-"""Data-parallel sharding: a 1-D "data" mesh, batch sharding, replication.
+"""Data-parallel helpers: a 1-D "data" mesh, batch sharding, replication.
 
-Kept deliberately small (one H200 in production, 8 fake CPU devices in
-tests). `ShardingConfig` names a `PartitionSpec` per activation/weight shape;
-`None` means "let the compiler decide" (replicated weights, propagated
-activations). Models call `constrain(x, cfg.act_btd)` at the few points
-where a layout matters; the calls are no-ops under the default config.
-
-Axis letters of field names follow `jaxexit.typing`: B batch, T tokens,
-D width, F MLP width, V vocabulary, L exits. Usage::
+The first multi-device layer of jaxexit, kept for the notebooks' timing
+cells: the weights replicated, the batch B split over the mesh. For
+parameter sharding (FSDP, tensor parallel) build a 3-axis mesh with
+`jaxexit.sharding.make_mesh` and place the state with
+`jaxexit.sharding.shard_state`. Usage::
 
   mesh = data_parallel_mesh()
   with jax.set_mesh(mesh):
@@ -24,6 +21,7 @@ model on one device against the same global batch split over the mesh.
 """
 
 import dataclasses
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -37,41 +35,6 @@ from jaxexit import checks, timing
 from jaxexit.typing import Array, PyTree
 
 DATA = "data"
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class ShardingConfig:
-  """One `PartitionSpec | None` per named shape; None = replicated/auto.
-
-  Attributes:
-    batch_b: leading axis of every input batch leaf.
-    act_bd: pooled activations [B, D].
-    act_btd: token activations [B, T, D].
-    act_btf: MLP hidden activations [B, T, F].
-    logits_btv: token logits [B, T, V].
-    logits_blc: per-exit class logits [B, L, C].
-    w_df: MLP input weight [D, F].
-    w_fd: MLP output weight [F, D].
-    w_vd: embedding table [V, D].
-  """
-
-  batch_b: P | None = None
-  act_bd: P | None = None
-  act_btd: P | None = None
-  act_btf: P | None = None
-  logits_btv: P | None = None
-  logits_blc: P | None = None
-  w_df: P | None = None
-  w_fd: P | None = None
-  w_vd: P | None = None
-
-  @classmethod
-  def data_parallel(cls, axis: str = DATA) -> "ShardingConfig":
-    """Batch-leading activations sharded over `axis`, weights replicated."""
-    b = P(axis)
-    return cls(
-      batch_b=b, act_bd=b, act_btd=b, act_btf=b, logits_btv=b, logits_blc=b
-    )
 
 
 def data_parallel_mesh(num_devices: int | None = None) -> Mesh:
@@ -95,18 +58,28 @@ def data_parallel_mesh(num_devices: int | None = None) -> Mesh:
   )
 
 
-def shard_batch(batch: PyTree, mesh: Mesh, axis: str = DATA) -> PyTree:
+def shard_batch(
+  batch: PyTree, mesh: Mesh, axis: str | tuple[str, ...] = DATA
+) -> PyTree:
   """Places every leaf of `batch` split along its leading axis over `axis`.
 
   Args:
     batch: a pytree of arrays, each [B, ...] with one common B.
     mesh: the mesh.
-    axis: the mesh axis to split B over.
+    axis: the mesh axis to split B over, or a tuple of axes (B split over
+      their product, e.g. `("data", "fsdp")`, the default rules' `batch`).
 
   Returns:
     The batch as `jax.Array`s with `NamedSharding(mesh, P(axis))`.
   """
-  n = mesh.shape[axis]
+  axes = (axis,) if isinstance(axis, str) else tuple(axis)
+  unknown = [a for a in axes if a not in mesh.shape]
+  if unknown:
+    raise ValueError(
+      f"mesh axis {unknown} of axis={axis!r} is not among the mesh's "
+      f"axes {tuple(mesh.axis_names)}"
+    )
+  n = math.prod(mesh.shape[a] for a in axes)
   sharding = NamedSharding(mesh, P(axis))
 
   def put(x):

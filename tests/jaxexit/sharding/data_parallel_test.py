@@ -1,4 +1,4 @@
-"""Tests of data-parallel sharding (8 fake CPU devices in a subprocess).
+"""Tests of the data-parallel helpers (8 fake CPU devices in a subprocess).
 
 `XLA_FLAGS=--xla_force_host_platform_device_count=8` must be set before jax
 is imported, so the multi-device checks run this file as a script in a
@@ -25,19 +25,12 @@ if __name__ == "__main__":  # The 8-device child checks shapes like conftest.
 
 from jaxexit import sharding  # noqa: E402
 
-REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "../.."))
+REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "../../.."))
 
 
-def test_config_defaults_to_replicated_and_data_parallel_factory():
-  cfg = sharding.ShardingConfig()
-  assert all(
-    getattr(cfg, f.name) is None for f in cfg.__dataclass_fields__.values()
-  )
-  dp = sharding.ShardingConfig.data_parallel()
-  assert dp.batch_b == P("data") and dp.act_btd == P("data")
-  assert dp.w_df is None
+def test_constrain_without_spec_is_identity():
   x = jnp.ones((2, 3))
-  assert sharding.constrain(x, cfg.act_bd) is x
+  assert sharding.constrain(x, None) is x
 
 
 def test_single_device_mesh_and_errors():
@@ -51,6 +44,11 @@ def test_single_device_mesh_and_errors():
     sharding.data_parallel_mesh(999)
   with pytest.raises(ValueError, match="batch size None"):
     sharding.shard_batch({"x": np.float32(1.0)}, mesh)
+  with pytest.raises(ValueError, match=r"mesh axis \['fsdp'\] of axis="):
+    sharding.shard_batch({"x": np.ones((3, 2))}, mesh, ("data", "fsdp"))
+  mesh = sharding.make_mesh()
+  batch = sharding.shard_batch({"x": np.ones((3, 2))}, mesh, ("data", "fsdp"))
+  assert batch["x"].sharding.spec == P(("data", "fsdp"))
 
 
 def test_time_data_parallel_on_one_device_times_one_row():
