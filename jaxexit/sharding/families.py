@@ -22,7 +22,9 @@ Logical axes (letters of `jaxexit.typing` in brackets):
   spatial        CNN kernel rows and columns
   state     [S]  SSM state
 
-Dimensions such as classes C, patches P or positions are None.
+Dimensions such as classes C, patches P or positions are None. A table
+for another model is built the same way (`linear`, `prefixed`, `stacked`)
+and passed as `family=` to `jaxexit.sharding.state_shardings`.
 """
 
 from collections.abc import Mapping
@@ -223,8 +225,8 @@ VIT = (
 )
 
 # StagedCNN (basic and inverted-residual blocks) and EfficientNet-Lite:
-# ConvBN units of a conv [k, k, Cin, Cout] and a BatchNorm over Cout (its
-# running mean and var included).
+# ConvBN units of a conv [k, k, Cin, Cout] (Cin = 1 in a depthwise conv)
+# and a BatchNorm over Cout (its running mean and var included).
 _CONV_BN = r"(stem_conv|head_conv|stages/\d+/\d+/\w+)"
 CNN = (
   (
@@ -239,20 +241,20 @@ MULTI_EXIT_CNN = (
   *linear(f"exits/{LAYER}", "conv_in", None),
 )
 
-# `jaxexit.methods.dynamax.ExitClassifiers`: a score head per exit, plus
-# per exit an MLP (D -> F -> D) or a Mamba stack of width Dc (D -> Dc ->
-# D) whose blocks name Dc "embed".
-_SCORE_HEADS = (
+# `jaxexit.methods.dynamax.ExitClassifiers`: per exit a score head and a
+# norm, and an MLP (D -> F -> D) or a Mamba stack of width Dc (D -> Dc ->
+# D, its blocks naming Dc "embed"); the "lm_head" kind has score heads only.
+_DYNAMAX_EXITS = (
   *linear(f"score_heads/{LAYER}", "embed", None),
   (f"exits/{LAYER}/norm/scale", ("embed",)),
 )
 DYNAMAX_MLP_EXITS = (
-  *_SCORE_HEADS,
+  *_DYNAMAX_EXITS,
   *linear(f"exits/{LAYER}/up", "embed", "mlp"),
   *linear(f"exits/{LAYER}/down", "mlp", "embed"),
 )
 DYNAMAX_MAMBA_EXITS = (
-  *_SCORE_HEADS,
+  *_DYNAMAX_EXITS,
   *linear(f"exits/{LAYER}/down", "embed", None),
   *linear(f"exits/{LAYER}/up", None, "embed"),
   *prefixed(

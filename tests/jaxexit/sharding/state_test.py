@@ -8,6 +8,7 @@ Llama, LLaVA and Mamba on mesh (data 2, fsdp 2, tensor 2) and checks that
 same steps on one device.
 """
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -189,7 +190,7 @@ def _child_main() -> None:
         placed = jax.tree.map(lambda x: x.sharding, state[0])
         _check_specs(state, _placed_specs(state), family)
       losses = []
-      with jax.set_mesh(mesh):
+      with jax.set_mesh(mesh) if sharded else contextlib.nullcontext():
         for i, batch in enumerate(batches):
           if sharded:
             batch = sharding.shard_batch(
@@ -197,6 +198,8 @@ def _child_main() -> None:
             )
           state, metrics = step(graphdef, state, batch, jax.random.key(i))
           losses.append(float(metrics["loss"]))
+      devices = {len(x.sharding.device_set) for x in jax.tree.leaves(state)}
+      assert devices == {8 if sharded else 1}, devices
       results.append((losses, jax.device_get(state[0])))
     # GSPMD keeps each updated parameter in its input sharding.
     assert all(
