@@ -12,14 +12,14 @@ def load_test(model, cfg, prompts):
   """`cfg.clients` collaborative clients (θ = 1: every token a request),
   each with its own token, against one in-process cloud on loopback (its
   session store is read while they run); `jaxexit.serve.load.LoadReport`."""
-  from jaxexit.serve import cloud, cloud_service, launch, load
+  from jaxexit.serve import cloud, launch, load, server_config
 
   tokens = {launch.new_token(): f"client-{i}" for i in range(cfg.clients)}
   handle = cloud.start_server(
     model.backbone,
     cfg.split_layer,
     tokens=tokens,
-    config=cloud_service.ServerConfig(max_len=cfg.max_len),
+    config=server_config.ServerConfig(max_len=cfg.max_len),
     model_hash=model.digest,
   )
   clients = [

@@ -70,6 +70,7 @@ class ServerHandle:
   def stop(self, grace_s: float | int | None = 5.0) -> None:
     """Refuses new calls, waits up to `grace_s` for those in flight."""
     self.server.stop(grace_s).wait()
+    self.service.close()
 
 
 def start_server(
@@ -92,13 +93,13 @@ def start_server(
     host, port: where to listen (port 0: any free one).
     tokens: {token: client_id}, or None to admit anyone as "local".
     tls: (certificate chain PEM, private key PEM), or None for plaintext.
-    config: `cloud_service.ServerConfig` (None: defaults).
+    config: `server_config.ServerConfig` (None: defaults).
     warmup: compile every bucket before serving.
     model_hash: `models.weights_hash(backbone)` if already known.
   """
-  from jaxexit.serve import cloud_service, models
+  from jaxexit.serve import cloud_service, models, server_config
 
-  config = cloud_service.ServerConfig() if config is None else config
+  config = server_config.ServerConfig() if config is None else config
   service = cloud_service.CloudService(
     backbone,
     k,
@@ -167,6 +168,13 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--max-session-mib", type=float, default=32.0)
   p.add_argument("--max-message-mib", type=float, default=4.0)
   p.add_argument("--workers", type=int, default=8)
+  p.add_argument(
+    "--max-batch",
+    type=int,
+    default=1,
+    help="most sessions' catch-ups per compiled call (1: no batching)",
+  )
+  p.add_argument("--batch-window-ms", type=float, default=2.0)
   p.add_argument("--grace-s", type=float, default=10.0)
   p.add_argument("--no-warmup", action="store_true")
   return p
@@ -206,15 +214,17 @@ def main(argv: list[str] | None = None) -> int:
   args = _parser().parse_args(argv)
   try:
     tokens, tls = _credentials(args)
-    from jaxexit.serve import cloud_service, models
+    from jaxexit.serve import models, server_config
 
     mib = lambda x: int(x * 2**20)
-    config = cloud_service.ServerConfig(
+    config = server_config.ServerConfig(
       max_len=args.max_len,
       budget_bytes=mib(args.budget_mib),
       max_session_bytes=mib(args.max_session_mib),
       max_message_bytes=mib(args.max_message_mib),
       max_workers=args.workers,
+      max_batch=args.max_batch,
+      batch_window_ms=args.batch_window_ms,
     )
     backbone = models.build_model(args.model, seed=args.seed)
     from jaxexit.serve import split

@@ -15,13 +15,15 @@ Upload stream is stored all at once or not at all. Store errors map to
 their own reasons (`protocol.REASONS`): an evicted session is NOT_FOUND
 "session_evicted: ...", so the edge opens a new one and re-uploads.
 
-Not done: batching the calls of concurrent sessions into one compiled
-call (they run one after another under `CloudExecutor.lock`).
+Sessions compute concurrently (a call holds only its session's lock
+stripe); with `ServerConfig.max_batch` > 1 the catch-ups of sessions
+whose requests coincide run as one compiled call
+(`jaxexit.serve.cloud_batch`). Cloud-only `Generate` calls run one after
+another under `CloudExecutor.lock`.
 
 Axes: R positions of a payload, D width, V vocabulary.
 """
 
-import dataclasses
 import logging
 import threading
 from typing import Any, NamedTuple
@@ -29,40 +31,10 @@ from typing import Any, NamedTuple
 import grpc
 import numpy as np
 
-from jaxexit import checks
-from jaxexit.serve import cloud_exec, protocol, sessions, split, wire
+from jaxexit.serve import cloud_batch, cloud_exec, protocol, sessions, wire
 
 _LOG = logging.getLogger(__name__)
-MiB = 2**20
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class ServerConfig:
-  """Limits of a cloud server.
-
-  Attributes:
-    max_len: positions per session (capped at the model's max_position).
-    budget_bytes: bound on all sessions' states + caches, bytes (LRU
-      eviction beyond it).
-    max_session_bytes: bound on one session, bytes.
-    max_message_bytes: largest request frame accepted, bytes; gRPC's own
-      limit is twice this (beyond it gRPC answers RESOURCE_EXHAUSTED).
-    buckets: compiled catch-up chunk lengths (`split.CloudModel`).
-    max_workers: gRPC handler threads.
-  """
-
-  max_len: int = 256
-  budget_bytes: int = 256 * MiB
-  max_session_bytes: int = 32 * MiB
-  max_message_bytes: int = 4 * MiB
-  buckets: tuple[int, ...] = split.DEFAULT_BUCKETS
-  max_workers: int = 8
-
-  def __post_init__(self):
-    for name in ("max_len", "budget_bytes", "max_session_bytes"):
-      checks.positive_int(name, getattr(self, name))
-    checks.positive_int("max_message_bytes", self.max_message_bytes)
-    checks.positive_int("max_workers", self.max_workers)
+_STRIPES = 64  # Session lock stripes (sessions sharing one run in turn).
 
 
 class _Context(NamedTuple):
@@ -81,24 +53,38 @@ class CloudService:
     k: split layer, 1 ≤ k ≤ L - 1.
     model_hash: `models.weights_hash(backbone)`.
     authenticator: maps call metadata to client ids.
-    config: limits.
+    config: limits (`server_config.ServerConfig`).
   """
 
   def __init__(self, backbone, k, *, model_hash, authenticator, config):
     self.k, self.model_hash, self.config = k, model_hash, config
     max_len = min(config.max_len, getattr(backbone, "max_position", 1 << 30))
     self.executor = cloud_exec.CloudExecutor(
-      backbone, k, max_len=max_len, buckets=config.buckets
+      backbone,
+      k,
+      max_len=max_len,
+      buckets=config.buckets,
+      max_batch=config.max_batch,
     )
+    self.batcher = None
+    if config.max_batch > 1:
+      self.batcher = cloud_batch.CatchUpBatcher(
+        self.executor.catch_up_many,
+        max_batch=config.max_batch,
+        window_s=config.batch_window_ms / 1e3,
+        expected=lambda: self.counters["infer_in_flight"],
+      )
     self.max_len = max_len
     self.store = sessions.SessionStore(
       config.budget_bytes, config.max_session_bytes
     )
     self._auth = authenticator
     self._lock = threading.Lock()  # Guards `counters`.
-    self._compute = threading.Lock()  # Orders sessions' compute.
+    # A call's get, run and set_cache hold its session's stripe, so two
+    # calls of one session never interleave while other sessions run.
+    self._stripes = [threading.Lock() for _ in range(_STRIPES)]
     self.counters = {m: 0 for m in protocol.METHODS}
-    self.counters.update(refused=0, positions_run=0)
+    self.counters.update(refused=0, positions_run=0, infer_in_flight=0)
 
   # -- gRPC plumbing -------------------------------------------------------
 
@@ -297,6 +283,13 @@ class CloudService:
     return dict(uploaded=uploaded)
 
   def _infer(self, client, header, body) -> dict:
+    self._count("infer_in_flight")
+    try:
+      return self._infer_run(client, header, body)
+    finally:
+      self._count("infer_in_flight", -1)
+
+  def _infer_run(self, client, header, body) -> dict:
     sid, model_hash = self._ids(header)
     expect = protocol.field(header, "expect", int, minimum=1)
     self._session(client, sid, model_hash, "split")
@@ -308,7 +301,10 @@ class CloudService:
 
     def run(s, caches):
       hidden = np.stack([wire.dequantize(r) for r in s.states[s.processed :]])
-      return self.executor.catch_up(caches, hidden, s.processed)
+      request = cloud_exec.CatchUp(caches, hidden, s.processed)
+      if self.batcher is None:
+        return self.executor.catch_up(*request)
+      return self.batcher(request)
 
     return self._run(client, sid, model_hash, "split", expect, run)
 
@@ -332,10 +328,10 @@ class CloudService:
   def _run(self, client, sid, model_hash, kind, expect, run) -> dict:
     """Runs the session's pending positions and stores its new caches.
 
-    The store's lock is not held while computing; the executor's lock
-    orders the calls, and a session's get, run and set_cache happen under
-    it, so two calls of one session never interleave."""
-    with self._compute:
+    The store's lock is not held while computing; a session's get, run
+    and set_cache happen under its lock stripe, so two calls of one
+    session never interleave."""
+    with self._stripes[hash(sid) % _STRIPES]:
       s = self._session(client, sid, model_hash, kind)
       if s.uploaded != expect:
         raise protocol.ProtocolError(
@@ -370,6 +366,11 @@ class CloudService:
       )
     self._count("positions_run", result.ran)
     return dict(token=result.token, prob=result.prob, processed=s.uploaded)
+
+  def close(self) -> None:
+    """Stops the batcher (after the server has stopped taking calls)."""
+    if self.batcher is not None:
+      self.batcher.close()
 
   def _close(self, client, header, body) -> dict:
     self.store.close(client, protocol.field(header, "session_id", str))

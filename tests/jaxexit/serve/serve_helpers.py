@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxexit.serve import cloud, cloud_service, edge, edge_link, models
+from jaxexit.serve import cloud, edge, edge_link, models, server_config
 
 K = 2  # split layer of the 4-block tiny model
 MAX_LEN = 64
@@ -42,7 +42,7 @@ def start(port=0, **config) -> cloud.ServerHandle:
     K,
     port=port,
     tokens=TOKENS,
-    config=cloud_service.ServerConfig(**config),
+    config=server_config.ServerConfig(**config),
     model_hash=digest,
   )
 
