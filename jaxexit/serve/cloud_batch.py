@@ -48,6 +48,7 @@ class CatchUpBatcher:
       max_batch,
       window_s,
     )
+    self._expected = expected or (lambda: max_batch)
     self._queue: list[tuple[CatchUp, futures.Future]] = []
     self._cv = threading.Condition()
     self._closed = False
@@ -74,6 +75,14 @@ class CatchUpBatcher:
       self._cv.notify_all()
     self._worker.join()
 
+  def _fail_all(self, error: BaseException) -> None:
+    """Closes the batcher and fails every queued request with `error`."""
+    with self._cv:
+      self._closed = True
+      queued, self._queue = self._queue, []
+    for _, done in queued:
+      done.set_exception(error)
+
   def _next_batch(self) -> list[tuple[CatchUp, futures.Future]]:
     with self._cv:
       while not self._queue and not self._closed:
@@ -92,7 +101,11 @@ class CatchUpBatcher:
 
   def _serve(self) -> None:
     while True:
-      batch = self._next_batch()
+      try:
+        batch = self._next_batch()
+      except BaseException as e:  # A bug here must not strand the callers.
+        self._fail_all(e)
+        raise
       if not batch:
         return  # Closed and drained.
       self.batch_sizes[len(batch)] = self.batch_sizes.get(len(batch), 0) + 1

@@ -117,6 +117,16 @@ def test_a_failing_batch_fails_its_callers_only():
     batcher(cloud_exec.CatchUp(None, None, 0))
 
 
+def test_a_broken_batcher_fails_its_callers_instead_of_hanging():
+  batcher = cloud_batch.CatchUpBatcher(
+    lambda rs: [], max_batch=2, window_s=0.1, expected=lambda: 1 / 0
+  )
+  with pytest.raises(ZeroDivisionError):
+    batcher(cloud_exec.CatchUp(None, None, 0))
+  with pytest.raises(RuntimeError, match="closed"):
+    batcher(cloud_exec.CatchUp(None, None, 0))
+
+
 def test_bad_batcher_settings_are_named():
   with pytest.raises(ValueError, match="max_batch"):
     cloud_batch.CatchUpBatcher(lambda r: r, max_batch=1, window_s=0.0)

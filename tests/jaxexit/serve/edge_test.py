@@ -146,7 +146,7 @@ def test_evicted_session_is_reopened_and_context_reuploaded():
 
 
 def test_stalled_cloud_falls_back_and_keeps_text(server):
-  """Step 2's request finds the cloud stalled (its compute lock held) past
+  """Step 2's request finds the cloud stalled (its executor lock held) past
   the 0.5 s deadline: the rest of the answer is the edge's."""
   client = sh.client(server.target, deadline_s=0.5)
   infer, calls = client.link.infer, []
@@ -155,7 +155,7 @@ def test_stalled_cloud_falls_back_and_keeps_text(server):
     calls.append(1)
     if len(calls) != 3:
       return infer(*args, **kw)
-    with server.service._compute:
+    with server.service.executor.lock:
       return infer(*args, **kw)
 
   client.link.infer = stalled
@@ -194,9 +194,9 @@ def test_stop_drains_the_call_in_flight():
   def slow_then_stop(*args, **kw):
     if result:
       return infer(*args, **kw)
-    # Hold the cloud's compute, start its stop, then let the call finish.
+    # Hold the cloud executor, start its stop, then let the call finish.
     stopper = threading.Thread(target=handle.stop, args=(10.0,))
-    with handle.service._compute:
+    with handle.service.executor.lock:
       caller = threading.Thread(
         target=lambda: result.update(r=infer(*args, **kw))
       )
