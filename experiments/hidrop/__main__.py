@@ -56,6 +56,12 @@ def parse_args(argv=None):
     help="HiDrop schedule(s), scaled to the model: 'all' "
     "or a comma list (default: the preset's)",
   )
+  parser.add_argument(
+    "--steps",
+    type=int,
+    default=None,
+    help="training steps of every method (default: the preset's)",
+  )
   parser.add_argument("--dataset", default="shapes", choices=configs.DATASETS)
   parser.add_argument("--impl", default="xla", choices=IMPLS)
   parser.add_argument(
@@ -262,6 +268,8 @@ def _train_all(cfg, args, runs, train_set, test_set, types, log, progress):
 
 def _main(args):
   overrides = {"hidrop_schedules": args.schedule} if args.schedule else {}
+  if args.steps is not None:
+    overrides["steps"] = args.steps
   cfg = configs.get_config(args.preset, **overrides)
   progress = False if args.no_progress else None
   t0 = time.perf_counter()
