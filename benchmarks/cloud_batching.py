@@ -31,6 +31,7 @@ import jax
 import numpy as np
 
 from jaxexit import report
+from jaxexit.data import add_data_dir_flag
 from jaxexit.serve import cloud, edge, edge_link, launch, load, models
 from jaxexit.serve import server_config
 
@@ -68,7 +69,7 @@ FULL = Settings("smollm2", 15, (4, 8), 8, 5.0, 8, 64, 128, 3)
 QUICK = Settings("tiny", 2, (4,), 4, 5.0, 6, 12, 64, 2)
 
 
-def _prompts(s: Settings, backbone) -> tuple[list[list[int]], str]:
+def _prompts(s: Settings, backbone, data_dir) -> tuple[list[list[int]], str]:
   """N prompts' token ids and a description."""
   n = max(s.clients)
   if s.model == "tiny":
@@ -83,7 +84,7 @@ def _prompts(s: Settings, backbone) -> tuple[list[list[int]], str]:
 
   tok = GGUFTokenizer.from_gguf(smollm2_gguf_path())
   out = []
-  for p in load_problems("gsm8k")[:n]:
+  for p in load_problems("gsm8k", data_dir=data_dir)[:n]:
     chat = [{"role": "user", "content": p.question}]
     out.append(tok.encode(tok.apply_chat_template(chat))[-s.prompt_tokens :])
   return (
@@ -124,12 +125,12 @@ def _load(backbone, digest, s, handle, tokens, n, prompts):
       c.link.close()
 
 
-def run(quick: bool, log=print) -> tuple[list[dict], str]:
+def run(quick: bool, log=print, data_dir=None) -> tuple[list[dict], str]:
   """Measures both servers at every N; (records, description)."""
   s = QUICK if quick else FULL
   backbone = models.build_model(s.model)
   digest = models.weights_hash(backbone)
-  prompts, about = _prompts(s, backbone)
+  prompts, about = _prompts(s, backbone, data_dir)
   tokens = {launch.new_token(): f"client-{i}" for i in range(max(s.clients))}
   servers = {}
   for b in (1, s.max_batch):
@@ -230,10 +231,11 @@ def render(records: list[dict], about: str, quick: bool) -> str:
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--quick", action="store_true", help="tiny Llama")
+  add_data_dir_flag(parser)
   args = parser.parse_args()
   start = time.perf_counter()
   log = lambda msg: print(f"[{time.perf_counter() - start:5.0f} s] {msg}")  # noqa: E731
-  records, about = run(args.quick, log)
+  records, about = run(args.quick, log, args.data_dir)
   text = render(records, about, args.quick)
   print(text)
   name = "cloud_batching_quick.json" if args.quick else "cloud_batching.json"
