@@ -13,6 +13,13 @@ Logical axes: batch [B], layers [L], embed [D], heads [H], kv_heads,
 head_dim [K], mlp [F], vocab [V], conv_in, conv_out, spatial, state [S]
 (see `jaxexit.sharding.families`).
 
+Multi-host: `init_distributed` joins a cluster of processes (arguments,
+`JAXEXIT_COORDINATOR` / `JAXEXIT_NUM_PROCESSES` / `JAXEXIT_PROCESS_ID`,
+or JAX's detection with `auto=True`; nothing on one process); each
+process loads its block of every batch (`process_batch_indices`) and
+`global_batch` joins the blocks into global arrays; `is_main_process`
+says who writes files.
+
 The data-parallel helpers (`data_parallel_mesh`, `shard_batch`,
 `replicate`, `time_data_parallel`) come first in time and still serve the
 notebooks' timing cells.
@@ -27,13 +34,20 @@ from jaxexit.sharding.data_parallel import (
   shard_batch,
   time_data_parallel,
 )
+from jaxexit.sharding.distributed import (
+  Cluster,
+  init_distributed,
+  is_main_process,
+)
 from jaxexit.sharding.families import FAMILY_AXES, LOGICAL_AXES
 from jaxexit.sharding.logical import logical_axes
 from jaxexit.sharding.mesh import MESH_AXES, make_mesh, parse_mesh_axes
+from jaxexit.sharding.process_data import global_batch, process_batch_indices
 from jaxexit.sharding.rules import DEFAULT_RULES, logical_spec
 from jaxexit.sharding.state import shard_state, state_shardings
 
 __all__ = [
+  "Cluster",
   "DATA",
   "DEFAULT_RULES",
   "DataParallelTiming",
@@ -42,10 +56,14 @@ __all__ = [
   "MESH_AXES",
   "constrain",
   "data_parallel_mesh",
+  "global_batch",
+  "init_distributed",
+  "is_main_process",
   "logical_axes",
   "logical_spec",
   "make_mesh",
   "parse_mesh_axes",
+  "process_batch_indices",
   "replicate",
   "shard_batch",
   "shard_state",

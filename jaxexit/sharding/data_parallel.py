@@ -58,6 +58,22 @@ def data_parallel_mesh(num_devices: int | None = None) -> Mesh:
   )
 
 
+def batch_device_count(mesh: Mesh, axis: str | tuple[str, ...]) -> int:
+  """The devices that split a batch over mesh axis `axis` (or axes).
+
+  Raises:
+    ValueError: naming an axis that is not one of the mesh's.
+  """
+  axes = (axis,) if isinstance(axis, str) else tuple(axis)
+  unknown = [a for a in axes if a not in mesh.shape]
+  if unknown:
+    raise ValueError(
+      f"mesh axis {unknown} of axis={axis!r} is not among the mesh's "
+      f"axes {tuple(mesh.axis_names)}"
+    )
+  return math.prod(mesh.shape[a] for a in axes)
+
+
 def shard_batch(
   batch: PyTree, mesh: Mesh, axis: str | tuple[str, ...] = DATA
 ) -> PyTree:
@@ -72,14 +88,7 @@ def shard_batch(
   Returns:
     The batch as `jax.Array`s with `NamedSharding(mesh, P(axis))`.
   """
-  axes = (axis,) if isinstance(axis, str) else tuple(axis)
-  unknown = [a for a in axes if a not in mesh.shape]
-  if unknown:
-    raise ValueError(
-      f"mesh axis {unknown} of axis={axis!r} is not among the mesh's "
-      f"axes {tuple(mesh.axis_names)}"
-    )
-  n = math.prod(mesh.shape[a] for a in axes)
+  n = batch_device_count(mesh, axis)
   sharding = NamedSharding(mesh, P(axis))
 
   def put(x):
