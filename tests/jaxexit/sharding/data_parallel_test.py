@@ -5,8 +5,6 @@ is imported, so the multi-device checks run this file as a script in a
 child process (`_child_main`) and the test asserts on its exit status.
 """
 
-import os
-import subprocess
 import sys
 
 import jax
@@ -16,6 +14,7 @@ import optax
 import pytest
 from flax import nnx
 from jax.sharding import PartitionSpec as P
+from tests.jaxexit.sharding.device_children import child_env, run_children
 from tests.tiers import slow
 
 if __name__ == "__main__":  # The 8-device child checks shapes like conftest.
@@ -24,8 +23,6 @@ if __name__ == "__main__":  # The 8-device child checks shapes like conftest.
   install_import_hook(["jaxexit"], "beartype.beartype")
 
 from jaxexit import sharding  # noqa: E402
-
-REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "../../.."))
 
 
 def test_constrain_without_spec_is_identity():
@@ -133,20 +130,7 @@ def _child_main() -> None:
 
 @slow
 def test_sharded_step_matches_single_device_in_8_device_child():
-  env = dict(
-    os.environ,
-    JAX_PLATFORMS="cpu",
-    PYTHONPATH=REPO,
-    XLA_FLAGS="--xla_force_host_platform_device_count=8",
-  )
-  proc = subprocess.run(
-    [sys.executable, __file__, "--child"],
-    env=env,
-    capture_output=True,
-    text=True,
-    timeout=180,
-  )
-  assert proc.returncode == 0 and "CHILD OK" in proc.stdout, proc.stderr
+  run_children(__file__, [child_env(8)], timeout=180)
 
 
 if __name__ == "__main__" and "--child" in sys.argv:

@@ -9,9 +9,7 @@ devices on localhost whose training step must equal one process with 8
 devices.
 """
 
-import os
 import socket
-import subprocess
 import sys
 import time
 
@@ -22,6 +20,7 @@ import pytest
 from flax import nnx
 from jax.experimental import multihost_utils
 from jax.sharding import PartitionSpec as P
+from tests.jaxexit.sharding.device_children import child_env, run_children
 from tests.tiers import slow
 
 from jaxexit import models, sharding
@@ -37,7 +36,6 @@ from jaxexit.sharding.logical import path_str  # noqa: E402
 from jaxexit.train import make_train_step, split_train_state  # noqa: E402
 from jaxexit.train.lm import causal_lm_loss  # noqa: E402
 
-REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "../../.."))
 ENV_NAMES = (ENV_COORDINATOR, ENV_NUM_PROCESSES, ENV_PROCESS_ID)
 # What JAX's auto-detection reads: a child must see no cluster but ours.
 DETECTED = (
@@ -138,44 +136,13 @@ def test_global_batch_on_one_process_is_the_local_batch():
 
 
 def _child_env(devices: int, **extra: str) -> dict:
-  env = {
-    k: v
-    for k, v in os.environ.items()
-    if k not in ENV_NAMES + DETECTED and not k.startswith("SLURM_")
-  }
-  return dict(
-    env,
-    JAX_PLATFORMS="cpu",
-    PYTHONPATH=REPO,
-    XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-    **extra,
-  )
+  """A child's environment without any cluster settings of this one."""
+  cluster = lambda k: k in ENV_NAMES + DETECTED or k.startswith("SLURM_")  # noqa: E731
+  return child_env(devices, cluster, **extra)
 
 
 def _run_children(envs: list[dict], *args: str, timeout: float = 300):
-  """Runs one child per env at once; returns their outputs."""
-  procs = [
-    subprocess.Popen(
-      [sys.executable, __file__, "--child", *args],
-      env=env,
-      stdout=subprocess.PIPE,
-      stderr=subprocess.STDOUT,
-      text=True,
-    )
-    for env in envs
-  ]
-  outputs = []
-  try:
-    for proc in procs:
-      out, _ = proc.communicate(timeout=timeout)
-      assert proc.returncode == 0 and "CHILD OK" in out, out
-      outputs.append(out)
-  finally:
-    for proc in procs:
-      if proc.poll() is None:
-        proc.kill()
-        proc.wait()
-  return outputs
+  return run_children(__file__, envs, *args, timeout=timeout)
 
 
 def test_joined_cluster_is_idempotent_and_conflicts_raise():

@@ -9,8 +9,6 @@ same steps on one device.
 """
 
 import contextlib
-import os
-import subprocess
 import sys
 import warnings
 
@@ -21,6 +19,7 @@ import optax
 import pytest
 from flax import nnx
 from jax.sharding import PartitionSpec as P
+from tests.jaxexit.sharding.device_children import child_env, run_children
 from tests.tiers import slow
 
 if __name__ == "__main__":  # The 8-device child checks shapes like conftest.
@@ -34,7 +33,6 @@ from jaxexit.sharding.logical import path_str  # noqa: E402
 from jaxexit.train import make_train_step, split_train_state  # noqa: E402
 from jaxexit.train.lm import causal_lm_loss  # noqa: E402
 
-REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "../../.."))
 LLAVA = models.LLAVA_CONFIGS["tiny"]
 BATCH = 8
 
@@ -222,23 +220,7 @@ def _child_main() -> None:
 
 @slow
 def test_sharded_steps_match_one_device_in_8_device_child():
-  env = dict(
-    os.environ,
-    JAX_PLATFORMS="cpu",
-    PYTHONPATH=REPO,
-    XLA_FLAGS="--xla_force_host_platform_device_count=8",
-  )
-  proc = subprocess.run(
-    [sys.executable, __file__, "--child"],
-    env=env,
-    capture_output=True,
-    text=True,
-    timeout=600,
-  )
-  assert proc.returncode == 0 and "CHILD OK" in proc.stdout, (
-    proc.stdout + proc.stderr
-  )
-  print(proc.stdout)
+  run_children(__file__, [child_env(8)], timeout=600)
 
 
 if __name__ == "__main__" and "--child" in sys.argv:
