@@ -15,8 +15,6 @@ from experiments.ce_collm.configs import Config
 from experiments.ce_collm.edge_head import EdgeHead
 from jaxexit.serve import edge, edge_link, edge_naive, models, split, wire
 
-MODES = ("standalone", "collaborative", "latency_aware", "naive", "cloud_only")
-
 
 @dataclasses.dataclass(frozen=True)
 class Model:
