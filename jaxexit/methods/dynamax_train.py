@@ -9,10 +9,13 @@ classifiers then train on those features. Per exit e the loss is
 
 averaged over exits and valid positions, where p_L is the frozen final
 layer's distribution (CALM's class-balanced meta-classifier loss for the
-consistency score). Only `classifiers/*` parameters are updated; the
-backbone rides in the trained module with every gradient stopped, so the
-shared norm + LM head stay frozen, and checkpoints resume exactly
-(`jaxexit.train.train`).
+consistency score). Only the classifiers are trained: they alone are the
+model of `jaxexit.train.train`, so the optimizer and the checkpoints hold
+the classifiers and their moments and nothing of the backbone (a 7B
+backbone would add ~29 GB per checkpoint). The frozen backbone's arrays
+reach the jitted step as part of each batch (`batch["backbone"]`): an
+argument, neither differentiated, donated nor saved, and not a constant
+baked into the program. Checkpoints resume exactly.
 
 Axes: n sequences, B batch, T tokens, E exits, D width, V vocabulary.
 """
@@ -170,9 +173,21 @@ def dynamax_loss(
 ):
   """Loss of all exits on a feature batch; `(loss, metrics)`."""
   del rng
-  graphdef, state = nnx.split(model.backbone)
+  return _exit_loss(model.backbone, model.classifiers, batch, weights)
+
+
+def _classifier_loss(classifiers, batch, rng, *, backbone_def, weights):
+  """The training loss: the model is the classifiers alone, and the frozen
+  backbone's state comes in `batch["backbone"]` (see the module doc)."""
+  del rng
+  backbone = nnx.merge(backbone_def, batch["backbone"])
+  return _exit_loss(backbone, classifiers, batch["features"], weights)
+
+
+def _exit_loss(backbone, classifiers: ExitClassifiers, batch, weights):
+  """`dynamax_loss` of `classifiers` on a frozen `backbone`."""
+  graphdef, state = nnx.split(backbone)
   backbone = nnx.merge(graphdef, jax.lax.stop_gradient(state))
-  classifiers = model.classifiers
   mask = batch["mask"]
   bsz, length = mask.shape
   positions = jnp.broadcast_to(jnp.arange(length), mask.shape)
@@ -231,33 +246,39 @@ def train_exit_classifiers(
   for another backbone or data raises `FingerprintMismatch`, naming the
   field (`jaxexit.train.train`).
 
+  The train state (and so every checkpoint) is the classifiers and their
+  optimizer state only; the backbone is read, never written.
+
   Returns:
     `classifiers` (updated in place) and the last logged metrics.
   """
   n = len(features.targets)
-  tx = train_lib.train_only(
-    train_lib.build_optimizer(optim), train_lib.path_contains("classifiers")
-  )
-  model = DynamaxTrainer(backbone, classifiers)
-  batch_fn = lambda step: features.batch(
-    shuffled_batch_indices(step, n, batch_size, seed)
-  )
-  model, metrics = train_lib.train(
-    model,
-    tx,
-    functools.partial(dynamax_loss, weights=weights),
+  backbone_def, backbone_state = nnx.split(backbone)
+  batch_fn = lambda step: {
+    "features": features.batch(
+      shuffled_batch_indices(step, n, batch_size, seed)
+    ),
+    "backbone": backbone_state,
+  }
+  trained, metrics = train_lib.train(
+    classifiers,
+    train_lib.build_optimizer(optim),
+    functools.partial(
+      _classifier_loss, backbone_def=backbone_def, weights=weights
+    ),
     batch_fn,
     num_steps=num_steps,
     workdir=workdir,
     seed=seed,
     checkpoint_every=checkpoint_every,
     progress=progress,
-    fingerprint=fingerprint,
+    # Checkpoints of the older layout (backbone included) name this field
+    # instead of failing to restore.
+    fingerprint={**(fingerprint or {}), "trained_state": "classifiers"},
   )
-  # The train step donates its state: hand the (unchanged) backbone arrays
-  # and the trained classifier arrays back to the caller's modules.
-  nnx.update(backbone, nnx.state(model.backbone))
-  nnx.update(classifiers, nnx.state(model.classifiers))
+  # The train step donates its state: hand the trained arrays back to the
+  # caller's module.
+  nnx.update(classifiers, nnx.state(trained))
   return classifiers, metrics
 
 
