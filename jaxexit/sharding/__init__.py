@@ -11,7 +11,7 @@ partitions the step from the shardings of its inputs.
 
 Logical axes: batch [B], layers [L], embed [D], heads [H], kv_heads,
 head_dim [K], mlp [F], vocab [V], conv_in, conv_out, spatial, state [S]
-(see `jaxexit.sharding.families`).
+(see `jaxexit.sharding.families`); `infer_family` finds a model's table.
 
 Multi-host: `init_distributed` joins a cluster of processes (arguments,
 `JAXEXIT_COORDINATOR` / `JAXEXIT_NUM_PROCESSES` / `JAXEXIT_PROCESS_ID`,
@@ -40,10 +40,10 @@ from jaxexit.sharding.distributed import (
   is_main_process,
 )
 from jaxexit.sharding.families import FAMILY_AXES, LOGICAL_AXES
-from jaxexit.sharding.logical import logical_axes
+from jaxexit.sharding.logical import infer_family, logical_axes
 from jaxexit.sharding.mesh import MESH_AXES, make_mesh, parse_mesh_axes
 from jaxexit.sharding.process_data import global_batch, process_batch_indices
-from jaxexit.sharding.rules import DEFAULT_RULES, logical_spec
+from jaxexit.sharding.rules import DEFAULT_RULES, default_rules, logical_spec
 from jaxexit.sharding.state import shard_state, state_shardings
 
 __all__ = [
@@ -56,7 +56,9 @@ __all__ = [
   "MESH_AXES",
   "constrain",
   "data_parallel_mesh",
+  "default_rules",
   "global_batch",
+  "infer_family",
   "init_distributed",
   "is_main_process",
   "logical_axes",

@@ -10,7 +10,8 @@ each moment follows its parameter. Of the rows matching that tail, the one
 whose axes count equals the array's rank is taken (a per-layer head
 [L, D, C] and a shared one [D, C] share a path); two such rows are an
 error, as is a path no row matches. Scalars (step counts, RNG counters)
-need no row: they are replicated.
+need no row: they are replicated. `infer_family` finds the one family
+whose table names every array of a model's state.
 """
 
 import re
@@ -119,3 +120,41 @@ def logical_axes(tree: PyTree, family: Family) -> dict[str, Axes]:
     if ndim:
       axes[path_str(path)] = match_path(path_str(path), ndim, table, name)[1]
   return axes
+
+
+def infer_family(tree: PyTree) -> str:
+  """The `FAMILY_AXES` family whose table names every array of `tree`.
+
+  Args:
+    tree: a model's `nnx.state` (or its `jax.ShapeDtypeStruct`s).
+
+  Returns:
+    The family's key: every non-scalar array has a row of its rank. When
+    several families fit and name every array alike (DYNAMAX score heads
+    alone), the first in `FAMILY_AXES` order.
+
+  Raises:
+    ValueError: when no family fits, or several name some array
+      differently (naming them); pass `family=` explicitly then.
+  """
+  arrays = [
+    (path_str(path), np.ndim(leaf) if not hasattr(leaf, "ndim") else leaf.ndim)
+    for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
+  ]
+  arrays = [(path, ndim) for path, ndim in arrays if ndim]
+  fits = {}
+  for name, table in FAMILY_AXES.items():
+    try:
+      axes = tuple(match_path(p, n, table, name)[1] for p, n in arrays)
+    except ValueError:
+      continue
+    if all(len(a) == n for a, (_, n) in zip(axes, arrays)):
+      fits[name] = axes
+  if len(set(fits.values())) != 1:
+    first = arrays[0][0] if arrays else "(no arrays)"
+    raise ValueError(
+      f"cannot infer the model family of a state with {len(arrays)} "
+      f"arrays (first {first!r}): families {sorted(fits)} fit; pass "
+      f"family= (one of {sorted(FAMILY_AXES)} or a table of rows)"
+    )
+  return next(iter(fits))

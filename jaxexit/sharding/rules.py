@@ -16,7 +16,9 @@ one device.
 A dimension that its mesh axes do not divide, or whose mesh axis already
 shards another dimension of the same array, is replicated instead; the
 decision is logged once per (table pattern, reason) on the
-"jaxexit.sharding" logger.
+"jaxexit.sharding" logger. On a mesh without some of these axes (the 1-D
+"data" mesh of `data_parallel_mesh`), `default_rules` drops them: the
+weights stay replicated there and the batch splits over "data".
 """
 
 import logging
@@ -44,6 +46,16 @@ DEFAULT_RULES: Rules = types.MappingProxyType(
 
 logger = logging.getLogger("jaxexit.sharding")
 _logged: set[tuple[str, str]] = set()
+
+
+def default_rules(mesh_axes: Sequence[str]) -> dict[str, MeshAxes]:
+  """`DEFAULT_RULES` without the mesh axes that `mesh_axes` lacks."""
+  rules = {}
+  for name, value in DEFAULT_RULES.items():
+    axes = (value,) if isinstance(value, str) else value
+    kept = tuple(a for a in axes if a in mesh_axes)
+    rules[name] = kept[0] if len(kept) == 1 else kept or None
+  return rules
 
 
 def check_rules(

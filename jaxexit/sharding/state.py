@@ -30,9 +30,9 @@ from jaxexit.sharding.logical import (
   resolve_family,
 )
 from jaxexit.sharding.rules import (
-  DEFAULT_RULES,
   Rules,
   check_rules,
+  default_rules,
   logical_spec,
 )
 from jaxexit.typing import PyTree
@@ -49,9 +49,9 @@ def state_shardings(
     mesh: the mesh (`jaxexit.sharding.make_mesh`).
     rules: logical axis -> mesh axis, tuple of mesh axes, or None
       (replicated); logical axes without a rule are replicated. None:
-      `DEFAULT_RULES`. Given rules that name no logical axis of the tree's
-      arrays are reported by a warning (except "batch", which shards
-      data).
+      `DEFAULT_RULES` (less the mesh axes `mesh` lacks). Given rules
+      that name no logical axis of the tree's arrays are reported by a
+      warning (except "batch", which shards data).
     family: a key of `jaxexit.sharding.FAMILY_AXES` ("llama", "mamba",
       ...), or a table of `(pattern, axes)` rows.
 
@@ -63,7 +63,7 @@ def state_shardings(
       an array that no table row (or more than one) matches.
   """
   name, table = resolve_family(family)
-  given = DEFAULT_RULES if rules is None else rules
+  given = default_rules(mesh.axis_names) if rules is None else rules
   checked = check_rules(given, mesh.axis_names)
   named = set()
 

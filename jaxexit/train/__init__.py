@@ -1,6 +1,7 @@
 """Training utilities: functional NNX step, optimizers, checkpoints, loop."""
 
 from jaxexit.train.checkpoint import (
+  CheckpointShapeMismatch,
   Checkpointer,
   NoUsableCheckpoint,
   Restored,
@@ -32,6 +33,7 @@ from jaxexit.train.step import (
 )
 
 __all__ = [
+  "CheckpointShapeMismatch",
   "Checkpointer",
   "FingerprintMismatch",
   "MetricsWriter",

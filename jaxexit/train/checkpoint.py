@@ -26,6 +26,14 @@ restore (garbage `_METADATA`, truncated array files, orbax's structure
 checks). Skipped steps are never deleted: once a good step is found they are
 moved into `<directory>/skipped/` (out of orbax's step listing, so neither
 `max_to_keep` nor a later save at the same step touches them).
+
+Sharded state is saved and restored sharded (orbax writes and reads each
+process's shards). `restore` reads into the shardings of its abstract
+target, which may be those of another mesh shape (`abstract_like(state,
+shardings)`). Before reading, the stored shapes are compared with the
+target's: a model whose shapes differ raises `CheckpointShapeMismatch`
+naming the first differing path (it is not a damaged step, so
+`restore_newest` raises it rather than skipping).
 """
 
 import os
@@ -36,6 +44,10 @@ import jax
 import orbax.checkpoint as ocp
 
 from jaxexit import checks
+from jaxexit.train.checkpoint_shapes import (
+  CheckpointShapeMismatch,
+  check_shapes,
+)
 from jaxexit.typing import PyTree
 
 
@@ -58,6 +70,7 @@ class Restored(NamedTuple):
   metadata: dict | None = None
 
 
+ITEM = "default"  # the one item of every step
 SKIPPED_DIR = "skipped"
 COMMIT_MARKER = "commit_success.txt"
 
@@ -75,9 +88,22 @@ def _brief(e: BaseException, limit: int = 200) -> str:
   return f"{type(e).__name__}: {first}"
 
 
-def abstract_like(tree: PyTree) -> PyTree:
-  """`jax.ShapeDtypeStruct`s (with shardings) of a concrete pytree."""
-  return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+def abstract_like(tree: PyTree, shardings: PyTree | None = None) -> PyTree:
+  """`jax.ShapeDtypeStruct`s (with shardings) of a concrete pytree.
+
+  Args:
+    tree: arrays (or `jax.ShapeDtypeStruct`s).
+    shardings: a sharding per array to restore into instead of the
+      arrays' own (e.g. `jaxexit.sharding.state_shardings` on another
+      mesh); None keeps theirs.
+  """
+  if shardings is None:
+    return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+  return jax.tree.map(
+    lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+    tree,
+    shardings,
+  )
 
 
 def _item(state, rng, extra) -> dict[str, Any]:
@@ -132,7 +158,7 @@ class Checkpointer:
     )
     self.directory = os.path.abspath(os.fspath(directory))
     self._manager = ocp.CheckpointManager(
-      self.directory, item_names=("default",), options=options
+      self.directory, item_names=(ITEM,), options=options
     )
 
   def save(
@@ -202,13 +228,19 @@ class Checkpointer:
 
     Returns:
       A `Restored(step, state, rng, extra)`.
+
+    Raises:
+      CheckpointShapeMismatch: naming the first path whose shape differs
+        between the checkpoint and `abstract_state` (or that only one of
+        them has).
     """
     target = jax.tree.map(
       ocp.utils.to_shape_dtype_struct,
       _item(abstract_state, abstract_rng, abstract_extra),
     )
+    check_shapes(self.step_dir(step), ITEM, target)
     args = ocp.args.Composite(default=ocp.args.StandardRestore(target))
-    item = self._manager.restore(step, args=args)["default"]
+    item = self._manager.restore(step, args=args)[ITEM]
     return Restored(step, item["state"], item.get("rng"), item.get("extra"))
 
   def restore_latest(
@@ -258,6 +290,8 @@ class Checkpointer:
     Raises:
       NoUsableCheckpoint: committed steps exist but none restores; nothing
         is moved, and the message lists each step's reason.
+      CheckpointShapeMismatch: the newest committed step's shapes differ
+        from `abstract_state`'s (see `restore`); nothing is moved.
     """
     skipped, restored = [], None
     for step in sorted(self._manager.all_steps(), reverse=True):
@@ -306,6 +340,8 @@ class Checkpointer:
         abstract_rng=abstract_rng,
         abstract_extra=abstract_extra,
       )
+    except CheckpointShapeMismatch:
+      raise
     except Exception as e:  # noqa: BLE001 - tensorstore raises many types.
       raise _Skip(f"unreadable or failing orbax's checks ({_brief(e)})") from e
     return restored._replace(metadata=metadata)

@@ -18,8 +18,19 @@ unless `force_resume=True`. Checkpoints made before fingerprints existed
 resume with a warning. Damaged newest steps are skipped (see
 `Checkpointer.restore_newest`). Every such event is printed and appended to
 `<workdir>/events.log`.
+
+On a mesh (`mesh=`, e.g. `jaxexit.sharding.make_mesh("data=2,fsdp=2,
+tensor=2")`), the train state is placed with the family's logical axes
+and the rules (`jaxexit.sharding.state_shardings`: parameters on
+fsdp/tensor, optimizer moments following their parameters), every batch
+is split on B over the rules' "batch" axes (default ("data", "fsdp")),
+and the step is jitted with these in/out shardings, donating the state.
+Checkpoints are saved and restored sharded: each process writes and
+reads its own shards, and a run resumes onto another mesh shape (the
+restore targets the new mesh's shardings).
 """
 
+import contextlib
 import datetime
 import os
 from collections.abc import Callable, Mapping
@@ -29,16 +40,23 @@ import jax
 import numpy as np
 import optax
 from flax import nnx
-from jax.sharding import Mesh
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from jaxexit import checks
 from jaxexit import sharding as sharding_lib
+from jaxexit.sharding.logical import Family
+from jaxexit.sharding.rules import Rules
 from jaxexit.train import fingerprint as fp_lib
 from jaxexit.train import seed as seed_lib
 from jaxexit.train.checkpoint import Checkpointer, abstract_like
 from jaxexit.train.metrics import MetricsWriter
 from jaxexit.train.progress import ProgressBar
-from jaxexit.train.step import LossFn, make_train_step, split_train_state
+from jaxexit.train.step import (
+  LossFn,
+  make_sharded_train_step,
+  make_train_step,
+  split_train_state,
+)
 from jaxexit.typing import PyTree
 
 METRICS_FILE = "metrics.jsonl"
@@ -135,6 +153,35 @@ def _resume(
   return restored.step, restored.state
 
 
+def _on_mesh(loss_fn, state, mesh, family, rules, log):
+  """`(state, step_fn, place_batch)`: the state placed on `mesh` by its
+  family's logical axes and `rules`, the step jitted with them, and the
+  batch placement."""
+  rules = (
+    sharding_lib.default_rules(mesh.axis_names) if rules is None else rules
+  )
+  if family is None:
+    try:
+      family = sharding_lib.infer_family(state[0])
+    except ValueError as e:
+      log(f"warning: the train state is replicated on the mesh: {e}")
+  if family is None:
+    shardings = jax.tree.map(lambda _: NamedSharding(mesh, P()), state)
+  else:
+    shardings = sharding_lib.state_shardings(state, mesh, rules, family=family)
+  batch_axes = rules.get("batch")
+  step_fn = make_sharded_train_step(
+    loss_fn, shardings, NamedSharding(mesh, P(batch_axes))
+  )
+
+  def place_batch(batch):
+    if not batch_axes:
+      return sharding_lib.replicate(batch, mesh)
+    return sharding_lib.shard_batch(batch, mesh, batch_axes)
+
+  return jax.device_put(state, shardings), step_fn, place_batch
+
+
 def _check_args(num_steps, checkpoint_every, log_every) -> None:
   checks.positive_int("num_steps", num_steps)
   checks.positive_int("checkpoint_every", checkpoint_every)
@@ -157,6 +204,8 @@ def train(
   mesh: Mesh | None = None,
   fingerprint: Mapping[str, Any] | None = None,
   force_resume: bool = False,
+  family: Family | None = None,
+  rules: Rules | None = None,
 ) -> tuple[nnx.Module, dict[str, Any]]:
   """Trains `model` for `num_steps` updates, resuming from `workdir`.
 
@@ -172,8 +221,9 @@ def train(
     max_to_keep: checkpoints kept on disk (None: all).
     log_every: write metrics every this many updates (and at the end).
     progress: show a progress bar (None: only on a terminal).
-    mesh: if given, replicate the state and shard batches over its "data"
-      axis.
+    mesh: if given, shard the state by `family` and `rules` and every
+      batch over the rules' "batch" mesh axes (see the module docstring);
+      each batch's B must divide by those axes' device count.
     fingerprint: what determines the run besides `num_steps` and `seed`
       (model config, method, data description with a hash of the example
       ids or files, optimizer and schedule); JSON-able values, dataclasses
@@ -181,6 +231,13 @@ def train(
       resume.
     force_resume: resume even when the stored fingerprint differs (the
       differing fields are logged); later checkpoints store the new one.
+    family: with `mesh`, the model's logical axis table: a key of
+      `jaxexit.sharding.FAMILY_AXES` or a table of `(pattern, axes)` rows.
+      None: `jaxexit.sharding.infer_family` of the model's state; a state
+      no family fits is replicated (logged).
+    rules: with `mesh`, logical axis -> mesh axes (None:
+      `jaxexit.sharding.default_rules(mesh.axis_names)`); its "batch"
+      entry splits the batches (absent: replicated).
 
   Returns:
     `(model, metrics)`: the trained model and the last step's metrics
@@ -196,8 +253,11 @@ def train(
   run_fp = run_fingerprint(fingerprint, num_steps=num_steps, seed=seed)
   log = _event_logger(os.fspath(workdir))
   graphdef, state = split_train_state(model, tx)
+  step_fn, place_batch = make_train_step(loss_fn), None
   if mesh is not None:
-    state = sharding_lib.replicate(state, mesh)
+    state, step_fn, place_batch = _on_mesh(
+      loss_fn, state, mesh, family, rules, log
+    )
   base = seed_lib.base_key(seed)
   ckpt = Checkpointer(
     os.path.join(workdir, CHECKPOINT_DIR),
@@ -218,17 +278,18 @@ def train(
       os.path.join(workdir, METRICS_FILE), resume_step=start
     )
     bar = ProgressBar(num_steps, initial=start, enabled=progress)
-    with writer, bar:
+    on_mesh = contextlib.nullcontext() if mesh is None else jax.set_mesh(mesh)
+    with writer, bar, on_mesh:
       state, metrics = _run(
         graphdef,
         state,
-        make_train_step(loss_fn),
+        step_fn,
         batch_fn,
         base,
         ckpt,
         writer,
         bar,
-        mesh,
+        place_batch,
         start=start,
         num_steps=num_steps,
         log_every=log_every,
@@ -247,7 +308,7 @@ def _run(
   ckpt,
   writer,
   bar,
-  mesh,
+  place_batch,
   *,
   start,
   num_steps,
@@ -258,8 +319,8 @@ def _run(
   logged = {}
   for step in range(start, num_steps):
     batch = batch_fn(step)
-    if mesh is not None:
-      batch = sharding_lib.shard_batch(batch, mesh)
+    if place_batch is not None:
+      batch = place_batch(batch)
     state, metrics = step_fn(
       graphdef, state, batch, seed_lib.step_key(base, step)
     )

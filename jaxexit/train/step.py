@@ -27,6 +27,7 @@ from typing import Any
 import jax
 import optax
 from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from jaxexit.typing import PRNGKeyArray, PyTree
 
@@ -80,6 +81,20 @@ def _loss_and_grads(loss_fn: LossFn, model: nnx.Module, batch, rng):
   return loss, metrics, new_rest, grads
 
 
+def _train_step(loss_fn: LossFn) -> TrainStep:
+  """The pure step `step(graphdef, state, batch, rng)` (not yet jitted)."""
+
+  def step(graphdef, state, batch, rng):
+    model, optimizer = nnx.merge(graphdef, state)
+    loss, metrics, new_rest, grads = _loss_and_grads(loss_fn, model, batch, rng)
+    nnx.update(model, new_rest)
+    optimizer.update(model, grads)
+    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), **metrics}
+    return nnx.state((model, optimizer)), metrics
+
+  return step
+
+
 @functools.cache
 def make_train_step(loss_fn: LossFn, *, donate: bool = True) -> TrainStep:
   """Builds the jitted step `step(graphdef, state, batch, rng)`.
@@ -102,17 +117,41 @@ def make_train_step(loss_fn: LossFn, *, donate: bool = True) -> TrainStep:
     (float32 scalars).
   """
   donate_argnames = ("state",) if donate else ()
+  return jax.jit(_train_step(loss_fn), donate_argnames=donate_argnames)
 
-  @functools.partial(jax.jit, donate_argnames=donate_argnames)
-  def step(graphdef, state, batch, rng):
-    model, optimizer = nnx.merge(graphdef, state)
-    loss, metrics, new_rest, grads = _loss_and_grads(loss_fn, model, batch, rng)
-    nnx.update(model, new_rest)
-    optimizer.update(model, grads)
-    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), **metrics}
-    return nnx.state((model, optimizer)), metrics
 
-  return step
+def make_sharded_train_step(
+  loss_fn: LossFn,
+  state_shardings: PyTree,
+  batch_sharding: NamedSharding,
+  *,
+  donate: bool = True,
+) -> TrainStep:
+  """`make_train_step`'s step jitted with in and out shardings.
+
+  GSPMD partitions the step from these shardings: the state enters and
+  leaves in `state_shardings` (an updated parameter keeps its parameter's
+  sharding), the batch in `batch_sharding`, and the rng and metrics are
+  replicated over the batch sharding's mesh.
+
+  Args:
+    loss_fn: as in `make_train_step`.
+    state_shardings: a `NamedSharding` per array of the train state
+      (`jaxexit.sharding.state_shardings`).
+    batch_sharding: the sharding of every batch leaf, split on its leading
+      axis B (`NamedSharding(mesh, P(("data", "fsdp")))`).
+    donate: as in `make_train_step`.
+
+  Returns:
+    `step(graphdef, state, batch, rng) -> (state, metrics)`.
+  """
+  replicated = NamedSharding(batch_sharding.mesh, P())
+  return jax.jit(
+    _train_step(loss_fn),
+    in_shardings=(None, state_shardings, batch_sharding, replicated),
+    out_shardings=(state_shardings, replicated),
+    donate_argnames=("state",) if donate else (),
+  )
 
 
 def make_eval_step(eval_fn: EvalFn, *, eval_mode: bool = True):
