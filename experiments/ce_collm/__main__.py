@@ -42,6 +42,7 @@ import numpy as np
 
 from experiments.ce_collm import configs, edge_head, plots, run, summary
 from experiments.ce_collm import report as ce_report
+from experiments import cli
 from experiments.cli import Log
 from jaxexit import results_store
 from jaxexit.data import add_data_dir_flag
@@ -106,6 +107,7 @@ def parse_args(argv=None):
   p.add_argument("--out", type=pathlib.Path, default=None)
   p.add_argument("--no-progress", action="store_true")
   add_data_dir_flag(p)
+  cli.add_device_flags(p)
   args = p.parse_args(argv)
   try:
     args.config = _config(args)
@@ -153,11 +155,13 @@ def main(argv=None) -> int:
   cfg = args.config
   if args.out is None:
     args.out = pathlib.Path(f"runs/ce_collm_{args.preset}")
+  devices = cli.setup_devices(args)
   if args.preset == "paper":
-    ce_report.write_runbook(args.out, cfg)
+    if devices.main:
+      ce_report.write_runbook(args.out, cfg)
     return 0
-  with results_store.lock_output_dir(args.out):
-    _main(args, cfg)
+  with cli.output_dir(args.out):
+    _main(args, cfg, devices.main)
   return 0
 
 
@@ -176,7 +180,7 @@ def _on_sigterm(*_):
   raise KeyboardInterrupt("SIGTERM")
 
 
-def _main(args, cfg: configs.Config) -> None:
+def _main(args, cfg: configs.Config, main: bool) -> None:
   out, t0 = args.out, time.perf_counter()
   log = Log(out / "log.txt")
   stamp = lambda: f"[{time.perf_counter() - t0:6.1f} s]"  # noqa: E731
@@ -228,7 +232,7 @@ def _main(args, cfg: configs.Config) -> None:
     left = [p for p in children.pids if launch.pid_alive(p)]
     log(stamp(), f"stopped {codes}; processes left running: {left or 'none'}")
   processes = {"pids": children.pids, "exit_codes": codes, "left": left}
-  _write(args, cfg, model, prompts, runs, processes, log, stamp)
+  _write(args, cfg, model, prompts, runs, processes, log, stamp, main)
 
 
 def _measure(model, cfg, prompts, target, proxies, token, log, stamp) -> dict:
@@ -272,7 +276,9 @@ def _measure(model, cfg, prompts, target, proxies, token, log, stamp) -> dict:
   return runs
 
 
-def _write(args, cfg, model, prompts, runs, processes, log, stamp) -> None:
+def _write(
+  args, cfg, model, prompts, runs, processes, log, stamp, main: bool
+) -> None:
   out = args.out
   nets = list(cfg.networks)
   ref = runs[("cloud_only", None, nets[0])]
@@ -344,6 +350,8 @@ def _write(args, cfg, model, prompts, runs, processes, log, stamp) -> None:
     "processes": processes,
     "config": to_jsonable(cfg, "config"),
   }
+  if not main:
+    return
   results_store.write_json_atomic(
     out / "results.json", {"records": records, **extra}
   )

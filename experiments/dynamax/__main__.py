@@ -23,6 +23,7 @@ import time
 import numpy as np
 from flax import nnx
 
+from experiments import cli
 from experiments.cli import comma_choices
 from experiments.dynamax import backbones, configs, evaluate, plots
 from jaxexit import report, results_store
@@ -48,6 +49,8 @@ TABLE = (
 )
 # What identifies a record in results.json across invocations into one --out.
 RESULT_KEY = ("backbone", "classifier", "state_mode", "threshold")
+# Each backbone class's logical axes (`jaxexit.sharding.FAMILY_AXES`).
+FAMILIES = {"LlamaLM": "llama", "MambaLM": "mamba", "Mamba2LM": "mamba2"}
 
 
 def parse_args(argv=None):
@@ -87,6 +90,7 @@ def parse_args(argv=None):
   )
   parser.add_argument("--no-progress", action="store_true")
   add_data_dir_flag(parser)
+  cli.add_device_flags(parser)
   args = parser.parse_args(argv)
   if args.out is None:
     args.out = pathlib.Path(f"runs/dynamax_{args.preset}_{args.backbone}")
@@ -179,19 +183,20 @@ def write_results(
 
 def main(argv=None):
   args = parse_args(argv)
+  devices = cli.setup_devices(args)
   # A second run into the same --out is refused before it trains anything.
-  with results_store.lock_output_dir(args.out):
-    _main(args)
+  with cli.output_dir(args.out):
+    _main(args, devices)
 
 
-def _main(args):
+def _main(args, devices: cli.Devices):
   overrides = {}
   if args.classifier:
     overrides["classifiers"] = args.classifier
   if args.state_mode:
     overrides["state_modes"] = args.state_mode
   cfg = configs.get_config(args.preset, **overrides)
-  progress = False if args.no_progress else None
+  progress = cli.progress(args)
   out = args.out / args.backbone
   t0 = time.perf_counter()
   spec = getattr(cfg, args.backbone)
@@ -215,6 +220,11 @@ def _main(args):
     f"== exit classifiers trained ({time.perf_counter() - t0:.0f} s)",
     flush=True,
   )
+  # Decoding runs on the mesh: backbone sharded by its rules, heads copied.
+  family = FAMILIES[type(bb.model).__name__]
+  cli.place_model(bb.model, devices.mesh, family)
+  for h in heads.values():
+    cli.place_model(h, devices.mesh)
   items = text.load_truthfulqa(args.data_dir)
   order = np.random.default_rng(cfg.seed).permutation(len(items))
   items = [items[i] for i in order[: cfg.eval_prompts]]
@@ -235,13 +245,14 @@ def _main(args):
     f"Total wall time {elapsed:.0f} s.\n\nDYNAMAX publishes no numbers "
     "(spec §3.1): nothing here is compared with a paper figure."
   )
-  write_results(
-    out,
-    records,
-    samples,
-    notes=notes,
-    title=f"DYNAMAX, {args.backbone} backbone (preset `{args.preset}`)",
-  )
+  if devices.main:
+    write_results(
+      out,
+      records,
+      samples,
+      notes=notes,
+      title=f"DYNAMAX, {args.backbone} backbone (preset `{args.preset}`)",
+    )
   print(f"wrote {out}/results.json, results.md, curves.png ({elapsed:.0f} s)")
 
 

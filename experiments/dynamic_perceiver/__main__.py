@@ -20,11 +20,12 @@ import time
 
 import numpy as np
 
+from experiments import cli
 from experiments.dynamic_perceiver import configs, frozen, joint, report
 from experiments.vision_common.features import split_features
 from experiments.vision_common.seeds import aggregate_seeds, seed_curves
 from experiments.vision_common.splits import load_splits
-from jaxexit import execution, results_store, stats
+from jaxexit import execution, stats
 from jaxexit.data import add_data_dir_flag
 
 SPLITS = ("train", "val", "test")
@@ -51,6 +52,7 @@ def parse_args(argv=None):
   )
   parser.add_argument("--no-progress", action="store_true")
   add_data_dir_flag(parser)
+  cli.add_device_flags(parser)
   args = parser.parse_args(argv)
   if args.out is None:
     args.out = pathlib.Path(f"runs/dynamic_perceiver_{args.preset}")
@@ -61,12 +63,13 @@ def parse_args(argv=None):
 
 def main(argv=None):
   args = parse_args(argv)
+  devices = cli.setup_devices(args)
   # A second run into the same --out is refused before it trains anything.
-  with results_store.lock_output_dir(args.out):
+  with cli.output_dir(args.out):
     if args.preset in configs.JOINT_PRESETS:
-      joint.run_joint(args)
+      joint.run_joint(args, devices)
     else:
-      run_headline(args)
+      run_headline(args, devices)
 
 
 def majority_record(train_labels, test_labels) -> dict:
@@ -94,9 +97,9 @@ def exits_used(records: list[dict], share: float = 0.05) -> dict:
   return out
 
 
-def run_headline(args):
+def run_headline(args, devices: cli.Devices):
   cfg = configs.get_config(args.preset)
-  progress = False if args.no_progress else None
+  progress = cli.progress(args)
   start = time.time()
   splits = load_splits(cfg.split_args(), args.data_dir)
   sizes = {n: len(getattr(splits, n)) for n in SPLITS}
@@ -120,9 +123,10 @@ def run_headline(args):
         seed,
         args.out / "train" / f"{method}_seed{seed}",
         progress,
+        mesh=devices.mesh,
       )
       logits = {
-        n: frozen.cached_logits(model, method, feats[n], cfg)
+        n: frozen.cached_logits(model, method, feats[n], cfg, devices.mesh)
         for n in ("val", "test")
       }
       print(f"== {method} seed {seed}: {time.time() - t0:.0f} s", flush=True)
@@ -156,7 +160,8 @@ def run_headline(args):
     timing_seed=cfg.seeds[0],
     wall_seconds=round(time.time() - start, 1),
   )
-  report.write(args.out, records, extra, notes(extra))
+  if devices.main:
+    report.write(args.out, records, extra, notes(extra))
   print(json.dumps({k: extra[k] for k in ("verdict", "latent_flops")}))
   print(f"wrote {args.out} ({(time.time() - start) / 60:.1f} min)")
 

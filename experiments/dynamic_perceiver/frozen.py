@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from experiments.cli import shard_rows, to_host
 from experiments.dynamic_perceiver.configs import NUM_CLASSES
 from experiments.dynamic_perceiver.run import (
   operating_thresholds,
@@ -143,8 +144,10 @@ def train_method(
   seed: int,
   workdir: pathlib.Path,
   progress: bool | None,
+  mesh=None,
 ) -> nnx.Module:
-  """Trains one method's part on cached train features (resumable)."""
+  """Trains one method's part on cached train features (resumable);
+  `mesh` (None: one device) is `jaxexit.train.train`'s."""
   model = build(method, cfg, feats, seed)
   weights, kd = (
     (EXIT_WEIGHTS, cfg.kd_weight)
@@ -186,20 +189,24 @@ def train_method(
     log_every=50,
     progress=progress,
     fingerprint={"method": method, "config": cfg, "seed": seed},
+    mesh=mesh,
   )
   return model
 
 
-def cached_logits(model, method: str, feats: dict, cfg) -> np.ndarray:
-  """[N, 4, classes] float32 logits of every exit from cached features."""
+def cached_logits(
+  model, method: str, feats: dict, cfg, mesh=None
+) -> np.ndarray:
+  """[N, 4, classes] float32 logits of every exit from cached features,
+  the rows of each batch split over `mesh` (None: one device)."""
   model.eval()
   graphdef, state = nnx.split(model)
   fwd = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x))
   names, n = INPUTS[method], len(feats[INPUTS[method][0]])
   chunks = []
   for idx, valid in eval_batches(n, cfg.eval_batch_size):
-    x = {k: np.asarray(feats[k][idx]) for k in names}
-    chunks.append(np.asarray(fwd(state, x))[:valid])
+    x = shard_rows({k: np.asarray(feats[k][idx]) for k in names}, mesh)
+    chunks.append(to_host(fwd(state, x))[:valid])
   return np.concatenate(chunks)
 
 

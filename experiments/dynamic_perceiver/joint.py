@@ -17,6 +17,7 @@ import time
 
 import numpy as np
 
+from experiments import cli
 from experiments.dynamic_perceiver import configs, run
 from experiments.vision_common.results import write_results
 from experiments.vision_common.splits import load_splits
@@ -150,7 +151,7 @@ def notes(records, summaries, cfg, seconds) -> str:
   )
 
 
-def run_joint(args):
+def run_joint(args, devices: cli.Devices):
   """Trains, evaluates and writes one joint_* preset into args.out."""
   overrides = (
     {}
@@ -173,10 +174,11 @@ def run_joint(args):
       cfg,
       splits.train,
       args.out / "train" / method,
-      False if args.no_progress else None,
+      cli.progress(args),
+      mesh=devices.mesh,
     )
     print(f"== {method}: evaluating", flush=True)
-    recs, summary = run.evaluate(method, model, splits, cfg)
+    recs, summary = run.evaluate(method, model, splits, cfg, devices.mesh)
     print(json.dumps(summary), flush=True)
     records += recs
     summaries.append(summary)
@@ -184,12 +186,13 @@ def run_joint(args):
     f"Dynamic Perceiver vs multi-exit CNN, CIFAR-10 "
     f"({args.preset}, {cfg.feature_branch})"
   )
-  write_results(
-    args.out,
-    records,
-    title=title,
-    notes=notes(records, summaries, cfg, time.time() - start),
-  )
+  if devices.main:
+    write_results(
+      args.out,
+      records,
+      title=title,
+      notes=notes(records, summaries, cfg, time.time() - start),
+    )
   print(
     f"wrote {args.out}/results.json, results.md, curve.png "
     f"({(time.time() - start) / 60:.1f} min)"

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from experiments.cli import shard_rows, to_host
 from experiments.dynamic_perceiver.configs import FEATURE_BRANCHES, NUM_CLASSES
 from experiments.vision_common import curves
 from experiments.vision_common.splits import Splits
@@ -127,8 +128,10 @@ def train_model(
   data: ImageSplit,
   workdir: pathlib.Path,
   progress: bool | None,
+  mesh=None,
 ) -> nnx.Module:
-  """Trains one model (resumable from `workdir`)."""
+  """Trains one model (resumable from `workdir`); `mesh` (None: one
+  device) is `jaxexit.train.train`'s."""
   model = build_model(method, cfg)
   weights, kd_weight = loss_weights(method, cfg)
 
@@ -160,19 +163,22 @@ def train_model(
     checkpoint_every=cfg.checkpoint_every,
     log_every=10,
     progress=progress,
+    mesh=mesh,
   )
   return model
 
 
 def per_exit_logits(
-  model, runner, params, split: ImageSplit, cfg
+  model, runner, params, split: ImageSplit, cfg, mesh=None
 ) -> np.ndarray:
-  """[N, 4, C] float32 logits of every exit (a `simulate` runner's pass)."""
+  """[N, 4, C] float32 logits of every exit (a `simulate` runner's pass),
+  the rows of each batch split over `mesh` (None: one device)."""
   chunks = []
   for idx, num_valid in eval_batches(len(split), cfg.eval_batch_size):
-    carry = model.init_carry(model_inputs(split.images[idx], cfg))
+    images = shard_rows(split.images[idx], mesh)
+    carry = model.init_carry(model_inputs(images, cfg))
     logits = runner(params, carry).per_layer.logits
-    chunks.append(np.asarray(logits)[:num_valid])
+    chunks.append(to_host(logits)[:num_valid])
   return np.concatenate(chunks)
 
 
@@ -235,12 +241,15 @@ def time_records(
     )
 
 
-def evaluate(method: str, model, splits: Splits, cfg) -> tuple[list, dict]:
-  """(records, per-exit summary) of one trained model."""
+def evaluate(
+  method: str, model, splits: Splits, cfg, mesh=None
+) -> tuple[list, dict]:
+  """(records, per-exit summary) of one trained model; `mesh` splits the
+  evaluation batches' rows (None: one device)."""
   stack, params = model.exit_stack()
   runner = execution.make_runner("simulate", stack, exits.never())
-  val = per_exit_logits(model, runner, params, splits.val, cfg)
-  test = per_exit_logits(model, runner, params, splits.test, cfg)
+  val = per_exit_logits(model, runner, params, splits.val, cfg, mesh)
+  test = per_exit_logits(model, runner, params, splits.test, cfg, mesh)
   probe = model.init_carry(model_inputs(splits.test.images[:8], cfg))
   flops = execution.exit_flops(stack, params, probe)
   costs, full = flops.cumulative, flops.full

@@ -30,6 +30,7 @@ import time
 import jax
 import numpy as np
 
+from experiments import cli
 from experiments.cli import comma_choices
 from experiments.exit_selfimprove import configs, evaluate, plots
 from jaxexit import report, results_store
@@ -82,6 +83,7 @@ def parse_args(argv=None):
     help="output folder (default runs/exit_<preset>_<domain>)",
   )
   parser.add_argument("--no-progress", action="store_true")
+  cli.add_device_flags(parser)
   args = parser.parse_args(argv)
   if args.preset == "paper":
     if args.domain not in configs.PAPER_DOMAINS:
@@ -171,14 +173,16 @@ above, where a 0.1M-parameter policy sorts 8 digits):
 
 def main(argv=None):
   args = parse_args(argv)
+  devices = cli.setup_devices(args)
   # A second run into the same --out is refused before it trains anything.
-  with results_store.lock_output_dir(args.out):
-    _main(args)
+  with cli.output_dir(args.out):
+    _main(args, devices)
 
 
-def _main(args):
+def _main(args, devices: cli.Devices):
   if args.preset == "paper":
-    _paper(args)
+    if devices.main:
+      _paper(args)
     return
   overrides = {}
   if args.domain and args.domain != configs.PRESETS[args.preset].domain:
@@ -188,15 +192,20 @@ def _main(args):
   if args.seeds:
     overrides["seeds"] = args.seeds
   cfg = configs.get_config(args.preset, **overrides)
-  progress = False if args.no_progress else None
+  progress = cli.progress(args)
   domain = make_domain(cfg.domain, **dict(cfg.domain_kwargs))
   graphdef = policy_graphdef(domain, cfg.policy)
   seeds = list(range(cfg.seeds))
+
+  def on_seeds(tree):
+    """`tree` with its vmapped seed axis [S] split over "data"."""
+    return cli.shard_rows(tree, devices.mesh, "data")
+
   t0 = time.perf_counter()
   warm, sft_losses = warm_start(
     domain,
     cfg.policy,
-    seed_keys(seeds),
+    on_seeds(seed_keys(seeds)),
     steps=cfg.sft_steps,
     batch=cfg.sft_batch,
     lr=cfg.sft_lr,
@@ -204,14 +213,15 @@ def _main(args):
   )
   print(
     f"== warm start: {cfg.sft_steps} steps, final loss "
-    f"{np.asarray(sft_losses)[:, -1].mean():.3f} "
+    f"{cli.to_host(sft_losses)[:, -1].mean():.3f} "
     f"({time.perf_counter() - t0:.0f} s)",
     flush=True,
   )
   tasks = domain.sample_tasks(jax.random.key(EVAL_KEY), cfg.eval_tasks)
-  eval_keys = jax.vmap(lambda k: jax.random.fold_in(k, EVAL_KEY))(
-    seed_keys(seeds)
+  eval_keys = on_seeds(
+    jax.vmap(lambda k: jax.random.fold_in(k, EVAL_KEY))(seed_keys(seeds))
   )
+  warm = on_seeds(warm)
   records, training, buffers, times = [], {}, {}, {}
   for method in cfg.methods:
     t1 = time.perf_counter()
@@ -230,14 +240,16 @@ def _main(args):
       params, logs, stats = train(
         graphdef,
         warm,
-        jax.vmap(lambda k: jax.random.fold_in(k, 1))(seed_keys(seeds)),
+        on_seeds(
+          jax.vmap(lambda k: jax.random.fold_in(k, 1))(seed_keys(seeds))
+        ),
         domain=domain,
         cfg=run,
         chunks=cfg.chunks,
         progress=progress,
       )
-      training[method] = {k: np.asarray(v).tolist() for k, v in logs.items()}
-      buffers[method] = {k: np.asarray(v).tolist() for k, v in stats.items()}
+      training[method] = {k: v.tolist() for k, v in cli.to_host(logs).items()}
+      buffers[method] = {k: v.tolist() for k, v in cli.to_host(stats).items()}
     times[method] = time.perf_counter() - t1
     records += evaluate.k_step_records(
       graphdef,
@@ -258,6 +270,8 @@ def _main(args):
       flush=True,
     )
   elapsed = time.perf_counter() - t0
+  if not devices.main:
+    return
   write_results(args.out, cfg, records, training, buffers, times, elapsed)
   print(
     f"wrote {args.out}/results.json, results.md, k_step.png, "

@@ -3,9 +3,9 @@
 import functools
 
 import jax
-import numpy as np
 from flax import nnx
 
+from experiments.cli import to_host
 from jaxexit.exploratory_iteration.k_step import k_step
 
 DECODINGS = {"sample": 1.0, "greedy": 0.0}
@@ -69,7 +69,7 @@ def k_step_records(
       num_samples=num_samples if temperature else 1,
       temperature=temperature,
     )
-    q, s, net = (np.asarray(x) for x in (q, s, net))
+    q, s, net = to_host((q, s, net))  # seeds may be split over processes
     for i, seed in enumerate(seeds):
       for k in range(K + 1):
         records.append(

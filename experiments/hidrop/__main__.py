@@ -23,6 +23,7 @@ import time
 
 import numpy as np
 
+from experiments import cli
 from experiments.cli import comma_choices
 from experiments.hidrop import configs, evaluate, plots, run, summary
 from experiments.vision_common.probe import Standardizer
@@ -78,6 +79,7 @@ def parse_args(argv=None):
   )
   parser.add_argument("--no-progress", action="store_true")
   add_data_dir_flag(parser)
+  cli.add_device_flags(parser)
   args = parser.parse_args(argv)
   if args.out is None:
     args.out = pathlib.Path(f"runs/hidrop_{args.preset}_{args.dataset}")
@@ -180,9 +182,10 @@ def _check_paper(args) -> None:
 def main(argv=None):
   args = parse_args(argv)
   _check_paper(args)
+  devices = cli.setup_devices(args)
   # A second run into the same --out is refused before it trains anything.
-  with results_store.lock_output_dir(args.out):
-    _main(args)
+  with cli.output_dir(args.out):
+    _main(args, devices)
 
 
 def _load(cfg, args, log, progress):
@@ -223,7 +226,9 @@ def _standardized(sets: list[dict]) -> list[dict]:
   return out
 
 
-def _train_all(cfg, args, runs, train_set, test_set, types, log, progress):
+def _train_all(
+  cfg, args, runs, train_set, test_set, types, log, progress, mesh
+):
   """{label: [per-seed run dict]}, {label: seed-0 model}, {label: sched}."""
   num_layers = cfg.model.text.num_layers
   per_seed, models, schedules = {}, {}, {}
@@ -241,9 +246,12 @@ def _train_all(cfg, args, runs, train_set, test_set, types, log, progress):
         args.out / "train" / f"{label.replace('/', '_')}_seed{seed}",
         impl=args.impl,
         progress=progress,
+        mesh=mesh,
       )
       train_s = time.perf_counter() - tr
-      right = evaluate.correct(scfg, model, schedule, test_set, impl=args.impl)
+      right = evaluate.correct(
+        scfg, model, schedule, test_set, impl=args.impl, mesh=mesh
+      )
       by_type = summary.type_accuracy(right, test_set["qtype"], types)
       loss = metrics.get("loss", float("nan"))
       log(
@@ -266,12 +274,12 @@ def _train_all(cfg, args, runs, train_set, test_set, types, log, progress):
   return per_seed, models, schedules
 
 
-def _main(args):
+def _main(args, devices: cli.Devices):
   overrides = {"hidrop_schedules": args.schedule} if args.schedule else {}
   if args.steps is not None:
     overrides["steps"] = args.steps
   cfg = configs.get_config(args.preset, **overrides)
-  progress = False if args.no_progress else None
+  progress = cli.progress(args)
   t0 = time.perf_counter()
   log = lambda msg: print(
     f"[{time.perf_counter() - t0:5.0f} s] {msg}", flush=True
@@ -281,7 +289,7 @@ def _main(args):
   text_len = train_set["prefix"].shape[1] + train_set["suffix"].shape[1]
   runs = _runs(cfg, args.method)
   per_seed, models, schedules = _train_all(
-    cfg, args, runs, train_set, test_set, types, log, progress
+    cfg, args, runs, train_set, test_set, types, log, progress, devices.mesh
   )
   constant, _ = summary.constant_record(train_set, test_set, types)
   answers = {t: _num_answers(cfg, args.dataset, t) for t in types}
@@ -336,13 +344,14 @@ def _main(args):
       vision=cfg.vision,
       wall_seconds=elapsed,
     )
-  write_results(
-    args.out,
-    records,
-    notes=_notes(cfg, args, train_vqa, test_vqa, text_len, elapsed),
-    title=f"HiDrop and baselines, `{args.dataset}` (preset `{args.preset}`)",
-    extra={"learnability": learn, "preset": args.preset},
-  )
+  if devices.main:
+    write_results(
+      args.out,
+      records,
+      notes=_notes(cfg, args, train_vqa, test_vqa, text_len, elapsed),
+      title=f"HiDrop and baselines, `{args.dataset}` (preset `{args.preset}`)",
+      extra={"learnability": learn, "preset": args.preset},
+    )
   log(f"wrote {args.out}/results.json, results.md, tradeoff.png")
 
 

@@ -2,6 +2,7 @@
 
 import numpy as np
 
+from experiments.cli import shard_rows, to_host
 from experiments.hidrop import run, summary
 from experiments.hidrop.configs import Config
 from jaxexit import timing
@@ -18,13 +19,16 @@ def correct(
   test_set: run.Batch,
   *,
   impl: str,
+  mesh=None,
 ) -> np.ndarray:
-  """[N] bool: exact match of the argmax answer word, per test example."""
+  """[N] bool: exact match of the argmax answer word, per test example
+  (the rows of each batch split over `mesh`; None: one device)."""
   prefill, params = run.make_prefill(model, schedule, impl=impl)
   num = len(test_set["answer"])
   preds = np.empty(num, np.int32)
   for idx, valid in eval_batches(num, cfg.eval_batch):
-    out = np.asarray(prefill(params, run.take(test_set, idx)).argmax(-1))
+    batch = shard_rows(run.take(test_set, idx), mesh)
+    out = to_host(prefill(params, batch).argmax(-1))
     preds[idx[:valid]] = out[:valid]
   return preds == test_set["answer"]
 

@@ -179,8 +179,11 @@ def train_method(
   *,
   impl: str,
   progress: bool | None,
+  mesh=None,
 ) -> tuple[LlavaLM, dict]:
   """Trains `model` with `schedule` active; resumes from `workdir`.
+
+  `mesh` (None: one device) is `jaxexit.train.train`'s.
 
   Returns:
     (trained model, last logged metrics).
@@ -203,6 +206,7 @@ def train_method(
     max_to_keep=1,
     log_every=max(cfg.steps // 20, 1),
     progress=progress,
+    mesh=mesh,
   )
 
 

@@ -24,6 +24,7 @@ import time
 
 import numpy as np
 
+from experiments import cli
 from experiments.jei_dnn import backbone, configs, evaluate, notes, run, timing
 from experiments.vision_common import seeds, write_results
 from experiments.vision_common.features import split_features
@@ -80,6 +81,7 @@ def parse_args(argv=None):
   )
   parser.add_argument("--no-progress", action="store_true")
   add_data_dir_flag(parser)
+  cli.add_device_flags(parser)
   args = parser.parse_args(argv)
   if args.out is None:
     args.out = pathlib.Path(f"runs/jei_dnn_{args.preset}")
@@ -92,16 +94,13 @@ class Stages:
   """Prints each stage's wall time to the terminal and `log.txt`."""
 
   def __init__(self, log: pathlib.Path):
-    self.log, self.t0 = log, time.perf_counter()
+    self.log, self.t0 = cli.Log(log), time.perf_counter()
     self.t = self.t0
 
   def done(self, name: str) -> None:
     now = time.perf_counter()
-    line = f"== {name} done in {now - self.t:.0f} s"
+    self.log(f"== {name} done in {now - self.t:.0f} s")
     self.t = now
-    print(line, flush=True)
-    with open(self.log, "a") as f:
-      f.write(line + "\n")
 
   @property
   def total(self) -> float:
@@ -110,9 +109,10 @@ class Stages:
 
 def main(argv=None):
   args = parse_args(argv)
+  devices = cli.setup_devices(args)
   # A second run into the same --out is refused before it trains anything.
-  with results_store.lock_output_dir(args.out):
-    _main(args)
+  with cli.output_dir(args.out):
+    _main(args, devices)
 
 
 def _config(args) -> configs.Config:
@@ -148,10 +148,11 @@ def _expected_methods(cfg) -> set[str]:
   return names
 
 
-def _train_and_score(cfg, args, feats, flops, stages):
-  """Per-seed records (runs.json); a seed whose records are all there is
-  not scored again (its heads come back from their checkpoints)."""
-  out, progress = args.out, False if args.no_progress else None
+def _train_and_score(cfg, args, feats, flops, stages, main: bool):
+  """Per-seed records (runs.json, written by the main process); a seed
+  whose records are all there is not scored again (its heads come back
+  from their checkpoints)."""
+  out, progress = args.out, cli.progress(args)
   done = results_store.read_records(out / "runs.json")
   costs = jei_dnn.exit_costs(flops)
   heads = {}
@@ -163,7 +164,11 @@ def _train_and_score(cfg, args, feats, flops, stages):
     have = {r["method"] for r in done if r["seed"] == seed}
     if not _expected_methods(cfg) <= have:
       recs = evaluate.seed_records(cfg, seed, feats, flops, warm, trained)
-      done = results_store.merge_records(out / "runs.json", recs, RUN_KEY)
+      done = (
+        results_store.merge_records(out / "runs.json", recs, RUN_KEY)
+        if main
+        else done + recs
+      )
     stages.done(f"seed {seed}")
   return [r for r in done if r["seed"] in cfg.seeds], heads
 
@@ -195,10 +200,9 @@ def _timed(summary: list[dict], speed: list[dict]) -> list[dict]:
   return [points[(row["method"], row["budget_or_threshold"])] for row in speed]
 
 
-def _main(args):
+def _main(args, devices: cli.Devices):
   cfg = _config(args)
   out = args.out
-  out.mkdir(parents=True, exist_ok=True)
   stages = Stages(out / "log.txt")
   splits = load_splits(cfg, args.data_dir)
   stages.done(
@@ -210,7 +214,7 @@ def _main(args):
     variant=cfg.variant,
     resolution=cfg.resolution,
     batch_size=cfg.feature_batch,
-    progress=False if args.no_progress else None,
+    progress=cli.progress(args),
   )
   stages.done(
     f"stage 1: EfficientNet-{cfg.variant} features at {cfg.resolution} px"
@@ -228,7 +232,9 @@ def _main(args):
     flush=True,
   )
   stages.done("stage 2: final-exit probe and FLOP count")
-  per_seed, heads = _train_and_score(cfg, args, inputs.splits, flops, stages)
+  per_seed, heads = _train_and_score(
+    cfg, args, inputs.splits, flops, stages, devices.main
+  )
   summary = seeds.aggregate_seeds(
     seeds.by_seed(per_seed),
     ci_fields=("accuracy", "flops_fraction", "avg_flops", "ece"),
@@ -240,6 +246,8 @@ def _main(args):
   for rec, row in zip(_timed(summary, speed), speed):
     rec["realised_speedup"] = row["realised_speedup_compacted"]
   stages.done("stage 5: end-to-end timing")
+  if not devices.main:
+    return
   speed_table = report.markdown_table(
     list(speed[0]),
     [

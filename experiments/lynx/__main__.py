@@ -30,6 +30,7 @@ import time
 
 import numpy as np
 
+from experiments import cli
 from experiments.cli import Log, comma_choices
 from experiments.lynx import configs, models, plots, run, summary
 from jaxexit import report, results_store
@@ -93,6 +94,7 @@ def parse_args(argv=None):
   )
   parser.add_argument("--no-progress", action="store_true")
   add_data_dir_flag(parser)
+  cli.add_device_flags(parser)
   args = parser.parse_args(argv)
   if args.seeds is not None and args.seeds < 1:
     parser.error(f"--seeds must be >= 1; got {args.seeds}")
@@ -123,9 +125,10 @@ def main(argv=None):
   cfg = _config(args)
   if args.out is None:
     args.out = pathlib.Path(f"runs/lynx_{args.preset}_{cfg.model}")
+  devices = cli.setup_devices(args)
   # A second run into the same --out is refused before it trains anything.
-  with results_store.lock_output_dir(args.out):
-    _main(args, cfg)
+  with cli.output_dir(args.out):
+    _main(args, cfg, devices)
 
 
 def _cue_stats(lm, name, ro, events) -> dict:
@@ -190,13 +193,12 @@ def throughput(lm, probe, rule, ro, lcfg, slots: int) -> dict:
   }
 
 
-def _main(args, cfg: configs.Config):
+def _main(args, cfg: configs.Config, devices: cli.Devices):
   out = args.out
-  out.mkdir(parents=True, exist_ok=True)
   log = Log(out / "log.txt")
   t0 = time.perf_counter()
   stamp = lambda: f"[{time.perf_counter() - t0:6.0f} s]"  # noqa: E731
-  progress = False if args.no_progress else None
+  progress = cli.progress(args)
   lm = models.load_lm(cfg, out=out, model_dir=args.model_dir, progress=progress)
   layers = configs.scaled_layers(lm.model.num_layers)
   log(stamp(), f"LM: {lm.description}; feature layers {layers}")
@@ -324,6 +326,8 @@ def _main(args, cfg: configs.Config):
     "wall_seconds": time.perf_counter() - t0,
     "config": to_jsonable(cfg, "config"),
   }
+  if not devices.main:
+    return
   results_store.write_json_atomic(
     out / "results.json", {"records": records, **extra}
   )

@@ -27,6 +27,7 @@ import time
 import jax
 import numpy as np
 
+from experiments import cli
 from experiments.cli import Log
 from experiments.palbert_glue import (
   configs,
@@ -107,6 +108,7 @@ def parse_args(argv=None):
   )
   parser.add_argument("--no-progress", action="store_true")
   add_data_dir_flag(parser)
+  cli.add_device_flags(parser)
   args = parser.parse_args(argv)
   args.tasks = [glue_task(t).name for t in args.task.split(",")]
   names = list(METHODS) if args.method == "all" else args.method.split(",")
@@ -183,7 +185,7 @@ def splits(tokenizer, task, cfg, data_dir, log):
 
 
 def run_seed(
-  task, method, seed, encoder, pooling, data, cfg, args, timed: bool
+  task, method, seed, encoder, pooling, data, cfg, args, timed: bool, mesh
 ) -> dict:
   """Trains, selects on held-out, scores on dev: one runs.json record."""
   train_split, heldout, dev = data
@@ -199,16 +201,17 @@ def run_seed(
     cfg,
     seed,
     args.out / "train" / task / method.name / f"seed{seed}",
-    False if args.no_progress else None,
+    cli.progress(args),
     fingerprint=run.fingerprint(cfg, heads_cfg, method, train_split, task),
     force_resume=args.force_resume,
+    mesh=mesh,
   )
   key = jax.random.key(seed)
   seconds = {"train": time.monotonic() - clock}
   clock = time.monotonic()
   held_points = run.sweep(
     method,
-    run.per_layer_outputs(model, heldout, cfg),
+    run.per_layer_outputs(model, heldout, cfg, mesh),
     heldout.labels,
     task,
     key,
@@ -216,7 +219,7 @@ def run_seed(
   chosen, degenerate = select.choose(
     held_points, tolerance=cfg.tolerance, fixed_depth=method.fixed_depth
   )
-  dev_out = run.per_layer_outputs(model, dev, cfg)
+  dev_out = run.per_layer_outputs(model, dev, cfg, mesh)
   dev_points = run.sweep(method, dev_out, dev.labels, task, key)
   at = next(p for p in dev_points if p["param"] == chosen["param"])
   seconds["evaluate"] = time.monotonic() - clock
@@ -299,9 +302,10 @@ def write_summary(out: pathlib.Path, args, cfg, num_layers: int) -> list:
 
 def main(argv=None):
   args = parse_args(argv)
+  devices = cli.setup_devices(args)
   cfg = config(args)
   start = time.monotonic()
-  with results_store.lock_output_dir(args.out) as out:
+  with cli.output_dir(args.out) as out:
     log = Log(out / "log.txt")
     log(
       f"$ python -m experiments.palbert_glue {' '.join(argv or sys.argv[1:])}"
@@ -342,12 +346,18 @@ def main(argv=None):
         data[0].labels,
         data[2].labels,
       )
-      results_store.merge_records(
-        out / "runs.json",
-        [
-          {"task": task, "method": "majority", "seed": None, "record": majority}
-        ],
-      )
+      if devices.main:
+        results_store.merge_records(
+          out / "runs.json",
+          [
+            {
+              "task": task,
+              "method": "majority",
+              "seed": None,
+              "record": majority,
+            }
+          ],
+        )
       for method in methods:
         for i, seed in enumerate(cfg.seeds):
           elapsed = time.monotonic() - start
@@ -367,6 +377,7 @@ def main(argv=None):
             cfg,
             args,
             timed=i < cfg.timing_seeds,
+            mesh=devices.mesh,
           )
           log(
             f"   op. point {record['param']} (held-out "
@@ -376,9 +387,13 @@ def main(argv=None):
             f"{', DEGENERATE' if record['degenerate'] else ''}); "
             + ", ".join(f"{k} {v:.0f}s" for k, v in record["seconds"].items())
           )
-          results_store.merge_records(out / "runs.json", [record])
+          if devices.main:
+            results_store.merge_records(out / "runs.json", [record])
           done += 1
-        write_summary(out, args, cfg, encoder.cfg.num_layers)
+        if devices.main:
+          write_summary(out, args, cfg, encoder.cfg.num_layers)
+    if not devices.main:
+      return
     records = write_summary(out, args, cfg, encoder.cfg.num_layers)
     log(tables.headline(records))
     log(

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from experiments.cli import shard_rows, to_host
 from jaxexit import execution, exits, glue_metrics, train
 from jaxexit.data.batching import (
   LengthBucketedBatches,
@@ -90,7 +91,7 @@ def _loss_fn(method, stage):
     )
     res = execution.simulate(stack, exits.never(), params, carry)
     loss, metrics = method.loss(
-      res.per_layer, batch["labels"], batch["step"], stage
+      res.per_layer, batch["labels"], batch["step"][0], stage
     )
     return loss, dict(metrics)
 
@@ -101,7 +102,8 @@ def _batch_fn(data: Split, batches: LengthBucketedBatches):
   def batch_fn(step):
     idx, width = batches.batch(step)
     batch = data.take(idx, width)
-    batch["step"] = np.int32(step)
+    # [B], like every leaf of a batch, so a mesh can split it on B.
+    batch["step"] = np.full(len(idx), step, np.int32)
     return batch
 
   return batch_fn
@@ -176,11 +178,13 @@ def train_method(
   *,
   fingerprint: dict | None = None,
   force_resume: bool = False,
+  mesh=None,
 ):
   """Trains `method`'s heads and the encoder on `data`; resumable.
 
   A rerun in the same `workdir` resumes (or reuses a finished run) only if
-  `fingerprint` matches the stored one, unless `force_resume`.
+  `fingerprint` matches the stored one, unless `force_resume`. `mesh`
+  (None: one device) is `jaxexit.train.train`'s.
 
   Returns:
     `(model, metrics)`: the trained `ExitClassifier` and the last logged
@@ -209,6 +213,7 @@ def train_method(
       progress=progress,
       fingerprint=fingerprint,
       force_resume=force_resume,
+      mesh=mesh,
     )
   return model, metrics
 
@@ -223,24 +228,25 @@ def _simulate(graphdef, state, input_ids, token_type_ids, attention_mask):
   return execution.simulate(stack, exits.never(), params, carry).per_layer
 
 
-def per_layer_outputs(model, data: Split, cfg):
+def per_layer_outputs(model, data: Split, cfg, mesh=None):
   """One `simulate` pass over `data`: per-layer outputs, leaves [N, L, ...].
 
-  Batches are grouped by length (one compiled shape per bucket width);
-  outputs come back in the order of `data`.
+  Batches are grouped by length (one compiled shape per bucket width),
+  their rows split over `mesh` (None: one device); outputs come back in
+  the order of `data`.
   """
   graphdef, state = nnx.split(model)
   order, chunks = [], []
   for batch, width in length_bucketed_eval_batches(
     data.lengths, cfg.eval_batch_size, widths=cfg.bucket_widths
   ):
-    b = data.take(batch.indices, width)
+    b = shard_rows(data.take(batch.indices, width), mesh)
     per_layer = _simulate(
       graphdef, state, b["input_ids"], b["token_type_ids"], b["attention_mask"]
     )
     keep = batch.num_valid
     order.append(batch.indices[:keep])
-    chunks.append(jax.tree.map(lambda x: np.asarray(x)[:keep], per_layer))
+    chunks.append(jax.tree.map(lambda x: x[:keep], to_host(per_layer)))
   merged = jax.tree.map(lambda *xs: np.concatenate(xs), *chunks)
   inverse = np.argsort(np.concatenate(order))
   return jax.tree.map(lambda x: jnp.asarray(x[inverse]), merged)
