@@ -27,6 +27,7 @@ from jaxexit.decoding.rules import (
   final_confidence,
   resolve_rule,
 )
+from jaxexit.decoding.sharded import shard_caches
 from jaxexit.decoding.step import DecodeStep, StepResult, StepState
 
 # Re-exported from their old home here (callers import them from engine).
@@ -174,7 +175,7 @@ def _generate(
   step = DecodeStep(
     backbone, heads, config, bounds, resolve_rule(config.rule, threshold)
   )
-  caches = backbone.init_cache(batch, max_len)
+  caches = shard_caches(backbone.init_cache(batch, max_len))
   hstates = heads.init_state(num_segments - 1, batch, max_len)
   logits, caches, hstates = prefill(
     backbone, heads, bounds, prompts, lengths, caches, hstates

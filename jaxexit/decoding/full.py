@@ -16,6 +16,7 @@ from flax import nnx
 from jaxexit.decoding.backbone import DecoderBackbone
 from jaxexit.decoding.engine import sample
 from jaxexit.decoding.inputs import cache_length, check_inputs
+from jaxexit.decoding.sharded import shard_caches
 from jaxtyping import ArrayLike
 
 from jaxexit.typing import Array, Int, PRNGKeyArray
@@ -39,7 +40,9 @@ def _generate_full(
   backbone = nnx.merge(graphdef, params)
   batch, prompt_len = prompts.shape
   layers = range(backbone.num_layers)
-  caches = backbone.init_cache(batch, cache_length(prompt_len, max_new_tokens))
+  caches = shard_caches(
+    backbone.init_cache(batch, cache_length(prompt_len, max_new_tokens))
+  )
 
   def forward(tokens, positions, valid, caches):
     h = backbone.embed(tokens)

@@ -14,12 +14,17 @@ is in the `jaxexit.checks` module docstring):
   no limit);
 * eos_id, when given, in [0, V).
 
+Prompts and lengths that are global arrays over several processes are
+gathered first (`jaxexit.decoding.sharded.host_values`), so every process
+checks the whole batch.
+
 Axes: B batch, T prompt tokens, V vocabulary.
 """
 
 import numpy as np
 
 from jaxexit import checks
+from jaxexit.decoding.sharded import host_values
 
 
 def cache_length(prompt_len: int, max_new_tokens: int) -> int:
@@ -111,6 +116,7 @@ def check_inputs(
     The cache length: `max_len`, or `cache_length(T, N)` when it is None.
   """
   checks.positive_int("max_new_tokens", max_new_tokens)
+  prompts, lengths = host_values(prompts), host_values(lengths)
   _check_batch(prompts, lengths)
   needed = cache_length(int(np.shape(prompts)[1]), max_new_tokens)
   max_len = needed if max_len is None else max_len

@@ -49,6 +49,7 @@ from jaxexit.decoding.backbone import DecoderBackbone
 from jaxexit.decoding.engine import sample
 from jaxexit.decoding.exit_heads import DecoderExitHeads, LMHeadExits
 from jaxexit.decoding.inputs import cache_length, check_inputs
+from jaxexit.decoding.sharded import shard_caches
 from jaxexit.decoding.speculative import (
   SelfSpeculativeCost,
   greedy_accept,
@@ -217,7 +218,7 @@ def _generate(
 ):
   backbone, head = (nnx.merge(g, p) for g, p in zip(graphdefs, params))
   batch, prompt_len = prompts.shape
-  caches = backbone.init_cache(batch, max_len)
+  caches = shard_caches(backbone.init_cache(batch, max_len))
   hstate = head.init_state(1, batch, max_len)[0]
   positions = jnp.broadcast_to(jnp.arange(prompt_len), prompts.shape)
   valid = positions < lengths[:, None]

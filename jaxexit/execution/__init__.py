@@ -1,4 +1,5 @@
-"""Execution modes for any stack of layers with exit heads."""
+"""Execution modes for any stack of layers with exit heads, on one device
+or on a batch sharded over a mesh (`make_sharded_runner`)."""
 
 from jaxexit.execution.adapter import (
   PerLayer,
@@ -15,6 +16,11 @@ from jaxexit.execution.early_stop import early_stop
 from jaxexit.execution.flops import ExitFlops, exit_flops, xla_flops
 from jaxexit.execution.full import make_full_model
 from jaxexit.execution.modes import MODES, compacted, make_runner, run
+from jaxexit.execution.sharded import (
+  ShardedCompactedRunner,
+  make_sharded_runner,
+  sharded_early_stop,
+)
 from jaxexit.execution.simulate import simulate
 from jaxexit.execution.speed import SpeedReport, measure_speedup
 from jaxexit.execution.stack import ExitResult, ExitStack
@@ -26,6 +32,7 @@ __all__ = [
   "ExitResult",
   "ExitStack",
   "PerLayer",
+  "ShardedCompactedRunner",
   "SpeedReport",
   "branches",
   "bucket_sizes",
@@ -38,9 +45,11 @@ __all__ = [
   "layer_module",
   "make_full_model",
   "make_runner",
+  "make_sharded_runner",
   "measure_speedup",
   "run",
   "shared",
+  "sharded_early_stop",
   "simulate",
   "stacked",
   "xla_flops",

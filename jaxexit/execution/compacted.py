@@ -116,7 +116,7 @@ class CompactedRunner:
   def __call__(
     self, params: PyTree, carry: PyTree, *, rule_inputs: PyTree = None
   ) -> ExitResult:
-    batch = batch_size_of(carry)
+    batch = self._slots(carry)
     sizes = bucket_sizes(batch, self.buckets)
     num_layers = self.stack.num_layers
     rule_state, idx, valid, exit_layer, outputs = self._start(
@@ -148,6 +148,12 @@ class CompactedRunner:
         )
         size = new_size
     return ExitResult(exit_layer=exit_layer, outputs=outputs)
+
+  def _slots(self, carry: PyTree) -> int:
+    """Examples one program holds: B here; B / n per device in the
+    sharded runner (`jaxexit.execution.sharded`), whose buckets are then
+    sizes per device."""
+    return batch_size_of(carry)
 
   def _start_impl(self, params, carry, rule_inputs):
     """Initial rule state, slot bookkeeping and exit buffers, on device."""

@@ -20,8 +20,9 @@ from jaxexit.execution.stack import (
   head_output_zeros,
   record_exits,
 )
+from jaxexit.exits.outputs import ExitHeadOutput
 from jaxexit.exits.rules import ExitRule
-from jaxexit.typing import PyTree
+from jaxexit.typing import Array, Int, PyTree
 
 
 def early_stop(
@@ -46,6 +47,28 @@ def early_stop(
   """
   check_stack(stack)
   batch = batch_size_of(carry)
+  _, exit_layer, outputs = stop_loop(
+    stack, rule, params, carry, rule.init(batch, rule_inputs)
+  )
+  return ExitResult(exit_layer=exit_layer, outputs=outputs)
+
+
+def stop_loop(
+  stack: ExitStack,
+  rule: ExitRule,
+  params: PyTree,
+  carry: PyTree,
+  rule_state: PyTree,
+) -> tuple[Int[Array, ""], Int[Array, "B"], ExitHeadOutput]:
+  """The loop of `early_stop` from a given initial rule state.
+
+  `jaxexit.execution.sharded` runs it per device (`shard_map`) on a rule
+  state initialised for the whole batch.
+
+  Returns:
+    (layers run, exit_layer [B], outputs at the exit, leaves [B, ...]).
+  """
+  batch = batch_size_of(carry)
   last = stack.num_layers - 1
 
   def cond(state):
@@ -66,10 +89,10 @@ def early_stop(
   state = (
     jnp.int32(0),
     carry,
-    rule.init(batch, rule_inputs),
+    rule_state,
     jnp.zeros((batch,), bool),
     jnp.full((batch,), last, jnp.int32),
     head_output_zeros(stack, params, carry),
   )
-  *_, exit_layer, outputs = jax.lax.while_loop(cond, body, state)
-  return ExitResult(exit_layer=exit_layer, outputs=outputs)
+  layers_run, *_, exit_layer, outputs = jax.lax.while_loop(cond, body, state)
+  return layers_run, exit_layer, outputs

@@ -60,6 +60,9 @@ class ExitResult:
     exit_condition: `simulate` only: [B, L] bool, the rule's raw decision
       per layer (before the first-exit selection and the last-layer
       fallback).
+    device_layers: `early_stop` on a sharded batch only
+      (`jaxexit.execution.sharded`): [n] int32, the layers each of the n
+      batch shards ran before all of its examples had exited.
   """
 
   # Documentation types only: JAX rebuilds pytree fields with tracers.
@@ -67,6 +70,7 @@ class ExitResult:
   outputs: PyTree
   per_layer: PyTree = None
   exit_condition: PyTree = None
+  device_layers: PyTree = None
 
   @property
   def layers_used(self) -> Int[Array, "B"]:
