@@ -1,555 +1,724 @@
-"""Realised vs theoretical speed-up of early-exit decoding at batch 1.
+"""Early-exit decoding that pays for itself? Speed and quality, with intervals.
 
-Spec: `llm_exits.md` §1.1–1.5. Two backbones decode greedily, one prompt at a
-time (batch 1: every token exits on its own), with the shared LM head as the
-exit classifier (`LMHeadExits`, CALM) and the max-softmax rule:
+Spec: `llm_exits.md` §1 (state modes, costs), §5.1 (CALM), §5.3 (LayerSkip
+self-speculative decoding); issue 19 parts 3, 5, 6 and 7.
 
-* transformer: SmolLM2-135M-Instruct (offline GGUF, 30 blocks, d=576,
-  V=49152), exits after blocks (8, 15, 22), chat-templated TruthfulQA
-  questions;
-* mamba: a `MambaLM` of mamba-130m's sizes (24 blocks, d=768, V=50280) with
-  *random* weights (no Mamba checkpoint is available offline), exits after
-  (6, 12, 18), fed the same prompt ids.
+SmolLM2-135M-Instruct (offline GGUF, 30 blocks, d=576, V=49152) answers
+chat-templated TruthfulQA questions greedily (EOS ignored, so every run
+decodes exactly N tokens). Against the full model (`generate_full`) it
+times, at batch 1 and batch B:
 
-For each state mode (`propagate`, `recompute`, `freeze`, and `oracle`, which
-runs every block: the no-saving control) and each target depth (1/4, 1/2,
-3/4 of the blocks) a threshold λ is searched (see `search_threshold`), then
-the full model, a prefill-only run and every distinct (mode, λ) run are timed
-side by side in one process (round-robin, medians after warm-up). EOS is
-ignored so every run decodes exactly `max_new_tokens` tokens.
+* `exits_disabled`: the engine with exits off (its overhead over
+  `generate_full`, same tokens);
+* CALM's baseline: the shared LM head at exits (8, 15, 22) with the
+  max-softmax rule (`lm_head`), which projects to the vocabulary at every
+  exit it checks;
+* the trained cheap heads of `decoding_heads.py` (`mlp`: a residual MLP
+  before the shared head, trained by self-distillation; its linear
+  consistency score, `rule="learned"`): a 576 -> 1 probe at each exit
+  passed, the vocabulary projection only at the exit taken;
+* the trained heads with the max-softmax rule (confidence from the
+  projection at every exit checked), for the cost of that choice;
+* LayerSkip-style self-speculative decoding (lossless) at the (E, d) of
+  the best acceptance-based cost model on a few prompts, drafting through
+  the shared head and through the trained `mlp` exit at E.
 
-  python benchmarks/early_exit_decoding.py          # ~15 min, BENCHMARKS.md
-  python benchmarks/early_exit_decoding.py --quick  # transformer, < 3 min
+Thresholds are chosen *before* timing, by simulation on the full model's
+own answers (teacher-forced, `simulate_exits`): for each head and rule,
+the smallest λ of a quantile grid whose simulated per-token agreement with
+the final layer reaches each of `agreement_targets`. The realised
+consistency then shows what free-running decoding does to that.
+
+Timing: every candidate runs once untimed on the first unit (compiling),
+then each unit (a prompt at batch 1, B prompts at batch B) is timed for
+every candidate, interleaved (`repeats` rounds, the starting candidate
+rotating), so machine noise hits all alike. Per unit, the median over
+rounds. Intervals are over units (95 %): the realised speed-up is the
+mean of per-unit t_full / t_candidate (t interval); consistency and the
+TruthfulQA ROUGE accuracy are means over prompts (bootstrap), and the
+accuracy change is paired against the full model's (paired bootstrap).
+
+  python benchmarks/early_exit_decoding.py          # SmolLM2, BENCHMARKS.md
+  python benchmarks/early_exit_decoding.py --quick  # tiny random Llama
 
 Writes `benchmarks/results/early_exit_decoding.json` (`--quick`:
-`early_exit_decoding_quick.json`, and BENCHMARKS.md is left alone): records
-`{"backbone", "state_mode", "batch", "avg_layers_fraction",
-"theoretical_speedup", "realised_speedup", "ratio", "consistency",
-"identical_to_full", "tokens_per_s", "full_tokens_per_s", ...}`, plus the
-transformer's `state_mode="self_speculative"` records at
-`SELF_SPECULATIVE_GRID` (`benchmarks/self_speculative_decoding.py`'s
-`measure`, same prompts). Speed-ups are over decode steps (the prefill is
-the same for every method):
-
-* theoretical = 1 / flops_fraction: XLA-counted FLOPs per decode step, every
-  exit head evaluated and the propagate / catch-up work included
-  (`jaxexit.decoding.cost`);
-* layer_speedup = L / avg_layers (ignores the exit heads);
-* realised = (t_full − t_prefill) / (t_mode − t_prefill) on medians;
-  realised_min the same on each candidate's fastest round; realised_e2e =
-  t_full / t_mode (prefill included); ratio = realised / theoretical;
-* exits_disabled_overhead = t(generate with exits disabled) / t_full − 1:
-  the engine's own cost over `generate_full` (same tokens).
+`early_exit_decoding_quick.json`; BENCHMARKS.md left alone): records
+`{"backbone", "state_mode", "heads", "rule", "batch", "threshold",
+"tokens_per_s", "full_tokens_per_s", "realised_speedup" (+ "_ci"),
+"theoretical_speedup", "avg_layers", "flops_fraction", "consistency"
+(+ "_ci"), "identical_to_full", "rouge_acc" (+ "_ci", "_diff_ci"), ...}`
+and one `"state_mode": "heads"` record with the heads' training report and
+their cost in blocks.
 """
 
 import argparse
 import dataclasses
-import importlib.util
 import functools
 import os
 import pathlib
 import platform
+import sys
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxexit import checks, report, timing
-from jaxexit.data.gguf_tokenizer import GGUFTokenizer
+from jaxexit import checks, report, stats, text_metrics
 from jaxexit.data.text import load_truthfulqa
 from jaxexit.decoding.config import DecodeConfig
 from jaxexit.decoding.cost import decode_costs
 from jaxexit.decoding.engine import cache_length, generate
 from jaxexit.decoding.exit_heads import LMHeadExits
 from jaxexit.decoding.full import generate_full
-from jaxexit.decoding.simulate import simulate_exits
 from jaxexit.decoding.metrics import decode_metrics
-from jaxexit.models.gguf_weights import load_smollm2, smollm2_gguf_path
-from jaxexit.models.mamba import MAMBA_CONFIGS, MambaLM
+from jaxexit.decoding.self_speculative import (
+  cost_of,
+  generate_self_speculative,
+)
+from jaxexit.decoding.simulate import simulate_exits
+from jaxexit.methods.dynamax import ExitClassifiers
+from jaxexit.models.gguf_weights import load_smollm2
+from jaxexit.models.llama import LlamaConfig, LlamaLM
 
 HERE = pathlib.Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import decoding_heads  # noqa: E402 (sibling script)
+
 RESULTS = HERE / "results" / "early_exit_decoding.json"
 QUICK_RESULTS = HERE / "results" / "early_exit_decoding_quick.json"
 BENCHMARKS_MD = HERE.parent / "BENCHMARKS.md"
-MODES = ("propagate", "recompute", "freeze", "oracle")
-TARGETS = (0.25, 0.5, 0.75)
-BACKBONES = ("transformer", "mamba")
+MODE = "self_speculative"
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Settings:
-  """How much one benchmark run does.
+  """One run's sizes.
 
   Attributes:
-    backbones: which of `BACKBONES` to run.
-    modes: which state modes to time (`MODES` by default).
-    num_prompts: TruthfulQA questions per backbone (same order), each
-      decoded alone (batch 1).
-    max_new_tokens: N tokens per prompt (the first comes from the prefill).
-    warmup, repeats: untimed / timed round-robin rounds.
-    search_steps: at most this many engine runs per threshold search.
-    tolerance: a search stops once |avg layers − target| ≤ tolerance · L.
+    num_prompts: held-out TruthfulQA questions (≤ decoding_heads.HELD_OUT).
+    max_new_tokens: N tokens per prompt.
+    batches: batch sizes timed (each must divide num_prompts).
+    repeats: timed rounds per unit.
+    exit_layers: exits of the engine (heads trained at each).
+    agreement_targets: simulated per-token agreements that pick λ.
+    spec_grid: (E, d) self-speculative settings searched (acceptance).
+    spec_search_prompts: prompts of that search.
+    heads: training of the cheap heads.
   """
 
-  backbones: tuple[str, ...] = BACKBONES
-  modes: tuple[str, ...] = MODES
-  num_prompts: tuple[int, ...] = (2, 1)
+  num_prompts: int = 32
   max_new_tokens: int = 32
-  warmup: int = 1
-  repeats: int = 5
-  search_steps: int = 6
-  tolerance: float = 0.02
+  batches: tuple[int, ...] = (1, 8)
+  repeats: int = 1
+  exit_layers: tuple[int, ...] = (8, 15, 22)
+  agreement_targets: tuple[float, ...] = (0.99, 0.95, 0.9)
+  spec_grid: tuple[tuple[int, int], ...] = (
+    (8, 2),
+    (15, 2),
+    (15, 3),
+    (22, 3),
+    (22, 4),
+  )
+  spec_search_prompts: int = 8
+  heads: decoding_heads.HeadTraining = decoding_heads.HeadTraining(steps=200)
 
   def __post_init__(self):
-    for name in self.backbones:
-      checks.one_of("backbones", name, BACKBONES)
-    for mode in self.modes:
-      checks.one_of("modes", mode, MODES)
-    if len(self.num_prompts) != len(self.backbones):
-      raise ValueError(
-        f"num_prompts={self.num_prompts} needs one count per "
-        f"backbone of backbones={self.backbones}"
-      )
-    for count in self.num_prompts:
-      checks.positive_int("num_prompts", count)
+    checks.positive_int("num_prompts", self.num_prompts, minimum=2)
     checks.positive_int("max_new_tokens", self.max_new_tokens, minimum=2)
-    checks.positive_int("warmup", self.warmup, minimum=0)
     checks.positive_int("repeats", self.repeats)
-    checks.positive_int("search_steps", self.search_steps)
-    checks.in_range("tolerance", self.tolerance, 0.0, 1.0)
+    for b in self.batches:
+      checks.positive_int("batches", b)
+      if self.num_prompts % b:
+        raise ValueError(
+          f"batches={self.batches}: {b} does not divide "
+          f"num_prompts={self.num_prompts}"
+        )
+    for t in self.agreement_targets:
+      checks.in_range("agreement_targets", t, 0.0, 1.0)
+    checks.positive_int("spec_search_prompts", self.spec_search_prompts)
 
 
 FULL = Settings()
-# (E, d) of the self-speculative records (LayerSkip; the best setting of
-# `benchmarks/self_speculative_decoding.py` on SmolLM2, BENCHMARKS.md).
-SELF_SPECULATIVE_GRID = ((22, 3),)
 QUICK = Settings(
-  backbones=("transformer",),
-  num_prompts=(1,),
-  max_new_tokens=16,
-  repeats=3,
-  search_steps=4,
-  tolerance=0.04,
+  num_prompts=4,
+  max_new_tokens=12,
+  batches=(1, 2),
+  repeats=1,
+  exit_layers=(2, 4, 6),
+  agreement_targets=(0.9, 0.5),
+  spec_grid=((2, 2), (4, 2)),
+  spec_search_prompts=2,
+  heads=decoding_heads.HeadTraining(
+    questions=8, answer_tokens=12, row_len=16, steps=20, batch_size=4
+  ),
 )
 
 
-def self_speculative_bench():
-  """The sibling script `self_speculative_decoding.py`, as a module."""
-  path = HERE / "self_speculative_decoding.py"
-  spec = importlib.util.spec_from_file_location(path.stem, path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+@dataclasses.dataclass(frozen=True)
+class Method:
+  """One early-exit setting of `generate`.
 
-
-def threshold_grid(conf: np.ndarray) -> np.ndarray:
-  """Sorted candidate λ: 0, every observed exit confidence, 1.
-
-  Searching over this grid's indices is a bisection on the quantiles of the
-  confidences, so it works as well for a random model whose max-softmax
-  confidences all lie within 1e-4 of each other as for a trained one.
+  Attributes:
+    heads: "lm_head" (shared head, CALM) or "mlp" (trained).
+    rule: "max_softmax" or "learned" (the heads' score).
+    state_mode: a `DecodeConfig.state_mode`.
+    target: the simulated agreement that picked λ.
   """
-  return np.unique(np.concatenate([[0.0], np.ravel(conf), [1.0]]))
+
+  heads: str
+  rule: str
+  state_mode: str
+  target: float
+
+  @property
+  def name(self) -> str:
+    return f"{self.heads}/{self.rule}/{self.state_mode}@{self.target}"
 
 
-def simulated_depths(
-  conf: np.ndarray, grid: np.ndarray, bounds: tuple[int, ...]
-) -> np.ndarray:
-  """[M] average exit layer of [Q, E] exit confidences under each grid λ."""
-  ok = conf[None] >= grid[:, None, None]  # [M, Q, E]
-  ok = np.concatenate([ok, np.ones(ok.shape[:2] + (1,), bool)], axis=-1)
-  return np.asarray(bounds[1:])[ok.argmax(-1)].mean(-1)
+def methods(targets: tuple[float, ...], batch: int) -> list[Method]:
+  """The early-exit settings timed at `batch` (fewer at batch > 1)."""
+  mid = targets[len(targets) // 2]
+  out = [Method("mlp", "learned", "freeze", t) for t in targets]
+  out.append(Method("lm_head", "max_softmax", "freeze", mid))
+  if batch == 1:
+    out.append(Method("mlp", "learned", "propagate", mid))
+    out.append(Method("mlp", "max_softmax", "freeze", mid))
+  return list(dict.fromkeys(out))
 
 
-def search_threshold(
-  depth_at,
-  grid: np.ndarray,
-  guess: int,
-  target: float,
-  *,
-  steps: int,
-  tolerance: float,
-) -> tuple[float, float, int]:
-  """Bisection over `grid` indices for the λ whose depth is nearest `target`.
+def exit_view(heads: ExitClassifiers, e: int) -> ExitClassifiers:
+  """A one-exit `ExitClassifiers` sharing exit `e`'s modules (for drafts)."""
+  cfg = dataclasses.replace(heads.config, num_exits=1)
+  view = ExitClassifiers(cfg, rngs=nnx.Rngs(0))
+  view.score_heads[0] = heads.score_heads[e]
+  if heads.exits:
+    view.exits[0] = heads.exits[e]
+  return view
 
-  Args:
-    depth_at: λ -> measured average exit layer (non-decreasing in λ up to
-      the changes of trajectory that a different λ causes).
-    grid: sorted candidate thresholds (`threshold_grid`).
-    guess: index of the first λ to try.
-    target: wanted average exit layer.
-    steps: at most this many calls of `depth_at`.
-    tolerance: stop once |depth − target| ≤ tolerance (layers).
 
-  Returns:
-    (λ, its depth, calls made): the closest of the λ tried.
+def teacher_forced(prompts, lengths, answers):
+  """([P, T+N] prompt + answer, [P] lengths) for simulation."""
+  n = answers.shape[1]
+  seqs = np.zeros((len(prompts), prompts.shape[1] + n), np.int32)
+  for row, p, k, a in zip(seqs, prompts, lengths, answers):
+    row[: k + n] = np.concatenate([p[:k], a])
+  return seqs, lengths + n
+
+
+def pick_thresholds(
+  model, heads, rule, exit_layers, seqs, seq_lengths, lengths, n, targets
+) -> dict[float, tuple[float, float]]:
+  """target -> (λ, simulated agreement): the smallest λ of a quantile grid
+  whose simulated per-token agreement on decode positions ≥ target (λ = 1
+  when none reaches it).
+
+  One teacher-forced pass (`simulate_exits`) gives every exit's measure
+  and prediction; the rules used here are memoryless thresholds (exit at
+  the first exit whose measure ≥ λ), so every λ is decided after the fact.
   """
-  lo, hi, i, tried = 0, len(grid) - 1, guess, {}
-  while len(tried) < steps and i not in tried:
-    tried[i] = depth_at(float(grid[i]))
-    if abs(tried[i] - target) <= tolerance:
-      break
-    if tried[i] < target:
-      lo, i = i, (i + hi + 1) // 2
-    else:
-      hi, i = i, (lo + i) // 2
-  best = min(tried, key=lambda j: (abs(tried[j] - target), j))
-  return float(grid[best]), tried[best], len(tried)
+  config = DecodeConfig(exit_layers=exit_layers, rule=rule)
+  decode = np.zeros(seqs.shape, bool)
+  for row, k in zip(decode, lengths):
+    row[k : k + n - 1] = True  # positions predicting answer tokens 2..N
+  sim = simulate_exits(model, heads, seqs, seq_lengths, 1.0, config)
+  conf = np.asarray(sim.exit_confidence)[decode][:, :-1]  # [Q, E]
+  pred = np.asarray(sim.exit_prediction)[decode]  # [Q, E+1]
+  grid = np.unique(np.quantile(conf, np.linspace(0.0, 1.0, 201)))
+  grid = np.append(grid[grid < 1.0], 1.0)
 
+  def agreement(lam: float) -> float:
+    ok = np.concatenate([conf >= lam, np.ones_like(conf[:, :1])], axis=1)
+    chosen = np.take_along_axis(pred, ok.argmax(1)[:, None], 1)[:, 0]
+    return float(np.mean(chosen == pred[:, -1]))
 
-def one_by_one(fn, prompts, lengths) -> list:
-  """`fn(prompt [1, T], length [1])` for every prompt: batch 1 each."""
-  return [
-    fn(prompts[i : i + 1], lengths[i : i + 1]) for i in range(len(prompts))
-  ]
-
-
-def stack(outs: list):
-  """Concatenates batch-1 results (arrays or `DecodeOutput`s) on axis 0."""
-  return jax.tree.map(lambda *xs: jnp.concatenate(xs, axis=0), *outs)
-
-
-def exit_confidences(
-  model, heads, prompts, lengths, full_tokens, config: DecodeConfig
-) -> np.ndarray:
-  """[Q, E] exit confidences of the full model's decode steps (simulated).
-
-  Teacher-forces prompt + the first N-1 generated tokens; position
-  length + n - 1 predicts generated token n.
-  """
-  n = full_tokens.shape[1]
-  seqs = np.zeros((len(prompts), prompts.shape[1] + n - 1), np.int32)
-  for row, p, k, g in zip(seqs, prompts, lengths, full_tokens):
-    row[: k + n - 1] = np.concatenate([p[:k], g[:-1]])
-  sim = simulate_exits(model, heads, seqs, lengths + n - 1, 1.0, config)
-  conf = np.asarray(sim.exit_confidence)[..., :-1]  # [P, T', E]
-  return np.concatenate([c[k : k + n - 1] for c, k in zip(conf, lengths)])
-
-
-def find_thresholds(
-  model,
-  heads,
-  prompts,
-  lengths,
-  full_tokens,
-  exit_layers,
-  settings: Settings,
-  log,
-) -> dict:
-  """{(mode, target): (λ, stacked DecodeOutput, engine runs)}."""
-  n = settings.max_new_tokens
-  bounds = (0, *exit_layers, model.num_layers)
-  conf = exit_confidences(
-    model,
-    heads,
-    prompts,
-    lengths,
-    full_tokens,
-    DecodeConfig(exit_layers=exit_layers, max_new_tokens=n),
-  )
-  grid = threshold_grid(conf)
-  simulated = simulated_depths(conf, grid, bounds)
+  scores = [agreement(lam) for lam in grid]
   chosen = {}
-  for mode in settings.modes:
-    config = DecodeConfig(
-      exit_layers=exit_layers, state_mode=mode, max_new_tokens=n
-    )
-    runs = {}
-
-    def depth_at(lam, config=config, runs=runs):
-      run = functools.partial(
-        generate, model, heads, threshold=lam, config=config
-      )
-      runs[lam] = stack(one_by_one(run, prompts, lengths))
-      return float(np.asarray(runs[lam].exit_layer)[:, 1:].mean())
-
-    for target in TARGETS:
-      goal = target * model.num_layers
-      guess = int(np.argmin(np.abs(simulated - goal)))
-      lam, depth, steps = search_threshold(
-        depth_at,
-        grid,
-        guess,
-        goal,
-        steps=settings.search_steps,
-        tolerance=settings.tolerance * model.num_layers,
-      )
-      chosen[(mode, target)] = (lam, runs[lam], steps)
-      log(
-        f"  {mode} target {goal:.1f}: λ={lam:.4g} -> {depth:.2f} layers "
-        f"({steps} runs)"
-      )
+  for t in targets:
+    i = next((i for i, a in enumerate(scores) if a >= t), len(grid) - 1)
+    chosen[t] = (float(grid[i]), scores[i])
   return chosen
 
 
-def timed_candidates(
-  model, heads, prompts, lengths, exit_layers, chosen, settings: Settings
-) -> dict:
-  """name -> (fn, ()) for the full model, the prefill and each (mode, λ)."""
-  n = settings.max_new_tokens
-  max_len = cache_length(prompts.shape[1], n)
-  full = functools.partial(generate_full, model, max_new_tokens=n)
-  prefill_config = DecodeConfig(exit_layers=exit_layers, max_new_tokens=1)
-  prefill = functools.partial(
-    generate,
-    model,
-    heads,
-    threshold=1.0,
-    config=prefill_config,
-    max_len=max_len,
-  )
-  disabled = functools.partial(
-    generate,
-    model,
-    heads,
-    threshold=1.0,
-    config=DecodeConfig(
-      exit_layers=exit_layers, exits_enabled=False, max_new_tokens=n
-    ),
-  )
-  fns = {"full": full, "prefill": prefill, "exits_disabled": disabled}
-  for (mode, _), (lam, _, _) in chosen.items():
-    config = DecodeConfig(
-      exit_layers=exit_layers, state_mode=mode, max_new_tokens=n
-    )
-    fns[candidate_name(mode, lam)] = functools.partial(
-      generate, model, heads, threshold=lam, config=config
-    )
-  return {
-    name: (functools.partial(one_by_one, fn, prompts, lengths), ())
-    for name, fn in fns.items()
-  }
-
-
-def candidate_name(mode: str, lam: float) -> str:
-  return f"{mode}@{lam!r}"
-
-
-def measure_backbone(
-  name: str,
-  model,
-  prompts: np.ndarray,
-  lengths: np.ndarray,
-  exit_layers: tuple[int, ...],
-  settings: Settings,
-  log=print,
-) -> list[dict]:
-  """Searches thresholds, times every run side by side, returns records.
-
-  Args:
-    name: the backbone's label in the records.
-    model: a `DecoderBackbone`.
-    prompts, lengths: [P, T] right-padded prompt ids and their [P] lengths;
-      each prompt is decoded alone.
-    exit_layers: blocks after which the exits sit.
-    settings: tokens, rounds and search budget.
-    log: progress printer.
-
-  Returns:
-    One record per (state mode, target depth), see the module docstring.
-  """
-  heads, n = LMHeadExits(), settings.max_new_tokens
-  full = stack(
-    one_by_one(
-      functools.partial(generate_full, model, max_new_tokens=n),
-      prompts,
-      lengths,
-    )
-  )
-  bounds = (0, *exit_layers, model.num_layers)
-  costs = decode_costs(model, heads, bounds, cache_length(prompts.shape[1], n))
-  log("  full model decoded, decode step FLOPs counted")
-  chosen = find_thresholds(
-    model, heads, prompts, lengths, full, exit_layers, settings, log
-  )
-  candidates = timed_candidates(
-    model, heads, prompts, lengths, exit_layers, chosen, settings
-  )
-  load = [os.getloadavg()[0]]
-  log(f"  timing {len(candidates)} candidates (load {load[0]:.2f})")
-  times = timing.time_side_by_side(
-    candidates, warmup=settings.warmup, repeats=settings.repeats
-  )
-  load.append(os.getloadavg()[0])
+def units(prompts, lengths, batch: int):
+  """[(prompts [b, T], lengths [b])] consecutive groups of `batch`."""
   return [
-    make_record(
-      name,
-      model.num_layers,
-      mode,
-      target,
-      lam,
-      steps,
-      decode_metrics(out, full, costs),
-      times,
-      tokens=prompts.shape[0] * n,
-      load=load,
-    )
-    | {"identical_to_full": bool(np.array_equal(stack([out]), full))}
-    for (mode, target), (lam, out, steps) in chosen.items()
+    (prompts[i : i + batch], lengths[i : i + batch])
+    for i in range(0, len(prompts), batch)
   ]
 
 
-def _decode_speedup(t_full: float, t_mode: float, t_prefill: float) -> float:
-  # Guarded only for toy models, whose decode time can drown in noise.
-  return (t_full - t_prefill) / max(t_mode - t_prefill, 1e-9)
+def time_units(candidates: dict, groups: list, repeats: int) -> tuple:
+  """Interleaved per-unit timing.
 
+  Args:
+    candidates: name -> fn(prompts, lengths).
+    groups: the units.
+    repeats: timed rounds.
 
-def make_record(
-  name: str,
-  num_layers: int,
-  mode: str,
-  target: float,
-  lam: float,
-  steps: int,
-  metrics: dict,
-  times: dict[str, timing.Timing],
-  *,
-  tokens: int,
-  load: list[float],
-) -> dict:
-  """One result row (see the module docstring for the speed-ups).
-
-  `realised_speedup_min` uses the fastest round of each candidate instead
-  of the median: on a shared machine, contention only ever adds time.
+  Returns:
+    ({name: [U] median seconds per unit}, {name: [outputs per unit]}).
   """
-  full, prefill = times["full"], times["prefill"]
-  mode_t = times[candidate_name(mode, lam)]
-  realised = _decode_speedup(full.median, mode_t.median, prefill.median)
-  theoretical = 1.0 / metrics["flops_fraction"]
+  names = list(candidates)
+  for name in names:  # compile
+    jax.block_until_ready(candidates[name](*groups[0]))
+  secs = {name: [[] for _ in groups] for name in names}
+  outs = {name: [None] * len(groups) for name in names}
+  turn = 0
+  for _ in range(repeats):
+    for u, group in enumerate(groups):
+      for i in range(len(names)):
+        name = names[(turn + i) % len(names)]
+        start = time.perf_counter()
+        out = jax.block_until_ready(candidates[name](*group))
+        secs[name][u].append(time.perf_counter() - start)
+        outs[name][u] = out
+      turn += 1
+  return (
+    {k: np.array([np.median(s) for s in v]) for k, v in secs.items()},
+    outs,
+  )
+
+
+def concat(outs: list):
+  """Joins per-unit outputs along the batch axis (numpy)."""
+  join = lambda *xs: np.concatenate([np.atleast_1d(x) for x in xs])
+  return jax.tree.map(join, *outs)
+
+
+class Quality:
+  """Per-prompt consistency and TruthfulQA ROUGE accuracy against full.
+
+  Args:
+    full: [P, N] the full model's tokens.
+    answer_fn: answers [P, N] -> [P] ROUGE accuracies, or None (no
+      references).
+  """
+
+  def __init__(self, full: np.ndarray, answer_fn):
+    self.full = full
+    self.answer_fn = answer_fn
+    self.full_acc = self.accuracy(full)
+
+  def accuracy(self, tokens: np.ndarray) -> np.ndarray | None:
+    if self.answer_fn is None:
+      return None
+    return self.answer_fn(tokens)
+
+  def fields(self, tokens: np.ndarray) -> dict:
+    """consistency (decode positions 2..N) and accuracy, with intervals."""
+    per_prompt = (tokens[:, 1:] == self.full[:, 1:]).mean(axis=1)
+    cons = stats.bootstrap_interval(per_prompt, seed=0)
+    out = {
+      "consistency": round(float(per_prompt.mean()), 4),
+      "consistency_ci": cons.as_list(),
+      "identical_to_full": bool(np.array_equal(tokens, self.full)),
+    }
+    acc = self.accuracy(tokens)
+    if acc is not None:
+      diff = stats.paired_bootstrap_difference(acc, self.full_acc, seed=0)
+      out |= {
+        "rouge_acc": round(float(acc.mean()), 4),
+        "rouge_acc_ci": stats.bootstrap_interval(acc, seed=0).as_list(),
+        "rouge_acc_diff_ci": diff.as_list(),
+        "full_rouge_acc": round(float(self.full_acc.mean()), 4),
+      }
+    return out
+
+
+def best_spec_setting(model, heads, prompts, lengths, settings: Settings):
+  """(E, d, theoretical speed-up, acceptance) of the best `spec_grid` entry,
+  drafting through the trained exit at E, on the first prompts (untimed)."""
+  count = settings.spec_search_prompts
+  results = []
+  for e, d in settings.spec_grid:
+    view = exit_view(heads, settings.exit_layers.index(e))
+    outs = [
+      generate_self_speculative(
+        model,
+        p,
+        k,
+        exit_layer=e,
+        draft_len=d,
+        max_new_tokens=settings.max_new_tokens,
+        exit_head=view,
+      )
+      for p, k in units(prompts[:count], lengths[:count], 1)
+    ]
+    accepted = sum(int(np.sum(o.accepted)) for o in outs)
+    rounds = sum(int(np.sum(o.row_rounds)) for o in outs)
+    rate = accepted / max(rounds, 1)
+    cost = cost_of(outs[0], model.num_layers, e, d)
+    cost = dataclasses.replace(cost, accepted=rate)
+    results.append((e, d, cost.theoretical_speedup, rate))
+  return max(results, key=lambda r: r[2]), results
+
+
+def speed_fields(secs: np.ndarray, full_secs: np.ndarray, tokens: int):
+  """tokens/s and the per-unit realised speed-up with its t interval."""
+  ratio = stats.t_interval(full_secs / secs)
   return {
-    "backbone": name,
-    "state_mode": mode,
-    "batch": 1,
-    "target_fraction": target,
-    "threshold": lam,
-    "search_runs": steps,
-    "avg_layers": round(metrics["avg_layers"], 4),
-    "avg_layers_fraction": round(metrics["avg_layers"] / num_layers, 4),
-    "layer_speedup": round(num_layers / metrics["avg_layers"], 4),
-    "flops_fraction": round(metrics["flops_fraction"], 4),
-    "theoretical_speedup": round(theoretical, 4),
-    "realised_speedup": round(realised, 4),
-    "ratio": round(realised / theoretical, 4),
-    "realised_speedup_e2e": round(full.median / mode_t.median, 4),
-    "realised_speedup_min": round(
-      _decode_speedup(full.min, mode_t.min, prefill.min), 4
-    ),
-    "consistency": round(metrics["consistency"], 4),
-    "tokens_per_s": round(tokens / mode_t.median, 2),
-    "full_tokens_per_s": round(tokens / full.median, 2),
-    "seconds": mode_t.median,
-    "full_seconds": full.median,
-    "prefill_seconds": prefill.median,
-    # The engine's cost with exits disabled over `generate_full`'s.
-    "exits_disabled_overhead": round(
-      times["exits_disabled"].median / full.median - 1.0, 4
-    ),
-    "load_avg_1m": [round(x, 2) for x in load],
+    "tokens_per_s": round(tokens / float(secs.sum()), 2),
+    "full_tokens_per_s": round(tokens / float(full_secs.sum()), 2),
+    "realised_speedup": round(ratio.mean, 4),
+    "realised_speedup_ci": ratio.as_list(),
+    "seconds": round(float(secs.sum()), 3),
+    "full_seconds": round(float(full_secs.sum()), 3),
   }
+
+
+def exit_shares(out, bounds) -> dict[str, float]:
+  """Share of decode tokens produced at each exit layer (collapse check)."""
+  layers = np.asarray(out.exit_layer)[:, 1:][np.asarray(out.valid)[:, 1:]]
+  return {str(b): round(float(np.mean(layers == b)), 4) for b in bounds[1:]}
+
+
+class Bench:
+  """Everything one backbone's timing needs, built once.
+
+  Args:
+    model: the decoder.
+    heads: the trained `mlp` exits (`decoding_heads.trained_heads`).
+    prompts, lengths: [P, T] held-out prompts, [P] lengths.
+    answer_fn: answers [P, N] -> [P] ROUGE accuracies (None: none).
+    settings: sizes.
+    log: progress printer.
+  """
+
+  def __init__(self, model, heads, prompts, lengths, answer_fn, settings, log):
+    self.model, self.settings, self.log = model, settings, log
+    self.prompts, self.lengths = prompts, lengths
+    self.answer_fn = answer_fn
+    n, layers = settings.max_new_tokens, settings.exit_layers
+    self.bounds = (0, *layers, model.num_layers)
+    self.heads = {"lm_head": LMHeadExits(), "mlp": heads}
+    self.costs = {
+      name: decode_costs(
+        model, h, self.bounds, cache_length(prompts.shape[1], n)
+      )
+      for name, h in self.heads.items()
+    }
+    full = concat(
+      [
+        generate_full(model, p, k, max_new_tokens=n)
+        for p, k in units(prompts, lengths, 1)
+      ]
+    )
+    seqs, seq_lengths = teacher_forced(prompts, lengths, full)
+    self.thresholds = {}
+    for m in methods(settings.agreement_targets, 1):
+      key = (m.heads, m.rule)
+      if key not in self.thresholds:
+        self.thresholds[key] = pick_thresholds(
+          model,
+          self.heads[m.heads],
+          m.rule,
+          layers,
+          seqs,
+          seq_lengths,
+          lengths,
+          n,
+          settings.agreement_targets,
+        )
+        log(f"  thresholds {key}: {self.thresholds[key]}")
+    self.spec, self.spec_search = best_spec_setting(
+      model, heads, prompts, lengths, settings
+    )
+    log(
+      f"  self-speculative search (E, d, theoretical, acceptance): "
+      f"{self.spec_search}"
+    )
+
+  def config(self, **kw) -> DecodeConfig:
+    return DecodeConfig(
+      exit_layers=self.settings.exit_layers,
+      max_new_tokens=self.settings.max_new_tokens,
+      **kw,
+    )
+
+  def candidates(self, batch: int) -> dict:
+    n, model = self.settings.max_new_tokens, self.model
+    cands = {
+      "full": functools.partial(generate_full, model, max_new_tokens=n),
+      "exits_disabled": functools.partial(
+        generate,
+        model,
+        self.heads["lm_head"],
+        threshold=1.0,
+        config=self.config(exits_enabled=False),
+      ),
+    }
+    for m in methods(self.settings.agreement_targets, batch):
+      lam = self.thresholds[(m.heads, m.rule)][m.target][0]
+      cands[m.name] = functools.partial(
+        generate,
+        model,
+        self.heads[m.heads],
+        threshold=lam,
+        config=self.config(rule=m.rule, state_mode=m.state_mode),
+      )
+    e, d = self.spec[:2]
+    drafts = {"mlp": exit_view(self.heads["mlp"], self.bounds.index(e) - 1)}
+    if batch == 1:
+      drafts["lm_head"] = None
+    for name, head in drafts.items():
+      cands[f"{MODE}/{name}"] = functools.partial(
+        generate_self_speculative,
+        model,
+        exit_layer=e,
+        draft_len=d,
+        max_new_tokens=n,
+        exit_head=head,
+      )
+    return cands
+
+  def measure(self, batch: int) -> list[dict]:
+    """Times every candidate at `batch`; one record each (full included)."""
+    cands = self.candidates(batch)
+    load = [os.getloadavg()[0]]
+    self.log(
+      f"  batch {batch}: timing {len(cands)} candidates (load {load[0]:.1f})"
+    )
+    groups = units(self.prompts, self.lengths, batch)
+    secs, outs = time_units(cands, groups, self.settings.repeats)
+    load.append(os.getloadavg()[0])
+    full = np.asarray(concat(outs["full"]))
+    quality = Quality(full, self.answer_fn)
+    tokens = full.size
+    base = {
+      "backbone": "transformer",
+      "batch": batch,
+      "prompts": int(len(full)),
+      "max_new_tokens": int(full.shape[1]),
+      "load_avg_1m": [round(x, 2) for x in load],
+    }
+    records = []
+    for name in cands:
+      rec = dict(base) | speed_fields(secs[name], secs["full"], tokens)
+      out = concat(outs[name])
+      rec |= self.describe(name, out)
+      rec |= quality.fields(np.asarray(out if name == "full" else out.tokens))
+      records.append(rec)
+    return records
+
+  def describe(self, name: str, out) -> dict:
+    """The candidate's settings and cost fields."""
+    if name == "full":
+      return {
+        "state_mode": "full",
+        "heads": "-",
+        "rule": "-",
+        "theoretical_speedup": 1.0,
+        "avg_layers": float(self.bounds[-1]),
+      }
+    if name.startswith(MODE):
+      e, d = self.spec[:2]
+      rate = float(np.sum(out.accepted)) / max(float(np.sum(out.row_rounds)), 1)
+      cost = dataclasses.replace(
+        cost_of(out, self.model.num_layers, e, d), accepted=rate
+      )
+      return {
+        "state_mode": MODE,
+        "heads": name.split("/")[1],
+        "rule": "-",
+        "exit_layer": e,
+        "draft_len": d,
+        "acceptance_rate": round(rate, 4),
+        "theoretical_speedup": round(cost.theoretical_speedup, 4),
+        "sequential_layers_per_token": round(
+          cost.sequential_layers_per_token, 4
+        ),
+      }
+    if name == "exits_disabled":
+      m = Method("lm_head", "max_softmax", "exits_disabled", 0.0)
+      lam, sim = 1.0, None
+    else:
+      m = next(
+        m for m in methods(self.settings.agreement_targets, 1) if m.name == name
+      )
+      lam, sim = self.thresholds[(m.heads, m.rule)][m.target]
+    full = np.asarray(out.tokens)  # only the cost fields use it
+    met = decode_metrics(out, full, self.costs[m.heads])
+    return {
+      "state_mode": m.state_mode,
+      "heads": m.heads,
+      "rule": m.rule,
+      "threshold": lam,
+      "target_agreement": m.target if sim is not None else None,
+      "simulated_agreement": None if sim is None else round(sim, 4),
+      "avg_layers": round(met["avg_layers"], 4),
+      "exit_shares": exit_shares(out, self.bounds),
+      "flops_fraction": round(met["flops_fraction"], 4),
+      "theoretical_speedup": round(1.0 / met["flops_fraction"], 4),
+    }
+
+
+# TruthfulQA's reference non-answer: the constant row of the quality table.
+CONSTANT_ANSWER = "I have no comment."
+
+
+def truthfulqa_scorer(tokenizer, items):
+  """(answers [P, N] -> [P] accuracies, the constant answer's [P]).
+
+  Row i answers `items[i]`. The answer is cut at the first end-of-turn
+  token, decoded, and scored by TruthfulQA's ROUGE accuracy (closer to a
+  correct reference than to every incorrect one,
+  `jaxexit.text_metrics.reference_accuracy`).
+  """
+
+  def one(tokens, item) -> bool:
+    ids = [int(t) for t in tokens]
+    if tokenizer.eos_id in ids:
+      ids = ids[: ids.index(tokenizer.eos_id)]
+    return text_metrics.reference_accuracy(
+      tokenizer.decode(ids), item.correct_answers, item.incorrect_answers
+    )
+
+  def score(answers) -> np.ndarray:
+    return np.array([one(t, it) for t, it in zip(answers, items)], np.float64)
+
+  constant = np.array(
+    [
+      text_metrics.reference_accuracy(
+        CONSTANT_ANSWER, item.correct_answers, item.incorrect_answers
+      )
+      for item in items
+    ],
+    np.float64,
+  )
+  return score, constant
 
 
 def chat_prompts(tokenizer, count: int) -> tuple[np.ndarray, np.ndarray]:
-  """[P, T] right-padded chat-templated TruthfulQA questions and [P] lengths."""
+  """[P, T] right-padded chat-templated TruthfulQA questions and [P] lengths
+  (the first `count`, all held out from head training)."""
+  if count > decoding_heads.HELD_OUT:
+    raise ValueError(
+      f"count={count} > HELD_OUT={decoding_heads.HELD_OUT}: later "
+      "TruthfulQA questions train the exit heads"
+    )
   items = load_truthfulqa()[:count]
-  ids = [
-    tokenizer.encode(
-      tokenizer.apply_chat_template(
-        [{"role": "user", "content": item.question}]
-      )
-    )
-    for item in items
-  ]
-  lengths = np.array([len(i) for i in ids], np.int32)
-  prompts = np.zeros((len(ids), lengths.max()), np.int32)
-  for row, seq in zip(prompts, ids):
-    row[: len(seq)] = seq
-  return prompts, lengths
+  ids = decoding_heads.chat_ids(tokenizer, [it.question for it in items])
+  return decoding_heads.pad_rows(ids)
 
 
-def load_backbone(name: str):
-  """(model, exit_layers, description) of a `BACKBONES` entry."""
-  if name == "transformer":
-    model, _ = load_smollm2()
-    return (
-      model,
-      (8, 15, 22),
-      (
-        "SmolLM2-135M-Instruct (GGUF Q4_1 weights "
-        "dequantised to fp32; 30 blocks, d=576)"
-      ),
-    )
-  model = MambaLM(MAMBA_CONFIGS["mamba-130m"], rngs=nnx.Rngs(0))
-  return (
-    model,
-    (6, 12, 18),
-    ("MambaLM, mamba-130m sizes (24 blocks, d=768), random weights"),
+def tiny_llama():
+  """The `--quick` backbone: a random 8-block Llama, vocabulary 256."""
+  cfg = LlamaConfig(
+    vocab_size=256,
+    d_model=64,
+    num_layers=8,
+    num_heads=4,
+    num_kv_heads=2,
+    mlp_hidden=128,
+    max_position=128,
   )
+  return LlamaLM(cfg, rngs=nnx.Rngs(0))
 
 
-def render(
-  records: list[dict],
-  descriptions: dict[str, str],
-  settings: Settings,
-  quick: bool,
-) -> str:
-  """The BENCHMARKS.md section: setup line and table.
+def random_prompts(count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+  rows = np.random.default_rng(seed).integers(1, 256, (count, 12), np.int32)
+  return rows, np.full((count,), 12, np.int32)
 
-  Args:
-    records: `measure_backbone` records.
-    descriptions: backbone name -> model, exits and prompts in words.
-    settings: the run's settings.
-    quick: whether this was the `--quick` run.
-  """
+
+def _ci(r: dict, key: str, fmt: str = "{:.2f}") -> str:
+  lo, hi = r.get(f"{key}_ci") or (None, None)
+  if lo is None:
+    return fmt.format(r[key])
+  return f"{fmt.format(r[key])} [{fmt.format(lo)}, {fmt.format(hi)}]"
+
+
+def _label(r: dict) -> str:
+  if r["state_mode"] == MODE:
+    return (
+      f"self-speculative, {r['heads']} draft (E={r['exit_layer']}, "
+      f"d={r['draft_len']}, acceptance {r['acceptance_rate']:.2f})"
+    )
+  if r["state_mode"] in ("full", "exits_disabled"):
+    return r["state_mode"]
+  return f"{r['heads']} · {r['rule']} · {r['state_mode']}"
+
+
+def render(records: list[dict], about: str, settings: Settings) -> str:
+  """The BENCHMARKS.md section: setup, heads and the table."""
+  heads = next(r for r in records if r["state_mode"] == "heads")
+  blocks = heads["cost_in_blocks"]
+  agree = ", ".join(
+    f"E={e}: {a:.3f} -> {b:.3f}"
+    for e, a, b in zip(
+      heads["exit_layers"], heads["agreement_before"], heads["agreement_after"]
+    )
+  )
   header = [
-    "backbone",
-    "mode",
-    "target",
+    "batch",
+    "method",
+    "λ (sim. agreement)",
     "avg layers",
-    "L/avg",
-    "FLOPs",
+    "tokens at each exit",
     "theoretical",
-    "realised",
-    "ratio",
-    "realised e2e",
-    "realised min",
+    "realised [95 % CI]",
     "tok/s",
     "full tok/s",
-    "consistency",
-    "load",
+    "consistency [95 % CI]",
+    "ROUGE acc [95 % CI]",
+    "Δ acc vs full [95 % CI]",
+    "identical",
   ]
-  rows = [
-    [
-      r["backbone"],
-      r["state_mode"],
-      f"{r['target_fraction']:.2f}",
-      f"{r['avg_layers']:.2f} ({r['avg_layers_fraction']:.2f})",
-      f"{r['layer_speedup']:.2f}x",
-      f"{r['flops_fraction']:.3f}",
-      f"{r['theoretical_speedup']:.2f}x",
-      f"{r['realised_speedup']:.2f}x",
-      f"{r['ratio']:.2f}",
-      f"{r['realised_speedup_e2e']:.2f}x",
-      f"{r['realised_speedup_min']:.2f}x",
-      f"{r['tokens_per_s']:.1f}",
-      f"{r['full_tokens_per_s']:.1f}",
-      f"{r['consistency']:.2f}",
-      "–".join(f"{x:.1f}" for x in r["load_avg_1m"]),
-    ]
-    for r in records
-  ]
-  models = "; ".join(f"{name}: {text}" for name, text in descriptions.items())
-  device = jax.devices()[0].platform.upper()
+  rows = []
+  for r in records:
+    if r["state_mode"] == "heads":
+      continue
+    if r["state_mode"] == "constant":
+      rows.append(
+        ["-", f"constant answer “{r['answer']}”"]
+        + ["-"] * 8
+        + [_ci(r, "rouge_acc"), "-", "-"]
+      )
+      continue
+    lam = "-"
+    if r.get("simulated_agreement") is not None:
+      lam = f"{r['threshold']:.3g} ({r['simulated_agreement']:.2f})"
+    shares = r.get("exit_shares")
+    rows.append(
+      [
+        str(r["batch"]),
+        _label(r),
+        lam,
+        f"{r['avg_layers']:.2f}" if "avg_layers" in r else "-",
+        "/".join(f"{v:.2f}" for v in shares.values()) if shares else "-",
+        f"{r['theoretical_speedup']:.2f}x",
+        _ci(r, "realised_speedup"),
+        f"{r['tokens_per_s']:.1f}",
+        f"{r['full_tokens_per_s']:.1f}",
+        _ci(r, "consistency"),
+        _ci(r, "rouge_acc") if "rouge_acc" in r else "-",
+        _ci(r, "rouge_acc_diff", "{:+.2f}") if "rouge_acc" in r else "-",
+        str(r["identical_to_full"]),
+      ]
+    )
+  exits = "/".join(map(str, settings.exit_layers))
+  loads = [x for r in records for x in r.get("load_avg_1m", [])]
   cpu = platform.processor() or platform.machine()
   return (
-    f"{models}. Batch 1, greedy, {settings.max_new_tokens} tokens per "
-    f"prompt (EOS ignored), fp32, {device} ({cpu}, {os.cpu_count()} cores, "
-    f"shared), JAX {jax.__version__}; median of {settings.repeats} "
-    f"round-robin repeats after {settings.warmup} warm-up. FLOPs = "
-    "flops_fraction; load = 1-minute load average before–after the "
-    "timing rounds. Command: `python benchmarks/early_exit_decoding.py"
-    f"{' --quick' if quick else ''}`.\n\n" + report.markdown_table(header, rows)
+    f"{about}; exits after {settings.exit_layers} of "
+    f"{heads['num_layers']} blocks. Heads (`benchmarks/decoding_heads.py`): "
+    f"`mlp` exits + linear scores trained {settings.heads.steps} steps on "
+    f"{heads['train_rows']} x {heads['row_len']} answer positions of the "
+    f"model's own greedy answers to {heads['questions']} training questions;"
+    f" held-out top-1 agreement with the final layer (shared head -> "
+    f"trained): {agree}. Cost in blocks at T = 1: shared-head projection "
+    f"{np.mean(blocks['lm_head']['head']):.2f}, mlp exit + projection "
+    f"{np.mean(blocks['mlp']['head']):.2f}, score "
+    f"{np.mean(blocks['mlp']['score']):.4f}. {settings.num_prompts} held-out "
+    f"TruthfulQA prompts, greedy, {settings.max_new_tokens} tokens (EOS "
+    f"ignored), fp32, CPU ({cpu}, {os.cpu_count()} cores, shared, 1-minute "
+    f"load {min(loads):.1f}–{max(loads):.1f}), JAX {jax.__version__}; "
+    f"median of {settings.repeats} interleaved rounds per unit; intervals "
+    "over units (prompts at batch 1, groups at batch > 1). Tokens at each "
+    f"exit: share of decode tokens at {exits}/{heads['num_layers']}. "
+    "Command: `python "
+    "benchmarks/early_exit_decoding.py`.\n\n"
+    + report.markdown_table(header, rows)
   )
 
 
@@ -558,49 +727,73 @@ def main():
   parser.add_argument(
     "--quick",
     action="store_true",
-    help="transformer only, fewer tokens and repeats; "
-    "writes the _quick json and leaves BENCHMARKS.md alone",
+    help="tiny random Llama, few prompts; writes the _quick json and "
+    "leaves BENCHMARKS.md alone",
   )
   parser.add_argument("--out", type=pathlib.Path, default=None)
+  parser.add_argument(
+    "--workdir",
+    type=pathlib.Path,
+    default=None,
+    help="checkpoints of the trained heads (default runs/decoding_heads"
+    "[_quick]); rerunning resumes them",
+  )
   args = parser.parse_args()
   settings = QUICK if args.quick else FULL
   out = args.out or (QUICK_RESULTS if args.quick else RESULTS)
+  suffix = "_quick" if args.quick else ""
+  workdir = args.workdir or HERE.parent / "runs" / f"decoding_heads{suffix}"
   start = time.perf_counter()
   log = lambda msg: print(
     f"[{time.perf_counter() - start:5.0f} s] {msg}", flush=True
   )
-  tokenizer = GGUFTokenizer.from_gguf(smollm2_gguf_path())
-  records, descriptions, loaded = [], {}, {}
-  for name, count in zip(settings.backbones, settings.num_prompts):
-    prompts, lengths = chat_prompts(tokenizer, count)
-    model, exit_layers, about = load_backbone(name)
-    loaded[name] = (model, prompts, lengths)
-    descriptions[name] = (
-      f"{about}, exits after {exit_layers}, {count} "
-      f"TruthfulQA prompt(s) of {lengths.tolist()} tokens"
+  if args.quick:
+    model, about = tiny_llama(), "tiny random Llama (8 blocks, d=64, V=256)"
+    prompts, lengths = random_prompts(settings.num_prompts, seed=0)
+    train_prompts = random_prompts(settings.heads.questions, seed=1)
+    answer_fn = constant = None
+  else:
+    model, tokenizer = load_smollm2()
+    about = (
+      "SmolLM2-135M-Instruct (GGUF Q4_1 weights dequantised to fp32; "
+      "30 blocks, d=576)"
     )
-    log(f"{name}: {descriptions[name]}")
-    records += measure_backbone(
-      name, model, prompts, lengths, exit_layers, settings, log=log
-    )
-  log("done")
-  text = render(
-    [r for r in records if r["state_mode"] != "self_speculative"],
-    descriptions,
-    settings,
-    args.quick,
+    prompts, lengths = chat_prompts(tokenizer, settings.num_prompts)
+    train_prompts = decoding_heads.question_prompts(tokenizer, settings.heads)
+    items = load_truthfulqa()[: settings.num_prompts]
+    answer_fn, constant = truthfulqa_scorer(tokenizer, items)
+  heads, heads_report = decoding_heads.trained_heads(
+    model, *train_prompts, settings.exit_layers, settings.heads, workdir, log
   )
-  print(text)
-  if "transformer" in loaded:  # the same prompts, timed against full again
-    records += self_speculative_bench().measure(
-      *loaded["transformer"],
-      "transformer",
-      SELF_SPECULATIVE_GRID,
-      settings.max_new_tokens,
-      settings.repeats,
-      log,
+  log(f"heads: {heads_report}")
+  bench = Bench(model, heads, prompts, lengths, answer_fn, settings, log)
+  records = [
+    {
+      "state_mode": "heads",
+      "backbone": "transformer",
+      "num_layers": model.num_layers,
+      **heads_report,
+      "cost_in_blocks": {k: c.in_blocks() for k, c in bench.costs.items()},
+      "spec_search": [list(r) for r in bench.spec_search],
+    }
+  ]
+  for batch in settings.batches:
+    records += bench.measure(batch)
+    report.write_json(out, records)  # nothing lost if a later batch dies
+  if constant is not None:
+    records.append(
+      {
+        "state_mode": "constant",
+        "backbone": "transformer",
+        "answer": CONSTANT_ANSWER,
+        "rouge_acc": round(float(constant.mean()), 4),
+        "rouge_acc_ci": stats.bootstrap_interval(constant, seed=0).as_list(),
+      }
     )
   report.write_json(out, records)
+  text = render(records, about, settings)
+  print(text)
+  log("done")
   if not args.quick:
     report.write_section(BENCHMARKS_MD, "early_exit_decoding", text)
 

@@ -39,6 +39,9 @@ class SimulatedExits:
     full_prediction: [B, T] int32 the final layer's greedy prediction.
     exit_confidence: [B, T, E+1] every exit's measure (the final last; 0
       for rules without a measure).
+    exit_prediction: [B, T, E+1] int32 every exit's greedy prediction (the
+      final last), so decisions at other thresholds of a memoryless rule
+      can be made after the fact.
   """
 
   exit_layer: Int[Array, "B T"]
@@ -46,6 +49,7 @@ class SimulatedExits:
   confidence: Float[Array, "B T"]
   full_prediction: Int[Array, "B T"]
   exit_confidence: Float[Array, "B T E"]
+  exit_prediction: Int[Array, "B T E"]
 
 
 @functools.partial(jax.jit, static_argnames=("graphdefs", "config"))
@@ -94,6 +98,7 @@ def _simulate(graphdefs, params, tokens, lengths, threshold, *, config):
     confidence=pick(confs),
     full_prediction=preds[..., -1],
     exit_confidence=confs,
+    exit_prediction=preds,
   )
 
 

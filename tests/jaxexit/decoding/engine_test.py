@@ -182,6 +182,14 @@ def test_oracle_equals_simulated_evaluation(kind, rule):
   )
   exit_layer = np.asarray(out.exit_layer[0, 1:])
   assert len(set(exit_layer.tolist())) > 1, f"no mix of exits: {exit_layer}"
+  # Every exit's prediction is kept: the chosen one and the final one.
+  bounds = np.array([1, 2, 4, 6])
+  index = np.searchsorted(bounds, np.asarray(sim.exit_layer))
+  picked = np.take_along_axis(sim.exit_prediction, index[..., None], -1)
+  np.testing.assert_array_equal(picked[..., 0], sim.prediction)
+  np.testing.assert_array_equal(
+    sim.exit_prediction[..., -1], sim.full_prediction
+  )
   # The vocabulary projection runs at every exit only for rules that read
   # logits; otherwise once, at the exit taken (none at the final layer).
   projections = np.asarray(out.exit_projections[0, 1:])
