@@ -20,6 +20,12 @@ process loads its block of every batch (`process_batch_indices`) and
 `global_batch` joins the blocks into global arrays; `is_main_process`
 says who writes files.
 
+Memory plans: `plan_memory` adds up a `Workload`'s parameters, gradients,
+optimizer state and activations per device on a mesh from abstract shapes
+(an `abstract_mesh` plans for devices this host lacks), and `require_fit`
+refuses, naming the shortfall (`jaxexit.sharding.workloads` builds
+workloads from model configs).
+
 The data-parallel helpers (`data_parallel_mesh`, `shard_batch`,
 `replicate`, `time_data_parallel`) come first in time and still serve the
 notebooks' timing cells.
@@ -41,6 +47,16 @@ from jaxexit.sharding.distributed import (
 )
 from jaxexit.sharding.families import FAMILY_AXES, LOGICAL_AXES
 from jaxexit.sharding.logical import infer_family, logical_axes
+from jaxexit.sharding.memory_plan import (
+  MemoryPlan,
+  MemoryPlanError,
+  Phase,
+  Workload,
+  abstract_mesh,
+  device_memory_bytes,
+  plan_memory,
+  require_fit,
+)
 from jaxexit.sharding.mesh import MESH_AXES, make_mesh, parse_mesh_axes
 from jaxexit.sharding.process_data import global_batch, process_batch_indices
 from jaxexit.sharding.rules import DEFAULT_RULES, default_rules, logical_spec
@@ -54,8 +70,14 @@ __all__ = [
   "FAMILY_AXES",
   "LOGICAL_AXES",
   "MESH_AXES",
+  "MemoryPlan",
+  "MemoryPlanError",
+  "Phase",
+  "Workload",
+  "abstract_mesh",
   "constrain",
   "data_parallel_mesh",
+  "device_memory_bytes",
   "default_rules",
   "global_batch",
   "infer_family",
@@ -65,8 +87,10 @@ __all__ = [
   "logical_spec",
   "make_mesh",
   "parse_mesh_axes",
+  "plan_memory",
   "process_batch_indices",
   "replicate",
+  "require_fit",
   "shard_batch",
   "shard_state",
   "state_shardings",

@@ -21,7 +21,7 @@ import warnings
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import AbstractMesh, Mesh, NamedSharding, PartitionSpec as P
 
 from jaxexit.sharding.logical import (
   Family,
@@ -39,14 +39,19 @@ from jaxexit.typing import PyTree
 
 
 def state_shardings(
-  tree: PyTree, mesh: Mesh, rules: Rules | None = None, *, family: Family
+  tree: PyTree,
+  mesh: Mesh | AbstractMesh,
+  rules: Rules | None = None,
+  *,
+  family: Family,
 ) -> PyTree:
   """A `NamedSharding` for every array of `tree`.
 
   Args:
     tree: a model's `nnx.state`, a train state or an optimizer state, of
       arrays or `jax.ShapeDtypeStruct`s (e.g. from `nnx.eval_shape`).
-    mesh: the mesh (`jaxexit.sharding.make_mesh`).
+    mesh: the mesh (`jaxexit.sharding.make_mesh`), or an `AbstractMesh`
+      to plan for devices this host does not have.
     rules: logical axis -> mesh axis, tuple of mesh axes, or None
       (replicated); logical axes without a rule are replicated. None:
       `DEFAULT_RULES` (less the mesh axes `mesh` lacks). Given rules
