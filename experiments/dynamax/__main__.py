@@ -23,15 +23,14 @@ import time
 import numpy as np
 from flax import nnx
 
-from experiments import cli
+from experiments import cli, memory_check
 from experiments.cli import comma_choices
-from experiments.dynamax import backbones, configs, evaluate, plots
+from experiments.dynamax import backbones, configs, evaluate, plots, scale
 from jaxexit import report, results_store
-from jaxexit import train as train_lib
 from jaxexit.data import add_data_dir_flag, text
 from jaxexit.decoding.config import STATE_MODES
 from jaxexit.methods import dynamax_train
-from jaxexit.methods.dynamax import KINDS, ExitClassifierConfig, ExitClassifiers
+from jaxexit.methods.dynamax import KINDS, ExitClassifiers
 
 TABLE = (
   "classifier",
@@ -105,40 +104,22 @@ def train_classifiers(
     bb.encode, bb.bos_id, bb.eos_id, cfg.feature_len, data_dir, cfg.seed + 1
   )
   rows = rows[: cfg.feature_rows]
-  feats = dynamax_train.exit_features(
-    bb.model,
-    rows,
-    np.full(len(rows), cfg.feature_len),
-    exit_layers,
-    progress=progress,
+  feats = scale.training_features(
+    cfg, bb.model, rows, exit_layers, out, progress
   )
   heads = {}
   for kind in cfg.classifiers:
     heads[kind] = ExitClassifiers(
-      ExitClassifierConfig(
-        kind=kind,
-        num_exits=len(exit_layers),
-        d_model=bb.model.d_model,
-        mlp_hidden=cfg.mlp_hidden,
-        mamba_width=cfg.mamba_width,
-        mamba_layers=cfg.mamba_layers,
-      ),
+      scale.classifier_config(cfg, kind, len(exit_layers), bb.model.d_model),
       rngs=nnx.Rngs(cfg.seed),
     )
     if kind == "lm_head":  # the shared frozen head: nothing to fit for
       continue  # the max-softmax rule
-    optim = train_lib.OptimConfig(
-      learning_rate=cfg.classifier_lr,
-      schedule="warmup_cosine",
-      warmup_steps=max(cfg.classifier_steps // 10, 1),
-      total_steps=cfg.classifier_steps,
-      grad_clip=1.0,
-    )
     _, metrics = dynamax_train.train_exit_classifiers(
       bb.model,
       heads[kind],
       feats,
-      optim=optim,
+      optim=scale.optim_config(cfg),
       num_steps=cfg.classifier_steps,
       batch_size=cfg.classifier_batch,
       workdir=out / "classifiers" / kind,
@@ -200,6 +181,11 @@ def _main(args, devices: cli.Devices):
   out = args.out / args.backbone
   t0 = time.perf_counter()
   spec = getattr(cfg, args.backbone)
+  if spec.source == "pretrained":  # a 7B backbone: its plan before loading
+    memory_check.check_memory(
+      scale.workloads(cfg, args.backbone, args.model_dir),
+      memory_check.run_mesh(args),
+    )
   bb = backbones.load_backbone(
     args.backbone,
     spec,

@@ -27,6 +27,7 @@ from jaxexit.models.mamba import MambaConfig
 
 BACKBONES = ("transformer", "mamba")
 SOURCES = ("scratch", "smollm2", "pretrained")
+FEATURE_STORES = ("memory", "disk")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -73,6 +74,10 @@ class Config:
     state_modes: skipped-layer state modes to sweep.
     thresholds: λ values of the max-softmax rule.
     feature_rows, feature_len: training sequences for the exit classifiers.
+    feature_batch: rows per backbone call of the feature pass.
+    feature_store: where their hidden states go, "memory" (host numpy) or
+      "disk" (.npy shards under `<out>/<backbone>/features`, streamed by
+      `jaxexit.methods.feature_shards`; `paper`: 671 GB would not fit).
     classifier_steps, classifier_batch, classifier_lr: their training.
     mlp_hidden, mamba_width, mamba_layers: classifier sizes.
     eval_prompts: TruthfulQA questions generated from (batch 1 each).
@@ -91,6 +96,8 @@ class Config:
   thresholds: tuple[float, ...] = (0.9, 0.7, 0.5, 0.3)
   feature_rows: int = 256
   feature_len: int = 64
+  feature_batch: int = 8
+  feature_store: str = "memory"
   classifier_steps: int = 120
   classifier_batch: int = 4
   classifier_lr: float = 3e-3
@@ -115,6 +122,11 @@ class Config:
           f"Config.{name} must be a non-empty subset of "
           f"{list(allowed)}; got {values!r}"
         )
+    if self.feature_store not in FEATURE_STORES:
+      raise ValueError(
+        f"Config.feature_store={self.feature_store!r}; expected one of "
+        f"{list(FEATURE_STORES)}"
+      )
     if any(not 0 < f < 1 for f in self.exit_fractions):
       raise ValueError(
         f"Config.exit_fractions must lie in (0, 1); got {self.exit_fractions!r}"
@@ -189,6 +201,7 @@ PRESETS = {
     thresholds=(0.99, 0.95, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3),
     feature_rows=20000,
     feature_len=512,
+    feature_store="disk",
     classifier_steps=5000,
     classifier_batch=16,
     classifier_lr=1e-3,

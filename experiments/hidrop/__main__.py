@@ -25,7 +25,7 @@ import numpy as np
 
 from experiments import cli
 from experiments.cli import comma_choices
-from experiments.hidrop import configs, evaluate, plots, run, summary
+from experiments.hidrop import configs, evaluate, paper, plots, run, summary
 from experiments.vision_common.probe import Standardizer
 from jaxexit import report, results_store
 from jaxexit.data import add_data_dir_flag
@@ -167,36 +167,24 @@ def write_results(
   plots.write_tradeoff(out / "tradeoff.png", records, title)
 
 
-def _check_paper(args) -> None:
-  if args.preset == "paper":
-    # The rendered sets use a word vocabulary; LLaVA-1.5 needs its own
-    # tokenizer's ids, which this experiment does not map yet.
-    raise ValueError(
-      "--preset paper needs --model-dir (a llava-hf/llava-1.5-7b-hf "
-      "folder) and the LLaVA tokenizer's ids for the VQA prompts; only "
-      "the config is provided here (see experiments/hidrop/README.md, "
-      f"'paper'); got --model-dir={args.model_dir}"
-    )
-
-
 def main(argv=None):
   args = parse_args(argv)
-  _check_paper(args)
   devices = cli.setup_devices(args)
   # A second run into the same --out is refused before it trains anything.
   with cli.output_dir(args.out):
     _main(args, devices)
 
 
-def _load(cfg, args, log, progress):
+def _load(cfg, args, log, progress, prompts):
   """(train VQASet, test VQASet, train batch, test batch); the batches
-  carry backbone features in place of images on the feature path."""
+  carry backbone features in place of images on the feature path.
+  `prompts`: `run.prompt_batch` or `paper.LlavaPrompts`."""
   train_vqa = run.load_split(cfg, args.dataset, "train", args.data_dir)
   test_vqa = run.load_split(cfg, args.dataset, "test", args.data_dir)
   log(f"data: {args.dataset}, {len(train_vqa)} train / {len(test_vqa)} test")
   tf = time.perf_counter()
   sets = [
-    run.add_features(cfg, run.prompt_batch(v), split, progress=progress)
+    run.add_features(cfg, prompts(v), split, progress=progress)
     for v, split in ((train_vqa, "train"), (test_vqa, "test"))
   ]
   if cfg.vision != "clip":
@@ -227,9 +215,10 @@ def _standardized(sets: list[dict]) -> list[dict]:
 
 
 def _train_all(
-  cfg, args, runs, train_set, test_set, types, log, progress, mesh
+  cfg, args, runs, train_set, test_set, types, log, progress, mesh, init
 ):
-  """{label: [per-seed run dict]}, {label: seed-0 model}, {label: sched}."""
+  """{label: [per-seed run dict]}, {label: seed-0 model}, {label: sched};
+  `init(cfg)` makes each method's initial model."""
   num_layers = cfg.model.text.num_layers
   per_seed, models, schedules = {}, {}, {}
   for seed in cfg.seeds:
@@ -240,7 +229,7 @@ def _train_all(
       tr = time.perf_counter()
       model, metrics = run.train_method(
         scfg,
-        run.init_model(scfg),
+        init(scfg),
         schedule,
         train_set,
         args.out / "train" / f"{label.replace('/', '_')}_seed{seed}",
@@ -284,12 +273,26 @@ def _main(args, devices: cli.Devices):
   log = lambda msg: print(
     f"[{time.perf_counter() - t0:5.0f} s] {msg}", flush=True
   )
-  train_vqa, test_vqa, train_set, test_set = _load(cfg, args, log, progress)
+  prompts, init = run.prompt_batch, run.init_model
+  if args.preset == "paper":  # memory plan, then the 7B folder
+    cfg, prompts, init = paper.prepare(cfg, args, log)
+  train_vqa, test_vqa, train_set, test_set = _load(
+    cfg, args, log, progress, prompts
+  )
   types = tuple(test_vqa.type_names)
   text_len = train_set["prefix"].shape[1] + train_set["suffix"].shape[1]
   runs = _runs(cfg, args.method)
   per_seed, models, schedules = _train_all(
-    cfg, args, runs, train_set, test_set, types, log, progress, devices.mesh
+    cfg,
+    args,
+    runs,
+    train_set,
+    test_set,
+    types,
+    log,
+    progress,
+    devices.mesh,
+    init,
   )
   constant, _ = summary.constant_record(train_set, test_set, types)
   answers = {t: _num_answers(cfg, args.dataset, t) for t in types}

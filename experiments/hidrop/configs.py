@@ -18,8 +18,10 @@ two seeds so every interval is defined.
 `paper` holds LLaVA-1.5-7B (CLIP ViT-L/14-336, 576 tokens, Vicuna-7B's 32
 layers) with the released Tok64 schedule, initialised from a Hugging Face
 folder (`--model-dir`); it needs an accelerator with room for a 7B
-fine-tune. The from-scratch CLIP path (`vision="clip"`) stays for `paper`
-and for `BENCHMARK`, the 256-token model `benchmarks/token_pruning.py` times
+fine-tune, prints its per-device memory plan and refuses a mesh that
+cannot hold it, and prompts in LLaVA's tokens (`paper.py`). The
+from-scratch CLIP path (`vision="clip"`) stays for `paper` and for
+`BENCHMARK`, the 256-token model `benchmarks/token_pruning.py` times
 (vision tower included).
 
 With `--dataset cifar` and no CIFAR-10 in the data dir, the subset bundled

@@ -12,6 +12,7 @@ _SPEC = importlib.util.spec_from_file_location(
 bench = importlib.util.module_from_spec(_SPEC)
 sys.modules[_SPEC.name] = bench
 _SPEC.loader.exec_module(bench)
+import sharding_hlo  # noqa: E402 (benchmarks/, put on sys.path by bench)
 
 GiB = 2**30
 
@@ -55,7 +56,7 @@ _HLO = "\n".join(
 
 
 def test_collective_bytes_counts_buffers_times_loop_trips():
-  out = bench.collective_bytes(_HLO, devices=8)
+  out = sharding_hlo.collective_bytes(_HLO, devices=8)
   all_reduce = 3 * (16 * 8 * 4 + 4 * 2)  # f32 + bf16 tuple, 3 trips
   reduce_scatter = 3 * (4 * 8 * 4) * 4  # the operand: result x group of 4
   all_gather = 64 * 4
@@ -67,13 +68,14 @@ def test_collective_bytes_counts_buffers_times_loop_trips():
   assert out["bytes"] == all_gather + all_reduce + reduce_scatter
   assert out["ops"] == {"all-gather": 1, "all-reduce": 3, "reduce-scatter": 3}
   assert out["unknown_trip_counts"] == 0
-  assert bench.shape_bytes("(f32[2,3]{1,0}, s32[], pred[5])") == 24 + 4 + 5
+  shape = "(f32[2,3]{1,0}, s32[], pred[5])"
+  assert sharding_hlo.shape_bytes(shape) == 24 + 4 + 5
 
 
 def test_collective_bytes_refuses_async_collectives():
   hlo = _HLO.replace("all-gather(%x)", "all-gather-start(%x)")
   with pytest.raises(ValueError, match="asynchronous collective"):
-    bench.collective_bytes(hlo, devices=8)
+    sharding_hlo.collective_bytes(hlo, devices=8)
 
 
 @pytest.fixture(scope="module")

@@ -51,11 +51,6 @@ def test_bad_arguments():
   assert args.out == pathlib.Path("runs/dynamax_cpu_transformer")
 
 
-def test_paper_preset_needs_a_model_dir(tmp_path):
-  with pytest.raises(ValueError, match="--model-dir"):
-    experiment.main(["--preset", "paper", "--out", str(tmp_path)])
-
-
 @pytest.mark.slow
 @pytest.mark.skipif(DATA_DIR is None, reason="no data dir with the text sets")
 @pytest.mark.parametrize("backbone", configs.BACKBONES)

@@ -79,11 +79,6 @@ def test_bad_arguments():
   assert args.schedule == configs.HIDROP_SCHEDULES
 
 
-def test_paper_preset_is_config_only(tmp_path):
-  with pytest.raises(ValueError, match="--model-dir"):
-    experiment.main(["--preset", "paper", "--out", str(tmp_path)])
-
-
 def test_constant_row_and_learnability():
   train = {
     "answer": np.array([3, 3, 4, 5, 6, 6]),
