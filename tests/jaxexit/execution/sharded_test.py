@@ -20,7 +20,7 @@ from jax.sharding import PartitionSpec as P
 from tests.jaxexit.execution import toy_stack
 from tests.jaxexit.execution.modes_test import RULES
 from tests.jaxexit.sharding.device_children import child_env, run_children
-from tests.tiers import slow
+from tests.tiers import fast_only, slow
 
 if __name__ == "__main__":  # The child checks shapes like conftest.
   from jaxtyping import install_import_hook
@@ -62,7 +62,9 @@ def _assert_same(result, ref, what):
   )
 
 
-@pytest.mark.parametrize("mode", SHARDED_MODES)
+@pytest.mark.parametrize(
+  "mode", fast_only(SHARDED_MODES, "early_stop", "simulate")
+)
 def test_one_device_mesh_equals_plain_runner(mode):
   stack, params, carry, rule, depths = _inputs("preset", 5)
   mesh = sharding.make_mesh()
@@ -176,7 +178,7 @@ def _child_sharded_params():
   model = ExitEncoder(cfg, rngs=nnx.Rngs(0))
   carry = model.embed_tokens(tokens)
   rule = rules.memoryless(
-    lambda out, layer: jax.nn.softmax(out.logits).max(-1) > 0.55
+    lambda out, layer: jax.nn.softmax(out.logits).max(-1) > 0.9
   )
   placed = sharding.shard_state(params, mesh, family="exit_encoder")
   specs = {x.sharding.spec for x in jax.tree.leaves(placed)}
@@ -188,7 +190,9 @@ def _child_sharded_params():
       placed, sharded_carry
     )
     _assert_same(result, ref, f"{mode} sharded encoder")
-  print(f"encoder exits: {np.asarray(ref.exit_layer).tolist()}")
+  exits = np.asarray(ref.exit_layer).tolist()
+  print(f"encoder exits: {exits}")
+  assert len(set(exits)) > 2, exits
 
 
 def _child_main():
