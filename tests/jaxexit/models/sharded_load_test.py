@@ -207,8 +207,11 @@ def test_missing_pooler_gets_the_fresh_init(tmp_path):
   (tmp_path / "config.json").write_text(json.dumps(TINY_BERT_JSON))
   model = from_pretrained(tmp_path, require_pooler=False)
   fresh = BertEncoder(cfg, rngs=nnx.Rngs(0))
-  np.testing.assert_array_equal(model.pooler.kernel, fresh.pooler.kernel)
-  np.testing.assert_array_equal(model.pooler.bias, fresh.pooler.bias)
+  # Jitted, the initialiser may round differently (jax 0.10.2: 1 ulp).
+  for name in ("kernel", "bias"):
+    np.testing.assert_allclose(
+      getattr(model.pooler, name), getattr(fresh.pooler, name), rtol=1e-6
+    )
   np.testing.assert_array_equal(
     model.word_embeddings.embedding, src.word_embeddings.embedding
   )
