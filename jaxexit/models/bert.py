@@ -28,6 +28,7 @@ from jax.typing import DTypeLike
 from jaxexit import checks
 from jaxexit.execution.adapter import PerLayer, functional, stacked
 from jaxexit.nn.functional import NEG_INF
+from jaxexit.nn.remat import remat_call
 from jaxexit.typing import Array, Bool, Float, Int
 
 # HF `ACT2FN` names; "gelu" is the exact erf form, "gelu_new" (ALBERT) and
@@ -261,7 +262,7 @@ def run_layers(layers: PerLayer, carry: dict) -> Float[Array, "L1 B T D"]:
   layer_fn, params = functional(layers)
 
   def body(c, layer):
-    c = layer_fn(params, layer, c)
+    c = remat_call(layer_fn, params, layer, c)
     return c, c["h"]
 
   _, hs = jax.lax.scan(

@@ -30,6 +30,7 @@ L layers.
 """
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable
 
@@ -50,6 +51,7 @@ from jaxexit.models.llama_attention import (
   rope_inv_freq,
   write_kv,
 )
+from jaxexit.nn.remat import remat_call
 from jaxexit.typing import Array, Bool, Float, Int, PyTree
 
 MODEL_TYPES = ("llama", "mistral", "qwen2")
@@ -574,7 +576,8 @@ class LlamaLM(nnx.Module):
     caches = self.init_cache(b, t)
     hidden = [h]
     for i in range(self.num_layers):
-      h, _ = self.layer(i, h, caches[i], positions, valid)
+      layer = functools.partial(self.layer, i)
+      h, _ = remat_call(layer, h, caches[i], positions, valid)
       hidden.append(h)
     hidden[-1] = self.final_norm(h)
     return LlamaOutput(

@@ -31,6 +31,7 @@ from jax.typing import DTypeLike
 
 from jaxexit import checks
 from jaxexit.execution.adapter import layer_module
+from jaxexit.nn.remat import remat_call
 from jaxexit.typing import Array, Bool, Float, Int, PyTree
 
 
@@ -453,8 +454,11 @@ class MambaLMBase(nnx.Module):
     cache = self.init_layer_cache(tokens.shape[0])
     graphdef, state = nnx.split(self.layers)
 
+    def block(params, x):
+      return nnx.merge(graphdef, params)(x, cache, valid)[0]
+
     def body(x, params):
-      out, _ = nnx.merge(graphdef, params)(x, cache, valid)
+      out = remat_call(block, params, x)
       return out, out
 
     last, hs = jax.lax.scan(body, h, state)

@@ -40,6 +40,7 @@ from jaxexit.execution.stack import ExitStack
 from jaxexit.exits.outputs import ExitHeadOutput
 from jaxexit.models.bert import make_layer_norm, make_linear
 from jaxexit.nn.functional import dropout
+from jaxexit.nn.remat import remat_call
 from jaxexit.typing import Array, Float, PRNGKeyArray
 
 
@@ -285,7 +286,7 @@ class ViT(nnx.Module):
     carry = jax.lax.fori_loop(
       0,
       self.cfg.depth,
-      lambda i, c: layer_fn(params, i, c),
+      lambda i, c: remat_call(layer_fn, params, i, c),
       self.embed(images, dropout_key=keys[0]),
     )
     return self.head(self.cls_features(carry)).astype(jnp.float32)

@@ -23,6 +23,11 @@ from jaxexit.train.optim import (
   path_contains,
   train_only,
 )
+from jaxexit.train.precision import (
+  PRECISIONS,
+  Precision,
+  float32_optimizer,
+)
 from jaxexit.train.progress import ProgressBar
 from jaxexit.train.seed import base_key, step_key
 from jaxexit.train.step import (
@@ -39,7 +44,9 @@ __all__ = [
   "MetricsWriter",
   "NoUsableCheckpoint",
   "OptimConfig",
+  "PRECISIONS",
   "ParamGroup",
+  "Precision",
   "ProgressBar",
   "Restored",
   "abstract_like",
@@ -48,6 +55,7 @@ __all__ = [
   "build_schedule",
   "fingerprint_array",
   "fingerprint_file",
+  "float32_optimizer",
   "label_params",
   "make_eval_step",
   "make_train_step",

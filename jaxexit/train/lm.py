@@ -7,6 +7,7 @@ uses. Logits and the cross-entropy are float32.
 Axes: B batch, T tokens, V vocabulary.
 """
 
+import functools
 import os
 
 import jax
@@ -14,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxexit.data.batching import shuffled_batch_indices
+from jaxexit.nn.remat import remat_call
 from jaxexit.train import fingerprint as fp_lib
 from jaxexit.train.loop import train
 from jaxexit.train.metrics import read_metrics
@@ -29,7 +31,8 @@ def backbone_logits(model, tokens: Int[Array, "B T"]) -> Float[Array, "B T V"]:
   caches = model.init_cache(batch, length)
   h = model.embed(tokens)
   for i in range(model.num_layers):
-    h, _ = model.layer(i, h, caches[i], positions, valid)
+    layer = functools.partial(model.layer, i)  # rematerialised if asked
+    h, _ = remat_call(layer, h, caches[i], positions, valid)
   return model.lm_head(model.final_norm(h))
 
 

@@ -47,9 +47,11 @@ from jaxexit import sharding as sharding_lib
 from jaxexit.sharding.logical import Family
 from jaxexit.sharding.rules import Rules
 from jaxexit.train import fingerprint as fp_lib
+from jaxexit.train import precision as precision_lib
 from jaxexit.train import seed as seed_lib
 from jaxexit.train.checkpoint import Checkpointer, abstract_like
 from jaxexit.train.metrics import MetricsWriter
+from jaxexit.train.precision import Precision
 from jaxexit.train.progress import ProgressBar
 from jaxexit.train.step import (
   LossFn,
@@ -153,7 +155,22 @@ def _resume(
   return restored.step, restored.state
 
 
-def _on_mesh(loss_fn, state, mesh, family, rules, log):
+def _split(model, tx, precision):
+  """`split_train_state` in `precision`: the optimizer in float32 for
+  low-precision parameters (initialised from the model's values), then
+  the parameters cast to `precision.param_dtype`."""
+  precision_lib.check_compute_dtype(model, precision)
+  if not precision.low_precision_params:
+    return split_train_state(model, tx)
+  tx = precision_lib.float32_optimizer(
+    tx, master_weights=precision.master_weights
+  )
+  graphdef, state = split_train_state(model, tx)
+  state[0] = precision_lib.cast_params(state[0], precision.param_dtype)
+  return graphdef, state
+
+
+def _on_mesh(loss_fn, state, mesh, family, rules, remat, log):
   """`(state, step_fn, place_batch)`: the state placed on `mesh` by its
   family's logical axes and `rules`, the step jitted with them, and the
   batch placement."""
@@ -171,7 +188,7 @@ def _on_mesh(loss_fn, state, mesh, family, rules, log):
     shardings = sharding_lib.state_shardings(state, mesh, rules, family=family)
   batch_axes = rules.get("batch")
   step_fn = make_sharded_train_step(
-    loss_fn, shardings, NamedSharding(mesh, P(batch_axes))
+    loss_fn, shardings, NamedSharding(mesh, P(batch_axes)), remat=remat
   )
 
   def place_batch(batch):
@@ -206,6 +223,7 @@ def train(
   force_resume: bool = False,
   family: Family | None = None,
   rules: Rules | None = None,
+  precision: Precision | None = None,
 ) -> tuple[nnx.Module, dict[str, Any]]:
   """Trains `model` for `num_steps` updates, resuming from `workdir`.
 
@@ -238,6 +256,9 @@ def train(
     rules: with `mesh`, logical axis -> mesh axes (None:
       `jaxexit.sharding.default_rules(mesh.axis_names)`); its "batch"
       entry splits the batches (absent: replicated).
+    precision: parameter and compute dtypes, float32 master weights and
+      per-block remat (`jaxexit.train.Precision`; None: float32, no
+      remat). A non-default one joins the fingerprint.
 
   Returns:
     `(model, metrics)`: the trained model and the last step's metrics
@@ -250,13 +271,17 @@ def train(
   """
   _check_args(num_steps, checkpoint_every, log_every)
   os.makedirs(workdir, exist_ok=True)
+  precision = Precision() if precision is None else precision
+  if precision != Precision():
+    fingerprint = {**(fingerprint or {}), "precision": precision}
   run_fp = run_fingerprint(fingerprint, num_steps=num_steps, seed=seed)
   log = _event_logger(os.fspath(workdir))
-  graphdef, state = split_train_state(model, tx)
-  step_fn, place_batch = make_train_step(loss_fn), None
+  graphdef, state = _split(model, tx, precision)
+  step_fn = make_train_step(loss_fn, remat=precision.remat)
+  place_batch = None
   if mesh is not None:
     state, step_fn, place_batch = _on_mesh(
-      loss_fn, state, mesh, family, rules, log
+      loss_fn, state, mesh, family, rules, precision.remat, log
     )
   base = seed_lib.base_key(seed)
   ckpt = Checkpointer(

@@ -29,6 +29,7 @@ import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from jaxexit.nn.remat import remat_blocks
 from jaxexit.typing import PRNGKeyArray, PyTree
 
 LossFn = Callable[
@@ -81,12 +82,16 @@ def _loss_and_grads(loss_fn: LossFn, model: nnx.Module, batch, rng):
   return loss, metrics, new_rest, grads
 
 
-def _train_step(loss_fn: LossFn) -> TrainStep:
-  """The pure step `step(graphdef, state, batch, rng)` (not yet jitted)."""
+def _train_step(loss_fn: LossFn, remat: str | None) -> TrainStep:
+  """The pure step `step(graphdef, state, batch, rng)` (not yet jitted);
+  the model's blocks are rematerialised with policy `remat` (None: no)."""
 
   def step(graphdef, state, batch, rng):
     model, optimizer = nnx.merge(graphdef, state)
-    loss, metrics, new_rest, grads = _loss_and_grads(loss_fn, model, batch, rng)
+    with remat_blocks(remat):
+      loss, metrics, new_rest, grads = _loss_and_grads(
+        loss_fn, model, batch, rng
+      )
     nnx.update(model, new_rest)
     optimizer.update(model, grads)
     metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), **metrics}
@@ -95,8 +100,9 @@ def _train_step(loss_fn: LossFn) -> TrainStep:
   return step
 
 
-@functools.cache
-def make_train_step(loss_fn: LossFn, *, donate: bool = True) -> TrainStep:
+def make_train_step(
+  loss_fn: LossFn, *, donate: bool = True, remat: str | None = None
+) -> TrainStep:
   """Builds the jitted step `step(graphdef, state, batch, rng)`.
 
   Args:
@@ -105,10 +111,13 @@ def make_train_step(loss_fn: LossFn, *, donate: bool = True) -> TrainStep:
     donate: donate the input `state` buffers to the output (halves the peak
       memory of parameters and optimizer state; the caller must not reuse the
       state it passed in).
+    remat: rematerialise each block of the model's stack in the backward
+      pass with this policy ("full", "dots"; see `jaxexit.nn.remat`), or
+      None. The gradients are the same; the activation memory is less.
 
-  The step is cached per `(loss_fn, donate)`: runs that pass the same loss
-  function object (e.g. one per seed) share one jitted step, so its
-  compiled programs are reused.
+  The step is cached per `(loss_fn, donate, remat)`: runs that pass the
+  same loss function object (e.g. one per seed) share one jitted step, so
+  its compiled programs are reused.
 
   Returns:
     `step(graphdef, state, batch, rng) -> (state, metrics)` where `state` is
@@ -116,8 +125,13 @@ def make_train_step(loss_fn: LossFn, *, donate: bool = True) -> TrainStep:
     `metrics` holds `loss`, `grad_norm` and the loss function's metrics
     (float32 scalars).
   """
+  return _jitted_step(loss_fn, donate, remat)
+
+
+@functools.cache
+def _jitted_step(loss_fn: LossFn, donate: bool, remat: str | None):
   donate_argnames = ("state",) if donate else ()
-  return jax.jit(_train_step(loss_fn), donate_argnames=donate_argnames)
+  return jax.jit(_train_step(loss_fn, remat), donate_argnames=donate_argnames)
 
 
 def make_sharded_train_step(
@@ -126,6 +140,7 @@ def make_sharded_train_step(
   batch_sharding: NamedSharding,
   *,
   donate: bool = True,
+  remat: str | None = None,
 ) -> TrainStep:
   """`make_train_step`'s step jitted with in and out shardings.
 
@@ -141,13 +156,14 @@ def make_sharded_train_step(
     batch_sharding: the sharding of every batch leaf, split on its leading
       axis B (`NamedSharding(mesh, P(("data", "fsdp")))`).
     donate: as in `make_train_step`.
+    remat: as in `make_train_step`.
 
   Returns:
     `step(graphdef, state, batch, rng) -> (state, metrics)`.
   """
   replicated = NamedSharding(batch_sharding.mesh, P())
   return jax.jit(
-    _train_step(loss_fn),
+    _train_step(loss_fn, remat),
     in_shardings=(None, state_shardings, batch_sharding, replicated),
     out_shardings=(state_shardings, replicated),
     donate_argnames=("state",) if donate else (),
