@@ -61,6 +61,7 @@ import sys
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -281,8 +282,10 @@ def time_units(candidates: dict, groups: list, repeats: int) -> tuple:
 
 
 def concat(outs: list):
-  """Joins per-unit outputs along the batch axis (numpy)."""
-  join = lambda *xs: np.concatenate([np.atleast_1d(x) for x in xs])
+  """Joins per-unit outputs along the batch axis (scalar counts: summed)."""
+  join = lambda *xs: (
+    jnp.concatenate(xs) if jnp.ndim(xs[0]) else jnp.sum(jnp.stack(xs))
+  )
   return jax.tree.map(join, *outs)
 
 

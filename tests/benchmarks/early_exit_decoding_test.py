@@ -3,82 +3,35 @@ import json
 import pathlib
 import sys
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
 
+from jaxexit.decoding.exit_heads import LMHeadExits
+from jaxexit.decoding.full import generate_full
+from jaxexit.methods.dynamax import ExitClassifierConfig, ExitClassifiers
 from jaxexit.models.llama import LlamaConfig, LlamaLM
 from tests.tiers import slow
 
-_PATH = (
-  pathlib.Path(__file__).resolve().parents[2]
-  / "benchmarks"
-  / "early_exit_decoding.py"
-)
+_DIR = pathlib.Path(__file__).resolve().parents[2] / "benchmarks"
 
 
-def _load_benchmark():
-  spec = importlib.util.spec_from_file_location("early_exit_decoding", _PATH)
+def _load(name: str):
+  spec = importlib.util.spec_from_file_location(name, _DIR / f"{name}.py")
   module = importlib.util.module_from_spec(spec)
   sys.modules[spec.name] = module
   spec.loader.exec_module(module)
   return module
 
 
-bench = _load_benchmark()
+bench = _load("early_exit_decoding")
+heads_lib = sys.modules["decoding_heads"]
 
 
-def test_search_threshold_bisects_to_the_nearest_depth():
-  grid = np.linspace(0.0, 1.0, 101)
-  calls = []
-
-  def depth_at(lam):  # a step function, increasing in λ
-    calls.append(lam)
-    return float(np.floor(lam * 10))
-
-  lam, depth, runs = bench.search_threshold(
-    depth_at, grid, guess=0, target=6.0, steps=20, tolerance=0.0
-  )
-  assert depth == 6.0 and 0.6 <= lam < 0.7
-  assert runs == len(calls) == len(set(calls)) <= 8
-
-
-def test_search_threshold_reports_an_unreachable_target_honestly():
-  grid = np.linspace(0.0, 1.0, 11)
-  lam, depth, runs = bench.search_threshold(
-    lambda lam: 10.0 + lam, grid, guess=5, target=2.0, steps=10, tolerance=0.1
-  )
-  assert (lam, depth) == (0.0, 10.0) and runs <= 5
-
-
-def test_simulated_depths_take_the_first_confident_exit():
-  conf = np.array([[0.9, 0.2], [0.1, 0.5], [0.1, 0.2]])  # [Q, E]
-  grid = bench.threshold_grid(conf)
-  np.testing.assert_array_equal(grid, [0.0, 0.1, 0.2, 0.5, 0.9, 1.0])
-  depths = bench.simulated_depths(conf, grid, (0, 2, 4, 6))
-  np.testing.assert_allclose(depths, [2, 2, 10 / 3, 4, 14 / 3, 6])
-
-
-@pytest.mark.parametrize(
-  "field, value",
-  [
-    ("backbones", ("gpt",)),
-    ("modes", ("skip",)),
-    ("num_prompts", (1, 2)),
-    ("max_new_tokens", 1),
-    ("repeats", 0),
-    ("tolerance", 2.0),
-  ],
-)
-def test_settings_reject_bad_values(field, value):
-  kw = {"backbones": ("transformer",), "num_prompts": (1,), field: value}
-  with pytest.raises(ValueError, match=field):
-    bench.Settings(**kw)
-
-
-@slow
-def test_measure_backbone_on_a_tiny_decoder():
-  model = LlamaLM(
+def _tiny():
+  return LlamaLM(
     LlamaConfig(
       vocab_size=32,
       d_model=16,
@@ -90,37 +43,123 @@ def test_measure_backbone_on_a_tiny_decoder():
     ),
     rngs=nnx.Rngs(0),
   )
+
+
+@pytest.mark.parametrize(
+  "field, value",
+  [
+    ("num_prompts", 1),
+    ("max_new_tokens", 1),
+    ("repeats", 0),
+    ("batches", (3,)),
+    ("agreement_targets", (1.5,)),
+  ],
+)
+def test_settings_reject_bad_values(field, value):
+  with pytest.raises(ValueError, match=field):
+    bench.Settings(**({"num_prompts": 8} | {field: value}))
+
+
+def test_methods_time_fewer_settings_past_batch_one():
+  one, eight = bench.methods((0.99, 0.9), 1), bench.methods((0.99, 0.9), 8)
+  assert set(eight) < set(one)
+  assert {m.heads for m in eight} == {"mlp", "lm_head"}
+  assert len({m.name for m in one}) == len(one)
+
+
+def test_answer_features_keep_only_answer_positions():
+  model = _tiny()
+  prompts = np.array([[3, 7, 1, 9], [5, 8, 0, 0]], np.int32)
+  lengths = np.array([4, 2], np.int32)
+  answers = np.array([[11, 12, 13, 14], [21, 22, 23, 24]], np.int32)
+  feats = heads_lib.answer_features(model, prompts, lengths, answers, (2,), 3)
+  # 2 prompts x 3 positions (predicting answer tokens 2..4), rows of 3.
+  np.testing.assert_array_equal(feats.targets, [[12, 13, 14], [22, 23, 24]])
+  assert feats.hidden.shape == (2, 3, 1, 16) and feats.mask.all()
+
+
+def test_pick_thresholds_reach_their_simulated_agreement():
+  model = _tiny()
+  prompts = np.array([[3, 7, 1, 9, 4], [5, 8, 2, 6, 1]], np.int32)
+  lengths = np.array([5, 5], np.int32)
+  n = 8
+  full = np.asarray(generate_full(model, prompts, lengths, max_new_tokens=n))
+  seqs, seq_lengths = bench.teacher_forced(prompts, lengths, full)
+  targets = (1.0, 0.6, 0.2)
+  chosen = bench.pick_thresholds(
+    model,
+    LMHeadExits(),
+    "max_softmax",
+    (1, 2, 3),
+    seqs,
+    seq_lengths,
+    lengths,
+    n,
+    targets,
+  )
+  lams = [chosen[t][0] for t in targets]
+  assert lams == sorted(lams, reverse=True)  # stricter target, higher λ
+  for t in targets:
+    assert chosen[t][1] >= t
+  assert chosen[0.2][0] < 1.0  # a random model still exits somewhere
+
+
+def test_exit_view_is_exit_e_alone():
+  cfg = ExitClassifierConfig(kind="mlp", num_exits=3, d_model=16)
+  heads = ExitClassifiers(cfg, rngs=nnx.Rngs(1))
+  # Non-zero output projections, so the exits differ.
+  for e, m in enumerate(heads.exits):
+    m.down.kernel.value = m.down.kernel.value + 0.1 * (e + 1)
+  model = _tiny()
+  h = jax.random.normal(jax.random.key(0), (1, 2, 16))
+  pos, valid = jnp.zeros((1, 2), jnp.int32), jnp.ones((1, 2), bool)
+  view = bench.exit_view(heads, 2)
+  got, _ = view(model, 0, h, (), pos, valid)
+  want, _ = heads(model, 2, h, (), pos, valid)
+  np.testing.assert_allclose(got, want, rtol=1e-6)
+  np.testing.assert_allclose(view.score(model, 0, h), heads.score(model, 2, h))
+
+
+@slow  # compiles ~10 decoders (~1 min on 2 cores)
+def test_bench_records_on_a_tiny_decoder(tmp_path):
+  model = _tiny()
+  settings = bench.Settings(
+    num_prompts=2,
+    max_new_tokens=6,
+    batches=(1, 2),
+    exit_layers=(1, 2, 3),
+    agreement_targets=(0.9, 0.3),
+    spec_grid=((2, 2),),
+    spec_search_prompts=1,
+  )
+  cfg = ExitClassifierConfig(kind="mlp", num_exits=3, d_model=16)
+  heads = ExitClassifiers(cfg, rngs=nnx.Rngs(0))
   prompts = np.array([[3, 7, 1, 9, 4], [5, 8, 2, 0, 0]], np.int32)
   lengths = np.array([5, 3], np.int32)
-  modes = ("propagate", "oracle")
-  settings = bench.Settings(
-    backbones=("transformer",),
-    num_prompts=(2,),
-    modes=modes,
-    max_new_tokens=4,
-    warmup=0,
-    repeats=1,
-    search_steps=2,
-  )
-  records = bench.measure_backbone(
-    "tiny", model, prompts, lengths, (2,), settings, log=lambda msg: None
-  )
-  assert [(r["state_mode"], r["target_fraction"]) for r in records] == [
-    (m, t) for m in modes for t in bench.TARGETS
-  ]
+  scorer = lambda answers: (np.asarray(answers)[:, 0] % 2).astype(float)
+  b = bench.Bench(model, heads, prompts, lengths, scorer, settings, print)
+  records = b.measure(1) + b.measure(2)
+  by_mode = {}
   for r in records:
-    assert 2 <= r["avg_layers"] <= 4
-    assert r["ratio"] == pytest.approx(
-      r["realised_speedup"] / r["theoretical_speedup"], rel=1e-3
-    )
-    assert r["search_runs"] <= 2
-    if r["state_mode"] == "oracle":  # every block and every exit head
-      assert r["flops_fraction"] > 1
+    by_mode.setdefault(r["state_mode"], []).append(r)
+    for key in (
+      "backbone",
+      "batch",
+      "tokens_per_s",
+      "full_tokens_per_s",
+      "realised_speedup",
+      "theoretical_speedup",
+      "consistency",
+      "identical_to_full",
+    ):
+      assert key in r, (key, r)
+    assert 0.0 <= r["consistency"] <= 1.0
+  # Lossless settings reproduce the full model token for token.
+  for mode in ("full", "exits_disabled", "self_speculative"):
+    assert all(r["identical_to_full"] for r in by_mode[mode]), mode
+  frozen = by_mode["freeze"]
+  assert {r["batch"] for r in frozen} == {1, 2}
+  for r in frozen:
+    assert abs(sum(r["exit_shares"].values()) - 1.0) < 1e-3
+    assert 1.0 <= r["avg_layers"] <= 4.0
   json.dumps(records)
-  text = bench.render(
-    records,
-    {"tiny": "test"},
-    bench.Settings(backbones=("transformer",), num_prompts=(2,)),
-    quick=True,
-  )
-  assert text.count("\n| tiny |") == len(records)
