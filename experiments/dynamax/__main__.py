@@ -105,7 +105,7 @@ def train_classifiers(
   )
   rows = rows[: cfg.feature_rows]
   feats = scale.training_features(
-    cfg, bb.model, rows, exit_layers, out, progress
+    cfg, bb.model, rows, exit_layers, out, progress, tag=bb.description
   )
   heads = {}
   for kind in cfg.classifiers:

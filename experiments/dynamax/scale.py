@@ -97,9 +97,11 @@ def training_features(
   exit_layers: tuple[int, ...],
   out: pathlib.Path,
   progress,
+  tag: str = "",
 ) -> dynamax_train.ExitFeatures:
   """The frozen backbone's features of `rows` (full-length sequences), in
-  memory or in shards under `out / "features"` (`cfg.feature_store`)."""
+  memory or in shards under `out / "features"` (`cfg.feature_store`;
+  `tag`, e.g. the backbone's description, keys the shards with it)."""
   lengths = np.full(len(rows), rows.shape[1])
   if cfg.feature_store == "memory":
     return dynamax_train.exit_features(
@@ -117,5 +119,6 @@ def training_features(
     exit_layers,
     out / "features",
     batch_size=cfg.feature_batch,
+    tag=tag,
     progress=progress,
   )

@@ -16,11 +16,11 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from jaxexit.models.clip_vision import ClipVisionConfig
 from jaxexit.models.llama import LlamaConfig, LlamaLM
 from jaxexit.models.llava import LlavaConfig, LlavaLM
 from jaxexit.models.mamba import MambaConfig, MambaLM
 from jaxexit.models.mamba2 import Mamba2Config, Mamba2LM
-from jaxexit.models.clip_vision import ClipVisionConfig
 from jaxexit.sharding.activations import (
   F32,
   Rate,
@@ -32,6 +32,7 @@ from jaxexit.sharding.activations import (
   transformer_block,
 )
 from jaxexit.sharding.memory_plan import Phase, Workload
+from jaxexit.train import split_train_state
 from jaxexit.typing import PyTree
 
 LMConfig = LlamaConfig | MambaConfig | Mamba2Config
@@ -47,8 +48,6 @@ def abstract_train_state(
 ) -> PyTree:
   """`nnx.eval_shape` of `jaxexit.train.split_train_state(build(), tx)`'s
   state: `{0: model state, 1: optimizer state}`."""
-  from jaxexit.train import split_train_state  # train imports sharding
-
   return nnx.eval_shape(lambda: split_train_state(build(), tx))[1]
 
 
