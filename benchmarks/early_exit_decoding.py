@@ -47,8 +47,9 @@ Writes `benchmarks/results/early_exit_decoding.json` (`--quick`:
 "tokens_per_s", "full_tokens_per_s", "realised_speedup" (+ "_ci"),
 "theoretical_speedup", "avg_layers", "flops_fraction", "consistency"
 (+ "_ci"), "identical_to_full", "rouge_acc" (+ "_ci", "_diff_ci"), ...}`
-and one `"state_mode": "heads"` record with the heads' training report and
-their cost in blocks.
+(the first, the full model at batch 1, also holds the constant answer's
+accuracy), and `decoding_heads{_quick}.json`: the heads' training report
+(agreement before/after per exit) and each piece's cost in blocks.
 """
 
 import argparse
@@ -642,9 +643,17 @@ def _label(r: dict) -> str:
   return f"{r['heads']} · {r['rule']} · {r['state_mode']}"
 
 
-def render(records: list[dict], about: str, settings: Settings) -> str:
-  """The BENCHMARKS.md section: setup, heads and the table."""
-  heads = next(r for r in records if r["state_mode"] == "heads")
+def render(
+  records: list[dict], heads: dict, about: str, settings: Settings
+) -> str:
+  """The BENCHMARKS.md section: setup, heads and the table.
+
+  Args:
+    records: the timing records (`Bench.measure`).
+    heads: the heads' report (`heads_report`).
+    about: the backbone in words.
+    settings: the run's sizes.
+  """
   blocks = heads["cost_in_blocks"]
   agree = ", ".join(
     f"E={e}: {a:.3f} -> {b:.3f}"
@@ -669,15 +678,13 @@ def render(records: list[dict], about: str, settings: Settings) -> str:
   ]
   rows = []
   for r in records:
-    if r["state_mode"] == "heads":
-      continue
-    if r["state_mode"] == "constant":
+    if "constant_rouge_acc" in r:
+      const = {k[len("constant_") :]: v for k, v in r.items() if "const" in k}
       rows.append(
-        ["-", f"constant answer “{r['answer']}”"]
+        ["-", f"constant answer “{const['answer']}”"]
         + ["-"] * 8
-        + [_ci(r, "rouge_acc"), "-", "-"]
+        + [_ci(const, "rouge_acc"), "-", "-"]
       )
-      continue
     lam = "-"
     if r.get("simulated_agreement") is not None:
       lam = f"{r['threshold']:.3g} ({r['simulated_agreement']:.2f})"
@@ -770,31 +777,27 @@ def main():
   )
   log(f"heads: {heads_report}")
   bench = Bench(model, heads, prompts, lengths, answer_fn, settings, log)
-  records = [
-    {
-      "state_mode": "heads",
-      "backbone": "transformer",
-      "num_layers": model.num_layers,
-      **heads_report,
-      "cost_in_blocks": {k: c.in_blocks() for k, c in bench.costs.items()},
-      "spec_search": [list(r) for r in bench.spec_search],
-    }
-  ]
+  heads_report |= {
+    "backbone": "transformer",
+    "num_layers": model.num_layers,
+    "cost_in_blocks": {k: c.in_blocks() for k, c in bench.costs.items()},
+    "spec_search": [list(r) for r in bench.spec_search],
+  }
+  report.write_json(out.parent / f"decoding_heads{suffix}.json", heads_report)
+  records = []
   for batch in settings.batches:
     records += bench.measure(batch)
     report.write_json(out, records)  # nothing lost if a later batch dies
-  if constant is not None:
-    records.append(
-      {
-        "state_mode": "constant",
-        "backbone": "transformer",
-        "answer": CONSTANT_ANSWER,
-        "rouge_acc": round(float(constant.mean()), 4),
-        "rouge_acc_ci": stats.bootstrap_interval(constant, seed=0).as_list(),
-      }
-    )
-  report.write_json(out, records)
-  text = render(records, about, settings)
+  if constant is not None:  # the quality table's constant row
+    records[0] |= {  # the full model at the first batch size
+      "constant_answer": CONSTANT_ANSWER,
+      "constant_rouge_acc": round(float(constant.mean()), 4),
+      "constant_rouge_acc_ci": stats.bootstrap_interval(
+        constant, seed=0
+      ).as_list(),
+    }
+    report.write_json(out, records)
+  text = render(records, heads_report, about, settings)
   print(text)
   log("done")
   if not args.quick:

@@ -13,9 +13,10 @@ after warm-up); EOS is ignored so every run decodes `max_new_tokens`.
   python benchmarks/self_speculative_decoding.py --quick
   python benchmarks/self_speculative_decoding.py   # BENCHMARKS.md section
 
-Records (`state_mode="self_speculative"`) are merged into
-`benchmarks/results/early_exit_decoding{_quick}.json` (older
-self-speculative records replaced, the others kept):
+Records (`state_mode="self_speculative"`) go to
+`benchmarks/results/self_speculative_decoding{_quick}.json`
+(`benchmarks/early_exit_decoding.py` times its own best (E, d) against
+the other modes, with trained draft heads):
 
 * tokens_per_s, full_tokens_per_s: generated tokens / median seconds
   (prefill included);
@@ -30,7 +31,6 @@ self-speculative records replaced, the others kept):
 
 import argparse
 import functools
-import json
 import os
 import pathlib
 import platform
@@ -48,8 +48,8 @@ from jaxexit.decoding.speculative import SelfSpeculativeCost
 from jaxexit.models.llama import LlamaConfig, LlamaLM
 
 HERE = pathlib.Path(__file__).resolve().parent
-RESULTS = HERE / "results" / "early_exit_decoding.json"
-QUICK_RESULTS = HERE / "results" / "early_exit_decoding_quick.json"
+RESULTS = HERE / "results" / "self_speculative_decoding.json"
+QUICK_RESULTS = HERE / "results" / "self_speculative_decoding_quick.json"
 BENCHMARKS_MD = HERE.parent / "BENCHMARKS.md"
 MODE = "self_speculative"
 QUICK = {"grid": ((2, 2), (4, 3), (6, 4)), "tokens": 32, "repeats": 3}
@@ -179,13 +179,6 @@ def measure(
   return records
 
 
-def merge(path: pathlib.Path, records: list[dict]) -> None:
-  """Writes `records` into `path`, replacing its self-speculative ones."""
-  old = json.loads(path.read_text()) if path.exists() else []
-  kept = [r for r in old if r.get("state_mode") != MODE]
-  report.write_json(path, kept + records)
-
-
 def render(records: list[dict], about: str, quick: bool, repeats: int) -> str:
   """The BENCHMARKS.md section: setup line and table."""
   header = [
@@ -252,7 +245,7 @@ def main():
   )
   text = render(records, about, args.quick, settings["repeats"])
   print(text)
-  merge(QUICK_RESULTS if args.quick else RESULTS, records)
+  report.write_json(QUICK_RESULTS if args.quick else RESULTS, records)
   if not args.quick:
     report.write_section(BENCHMARKS_MD, "self_speculative_decoding", text)
 

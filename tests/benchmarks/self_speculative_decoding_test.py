@@ -1,5 +1,4 @@
 import importlib.util
-import json
 import pathlib
 import sys
 
@@ -27,18 +26,6 @@ def _load_benchmark():
 
 
 bench = _load_benchmark()
-
-
-def test_merge_replaces_only_self_speculative_records(tmp_path):
-  path = tmp_path / "r.json"
-  old = [
-    {"state_mode": "propagate", "x": 1},
-    {"state_mode": "self_speculative", "x": 2},
-  ]
-  path.write_text(json.dumps(old))
-  bench.merge(path, [{"state_mode": "self_speculative", "x": 3}])
-  got = json.loads(path.read_text())
-  assert got == [old[0], {"state_mode": "self_speculative", "x": 3}]
 
 
 @slow  # compiles two decoders (~10 s on 2 cores)
