@@ -88,10 +88,13 @@ def run_fingerprint(
 
 
 def _event_logger(workdir: str) -> Callable[[str], None]:
-  """Prints a line and appends it, timestamped, to `workdir/events.log`."""
+  """Prints a line and appends it, timestamped, to `workdir/events.log`
+  (on process 0 only)."""
   path = os.path.join(workdir, EVENTS_FILE)
 
   def log(message: str) -> None:
+    if not sharding_lib.is_main_process():
+      return
     print(message, flush=True)
     stamp = datetime.datetime.now().isoformat(timespec="seconds")
     with open(path, "a", encoding="utf-8") as f:
@@ -284,6 +287,8 @@ def train(
       loss_fn, state, mesh, family, rules, precision.remat, log
     )
   base = seed_lib.base_key(seed)
+  if mesh is not None:  # a global array, as multi-host orbax saves need
+    base = sharding_lib.replicate(base, mesh)
   ckpt = Checkpointer(
     os.path.join(workdir, CHECKPOINT_DIR),
     save_every=checkpoint_every,
@@ -299,10 +304,13 @@ def train(
       num_steps=num_steps,
       log=log,
     )
+    main = sharding_lib.is_main_process()
     writer = MetricsWriter(
-      os.path.join(workdir, METRICS_FILE), resume_step=start
+      os.path.join(workdir, METRICS_FILE), resume_step=start, enabled=main
     )
-    bar = ProgressBar(num_steps, initial=start, enabled=progress)
+    bar = ProgressBar(
+      num_steps, initial=start, enabled=progress if main else False
+    )
     on_mesh = contextlib.nullcontext() if mesh is None else jax.set_mesh(mesh)
     with writer, bar, on_mesh:
       state, metrics = _run(

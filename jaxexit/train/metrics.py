@@ -63,16 +63,27 @@ class MetricsWriter:
       w.write(step, {"loss": loss})
   """
 
-  def __init__(self, path: str | os.PathLike, *, resume_step: int = 0):
+  def __init__(
+    self,
+    path: str | os.PathLike,
+    *,
+    resume_step: int = 0,
+    enabled: bool = True,
+  ):
     """Opens the log, keeping only records with `step <= resume_step`.
 
     Args:
       path: the JSONL file (created if missing).
       resume_step: the step the run restarts from; 0 for a fresh run, which
         discards any previous log.
+      enabled: False leaves the file alone (processes other than 0 of a
+        multi-host run); `write` still returns the record.
     """
     checks.positive_int("resume_step", resume_step, minimum=0)
     self.path = os.fspath(path)
+    self._file = None
+    if not enabled:
+      return
     kept = [r for r in read_metrics(self.path) if r["step"] <= resume_step]
     tmp = self.path + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:
@@ -97,13 +108,15 @@ class MetricsWriter:
     checks.positive_int("step", step, minimum=0)
     record = {"step": int(step)}
     record.update({k: _scalar(k, v) for k, v in metrics.items()})
-    self._file.write(json.dumps(record) + "\n")
-    self._file.flush()
+    if self._file is not None:
+      self._file.write(json.dumps(record) + "\n")
+      self._file.flush()
     return record
 
   def close(self) -> None:
     """Closes the file."""
-    self._file.close()
+    if self._file is not None:
+      self._file.close()
 
   def __enter__(self) -> "MetricsWriter":
     return self

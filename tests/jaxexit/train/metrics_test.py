@@ -95,3 +95,11 @@ def test_seed_keys_depend_only_on_seed_and_step():
   )
   with pytest.raises(ValueError, match="seed=-1"):
     seed_lib.base_key(-1)
+
+
+def test_disabled_writer_leaves_the_file_alone(tmp_path):
+  path = tmp_path / "metrics.jsonl"
+  path.write_text('{"step": 1, "loss": 2.0}\n')
+  with metrics_lib.MetricsWriter(path, enabled=False) as w:
+    assert w.write(2, {"loss": 1.5}) == {"step": 2, "loss": 1.5}
+  assert path.read_text() == '{"step": 1, "loss": 2.0}\n'

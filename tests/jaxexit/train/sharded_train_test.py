@@ -9,6 +9,7 @@ runs agree to 1e-5. `sharded_job.py` is killed with SIGKILL mid-run on
 8 devices, resumed, and its checkpoint restored onto 4 devices.
 """
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -19,6 +20,8 @@ import time
 import jax
 import numpy as np
 import optax
+import orbax.checkpoint as ocp
+from etils import epath
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
@@ -34,6 +37,7 @@ if __name__ == "__main__":  # The child checks shapes like conftest.
 
 from jaxexit import sharding, train  # noqa: E402
 from jaxexit.sharding.logical import path_str  # noqa: E402
+from jaxexit.train import loop  # noqa: E402
 from jaxexit.train import metrics as metrics_lib  # noqa: E402
 from jaxexit.train.lm import causal_lm_loss  # noqa: E402
 
@@ -87,38 +91,92 @@ def _check_model_specs(model, family):
     assert len(leaf.sharding.device_set) == 8, (family, name)
 
 
+def _saved_specs(workdir):
+  """`{path: partition spec}` of the train state in the newest checkpoint
+  (orbax's metadata: what each process wrote)."""
+  ckpt_dir = os.path.join(workdir, loop.CHECKPOINT_DIR)
+  step = max(int(d) for d in os.listdir(ckpt_dir) if d.isdigit())
+  path = epath.Path(ckpt_dir) / str(step) / "default"
+  tree = ocp.StandardCheckpointHandler().metadata(path).tree["state"]
+  specs = {}
+  for keys, meta in jax.tree_util.tree_leaves_with_path(tree):
+    name = path_str(keys).removesuffix("/value")
+    specs[name] = tuple(meta.sharding.partition_spec)
+  return specs
+
+
+def _check_saved_specs(specs, family):
+  """Both Adam moments of every parameter (and its master copy) were saved
+  in the parameter's spec."""
+  for param in (n for n in specs if n.startswith("0/")):
+    tail = param.removeprefix("0/")
+    followers = [
+      n
+      for n in specs
+      if n.startswith("1/") and n.endswith(f"/{tail}") and n != param
+    ]
+    assert len(followers) >= 2, (family, param, followers)
+    for name in followers:
+      assert specs[name] == specs[param], (family, name, specs[param])
+
+
+def _run(family, mesh, precision=None):
+  """3 steps of `train()`: (losses, model, saved specs on a mesh)."""
+  loss_fn = state_test._llava_loss if family == "llava" else causal_lm_loss
+  model = state_test._model(family)
+  if precision is not None:
+    cfg = dataclasses.replace(model.cfg, **precision.model_overrides())
+    model = type(model)(cfg, rngs=nnx.Rngs(0))
+  batches = state_test._batches(family, model)
+  with tempfile.TemporaryDirectory() as workdir:
+    model, _ = train.train(
+      model,
+      optax.adamw(1e-3),
+      loss_fn,
+      lambda step: batches[step],
+      num_steps=3,
+      workdir=workdir,
+      log_every=1,
+      progress=False,
+      mesh=mesh,
+      precision=precision,
+    )
+    rows = metrics_lib.read_metrics(os.path.join(workdir, "metrics.jsonl"))
+    specs = None if mesh is None else _saved_specs(workdir)
+  return [r["loss"] for r in rows], model, specs
+
+
+def _max_diff(model_a, model_b):
+  return max(
+    float(np.max(np.abs(np.float32(a) - np.float32(b))))
+    for a, b in zip(_params(model_a), _params(model_b))
+  )
+
+
 def _child_main() -> None:
   """Runs in the 8-device child: train(mesh) == train(None), 3 steps."""
   assert jax.device_count() == 8, jax.devices()
   mesh = sharding.make_mesh("data=2,fsdp=2,tensor=2")
   for family in ("llama", "llava", "mamba"):
-    loss_fn = state_test._llava_loss if family == "llava" else causal_lm_loss
-    batches = state_test._batches(family, state_test._model(family))
-    runs = []
-    for m in (None, mesh):
-      with tempfile.TemporaryDirectory() as workdir:
-        model, _ = train.train(
-          state_test._model(family),
-          optax.adamw(1e-3),
-          loss_fn,
-          lambda step: batches[step],
-          num_steps=3,
-          workdir=workdir,
-          log_every=1,
-          progress=False,
-          mesh=m,
-        )
-        rows = metrics_lib.read_metrics(os.path.join(workdir, "metrics.jsonl"))
-      runs.append(([r["loss"] for r in rows], model))
-    (loss_1, model_1), (loss_8, model_8) = runs
+    loss_1, model_1, _ = _run(family, None)
+    loss_8, model_8, specs = _run(family, mesh)
     _check_model_specs(model_8, family)
-    diff = max(
-      float(np.max(np.abs(a - b)))
-      for a, b in zip(_params(model_1), _params(model_8))
-    )
+    _check_saved_specs(specs, family)
+    diff = _max_diff(model_1, model_8)
     np.testing.assert_allclose(loss_8, loss_1, rtol=1e-5, atol=1e-5)
     assert diff < 1e-5, (family, diff)
     print(f"CHILD {family} losses {loss_1} max |params diff| {diff:.2e}")
+  # bfloat16 with a float32 master copy and remat, on the mesh.
+  bf16 = dataclasses.replace(train.PRECISIONS["bf16"], remat="full")
+  loss_1, model_1, _ = _run("llama", None, bf16)
+  loss_8, model_8, specs = _run("llama", mesh, bf16)
+  _check_model_specs(model_8, "llama")
+  _check_saved_specs(specs, "llama")
+  assert any("/master/" in name for name in specs)
+  np.testing.assert_allclose(loss_8, loss_1, rtol=1e-3)
+  diff = _max_diff(model_1, model_8)
+  assert diff < 1e-2, diff  # a bfloat16 step at |w| ~ 1 is 2^-7
+  print(f"CHILD llama bf16 losses {loss_1} / {loss_8} params diff {diff:.2e}")
   print("CHILD OK")
 
 
@@ -170,7 +228,7 @@ def test_sharded_sigkill_resume_and_restore_on_4_devices(tmp_path):
   proc = _job(killed, 8, "--sleep", "0.3")
   _wait_for_step(proc, killed / "checkpoints", 8)
   proc.send_signal(signal.SIGKILL)
-  proc.wait()
+  proc.communicate()  # reaps it and closes its pipe
   assert proc.returncode == -signal.SIGKILL
   done = metrics_lib.read_metrics(killed / "metrics.jsonl")
   assert done and done[-1]["step"] < 24, "the run was not killed mid-run"
