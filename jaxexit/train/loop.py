@@ -159,9 +159,11 @@ def _resume(
 
 
 def _split(model, tx, precision):
-  """`split_train_state` in `precision`: the optimizer in float32 for
-  low-precision parameters (initialised from the model's values), then
-  the parameters cast to `precision.param_dtype`."""
+  """`split_train_state` in `precision` (None: as the model is): the
+  optimizer in float32 for low-precision parameters (initialised from the
+  model's values), then the parameters cast to `precision.param_dtype`."""
+  if precision is None:
+    return split_train_state(model, tx)
   precision_lib.check_compute_dtype(model, precision)
   if not precision.low_precision_params:
     return split_train_state(model, tx)
@@ -191,7 +193,10 @@ def _on_mesh(loss_fn, state, mesh, family, rules, remat, log):
     shardings = sharding_lib.state_shardings(state, mesh, rules, family=family)
   batch_axes = rules.get("batch")
   step_fn = make_sharded_train_step(
-    loss_fn, shardings, NamedSharding(mesh, P(batch_axes)), remat=remat
+    loss_fn,
+    shardings,
+    NamedSharding(mesh, P(batch_axes) if batch_axes else P()),
+    remat=remat,
   )
 
   def place_batch(batch):
@@ -260,8 +265,9 @@ def train(
       `jaxexit.sharding.default_rules(mesh.axis_names)`); its "batch"
       entry splits the batches (absent: replicated).
     precision: parameter and compute dtypes, float32 master weights and
-      per-block remat (`jaxexit.train.Precision`; None: float32, no
-      remat). A non-default one joins the fingerprint.
+      per-block remat (`jaxexit.train.Precision`); the model must compute
+      in its `compute_dtype`. None: the model's own dtypes, no remat. A
+      non-default one joins the fingerprint.
 
   Returns:
     `(model, metrics)`: the trained model and the last step's metrics
@@ -274,17 +280,17 @@ def train(
   """
   _check_args(num_steps, checkpoint_every, log_every)
   os.makedirs(workdir, exist_ok=True)
-  precision = Precision() if precision is None else precision
-  if precision != Precision():
+  if precision not in (None, Precision()):
     fingerprint = {**(fingerprint or {}), "precision": precision}
   run_fp = run_fingerprint(fingerprint, num_steps=num_steps, seed=seed)
   log = _event_logger(os.fspath(workdir))
   graphdef, state = _split(model, tx, precision)
-  step_fn = make_train_step(loss_fn, remat=precision.remat)
+  remat = None if precision is None else precision.remat
+  step_fn = make_train_step(loss_fn, remat=remat)
   place_batch = None
   if mesh is not None:
     state, step_fn, place_batch = _on_mesh(
-      loss_fn, state, mesh, family, rules, precision.remat, log
+      loss_fn, state, mesh, family, rules, remat, log
     )
   base = seed_lib.base_key(seed)
   if mesh is not None:  # a global array, as multi-host orbax saves need

@@ -15,6 +15,7 @@ from jaxexit import models, sharding, train
 from jaxexit.models.llama_weights import LLAMA_CONFIGS
 from jaxexit.nn.remat import remat_blocks
 from jaxexit.sharding.logical import path_str
+from jaxexit.train import loop
 from jaxexit.train.lm import causal_lm_loss
 from tests.jaxexit.sharding.families_test import BERT
 from tests.jaxexit.train import resume_job
@@ -235,3 +236,15 @@ def test_each_stack_rematerialises_with_the_same_gradients(build, forward):
   )
   assert diff < 1e-6, diff
   assert temp_r < temp, (temp_r, temp)
+
+
+def test_without_precision_a_bfloat16_model_keeps_its_dtypes():
+  """`precision=None` is today's behaviour: no dtype check, no cast."""
+  cfg = dataclasses.replace(LLAMA, **train.PRECISIONS["bf16"].model_overrides())
+  state = jax.eval_shape(
+    lambda: loop._split(
+      models.LlamaLM(cfg, rngs=nnx.Rngs(0)), optax.adamw(1e-3), None
+    )[1]
+  )
+  dtypes = {x.dtype.name for x in jax.tree.leaves(state) if x.ndim}
+  assert dtypes == {"bfloat16"}, dtypes
