@@ -96,11 +96,16 @@ def test_only_process_0_logs_locks_and_shows_progress(tmp_path, monkeypatch):
 
 
 def _child_main() -> None:
-  """8 devices: the mesh flag builds the mesh, rows split or replicate."""
+  """8 devices: the mesh flag builds the mesh, rows split or replicate;
+  `--distributed auto` with no cluster configured is one process."""
   from jax.sharding import PartitionSpec as P
 
-  args = _parser().parse_args(["--mesh", "data=2,fsdp=2,tensor=2"])
-  mesh = cli.setup_devices(args).mesh
+  args = _parser().parse_args(
+    ["--mesh", "data=2,fsdp=2,tensor=2", "--distributed", "auto"]
+  )
+  mesh = cli.setup_devices(args).mesh  # first: before any JAX computation
+  assert jax.process_count() == 1
+  cli.setup_devices(args)  # a second auto in the same process is a no-op
   assert dict(mesh.shape) == {"data": 2, "fsdp": 2, "tensor": 2}
   default = cli.setup_devices(_parser().parse_args([])).mesh
   assert dict(default.shape) == {"data": 8, "fsdp": 1, "tensor": 1}
@@ -120,7 +125,13 @@ def _child_main() -> None:
 
 @slow
 def test_mesh_flag_and_row_sharding_in_8_device_child():
-  out = run_children(__file__, [child_env(8)], timeout=180)[0]
+  cluster = (
+    "JAXEXIT_COORDINATOR",
+    "JAXEXIT_NUM_PROCESSES",
+    "JAXEXIT_PROCESS_ID",
+  )
+  env = child_env(8, drop=lambda k: k in cluster)
+  out = run_children(__file__, [env], timeout=180)[0]
   assert out.count("batch of 3 rows: not divisible") == 1
 
 
