@@ -324,6 +324,7 @@ class Quality:
       out |= {
         "rouge_acc": round(float(acc.mean()), 4),
         "rouge_acc_ci": stats.bootstrap_interval(acc, seed=0).as_list(),
+        "rouge_acc_diff": round(diff.mean, 4),
         "rouge_acc_diff_ci": diff.as_list(),
         "full_rouge_acc": round(float(self.full_acc.mean()), 4),
       }
@@ -687,7 +688,7 @@ def render(
       )
     lam = "-"
     if r.get("simulated_agreement") is not None:
-      lam = f"{r['threshold']:.3g} ({r['simulated_agreement']:.2f})"
+      lam = f"{r['threshold']:.4g} ({r['simulated_agreement']:.2f})"
     shares = r.get("exit_shares")
     rows.append(
       [
