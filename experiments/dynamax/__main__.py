@@ -1,53 +1,60 @@
 """python -m experiments.dynamax — DYNAMAX exits for Transformer and Mamba LMs.
 
-Loads (or trains) the backbone, extracts its hidden states at the exits on
-GSM8K + CommonsenseQA text, trains each exit classifier kind with the
-backbone frozen (CE + KL to the final layer), then decodes TruthfulQA
-prompts with early exits for every (classifier, state mode, λ), measuring
-cost, consistency with the full model, TruthfulQA ROUGE accuracy and
-tokens/s against the full model in the same run. Writes into --out:
+Loads (or trains, or distils from the transformer backbone's answers) the
+backbone, extracts its hidden states at the exits on the answer corpus (or
+GSM8K + CommonsenseQA text), trains each exit classifier kind with the
+backbone frozen (CE + KL to the final layer + the consistency score), then
+decodes TruthfulQA prompts with early exits for every (classifier, state
+mode, λ), measuring cost, consistency with the full model, TruthfulQA ROUGE
+accuracy and tokens/s against the full model in the same run, per
+question. Writes into --out/<backbone>:
 
-  results.json   one record per sweep point (+ the full model), merged by
-                 (backbone, classifier, state_mode, threshold) with
-                 earlier runs into this --out
-  results.md     the table, sample answers, notes
+  results.json   {"records": one per sweep point, the full model and the
+                 constant answers, each with its per-question data,
+                 intervals and verdicts; merged by RESULT_KEY with earlier
+                 runs into this --out; "head_costs", "mamba_vs_mlp",
+                 "teacher" (distilled backbone vs its teacher), timings}
+  results.md     the table, exit costs, agreement, sample answers, notes
   curves.png     consistency / accuracy vs FLOPs, realised vs theoretical
 
 Presets and commands: configs.py.
 """
 
 import argparse
+import dataclasses
+import functools
+import os
 import pathlib
+import resource
 import time
 
-import numpy as np
 from flax import nnx
 
 from experiments import cli, memory_check
 from experiments.cli import comma_choices
-from experiments.dynamax import backbones, configs, evaluate, plots, scale
-from jaxexit import report, results_store
-from jaxexit.data import add_data_dir_flag, text
+from experiments.dynamax import (
+  backbones,
+  configs,
+  distill,
+  evaluate,
+  scale,
+  summary,
+  writeout,
+)
+from jaxexit.data import add_data_dir_flag
 from jaxexit.decoding.config import STATE_MODES
 from jaxexit.methods import dynamax_train
 from jaxexit.methods.dynamax import KINDS, ExitClassifiers
 
-TABLE = (
+# What identifies a record in results.json across invocations into one --out.
+RESULT_KEY = (
+  "backbone",
   "classifier",
+  "rule",
   "state_mode",
   "threshold",
-  "avg_layers",
-  "flops_fraction",
-  "consistency",
-  "consistency_all",
-  "accuracy",
-  "tokens_per_s",
-  "full_tokens_per_s",
-  "realised_speedup",
-  "theoretical_speedup",
+  "decode_batch",
 )
-# What identifies a record in results.json across invocations into one --out.
-RESULT_KEY = ("backbone", "classifier", "state_mode", "threshold")
 # Each backbone class's logical axes (`jaxexit.sharding.FAMILY_AXES`).
 FAMILIES = {"LlamaLM": "llama", "MambaLM": "mamba", "Mamba2LM": "mamba2"}
 
@@ -87,6 +94,13 @@ def parse_args(argv=None):
     default=None,
     help="output folder (default runs/dynamax_<preset>_<backbone>)",
   )
+  parser.add_argument(
+    "--decode-batch",
+    type=int,
+    default=None,
+    help="questions decoded together (default: the preset's; 1 = every "
+    "token exits on its own, B > 1 = CALM's batch rule)",
+  )
   parser.add_argument("--no-progress", action="store_true")
   add_data_dir_flag(parser)
   cli.add_device_flags(parser)
@@ -100,9 +114,7 @@ def train_classifiers(
   cfg, bb, exit_layers, out: pathlib.Path, data_dir, progress
 ) -> dict:
   """One trained `ExitClassifiers` per kind (`lm_head` needs no training)."""
-  rows = backbones.training_rows(
-    bb.encode, bb.bos_id, bb.eos_id, cfg.feature_len, data_dir, cfg.seed + 1
-  )
+  rows = backbones.feature_rows(bb, cfg.feature_len, data_dir, cfg.seed + 1)
   rows = rows[: cfg.feature_rows]
   feats = scale.training_features(
     cfg, bb.model, rows, exit_layers, out, progress, tag=bb.description
@@ -135,33 +147,6 @@ def train_classifiers(
   return heads
 
 
-def _cell(value) -> str:
-  if value is None:
-    return "–"
-  if isinstance(value, float):
-    return f"{value:.3g}"
-  return str(value)
-
-
-def write_results(
-  out: pathlib.Path, records, samples, *, title: str, notes: str
-) -> None:
-  out.mkdir(parents=True, exist_ok=True)
-  records = results_store.merge_records(
-    out / "results.json", records, RESULT_KEY
-  )
-  rows = [[_cell(r[f]) for f in TABLE] for r in records]
-  sample_md = "\n".join(
-    f"- **{label}**: " + " · ".join(repr(t[:80]) for t in texts)
-    for label, texts in samples.items()
-  )
-  (out / "results.md").write_text(
-    f"# {title}\n\n{report.markdown_table(TABLE, rows)}\n\n{notes}\n\n"
-    f"## First answers per setting\n\n{sample_md}\n"
-  )
-  plots.write_curves(out / "curves.png", records, title)
-
-
 def main(argv=None):
   args = parse_args(argv)
   devices = cli.setup_devices(args)
@@ -176,6 +161,8 @@ def _main(args, devices: cli.Devices):
     overrides["classifiers"] = args.classifier
   if args.state_mode:
     overrides["state_modes"] = args.state_mode
+  if args.decode_batch is not None:
+    overrides["decode_batch"] = args.decode_batch
   cfg = configs.get_config(args.preset, **overrides)
   progress = cli.progress(args)
   out = args.out / args.backbone
@@ -186,15 +173,55 @@ def _main(args, devices: cli.Devices):
       scale.workloads(cfg, args.backbone, args.model_dir),
       memory_check.run_mesh(args),
     )
-  bb = backbones.load_backbone(
-    args.backbone,
-    spec,
+  items, others = evaluate.evaluation_items(cfg, args.data_dir)
+  load = functools.partial(
+    backbones.load_backbone,
     out=args.out,
     data_dir=args.data_dir,
     model_dir=args.model_dir,
     seed=cfg.seed,
     progress=progress,
   )
+  distilled = spec.source == "distilled"
+  teacher = bb = None
+  if not distilled:
+    bb = load(args.backbone, spec)
+  if args.backbone == "transformer" or distilled:
+    teacher = bb or load("transformer", cfg.transformer)
+  extra = {"load_average_start": os.getloadavg()}
+  if distilled or cfg.feature_text == "answers":
+    if teacher is None:
+      raise ValueError(
+        "feature_text='answers' needs the transformer backbone as the "
+        "teacher of the answer corpus; this preset's mamba backbone is "
+        f"{spec.source!r}: use feature_text='lm_texts'"
+      )
+    questions = distill.corpus_questions(cfg, others, args.data_dir, cfg.seed)
+    corpus = distill.cached_answers(
+      args.out / "answers" / "corpus.json",
+      teacher,
+      questions,
+      max_new_tokens=cfg.answer_tokens,
+      batch=cfg.answer_batch,
+      max_prompt=cfg.answer_max_prompt,
+      progress=progress,
+    )
+    print(
+      f"== answer corpus: {len(corpus.questions)} questions "
+      f"({time.perf_counter() - t0:.0f} s)",
+      flush=True,
+    )
+    if distilled:
+      bb, vocab = distill.distilled_backbone(
+        spec, teacher, corpus, out / "lm", seed=cfg.seed, progress=progress
+      )
+      extra["teacher"] = distill.teacher_answers(
+        args.out / "answers" / "eval.json", cfg, teacher, items, vocab
+      )
+    elif cfg.feature_text == "answers":
+      docs = corpus.documents(bb.bos_id, bb.eos_id)
+      bb = dataclasses.replace(bb, corpus=docs)
+  teacher = None  # frees the teacher of a distilled backbone
   exit_layers = cfg.exit_layers(bb.model.num_layers)
   print(
     f"== backbone: {bb.description}; exits after {exit_layers} of "
@@ -211,32 +238,33 @@ def _main(args, devices: cli.Devices):
   cli.place_model(bb.model, devices.mesh, family)
   for h in heads.values():
     cli.place_model(h, devices.mesh)
-  items = text.load_truthfulqa(args.data_dir)
-  order = np.random.default_rng(cfg.seed).permutation(len(items))
-  items = [items[i] for i in order[: cfg.eval_prompts]]
-  records, samples = evaluate.sweep(
-    cfg, args.backbone, bb, heads, items, progress
+  records, samples, kind_costs = evaluate.sweep(
+    cfg, args.backbone, spec, bb, heads, items, progress
   )
+  comparisons = summary.summarise(records)
+  if "teacher" in extra:
+    extra["teacher"].update(
+      distill.student_agreement(extra["teacher"], records[0]["per_question"])
+    )
   elapsed = time.perf_counter() - t0
-  notes = (
-    f"Backbone: {bb.description}. Exits after blocks {exit_layers} of "
-    f"{bb.model.num_layers}; max-softmax rule; {len(items)} TruthfulQA "
-    f"questions (seeded sample), batch 1, greedy, {cfg.max_new_tokens} new "
-    f"tokens. Classifiers trained {cfg.classifier_steps} steps on "
-    f"{cfg.feature_rows}x{cfg.feature_len} tokens of GSM8K + CommonsenseQA "
-    "text with the backbone frozen (`lm_head` = the shared frozen head, "
-    "untrained). Token rates: the first "
-    f"{cfg.timing_prompts} prompt(s), early-exit and full model timed "
-    f"interleaved in this run (median of {cfg.timing_repeats}). "
-    f"Total wall time {elapsed:.0f} s.\n\nDYNAMAX publishes no numbers "
-    "(spec §3.1): nothing here is compared with a paper figure."
+  usage = resource.getrusage(resource.RUSAGE_SELF)
+  extra.update(
+    cpu_s=round(usage.ru_utime + usage.ru_stime, 1),
+    head_costs=kind_costs,
+    mamba_vs_mlp=comparisons,
+    wall_s=round(elapsed, 1),
+    load_average_end=os.getloadavg(),
+    backbone=bb.description,
+    vocab_size=bb.model.vocab_size,
   )
   if devices.main:
-    write_results(
+    writeout.write_results(
       out,
+      RESULT_KEY,
       records,
       samples,
-      notes=notes,
+      extra,
+      notes=writeout.notes(cfg, bb, exit_layers, items, extra),
       title=f"DYNAMAX, {args.backbone} backbone (preset `{args.preset}`)",
     )
   print(f"wrote {out}/results.json, results.md, curves.png ({elapsed:.0f} s)")

@@ -4,7 +4,8 @@
 prompts); `scratch` trains a byte-level LM of the preset's architecture on
 GSM8K + CommonsenseQA text (resuming from `<out>/<backbone>/lm`);
 `pretrained` reads a Hugging Face folder (`--model-dir`: Mistral-7B or
-Codestral-Mamba-7B for the paper preset).
+Codestral-Mamba-7B for the paper preset); `distilled` is built by
+`experiments.dynamax.distill` from the transformer backbone's answers.
 """
 
 import dataclasses
@@ -32,6 +33,8 @@ class Backbone:
     prompt: question → the prompt text the model answers.
     bos_id, eos_id: document separators (generation stops at `eos_id`).
     description: one line for the results.
+    corpus: documents (ids of this model) its exit classifiers train on;
+      None: GSM8K + CommonsenseQA text (`training_rows`).
   """
 
   model: nnx.Module
@@ -41,6 +44,7 @@ class Backbone:
   bos_id: int
   eos_id: int
   description: str
+  corpus: list[list[int]] | None = None
 
 
 def _qa_prompt(question: str) -> str:
@@ -56,6 +60,19 @@ def training_rows(
   order = np.random.default_rng(seed).permutation(len(docs))
   return text.pack_documents(
     [encode(docs[i]) for i in order], seq_len, bos_id=bos_id, eos_id=eos_id
+  )
+
+
+def feature_rows(bb: Backbone, seq_len: int, data_dir, seed: int) -> np.ndarray:
+  """Packed [n, seq_len] rows of `bb.corpus` (shuffled), or of the text
+  corpus when it has none."""
+  if bb.corpus is None:
+    return training_rows(
+      bb.encode, bb.bos_id, bb.eos_id, seq_len, data_dir, seed
+    )
+  order = np.random.default_rng(seed).permutation(len(bb.corpus))
+  return text.pack_documents(
+    [bb.corpus[i] for i in order], seq_len, bos_id=bb.bos_id, eos_id=bb.eos_id
   )
 
 
@@ -146,6 +163,11 @@ def load_backbone(
     )
   if spec.source == "pretrained":
     return _pretrained(kind, model_dir)
+  if spec.source == "distilled":
+    raise ValueError(
+      "a distilled backbone needs its teacher: build it with "
+      "experiments.dynamax.distill.distilled_backbone"
+    )
   model, description = _train_scratch(
     kind, spec, out / kind / "lm", data_dir, seed, progress
   )

@@ -13,7 +13,7 @@ def _lines(records):
   keys = dict.fromkeys(
     (r["classifier"], r["state_mode"])
     for r in records
-    if r["state_mode"] != "full"
+    if r["classifier"] not in ("none", "constant")
   )
   for kind, mode in keys:
     rows = sorted(
@@ -30,11 +30,11 @@ def _lines(records):
 def write_curves(path: pathlib.Path, records: list[dict], title: str) -> None:
   """Three panels sharing the FLOPs-fraction axis (full model = 1)."""
   fig, axes = plt.subplots(1, 3, figsize=(16, 4.6))
-  full = next(r for r in records if r["state_mode"] == "full")
+  full = next(r for r in records if r["classifier"] == "none")
   for label, rows in _lines(records):
     x = [r["flops_fraction"] for r in rows]
     kw = dict(marker="o", markersize=4, label=label)
-    axes[0].plot(x, [r["consistency_all"] for r in rows], **kw)
+    axes[0].plot(x, [r["consistency"] for r in rows], **kw)
     axes[1].plot(x, [r["accuracy"] for r in rows], **kw)
     axes[2].plot(
       [r["theoretical_speedup"] for r in rows],
@@ -48,7 +48,7 @@ def write_curves(path: pathlib.Path, records: list[dict], title: str) -> None:
     linewidth=1,
     label=f"full model ({full['accuracy']:.3f})",
   )
-  top = max(r["theoretical_speedup"] for r in records)
+  top = max(r.get("theoretical_speedup", 1.0) for r in records)
   axes[2].plot(
     [0, top],
     [0, top],

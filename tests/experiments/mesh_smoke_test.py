@@ -89,11 +89,10 @@ def _dynamax(path: pathlib.Path) -> list:
   cost analysis counts the partitioned program's per-device FLOPs, which
   differ on a mesh (smoke: lm_head 1.205 on one device, 1.144 on 8)."""
   out = path / "transformer"
-  records = json.loads((out / "results.json").read_text())
+  records = json.loads((out / "results.json").read_text())["records"]
   points = {
-    (r["classifier"], r["state_mode"], r["threshold"]): {
-      k: r.get(k)
-      for k in ("avg_layers", "consistency", "consistency_all", "accuracy")
+    (r["classifier"], r["rule"], r["state_mode"], r["threshold"]): {
+      k: r.get(k) for k in ("avg_layers", "consistency", "accuracy")
     }
     for r in records
   }
