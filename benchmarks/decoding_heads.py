@@ -35,7 +35,7 @@ from flax import nnx
 from jaxexit import checks
 from jaxexit import train as train_lib
 from jaxexit.data import location, text
-from jaxexit.decoding.full import generate_full
+from jaxexit.decoding import answers as answers_lib
 from jaxexit.methods import dynamax_train, exit_adapter
 from jaxexit.methods.dynamax import ExitClassifierConfig, ExitClassifiers
 
@@ -83,12 +83,8 @@ def chat_ids(tokenizer, questions: list[str]) -> list[list[int]]:
 
 
 def pad_rows(ids: list[list[int]], width: int | None = None):
-  """([P, width] right-padded ids, [P] lengths)."""
-  lengths = np.array([len(i) for i in ids], np.int32)
-  rows = np.zeros((len(ids), width or int(lengths.max())), np.int32)
-  for row, seq in zip(rows, ids):
-    row[: len(seq)] = seq
-  return rows, lengths
+  """([P, width] right-padded ids, [P] lengths); width: the longest."""
+  return answers_lib.pad_prompts(ids, width or max(len(i) for i in ids))
 
 
 def training_questions(
@@ -117,18 +113,14 @@ def training_questions(
 
 
 def self_answers(model, prompts, lengths, n: int, batch: int) -> np.ndarray:
-  """[P, n] the model's greedy answers, `batch` prompts per call."""
-  out = []
-  for start in range(0, len(prompts), batch):
-    rows = slice(start, start + batch)
-    p, k = prompts[rows], lengths[rows]
-    pad = batch - len(p)  # one compiled shape: pad the last call
-    if pad:
-      p = np.concatenate([p, np.repeat(p[:1], pad, 0)])
-      k = np.concatenate([k, np.repeat(k[:1], pad)])
-    tokens = np.asarray(generate_full(model, p, k, max_new_tokens=n))
-    out.append(tokens[: batch - pad])
-  return np.concatenate(out)
+  """[P, n] the model's greedy answers (EOS ignored), `batch` per call."""
+  ids = [list(p[:k]) for p, k in zip(prompts, lengths)]
+  return np.array(
+    answers_lib.greedy_answers(
+      model, ids, max_new_tokens=n, eos_id=None, batch=batch, progress=False
+    ),
+    np.int32,
+  )
 
 
 def answer_features(
