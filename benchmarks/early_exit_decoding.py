@@ -81,11 +81,11 @@ from jaxexit.decoding.self_speculative import (
 from jaxexit.decoding.simulate import simulate_exits
 from jaxexit.methods.dynamax import ExitClassifiers
 from jaxexit.models.gguf_weights import load_smollm2
-from jaxexit.models.llama import LlamaConfig, LlamaLM
 
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import decoding_heads  # noqa: E402 (sibling script)
+import self_speculative_decoding  # noqa: E402 (sibling script)
 
 RESULTS = HERE / "results" / "early_exit_decoding.json"
 QUICK_RESULTS = HERE / "results" / "early_exit_decoding_quick.json"
@@ -607,20 +607,6 @@ def chat_prompts(tokenizer, count: int) -> tuple[np.ndarray, np.ndarray]:
   return decoding_heads.pad_rows(ids)
 
 
-def tiny_llama():
-  """The `--quick` backbone: a random 8-block Llama, vocabulary 256."""
-  cfg = LlamaConfig(
-    vocab_size=256,
-    d_model=64,
-    num_layers=8,
-    num_heads=4,
-    num_kv_heads=2,
-    mlp_hidden=128,
-    max_position=128,
-  )
-  return LlamaLM(cfg, rngs=nnx.Rngs(0))
-
-
 def random_prompts(count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
   rows = np.random.default_rng(seed).integers(1, 256, (count, 12), np.int32)
   return rows, np.full((count,), 12, np.int32)
@@ -759,7 +745,7 @@ def main():
     f"[{time.perf_counter() - start:5.0f} s] {msg}", flush=True
   )
   if args.quick:
-    model, about = tiny_llama(), "tiny random Llama (8 blocks, d=64, V=256)"
+    model, _, _, about = self_speculative_decoding.tiny_llama()
     prompts, lengths = random_prompts(settings.num_prompts, seed=0)
     train_prompts = random_prompts(settings.heads.questions, seed=1)
     answer_fn = constant = None
