@@ -33,11 +33,10 @@ import numpy as np
 from flax import nnx
 
 from jaxexit import checks
-from jaxexit import train as train_lib
 from jaxexit.data import location, text
 from jaxexit.decoding import answers as answers_lib
 from jaxexit.methods import dynamax_train, exit_adapter
-from jaxexit.methods.dynamax import ExitClassifierConfig, ExitClassifiers
+from jaxexit.methods.dynamax import ExitClassifiers
 
 # TruthfulQA questions reserved for evaluation (never trained on).
 HELD_OUT = 64
@@ -174,32 +173,18 @@ def train_heads(
   tied_to: dict[str, str],
 ) -> ExitClassifiers:
   """`mlp` exits + linear scores at `exit_layers`, trained (or resumed)."""
-  heads = ExitClassifiers(
-    ExitClassifierConfig(
-      kind="mlp", num_exits=len(exit_layers), d_model=model.d_model
-    ),
-    rngs=nnx.Rngs(0),
-  )
-  heads, _ = dynamax_train.train_exit_classifiers(
+  return exit_adapter.train_mlp_exits(
     model,
-    heads,
     features,
-    optim=train_lib.OptimConfig(
+    exit_adapter.AdapterTraining(
+      steps=training.steps,
+      batch_size=training.batch_size,
       learning_rate=training.learning_rate,
-      schedule="warmup_cosine",
-      warmup_steps=max(training.steps // 10, 1),
-      total_steps=training.steps,
     ),
-    num_steps=training.steps,
-    batch_size=training.batch_size,
-    workdir=workdir,
-    weights=dynamax_train.DynamaxLossConfig(
-      ce_weight=0.0, kl_weight=1.0, score_weight=1.0
-    ),
-    checkpoint_every=max(training.steps // 4, 1),
-    fingerprint=dict(tied_to, exit_layers=list(exit_layers), kind="mlp"),
+    workdir,
+    dict(tied_to, exit_layers=list(exit_layers), kind="mlp"),
+    score_weight=1.0,
   )
-  return heads
 
 
 def question_prompts(tokenizer, training: HeadTraining, data_dir=None):

@@ -113,6 +113,64 @@ def one_exit(
   )
 
 
+def train_mlp_exits(
+  backbone,
+  features: dynamax_train.ExitFeatures,
+  training: AdapterTraining,
+  workdir: str | os.PathLike,
+  fingerprint: dict,
+  *,
+  score_weight: float = 0.0,
+  progress: bool | None = None,
+) -> ExitClassifiers:
+  """One `mlp` exit per exit of `features`, trained (or resumed).
+
+  The loss is KL(p_L ‖ p_e) to the final layer, plus `score_weight` times
+  the class-balanced BCE of each exit's linear consistency score
+  (`dynamax_train.DynamaxLossConfig`); no CE.
+
+  Args:
+    backbone: the frozen `DecoderBackbone`.
+    features: hidden [n, T, E, D] at the E exits.
+    training: steps, batch size, learning rate (warm-up 10 %, cosine).
+    workdir: the orbax checkpoint folder (resumable).
+    fingerprint: what the checkpoints are tied to; a resume under another
+      one raises `FingerprintMismatch` naming the field.
+    score_weight: weight of the score BCE (0: the scores stay untrained).
+    progress: progress bar (None: when attached to a terminal).
+
+  Returns:
+    The trained E-exit `ExitClassifiers`.
+  """
+  heads = ExitClassifiers(
+    ExitClassifierConfig(
+      kind="mlp", num_exits=features.hidden.shape[2], d_model=backbone.d_model
+    ),
+    rngs=nnx.Rngs(0),
+  )
+  heads, _ = dynamax_train.train_exit_classifiers(
+    backbone,
+    heads,
+    features,
+    optim=train_lib.OptimConfig(
+      learning_rate=training.learning_rate,
+      schedule="warmup_cosine",
+      warmup_steps=max(training.steps // 10, 1),
+      total_steps=training.steps,
+    ),
+    num_steps=training.steps,
+    batch_size=training.batch_size,
+    workdir=pathlib.Path(workdir),
+    weights=dynamax_train.DynamaxLossConfig(
+      ce_weight=0.0, kl_weight=1.0, score_weight=score_weight
+    ),
+    checkpoint_every=max(training.steps // 4, 1),
+    progress=progress,
+    fingerprint=fingerprint,
+  )
+  return heads
+
+
 def train_exit_adapter(
   backbone,
   features: dynamax_train.ExitFeatures,
@@ -123,7 +181,7 @@ def train_exit_adapter(
   *,
   progress: bool | None = None,
 ) -> ExitClassifiers:
-  """A one-exit `mlp` adapter at `layer`, trained (or resumed) by KL.
+  """A one-exit `mlp` adapter at `layer`, trained (or resumed) by KL alone.
 
   Args:
     backbone: the frozen `DecoderBackbone`.
@@ -143,31 +201,14 @@ def train_exit_adapter(
     raise ValueError(
       f"features hold {features.hidden.shape[2]} exits; pass one_exit(...)"
     )
-  adapter = ExitClassifiers(
-    ExitClassifierConfig(kind="mlp", num_exits=1, d_model=backbone.d_model),
-    rngs=nnx.Rngs(0),
-  )
-  adapter, _ = dynamax_train.train_exit_classifiers(
+  return train_mlp_exits(
     backbone,
-    adapter,
     features,
-    optim=train_lib.OptimConfig(
-      learning_rate=training.learning_rate,
-      schedule="warmup_cosine",
-      warmup_steps=max(training.steps // 10, 1),
-      total_steps=training.steps,
-    ),
-    num_steps=training.steps,
-    batch_size=training.batch_size,
-    workdir=pathlib.Path(workdir) / f"exit{layer}",
-    weights=dynamax_train.DynamaxLossConfig(
-      ce_weight=0.0, kl_weight=1.0, score_weight=0.0
-    ),
-    checkpoint_every=max(training.steps // 4, 1),
+    training,
+    pathlib.Path(workdir) / f"exit{layer}",
+    dict(tied_to, exit_layer=layer, kind="mlp"),
     progress=progress,
-    fingerprint=dict(tied_to, exit_layer=layer, kind="mlp"),
   )
-  return adapter
 
 
 def agreement(
