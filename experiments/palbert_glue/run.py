@@ -209,6 +209,7 @@ def train_method(
       workdir=workdir / f"stage{stage}",
       seed=seed + stage,
       checkpoint_every=cfg.checkpoint_every,
+      max_to_keep=1,
       log_every=10,
       progress=progress,
       fingerprint=fingerprint,
