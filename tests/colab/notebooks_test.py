@@ -195,7 +195,10 @@ def test_executes_at_smoke_preset(path, tmp_path):
     "XLA_FLAGS": xla_flags,
   }
   env.pop("JAXEXIT_SOURCE", None)  # the setup cell must use this checkout
-  client.execute(env=env)  # Raises CellExecutionError on a failing cell.
+  # Raises CellExecutionError on a failing cell. nbclient shuts down only
+  # kernels of managers it made itself (`owns_km`): without cleanup_kc each
+  # notebook left its kernel running (nine, ~5 GB, until pytest exited).
+  client.execute(env=env, cleanup_kc=True)
   errors = [
     out
     for cell in nb.cells
