@@ -122,27 +122,35 @@ def test_200kb_at_8_mbit_takes_a_fifth_of_a_second(echo):
   assert 0.14 <= seconds <= 0.26, seconds
 
 
+def _two_echoes_seconds(port: int) -> float:
+  """Wall seconds for two connections each echoing 100 kB at once."""
+  socks = [_connect(port) for _ in range(2)]
+  times = []
+  threads = [
+    threading.Thread(
+      target=lambda s=s: times.append(_echo_seconds(s, _pattern(100_000)))
+    )
+    for s in socks
+  ]
+  start = time.perf_counter()
+  for t in threads:
+    t.start()
+  for t in threads:
+    t.join(30)
+  total = time.perf_counter() - start
+  for s in socks:
+    s.close()
+  assert len(times) == 2
+  return total
+
+
 def test_bandwidth_is_shared_by_connections(echo):
   link = netshape.ShapedLink(bandwidth_mbit=8)
   with netshape.start_proxy("127.0.0.1:0", echo, link=link) as proxy:
-    socks = [_connect(proxy.port) for _ in range(2)]
-    times = []
-    threads = [
-      threading.Thread(
-        target=lambda s=s: times.append(_echo_seconds(s, _pattern(100_000)))
-      )
-      for s in socks
-    ]
-    start = time.perf_counter()
-    for t in threads:
-      t.start()
-    for t in threads:
-      t.join(30)
-    total = time.perf_counter() - start
-    for s in socks:
-      s.close()
-  assert len(times) == 2
-  assert 0.14 <= total <= 0.3, (total, times)  # 2 x 100 kB at 1 MB/s.
+    # The fastest of three (load only adds time; 0.37 s was seen once on
+    # a machine at load 8).
+    totals = [_two_echoes_seconds(proxy.port) for _ in range(3)]
+  assert 0.14 <= min(totals) <= 0.3, totals  # 2 x 100 kB at 1 MB/s.
 
 
 def test_order_and_counters_with_jitter_and_loss(echo):
@@ -165,8 +173,10 @@ def test_loss_stalls_by_one_rtt(echo):
     "127.0.0.1:0", echo, rtt_ms=20, loss=0.999999
   ) as proxy:
     with _connect(proxy.port) as sock:
-      ms = 1000 * _echo_seconds(sock, b"x")
-  assert 58 <= ms <= 90, ms  # Each direction: 10 ms + a 20 ms stall.
+      ms = [1000 * _echo_seconds(sock, b"x") for _ in range(3)]
+  # Each direction: 10 ms + a 20 ms stall. The fastest of three (93 ms was
+  # seen once on a machine at load 8).
+  assert min(ms) >= 58 and min(ms) <= 90, ms
 
 
 def test_start_proxy_errors():

@@ -16,9 +16,9 @@ and
    of the device's peak from `PEAKS`; null where the peak is unknown, on
    CPU and in interpret mode) and the `kernels` section of BENCHMARKS.md.
 
-  python benchmarks/kernels.py --quick                      # device check
-  python benchmarks/kernels.py                              # B = 1, 2, 4, 8
-  python benchmarks/kernels.py --backend interpret --quick  # CPU smoke
+  python benchmarks/pallas_kernels.py --quick                      # device check
+  python benchmarks/pallas_kernels.py                              # B = 1, 2, 4, 8
+  python benchmarks/pallas_kernels.py --backend interpret --quick  # CPU smoke
 
 `--backend auto` (default) takes JAX's backend and refuses a CPU;
 `interpret` runs tiny shapes through both lowerings' interpreters (the GPU
@@ -386,7 +386,7 @@ def targets(backend: str, args) -> tuple[str, Settings, list[Target]]:
     backend = have
   if backend not in ("gpu", "tpu") or have != backend:
     sys.exit(
-      f"benchmarks/kernels.py --backend {args.backend} needs a GPU or "
+      f"benchmarks/pallas_kernels.py --backend {args.backend} needs a GPU or "
       f"TPU; JAX's backend is {have!r}. Pass --backend interpret for a "
       "CPU smoke run of tiny shapes."
     )
@@ -462,7 +462,7 @@ def main(argv: list[str] | None = None) -> dict:
     jax=jax.__version__,
     peak=peak,
     note=note,
-    command="python benchmarks/kernels.py "
+    command="python benchmarks/pallas_kernels.py "
     + " ".join(argv if argv is not None else sys.argv[1:]),
     settings=dataclasses.asdict(settings),
     records=records,

@@ -7,7 +7,9 @@ import jax
 import pytest
 
 _PATH = (
-  pathlib.Path(__file__).resolve().parents[2] / "benchmarks" / "kernels.py"
+  pathlib.Path(__file__).resolve().parents[2]
+  / "benchmarks"
+  / "pallas_kernels.py"
 )
 
 
