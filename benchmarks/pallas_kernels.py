@@ -16,9 +16,9 @@ and
    of the device's peak from `PEAKS`; null where the peak is unknown, on
    CPU and in interpret mode) and the `kernels` section of BENCHMARKS.md.
 
-  python benchmarks/pallas_kernels.py --quick                      # device check
-  python benchmarks/pallas_kernels.py                              # B = 1, 2, 4, 8
-  python benchmarks/pallas_kernels.py --backend interpret --quick  # CPU smoke
+  python benchmarks/pallas_kernels.py --quick          # device check
+  python benchmarks/pallas_kernels.py                  # B = 1, 2, 4, 8
+  python benchmarks/pallas_kernels.py --backend interpret --quick  # CPU
 
 `--backend auto` (default) takes JAX's backend and refuses a CPU;
 `interpret` runs tiny shapes through both lowerings' interpreters (the GPU
