@@ -96,6 +96,20 @@ def test_plain_run_deselects_the_slow_tier_and_all_keeps_it():
   assert named == [f"{run}[hidrop]"]
 
 
+def test_all_deselects_the_heavy_tier_and_heavy_keeps_it():
+  """`--all` (CI) leaves the heavy tier out, `--heavy` runs it, and a
+  heavy test named by node id still runs."""
+  mesh = "tests/experiments/mesh_smoke_test.py"
+  run = f"{mesh}::test_smoke_on_a_mesh_writes_the_one_device_results"
+  ci = _collected(mesh, "--all")
+  every = _collected(mesh, "--heavy")
+  named = _collected(f"{run}[dynamic_perceiver]")
+  assert f"{run}[palbert_glue]" in ci
+  assert f"{run}[dynamic_perceiver]" not in ci
+  assert set(ci) < set(every) and f"{run}[dynamic_perceiver]" in every
+  assert named == [f"{run}[dynamic_perceiver]"]
+
+
 def test_low_end_test_paths_exist():
   script = CI.read_text()
   block = re.search(r"LOW_END_TESTS=\((.*?)\)", script, re.S).group(1)

@@ -4,15 +4,18 @@ test tiers.
 Tiers. A plain `python -m pytest` runs the fast tier, the development loop
 (unit tests, tiny-config parity, training steps; measured 2026-12-06 on 2
 idle cores: 1,224 tests in 162 s wall, 287 s of CPU with two xdist
-workers): every
-test marked `slow` is deselected. `python -m pytest --all`
-runs every tier, as the README's test command and CI do; `-m slow` runs the
-slow tier alone. An explicit `-m` expression replaces the default (so
-`-m "not gpu"` runs slow tests too), and a test named by node id
-(`path::test_name[param]`) always runs. `slow` marks what takes more than
-~1.5 s of CPU on 2 cores (most parametrized families keep one fast case,
-see tests/tiers.py) or runs a whole experiment, notebook, benchmark,
-GGUF/pretrained model or subprocess check.
+workers): every test marked `slow` or `heavy` is deselected. `python -m
+pytest --all` adds the slow tier, as the README's test command and CI do:
+`slow` marks what takes more than ~1.5 s of CPU on 2 cores (most
+parametrized families keep one fast case, see tests/tiers.py) or runs a
+whole experiment, notebook, benchmark, GGUF/pretrained model or subprocess
+check. `--heavy` adds the heavy tier on top of `--all`: the few checks of
+several minutes each that repeat, at a larger size or on a simulated mesh,
+what a slow test already covers (CI's 50-minute budget on 2 cores cannot
+hold them; see tests/tiers.py for the measured list). `-m slow` runs the
+slow tier alone; an explicit `-m` expression replaces the default (so `-m
+"not gpu"` runs slow and heavy tests too), and a test named by node id
+(`path::test_name[param]`) always runs.
 
 Compiled programs and memory maps. Every XLA:CPU executable that JAX's
 caches keep alive holds its own memory mappings, and a process may hold at
@@ -59,13 +62,27 @@ def pytest_addoption(parser):
     "--all",
     action="store_true",
     dest="all_tiers",
-    help="run every test tier: also the tests marked slow, which a plain "
-    "run deselects (see tests/conftest.py)",
+    help="run the fast and slow tiers (the README's test command and CI): "
+    "also the tests marked slow, which a plain run deselects (see "
+    "tests/conftest.py)",
+  )
+  parser.addoption(
+    "--heavy",
+    action="store_true",
+    dest="heavy_tier",
+    help="run every tier: `--all` plus the tests marked heavy (several "
+    "minutes each; see tests/tiers.py)",
   )
 
 
-def _fast_tier(config) -> bool:
-  return not (config.getoption("all_tiers") or config.option.markexpr)
+def _deselected_markers(config) -> tuple[str, ...]:
+  """The tier markers a run deselects: slow and heavy by default, heavy
+  under `--all`, none under `--heavy` or an explicit `-m`."""
+  if config.getoption("heavy_tier") or config.option.markexpr:
+    return ()
+  if config.getoption("all_tiers"):
+    return ("heavy",)
+  return ("slow", "heavy")
 
 
 def _named_by_node_id(config) -> set[str]:
@@ -80,17 +97,22 @@ def _named_by_node_id(config) -> set[str]:
 
 
 def pytest_report_header(config):
-  if _fast_tier(config):
+  deselected = _deselected_markers(config)
+  if "slow" in deselected:
     return (
-      "tier: fast (tests marked slow are deselected; `--all` runs every tier)"
+      "tier: fast (tests marked slow or heavy are deselected; `--all` adds "
+      "the slow tier, `--heavy` every tier)"
     )
+  if deselected:
+    return "tiers: fast and slow (tests marked heavy are deselected)"
   return None
 
 
 def pytest_collection_modifyitems(config, items):
-  """Deselects the slow tier unless `--all` or an explicit `-m` is given; a
-  test named by node id on the command line still runs."""
-  if not _fast_tier(config):
+  """Deselects the slow and heavy tiers unless `--all`, `--heavy` or an
+  explicit `-m` asks for them; a test named by node id still runs."""
+  deselected = _deselected_markers(config)
+  if not deselected:
     return
   named = _named_by_node_id(config)
 
@@ -99,13 +121,16 @@ def pytest_collection_modifyitems(config, items):
       nodeid == n or nodeid.startswith((n + "[", n + "::")) for n in named
     )
 
-  slow = [
-    i for i in items if i.get_closest_marker("slow") and not explicit(i.nodeid)
+  dropped = [
+    i
+    for i in items
+    if any(i.get_closest_marker(m) for m in deselected)
+    and not explicit(i.nodeid)
   ]
-  if slow:
-    config.hook.pytest_deselected(items=slow)
-    slow = set(slow)
-    items[:] = [i for i in items if i not in slow]
+  if dropped:
+    config.hook.pytest_deselected(items=dropped)
+    dropped = set(dropped)
+    items[:] = [i for i in items if i not in dropped]
 
 
 def _proc_number(path: str, prefix: str = "") -> int | None:

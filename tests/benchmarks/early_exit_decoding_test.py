@@ -13,7 +13,7 @@ from jaxexit.decoding.exit_heads import LMHeadExits
 from jaxexit.decoding.full import generate_full
 from jaxexit.methods.dynamax import ExitClassifierConfig, ExitClassifiers
 from jaxexit.models.llama import LlamaConfig, LlamaLM
-from tests.tiers import slow
+from tests.tiers import heavy
 
 _DIR = pathlib.Path(__file__).resolve().parents[2] / "benchmarks"
 
@@ -120,7 +120,7 @@ def test_exit_view_is_exit_e_alone():
   np.testing.assert_allclose(view.score(model, 0, h), heads.score(model, 2, h))
 
 
-@slow  # compiles ~10 decoders (~1 min on 2 cores)
+@heavy  # compiles ~10 decoders (~1 min on 2 cores)
 def test_bench_records_on_a_tiny_decoder(tmp_path):
   model = _tiny()
   settings = bench.Settings(

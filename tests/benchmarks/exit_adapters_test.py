@@ -2,7 +2,7 @@ import importlib.util
 import pathlib
 import sys
 
-from tests.tiers import slow
+from tests.tiers import heavy
 
 _ROOT = pathlib.Path(__file__).resolve().parents[2]
 _PATH = _ROOT / "benchmarks" / "exit_adapters.py"
@@ -19,7 +19,7 @@ def _load_benchmark():
 bench = _load_benchmark()
 
 
-@slow
+@heavy
 def test_quick_run_trains_adapters_that_draft_better_and_stay_lossless(
   tmp_path,
 ):

@@ -14,7 +14,7 @@ from experiments.vision_common.results import RESULT_FIELDS
 from jaxexit.exits import budgeted
 from jaxexit.exits.budgeted import thresholds_rule
 from jaxexit.exits.outputs import ExitHeadOutput
-from tests.tiers import slow
+from tests.tiers import heavy, slow
 
 DATA = pathlib.Path(__file__).resolve().parents[2].parent / "shared" / "data"
 DATA_DIR = os.environ.get("JAXEXIT_DATA") or (
@@ -163,7 +163,9 @@ def test_headline_smoke_spreads_exits_and_beats_majority(tmp_path):
   assert len(data["timing"]) == 4
 
 
-@pytest.mark.slow
+# Heavy tier: 384 s in a fresh-clone CI run on 2 cores (2026-12); the
+# headline smoke above is the slow tier's Dynamic Perceiver run.
+@heavy
 @pytest.mark.skipif(DATA_DIR is None, reason="no data dir with CIFAR-10")
 def test_joint_smoke_preset_writes_results_and_resumes(tmp_path):
   argv = [

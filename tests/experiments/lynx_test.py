@@ -97,7 +97,9 @@ def _write(path, rows):
   path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
 
 
-@pytest.mark.slow
+# Heavy tier: 325 s in a fresh-clone CI run on 2 cores (2026-12); the
+# smoke run above is the slow tier's LYNX run.
+@pytest.mark.heavy
 def test_smollm2_on_math500_and_aime_layouts(tmp_path):
   """SmolLM2 through the whole pipeline on a data dir holding MATH-500
   and AIME 2024 in their stated layouts (and the staged GSM8K train split

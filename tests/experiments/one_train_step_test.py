@@ -14,9 +14,9 @@ Tiers (CPU seconds on 2 busy cores, mostly compiling): the smoke presets
 of palbert_glue, the main job (~11 s), and dynamax's transformer (~6 s) are
 the fast tier; HiDrop (~12 s), JEI-DNN's heads (~3 s), dynamic_perceiver's
 multi-exit CNN (~5-8 s) and Dynamic Perceiver (~33 s), dynamax's Mamba
-(~12 s), ExIt's warm start plus one iteration (~20 s) and every `cpu`
-preset (full-size models) are the slow tier, to keep the fast tier under
-3 minutes.
+(~12 s) and ExIt's warm start plus one iteration (~20 s) are the slow
+tier, to keep the fast tier under 3 minutes; every `cpu` preset (full-size
+models) is the heavy tier (`--heavy`), to keep CI within its budget.
 """
 
 import dataclasses
@@ -29,13 +29,13 @@ import numpy as np
 import pytest
 
 from jaxexit.data import ImageSplit
-from tests.tiers import slow
+from tests.tiers import heavy, slow
 
 DATA = pathlib.Path(__file__).resolve().parents[2].parent / "shared" / "data"
 DATA_DIR = os.environ.get("JAXEXIT_DATA") or (
   str(DATA) if DATA.exists() else None
 )
-PRESETS = ["smoke", pytest.param("cpu", marks=slow)]
+PRESETS = ["smoke", pytest.param("cpu", marks=heavy)]
 
 
 def _finite(metrics: dict) -> None:

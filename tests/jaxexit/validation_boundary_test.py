@@ -64,7 +64,7 @@ def _mamba():
 BACKBONES = {"llama": _llama, "mamba": _mamba}
 # The fast tier builds the tiny llama (and bert); mamba, mamba2, albert,
 # llava and the exit encoder take ~2-6 s each to build and call eagerly on
-# 2 cores, so their checks run in the slow tier.
+# 2 cores, so their checks run in the heavy tier.
 FAST_KINDS = fast_only(BACKBONES, "llama")
 
 

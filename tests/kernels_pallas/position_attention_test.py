@@ -102,7 +102,7 @@ def ids(params):
 
 
 # The fast tier: the GQA case on each lowering (forward), on the GPU one
-# (gradients); the whole grid runs in the slow tier.
+# (gradients); the whole grid runs in the heavy tier.
 @pytest.mark.parametrize(
   "backend, case, dtype",
   fast_only(FORWARD, ("gpu", "gqa_ragged", F32), ("tpu", "gqa_ragged", F32)),

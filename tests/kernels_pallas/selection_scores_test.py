@@ -76,7 +76,7 @@ SCORES = [("gpu", case, F32) for case in CASES] + [
 
 
 # The fast tier: one case with GQA rows on each lowering; the whole grid
-# runs in the slow tier.
+# runs in the heavy tier.
 @pytest.mark.parametrize(
   "backend, case, dtype",
   fast_only(SCORES, ("gpu", "gqa_rows", F32), ("tpu", "gqa_rows", F32)),

@@ -18,7 +18,7 @@ from jaxexit.models.llama import LlamaConfig, LlamaLM
 from jaxexit.models.mamba import MambaConfig, MambaLM
 from jaxexit.models.mamba2 import Mamba2Config, Mamba2LM
 
-from tests.tiers import fast_only, slow as SLOW
+from tests.tiers import fast_only, heavy
 
 N = 10
 BACKBONES = {
@@ -55,7 +55,7 @@ BACKBONES = {
 
 
 # The fast tier decodes a tiny llama; mamba and mamba2 (~3x the compile
-# time) and the other state modes run in the slow tier (--all).
+# time) and the other state modes run in the heavy tier (--heavy).
 KINDS = fast_only(BACKBONES, "llama")
 MODES = fast_only(config_lib.STATE_MODES, "propagate")
 
@@ -87,7 +87,7 @@ def test_exits_disabled_equals_full_model(kind, mode):
   assert (np.asarray(out.exit_layer) == 6).all()
 
 
-@SLOW
+@heavy
 @pytest.mark.parametrize("kind", BACKBONES)
 def test_exits_disabled_sampling_equals_full_model(kind):
   model = _model(kind)
@@ -142,7 +142,7 @@ RULE_CASES = {
 }
 
 
-@SLOW
+@heavy
 @pytest.mark.parametrize(
   "kind, rule",
   [
@@ -199,7 +199,7 @@ def test_oracle_equals_simulated_evaluation(kind, rule):
     np.testing.assert_array_equal(projections, exit_layer < 6)
 
 
-@SLOW
+@heavy
 @pytest.mark.parametrize("kind", BACKBONES)
 def test_recompute_is_exact_like_oracle(kind):
   # Catch-up gives deep blocks the exact states, so every decision matches
@@ -222,7 +222,7 @@ def test_recompute_is_exact_like_oracle(kind):
   assert outs["recompute"].layers_computed[0, 1:].sum() < 6 * (N - 1) * 2
 
 
-@SLOW
+@heavy
 @pytest.mark.parametrize("kind", BACKBONES)
 def test_recompute_buffer_overflow_forces_full_pass(kind):
   model = _model(kind)
@@ -250,7 +250,7 @@ def test_threshold_zero_exits_at_first_exit(mode):
   assert (np.asarray(out.layers_propagated[:, 1:]) == expected).all()
 
 
-@SLOW
+@heavy
 def test_batch_synchronous_rule_exits_together():
   model = _model("llama")
   prompts, lengths = _prompts()
@@ -260,7 +260,7 @@ def test_batch_synchronous_rule_exits_together():
   np.testing.assert_array_equal(layers[0], layers[1])
 
 
-@SLOW
+@heavy
 def test_eos_stops_rows():
   model = _model("llama")
   prompts, lengths = _prompts()
@@ -330,7 +330,7 @@ def test_bad_input_errors():
     )
 
 
-@SLOW
+@heavy
 def test_flops_fraction_counts_heads_and_skipping():
   model = _model("llama")
   prompts, lengths = _prompts()

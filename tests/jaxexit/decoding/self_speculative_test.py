@@ -24,7 +24,7 @@ from jaxexit.decoding.speculative import (
   speculative_accept_reference,
 )
 from jaxexit.models.llama import LlamaConfig, LlamaLM
-from tests.tiers import fast_only, slow
+from tests.tiers import fast_only, heavy
 
 N = 12
 
@@ -88,7 +88,7 @@ class CountingHead(LMHeadExits):
     return state + jnp.sum(valid, axis=1, dtype=jnp.int32)
 
 
-@slow
+@heavy
 def test_stateful_exit_head_is_rolled_back_to_the_accepted_length():
   model = _llama()
   prompts, lengths = _prompts()
@@ -140,7 +140,7 @@ def test_greedy_equals_full_model(exit_layer, draft_len, batch):
   assert 0.0 <= out.acceptance_rate <= draft_len
 
 
-@slow
+@heavy
 def test_greedy_with_eos_and_a_bad_draft_head_equals_full_model():
   # Row 0's full output loops on 18 (see the first greedy test): EOS there.
   model = _llama()
@@ -165,7 +165,7 @@ def test_greedy_with_eos_and_a_bad_draft_head_equals_full_model():
     assert min(first) < N
 
 
-@slow
+@heavy
 def test_one_token_needs_no_round():
   model = _llama()
   prompts, lengths = _prompts()
@@ -252,7 +252,7 @@ def test_bad_settings_are_named(kwargs, match):
     generate_self_speculative(_llama(), prompts, lengths, **settings)
 
 
-@slow  # importing jaxexit.models.mamba takes ~12 s on 2 cores
+@heavy  # importing jaxexit.models.mamba takes ~12 s on 2 cores
 def test_recurrent_backbone_is_refused():
   from jaxexit.models.mamba import MambaConfig, MambaLM
 
@@ -310,7 +310,7 @@ def _chi_square_p(tokens, probs):
   return stats.chi2.sf(chi, len(obs) - 1)
 
 
-@slow
+@heavy
 @pytest.mark.parametrize(("exit_layer", "draft_len"), [(1, 2), (2, 1)])
 def test_sampling_matches_full_model_distribution(
   exit_layer, draft_len, monkeypatch
@@ -371,7 +371,7 @@ def smollm2():
   return load_smollm2()
 
 
-@pytest.mark.slow  # ~7 s to load, tens of seconds to compile on 2 cores
+@pytest.mark.heavy  # ~7 s to load, tens of seconds to compile on 2 cores
 def test_smollm2_greedy_equals_full_model(smollm2):
   model, tok = smollm2
   ids = [

@@ -6,7 +6,7 @@ import pytest
 from jaxexit import execution
 from jaxexit.exits import rules
 from tests.jaxexit.execution import toy_stack
-from tests.tiers import fast_only, slow
+from tests.tiers import fast_only, heavy
 
 L = 6
 
@@ -76,7 +76,7 @@ def _assert_same(results):
 # The fast tier: the per-example, stateful and halting rules at batch 5
 # (never in test_never_equals_full_model; compaction with random depths in
 # test_outputs_follow_examples_through_compaction and
-# test_compacted_program_count_is_bounded); the whole grid in the slow tier.
+# test_compacted_program_count_is_bounded); the whole grid in the heavy tier.
 @pytest.mark.parametrize(
   "rule_name", fast_only(RULES, "preset", "patience_like", "halt>0.7")
 )
@@ -86,7 +86,7 @@ def test_modes_agree(rule_name, batch):
   _assert_same(results)
 
 
-@slow
+@heavy
 @pytest.mark.parametrize("segment_layers", [1, 2, 4])
 @pytest.mark.parametrize("buckets", ["pow2", "pow2_half", "exact", (3, 7)])
 def test_compacted_options_agree(segment_layers, buckets):
@@ -96,7 +96,7 @@ def test_compacted_options_agree(segment_layers, buckets):
   _assert_same(results)
 
 
-@slow
+@heavy
 @pytest.mark.parametrize("seed", range(5))
 def test_random_exit_decisions(seed):
   results, depths = _run_all("preset", 32, seed=seed)
@@ -104,7 +104,7 @@ def test_random_exit_decisions(seed):
   np.testing.assert_array_equal(results["compacted"].exit_layer, depths - 1)
 
 
-@slow
+@heavy
 def test_degenerate_cases():
   never, _ = _run_all("never", 8)
   always, _ = _run_all("always", 8)
@@ -148,7 +148,7 @@ def test_simulate_per_layer_and_grad():
   assert all(np.isfinite(g).all() for g in jax.tree.leaves(grads))
 
 
-@slow
+@heavy
 def test_compacted_program_count_is_bounded():
   stack, params = toy_stack.make(L)
   runner = execution.CompactedRunner(stack, rules.preset_depth())

@@ -63,7 +63,8 @@ def _assert_same(result, ref, what):
 
 
 @pytest.mark.parametrize(
-  "mode", fast_only(SHARDED_MODES, "early_stop", "simulate")
+  "mode",
+  fast_only(SHARDED_MODES, "early_stop", "simulate", slow_too=("compacted",)),
 )
 def test_one_device_mesh_equals_plain_runner(mode):
   stack, params, carry, rule, depths = _inputs("preset", 5)

@@ -7,7 +7,7 @@ import pytest
 
 from jaxexit.exploratory_iteration import buffer as buf
 from jaxexit.exploratory_iteration import episodes as ep
-from tests.tiers import slow
+from tests.tiers import heavy
 
 N, P, G, L = 16, 8, 3, 4
 
@@ -48,7 +48,7 @@ def _stocked(n_entries, depth, config=None):
   return b
 
 
-@slow
+@heavy
 def test_min_fill_gates_replay():
   cfg = _config()
   key = jax.random.key(0)
@@ -66,7 +66,7 @@ def test_min_fill_gates_replay():
   assert not np.any(off.from_buffer)
 
 
-@slow
+@heavy
 def test_replayed_starts_copy_entries_and_modes():
   b = _stocked(6, 2)
   cfg = _config(replay_prob=0.5)
@@ -252,7 +252,7 @@ def _train(key, cfg, iters=3):
   return jax.lax.scan(body, b, (keys, jnp.arange(iters)))
 
 
-@slow
+@heavy
 def test_jit_vmap_over_seeds_equals_eager_loop():
   cfg = _config(replay_prob=0.5, min_fill=P)
   seeds = jax.random.split(jax.random.key(0), 2)

@@ -16,7 +16,7 @@ from jaxexit.exploratory_iteration.domains import (
   SortChain,
 )
 from jaxexit.exploratory_iteration.k_step import k_step, k_step_eval
-from tests.tiers import slow
+from tests.tiers import heavy
 
 TINY = policy.PolicyConfig(d_model=16, num_layers=1, num_heads=2, mlp_hidden=32)
 DOMAIN = PermSort(n=5)
@@ -48,7 +48,7 @@ def _k_step_reference(
   return jnp.stack(quality), jnp.stack(success)  # [K1, S, B]
 
 
-@slow
+@heavy
 def test_shapes_and_net_corrections():
   model = policy.make_policy(DOMAIN, TINY, nnx.Rngs(0))
   tasks = DOMAIN.sample_tasks(jax.random.key(1), 6)
@@ -75,7 +75,7 @@ def test_shapes_and_net_corrections():
   assert np.all((q >= 0) & (q <= 1))
 
 
-@slow
+@heavy
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
 def test_matches_plain_loop_reference(temperature):
   model = policy.make_policy(DOMAIN, TINY, nnx.Rngs(3))
@@ -99,7 +99,7 @@ def test_matches_plain_loop_reference(temperature):
   np.testing.assert_array_equal(r.sample_success, s)
 
 
-@slow
+@heavy
 def test_greedy_is_bit_exact_and_key_independent():
   model = policy.make_policy(DOMAIN, TINY, nnx.Rngs(6))
   tasks = DOMAIN.sample_tasks(jax.random.key(7), 6)
@@ -124,7 +124,7 @@ def test_greedy_is_bit_exact_and_key_independent():
   )
 
 
-@slow
+@heavy
 def test_vmaps_over_seeds_and_serves_multi_turn_tasks():
   d = SortChain(turns=2, per_turn=2)
   graphdef = policy.policy_graphdef(d, TINY)

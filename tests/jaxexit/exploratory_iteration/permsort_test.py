@@ -17,7 +17,7 @@ from jaxexit.exploratory_iteration.domains import (
   make_domain,
   permsort,
 )
-from tests.tiers import slow
+from tests.tiers import heavy
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -90,7 +90,7 @@ def test_odd_even_passes_sort_in_n_passes_like_a_python_network():
   )
 
 
-@slow
+@heavy
 @pytest.mark.parametrize("mode", [MODE_BASE, MODE_IMPROVE, MODE_DIVERGE])
 def test_pointer_responses_are_permutations_of_the_source(mode):
   d = PermSort(n=6)
@@ -148,7 +148,7 @@ def _sft(d, key, n):
   return batch, d.apply_response(*batch), ok
 
 
-@slow
+@heavy
 def test_sft_examples_are_valid_and_follow_the_mix():
   d = PermSort(n=6, improve_random_share=0.0)
   batch, answer, ok = _sft(d, jax.random.key(4), 512)
@@ -170,7 +170,7 @@ def test_sft_examples_are_valid_and_follow_the_mix():
   np.testing.assert_array_equal(moved[imp].sum(1), 2)
 
 
-@slow
+@heavy
 def test_sft_examples_are_deterministic_in_the_key():
   d = PermSort(n=6, improve_random_share=0.0)
   a, _, _ = _sft(d, jax.random.key(4), 512)

@@ -11,7 +11,7 @@ from flax import nnx
 from jaxexit.exploratory_iteration import policy
 from jaxexit.exploratory_iteration.domains import Knapsack, PermSort, SortChain
 from jaxexit.models.llama import LlamaLM
-from tests.tiers import slow
+from tests.tiers import heavy
 
 TINY = policy.PolicyConfig(d_model=16, num_layers=1, num_heads=2, mlp_hidden=32)
 DOMAINS = {
@@ -54,7 +54,7 @@ def _response_logits(graphdef, params, batch, response, *, d):
   )
 
 
-@slow
+@heavy
 @pytest.mark.parametrize("name", sorted(DOMAINS))
 def test_sampler_logp_matches_teacher_forcing_and_is_valid(name):
   d, model, batch = _setup(name)
@@ -70,7 +70,7 @@ def test_sampler_logp_matches_teacher_forcing_and_is_valid(name):
   assert bool(jnp.all(lp <= 0))
 
 
-@slow
+@heavy
 def test_greedy_is_deterministic_and_picks_the_masked_argmax():
   d, model, batch = _setup("permsort")
   graphdef, params = nnx.split(model)
@@ -89,7 +89,7 @@ def test_greedy_is_deterministic_and_picks_the_masked_argmax():
   assert not np.array_equal(ra, rb)
 
 
-@slow
+@heavy
 def test_vmap_over_seeds_and_grad():
   d = DOMAINS["permsort"]
   graphdef = policy.policy_graphdef(d, TINY)

@@ -14,7 +14,7 @@ from jaxexit.exploratory_iteration.domains import (
   sortchain,
 )
 from tests.jaxexit.exploratory_iteration.permsort_test import random_responses
-from tests.tiers import slow
+from tests.tiers import heavy
 
 
 def _at_turn(d, key, n, turn):
@@ -30,7 +30,7 @@ def _at_turn(d, key, n, turn):
   return tasks
 
 
-@slow
+@heavy
 @pytest.mark.parametrize("turn", [0, 1, 2])
 def test_responses_point_into_the_turn_source(turn):
   d = SortChain(turns=3, per_turn=3)
@@ -66,7 +66,7 @@ def test_responses_point_into_the_turn_source(turn):
     )
 
 
-@slow
+@heavy
 def test_base_source_is_last_iterate_then_new_digits():
   d = SortChain(turns=3, per_turn=2)
   tasks = d.sample_tasks(jax.random.key(0), 4)
@@ -111,7 +111,7 @@ def test_prompt_shows_only_the_asked_turns():
   )
 
 
-@slow
+@heavy
 def test_finish_episode_return_and_prefixes():
   d = SortChain(turns=3, per_turn=2)
   key = jax.random.key(2)
@@ -151,7 +151,7 @@ def test_finish_episode_return_and_prefixes():
   np.testing.assert_array_equal(valid[0], [True, False, False])
 
 
-@slow
+@heavy
 def test_sft_examples_are_valid():
   d = SortChain()
   batch = jax.jit(d.sft_examples, static_argnums=1)(jax.random.key(3), 256)

@@ -23,7 +23,7 @@ from jaxexit.exploratory_iteration.train import (
   train_iteration,
 )
 from jaxexit.rl.grpo import GRPOConfig
-from tests.tiers import slow
+from tests.tiers import heavy
 
 DOMAIN = make_domain("permsort", n=4)
 POLICY = PolicyConfig(d_model=16, num_layers=1, num_heads=2, mlp_hidden=32)
@@ -51,7 +51,7 @@ def warm():
 
 
 # Trains every method (~70 s on 2 cores): the tests that use it, and the
-# eager iteration, are the slow tier.
+# eager iteration, are the heavy tier.
 @pytest.fixture(scope="module")
 def runs(warm):
   graphdef, params = warm
@@ -69,7 +69,7 @@ def runs(warm):
   }
 
 
-@slow
+@heavy
 def test_every_method_is_compute_matched(runs):
   rollouts = {m: np.asarray(r[1]["rollouts"]) for m, r in runs.items()}
   updates = {m: np.asarray(r[1]["updates"]) for m, r in runs.items()}
@@ -79,7 +79,7 @@ def test_every_method_is_compute_matched(runs):
     assert rollouts[m].shape == (2, 4)
 
 
-@slow
+@heavy
 def test_grpo_never_touches_the_buffer(runs):
   _, metrics, stats = runs["grpo"]
   np.testing.assert_array_equal(metrics["buffer_size"], 0)
@@ -87,7 +87,7 @@ def test_grpo_never_touches_the_buffer(runs):
   np.testing.assert_array_equal(stats["size"], 0)
 
 
-@slow
+@heavy
 def test_curriculum_replays_base_tasks_only(runs):
   _, metrics, _ = runs["curriculum"]
   assert np.asarray(metrics["replay_fraction"]).max() > 0
@@ -95,14 +95,14 @@ def test_curriculum_replays_base_tasks_only(runs):
   np.testing.assert_array_equal(metrics["divergence_fraction"], 0)
 
 
-@slow
+@heavy
 def test_self_iteration_methods_go_deeper(runs):
   for m in ("improve", "diverge", "exit"):
     assert np.asarray(runs[m][1]["sampled_depth"]).max() > 0, m
   np.testing.assert_array_equal(runs["improve"][1]["divergence_fraction"], 0)
 
 
-@slow
+@heavy
 def test_params_change_and_stay_finite(warm, runs):
   _, params = warm
   for m, (new, metrics, _) in runs.items():
@@ -111,7 +111,7 @@ def test_params_change_and_stay_finite(warm, runs):
     assert all(np.isfinite(np.asarray(v)).all() for v in metrics.values())
 
 
-@slow
+@heavy
 def test_jitted_iteration_equals_eager(warm):
   graphdef, params = warm
   cfg = _cfg("exit")
@@ -145,7 +145,7 @@ def test_bad_settings(kw, match):
     ExItConfig(**kw)
 
 
-@slow
+@heavy
 def test_train_checks_the_seed_axis(warm):
   graphdef, params = warm
   with pytest.raises(ValueError, match="seed axis"):

@@ -12,7 +12,7 @@ from jaxexit.decoding.full import generate_full
 from jaxexit.methods import dynamax_train
 from jaxexit.methods.dynamax import KINDS, ExitClassifierConfig, ExitClassifiers
 from jaxexit.models.llama import LlamaConfig, LlamaLM
-from tests.tiers import fast_only, slow
+from tests.tiers import fast_only, heavy
 
 
 def _backbone():
@@ -56,7 +56,7 @@ def _perturbed_mamba_heads():
   return heads
 
 
-@slow
+@heavy
 def test_mamba_classifier_is_causal_and_steps_like_the_sequence():
   backbone, heads = _backbone(), _perturbed_mamba_heads()
   h, positions, valid = _inputs()
@@ -83,7 +83,7 @@ def test_mamba_classifier_is_causal_and_steps_like_the_sequence():
   jax.tree.map(np.testing.assert_array_equal, frozen, state0)
 
 
-@slow
+@heavy
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("mode", ["propagate", "recompute", "freeze"])
 def test_exits_disabled_equals_full_model_with_trained_kinds(kind, mode):
@@ -103,7 +103,7 @@ def test_exits_disabled_equals_full_model_with_trained_kinds(kind, mode):
   np.testing.assert_array_equal(out.tokens, full)
 
 
-@slow
+@heavy
 def test_training_lowers_the_loss_and_keeps_the_backbone(tmp_path):
   backbone = _backbone()
   before = jax.tree.map(np.asarray, nnx.state(backbone))

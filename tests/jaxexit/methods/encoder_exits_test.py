@@ -11,11 +11,11 @@ from jaxexit.models.exit_classifier import (
   EncoderExitHeadsConfig,
   ExitClassifier,
 )
-from tests.tiers import fast_only, slow
+from tests.tiers import fast_only, heavy
 
 L = 4
 # The fast tier checks one method (PABEE) for the vectorised exit and the
-# execution modes; every method runs in the slow tier.
+# execution modes; every method runs in the heavy tier.
 METHODS = list(encoder_exits.METHODS)
 
 
@@ -52,7 +52,7 @@ def _batch(batch=6, num_classes=2):
   return ids, mask, labels
 
 
-@slow
+@heavy
 @pytest.mark.parametrize("name", METHODS)
 def test_loss_is_finite_with_finite_grads(name):
   method = encoder_exits.get_method(name)
@@ -89,7 +89,7 @@ def test_loss_is_finite_with_finite_grads(name):
     "pabee",
   ),
 )
-@slow  # the fast tier has modes_test and adapter_test for the modes
+@heavy  # the fast tier has modes_test and adapter_test for the modes
 def test_modes_agree_for_each_method(kind, name):
   method = encoder_exits.get_method(name)
   model = ExitClassifier(_encoder(kind), method.heads(2), rngs=nnx.Rngs(1))
@@ -130,7 +130,7 @@ def test_palbert_prev_features_are_previous_layer_features():
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
 
 
-@slow
+@heavy
 def test_regression_losses():
   for name in ("pabee", "berxit", "palbert"):
     method = encoder_exits.get_method(name)

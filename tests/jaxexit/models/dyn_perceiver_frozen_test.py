@@ -16,7 +16,7 @@ from jaxexit.models.dyn_perceiver_frozen import (
   LatentBranchConfig,
 )
 from tests.jaxexit.models.cnn_stages_test import forward, rngs
-from tests.tiers import slow
+from tests.tiers import heavy
 
 CNN = StagedCNNConfig(
   num_classes=5,
@@ -56,14 +56,14 @@ def latent():
   return model
 
 
-@slow
+@heavy
 def test_logits_shape_and_finite(latent):
   out = forward(latent, random_maps(3))
   assert out.shape == (3, 4, 5) and out.dtype == jnp.float32
   assert np.isfinite(np.asarray(out)).all()
 
 
-@slow
+@heavy
 def test_later_maps_do_not_change_earlier_exits(latent):
   # Exit order by compute: y_e3 reads stage0-1 only, y_att adds stage2,
   # y_cnn reads only the head features.
@@ -77,7 +77,7 @@ def test_later_maps_do_not_change_earlier_exits(latent):
   np.testing.assert_allclose(ym[:, :3], ya[:, :3], rtol=1e-6, atol=1e-6)
 
 
-@slow
+@heavy
 def test_live_stack_matches_cached_maps(latent):
   """The live model and its 4-segment stack give the logits of the latent
   branch on the CNN's own maps (the reference)."""
@@ -102,7 +102,7 @@ def test_live_stack_matches_cached_maps(latent):
   assert np.all(np.diff(flops.cumulative) > 0)
 
 
-@slow
+@heavy
 def test_bad_maps_are_named(latent):
   maps = random_maps(2)
   with pytest.raises(ValueError, match=r"maps lacks \['head'\]"):
@@ -122,7 +122,7 @@ def test_bad_configs_are_named():
     dataclasses.replace(CFG, map_shapes=SHAPES[:3] + ((2, 2, 4),))
 
 
-@slow
+@heavy
 def test_latent_branch_trains():
   model = LatentBranch(CFG, rngs=rngs(3))
   maps, labels = random_maps(4), jnp.arange(4) % 5

@@ -27,7 +27,7 @@ from tests.jaxexit.models.cnn_stages_test import (
   forward,
   rngs,
 )
-from tests.tiers import slow
+from tests.tiers import heavy
 
 CNN = StagedCNNConfig(
   num_classes=5,
@@ -66,7 +66,7 @@ def model():
   return m
 
 
-@slow
+@heavy
 def test_shapes(model):
   x = _images()
   graphdef, state = nnx.split(model)
@@ -90,12 +90,12 @@ def test_adaptive_pool_matrix_matches_torch_windows():
   np.testing.assert_allclose(adaptive_pool_matrix(4, 4), np.eye(4))
 
 
-@pytest.mark.slow  # compiles the whole model several times
+@pytest.mark.heavy  # compiles the whole model several times
 def test_modes_agree_and_simulate_matches_plain_forward(model):
   assert_modes_agree(model, _images(), buckets=(2,))
 
 
-@slow
+@heavy
 def test_exit_flops_grow_in_compute_order(model):
   stack, params = model.exit_stack()
   flops = execution.exit_flops(stack, params, model.init_carry(_images()))
@@ -105,7 +105,7 @@ def test_exit_flops_grow_in_compute_order(model):
   assert flops.cumulative[0] < flops.full
 
 
-@slow
+@heavy
 def test_eval_exits_are_batch_independent(model):
   x = _images()
   other = x.at[2:].set(_images(seed=9)[2:])
@@ -114,7 +114,7 @@ def test_eval_exits_are_batch_independent(model):
   )
 
 
-@slow
+@heavy
 def test_wrong_image_size_is_named(model):
   with pytest.raises(ValueError, match="16x16.*image_size=16"):
     model.init_carry(jnp.zeros((2, 24, 24, 3)))
@@ -147,7 +147,7 @@ def test_bad_config_is_named():
     )
 
 
-@slow
+@heavy
 def test_loss_is_weighted_ce_plus_self_distillation():
   logits = jax.random.normal(jax.random.key(0), (B, 4, 5)) * 3
   labels = jnp.arange(B) % 5
@@ -185,7 +185,7 @@ def test_loss_bad_input_is_named():
     dyn_perceiver_loss(logits, labels, label_smoothing=1.0)
 
 
-@pytest.mark.slow  # compiles the whole model several times
+@pytest.mark.heavy  # compiles the whole model several times
 def test_train_forward_updates_batch_stats_and_grads_reach_every_part(model):
   m = nnx.clone(model)
   m.train()
@@ -211,7 +211,7 @@ def test_train_forward_updates_batch_stats_and_grads_reach_every_part(model):
   assert not zero, zero
 
 
-@slow
+@heavy
 def test_accepts_the_efficientnet_lite_branch():
   """Interface check, traced abstractly (no weights drawn or compiled)."""
   branch_cfg = EfficientNetLiteConfig(num_classes=5)

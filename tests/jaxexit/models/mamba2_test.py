@@ -31,7 +31,7 @@ from tests.jaxexit.models.mamba_test import (
   load_from_hf,
   perturbed,
 )
-from tests.tiers import slow
+from tests.tiers import heavy
 
 TINY = MAMBA2_CONFIGS["tiny"]
 # chunk_size 4 with T = 10: two full chunks and a zero-padded one in HF's
@@ -73,17 +73,17 @@ def test_hf_parity_and_decode(pair):
   check_prefill_then_decode(model, logits)
 
 
-@slow
+@heavy
 def test_right_padding(pair):
   check_right_padding(*pair)
 
 
-@slow
+@heavy
 def test_masked_step_is_noop(pair):
   check_masked_noop(pair[0])
 
 
-@slow  # Mamba-1's twin stays in the fast tier
+@heavy  # Mamba-1's twin stays in the fast tier
 @pytest.mark.parametrize("mask", MASKS.values(), ids=MASKS.keys())
 def test_parallel_matches_sequential(pair, mask):
   check_parallel_matches_sequential(pair[0], mask)
@@ -93,7 +93,7 @@ def test_bad_inputs(pair):
   check_bad_inputs(pair[0])
 
 
-@slow
+@heavy
 @pytest.mark.parametrize("chunk", [1, 3, 4, 16])
 def test_ssd_chunks_match_recurrence(chunk):
   """Any chunk size (incl. padded last chunks) == the step recurrence, with
@@ -127,7 +127,7 @@ def test_ssd_chunks_match_recurrence(chunk):
   np.testing.assert_allclose(last, ref_last, atol=1e-5, rtol=0)
 
 
-@slow
+@heavy
 def test_random_init_and_functional_jit():
   model = Mamba2LM(TINY, rngs=nnx.Rngs(0))
   mixer = model.layers.mixer
