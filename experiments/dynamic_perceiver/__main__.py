@@ -50,6 +50,13 @@ def parse_args(argv=None):
     choices=configs.FEATURE_BRANCHES,
     help="joint_* presets: override the feature branch",
   )
+  parser.add_argument(
+    "--seeds",
+    type=str,
+    default=None,
+    help="headline presets: comma list of training seeds (default: the "
+    "preset's)",
+  )
   parser.add_argument("--no-progress", action="store_true")
   add_data_dir_flag(parser)
   cli.add_device_flags(parser)
@@ -58,6 +65,10 @@ def parse_args(argv=None):
     args.out = pathlib.Path(f"runs/dynamic_perceiver_{args.preset}")
   if args.feature_branch and args.preset in configs.PRESETS:
     parser.error("--feature-branch applies to the joint_* presets only")
+  if args.seeds is not None:
+    if args.preset not in configs.PRESETS:
+      parser.error("--seeds applies to the headline presets only")
+    args.seeds = cli.seed_list(args.seeds)
   return args
 
 
@@ -98,7 +109,8 @@ def exits_used(records: list[dict], share: float = 0.05) -> dict:
 
 
 def run_headline(args, devices: cli.Devices):
-  cfg = configs.get_config(args.preset)
+  overrides = {} if args.seeds is None else {"seeds": args.seeds}
+  cfg = configs.get_config(args.preset, **overrides)
   progress = cli.progress(args)
   start = time.time()
   splits = load_splits(cfg.split_args(), args.data_dir)

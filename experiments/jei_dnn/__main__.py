@@ -50,15 +50,6 @@ def _gammas(text: str) -> tuple[float, ...]:
   return tuple(values)
 
 
-def _seeds(text: str) -> tuple[int, ...]:
-  try:
-    return tuple(int(s) for s in text.split(","))
-  except ValueError:
-    raise ValueError(
-      f"--seeds must be a comma list of ints; got {text!r}"
-    ) from None
-
-
 def parse_args(argv=None):
   parser = argparse.ArgumentParser(
     prog="python -m experiments.jei_dnn",
@@ -86,7 +77,7 @@ def parse_args(argv=None):
   if args.out is None:
     args.out = pathlib.Path(f"runs/jei_dnn_{args.preset}")
   args.gammas = None if args.gammas is None else _gammas(args.gammas)
-  args.seeds = None if args.seeds is None else _seeds(args.seeds)
+  args.seeds = None if args.seeds is None else cli.seed_list(args.seeds)
   return args
 
 

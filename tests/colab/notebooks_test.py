@@ -20,7 +20,9 @@ import pytest
 
 COLAB_DIR = pathlib.Path(__file__).resolve().parents[2] / "colab"
 NOTEBOOKS = sorted(COLAB_DIR.glob("*.ipynb"))
-NOTEBOOK_TIMEOUT_S = 600
+# A guard against a hung kernel, not the budget: under a loaded 2-core CI
+# the longest notebook took 8-10 min (2026-12).
+NOTEBOOK_TIMEOUT_S = 900
 # Host CPU devices the notebook kernel sees (and its experiment inherits).
 NUM_DEVICES = 2
 EXTRA = "the `notebooks` extra: pip install -e '.[notebooks]'"
@@ -35,6 +37,9 @@ CI_PARAMETERS = {
   # One seed and the default γ: 274 s with the smoke preset's three seeds
   # and three γ in a fresh-clone CI run on 2 cores (2026-12).
   "jei_dnn": {"SEEDS": "0", "GAMMAS": "0.5"},
+  # One seed: with the smoke preset's two, 502 s in one fresh-clone CI run
+  # and over NOTEBOOK_TIMEOUT_S in the next (2 cores, 2026-12).
+  "dynamic_perceiver": {"SEEDS": "0"},
 }
 
 by_notebook = pytest.mark.parametrize(

@@ -83,6 +83,17 @@ def test_default_out_and_feature_branch_override():
   assert args.feature_branch == "efficientnet_lite0"
 
 
+def test_seeds_flag_overrides_a_headline_preset_only():
+  args = experiment.parse_args(["--preset", "smoke", "--seeds", "3,4"])
+  assert args.seeds == (3, 4)
+  with pytest.raises(ValueError, match="comma list of ints; got '0,a'"):
+    experiment.parse_args(["--preset", "smoke", "--seeds", "0,a"])
+  with pytest.raises(ValueError, match="distinct; got '1,1'"):
+    experiment.parse_args(["--preset", "smoke", "--seeds", "1,1"])
+  with pytest.raises(SystemExit):  # a joint preset trains one seed
+    experiment.parse_args(["--preset", "joint_smoke", "--seeds", "0"])
+
+
 @slow
 def test_input_thresholds_rule_matches_thresholds_rule():
   logits = 3 * jax.random.normal(jax.random.key(0), (64, 4, 10))
