@@ -114,16 +114,23 @@ def _table(per_seed, summary, cfg, names) -> str:
   )
 
 
+def _diff_interval(record: dict) -> str:
+  """A verdict record's 95 % CI of Δ, or why there is none (one seed)."""
+  lo, hi = record["diff_ci"]
+  if lo is None or hi is None:
+    return f"undefined with n={record['n']}"
+  return f"[{lo:+.4f}, {hi:+.4f}]"
+
+
 def _verdict_lines(v: dict) -> str:
   acc, ece = v["accuracy_at_matched_cost"], v["ece_lower"]
   return (
     f"- **Claim 1, higher accuracy at equal cost**: {acc['verdict']} "
     f"(mean over γ of Δ accuracy {acc['diff_mean']:+.4f}, 95 % CI "
-    f"[{acc['diff_ci'][0]:+.4f}, {acc['diff_ci'][1]:+.4f}] over seeds; "
+    f"{_diff_interval(acc)} over seeds; "
     f"the paper's effect ≈ +{PAPER_ACC_EFFECT:.2f}).\n"
     f"- **Claim 2, lower ECE**: {ece['verdict']} (mean Δ ECE "
-    f"{ece['diff_mean']:+.4f}, 95 % CI [{ece['diff_ci'][0]:+.4f}, "
-    f"{ece['diff_ci'][1]:+.4f}]; mean cost gap "
+    f"{ece['diff_mean']:+.4f}, 95 % CI {_diff_interval(ece)}; mean cost gap "
     f"{v['cost_gap']['diff_mean']:+.4f}).\n"
   )
 

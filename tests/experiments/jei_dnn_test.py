@@ -6,13 +6,32 @@ import numpy as np
 import pytest
 
 from experiments.jei_dnn import __main__ as experiment
-from experiments.jei_dnn import configs
+from experiments.jei_dnn import configs, notes
 from tests.tiers import slow
 
 DATA = pathlib.Path(__file__).resolve().parents[2].parent / "shared" / "data"
 DATA_DIR = os.environ.get("JAXEXIT_DATA") or (
   str(DATA) if DATA.exists() else None
 )
+
+
+def test_one_seed_claims_say_the_interval_is_undefined():
+  """`--seeds 0` (the notebook in CI) has no interval over seeds: the claim
+  lines say so instead of failing to format None."""
+  one_seed = {
+    "verdict": "inconclusive (n < 2)",
+    "diff_mean": 0.01,
+    "diff_ci": [None, None],
+    "n": 1,
+  }
+  text = notes._verdict_lines(
+    {
+      "accuracy_at_matched_cost": one_seed,
+      "ece_lower": one_seed,
+      "cost_gap": one_seed,
+    }
+  )
+  assert text.count("95 % CI undefined with n=1") == 2
 
 
 @pytest.mark.parametrize("preset", sorted(configs.PRESETS))
