@@ -2,7 +2,7 @@ import importlib.util
 import pathlib
 import sys
 
-from tests.tiers import slow
+from tests.tiers import heavy
 
 _PATH = pathlib.Path(__file__).resolve().parents[2] / "benchmarks"
 _SPEC = importlib.util.spec_from_file_location(
@@ -13,7 +13,7 @@ sys.modules[_SPEC.name] = bench
 _SPEC.loader.exec_module(bench)
 
 
-@slow
+@heavy
 def test_quick_run_batches_and_loses_no_token():
   records, about = bench.run(True, log=lambda msg: None)
   by = {(r["clients"], r["max_batch"]): r for r in records}

@@ -24,7 +24,7 @@ def _load_benchmark():
 bench = _load_benchmark()
 
 
-@pytest.mark.slow  # the quick benchmark run, ~10 s
+@pytest.mark.heavy  # the quick benchmark run: 6 min in a loaded CI run
 def test_interpret_quick_run_checks_both_kernels_on_both_lowerings(
   tmp_path, capsys
 ):

@@ -6,7 +6,7 @@ import numpy as np
 from flax import nnx
 
 from jaxexit.models.llama import LlamaConfig, LlamaLM
-from tests.tiers import slow
+from tests.tiers import heavy
 
 _PATH = (
   pathlib.Path(__file__).resolve().parents[2]
@@ -28,7 +28,7 @@ def _load_benchmark():
 bench = _load_benchmark()
 
 
-@slow  # compiles two decoders (~10 s on 2 cores)
+@heavy  # compiles two decoders (~10 s on 2 idle cores, ~1 min loaded)
 def test_measure_writes_the_required_fields():
   model = LlamaLM(
     LlamaConfig(

@@ -24,7 +24,7 @@ bench = _load_benchmark()
 
 
 # ~50 s on 2 cores: eight programs compile, four of them training steps.
-@pytest.mark.slow
+@pytest.mark.heavy  # minutes in a loaded CI run
 def test_quick_run_on_a_tiny_model(tmp_path):
   md = tmp_path / "BENCHMARKS.md"
   shutil.copy(_ROOT / "BENCHMARKS.md", md)
