@@ -99,15 +99,14 @@ def test_plain_run_deselects_the_slow_tier_and_all_keeps_it():
 def test_all_deselects_the_heavy_tier_and_heavy_keeps_it():
   """`--all` (CI) leaves the heavy tier out, `--heavy` runs it, and a
   heavy test named by node id still runs."""
-  mesh = "tests/experiments/mesh_smoke_test.py"
-  run = f"{mesh}::test_smoke_on_a_mesh_writes_the_one_device_results"
-  ci = _collected(mesh, "--all")
-  every = _collected(mesh, "--heavy")
-  named = _collected(f"{run}[dynamic_perceiver]")
-  assert f"{run}[palbert_glue]" in ci
-  assert f"{run}[dynamic_perceiver]" not in ci
-  assert set(ci) < set(every) and f"{run}[dynamic_perceiver]" in every
-  assert named == [f"{run}[dynamic_perceiver]"]
+  dp = "tests/experiments/dynamic_perceiver_test.py"
+  headline = f"{dp}::test_headline_smoke_spreads_exits_and_beats_majority"
+  joint = f"{dp}::test_joint_smoke_preset_writes_results_and_resumes"
+  ci = _collected(dp, "--all")
+  every = _collected(dp, "--heavy")
+  assert headline in ci and joint not in ci
+  assert set(ci) < set(every) and joint in every
+  assert _collected(joint) == [joint]
 
 
 def test_low_end_test_paths_exist():

@@ -12,11 +12,13 @@ cores) cannot:
     self-speculative decoding's draft grid, the encoder exit methods,
     DYNAMAX's classifiers, ExIt's domains and training loops, Mamba-2,
     Dynamic Perceiver's two models and the EfficientNet-Lite weights (the
-    dynamic_perceiver smoke run loads and uses them), the early-exit
-    decoding and exit-adapter benchmark runs;
-  * the checks that repeat an experiment at a larger size or on a simulated
-    mesh: every `cpu` preset's training step, dynamic_perceiver's joint
-    smoke, LYNX on SmolLM2, the vision and ExIt smokes on 8 devices.
+    dynamic_perceiver smoke run loads and uses them), the benchmark
+    scripts' quick runs (all but the sharding benchmark);
+  * the checks that repeat an experiment at a larger size, in part or on a
+    simulated mesh: one training step of each preset (but the palbert_glue
+    and dynamax transformer smoke steps, in the fast tier),
+    dynamic_perceiver's joint smoke, LYNX on SmolLM2, the experiment smokes
+    on 8 devices.
 Measured in a fresh-clone CI run on 2 cores (2026-12-07), before the heavy
 tier existed: the Python 3.12 phase took 108 min (the official CI, alike,
 was stopped at its 90-minute limit); the experiment smokes and notebooks

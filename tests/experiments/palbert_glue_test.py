@@ -74,9 +74,11 @@ def test_local_albert_folder_with_sentencepiece_tokenizer(tmp_path):
 @pytest.mark.slow
 @pytest.mark.skipif(DATA_DIR is None, reason="no data dir with GLUE SST-2")
 def test_smoke_preset_all_methods(tmp_path):
-  """The smoke run writes every file with the per-seed keys, and is not a
-  collapsed model: the full model beats the majority class on SST-2 dev,
-  and the threshold methods' exits vary across examples."""
+  """The smoke run of every method writes every file with the per-seed
+  keys, and is not a collapsed model: the full model beats the majority
+  class on SST-2 dev, and the threshold methods' exits vary across
+  examples. One seed (16 runs took 10 min in a loaded CI run); the
+  palbert_glue notebook in CI aggregates two."""
   experiment.main(
     [
       "--preset",
@@ -85,6 +87,8 @@ def test_smoke_preset_all_methods(tmp_path):
       "sst2",
       "--method",
       "all",
+      "--seeds",
+      "1",
       "--out",
       str(tmp_path),
       "--no-progress",
@@ -113,10 +117,11 @@ def test_smoke_preset_all_methods(tmp_path):
       "avg_layers_std_over_examples",
       "verdict_vs",
     }
-    assert len(r["seeds"]) == 2 and r["score"] == r["score_mean"]
+    assert len(r["seeds"]) == 1 and r["score"] == r["score_mean"]
   assert records["full"]["avg_layers"] == 6.0  # MiniLM-L6 runs every layer
   majority = records["majority"]
-  # Measured: full 74.5 (2 seeds) vs majority 53.1 on the 96 dev examples.
+  # Measured: full 74.5 (2 seeds; 75.0 seed 42) vs majority 53.1 on the 96
+  # dev examples.
   assert records["full"]["score_mean"] > majority["score"] + 0.1
   for name in ("deebert", "pabee"):
     assert records[name]["avg_layers_std_over_examples"] > 0.1, name
