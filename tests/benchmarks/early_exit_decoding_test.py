@@ -28,7 +28,8 @@ def _load(name: str):
 
 bench = _load("early_exit_decoding")
 heads_lib = sys.modules["decoding_heads"]
-# What every record carries (issue 19).
+# What every decoding benchmark record carries (issue 19); the
+# self-speculative benchmark's test reads it too.
 RECORD_KEYS = (
   "state_mode",
   "backbone",
