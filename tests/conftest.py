@@ -9,13 +9,13 @@ pytest --all` adds the slow tier, as the README's test command and CI do:
 `slow` marks what takes more than ~1.5 s of CPU on 2 cores (most
 parametrized families keep one fast case, see tests/tiers.py) or runs a
 whole experiment, notebook, benchmark, GGUF/pretrained model or subprocess
-check. `--heavy` adds the heavy tier on top of `--all`: the few checks of
-several minutes each that repeat, at a larger size or on a simulated mesh,
-what a slow test already covers (CI's 50-minute budget on 2 cores cannot
-hold them; see tests/tiers.py for the measured list). `-m slow` runs the
-slow tier alone; an explicit `-m` expression replaces the default (so `-m
-"not gpu"` runs slow and heavy tests too), and a test named by node id
-(`path::test_name[param]`) always runs.
+check. `--heavy` adds the heavy tier on top of `--all`: what CI's 50-minute
+budget on 2 cores cannot hold, the cases of a grid beyond those the fast
+and slow tiers run and the runs that repeat an experiment at a larger size
+or on a simulated mesh (tests/tiers.py lists them, with measurements).
+`-m slow` runs the slow tier alone; an explicit `-m` expression replaces
+the default (so `-m "not gpu"` runs slow and heavy tests too), and a test
+named by node id (`path::test_name[param]`) always runs.
 
 Compiled programs and memory maps. Every XLA:CPU executable that JAX's
 caches keep alive holds its own memory mappings, and a process may hold at
